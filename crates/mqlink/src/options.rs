@@ -1,0 +1,594 @@
+//! Connection options: brokers, identity, credentials, TLS, protocol,
+//! session, last will, windows and reconnect policy.
+//!
+//! The same names are used by the CLI flags and the pipeline config keys
+//! (`broker`, `client_id`, `clean_session`, `session_expiry_interval`, …,
+//! after Laminar's MQTT connection).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::secret::Secret;
+use crate::topic::{validate_topic_name, TopicError};
+use crate::types::{Protocol, QoS};
+
+/// How bytes reach the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tcp => 1883,
+            Transport::Tls => 8883,
+            Transport::Ws => 80,
+            Transport::Wss => 443,
+        }
+    }
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+}
+
+/// One broker address: `mqtt://host:1883`, `mqtts://host`, `ws://host:8080/mqtt` …
+///
+/// Schemes: `mqtt`/`tcp` (1883), `mqtts`/`ssl`/`tls` (8883), `ws` (80),
+/// `wss` (443). A bare `host` or `host:port` means `mqtt://`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+    /// HTTP path for WebSocket transports (default `/mqtt`).
+    pub path: String,
+}
+
+/// A broker URL that could not be understood; names the URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid broker URL {url:?}: {reason}")]
+pub struct UrlError {
+    pub url: String,
+    pub reason: String,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = UrlError;
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        let err = |reason: &str| UrlError {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("mqtt".to_owned(), url),
+        };
+        let transport = match scheme.as_str() {
+            "mqtt" | "tcp" => Transport::Tcp,
+            "mqtts" | "ssl" | "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return Err(err("unknown scheme; use mqtt, tcp, mqtts, ssl, ws or wss")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(err(
+                "credentials in the URL are not accepted; give username and password separately",
+            ));
+        }
+        let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
+        if !is_ws && !path.is_empty() && path != "/" {
+            return Err(err(
+                "a path (topic) is not part of an MQTT broker URL; give topics with -t / topics",
+            ));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| err("unclosed '[' in host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("the host is empty"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err(&format!("port {p:?} is not a number from 1 to 65535")))?,
+            None => transport.default_port(),
+        };
+        Ok(BrokerUrl {
+            transport,
+            host: host.to_owned(),
+            port,
+            path: if is_ws && !path.is_empty() {
+                path.to_owned()
+            } else {
+                "/mqtt".to_owned()
+            },
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.transport {
+            Transport::Tcp => "mqtt",
+            Transport::Tls => "mqtts",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{scheme}://{host}:{}", self.port)?;
+        if matches!(self.transport, Transport::Ws | Transport::Wss) {
+            f.write_str(&self.path)?;
+        }
+        Ok(())
+    }
+}
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// TLS settings. Verification is on unless `insecure` is set explicitly.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsOptions {
+    /// PEM file of CA certificates to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key: Option<PathBuf>,
+    /// Skip certificate and host name verification. For tests only.
+    pub insecure: bool,
+    /// Name sent as SNI and checked against the certificate; the URL's host by default.
+    pub server_name: Option<String>,
+}
+
+/// The message the broker publishes when this client disappears.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastWill {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// How reconnects are paced: `initial_interval`, then times `multiplier`
+/// each attempt up to `max_interval`, each delay varied by ±`jitter`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReconnectPolicy {
+    pub initial_interval: Duration,
+    pub multiplier: f64,
+    pub max_interval: Duration,
+    /// Attempts in a row before giving up; 0 = forever.
+    pub max_attempts: u32,
+    /// Fraction (0.0..=1.0) by which each delay is randomly varied.
+    pub jitter: f64,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            initial_interval: Duration::from_millis(500),
+            multiplier: 2.0,
+            max_interval: Duration::from_secs(30),
+            max_attempts: 0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The delay before reconnect attempt `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.initial_interval.as_secs_f64()
+            * self
+                .multiplier
+                .max(1.0)
+                .powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = base.min(self.max_interval.as_secs_f64());
+        let j = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 + j * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+/// Everything needed to open and keep an MQTT session.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Brokers tried in turn (failover); at least one.
+    pub brokers: Vec<BrokerUrl>,
+    /// Client identifier; generated (`mqlink-…`) when absent. Required
+    /// for a persistent session.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: TlsOptions,
+    pub protocol: Protocol,
+    /// Keep-alive interval; zero disables it.
+    pub keep_alive: Duration,
+    /// Time allowed for TCP, TLS, WebSocket and CONNACK together.
+    pub connect_timeout: Duration,
+    /// `true`: start a new session on every connect. `false`: keep the
+    /// broker's session (queued messages, subscriptions) across connects.
+    pub clean_session: bool,
+    /// MQTT 5 session expiry in seconds. With `clean_session = false` it
+    /// defaults to "never" (4294967295), as mosquitto_sub -c does.
+    pub session_expiry_interval: Option<u32>,
+    pub last_will: Option<LastWill>,
+    /// Unconfirmed outgoing QoS 1/2 publishes at most (1..=65000).
+    pub max_inflight: u16,
+    /// Largest packet this client sends or accepts, in bytes.
+    pub max_packet_size: u32,
+    /// MQTT 5 receive maximum announced to the broker (incoming QoS 1/2 window).
+    pub receive_maximum: u16,
+    /// Incoming deliveries buffered for the application before the
+    /// network driver stops reading (TCP back-pressure).
+    pub incoming_buffer: usize,
+    pub reconnect: ReconnectPolicy,
+}
+
+/// Options that cannot work; each names the option and the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptionsError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("no broker given")]
+    NoBroker,
+    #[error("client_id is required when clean_session is false (a persistent session is found again by its client id)")]
+    PersistentSessionNeedsClientId,
+    #[error("client_id {0:?} is longer than 65535 bytes")]
+    ClientIdTooLong(String),
+    #[error("last will topic: {0}")]
+    WillTopic(TopicError),
+    #[error("max_inflight {0} is out of range 1..=65000")]
+    MaxInflight(u32),
+    #[error("receive_maximum must be at least 1")]
+    ReceiveMaximum,
+    #[error("session_expiry_interval needs MQTT 5 (protocol = \"5\")")]
+    SessionExpiryNeedsV5,
+    #[error("max_packet_size {0} is out of range 64..=268435460")]
+    MaxPacketSize(u32),
+    #[error("reconnect multiplier {0} must be at least 1.0")]
+    Multiplier(String),
+    #[error("{what} {path:?} cannot be used: {reason}")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("client_cert and client_key go together; {0} is missing")]
+    TlsPair(&'static str),
+    #[error("TLS support was not compiled in (feature \"tls\")")]
+    TlsNotCompiled,
+    #[error("WebSocket support was not compiled in (feature \"ws\")")]
+    WsNotCompiled,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            brokers: Vec::new(),
+            client_id: None,
+            username: None,
+            password: None,
+            tls: TlsOptions::default(),
+            protocol: Protocol::V311,
+            keep_alive: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            clean_session: true,
+            session_expiry_interval: None,
+            last_will: None,
+            max_inflight: 1000,
+            max_packet_size: 268_435_460,
+            receive_maximum: 1000,
+            incoming_buffer: 1024,
+            reconnect: ReconnectPolicy::default(),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Options for one broker URL, everything else default.
+    pub fn new(broker: &str) -> Result<Self, OptionsError> {
+        Ok(ConnectOptions {
+            brokers: vec![broker.parse()?],
+            ..Default::default()
+        })
+    }
+
+    /// Starts a builder in the style of Jet's `MqttSources.builder()`.
+    pub fn builder() -> ConnectOptionsBuilder {
+        ConnectOptionsBuilder::default()
+    }
+
+    /// Checks the options without touching the network.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.brokers.is_empty() {
+            return Err(OptionsError::NoBroker);
+        }
+        if !self.clean_session && self.client_id.as_deref().is_none_or(str::is_empty) {
+            return Err(OptionsError::PersistentSessionNeedsClientId);
+        }
+        if let Some(id) = &self.client_id {
+            if id.len() > 65_535 {
+                return Err(OptionsError::ClientIdTooLong(id.chars().take(40).collect()));
+            }
+        }
+        if let Some(w) = &self.last_will {
+            validate_topic_name(&w.topic).map_err(OptionsError::WillTopic)?;
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65_000 {
+            return Err(OptionsError::MaxInflight(self.max_inflight as u32));
+        }
+        if self.receive_maximum == 0 {
+            return Err(OptionsError::ReceiveMaximum);
+        }
+        if self.session_expiry_interval.is_some() && self.protocol != Protocol::V5 {
+            return Err(OptionsError::SessionExpiryNeedsV5);
+        }
+        if !(64..=268_435_460).contains(&self.max_packet_size) {
+            return Err(OptionsError::MaxPacketSize(self.max_packet_size));
+        }
+        if self.reconnect.multiplier < 1.0 || self.reconnect.multiplier.is_nan() {
+            return Err(OptionsError::Multiplier(
+                self.reconnect.multiplier.to_string(),
+            ));
+        }
+        match (&self.tls.client_cert, &self.tls.client_key) {
+            (Some(_), None) => return Err(OptionsError::TlsPair("client_key")),
+            (None, Some(_)) => return Err(OptionsError::TlsPair("client_cert")),
+            _ => {}
+        }
+        for b in &self.brokers {
+            if b.transport.is_tls() && !cfg!(feature = "tls") {
+                return Err(OptionsError::TlsNotCompiled);
+            }
+            if matches!(b.transport, Transport::Ws | Transport::Wss) && !cfg!(feature = "ws") {
+                return Err(OptionsError::WsNotCompiled);
+            }
+        }
+        Ok(())
+    }
+
+    /// The client id to use: the configured one, or a generated one.
+    pub(crate) fn resolve_client_id(&self) -> String {
+        match &self.client_id {
+            Some(id) => id.clone(),
+            None => {
+                let suffix: String = (0..12).map(|_| fastrand::alphanumeric()).collect();
+                format!("mqlink-{suffix}")
+            }
+        }
+    }
+
+    /// Session expiry to send: explicit, or "never" for a v5 persistent session.
+    pub(crate) fn effective_session_expiry(&self) -> Option<u32> {
+        match (
+            self.protocol,
+            self.session_expiry_interval,
+            self.clean_session,
+        ) {
+            (Protocol::V5, Some(e), _) => Some(e),
+            (Protocol::V5, None, false) => Some(u32::MAX),
+            _ => None,
+        }
+    }
+}
+
+/// Chained setters that cannot fail; problems surface in [`build`](Self::build).
+#[derive(Default)]
+pub struct ConnectOptionsBuilder {
+    opts: ConnectOptions,
+    errors: Vec<OptionsError>,
+}
+
+impl ConnectOptionsBuilder {
+    /// Adds a broker; call again for failover brokers.
+    pub fn broker(mut self, url: &str) -> Self {
+        match url.parse() {
+            Ok(b) => self.opts.brokers.push(b),
+            Err(e) => self.errors.push(OptionsError::Url(e)),
+        }
+        self
+    }
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.opts.client_id = Some(id.into());
+        self
+    }
+    pub fn auth(mut self, username: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.opts.username = Some(username.into());
+        self.opts.password = Some(password.into());
+        self
+    }
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.opts.tls = tls;
+        self
+    }
+    pub fn protocol(mut self, p: Protocol) -> Self {
+        self.opts.protocol = p;
+        self
+    }
+    pub fn keep_alive(mut self, d: Duration) -> Self {
+        self.opts.keep_alive = d;
+        self
+    }
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.opts.connect_timeout = d;
+        self
+    }
+    /// A persistent session (`clean_session = false`), as Jet's `keepSession()`.
+    pub fn keep_session(mut self) -> Self {
+        self.opts.clean_session = false;
+        self
+    }
+    pub fn clean_session(mut self, clean: bool) -> Self {
+        self.opts.clean_session = clean;
+        self
+    }
+    pub fn session_expiry_interval(mut self, secs: u32) -> Self {
+        self.opts.session_expiry_interval = Some(secs);
+        self
+    }
+    pub fn last_will(mut self, will: LastWill) -> Self {
+        self.opts.last_will = Some(will);
+        self
+    }
+    pub fn max_inflight(mut self, n: u16) -> Self {
+        self.opts.max_inflight = n;
+        self
+    }
+    pub fn max_packet_size(mut self, n: u32) -> Self {
+        self.opts.max_packet_size = n;
+        self
+    }
+    pub fn receive_maximum(mut self, n: u16) -> Self {
+        self.opts.receive_maximum = n;
+        self
+    }
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.opts.reconnect = policy;
+        self
+    }
+    pub fn build(mut self) -> Result<ConnectOptions, OptionsError> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.remove(0));
+        }
+        self.opts.validate()?;
+        Ok(self.opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_default_ports() {
+        for (url, t, host, port) in [
+            ("mqtt://h", Transport::Tcp, "h", 1883),
+            ("tcp://h:1", Transport::Tcp, "h", 1),
+            ("mqtts://h", Transport::Tls, "h", 8883),
+            ("ssl://h:9", Transport::Tls, "h", 9),
+            ("ws://h", Transport::Ws, "h", 80),
+            ("wss://h", Transport::Wss, "h", 443),
+            ("h:7", Transport::Tcp, "h", 7),
+            ("localhost", Transport::Tcp, "localhost", 1883),
+            ("mqtt://[::1]:5", Transport::Tcp, "::1", 5),
+            ("MQTT://h/", Transport::Tcp, "h", 1883),
+        ] {
+            let b: BrokerUrl = url.parse().unwrap();
+            assert_eq!(
+                (b.transport, b.host.as_str(), b.port),
+                (t, host, port),
+                "{url}"
+            );
+        }
+        let ws: BrokerUrl = "ws://h:8080/ws".parse().unwrap();
+        assert_eq!(ws.path, "/ws");
+        assert_eq!(ws.to_string(), "ws://h:8080/ws");
+    }
+
+    #[test]
+    fn bad_urls_name_the_url() {
+        for bad in [
+            "http://h",
+            "mqtt://h:x",
+            "mqtt://h:0",
+            "mqtt://",
+            "mqtt://h/topic",
+            "mqtt://u:p@h",
+        ] {
+            let e = bad.parse::<BrokerUrl>().unwrap_err();
+            assert_eq!(e.url, bad);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        // The password in a URL must not be echoed back either.
+        let e = "mqtt://u:p@h".parse::<BrokerUrl>().unwrap_err();
+        assert!(e.reason.contains("credentials"));
+    }
+
+    #[test]
+    fn validation() {
+        let mut o = ConnectOptions::new("mqtt://h").unwrap();
+        assert_eq!(o.validate(), Ok(()));
+        o.clean_session = false;
+        assert_eq!(
+            o.validate(),
+            Err(OptionsError::PersistentSessionNeedsClientId)
+        );
+        o.client_id = Some("c".into());
+        assert_eq!(o.validate(), Ok(()));
+        assert_eq!(o.effective_session_expiry(), None);
+        o.protocol = Protocol::V5;
+        assert_eq!(o.effective_session_expiry(), Some(u32::MAX));
+        o.session_expiry_interval = Some(10);
+        assert_eq!(o.effective_session_expiry(), Some(10));
+        o.protocol = Protocol::V311;
+        assert_eq!(o.validate(), Err(OptionsError::SessionExpiryNeedsV5));
+        let e = ConnectOptions::builder()
+            .broker("mqtt://h")
+            .last_will(LastWill {
+                topic: "a/+".into(),
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+            })
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("\"a/+\""), "{e}");
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap() {
+        let p = ReconnectPolicy {
+            initial_interval: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_interval: Duration::from_millis(500),
+            max_attempts: 0,
+            jitter: 0.0,
+        };
+        let d: Vec<u128> = (1..=5).map(|a| p.delay(a).as_millis()).collect();
+        assert_eq!(d, [100, 200, 400, 500, 500]);
+        let j = ReconnectPolicy { jitter: 0.5, ..p };
+        for _ in 0..100 {
+            let ms = j.delay(1).as_millis();
+            assert!((50..=150).contains(&ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        let o = ConnectOptions::builder()
+            .broker("mqtt://h")
+            .auth("user", "s3cr3t-pw")
+            .build()
+            .unwrap();
+        assert!(!format!("{o:?}").contains("s3cr3t-pw"));
+    }
+}

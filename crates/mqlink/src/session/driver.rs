@@ -1,0 +1,755 @@
+//! The network driver: one task that owns the connection and `select!`s over
+//! the socket, the application's requests and acknowledgements, and the
+//! keep-alive timer. It never waits on the application: deliveries go into
+//! a bounded channel, and when that is full the driver stops reading PUBLISH
+//! packets (TCP back-pressure) while pings and acks keep flowing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::state::{InAcks, Outgoing, Quota, Waiter};
+use super::transport::{self, Reader, TlsSetup, Writer};
+use super::{AckHandle, Delivery, Request, Stats, Status, Subscription};
+use crate::codec::{
+    decode, encode, encode_ack, publish_size, AckKind, ConnAck, Connect, ConnectProperties,
+    Disconnect, Packet, SubAck, Subscribe, Unsubscribe, Will,
+};
+use crate::error::{ConnectError, ConnectionLost, PublishError, Refusal, SubscribeError};
+use crate::options::{BrokerUrl, ConnectOptions};
+use crate::types::{Protocol, QoS};
+
+/// Bytes queued for the socket before the driver stops taking requests.
+const HIGH_WATER: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// QoS 2 publishes in progress on MQTT 3.1.1, which has no receive maximum.
+/// Mosquitto counts them against `max_inflight_messages` (20 by default)
+/// until PUBREL, and answers a QoS 1 publish arriving when that is used up
+/// with PUBACK 0x97 and a disconnect: so stay well below it (see [`Quota`]).
+const V311_QOS2_WINDOW: usize = 10;
+
+pub(crate) struct AckMsg {
+    pub(crate) epoch: u32,
+    pub(crate) seq: u64,
+}
+
+type SubReply = oneshot::Sender<Result<Vec<QoS>, SubscribeError>>;
+type UnsubReply = oneshot::Sender<Result<(), SubscribeError>>;
+
+/// SUBSCRIBE/UNSUBSCRIBE requests; kept until answered, resent after a reconnect.
+enum Ctrl {
+    /// `reply` is `None` when the driver re-subscribes after session loss.
+    Sub {
+        subs: Vec<Subscription>,
+        reply: Option<SubReply>,
+    },
+    Unsub {
+        filters: Vec<String>,
+        reply: UnsubReply,
+    },
+}
+
+struct Conn {
+    rd: Reader,
+    wr: Writer,
+    rbuf: BytesMut,
+    connack: ConnAck,
+}
+
+/// How `serve` ended without error.
+enum Closed {
+    /// The application asked to disconnect, or dropped every handle.
+    ByApplication,
+}
+
+pub(crate) struct Driver {
+    opts: ConnectOptions,
+    client_id: String,
+    tls: Option<TlsSetup>,
+    requests: mpsc::Receiver<Request>,
+    requests_open: bool,
+    acks_tx: mpsc::UnboundedSender<AckMsg>,
+    acks_rx: mpsc::UnboundedReceiver<AckMsg>,
+    deliveries: mpsc::Sender<Delivery>,
+    status: watch::Sender<Status>,
+    stats: Arc<Stats>,
+    fail_fast: bool,
+    first: Option<oneshot::Sender<Result<(), ConnectError>>>,
+    out: Outgoing,
+    inc: InAcks,
+    /// Granted subscriptions, made again when the broker lost the session.
+    subscriptions: Vec<Subscription>,
+    ctrl_queue: VecDeque<Ctrl>,
+    ctrl_inflight: HashMap<u16, Ctrl>,
+    next_ctrl_pkid: u16,
+    /// Largest packet the current broker accepts.
+    max_out: usize,
+    disconnect_reply: Option<oneshot::Sender<()>>,
+    stopping: bool,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        opts: ConnectOptions,
+        client_id: String,
+        tls: Option<TlsSetup>,
+        requests: mpsc::Receiver<Request>,
+        deliveries: mpsc::Sender<Delivery>,
+        status: watch::Sender<Status>,
+        stats: Arc<Stats>,
+        fail_fast: bool,
+        first: oneshot::Sender<Result<(), ConnectError>>,
+    ) -> Self {
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        Driver {
+            out: Outgoing::new(opts.max_inflight),
+            max_out: opts.max_packet_size as usize,
+            next_ctrl_pkid: opts.max_inflight + 1,
+            opts,
+            client_id,
+            tls,
+            requests,
+            requests_open: true,
+            acks_tx,
+            acks_rx,
+            deliveries,
+            status,
+            stats,
+            fail_fast,
+            first: Some(first),
+            inc: InAcks::new(),
+            subscriptions: Vec::new(),
+            ctrl_queue: VecDeque::new(),
+            ctrl_inflight: HashMap::new(),
+            disconnect_reply: None,
+            stopping: false,
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        self.opts.protocol
+    }
+
+    pub(crate) async fn run(mut self) {
+        let brokers = self.opts.brokers.clone();
+        let mut attempt: u32 = 0;
+        let mut broker_idx = 0usize;
+        let mut last_connect_error: Option<ConnectError>;
+        let fatal: Option<String> = loop {
+            if self.stopping {
+                break None;
+            }
+            let broker = &brokers[broker_idx % brokers.len()];
+            self.status.send_replace(Status::Connecting);
+            let error_text = match self.connect_once(broker).await {
+                Ok(conn) => {
+                    attempt = 0;
+                    last_connect_error = None;
+                    if let Some(first) = self.first.take() {
+                        let _ = first.send(Ok(()));
+                    }
+                    match self.serve(conn, broker).await {
+                        Ok(Closed::ByApplication) => break None,
+                        Err(lost) => {
+                            warn!(broker = %broker, error = %lost, "Connection lost.");
+                            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            lost.to_string()
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !e.is_retryable() || (self.fail_fast && self.first.is_some()) {
+                        error!(broker = %broker, error = %e, "Connection failed.");
+                        let text = e.to_string();
+                        if let Some(first) = self.first.take() {
+                            let _ = first.send(Err(e));
+                        }
+                        break Some(text);
+                    }
+                    warn!(broker = %broker, error = %e, "Connection attempt failed.");
+                    broker_idx += 1;
+                    let text = e.to_string();
+                    last_connect_error = Some(e);
+                    text
+                }
+            };
+            attempt += 1;
+            let max = self.opts.reconnect.max_attempts;
+            if max > 0 && attempt > max {
+                let text = format!("gave up after {max} reconnect attempts: {error_text}");
+                error!(attempts = max, error = %error_text, "Giving up reconnecting.");
+                if let (Some(first), Some(e)) = (self.first.take(), last_connect_error.take()) {
+                    let _ = first.send(Err(e));
+                }
+                break Some(text);
+            }
+            self.status.send_replace(Status::Reconnecting {
+                error: error_text,
+                attempt,
+            });
+            let delay = self.opts.reconnect.delay(attempt);
+            debug!(?delay, attempt, "Reconnecting after a pause.");
+            if !self.wait(delay).await {
+                break None;
+            }
+        };
+        let why = fatal
+            .clone()
+            .unwrap_or_else(|| "the session was closed by the application".to_owned());
+        self.out.fail_all(&why);
+        for ctrl in self
+            .ctrl_queue
+            .drain(..)
+            .chain(self.ctrl_inflight.drain().map(|(_, c)| c))
+        {
+            match ctrl {
+                Ctrl::Sub { reply: Some(r), .. } => {
+                    let _ = r.send(Err(SubscribeError::Stopped(why.clone())));
+                }
+                Ctrl::Unsub { reply, .. } => {
+                    let _ = reply.send(Err(SubscribeError::Stopped(why.clone())));
+                }
+                Ctrl::Sub { reply: None, .. } => {}
+            }
+        }
+        self.status.send_replace(Status::Stopped { error: fatal });
+        if let Some(r) = self.disconnect_reply.take() {
+            let _ = r.send(());
+        }
+    }
+
+    /// Sleeps for `d` while still accepting requests. `false` = stop now.
+    async fn wait(&mut self, d: Duration) -> bool {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                req = self.requests.recv(), if self.requests_open => match req {
+                    Some(r) => {
+                        if !self.accept(r) {
+                            return false;
+                        }
+                    }
+                    None => self.requests_open = false,
+                },
+            }
+            if self.abandoned() {
+                return false;
+            }
+        }
+    }
+
+    /// Nobody can publish or receive any more, and nothing is pending.
+    fn abandoned(&self) -> bool {
+        !self.requests_open && self.deliveries.is_closed() && self.out.is_idle()
+    }
+
+    /// Takes one request. `false` means the application asked to disconnect.
+    fn accept(&mut self, req: Request) -> bool {
+        match req {
+            Request::Publish(p, waiter) => {
+                let size = publish_size(&p, self.protocol());
+                if size > self.max_out {
+                    waiter.complete(Err(PublishError::TooLarge {
+                        topic: p.topic.to_string(),
+                        size,
+                        max: self.max_out,
+                    }));
+                } else {
+                    self.stats.publishes_sent.fetch_add(1, Ordering::Relaxed);
+                    self.out.push(p, waiter);
+                }
+            }
+            Request::Subscribe(subs, reply) => self.ctrl_queue.push_back(Ctrl::Sub {
+                subs,
+                reply: Some(reply),
+            }),
+            Request::Unsubscribe(filters, reply) => {
+                self.ctrl_queue.push_back(Ctrl::Unsub { filters, reply })
+            }
+            Request::Disconnect(reply) => {
+                self.disconnect_reply = Some(reply);
+                self.stopping = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn connect_once(&mut self, broker: &BrokerUrl) -> Result<Conn, ConnectError> {
+        let after = self.opts.connect_timeout;
+        match tokio::time::timeout(after, self.handshake(broker)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout {
+                broker: broker.clone(),
+                after,
+            }),
+        }
+    }
+
+    async fn handshake(&self, broker: &BrokerUrl) -> Result<Conn, ConnectError> {
+        let (mut rd, mut wr) = transport::connect(broker, self.tls.as_ref()).await?;
+        let o = &self.opts;
+        let v5 = o.protocol == Protocol::V5;
+        let connect = Connect {
+            protocol: o.protocol,
+            clean_start: o.clean_session,
+            keep_alive: o.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+            client_id: self.client_id.clone(),
+            username: o.username.clone(),
+            password: o.password.clone(),
+            will: o.last_will.as_ref().map(|w| Will {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+            }),
+            properties: ConnectProperties {
+                session_expiry_interval: o.effective_session_expiry(),
+                receive_maximum: v5.then_some(o.receive_maximum),
+                maximum_packet_size: v5.then_some(o.max_packet_size),
+                topic_alias_maximum: None,
+                user_properties: Vec::new(),
+            },
+        };
+        let io_err = |source: io::Error| ConnectError::Io {
+            broker: broker.clone(),
+            source,
+        };
+        let mut buf = BytesMut::with_capacity(128);
+        encode(&Packet::Connect(Box::new(connect)), o.protocol, &mut buf);
+        wr.write_all(&buf).await.map_err(io_err)?;
+        wr.flush().await.map_err(io_err)?;
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            let packet =
+                decode(&mut rbuf, o.protocol, o.max_packet_size as usize).map_err(|e| {
+                    ConnectError::Protocol {
+                        broker: broker.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            match packet {
+                Some(Packet::ConnAck(c)) if c.code == 0 => {
+                    return Ok(Conn {
+                        rd,
+                        wr,
+                        rbuf,
+                        connack: c,
+                    })
+                }
+                Some(Packet::ConnAck(c)) => {
+                    return Err(ConnectError::Refused {
+                        broker: broker.clone(),
+                        refusal: Refusal::from_code(c.code, v5),
+                        reason: c.properties.reason_string,
+                    })
+                }
+                Some(other) => {
+                    return Err(ConnectError::Protocol {
+                        broker: broker.clone(),
+                        reason: format!("expected CONNACK, got {other:?}"),
+                    })
+                }
+                None => {}
+            }
+            if rd.read_buf(&mut rbuf).await.map_err(io_err)? == 0 {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection before CONNACK",
+                )));
+            }
+        }
+    }
+
+    fn ctrl_pkid(&mut self) -> u16 {
+        // Publishes use ids 1..=max_inflight; control packets use the rest.
+        loop {
+            let id = self.next_ctrl_pkid;
+            self.next_ctrl_pkid = if id == u16::MAX {
+                self.opts.max_inflight + 1
+            } else {
+                id + 1
+            };
+            if !self.ctrl_inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn send_ctrl(&mut self, wbuf: &mut BytesMut) {
+        while let Some(ctrl) = self.ctrl_queue.pop_front() {
+            let pkid = self.ctrl_pkid();
+            let packet = match &ctrl {
+                Ctrl::Sub { subs, .. } => Packet::Subscribe(Subscribe {
+                    pkid,
+                    filters: subs.iter().map(|s| (s.filter.clone(), s.options)).collect(),
+                    subscription_identifier: None,
+                }),
+                Ctrl::Unsub { filters, .. } => Packet::Unsubscribe(Unsubscribe {
+                    pkid,
+                    filters: filters.clone(),
+                }),
+            };
+            encode(&packet, self.protocol(), wbuf);
+            self.ctrl_inflight.insert(pkid, ctrl);
+        }
+    }
+
+    fn on_suback(&mut self, s: SubAck) -> Result<(), ConnectionLost> {
+        let Some(ctrl) = self.ctrl_inflight.remove(&s.pkid) else {
+            return Ok(());
+        };
+        let Ctrl::Sub { subs, reply } = ctrl else {
+            return Err(ConnectionLost::Protocol(format!(
+                "SUBACK for UNSUBSCRIBE packet id {}",
+                s.pkid
+            )));
+        };
+        if s.codes.len() != subs.len() {
+            return Err(ConnectionLost::Protocol(format!(
+                "SUBACK has {} codes for {} filters",
+                s.codes.len(),
+                subs.len()
+            )));
+        }
+        let mut granted = Vec::with_capacity(subs.len());
+        let mut refused = None;
+        for (sub, &code) in subs.iter().zip(&s.codes) {
+            match QoS::from_u8(code) {
+                Some(q) => {
+                    granted.push(q);
+                    match self
+                        .subscriptions
+                        .iter_mut()
+                        .find(|x| x.filter == sub.filter)
+                    {
+                        Some(x) => *x = sub.clone(),
+                        None => self.subscriptions.push(sub.clone()),
+                    }
+                    debug!(filter = %sub.filter, granted = %q, "Subscribed.");
+                }
+                None => {
+                    refused.get_or_insert((sub.filter.clone(), code));
+                }
+            }
+        }
+        match (reply, refused) {
+            (Some(r), Some((filter, code))) => {
+                let _ = r.send(Err(SubscribeError::Refused { filter, code }));
+            }
+            (Some(r), None) => {
+                let _ = r.send(Ok(granted));
+            }
+            (None, Some((filter, code))) => {
+                let e = SubscribeError::Refused { filter, code };
+                error!(error = %e, "Re-subscribing after session loss failed.");
+            }
+            (None, None) => info!(count = subs.len(), "Re-subscribed after session loss."),
+        }
+        Ok(())
+    }
+
+    /// Handles one packet from the broker.
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        wbuf: &mut BytesMut,
+        ping_sent: &mut Option<Instant>,
+    ) -> Result<(), ConnectionLost> {
+        match packet {
+            Packet::Publish(p) => {
+                self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_received
+                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                let ack = (p.qos != QoS::AtMostOnce).then(|| AckHandle {
+                    tx: self.acks_tx.clone(),
+                    epoch: self.inc.epoch(),
+                    seq: self.inc.arrive(p.pkid, p.qos),
+                });
+                let d = Delivery {
+                    topic: p.topic,
+                    payload: p.payload,
+                    qos: p.qos,
+                    retain: p.retain,
+                    dup: p.dup,
+                    properties: p.properties,
+                    received_at: SystemTime::now(),
+                    ack,
+                };
+                // Room was checked before decoding; a closed channel means the
+                // application dropped `Incoming` and will never acknowledge.
+                if self.deliveries.try_send(d).is_err() {
+                    debug!("Delivery dropped: the application stopped receiving.");
+                }
+            }
+            Packet::Ack(a) if a.kind == AckKind::PubRel => {
+                encode_ack(AckKind::PubComp, a.pkid, wbuf);
+            }
+            Packet::Ack(a) => {
+                if matches!(a.kind, AckKind::PubAck | AckKind::PubComp) {
+                    self.stats
+                        .publishes_confirmed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.out
+                    .on_ack(&a, wbuf)
+                    .map_err(ConnectionLost::Protocol)?;
+            }
+            Packet::SubAck(s) => self.on_suback(s)?,
+            Packet::UnsubAck(u) => {
+                if let Some(Ctrl::Unsub { filters, reply }) = self.ctrl_inflight.remove(&u.pkid) {
+                    self.subscriptions.retain(|s| !filters.contains(&s.filter));
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Packet::PingResp => *ping_sent = None,
+            Packet::Disconnect(d) => {
+                return Err(ConnectionLost::Disconnected {
+                    code: d.reason,
+                    reason: d.reason_string,
+                })
+            }
+            other => {
+                return Err(ConnectionLost::Protocol(format!(
+                    "unexpected packet from the broker: {other:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes buffered input while the application has room for deliveries.
+    /// Returns `true` when reading must pause because it has none.
+    fn drain_input(
+        &mut self,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        ping_sent: &mut Option<Instant>,
+    ) -> Result<bool, ConnectionLost> {
+        let max_in = self.opts.max_packet_size as usize;
+        loop {
+            let is_publish = rbuf.first().is_some_and(|b| b >> 4 == 3);
+            if is_publish && self.deliveries.capacity() == 0 && !self.deliveries.is_closed() {
+                return Ok(true);
+            }
+            match decode(rbuf, self.protocol(), max_in)? {
+                Some(p) => self.on_packet(p, wbuf, ping_sent)?,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    async fn serve(&mut self, conn: Conn, broker: &BrokerUrl) -> Result<Closed, ConnectionLost> {
+        let Conn {
+            mut rd,
+            mut wr,
+            mut rbuf,
+            connack,
+        } = conn;
+        let props = &connack.properties;
+        let session_present = connack.session_present;
+        let all = (self.opts.max_inflight as usize)
+            .min(props.receive_maximum.unwrap_or(u16::MAX) as usize);
+        let quota = Quota {
+            all,
+            qos2: match self.opts.protocol {
+                Protocol::V5 => all,
+                Protocol::V311 => all.min(V311_QOS2_WINDOW),
+            },
+        };
+        self.max_out = (self.opts.max_packet_size as usize)
+            .min(props.maximum_packet_size.map_or(usize::MAX, |m| m as usize));
+        let keep_alive = props
+            .server_keep_alive
+            .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));
+        self.inc.new_epoch();
+        info!(broker = %broker, client_id = %self.client_id, session_present, "Connected.");
+        self.status.send_replace(Status::Connected {
+            broker: broker.to_string(),
+            session_present,
+        });
+
+        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        // Requests that were sent but not answered go again, first.
+        let mut unanswered: Vec<(u16, Ctrl)> = self.ctrl_inflight.drain().collect();
+        unanswered.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        for (_, c) in unanswered {
+            self.ctrl_queue.push_front(c);
+        }
+        if !session_present && !self.subscriptions.is_empty() {
+            self.ctrl_queue.push_front(Ctrl::Sub {
+                subs: self.subscriptions.clone(),
+                reply: None,
+            });
+        }
+        self.send_ctrl(&mut wbuf);
+        self.out.resend(session_present, self.protocol(), &mut wbuf);
+
+        // QoS 0 publishes complete once their last byte is written:
+        // `consumed` counts bytes taken from the front of `wbuf`.
+        let mut consumed: u64 = 0;
+        let mut qos0: VecDeque<(u64, Waiter)> = VecDeque::new();
+        let mut unflushed = false;
+        let mut last_write = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let far = Duration::from_secs(86_400 * 365);
+        let ka_sleep = tokio::time::sleep(far);
+        // A second handle on the delivery channel, to wait for room without borrowing `self`.
+        let room = self.deliveries.clone();
+        tokio::pin!(ka_sleep);
+
+        let result: Result<Closed, ConnectionLost> = loop {
+            let paused = match self.drain_input(&mut rbuf, &mut wbuf, &mut ping_sent) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            self.send_ctrl(&mut wbuf);
+            self.out.send_queued(
+                quota,
+                self.opts.protocol,
+                &mut wbuf,
+                HIGH_WATER,
+                &mut |w, end| qos0.push_back((consumed + end as u64, w)),
+            );
+            if self.abandoned() || self.stopping {
+                break Ok(Closed::ByApplication);
+            }
+            if !keep_alive.is_zero() {
+                let deadline = ping_sent.unwrap_or(last_write) + keep_alive;
+                if ka_sleep.deadline() != deadline {
+                    ka_sleep.as_mut().reset(deadline);
+                }
+            }
+            if rbuf.capacity() - rbuf.len() < 4096 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                Some(a) = self.acks_rx.recv() => {
+                    self.inc.ack(a.epoch, a.seq, &mut wbuf);
+                    while let Ok(a) = self.acks_rx.try_recv() {
+                        self.inc.ack(a.epoch, a.seq, &mut wbuf);
+                    }
+                }
+                r = write_some(&mut wr, &mut wbuf, &mut unflushed), if !wbuf.is_empty() || unflushed => {
+                    match r {
+                        Ok(n) => {
+                            consumed += n as u64;
+                            last_write = Instant::now();
+                            if !unflushed {
+                                while qos0.front().is_some_and(|(end, _)| *end <= consumed) {
+                                    let (_, w) = qos0.pop_front().expect("front");
+                                    w.complete(Ok(super::Confirmed { reason_code: 0 }));
+                                }
+                            }
+                        }
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                r = rd.read_buf(&mut rbuf), if !paused => match r {
+                    Ok(0) => break Err(ConnectionLost::Closed),
+                    Ok(_) => {}
+                    Err(e) => break Err(e.into()),
+                },
+                req = self.requests.recv(), if self.requests_open && wbuf.len() < HIGH_WATER => {
+                    match req {
+                        Some(r) => {
+                            if self.accept(r) {
+                                while let Ok(r) = self.requests.try_recv() {
+                                    if !self.accept(r) {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        None => self.requests_open = false,
+                    }
+                }
+                _ = room.reserve(), if paused => {}
+                _ = &mut ka_sleep, if !keep_alive.is_zero() => {
+                    match ping_sent {
+                        Some(_) if !paused => break Err(ConnectionLost::KeepAliveTimeout(keep_alive)),
+                        // Paused: the PINGRESP is unread behind PUBLISH packets; keep pinging
+                        // so the broker does not drop us while the application is slow.
+                        _ => {
+                            encode(&Packet::PingReq, self.protocol(), &mut wbuf);
+                            ping_sent = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+        };
+
+        match result {
+            Ok(closed) => {
+                // Acknowledgements the application gave before closing, then DISCONNECT.
+                while let Ok(a) = self.acks_rx.try_recv() {
+                    self.inc.ack(a.epoch, a.seq, &mut wbuf);
+                }
+                encode(
+                    &Packet::Disconnect(Disconnect::default()),
+                    self.protocol(),
+                    &mut wbuf,
+                );
+                // Then read until the broker closes: closing a socket with unread
+                // input sends RST, and the broker could drop our last acks with it.
+                let flush = async {
+                    wr.write_all(&wbuf).await?;
+                    wr.flush().await?;
+                    wr.shutdown().await?;
+                    rbuf.clear();
+                    while rd.read_buf(&mut rbuf).await? > 0 {
+                        rbuf.clear();
+                    }
+                    io::Result::Ok(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+                for (_, w) in qos0 {
+                    w.complete(Ok(super::Confirmed { reason_code: 0 }));
+                }
+                info!(broker = %broker, "Disconnected.");
+                Ok(closed)
+            }
+            Err(e) => {
+                for (_, w) in qos0 {
+                    w.complete(Err(PublishError::Stopped(format!(
+                        "QoS 0 publish not written before the connection was lost: {e}"
+                    ))));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Writes some of `wbuf`, or flushes once it is empty. Cancel-safe.
+async fn write_some(
+    wr: &mut Writer,
+    wbuf: &mut BytesMut,
+    unflushed: &mut bool,
+) -> io::Result<usize> {
+    if wbuf.is_empty() {
+        wr.flush().await?;
+        *unflushed = false;
+        return Ok(0);
+    }
+    let n = wr.write(wbuf).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    wbuf.advance(n);
+    *unflushed = true;
+    Ok(n)
+}

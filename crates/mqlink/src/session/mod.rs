@@ -1,0 +1,383 @@
+//! The MQTT session layer: one task (the driver) owns the connection; the
+//! application talks to it through a cloneable [`Client`] and receives
+//! messages from [`Incoming`].
+//!
+//! - [`Client::publish`] waits for room in the in-flight window
+//!   (back-pressure), then returns a [`PublishToken`] that completes when
+//!   the broker confirmed (PUBACK for QoS 1, PUBCOMP for QoS 2, written to
+//!   the socket for QoS 0).
+//! - Each incoming QoS 1/2 [`Delivery`] carries an [`AckHandle`]; PUBACK or
+//!   PUBREC is sent only after the application acknowledged, in arrival order.
+//! - The driver reconnects with backoff, resends unconfirmed publishes (DUP
+//!   set, original order) and subscribes again when the broker lost the session.
+
+mod driver;
+mod state;
+mod transport;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::codec::{ByteStr, Publish};
+pub use crate::codec::{PublishProperties, SubscribeOptions};
+use crate::error::{Error, PublishError, SubscribeError};
+use crate::options::ConnectOptions;
+use crate::topic::{validate_filter, validate_topic_name};
+use crate::types::{Protocol, QoS};
+pub use state::Confirmed;
+use state::Waiter;
+
+/// A message to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties; ignored on 3.1.1.
+    pub properties: Option<PublishProperties>,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: None,
+        }
+    }
+    pub fn retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+    pub fn properties(mut self, p: PublishProperties) -> Self {
+        self.properties = Some(p);
+        self
+    }
+}
+
+/// A subscription: a filter and its options (QoS, and MQTT 5 no-local,
+/// retain-as-published, retain handling).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    pub options: SubscribeOptions,
+}
+
+impl Subscription {
+    pub fn new(filter: impl Into<String>, qos: QoS) -> Self {
+        Subscription {
+            filter: filter.into(),
+            options: SubscribeOptions::qos(qos),
+        }
+    }
+}
+
+/// Where the session is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected {
+        broker: String,
+        session_present: bool,
+    },
+    /// Lost or failed; reconnecting after a backoff.
+    Reconnecting {
+        error: String,
+        attempt: u32,
+    },
+    /// Over: closed by the application, or a fatal error.
+    Stopped {
+        error: Option<String>,
+    },
+}
+
+/// Counters kept by the driver, readable at any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub publishes_sent: AtomicU64,
+    pub publishes_confirmed: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// A received message. Acknowledge QoS 1/2 deliveries with [`Delivery::ack`]
+/// (or take the handle with [`Delivery::take_ack`]) once they are safe.
+#[derive(Debug)]
+pub struct Delivery {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub properties: Option<Box<PublishProperties>>,
+    pub received_at: SystemTime,
+    ack: Option<AckHandle>,
+}
+
+impl Delivery {
+    /// Acknowledges the message (no-op for QoS 0). The PUBACK/PUBREC leaves
+    /// once every earlier message is acknowledged too.
+    pub fn ack(&mut self) {
+        if let Some(a) = self.ack.take() {
+            a.ack();
+        }
+    }
+    /// Takes the acknowledgement to use after the delivery is consumed.
+    pub fn take_ack(&mut self) -> Option<AckHandle> {
+        self.ack.take()
+    }
+}
+
+/// Acknowledges one incoming message. Dropping it unacknowledged holds back
+/// every later acknowledgement of the connection, as it must: the broker
+/// redelivers the message after a reconnect.
+#[derive(Debug)]
+pub struct AckHandle {
+    tx: mpsc::UnboundedSender<driver::AckMsg>,
+    epoch: u32,
+    seq: u64,
+}
+
+impl AckHandle {
+    pub fn ack(self) {
+        let _ = self.tx.send(driver::AckMsg {
+            epoch: self.epoch,
+            seq: self.seq,
+        });
+    }
+}
+
+/// Completes when the broker confirmed the publish (see [`Client::publish`]).
+#[must_use = "a publish is only known delivered when its token completes"]
+pub struct PublishToken(oneshot::Receiver<state::Outcome>);
+
+impl Future for PublishToken {
+    type Output = Result<Confirmed, PublishError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(PublishError::Stopped("the session task ended".into())))
+        })
+    }
+}
+
+/// The stream of incoming deliveries.
+pub struct Incoming {
+    rx: mpsc::Receiver<Delivery>,
+}
+
+impl Incoming {
+    /// The next delivery; `None` once the session has stopped.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+    /// A delivery if one is ready now.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+    /// Moves up to `limit` ready deliveries into `buf`, waiting for at least one.
+    /// Returns 0 once the session has stopped.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Delivery>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
+    }
+}
+
+pub(crate) enum Request {
+    Publish(Publish, Waiter),
+    Subscribe(
+        Vec<Subscription>,
+        oneshot::Sender<Result<Vec<QoS>, SubscribeError>>,
+    ),
+    Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
+    Disconnect(oneshot::Sender<()>),
+}
+
+/// The application's handle to a session. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Request>,
+    window: Arc<Semaphore>,
+    status: watch::Receiver<Status>,
+    stats: Arc<Stats>,
+    client_id: Arc<str>,
+    protocol: Protocol,
+}
+
+impl Client {
+    /// Starts a session and waits for the first CONNACK. A first attempt
+    /// that fails returns its error (as mosquitto_pub and mosquitto_sub do);
+    /// later losses are ridden out by reconnecting.
+    pub async fn connect(opts: ConnectOptions) -> Result<(Client, Incoming), Error> {
+        let (client, incoming, first) = Self::spawn(opts, true)?;
+        match first.await {
+            Ok(Ok(())) => Ok((client, incoming)),
+            Ok(Err(e)) => Err(Error::Connect(e)),
+            Err(_) => Err(Error::Stopped("the session task ended".into())),
+        }
+    }
+
+    /// Starts a session without waiting: the driver keeps trying to
+    /// connect under the reconnect policy, and publishes wait in the window.
+    pub fn start(opts: ConnectOptions) -> Result<(Client, Incoming), Error> {
+        let (client, incoming, _) = Self::spawn(opts, false)?;
+        Ok((client, incoming))
+    }
+
+    fn spawn(
+        opts: ConnectOptions,
+        fail_fast: bool,
+    ) -> Result<
+        (
+            Client,
+            Incoming,
+            oneshot::Receiver<Result<(), crate::error::ConnectError>>,
+        ),
+        Error,
+    > {
+        opts.validate()?;
+        let tls = if opts.brokers.iter().any(|b| b.transport.is_tls()) {
+            Some(transport::TlsSetup::new(&opts.tls)?)
+        } else {
+            None
+        };
+        let client_id: Arc<str> = opts.resolve_client_id().into();
+        let (req_tx, req_rx) = mpsc::channel(256);
+        let (msg_tx, msg_rx) = mpsc::channel(opts.incoming_buffer.max(1));
+        let (status_tx, status_rx) = watch::channel(Status::Connecting);
+        let (first_tx, first_rx) = oneshot::channel();
+        let stats = Arc::new(Stats::default());
+        let window = Arc::new(Semaphore::new(opts.max_inflight as usize));
+        let protocol = opts.protocol;
+        let d = driver::Driver::new(
+            opts,
+            client_id.to_string(),
+            tls,
+            req_rx,
+            msg_tx,
+            status_tx,
+            stats.clone(),
+            fail_fast,
+            first_tx,
+        );
+        tokio::spawn(d.run());
+        Ok((
+            Client {
+                tx: req_tx,
+                window,
+                status: status_rx,
+                stats,
+                client_id,
+                protocol,
+            },
+            Incoming { rx: msg_rx },
+            first_rx,
+        ))
+    }
+
+    /// The client id in use (generated when none was configured).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Watches the connection status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Publishes `msg`. Waits while the in-flight window is full, then
+    /// hands the message to the session and returns a token that completes
+    /// on the broker's confirmation. The topic is checked first.
+    pub async fn publish(&self, msg: Message) -> Result<PublishToken, PublishError> {
+        validate_topic_name(&msg.topic)?;
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let publish = Publish {
+            topic: ByteStr::from(msg.topic),
+            payload: msg.payload,
+            qos: msg.qos,
+            retain: msg.retain,
+            dup: false,
+            pkid: 0,
+            properties: msg
+                .properties
+                .filter(|p| !p.is_empty() && self.protocol == Protocol::V5)
+                .map(Box::new),
+        };
+        let waiter = Waiter {
+            tx: Some(tx),
+            _permit: Some(permit),
+        };
+        self.tx
+            .send(Request::Publish(publish, waiter))
+            .await
+            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
+        Ok(PublishToken(rx))
+    }
+
+    /// Subscribes and waits for the SUBACK. The subscriptions are made again
+    /// whenever the broker lost the session. Fails naming the first refused filter.
+    pub async fn subscribe(&self, subs: Vec<Subscription>) -> Result<Vec<QoS>, SubscribeError> {
+        for s in &subs {
+            validate_filter(&s.filter)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Subscribe(subs, tx))
+            .await
+            .map_err(|_| SubscribeError::Stopped("the session is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(SubscribeError::Stopped("the session task ended".into())))
+    }
+
+    pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<(), SubscribeError> {
+        for f in &filters {
+            validate_filter(f)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Unsubscribe(filters, tx))
+            .await
+            .map_err(|_| SubscribeError::Stopped("the session is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(SubscribeError::Stopped("the session task ended".into())))
+    }
+
+    /// Sends pending acknowledgements and DISCONNECT, then ends the session.
+    /// Publishes not yet confirmed fail with [`PublishError::Stopped`]: await
+    /// their tokens first for a clean finish.
+    pub async fn disconnect(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Disconnect(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The session's protocol state, without I/O: methods change the state and
+//! append the bytes to send to a buffer; the driver does the sending.
+//!
+//! - [`Outgoing`]: publishes waiting to be written, and those written but
+//!   not yet confirmed, in the order the application gave them.
+//! - [`InAcks`]: the ordered acknowledgement sequencer for incoming QoS 1/2
+//!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order).
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::codec::{encode_ack, encode_publish, Ack, AckKind, Publish};
+use crate::error::PublishError;
+use crate::types::{Protocol, QoS};
+
+/// The broker's answer to a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// MQTT 5 reason code of the PUBACK/PUBCOMP (0 or 0x10 "no matching
+    /// subscribers"); 0 on 3.1.1 and for QoS 0.
+    pub reason_code: u8,
+}
+
+pub(crate) type Outcome = Result<Confirmed, PublishError>;
+
+/// Completes a publish's token and frees its place in the window.
+pub(crate) struct Waiter {
+    pub(crate) tx: Option<oneshot::Sender<Outcome>>,
+    pub(crate) _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Waiter {
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1, PUBLISH sent.
+    AwaitPubAck,
+    /// QoS 2, PUBLISH sent.
+    AwaitPubRec,
+    /// QoS 2, PUBREC received and PUBREL sent.
+    AwaitPubComp,
+}
+
+struct Slot {
+    publish: Publish,
+    stage: Stage,
+    seq: u64,
+    waiter: Waiter,
+}
+
+pub(crate) struct Outgoing {
+    /// Indexed by packet id; ids 1..=max_inflight are used.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u16>,
+    /// (packet id, sequence) of slots in send order; stale entries are skipped.
+    order: VecDeque<(u16, u64)>,
+    /// Publishes not yet written, in the application's order.
+    outbox: VecDeque<(Publish, Waiter)>,
+    next_seq: u64,
+    live: usize,
+    /// QoS 2 publishes between PUBLISH and PUBCOMP (a subset of `live`).
+    live_qos2: usize,
+}
+
+/// How many unconfirmed publishes the broker accepts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quota {
+    pub(crate) all: usize,
+    /// QoS 2 alone. MQTT 3.1.1 has no receive maximum, yet Mosquitto refuses
+    /// (0x97, then disconnects) publishes beyond its `max_inflight_messages`
+    /// (20 by default) while QoS 2 messages await PUBREL.
+    pub(crate) qos2: usize,
+}
+
+impl Quota {
+    #[cfg(test)]
+    pub(crate) fn unlimited() -> Self {
+        Quota {
+            all: usize::MAX,
+            qos2: usize::MAX,
+        }
+    }
+}
+
+impl Outgoing {
+    pub(crate) fn new(max_inflight: u16) -> Self {
+        let n = max_inflight as usize;
+        Outgoing {
+            slots: (0..=n).map(|_| None).collect(),
+            free: (1..=max_inflight).rev().collect(),
+            order: VecDeque::with_capacity(n),
+            outbox: VecDeque::new(),
+            next_seq: 0,
+            live: 0,
+            live_qos2: 0,
+        }
+    }
+
+    /// Publishes written and awaiting confirmation.
+    #[cfg(test)]
+    pub(crate) fn inflight(&self) -> usize {
+        self.live
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.live == 0 && self.outbox.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub(crate) fn push(&mut self, publish: Publish, waiter: Waiter) {
+        self.outbox.push_back((publish, waiter));
+    }
+
+    /// Writes queued publishes while fewer than `quota` are unconfirmed.
+    /// QoS 0 waiters are handed back: they complete once the bytes are written.
+    pub(crate) fn send_queued(
+        &mut self,
+        quota: Quota,
+        protocol: Protocol,
+        out: &mut BytesMut,
+        max_bytes: usize,
+        written: &mut impl FnMut(Waiter, usize),
+    ) {
+        while out.len() < max_bytes {
+            let Some((p, _)) = self.outbox.front() else {
+                return;
+            };
+            if (p.qos != QoS::AtMostOnce && self.live >= quota.all)
+                || (p.qos == QoS::ExactlyOnce && self.live_qos2 >= quota.qos2)
+            {
+                return;
+            }
+            let (mut publish, waiter) = self.outbox.pop_front().expect("front exists");
+            if publish.qos == QoS::AtMostOnce {
+                encode_publish(&publish, protocol, out);
+                written(waiter, out.len());
+                continue;
+            }
+            // The window (semaphore) admits at most max_inflight publishes, so an id is free.
+            let pkid = self.free.pop().expect("window larger than packet id pool");
+            publish.pkid = pkid;
+            publish.dup = false;
+            encode_publish(&publish, protocol, out);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let stage = if publish.qos == QoS::AtLeastOnce {
+                Stage::AwaitPubAck
+            } else {
+                self.live_qos2 += 1;
+                Stage::AwaitPubRec
+            };
+            self.slots[pkid as usize] = Some(Slot {
+                publish,
+                stage,
+                seq,
+                waiter,
+            });
+            self.order.push_back((pkid, seq));
+            self.live += 1;
+        }
+    }
+
+    /// Handles PUBACK, PUBREC and PUBCOMP; may append a PUBREL.
+    /// Returns an error text for an ack that does not fit the state.
+    pub(crate) fn on_ack(&mut self, ack: &Ack, out: &mut BytesMut) -> Result<(), String> {
+        let slot = self
+            .slots
+            .get_mut(ack.pkid as usize)
+            .and_then(Option::as_mut);
+        let Some(slot) = slot else {
+            // A late duplicate for an id already completed: harmless.
+            tracing::debug!(pkid = ack.pkid, kind = ?ack.kind, "Ack for an unknown packet id ignored.");
+            return Ok(());
+        };
+        let failed = ack.reason >= 0x80;
+        match (ack.kind, slot.stage) {
+            (AckKind::PubAck, Stage::AwaitPubAck) | (AckKind::PubComp, Stage::AwaitPubComp) => {
+                self.finish(ack.pkid, Self::outcome(ack));
+            }
+            (AckKind::PubRec, Stage::AwaitPubRec) if failed => {
+                self.finish(ack.pkid, Self::outcome(ack));
+            }
+            (AckKind::PubRec, Stage::AwaitPubRec | Stage::AwaitPubComp) => {
+                slot.stage = Stage::AwaitPubComp;
+                encode_ack(AckKind::PubRel, ack.pkid, out);
+            }
+            (kind, stage) => {
+                return Err(format!(
+                    "{kind:?} for packet id {} which awaits {stage:?}",
+                    ack.pkid
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn outcome(ack: &Ack) -> Outcome {
+        Ok(Confirmed {
+            reason_code: ack.reason,
+        })
+        .and_then(|c| {
+            if ack.reason >= 0x80 {
+                Err(PublishError::Rejected {
+                    topic: String::new(),
+                    code: ack.reason,
+                    reason: ack.reason_string.clone(),
+                })
+            } else {
+                Ok(c)
+            }
+        })
+    }
+
+    fn finish(&mut self, pkid: u16, outcome: Outcome) {
+        let Some(slot) = self.slots[pkid as usize].take() else {
+            return;
+        };
+        let outcome = outcome.map_err(|e| match e {
+            PublishError::Rejected { code, reason, .. } => PublishError::Rejected {
+                topic: slot.publish.topic.to_string(),
+                code,
+                reason,
+            },
+            e => e,
+        });
+        if slot.publish.qos == QoS::ExactlyOnce {
+            self.live_qos2 -= 1;
+        }
+        slot.waiter.complete(outcome);
+        self.free.push(pkid);
+        self.live -= 1;
+        self.compact();
+    }
+
+    fn is_current(&self, (pkid, seq): (u16, u64)) -> bool {
+        matches!(&self.slots[pkid as usize], Some(s) if s.seq == seq)
+    }
+
+    fn compact(&mut self) {
+        while let Some(&front) = self.order.front() {
+            if self.is_current(front) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        // Out-of-order confirmations leave stale entries behind a slow one.
+        if self.order.len() > 4 * self.slots.len() {
+            let slots = &self.slots;
+            self.order
+                .retain(|&(p, s)| matches!(&slots[p as usize], Some(x) if x.seq == s));
+        }
+    }
+
+    /// After a new connection: resends every unconfirmed publish in the
+    /// original order with DUP set, or PUBREL where PUBREC was received.
+    /// When the broker lost the session, a QoS 2 publish it already
+    /// acknowledged with PUBREC is complete (the broker took ownership).
+    pub(crate) fn resend(&mut self, session_present: bool, protocol: Protocol, out: &mut BytesMut) {
+        let order: Vec<(u16, u64)> = self.order.iter().copied().collect();
+        for entry in order {
+            if !self.is_current(entry) {
+                continue;
+            }
+            let pkid = entry.0;
+            let slot = self.slots[pkid as usize].as_mut().expect("current");
+            match slot.stage {
+                Stage::AwaitPubComp if session_present => {
+                    encode_ack(AckKind::PubRel, pkid, out);
+                }
+                Stage::AwaitPubComp => self.finish(pkid, Ok(Confirmed { reason_code: 0 })),
+                Stage::AwaitPubAck | Stage::AwaitPubRec => {
+                    slot.publish.dup = true;
+                    encode_publish(&slot.publish, protocol, out);
+                }
+            }
+        }
+    }
+
+    /// Fails everything not confirmed (the session is over).
+    pub(crate) fn fail_all(&mut self, why: &str) {
+        for (_, w) in self.outbox.drain(..) {
+            w.complete(Err(PublishError::Stopped(why.to_owned())));
+        }
+        for slot in self.slots.iter_mut() {
+            if let Some(s) = slot.take() {
+                s.waiter
+                    .complete(Err(PublishError::Stopped(why.to_owned())));
+            }
+        }
+        self.order.clear();
+        self.live = 0;
+        self.live_qos2 = 0;
+    }
+}
+
+/// Ordered acknowledgement of incoming QoS 1/2 messages within one connection.
+///
+/// Each message gets the next sequence number; the application may
+/// acknowledge in any order, but PUBACK/PUBREC leave in arrival order.
+/// A new connection starts a new epoch: acks of the old one are dropped,
+/// since the broker redelivers those messages (with DUP).
+pub(crate) struct InAcks {
+    epoch: u32,
+    base: u64,
+    queue: VecDeque<(u16, QoS, bool)>,
+}
+
+impl InAcks {
+    pub(crate) fn new() -> Self {
+        InAcks {
+            epoch: 0,
+            base: 0,
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn new_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.base = 0;
+        self.queue.clear();
+    }
+
+    /// Registers an incoming QoS 1/2 message; returns its sequence number.
+    pub(crate) fn arrive(&mut self, pkid: u16, qos: QoS) -> u64 {
+        let seq = self.base + self.queue.len() as u64;
+        self.queue.push_back((pkid, qos, false));
+        seq
+    }
+
+    /// Marks `seq` acknowledged and appends every ack now due, in order.
+    /// Returns how many acks were appended.
+    pub(crate) fn ack(&mut self, epoch: u32, seq: u64, out: &mut BytesMut) -> usize {
+        if epoch != self.epoch || seq < self.base {
+            return 0;
+        }
+        match self.queue.get_mut((seq - self.base) as usize) {
+            Some(entry) => entry.2 = true,
+            None => return 0,
+        }
+        let mut sent = 0;
+        while let Some(&(pkid, qos, true)) = self.queue.front() {
+            let kind = if qos == QoS::ExactlyOnce {
+                AckKind::PubRec
+            } else {
+                AckKind::PubAck
+            };
+            encode_ack(kind, pkid, out);
+            self.queue.pop_front();
+            self.base += 1;
+            sent += 1;
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, Packet};
+    use bytes::Bytes;
+
+    fn publish(topic: &str, qos: QoS) -> Publish {
+        Publish {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            properties: None,
+        }
+    }
+
+    fn waiter() -> (Waiter, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Waiter {
+                tx: Some(tx),
+                _permit: None,
+            },
+            rx,
+        )
+    }
+
+    fn packets(out: &mut BytesMut) -> Vec<Packet> {
+        let mut v = Vec::new();
+        while let Some(p) = decode(out, Protocol::V311, usize::MAX).unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    fn ack(kind: AckKind, pkid: u16) -> Ack {
+        Ack {
+            kind,
+            pkid,
+            reason: 0,
+            reason_string: None,
+        }
+    }
+
+    #[test]
+    fn acks_leave_in_arrival_order() {
+        let mut s = InAcks::new();
+        let mut out = BytesMut::new();
+        let a = s.arrive(10, QoS::AtLeastOnce);
+        let b = s.arrive(11, QoS::ExactlyOnce);
+        let c = s.arrive(12, QoS::AtLeastOnce);
+        assert_eq!(s.ack(0, c, &mut out), 0, "c waits for a and b");
+        assert_eq!(s.ack(0, b, &mut out), 0);
+        assert!(out.is_empty());
+        assert_eq!(s.ack(0, a, &mut out), 3);
+        let got: Vec<(AckKind, u16)> = packets(&mut out)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Ack(a) => (a.kind, a.pkid),
+                p => panic!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (AckKind::PubAck, 10),
+                (AckKind::PubRec, 11),
+                (AckKind::PubAck, 12)
+            ]
+        );
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn acks_of_an_old_connection_are_dropped() {
+        let mut s = InAcks::new();
+        let mut out = BytesMut::new();
+        let a = s.arrive(1, QoS::AtLeastOnce);
+        s.new_epoch();
+        let b = s.arrive(1, QoS::AtLeastOnce);
+        assert_eq!(s.ack(0, a, &mut out), 0);
+        assert_eq!(s.ack(1, b, &mut out), 1);
+        assert_eq!(s.ack(1, b, &mut out), 0, "double ack is harmless");
+    }
+
+    #[test]
+    fn window_quota_and_confirmation() {
+        let mut o = Outgoing::new(4);
+        let mut out = BytesMut::new();
+        let mut rxs = Vec::new();
+        for i in 0..6 {
+            let (w, rx) = waiter();
+            o.push(publish(&format!("t/{i}"), QoS::AtLeastOnce), w);
+            rxs.push(rx);
+        }
+        o.send_queued(
+            Quota { all: 2, qos2: 2 },
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        assert_eq!(o.inflight(), 2);
+        assert_eq!(o.queued(), 4);
+        let sent = packets(&mut out);
+        assert_eq!(sent.len(), 2);
+        // Confirm the second first: order of completion follows the acks.
+        o.on_ack(&ack(AckKind::PubAck, 2), &mut out).unwrap();
+        assert!(rxs[1].try_recv().unwrap().is_ok());
+        assert!(rxs[0].try_recv().is_err());
+        o.send_queued(
+            Quota { all: 2, qos2: 2 },
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        assert_eq!(o.inflight(), 2);
+    }
+
+    #[test]
+    fn resend_in_order_with_dup_and_pubrel() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        let mut rxs = Vec::new();
+        for (t, q) in [
+            ("a", QoS::AtLeastOnce),
+            ("b", QoS::ExactlyOnce),
+            ("c", QoS::ExactlyOnce),
+            ("d", QoS::AtLeastOnce),
+        ] {
+            let (w, rx) = waiter();
+            o.push(publish(t, q), w);
+            rxs.push(rx);
+        }
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        packets(&mut out);
+        // b got PUBREC (PUBREL goes out), a got confirmed.
+        o.on_ack(&ack(AckKind::PubRec, 2), &mut out).unwrap();
+        o.on_ack(&ack(AckKind::PubAck, 1), &mut out).unwrap();
+        packets(&mut out);
+        o.resend(true, Protocol::V311, &mut out);
+        let again: Vec<String> = packets(&mut out)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => {
+                    assert!(p.dup);
+                    format!("pub {} {}", p.topic, p.pkid)
+                }
+                Packet::Ack(a) => format!("{:?} {}", a.kind, a.pkid),
+                p => panic!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(again, ["PubRel 2", "pub c 3", "pub d 4"]);
+        // Session lost: b's PUBREC means the broker owns it; it completes.
+        o.resend(false, Protocol::V311, &mut out);
+        assert!(rxs[1].try_recv().unwrap().is_ok());
+        assert_eq!(packets(&mut out).len(), 2);
+        assert_eq!(o.inflight(), 2);
+    }
+
+    #[test]
+    fn qos2_has_its_own_window_and_order_holds() {
+        let mut o = Outgoing::new(100);
+        let mut out = BytesMut::new();
+        for q in [QoS::ExactlyOnce, QoS::ExactlyOnce, QoS::AtLeastOnce] {
+            let (w, _rx) = waiter();
+            o.push(publish("t", q), w);
+        }
+        o.send_queued(
+            Quota { all: 100, qos2: 1 },
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        // The second QoS 2 waits, and the QoS 1 behind it waits too (order).
+        assert_eq!((o.inflight(), o.queued()), (1, 2));
+        o.on_ack(&ack(AckKind::PubRec, 1), &mut out).unwrap();
+        o.send_queued(
+            Quota { all: 100, qos2: 1 },
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        assert_eq!(o.queued(), 2, "PUBREC alone does not free the QoS 2 window");
+        o.on_ack(&ack(AckKind::PubComp, 1), &mut out).unwrap();
+        o.send_queued(
+            Quota { all: 100, qos2: 1 },
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        assert_eq!((o.inflight(), o.queued()), (2, 0));
+    }
+
+    #[test]
+    fn rejected_publish_names_topic() {
+        let mut o = Outgoing::new(2);
+        let mut out = BytesMut::new();
+        let (w, mut rx) = waiter();
+        o.push(publish("deny/me", QoS::AtLeastOnce), w);
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        let mut a = ack(AckKind::PubAck, 1);
+        a.reason = 0x87;
+        o.on_ack(&a, &mut out).unwrap();
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert!(e.to_string().contains("\"deny/me\""), "{e}");
+        assert!(o.is_idle());
+    }
+
+    #[test]
+    fn stale_order_entries_stay_bounded() {
+        let mut o = Outgoing::new(3);
+        let mut out = BytesMut::new();
+        // One slow QoS 2 at the front, thousands of QoS 1 confirmed behind it.
+        let (w, _rx) = waiter();
+        o.push(publish("slow", QoS::ExactlyOnce), w);
+        for _ in 0..5000 {
+            let (w, _rx) = waiter();
+            o.push(publish("fast", QoS::AtLeastOnce), w);
+            o.send_queued(
+                Quota { all: 3, qos2: 3 },
+                Protocol::V311,
+                &mut out,
+                usize::MAX,
+                &mut |_, _| {},
+            );
+            o.on_ack(&ack(AckKind::PubAck, 2), &mut out).unwrap();
+            out.clear();
+        }
+        assert!(o.order.len() <= 4 * 4 + 1, "{}", o.order.len());
+    }
+}

@@ -1,0 +1,327 @@
+//! Opening a byte stream to a broker: TCP, TLS (rustls), WebSocket and
+//! WebSocket over TLS. The session driver sees only a reader and a writer.
+
+use std::io;
+use std::pin::Pin;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::ConnectError;
+use crate::options::{BrokerUrl, OptionsError, TlsOptions, Transport};
+
+pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// TLS client configuration, built once per session from [`TlsOptions`].
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    #[cfg(feature = "tls")]
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl TlsSetup {
+    /// Reads the CA, certificate and key files; errors name the file.
+    pub(crate) fn new(opts: &TlsOptions) -> Result<Self, OptionsError> {
+        #[cfg(feature = "tls")]
+        {
+            Ok(TlsSetup {
+                config: Arc::new(tls::client_config(opts)?),
+                server_name: opts.server_name.clone(),
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = opts;
+            Err(OptionsError::TlsNotCompiled)
+        }
+    }
+}
+
+pub(crate) async fn connect(
+    broker: &BrokerUrl,
+    tls: Option<&TlsSetup>,
+) -> Result<(Reader, Writer), ConnectError> {
+    let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
+        .await
+        .map_err(|source| ConnectError::Io {
+            broker: broker.clone(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    match broker.transport {
+        Transport::Tcp => {
+            let (r, w) = tcp.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        #[cfg(feature = "tls")]
+        Transport::Tls => {
+            let s = tls::handshake(broker, tls, tcp).await?;
+            let (r, w) = tokio::io::split(s);
+            Ok((Box::new(r), Box::new(w)))
+        }
+        #[cfg(feature = "ws")]
+        Transport::Ws => ws::handshake(broker, tcp).await,
+        #[cfg(all(feature = "ws", feature = "tls"))]
+        Transport::Wss => {
+            let s = tls::handshake(broker, tls, tcp).await?;
+            ws::handshake(broker, s).await
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            let _ = tls;
+            Err(ConnectError::Protocol {
+                broker: broker.clone(),
+                reason: "transport not compiled in".into(),
+            })
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    fn file_err(what: &'static str, path: &std::path::Path, reason: impl ToString) -> OptionsError {
+        OptionsError::TlsFile {
+            what,
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(super) fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, OptionsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OptionsError::TlsFile {
+                what: "TLS setup",
+                path: Default::default(),
+                reason: e.to_string(),
+            })?;
+        let builder = if opts.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &opts.ca_file {
+                Some(path) => {
+                    let certs = CertificateDer::pem_file_iter(path)
+                        .map_err(|e| file_err("ca_file", path, e))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| file_err("ca_file", path, e))?;
+                    if certs.is_empty() {
+                        return Err(file_err("ca_file", path, "no PEM certificate in it"));
+                    }
+                    for c in certs {
+                        roots.add(c).map_err(|e| file_err("ca_file", path, e))?;
+                    }
+                }
+                None => {
+                    let native = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(native.certs);
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        match (&opts.client_cert, &opts.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| file_err("client_cert", cert, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file_err("client_cert", cert, e))?;
+                if chain.is_empty() {
+                    return Err(file_err("client_cert", cert, "no PEM certificate in it"));
+                }
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| file_err("client_key", key, e))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| file_err("client_key", key, e))
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+
+    pub(super) async fn handshake(
+        broker: &BrokerUrl,
+        tls: Option<&TlsSetup>,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let err = |reason: String| ConnectError::Tls {
+            broker: broker.clone(),
+            reason,
+        };
+        let setup = tls.ok_or_else(|| err("no TLS configuration".into()))?;
+        let name = setup.server_name.as_deref().unwrap_or(&broker.host);
+        let server_name = ServerName::try_from(name.to_owned())
+            .map_err(|e| err(format!("server name {name:?}: {e}")))?;
+        tokio_rustls::TlsConnector::from(setup.config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// The explicit `insecure` opt-out: accepts any certificate and host name.
+    #[derive(Debug)]
+    struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for NoVerification {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+#[cfg(feature = "ws")]
+mod ws {
+    use super::*;
+    use bytes::{Buf, Bytes};
+    use futures_util::stream::{SplitSink, SplitStream};
+    use futures_util::{Sink, SinkExt, Stream, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{http::HeaderValue, Message};
+    use tokio_tungstenite::WebSocketStream;
+
+    pub(super) async fn handshake<S>(
+        broker: &BrokerUrl,
+        stream: S,
+    ) -> Result<(Reader, Writer), ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let err = |reason: String| ConnectError::WebSocket {
+            broker: broker.clone(),
+            reason,
+        };
+        let scheme = if broker.transport == Transport::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
+        let host = if broker.host.contains(':') {
+            format!("[{}]", broker.host)
+        } else {
+            broker.host.clone()
+        };
+        let url = format!("{scheme}://{host}:{}{}", broker.port, broker.path);
+        let mut req = url.into_client_request().map_err(|e| err(e.to_string()))?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        let (ws, _) = tokio_tungstenite::client_async(req, stream)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let (sink, stream) = ws.split();
+        Ok((
+            Box::new(WsReader {
+                stream,
+                current: Bytes::new(),
+            }),
+            Box::new(WsWriter { sink }),
+        ))
+    }
+
+    /// MQTT over WebSocket: binary frames carry the byte stream (MQTT 5 §6).
+    struct WsReader<S> {
+        stream: SplitStream<WebSocketStream<S>>,
+        current: Bytes,
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsReader<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            loop {
+                if !self.current.is_empty() {
+                    let n = self.current.len().min(buf.remaining());
+                    buf.put_slice(&self.current[..n]);
+                    self.current.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                match std::task::ready!(Pin::new(&mut self.stream).poll_next(cx)) {
+                    None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                    Some(Ok(Message::Binary(b))) => self.current = b,
+                    Some(Ok(_)) => {} // ping/pong are answered by tungstenite; text is ignored
+                    Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                }
+            }
+        }
+    }
+
+    struct WsWriter<S> {
+        sink: SplitSink<WebSocketStream<S>, Message>,
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsWriter<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            std::task::ready!(self.sink.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+            Pin::new(&mut self.sink)
+                .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+                .map_err(io::Error::other)?;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.sink.poll_flush_unpin(cx).map_err(io::Error::other)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.sink.poll_close_unpin(cx).map_err(io::Error::other)
+        }
+    }
+}
+
+// Silence unused-import warnings when both features are off.
+#[allow(dead_code)]
+fn _unused(_: Pin<&mut ()>, _: &mut Context<'_>, _: ReadBuf<'_>) -> Poll<io::Result<()>> {
+    Poll::Ready(Ok(()))
+}

@@ -1,0 +1,361 @@
+//! Topic names and filters: validation before anything is sent, and matching.
+//!
+//! Rules from MQTT 3.1.1 §4.7 and MQTT 5 §4.7–4.8: names and filters are
+//! 1..=65,535 bytes of UTF-8 without NUL; empty levels (`a//b`, `/a`) are
+//! valid; `+` fills a whole level; `#` fills a whole level and comes last;
+//! names carry no wildcards; `$share/<group>/<filter>` is a shared
+//! subscription; filters starting with a wildcard do not match `$` topics.
+
+use std::fmt;
+
+/// Why a topic name or filter was refused. Every variant names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("the topic is empty")]
+    Empty,
+    #[error("topic {topic:?} is {len} bytes long; MQTT allows at most 65535")]
+    TooLong { topic: String, len: usize },
+    #[error("topic {0:?} contains a NUL character")]
+    Nul(String),
+    #[error(
+        "topic name {0:?} contains a wildcard ('+' or '#'); wildcards belong in subscriptions only"
+    )]
+    WildcardInName(String),
+    #[error("topic name {0:?} is a shared subscription filter; publish to a plain topic")]
+    SharedName(String),
+    #[error("filter {0:?}: '#' must be the last level and stand alone (as in \"a/#\")")]
+    BadMultiLevel(String),
+    #[error("filter {0:?}: '+' must stand alone in its level (as in \"a/+/b\")")]
+    BadSingleLevel(String),
+    #[error("shared subscription {0:?} must look like $share/<group>/<filter> with a non-empty group without '+', '#' or '/'")]
+    BadShared(String),
+}
+
+const MAX_LEN: usize = 65_535;
+
+fn check_common(t: &str) -> Result<(), TopicError> {
+    if t.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if t.len() > MAX_LEN {
+        return Err(TopicError::TooLong {
+            topic: t.chars().take(40).collect::<String>() + "…",
+            len: t.len(),
+        });
+    }
+    if t.contains('\0') {
+        return Err(TopicError::Nul(t.to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a topic name a message is published to.
+pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
+    check_common(topic)?;
+    if topic.contains(['+', '#']) {
+        return Err(TopicError::WildcardInName(topic.to_owned()));
+    }
+    if topic.starts_with("$share/") {
+        return Err(TopicError::SharedName(topic.to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a subscription filter, including `$share/<group>/<filter>`.
+pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
+    check_common(filter)?;
+    let inner = match shared_parts(filter) {
+        Some(Ok((_, inner))) => inner,
+        Some(Err(())) => return Err(TopicError::BadShared(filter.to_owned())),
+        None => filter,
+    };
+    let mut levels = inner.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err(TopicError::BadMultiLevel(filter.to_owned()));
+        }
+        if level.contains('+') && level != "+" {
+            return Err(TopicError::BadSingleLevel(filter.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// `Some(Ok((group, filter)))` for a well-formed `$share/…`, `Some(Err)` for a
+/// malformed one, `None` for an ordinary filter.
+fn shared_parts(filter: &str) -> Option<Result<(&str, &str), ()>> {
+    let rest = filter.strip_prefix("$share/")?;
+    Some(match rest.split_once('/') {
+        Some((group, inner))
+            if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() =>
+        {
+            Ok((group, inner))
+        }
+        _ => Err(()),
+    })
+}
+
+/// A validated subscription filter, split into its share group (if any) and
+/// the filter topics are matched against.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TopicFilter {
+    full: String,
+    /// Byte offset in `full` where the matching filter starts (after `$share/<group>/`).
+    inner_at: usize,
+}
+
+impl TopicFilter {
+    pub fn new(filter: impl Into<String>) -> Result<Self, TopicError> {
+        let full = filter.into();
+        validate_filter(&full)?;
+        let inner_at = match shared_parts(&full) {
+            Some(Ok((group, _))) => "$share/".len() + group.len() + 1,
+            _ => 0,
+        };
+        Ok(TopicFilter { full, inner_at })
+    }
+
+    /// Wraps `filter` as `$share/<group>/<filter>`.
+    pub fn shared(group: &str, filter: &str) -> Result<Self, TopicError> {
+        TopicFilter::new(format!("$share/{group}/{filter}"))
+    }
+
+    /// The filter as sent to the broker.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+    /// The filter topics are matched against (without `$share/<group>/`).
+    pub fn filter(&self) -> &str {
+        &self.full[self.inner_at..]
+    }
+    pub fn share_group(&self) -> Option<&str> {
+        (self.inner_at > 0).then(|| &self.full["$share/".len()..self.inner_at - 1])
+    }
+    pub fn matches(&self, topic: &str) -> bool {
+        matches(self.filter(), topic)
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.full, f)
+    }
+}
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// Whether `topic` matches `filter` (a valid filter without `$share/…`).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "a",
+            "a/b",
+            "/",
+            "a//b",
+            "/a",
+            "a/",
+            "$SYS/x",
+            "$aws/things/t",
+            "ü/ß",
+            " ",
+        ] {
+            assert_eq!(validate_topic_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
+        assert!(
+            matches!(validate_topic_name("a/+"), Err(TopicError::WildcardInName(t)) if t == "a/+")
+        );
+        assert!(matches!(
+            validate_topic_name("a/#"),
+            Err(TopicError::WildcardInName(_))
+        ));
+        assert!(matches!(
+            validate_topic_name("a\0b"),
+            Err(TopicError::Nul(_))
+        ));
+        assert!(matches!(
+            validate_topic_name("$share/g/a"),
+            Err(TopicError::SharedName(_))
+        ));
+        let long = "x".repeat(65_536);
+        assert!(matches!(
+            validate_topic_name(&long),
+            Err(TopicError::TooLong { len: 65_536, .. })
+        ));
+        assert_eq!(validate_topic_name(&"x".repeat(65_535)), Ok(()));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/+",
+            "a//#",
+            "$SYS/#",
+            "$share/g/a/#",
+            "$share/g/+",
+        ] {
+            assert_eq!(validate_filter(ok), Ok(()), "{ok}");
+        }
+        for (bad, want) in [
+            ("a/#/b", TopicError::BadMultiLevel("a/#/b".into())),
+            ("a#", TopicError::BadMultiLevel("a#".into())),
+            ("a/b#", TopicError::BadMultiLevel("a/b#".into())),
+            ("a+", TopicError::BadSingleLevel("a+".into())),
+            ("a/+b/c", TopicError::BadSingleLevel("a/+b/c".into())),
+            ("$share/g", TopicError::BadShared("$share/g".into())),
+            ("$share//a", TopicError::BadShared("$share//a".into())),
+            ("$share/g+/a", TopicError::BadShared("$share/g+/a".into())),
+            ("$share/g/", TopicError::BadShared("$share/g/".into())),
+            (
+                "$share/g/a/#/b",
+                TopicError::BadMultiLevel("$share/g/a/#/b".into()),
+            ),
+            ("", TopicError::Empty),
+        ] {
+            assert_eq!(validate_filter(bad), Err(want), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_names_the_value() {
+        let e = validate_filter("a/#/b").unwrap_err().to_string();
+        assert!(e.contains("\"a/#/b\""), "{e}");
+        let e = validate_topic_name("x/+").unwrap_err().to_string();
+        assert!(e.contains("\"x/+\""), "{e}");
+    }
+
+    #[test]
+    fn matching_table() {
+        for (filter, topic, want) in [
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a/", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("+", "/", false),
+            ("+/+", "/", true),
+            ("/+", "/a", true),
+            ("a//b", "a//b", true),
+            ("a/+/b", "a//b", true),
+            ("factory/#", "factory/machine1/temperature", true),
+            (
+                "factory/machine1/temperature",
+                "factory/machine1/temperature",
+                true,
+            ),
+        ] {
+            assert_eq!(matches(filter, topic), want, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn shared_filter_parts() {
+        let f = TopicFilter::new("$share/grp/sensors/+/t").unwrap();
+        assert_eq!(f.share_group(), Some("grp"));
+        assert_eq!(f.filter(), "sensors/+/t");
+        assert!(f.matches("sensors/1/t"));
+        let f = TopicFilter::new("a/#").unwrap();
+        assert_eq!(f.share_group(), None);
+        assert_eq!(f.filter(), "a/#");
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        "[a-c]{0,2}"
+    }
+    fn topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec(level(), 1..5).prop_map(|v| v.join("/"))
+    }
+
+    proptest! {
+        #[test]
+        fn a_topic_matches_itself_and_hash(t in topic()) {
+            prop_assume!(!t.is_empty());
+            prop_assert!(validate_topic_name(&t).is_ok());
+            prop_assert!(matches(&t, &t));
+            prop_assert!(matches("#", &t));
+        }
+
+        #[test]
+        fn plus_replacing_any_level_still_matches(t in topic(), i in 0usize..5) {
+            prop_assume!(!t.is_empty());
+            let mut levels: Vec<&str> = t.split('/').collect();
+            let i = i % levels.len();
+            levels[i] = "+";
+            let filter = levels.join("/");
+            prop_assert!(validate_filter(&filter).is_ok());
+            prop_assert!(matches(&filter, &t));
+        }
+
+        #[test]
+        fn hash_after_a_prefix_matches(t in topic(), n in 0usize..5) {
+            prop_assume!(!t.is_empty());
+            let levels: Vec<&str> = t.split('/').collect();
+            let n = n % (levels.len() + 1);
+            let mut f: Vec<&str> = levels[..n].to_vec();
+            f.push("#");
+            let filter = f.join("/");
+            prop_assert!(validate_filter(&filter).is_ok());
+            prop_assert!(matches(&filter, &t));
+        }
+
+        #[test]
+        fn differing_literal_level_never_matches(t in topic(), i in 0usize..5) {
+            let mut levels: Vec<String> = t.split('/').map(str::to_owned).collect();
+            let i = i % levels.len();
+            levels[i].push('z'); // topics use only a-c, so this level differs
+            let filter = levels.join("/");
+            prop_assert!(!matches(&filter, &t));
+        }
+
+        #[test]
+        fn validation_never_panics(s in "\\PC{0,30}") {
+            let _ = validate_filter(&s);
+            let _ = validate_topic_name(&s);
+            if validate_filter(&s).is_ok() {
+                let _ = matches(TopicFilter::new(s.clone()).unwrap().filter(), "a/b");
+            }
+        }
+
+        #[test]
+        fn names_without_wildcards_are_valid_filters(t in topic()) {
+            prop_assume!(!t.is_empty());
+            prop_assert!(validate_filter(&t).is_ok());
+        }
+    }
+}

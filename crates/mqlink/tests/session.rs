@@ -1,0 +1,759 @@
+//! The session layer against real Mosquitto brokers started per test:
+//! confirmations, ordered acknowledgements, persistent sessions, broker
+//! restarts and kills, cut connections, credentials, TLS and WebSocket.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqlink::{
+    Client, ConnectError, ConnectOptions, Delivery, Error, Incoming, LastWill, Message, Protocol,
+    PublishError, PublishProperties, QoS, ReconnectPolicy, Refusal, Status, SubscribeError,
+    Subscription, TlsOptions,
+};
+use testkit::{unique_id, CutProxy, Mosquitto, MosquittoConfig};
+use tokio::time::timeout;
+
+const BOTH: [Protocol; 2] = [Protocol::V311, Protocol::V5];
+
+fn opts(url: &str, protocol: Protocol) -> ConnectOptions {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut o = ConnectOptions::new(url).unwrap();
+    o.protocol = protocol;
+    o.client_id = Some(unique_id("t"));
+    o.keep_alive = Duration::from_secs(5);
+    o.connect_timeout = Duration::from_secs(5);
+    o.reconnect = ReconnectPolicy {
+        initial_interval: Duration::from_millis(50),
+        multiplier: 1.5,
+        max_interval: Duration::from_millis(400),
+        max_attempts: 0,
+        jitter: 0.1,
+    };
+    o
+}
+
+fn persistent(mut o: ConnectOptions, client_id: &str) -> ConnectOptions {
+    o.client_id = Some(client_id.to_owned());
+    o.clean_session = false;
+    o
+}
+
+/// Receives deliveries until `n` distinct payloads were seen, acknowledging each.
+async fn collect_distinct(
+    inc: &mut Incoming,
+    n: usize,
+    within: Duration,
+) -> (BTreeSet<Bytes>, usize) {
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    let r = timeout(within, async {
+        while seen.len() < n {
+            let mut d: Delivery = inc.recv().await.expect("session ended");
+            d.ack();
+            total += 1;
+            seen.insert(d.payload.clone());
+        }
+    })
+    .await;
+    assert!(
+        r.is_ok(),
+        "only {} of {n} distinct messages arrived ({total} in all); missing: {:?}",
+        seen.len(),
+        payloads(n).difference(&seen).take(10).collect::<Vec<_>>()
+    );
+    (seen, total)
+}
+
+fn payloads(n: usize) -> BTreeSet<Bytes> {
+    (0..n).map(|i| Bytes::from(format!("m{i:06}"))).collect()
+}
+
+async fn wait_status(client: &Client, want: impl Fn(&Status) -> bool) -> Status {
+    let mut rx = client.status();
+    timeout(Duration::from_secs(20), async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if want(&s) {
+                return s;
+            }
+            rx.changed().await.expect("status channel closed");
+        }
+    })
+    .await
+    .expect("status not reached")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_confirmed_and_delivered_at_every_qos_and_version() {
+    let broker = Mosquitto::start();
+    for proto in BOTH {
+        let (sub, mut inc) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        let topic = format!("t/{}", unique_id("q"));
+        let granted = sub
+            .subscribe(vec![Subscription::new(
+                format!("{topic}/#"),
+                QoS::ExactlyOnce,
+            )])
+            .await
+            .unwrap();
+        assert_eq!(granted, [QoS::ExactlyOnce]);
+        let (publ, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut tokens = Vec::new();
+            for i in 0..200 {
+                let m = Message::new(format!("{topic}/{qos}"), format!("m{i:06}"), qos);
+                tokens.push(publ.publish(m).await.unwrap());
+            }
+            for t in tokens {
+                t.await.unwrap();
+            }
+            let (seen, _) = collect_distinct(&mut inc, 200, Duration::from_secs(10)).await;
+            assert_eq!(seen, payloads(200), "{proto} {qos}");
+        }
+        publ.disconnect().await;
+        sub.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_redelivered_and_acks_go_in_order() {
+    let broker = Mosquitto::start();
+    for proto in BOTH {
+        let id = unique_id("acks");
+        let topic = format!("acks/{id}");
+        let o = persistent(opts(&broker.url(), proto), &id);
+        let (sub, mut inc) = Client::connect(o.clone()).await.unwrap();
+        sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        let (publ, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        for i in 0..3 {
+            publ.publish(Message::new(&topic, format!("m{i}"), QoS::AtLeastOnce))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut ds = Vec::new();
+        for _ in 0..3 {
+            ds.push(
+                timeout(Duration::from_secs(5), inc.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        // Acknowledge the last two only: nothing may be PUBACKed, because
+        // the first is still unacknowledged (MQTT-4.6.0-2).
+        ds[2].ack();
+        ds[1].ack();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sub.disconnect().await;
+        drop(inc);
+        let (sub, mut inc) = Client::connect(o.clone()).await.unwrap();
+        let (seen, _) = collect_distinct(&mut inc, 3, Duration::from_secs(5)).await;
+        assert_eq!(seen.len(), 3, "{proto}: all three come again");
+        // Now everything was acknowledged in order: nothing comes a third time.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sub.disconnect().await;
+        drop(inc);
+        let (sub, mut inc) = Client::connect(o).await.unwrap();
+        assert!(
+            timeout(Duration::from_millis(700), inc.recv())
+                .await
+                .is_err(),
+            "{proto}: acknowledged messages were delivered again"
+        );
+        sub.disconnect().await;
+        publ.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_gets_what_was_published_while_away() {
+    let broker = Mosquitto::start();
+    for proto in BOTH {
+        let id = unique_id("persist");
+        let topic = format!("p/{id}");
+        let o = persistent(opts(&broker.url(), proto), &id);
+        let (sub, inc) = Client::connect(o.clone()).await.unwrap();
+        sub.subscribe(vec![Subscription::new(&topic, QoS::ExactlyOnce)])
+            .await
+            .unwrap();
+        sub.disconnect().await;
+        drop(inc);
+        let (publ, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        let mut tokens = Vec::new();
+        for i in 0..500 {
+            let qos = if i % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            tokens.push(
+                publ.publish(Message::new(&topic, format!("m{i:06}"), qos))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for t in tokens {
+            t.await.unwrap();
+        }
+        let (sub, mut inc) = Client::connect(o).await.unwrap();
+        let (seen, total) = collect_distinct(&mut inc, 500, Duration::from_secs(10)).await;
+        assert_eq!(seen, payloads(500));
+        assert_eq!(total, 500, "{proto}: no duplicates without a fault");
+        sub.disconnect().await;
+        publ.disconnect().await;
+    }
+}
+
+/// Publishes `n` messages, running `fault` after `at` of them, and checks
+/// every one is confirmed and reaches a subscriber that is not affected.
+async fn publish_through_fault(
+    publ: &Client,
+    topic: &str,
+    n: usize,
+    at: &[usize],
+    mut fault: impl FnMut(usize),
+) {
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        if at.contains(&i) {
+            fault(i);
+        }
+        let qos = if i % 3 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let m = Message::new(topic, format!("m{i:06}"), qos);
+        tokens.push(publ.publish(m).await.unwrap());
+    }
+    for (i, t) in tokens.into_iter().enumerate() {
+        timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap_or_else(|_| panic!("publish {i} never confirmed"))
+            .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_lose_nothing() {
+    let broker = Mosquitto::start();
+    for proto in BOTH {
+        let topic = format!("cut/{}", unique_id("c"));
+        let (sub, mut inc) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        let proxy = CutProxy::new(broker.port);
+        let (publ, _) =
+            Client::connect(persistent(opts(&proxy.url(), proto), &unique_id("cutpub")))
+                .await
+                .unwrap();
+        let n = 3000;
+        publish_through_fault(&publ, &topic, n, &[700, 1500, 2200], |_| {
+            proxy.cut();
+        })
+        .await;
+        assert!(
+            publ.stats()
+                .reconnects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+        let (seen, _) = collect_distinct(&mut inc, n, Duration::from_secs(20)).await;
+        assert_eq!(seen, payloads(n), "{proto}");
+        publ.disconnect().await;
+        sub.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_and_killed_then_restarted_loses_nothing() {
+    for (proto, kill) in [(Protocol::V311, false), (Protocol::V5, true)] {
+        let mut broker = Mosquitto::with(MosquittoConfig {
+            persistence: true,
+            ..Default::default()
+        });
+        let topic = format!("restart/{}", unique_id("r"));
+        let sub_id = unique_id("rsub");
+        let sub_opts = persistent(opts(&broker.url(), proto), &sub_id);
+        let (sub, mut inc) = Client::connect(sub_opts).await.unwrap();
+        sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        // Let the broker's autosave (every second) write the subscription.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let (publ, _) = Client::connect(persistent(opts(&broker.url(), proto), &unique_id("rpub")))
+            .await
+            .unwrap();
+        let n = 2000;
+        let mut tokens: Vec<Option<mqlink::PublishToken>> = Vec::new();
+        let mut unconfirmed_at_fault = BTreeSet::new();
+        for i in 0..n {
+            if i == 1000 {
+                // Stop taking confirmations for a moment: note what is not yet confirmed.
+                if kill {
+                    broker.kill()
+                } else {
+                    broker.stop()
+                }
+                // Let the driver finish handling acks that arrived before the fault.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for (j, slot) in tokens.iter_mut().enumerate() {
+                    match slot.as_mut().map(futures_poll_now) {
+                        Some(None) => {
+                            unconfirmed_at_fault.insert(Bytes::from(format!("m{j:06}")));
+                        }
+                        Some(Some(r)) => {
+                            r.unwrap();
+                            *slot = None;
+                        }
+                        None => {}
+                    }
+                }
+                broker.restart();
+            }
+            let m = Message::new(&topic, format!("m{i:06}"), QoS::AtLeastOnce);
+            tokens.push(Some(publ.publish(m).await.unwrap()));
+        }
+        for (i, t) in tokens
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t?)))
+        {
+            timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap_or_else(|_| panic!("publish {i} never confirmed"))
+                .unwrap();
+        }
+        // After a clean stop the broker kept everything; after a kill it may
+        // lose what it had confirmed, but never what it had not.
+        let want: BTreeSet<Bytes> = if kill {
+            unconfirmed_at_fault
+                .into_iter()
+                .chain((1000..n).map(|i| Bytes::from(format!("m{i:06}"))))
+                .collect()
+        } else {
+            payloads(n)
+        };
+        let mut seen = BTreeSet::new();
+        let r = timeout(Duration::from_secs(30), async {
+            while !want.is_subset(&seen) {
+                let mut d = inc.recv().await.unwrap();
+                d.ack();
+                seen.insert(d.payload.clone());
+            }
+        })
+        .await;
+        assert!(
+            r.is_ok(),
+            "{proto} kill={kill}: missing {:?}",
+            want.difference(&seen).take(5).collect::<Vec<_>>()
+        );
+        publ.disconnect().await;
+        sub.disconnect().await;
+    }
+}
+
+/// Polls a token once without waiting: `Some` if it already completed.
+fn futures_poll_now(
+    t: &mut mqlink::PublishToken,
+) -> Option<Result<mqlink::Confirmed, PublishError>> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(t).poll(&mut cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lost_by_broker_resubscribes_and_resends() {
+    // No persistence: a killed broker forgets every session.
+    let mut broker = Mosquitto::start();
+    for proto in BOTH {
+        let topic = format!("lost/{}", unique_id("l"));
+        let (sub, mut inc) =
+            Client::connect(persistent(opts(&broker.url(), proto), &unique_id("lsub")))
+                .await
+                .unwrap();
+        sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        broker.kill();
+        broker.restart();
+        let s = wait_status(&sub, |s| matches!(s, Status::Connected { .. })).await;
+        assert_eq!(
+            s,
+            Status::Connected {
+                broker: format!("mqtt://127.0.0.1:{}", broker.port),
+                session_present: false
+            }
+        );
+        // The subscription was made again: a new publish arrives. Retry
+        // until the SUBSCRIBE is through (it races the publisher's connect).
+        let (publ, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        let got = timeout(Duration::from_secs(10), async {
+            let mut i = 0;
+            loop {
+                publ.publish(Message::new(&topic, format!("after-{i}"), QoS::AtLeastOnce))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                i += 1;
+                if let Ok(Some(mut d)) = timeout(Duration::from_millis(200), inc.recv()).await {
+                    d.ack();
+                    return d;
+                }
+            }
+        })
+        .await
+        .expect("no message after the broker lost the session");
+        assert!(got.payload.starts_with(b"after-"));
+        publ.disconnect().await;
+        sub.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_with_persistent_session_has_no_duplicates() {
+    let broker = Mosquitto::start();
+    let id = unique_id("q2");
+    let topic = format!("q2/{id}");
+    let o = persistent(opts(&broker.url(), Protocol::V5), &id);
+    let (sub, mut inc) = Client::connect(o.clone()).await.unwrap();
+    sub.subscribe(vec![Subscription::new(&topic, QoS::ExactlyOnce)])
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..1000 {
+        tokens.push(
+            publ.publish(Message::new(&topic, format!("m{i:06}"), QoS::ExactlyOnce))
+                .await
+                .unwrap(),
+        );
+    }
+    // Take half, then leave and come back: the rest arrive, nothing twice.
+    let (first, n1) = collect_distinct(&mut inc, 500, Duration::from_secs(10)).await;
+    sub.disconnect().await;
+    drop(inc);
+    for t in tokens {
+        t.await.unwrap();
+    }
+    let (sub, mut inc) = Client::connect(o).await.unwrap();
+    let (second, n2) = collect_distinct(&mut inc, 500, Duration::from_secs(10)).await;
+    if let Ok(extra) = timeout(Duration::from_millis(500), inc.recv()).await {
+        panic!("extra message: {extra:?}");
+    }
+    assert_eq!(n1 + n2, 1000, "a QoS 2 message came twice");
+    assert!(first.is_disjoint(&second));
+    sub.disconnect().await;
+    publ.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_keeps_its_connection() {
+    let broker = Mosquitto::start();
+    let mut o = opts(&broker.url(), Protocol::V311);
+    o.keep_alive = Duration::from_secs(1);
+    o.incoming_buffer = 16;
+    let topic = format!("slow/{}", unique_id("s"));
+    let (sub, mut inc) = Client::connect(o).await.unwrap();
+    sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V311))
+        .await
+        .unwrap();
+    let n = 3000;
+    for i in 0..n {
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let _ = publ
+            .publish(Message::new(&topic, format!("m{i:06}"), qos))
+            .await
+            .unwrap();
+    }
+    // The application does not read for 4 keep-alive intervals (the broker
+    // drops a client silent for 1.5).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(matches!(*sub.status().borrow(), Status::Connected { .. }));
+    let (seen, _) = collect_distinct(&mut inc, n, Duration::from_secs(20)).await;
+    assert_eq!(seen.len(), n);
+    assert_eq!(
+        sub.stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        !broker.log().contains("exceeded timeout"),
+        "{}",
+        broker.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_refused_filter_are_typed_errors() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        users: vec![("alice".into(), "right-pw".into())],
+        extra: vec![],
+        ..Default::default()
+    });
+    for proto in BOTH {
+        let mut o = opts(&broker.url(), proto);
+        o.username = Some("alice".into());
+        o.password = Some("wrong-pw".into());
+        let e = Client::connect(o.clone()).await.err().expect("must fail");
+        let Error::Connect(ConnectError::Refused { refusal, .. }) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(refusal, Refusal::BadCredentials | Refusal::NotAuthorized),
+            "{proto}: {e}"
+        );
+        assert!(!format!("{e} {e:?}").contains("wrong-pw"));
+        o.password = Some("right-pw".into());
+        let (c, _) = Client::connect(o).await.unwrap();
+        c.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topics_fail_before_sending() {
+    let broker = Mosquitto::start();
+    let (c, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let e = c
+        .publish(Message::new("a/+/b", "x", QoS::AtLeastOnce))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, PublishError::InvalidTopic(_)) && e.to_string().contains("\"a/+/b\""));
+    let e = c
+        .subscribe(vec![Subscription::new("a/#/b", QoS::AtLeastOnce)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SubscribeError::InvalidFilter(_)) && e.to_string().contains("\"a/#/b\""));
+    // Over the maximum packet size: refused before it is sent.
+    let mut o = opts(&broker.url(), Protocol::V311);
+    o.max_packet_size = 1024;
+    let (small, _) = Client::connect(o).await.unwrap();
+    let e = small
+        .publish(Message::new("big", vec![0u8; 2000], QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PublishError::TooLarge { max: 1024, .. }), "{e}");
+    c.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_properties_travel() {
+    let broker = Mosquitto::start();
+    let topic = format!("props/{}", unique_id("p"));
+    let (sub, mut inc) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    sub.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        message_expiry_interval: Some(300),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+        user_properties: vec![("source".into(), "test".into())],
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    publ.publish(Message::new(&topic, "{}", QoS::AtLeastOnce).properties(props.clone()))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut d = timeout(Duration::from_secs(5), inc.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    d.ack();
+    let got = d.properties.expect("properties");
+    assert_eq!(got.content_type, props.content_type);
+    assert_eq!(got.response_topic, props.response_topic);
+    assert_eq!(got.correlation_data, props.correlation_data);
+    assert_eq!(got.user_properties, props.user_properties);
+    assert!(got.message_expiry_interval.is_some_and(|e| e <= 300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_will_is_published_when_the_connection_dies() {
+    let broker = Mosquitto::start();
+    let will_topic = format!("will/{}", unique_id("w"));
+    let (sub, mut inc) = Client::connect(opts(&broker.url(), Protocol::V311))
+        .await
+        .unwrap();
+    sub.subscribe(vec![Subscription::new(&will_topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let proxy = CutProxy::new(broker.port);
+    let mut o = opts(&proxy.url(), Protocol::V311);
+    o.last_will = Some(LastWill {
+        topic: will_topic.clone(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let (_c, _i) = Client::connect(o).await.unwrap();
+    proxy.cut();
+    let mut d = timeout(Duration::from_secs(5), inc.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    d.ack();
+    assert_eq!(&d.payload[..], b"gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mutual_tls_and_untrusted_certificates() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        tls: true,
+        require_certificate: true,
+        ..Default::default()
+    });
+    let certs = broker.certs.as_ref().unwrap();
+    let topic = format!("tls/{}", unique_id("t"));
+    let mut o = opts(&broker.tls_url(), Protocol::V5);
+    o.tls = TlsOptions {
+        ca_file: Some(certs.ca.clone()),
+        client_cert: Some(certs.client_cert.clone()),
+        client_key: Some(certs.client_key.clone()),
+        ..Default::default()
+    };
+    let (c, mut inc) = Client::connect(o.clone()).await.unwrap();
+    c.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    c.publish(Message::new(&topic, "secure", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut d = timeout(Duration::from_secs(5), inc.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    d.ack();
+    assert_eq!(&d.payload[..], b"secure");
+    c.disconnect().await;
+
+    // Without the client certificate the broker refuses the handshake.
+    let mut no_cert = o.clone();
+    no_cert.tls.client_cert = None;
+    no_cert.tls.client_key = None;
+    assert!(Client::connect(no_cert).await.is_err());
+
+    // A CA the broker's certificate is not signed by: refused, not retried.
+    let other = testkit::Certs::generate(&broker.dir.path().join("other"), "some other CA");
+    let mut untrusted = o.clone();
+    untrusted.tls.ca_file = Some(other.ca.clone());
+    let e = Client::connect(untrusted).await.err().unwrap();
+    let Error::Connect(ce @ ConnectError::Tls { reason, .. }) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(!ce.is_retryable());
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+
+    // The explicit opt-out accepts it.
+    let mut insecure = o.clone();
+    insecure.tls.ca_file = Some(other.ca);
+    insecure.tls.insecure = true;
+    let (c, _) = Client::connect(insecure).await.unwrap();
+    c.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_transport() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        websockets: true,
+        ..Default::default()
+    });
+    let topic = format!("ws/{}", unique_id("w"));
+    let (c, mut inc) = Client::connect(opts(&broker.ws_url(), Protocol::V311))
+        .await
+        .unwrap();
+    c.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..300 {
+        tokens.push(
+            c.publish(Message::new(&topic, format!("m{i:06}"), QoS::AtLeastOnce))
+                .await
+                .unwrap(),
+        );
+    }
+    for t in tokens {
+        t.await.unwrap();
+    }
+    let (seen, _) = collect_distinct(&mut inc, 300, Duration::from_secs(10)).await;
+    assert_eq!(seen, payloads(300));
+    c.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_at_start_then_publishes_flow_and_failover_works() {
+    let dead = format!("mqtt://127.0.0.1:{}", testkit::free_port());
+    // connect(): the first failure is returned, like mosquitto_pub.
+    let e = Client::connect(opts(&dead, Protocol::V311))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Connect(ConnectError::Io { .. })), "{e}");
+    // Failover: a dead broker first, a live one second.
+    let broker = Mosquitto::start();
+    let mut o = opts(&dead, Protocol::V311);
+    o.brokers.push(broker.url().parse().unwrap());
+    let (c, _) = Client::start(o).unwrap();
+    c.publish(Message::new("failover/x", "y", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Gives up after max_attempts.
+    let mut o = opts(&dead, Protocol::V311);
+    o.reconnect.max_attempts = 2;
+    let (c, _) = Client::start(o).unwrap();
+    let t = c
+        .publish(Message::new("x", "y", QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    let e = timeout(Duration::from_secs(10), t)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("gave up after 2"), "{e}");
+    assert!(matches!(
+        *c.status().borrow(),
+        Status::Stopped { error: Some(_) }
+    ));
+}

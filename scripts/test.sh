@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of mqlink. Installs what the tests need on a fresh
+# Debian machine (Mosquitto, its clients, openssl, a Rust toolchain check).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "Installing: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust from https://rustup.rs (or apt-get install cargo)" >&2
+  exit 1
+fi
+
+cargo fmt --all -- --check
+cargo test --workspace --all-targets
