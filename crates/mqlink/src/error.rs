@@ -55,10 +55,10 @@ impl std::fmt::Display for Refusal {
 /// A failed connection attempt to one broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot reach {broker}: {source}")]
+    #[error("cannot reach {broker}: {error}")]
     Io {
         broker: BrokerUrl,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("connecting to {broker} timed out after {after:?}")]
     Timeout { broker: BrokerUrl, after: Duration },

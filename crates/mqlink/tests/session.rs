@@ -203,7 +203,18 @@ async fn persistent_session_gets_what_was_published_while_away() {
         for t in tokens {
             t.await.unwrap();
         }
+        // Subscribing again (as an application restarting does) must not wait
+        // behind the queued messages flooding in, even with a tiny buffer.
+        let mut o = o;
+        o.incoming_buffer = 8;
         let (sub, mut inc) = Client::connect(o).await.unwrap();
+        timeout(
+            Duration::from_secs(5),
+            sub.subscribe(vec![Subscription::new(&topic, QoS::ExactlyOnce)]),
+        )
+        .await
+        .expect("SUBACK stuck behind queued messages")
+        .unwrap();
         let (seen, total) = collect_distinct(&mut inc, 500, Duration::from_secs(10)).await;
         assert_eq!(seen, payloads(500));
         assert_eq!(total, 500, "{proto}: no duplicates without a fault");
@@ -484,10 +495,12 @@ async fn slow_consumer_keeps_its_connection() {
         } else {
             QoS::AtLeastOnce
         };
-        let _ = publ
-            .publish(Message::new(&topic, format!("m{i:06}"), qos))
-            .await
-            .unwrap();
+        // Not awaiting the confirmations: the flood is what matters here.
+        drop(
+            publ.publish(Message::new(&topic, format!("m{i:06}"), qos))
+                .await
+                .unwrap(),
+        );
     }
     // The application does not read for 4 keep-alive intervals (the broker
     // drops a client silent for 1.5).

@@ -1,8 +1,11 @@
 //! The network driver: one task that owns the connection and `select!`s over
 //! the socket, the application's requests and acknowledgements, and the
 //! keep-alive timer. It never waits on the application: deliveries go into
-//! a bounded channel, and when that is full the driver stops reading PUBLISH
-//! packets (TCP back-pressure) while pings and acks keep flowing.
+//! a bounded channel. When that is full, QoS 1/2 deliveries wait in an
+//! overflow queue (the broker's window, which we announce as receive
+//! maximum, bounds it), so SUBACKs and PUBACKs behind them are still read;
+//! a QoS 0 delivery makes the driver stop reading (TCP back-pressure)
+//! while pings and acks keep flowing.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -27,6 +30,9 @@ use crate::error::{ConnectError, ConnectionLost, PublishError, Refusal, Subscrib
 use crate::options::{BrokerUrl, ConnectOptions};
 use crate::types::{Protocol, QoS};
 
+/// QoS 1/2 deliveries held beyond the channel before reading pauses anyway
+/// (a safety net: the broker's in-flight window normally bounds them).
+const MAX_OVERFLOW: usize = 70_000;
 /// Bytes queued for the socket before the driver stops taking requests.
 const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
@@ -79,6 +85,8 @@ pub(crate) struct Driver {
     acks_tx: mpsc::UnboundedSender<AckMsg>,
     acks_rx: mpsc::UnboundedReceiver<AckMsg>,
     deliveries: mpsc::Sender<Delivery>,
+    /// Deliveries waiting for room in `deliveries`, in arrival order.
+    overflow: VecDeque<Delivery>,
     status: watch::Sender<Status>,
     stats: Arc<Stats>,
     fail_fast: bool,
@@ -122,6 +130,7 @@ impl Driver {
             acks_tx,
             acks_rx,
             deliveries,
+            overflow: VecDeque::new(),
             status,
             stats,
             fail_fast,
@@ -168,7 +177,12 @@ impl Driver {
                 }
                 Err(e) => {
                     if !e.is_retryable() || (self.fail_fast && self.first.is_some()) {
-                        error!(broker = %broker, error = %e, "Connection failed.");
+                        if self.first.is_some() {
+                            // The caller of `connect` reports it.
+                            debug!(broker = %broker, error = %e, "Connection failed.");
+                        } else {
+                            error!(broker = %broker, error = %e, "Connection failed.");
+                        }
                         let text = e.to_string();
                         if let Some(first) = self.first.take() {
                             let _ = first.send(Err(e));
@@ -322,9 +336,9 @@ impl Driver {
                 user_properties: Vec::new(),
             },
         };
-        let io_err = |source: io::Error| ConnectError::Io {
+        let io_err = |error: io::Error| ConnectError::Io {
             broker: broker.clone(),
-            source,
+            error,
         };
         let mut buf = BytesMut::with_capacity(128);
         encode(&Packet::Connect(Box::new(connect)), o.protocol, &mut buf);
@@ -488,11 +502,7 @@ impl Driver {
                     received_at: SystemTime::now(),
                     ack,
                 };
-                // Room was checked before decoding; a closed channel means the
-                // application dropped `Incoming` and will never acknowledge.
-                if self.deliveries.try_send(d).is_err() {
-                    debug!("Delivery dropped: the application stopped receiving.");
-                }
+                self.deliver(d);
             }
             Packet::Ack(a) if a.kind == AckKind::PubRel => {
                 encode_ack(AckKind::PubComp, a.pkid, wbuf);
@@ -530,8 +540,42 @@ impl Driver {
         Ok(())
     }
 
-    /// Decodes buffered input while the application has room for deliveries.
-    /// Returns `true` when reading must pause because it has none.
+    /// Hands a delivery to the application, or queues it behind earlier ones.
+    fn deliver(&mut self, d: Delivery) {
+        if self.overflow.is_empty() {
+            match self.deliveries.try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(d)) => self.overflow.push_back(d),
+                // The application dropped `Incoming`: it will never acknowledge.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    debug!("Delivery dropped: the application stopped receiving.")
+                }
+            }
+        } else {
+            self.overflow.push_back(d);
+        }
+    }
+
+    /// Moves held deliveries into the channel while it has room.
+    fn flush_overflow(&mut self) {
+        while let Some(d) = self.overflow.pop_front() {
+            match self.deliveries.try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(d)) => {
+                    self.overflow.push_front(d);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.overflow.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes buffered input. Returns `true` when reading must pause: the
+    /// application has no room and the next packet is a QoS 0 PUBLISH (or
+    /// the overflow reached its safety limit).
     fn drain_input(
         &mut self,
         rbuf: &mut BytesMut,
@@ -540,8 +584,15 @@ impl Driver {
     ) -> Result<bool, ConnectionLost> {
         let max_in = self.opts.max_packet_size as usize;
         loop {
-            let is_publish = rbuf.first().is_some_and(|b| b >> 4 == 3);
-            if is_publish && self.deliveries.capacity() == 0 && !self.deliveries.is_closed() {
+            let next = rbuf.first().copied();
+            let is_publish = next.is_some_and(|b| b >> 4 == 3);
+            let is_qos0 = next.is_some_and(|b| b & 0x06 == 0);
+            let full = !self.overflow.is_empty() || self.deliveries.capacity() == 0;
+            if is_publish
+                && full
+                && !self.deliveries.is_closed()
+                && (is_qos0 || self.overflow.len() >= MAX_OVERFLOW)
+            {
                 return Ok(true);
             }
             match decode(rbuf, self.protocol(), max_in)? {
@@ -611,6 +662,7 @@ impl Driver {
         tokio::pin!(ka_sleep);
 
         let result: Result<Closed, ConnectionLost> = loop {
+            self.flush_overflow();
             let paused = match self.drain_input(&mut rbuf, &mut wbuf, &mut ping_sent) {
                 Ok(p) => p,
                 Err(e) => break Err(e),
@@ -677,7 +729,7 @@ impl Driver {
                         None => self.requests_open = false,
                     }
                 }
-                _ = room.reserve(), if paused => {}
+                _ = room.reserve(), if paused || !self.overflow.is_empty() => {}
                 _ = &mut ka_sleep, if !keep_alive.is_zero() => {
                     match ping_sent {
                         Some(_) if !paused => break Err(ConnectionLost::KeepAliveTimeout(keep_alive)),

@@ -208,6 +208,9 @@ pub(crate) enum Request {
     Disconnect(oneshot::Sender<()>),
 }
 
+/// Completes with the outcome of the first connection attempt(s).
+type FirstConnect = oneshot::Receiver<Result<(), crate::error::ConnectError>>;
+
 /// The application's handle to a session. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -242,14 +245,7 @@ impl Client {
     fn spawn(
         opts: ConnectOptions,
         fail_fast: bool,
-    ) -> Result<
-        (
-            Client,
-            Incoming,
-            oneshot::Receiver<Result<(), crate::error::ConnectError>>,
-        ),
-        Error,
-    > {
+    ) -> Result<(Client, Incoming, FirstConnect), Error> {
         opts.validate()?;
         let tls = if opts.brokers.iter().any(|b| b.transport.is_tls()) {
             Some(transport::TlsSetup::new(&opts.tls)?)

@@ -40,6 +40,7 @@ impl Waiter {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named after the packet each stage awaits
 enum Stage {
     /// QoS 1, PUBLISH sent.
     AwaitPubAck,

@@ -48,9 +48,9 @@ pub(crate) async fn connect(
 ) -> Result<(Reader, Writer), ConnectError> {
     let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
         .await
-        .map_err(|source| ConnectError::Io {
+        .map_err(|error| ConnectError::Io {
             broker: broker.clone(),
-            source,
+            error,
         })?;
     let _ = tcp.set_nodelay(true);
     match broker.transport {

@@ -1,0 +1,137 @@
+//! How `mqlink sub` writes a delivery: the payload, `topic payload` (-v),
+//! or one JSON object per line (-F json).
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use mqlink::Delivery;
+use serde_json::{json, Map, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The payload as it is, one per line.
+    Raw,
+    /// One JSON object per line: topic, qos, retain, payload, properties, received_at.
+    Json,
+}
+
+pub fn write(out: &mut Vec<u8>, d: &Delivery, format: Format, verbose: bool) {
+    match format {
+        Format::Raw => {
+            if verbose {
+                out.extend_from_slice(d.topic.as_bytes());
+                out.push(b' ');
+            }
+            out.extend_from_slice(&d.payload);
+            out.push(b'\n');
+        }
+        Format::Json => {
+            let _ = serde_json::to_writer(&mut *out, &to_json(d));
+            out.push(b'\n');
+        }
+    }
+}
+
+/// The JSON form: payload as UTF-8 text when it is, base64 otherwise.
+pub fn to_json(d: &Delivery) -> Value {
+    let mut o = Map::new();
+    o.insert("topic".into(), json!(d.topic.as_str()));
+    o.insert("qos".into(), json!(d.qos as u8));
+    o.insert("retain".into(), json!(d.retain));
+    if d.dup {
+        o.insert("dup".into(), json!(true));
+    }
+    match std::str::from_utf8(&d.payload) {
+        Ok(text) => {
+            o.insert("payload".into(), json!(text));
+        }
+        Err(_) => {
+            o.insert(
+                "payload".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(&d.payload)),
+            );
+            o.insert("payload_encoding".into(), json!("base64"));
+        }
+    }
+    if let Some(p) = &d.properties {
+        let mut props = Map::new();
+        if let Some(v) = &p.content_type {
+            props.insert("content_type".into(), json!(v));
+        }
+        if let Some(v) = p.payload_format_indicator {
+            props.insert("payload_format_indicator".into(), json!(v));
+        }
+        if let Some(v) = p.message_expiry_interval {
+            props.insert("message_expiry_interval".into(), json!(v));
+        }
+        if let Some(v) = &p.response_topic {
+            props.insert("response_topic".into(), json!(v));
+        }
+        if let Some(v) = &p.correlation_data {
+            props.insert(
+                "correlation_data".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            );
+        }
+        if !p.user_properties.is_empty() {
+            let pairs: Vec<Value> = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| json!([k, v]))
+                .collect();
+            props.insert("user_properties".into(), Value::Array(pairs));
+        }
+        if !p.subscription_identifiers.is_empty() {
+            props.insert(
+                "subscription_identifiers".into(),
+                json!(p.subscription_identifiers),
+            );
+        }
+        o.insert("properties".into(), Value::Object(props));
+    }
+    o.insert("received_at".into(), json!(rfc3339(d.received_at)));
+    Value::Object(o)
+}
+
+/// `2026-11-22T10:00:00.123Z` from a system time (UTC, milliseconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut s = String::with_capacity(24);
+    let _ = write!(
+        s,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_392_000_123);
+        assert_eq!(rfc3339(t), "2026-11-23T00:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,248 @@
+//! `mqlink pub`: publish messages and exit 0 only when the broker confirmed
+//! every one. With `-l`, each line of stdin is published as it arrives.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{ArgGroup, Args};
+use mqlink::topic::validate_topic_name;
+use mqlink::{Client, Message, PublishProperties, PublishToken, QoS};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::{usage, ConnArgs};
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+#[command(group(ArgGroup::new("source").required(true).args(["message", "file", "lines", "stdin", "null_message"])))]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Topic to publish to.
+    #[arg(short = 't', long = "topic", required = true)]
+    pub topic: String,
+    /// QoS of the messages.
+    #[arg(short = 'q', long = "qos", value_parser = super::parse_qos, default_value = "0")]
+    pub qos: QoS,
+    /// Retain the messages.
+    #[arg(short = 'r', long = "retain")]
+    pub retain: bool,
+    /// The message.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
+    /// A file whose whole content is one message.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Each line of stdin is a message, published as it arrives.
+    #[arg(short = 'l', long = "stdin-line")]
+    pub lines: bool,
+    /// All of stdin is one message.
+    #[arg(short = 's', long = "stdin-file")]
+    pub stdin: bool,
+    /// An empty message.
+    #[arg(short = 'n', long = "null-message")]
+    pub null_message: bool,
+    /// Unconfirmed QoS 1/2 messages at most.
+    #[arg(long = "max-inflight", default_value = "1000")]
+    pub max_inflight: u16,
+    /// MQTT 5: content type.
+    #[arg(long = "content-type")]
+    pub content_type: Option<String>,
+    /// MQTT 5: message expiry interval in seconds.
+    #[arg(long = "message-expiry")]
+    pub message_expiry: Option<u32>,
+    /// MQTT 5: response topic.
+    #[arg(long = "response-topic")]
+    pub response_topic: Option<String>,
+    /// MQTT 5: correlation data.
+    #[arg(long = "correlation-data")]
+    pub correlation_data: Option<String>,
+    /// MQTT 5: a user property KEY=VALUE; repeat for more.
+    #[arg(long = "user-property", value_name = "KEY=VALUE")]
+    pub user_properties: Vec<String>,
+    /// MQTT 5 property as mosquitto_pub takes it: `-D publish <name> <value> [<value>]`.
+    #[arg(short = 'D', long = "property", num_args = 3..=4, value_names = ["COMMAND", "NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub property: Vec<String>,
+}
+
+impl PubArgs {
+    fn properties(&self) -> anyhow::Result<Option<PublishProperties>> {
+        let mut p = PublishProperties {
+            content_type: self.content_type.clone(),
+            message_expiry_interval: self.message_expiry,
+            response_topic: self.response_topic.clone(),
+            correlation_data: self.correlation_data.clone().map(Bytes::from),
+            ..Default::default()
+        };
+        for kv in &self.user_properties {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--user-property: {kv:?} is not KEY=VALUE")))?;
+            p.user_properties.push((k.into(), v.into()));
+        }
+        // -D values arrive flattened; each property is 3 or 4 words.
+        let words = &self.property;
+        let mut i = 0;
+        while i < words.len() {
+            let (cmd, name) = (
+                &words[i],
+                words.get(i + 1).map(String::as_str).unwrap_or(""),
+            );
+            if cmd != "publish" {
+                return Err(usage(format!(
+                    "-D: only 'publish' properties are supported, not {cmd:?}"
+                )));
+            }
+            let val = |k: usize| {
+                words
+                    .get(i + k)
+                    .cloned()
+                    .ok_or_else(|| usage(format!("-D publish {name}: a value is missing")))
+            };
+            match name {
+                "content-type" => p.content_type = Some(val(2)?),
+                "response-topic" => p.response_topic = Some(val(2)?),
+                "correlation-data" => p.correlation_data = Some(Bytes::from(val(2)?)),
+                "message-expiry-interval" => {
+                    let v = val(2)?;
+                    p.message_expiry_interval = Some(v.parse().map_err(|_| {
+                        usage(format!(
+                            "-D publish message-expiry-interval: {v:?} is not a number"
+                        ))
+                    })?)
+                }
+                "payload-format-indicator" => {
+                    let v = val(2)?;
+                    p.payload_format_indicator = Some(v.parse().map_err(|_| {
+                        usage(format!(
+                            "-D publish payload-format-indicator: {v:?} is not 0 or 1"
+                        ))
+                    })?)
+                }
+                "user-property" => {
+                    p.user_properties.push((val(2)?, val(3)?));
+                    i += 1;
+                }
+                other => return Err(usage(format!("-D publish: unknown property {other:?}"))),
+            }
+            i += 3;
+        }
+        if p.is_empty() {
+            return Ok(None);
+        }
+        if self.conn.protocol != mqlink::Protocol::V5 {
+            return Err(usage("MQTT 5 properties need -V 5"));
+        }
+        Ok(Some(p))
+    }
+}
+
+pub async fn run(args: PubArgs) -> anyhow::Result<()> {
+    validate_topic_name(&args.topic).map_err(|e| usage(format!("-t: {e}")))?;
+    let properties = args.properties()?;
+    let opts = args.conn.options(args.max_inflight)?;
+    let (client, _incoming) = Client::connect(opts).await?;
+
+    // Confirmations are awaited in order by a second task, so reading
+    // input and publishing never wait on the broker beyond the window.
+    let (tx, rx) = mpsc::channel::<PublishToken>(4096);
+    let failed = Arc::new(AtomicU64::new(0));
+    let collector = tokio::spawn(confirmations(rx, failed.clone()));
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let message = |payload: Bytes| Message {
+        topic: args.topic.clone(),
+        payload,
+        qos: args.qos,
+        retain: args.retain,
+        properties: properties.clone(),
+    };
+
+    let single = if let Some(m) = &args.message {
+        Some(Bytes::from(m.clone()))
+    } else if let Some(f) = &args.file {
+        Some(Bytes::from(std::fs::read(f).with_context(|| {
+            format!("-f: cannot read {}", f.display())
+        })?))
+    } else if args.stdin {
+        let mut all = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut all)
+            .await
+            .context("reading stdin")?;
+        Some(Bytes::from(all))
+    } else if args.null_message {
+        Some(Bytes::new())
+    } else {
+        None
+    };
+
+    let mut stop = crate::shutdown_signal();
+    if let Some(payload) = single {
+        let token = client.publish(message(payload)).await?;
+        let _ = tx.send(token).await;
+        sent = 1;
+    } else {
+        let mut lines = BufReader::with_capacity(256 * 1024, tokio::io::stdin()).split(b'\n');
+        loop {
+            let line = tokio::select! {
+                l = lines.next_segment() => l.context("reading stdin")?,
+                _ = &mut stop => break,
+            };
+            let Some(mut line) = line else { break };
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            sent += 1;
+            match client.publish(message(Bytes::from(line))).await {
+                Ok(token) => {
+                    if tx.send(token).await.is_err() {
+                        break;
+                    }
+                }
+                // The session is over (gave up reconnecting): count it and stop.
+                Err(e) => {
+                    tracing::error!(error = %e, "Publish not accepted.");
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    collector.await.ok();
+    let secs = started.elapsed().as_secs_f64();
+    client.disconnect().await;
+    let failed = failed.load(Ordering::Relaxed);
+    eprintln!(
+        "mqlink pub: {} messages confirmed in {secs:.3} s ({:.0} messages/s){}",
+        sent - failed,
+        (sent - failed) as f64 / secs.max(1e-9),
+        if failed > 0 {
+            format!(", {failed} NOT confirmed")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} of {sent} messages were not confirmed by the broker");
+    }
+    Ok(())
+}
+
+async fn confirmations(mut rx: mpsc::Receiver<PublishToken>, failed: Arc<AtomicU64>) {
+    let mut first_error = true;
+    while let Some(token) = rx.recv().await {
+        if let Err(e) = token.await {
+            failed.fetch_add(1, Ordering::Relaxed);
+            if first_error {
+                tracing::error!(error = %e, "Publish not confirmed.");
+                first_error = false;
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `mqlink sub`: subscribe and write messages to stdout. A message is
+//! acknowledged to the broker only after it was written and flushed, so a
+//! `kill -9` while draining a persistent session loses nothing.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use mqlink::topic::validate_filter;
+use mqlink::{Client, QoS, Status, Subscription};
+
+use super::output::{self, Format};
+use super::{usage, ConnArgs};
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Topic filter to subscribe to; repeat for more.
+    #[arg(short = 't', long = "topic", required = true)]
+    pub topics: Vec<String>,
+    /// QoS of the subscriptions.
+    #[arg(short = 'q', long = "qos", value_parser = super::parse_qos, default_value = "0")]
+    pub qos: QoS,
+    /// Exit after this many messages.
+    #[arg(short = 'C', long = "count")]
+    pub count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(short = 'W', long = "timeout", value_parser = super::parse_secs)]
+    pub timeout: Option<Duration>,
+    /// Print the topic before each payload.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Output format: raw (payloads) or json (one object per line).
+    #[arg(short = 'F', long = "format", value_enum, default_value = "raw")]
+    pub format: Format,
+    /// Messages received before the driver stops reading (back-pressure).
+    #[arg(long = "buffer", default_value = "4096")]
+    pub buffer: usize,
+}
+
+/// Deliveries written and acknowledged per stdout write.
+const BATCH: usize = 1024;
+
+pub async fn run(args: SubArgs) -> anyhow::Result<()> {
+    for t in &args.topics {
+        validate_filter(t).map_err(|e| usage(format!("-t: {e}")))?;
+    }
+    let mut opts = args.conn.options(1000)?;
+    opts.incoming_buffer = args.buffer.max(1);
+    // Let the broker send a full window; acknowledgements go out as
+    // batches are written.
+    opts.receive_maximum = 65_535;
+    let (client, mut incoming) = Client::connect(opts).await?;
+    let subs = args
+        .topics
+        .iter()
+        .map(|t| Subscription::new(t, args.qos))
+        .collect();
+    client.subscribe(subs).await?;
+
+    let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
+    let sleep = tokio::time::sleep_until(
+        deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
+    );
+    tokio::pin!(sleep);
+    let mut stop = crate::shutdown_signal();
+    let stdout = std::io::stdout();
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut acks = Vec::with_capacity(BATCH);
+    let mut seen: u64 = 0;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut stopped_with: Option<String> = None;
+
+    while seen < limit {
+        tokio::select! {
+            n = incoming.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    if let Status::Stopped { error } = &*client.status().borrow() {
+                        stopped_with = error.clone();
+                    }
+                    break;
+                }
+            }
+            _ = &mut sleep, if deadline.is_some() => break,
+            _ = &mut stop => break,
+        }
+        for mut d in batch.drain(..) {
+            if seen == limit {
+                // Not written, so not acknowledged: the broker keeps it.
+                continue;
+            }
+            output::write(&mut buf, &d, args.format, args.verbose);
+            acks.extend(d.take_ack());
+            seen += 1;
+        }
+        let mut lock = stdout.lock();
+        let written = lock.write_all(&buf).and_then(|_| lock.flush());
+        drop(lock);
+        buf.clear();
+        match written {
+            Ok(()) => acks.drain(..).for_each(|a| a.ack()),
+            // A closed pipe (`| head`): stop without acknowledging.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                acks.clear();
+                break;
+            }
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+    }
+    client.disconnect().await;
+    if let Some(e) = stopped_with {
+        anyhow::bail!("{e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! `mqlink pub` and `mqlink sub` as a user runs them, against Mosquitto
+//! brokers the tests start, with mosquitto's own clients as independent peers.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{unique_id, Mosquitto, MosquittoConfig};
+
+fn mqlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
+    c.env_remove("MQLINK_PASSWORD");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    mqlink().args(args).output().expect("run mqlink")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Starts `mqlink sub` and waits until its subscription is in place, by
+/// publishing probes until one comes out (then the probe line is dropped).
+fn start_sub(
+    port: u16,
+    topic: &str,
+    extra: &[&str],
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let p = port.to_string();
+    let mut args = vec!["sub", "-p", &p, "-t", topic];
+    args.extend_from_slice(extra);
+    let mut child = mqlink()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+#[test]
+fn pub_and_sub_roundtrip_in_both_versions_with_json_and_count() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    for v in ["311", "5"] {
+        let topic = format!("cli/{}", unique_id("rt"));
+        let (mut sub, mut out) = start_sub(
+            broker.port,
+            &format!("{topic}/#"),
+            &["-V", v, "-q", "2", "-F", "json", "-C", "4"],
+        );
+        // Wait for the subscription: retained probe on a sub-topic.
+        let probe = format!("{topic}/probe");
+        testkit::mosquitto_pub(&["-p", &port, "-t", &probe, "-m", "probe", "-r", "-q", "1"]);
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.contains("\"probe\""), "{first}");
+        let mut args = vec!["pub", "-p", &port, "-t", &topic, "-q", "1", "-V", v, "-l"];
+        if v == "5" {
+            args.extend([
+                "--content-type",
+                "text/plain",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v",
+            ]);
+        }
+        let mut publ = mqlink()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        publ.stdin
+            .take()
+            .unwrap()
+            .write_all("one\ntwo\n\u{e9}\u{e8}\n".as_bytes())
+            .unwrap();
+        let publ = publ.wait_with_output().unwrap();
+        assert!(publ.status.success(), "{}", text(&publ.stderr));
+        let summary = text(&publ.stderr);
+        assert!(summary.contains("3 messages confirmed"), "{summary}");
+        let status = sub.wait().unwrap();
+        assert!(status.success());
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect();
+        let payloads: Vec<&str> = lines
+            .iter()
+            .map(|l| l["payload"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            payloads,
+            ["one", "two", "\u{e9}\u{e8}"],
+            "-C 4 stops after 4 (probe + 3)"
+        );
+        for l in &lines {
+            assert_eq!(l["topic"], topic.as_str());
+            assert_eq!(l["qos"], 1);
+            assert!(l["received_at"].as_str().unwrap().ends_with('Z'));
+            if v == "5" {
+                assert_eq!(l["properties"]["content_type"], "text/plain");
+                assert_eq!(l["properties"]["user_properties"][0][1], "v");
+            }
+        }
+    }
+}
+
+#[test]
+fn verbose_output_binary_payloads_and_timeout() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let topic = format!("cli/{}", unique_id("v"));
+    testkit::mosquitto_pub(&["-p", &port, "-t", &topic, "-m", "kept", "-r"]);
+    let out = run(&["sub", "-p", &port, "-t", &topic, "-v", "-W", "1"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), format!("{topic} kept\n"));
+    // Binary payload in JSON is base64.
+    let f = broker.dir.path().join("bin");
+    std::fs::write(&f, [0xff, 0x00, 0x01]).unwrap();
+    let o = run(&[
+        "pub",
+        "-p",
+        &port,
+        "-t",
+        &topic,
+        "-f",
+        f.to_str().unwrap(),
+        "-r",
+        "-q",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = run(&["sub", "-p", &port, "-t", &topic, "-F", "json", "-C", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["payload"], "/wAB");
+    assert_eq!(v["payload_encoding"], "base64");
+    assert_eq!(v["retain"], true);
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_value() {
+    for (args, needle) in [
+        (vec!["sub", "-t", "a/#/b"], "\"a/#/b\""),
+        (vec!["pub", "-t", "a/+", "-m", "x"], "\"a/+\""),
+        (vec!["sub", "-t", "a", "-V", "31"], "\"31\""),
+        (vec!["sub", "-t", "a", "-q", "3"], "\"3\""),
+        (vec!["pub", "-t", "a"], "--message"),
+        (vec!["sub", "-t", "a", "-c"], "-c"),
+        (
+            vec!["sub", "-t", "a", "-L", "mqtt://h:1883/topic"],
+            "mqtt://h:1883/topic",
+        ),
+        (
+            vec!["pub", "-t", "a", "-m", "x", "--user-property", "novalue"],
+            "\"novalue\"",
+        ),
+        (
+            vec!["pub", "-t", "a", "-m", "x", "--content-type", "t"],
+            "-V 5",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn credentials_and_tls_as_a_user_types_them() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        users: vec![("alice".into(), "s3cret-pw".into())],
+        tls: true,
+        ..Default::default()
+    });
+    let certs = broker.certs.as_ref().unwrap();
+    let port = broker.port.to_string();
+    // Wrong password: exit 1, says why, never prints the password, even with -d.
+    let out = run(&[
+        "pub",
+        "-p",
+        &port,
+        "-t",
+        "x",
+        "-m",
+        "y",
+        "-u",
+        "alice",
+        "-P",
+        "wrong-pw-123",
+        "-d",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not authorized") || err.contains("bad user name or password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw-123"), "{err}");
+    // TLS with the right password, the CA given with --cafile, password from the environment.
+    let tls_port = broker.tls_port.unwrap().to_string();
+    let topic = format!("tls/{}", unique_id("c"));
+    let out = mqlink()
+        .args([
+            "pub",
+            "-h",
+            "localhost",
+            "-p",
+            &tls_port,
+            "--cafile",
+            certs.ca.to_str().unwrap(),
+        ])
+        .args([
+            "-u", "alice", "-t", &topic, "-m", "over-tls", "-q", "1", "-r", "-d",
+        ])
+        .env("MQLINK_PASSWORD", "s3cret-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("s3cret-pw"));
+    let url = format!("mqtts://localhost:{tls_port}");
+    let out = run(&[
+        "sub",
+        "-L",
+        &url,
+        "--cafile",
+        certs.ca.to_str().unwrap(),
+        "-u",
+        "alice",
+        "-P",
+        "s3cret-pw",
+        "-t",
+        &topic,
+        "-C",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "over-tls\n");
+    // Without the CA the system's roots do not trust the test CA.
+    let out = run(&[
+        "sub",
+        "-L",
+        &url,
+        "-u",
+        "alice",
+        "-P",
+        "s3cret-pw",
+        "-t",
+        &topic,
+        "-C",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).to_lowercase().contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Publishes `lines` with `mqlink pub -l -q 1` and checks every one was confirmed.
+fn mqlink_pub_lines(port: u16, topic: &str, lines: &[String]) {
+    let mut child = mqlink()
+        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("{} messages confirmed", lines.len())));
+}
+
+#[test]
+fn sigkill_while_draining_a_persistent_session_loses_nothing() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let id = unique_id("drain");
+    let topic = format!("drain/{id}");
+    // Create the session, then leave.
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-W", "0.3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let n = 20_000;
+    let lines: Vec<String> = (0..n).map(|i| format!("{{\"seq\":{i}}}")).collect();
+    mqlink_pub_lines(broker.port, &topic, &lines);
+
+    let mut seen = BTreeSet::new();
+    let mut total = 0usize;
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < n && Instant::now() < deadline {
+        let mut child = mqlink()
+            .args([
+                "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-W", "5",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut got = 0;
+        let mut line = String::new();
+        // The first runs are killed part-way through the queue.
+        let kill_after = if kills < 3 {
+            2_000 + kills * 3_000
+        } else {
+            usize::MAX
+        };
+        while got < kill_after && seen.len() < n {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.insert(line.trim_end().to_owned());
+            total += 1;
+            got += 1;
+        }
+        if got >= kill_after {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        } else {
+            let _ = child.kill();
+        }
+        // Whatever it wrote before dying counts as received.
+        for l in out.lines() {
+            let l = l.unwrap();
+            seen.insert(l);
+            total += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert_eq!(kills, 3);
+    let want: BTreeSet<String> = lines.into_iter().collect();
+    let missing: Vec<_> = want.difference(&seen).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "lost after SIGKILL: {missing:?} ({} of {n})",
+        seen.len()
+    );
+    eprintln!(
+        "{n} messages, {total} lines written across {kills} kills ({} redelivered)",
+        total - n
+    );
+}
+
+#[test]
+fn pub_rides_out_a_broker_restart() {
+    let mut broker = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let port = broker.port.to_string();
+    let sub_id = unique_id("rs");
+    let topic = format!("restart/{sub_id}");
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &sub_id, "-W", "0.3",
+    ]);
+    assert!(out.status.success());
+    let n = 3_000;
+    let mut child = mqlink()
+        .args([
+            "pub",
+            "-p",
+            &port,
+            "-t",
+            &topic,
+            "-q",
+            "1",
+            "-l",
+            "-c",
+            "-i",
+            &unique_id("rp"),
+        ])
+        .args([
+            "--reconnect-interval",
+            "0.05",
+            "--reconnect-max-interval",
+            "0.5",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..n {
+        writeln!(stdin, "m{i:06}").unwrap();
+        if i % 100 == 0 {
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if i == n / 2 {
+            broker.stop(); // SIGTERM: the broker saves its sessions
+            std::thread::sleep(Duration::from_millis(300));
+            broker.restart();
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("{n} messages confirmed")), "{err}");
+    assert!(
+        err.contains("Connection lost"),
+        "the restart was noticed: {err}"
+    );
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &sub_id, "-W", "3",
+    ]);
+    let got: BTreeSet<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let want: BTreeSet<String> = (0..n).map(|i| format!("m{i:06}")).collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    assert!(missing.is_empty(), "missing {missing:?}");
+}
+
+#[test]
+fn pub_exits_1_and_counts_what_was_not_confirmed() {
+    let port = testkit::free_port().to_string();
+    let out = run(&["pub", "-p", &port, "-t", "x", "-m", "y", "-q", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Connected, then the broker goes away for good: gives up and says how many.
+    let mut broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let mut child = mqlink()
+        .args([
+            "pub",
+            "-p",
+            &port,
+            "-t",
+            "x",
+            "-q",
+            "1",
+            "-l",
+            "--reconnect-interval",
+            "0.05",
+        ])
+        .args(["--reconnect-max-attempts", "3"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "before").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    broker.kill();
+    writeln!(stdin, "after-1\nafter-2").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("2 of 3 messages were not confirmed"), "{err}");
+}
