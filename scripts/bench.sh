@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Measures mqlink next to the C clients, in one run, against one Mosquitto
+# on loopback (see docs/benchmarks.md):
+#   1. draining 200,000 queued QoS 1 messages (~110 bytes) from a persistent
+#      session: mqlink sub vs mosquitto_sub;
+#   2. publishing 200,000 QoS 1 messages, every PUBACK awaited: mqlink pub
+#      vs a libmosquitto publisher with 1,000 in flight, and paho-mqtt for
+#      Python for scale (BENCH_PAHO=0 skips it).
+# Installs what it needs on Debian. N=... changes the message count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-200000}
+ROUNDS=${ROUNDS:-3}
+
+need=()
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+command -v gcc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+  python3 -m pip install -q 'paho-mqtt>=2,<3' || BENCH_PAHO=0
+fi
+
+cargo build --release -q -p mqlink-cli
+MQLINK=$PWD/target/release/mqlink
+work=$(mktemp -d)
+trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+gcc -O2 -o "$work/mosq_pub" bench/mosq_pub.c -lmosquitto
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/mosquitto.conf" <<CONF
+user root
+listener $port 127.0.0.1
+allow_anonymous true
+max_queued_messages 0
+max_queued_bytes 0
+CONF
+/usr/sbin/mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 & echo $! > "$work/pid"
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+# ~110-byte JSON telemetry messages.
+python3 - "$N" > "$work/msgs" <<'PY'
+import sys, json
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"device_id": f"dev-{i % 100:03d}", "seq": i, "ts": 1790000000000 + i,
+                      "temperature": round(20 + (i % 50) / 10, 1), "humidity": 40.5, "site": "plant-7", "ok": True}, separators=(",", ":")))
+PY
+bytes=$(head -1 "$work/msgs" | wc -c)
+
+# Runs a command, prints "wall user sys" in seconds.
+timed() {
+  local out
+  out=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null 2>"$work/err"; } 2>&1 ) || { cat "$work/err" >&2; return 1; }
+  echo "$out"
+}
+
+fill_queue() { # $1 = client id
+  "$MQLINK" sub -p "$port" -t "bench/$1" -q 1 -c -i "$1" -W 0.2 >/dev/null
+  "$MQLINK" pub -p "$port" -t "bench/$1" -q 1 -l < "$work/msgs" 2>/dev/null
+}
+
+echo "mqlink benchmark: $N QoS 1 messages of $bytes bytes, Mosquitto $(/usr/sbin/mosquitto -h | head -1 | awk '{print $3}') on loopback, $ROUNDS rounds"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo
+printf '%-44s %8s %8s %8s %12s\n' "run" "wall s" "user s" "sys s" "msgs/s"
+report() { # name "wall user sys"
+  set -- "$1" $2
+  printf '%-44s %8s %8s %8s %12.0f\n' "$1" "$2" "$3" "$4" "$(awk -v n="$N" -v w="$2" 'BEGIN{print n/w}')"
+  echo "$1 $2 $3 $4" >> "$work/results"
+}
+for r in $(seq "$ROUNDS"); do
+  id="ms-$r-$$"; fill_queue "$id"
+  report "drain: mosquitto_sub" "$(timed mosquitto_sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  id="ml-$r-$$"; fill_queue "$id"
+  report "drain: mqlink sub" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
+  report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
+done
+if [ "${BENCH_PAHO:-1}" = 1 ]; then
+  report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
+fi
+echo
+# Best of the rounds for each run, and the ratios the targets are stated in.
+python3 - "$work/results" <<'PY'
+import sys, collections
+best = collections.defaultdict(lambda: (1e9, 0, 0))
+for line in open(sys.argv[1]):
+    *name, wall, user, sys_ = line.split()
+    name = " ".join(name)
+    if float(wall) < best[name][0]:
+        best[name] = (float(wall), float(user), float(sys_))
+def g(k): return best[k]
+ms, ml = g("drain: mosquitto_sub"), g("drain: mqlink sub")
+lp, mp = g("publish: libmosquitto, 1000 in flight"), g("publish: mqlink pub -l --max-inflight 1000")
+print(f"drain   mqlink sub / mosquitto_sub: wall {ml[0]/ms[0]:.2f}x, CPU {(ml[1]+ml[2])/max(ms[1]+ms[2],1e-9):.2f}x  (target: wall <= 1.00x)")
+print(f"publish mqlink pub / libmosquitto:  wall {mp[0]/lp[0]:.2f}x, CPU {(mp[1]+mp[2])/max(lp[1]+lp[2],1e-9):.2f}x  (target: wall <= 1.25x)")
+if "publish: paho-mqtt (Python)" in best:
+    pp = g("publish: paho-mqtt (Python)")
+    print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
+PY
