@@ -478,3 +478,55 @@ fn pub_exits_1_and_counts_what_was_not_confirmed() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("2 of 3 messages were not confirmed"), "{err}");
 }
+
+#[test]
+fn sub_rides_out_a_broker_restart() {
+    let mut broker = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let port = broker.port.to_string();
+    let id = unique_id("subrs");
+    let topic = format!("subrs/{id}");
+    // -C counts the probe and the empty message clearing it: 2 + 999 + 1000.
+    let mut sub = mqlink()
+        .args([
+            "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-C", "2001",
+        ])
+        .args([
+            "--reconnect-interval",
+            "0.05",
+            "--reconnect-max-interval",
+            "0.3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sub.stdout.take().unwrap());
+    // Wait until the subscription is in place: a retained probe comes through.
+    testkit::mosquitto_pub(&["-p", &port, "-t", &topic, "-m", "probe", "-r", "-q", "1"]);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "probe\n");
+    testkit::mosquitto_pub(&["-p", &port, "-t", &topic, "-n", "-r", "-q", "1"]); // clear it
+    let first: Vec<String> = (0..999).map(|i| format!("a{i:04}")).collect();
+    mqlink_pub_lines(broker.port, &topic, &first);
+    broker.stop();
+    broker.restart();
+    let second: Vec<String> = (0..1000).map(|i| format!("b{i:04}")).collect();
+    mqlink_pub_lines(broker.port, &topic, &second);
+    let status = sub.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut sub.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let got: BTreeSet<String> = out
+        .lines()
+        .map(Result::unwrap)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let want: BTreeSet<String> = first.into_iter().chain(second).collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    assert!(missing.is_empty(), "missing {missing:?}; stderr: {err}");
+    assert!(err.contains("Connection lost"), "{err}");
+}

@@ -151,14 +151,12 @@ async fn unacknowledged_messages_are_redelivered_and_acks_go_in_order() {
         // the first is still unacknowledged (MQTT-4.6.0-2).
         ds[2].ack();
         ds[1].ack();
-        tokio::time::sleep(Duration::from_millis(300)).await;
         sub.disconnect().await;
         drop(inc);
         let (sub, mut inc) = Client::connect(o.clone()).await.unwrap();
         let (seen, _) = collect_distinct(&mut inc, 3, Duration::from_secs(5)).await;
         assert_eq!(seen.len(), 3, "{proto}: all three come again");
         // Now everything was acknowledged in order: nothing comes a third time.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         sub.disconnect().await;
         drop(inc);
         let (sub, mut inc) = Client::connect(o).await.unwrap();
@@ -525,7 +523,6 @@ async fn slow_consumer_keeps_its_connection() {
 async fn wrong_password_and_refused_filter_are_typed_errors() {
     let broker = Mosquitto::with(MosquittoConfig {
         users: vec![("alice".into(), "right-pw".into())],
-        extra: vec![],
         ..Default::default()
     });
     for proto in BOTH {
@@ -544,7 +541,67 @@ async fn wrong_password_and_refused_filter_are_typed_errors() {
         o.password = Some("right-pw".into());
         let (c, _) = Client::connect(o).await.unwrap();
         c.disconnect().await;
+        // Mosquitto grants every well-formed filter, so a minimal broker made
+        // of our codec refuses the second filter of a SUBSCRIBE.
+        let port = refusing_broker(proto).await;
+        let (c, _) = Client::connect(opts(&format!("mqtt://127.0.0.1:{port}"), proto))
+            .await
+            .unwrap();
+        let e = c
+            .subscribe(vec![
+                Subscription::new("allowed/x", QoS::AtLeastOnce),
+                Subscription::new("forbidden/#", QoS::AtLeastOnce),
+            ])
+            .await
+            .unwrap_err();
+        let SubscribeError::Refused { filter, code } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(filter, "forbidden/#", "{proto}");
+        assert!(*code >= 0x80);
+        assert!(e.to_string().contains("\"forbidden/#\""), "{e}");
+        c.disconnect().await;
     }
+}
+
+/// Accepts one client, grants the first filter of its SUBSCRIBE and refuses
+/// the rest (0x80 on 3.1.1, 0x87 "not authorized" on 5).
+async fn refusing_broker(proto: Protocol) -> u16 {
+    use mqlink::codec::{decode, encode, ConnAck, Packet, SubAck};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            while let Some(p) = decode(&mut buf, proto, 1 << 20).unwrap() {
+                let reply = match p {
+                    Packet::Connect(_) => Packet::ConnAck(ConnAck::default()),
+                    Packet::Subscribe(s) => Packet::SubAck(SubAck {
+                        pkid: s.pkid,
+                        codes: (0..s.filters.len())
+                            .map(|i| match (i, proto) {
+                                (0, _) => 1,
+                                (_, Protocol::V5) => 0x87,
+                                _ => 0x80,
+                            })
+                            .collect(),
+                        reason_string: None,
+                    }),
+                    Packet::PingReq => Packet::PingResp,
+                    _ => continue,
+                };
+                let mut out = bytes::BytesMut::new();
+                encode(&reply, proto, &mut out);
+                sock.write_all(&out).await.unwrap();
+            }
+            if sock.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    });
+    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
