@@ -653,14 +653,17 @@ pub fn encode_publish(p: &Publish, protocol: Protocol, out: &mut BytesMut) {
 
 /// Appends a PUBACK/PUBREC/PUBREL/PUBCOMP with success.
 pub fn encode_ack(kind: AckKind, pkid: u16, out: &mut BytesMut) {
-    let first = match kind {
+    // Success with no properties is the same 4 bytes on 3.1.1 and 5 (§3.4.2.1).
+    out.put_slice(&[ack_first_byte(kind), 2, (pkid >> 8) as u8, pkid as u8]);
+}
+
+fn ack_first_byte(kind: AckKind) -> u8 {
+    match kind {
         AckKind::PubAck => 0x40,
         AckKind::PubRec => 0x50,
         AckKind::PubRel => 0x62,
         AckKind::PubComp => 0x70,
-    };
-    // Success with no properties is the same 4 bytes on 3.1.1 and 5 (§3.4.2.1).
-    out.put_slice(&[first, 2, (pkid >> 8) as u8, pkid as u8]);
+    }
 }
 
 /// Appends any packet. Used for the rarer packets; publishes go through
@@ -683,12 +686,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
                 }
                 body.put_slice(&w.finish());
             }
-            match a.kind {
-                AckKind::PubAck => 0x40,
-                AckKind::PubRec => 0x50,
-                AckKind::PubRel => 0x62,
-                AckKind::PubComp => 0x70,
-            }
+            ack_first_byte(a.kind)
         }
         Packet::Connect(c) => {
             put_str(&mut body, b"MQTT");
