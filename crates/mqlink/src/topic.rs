@@ -165,6 +165,109 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+fn is_dollar_start(level: Option<&str>) -> bool {
+    level.is_some_and(|l| l.starts_with('$'))
+}
+
+fn is_wild(level: Option<&str>) -> bool {
+    matches!(level, Some("+" | "#"))
+}
+
+/// Whether some topic matches both filters (plain filters, no `$share/`).
+pub fn intersects(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    let (fa, fb) = (a.split('/').next(), b.split('/').next());
+    // Wildcards in the first level never match `$` topics.
+    if (is_dollar_start(fa) && is_wild(fb)) || (is_dollar_start(fb) && is_wild(fa)) {
+        return false;
+    }
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(p), Some(q)) if p == q || p == "+" || q == "+" => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matching `b` also matches `a` (plain filters).
+pub fn covers(a: &str, b: &str) -> bool {
+    let (fa, fb) = (a.split('/').next(), b.split('/').next());
+    if is_wild(fa) && is_dollar_start(fb) {
+        return false;
+    }
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) => return true,
+            (_, Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The most specific filter covering both `a` and `b`: equal levels are
+/// kept, differing ones become `+`, and `#` (or differing lengths) ends it
+/// with `#`.
+fn generalize(a: &str, b: &str) -> String {
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    let mut out: Vec<&str> = Vec::new();
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => break,
+            (Some("#"), _) | (_, Some("#")) | (None, Some(_)) | (Some(_), None) => {
+                out.push("#");
+                break;
+            }
+            (Some(p), Some(q)) if p == q => out.push(p),
+            _ => out.push("+"),
+        }
+    }
+    out.join("/")
+}
+
+/// Filters to subscribe to so that no topic matches two of them, covering
+/// every filter given. A broker sends one copy of a message per matching
+/// subscription (Mosquitto does for MQTT 5); subscribing to these instead,
+/// and matching locally against the filters asked for, gives each message
+/// once. Covered filters are dropped (`factory/#` covers
+/// `factory/machine1/temperature`); partly overlapping ones are merged
+/// (`a/+/c` and `a/b/+` become `a/+/+`), which may bring in topics matching
+/// none of the filters given: the caller drops those.
+pub fn disjoint_cover(filters: &[String]) -> Vec<String> {
+    let mut set: Vec<String> = Vec::new();
+    for f in filters {
+        if !set.contains(f) {
+            set.push(f.clone());
+        }
+    }
+    'again: loop {
+        for i in 0..set.len() {
+            for j in 0..set.len() {
+                if i == j || !intersects(&set[i], &set[j]) {
+                    continue;
+                }
+                if covers(&set[i], &set[j]) {
+                    set.remove(j);
+                } else if covers(&set[j], &set[i]) {
+                    set.remove(i);
+                } else {
+                    let g = generalize(&set[i], &set[j]);
+                    let (hi, lo) = (i.max(j), i.min(j));
+                    set.remove(hi);
+                    set[lo] = g;
+                }
+                continue 'again;
+            }
+        }
+        return set;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +396,64 @@ mod tests {
         let f = TopicFilter::new("a/#").unwrap();
         assert_eq!(f.share_group(), None);
         assert_eq!(f.filter(), "a/#");
+    }
+
+    #[test]
+    fn overlapping_filters_become_disjoint() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            disjoint_cover(&v(&["factory/machine1/temperature", "factory/#"])),
+            ["factory/#"]
+        );
+        assert_eq!(disjoint_cover(&v(&["a/+/c", "a/b/+"])), ["a/+/+"]);
+        assert_eq!(disjoint_cover(&v(&["a/b", "c/d", "a/b"])), ["a/b", "c/d"]);
+        assert_eq!(disjoint_cover(&v(&["a/+", "a/#"])), ["a/#"]);
+        assert_eq!(disjoint_cover(&v(&["$SYS/#", "#"])), ["$SYS/#", "#"]);
+        assert!(!intersects("a/b", "a/b/c"));
+        assert!(intersects("a", "a/#"));
+        assert!(covers("a/#", "a"));
+        assert!(!covers("a/+", "a"));
+        assert!(!covers("+/x", "$SYS/x"));
+        assert!(!covers("a/+", "a/#"));
+    }
+
+    fn filter_level() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-b]{1}", Just("+".to_string())]
+    }
+    fn filter() -> impl Strategy<Value = String> {
+        (proptest::collection::vec(filter_level(), 1..4), any::<bool>()).prop_map(|(mut v, hash)| {
+            if hash {
+                v.push("#".into());
+            }
+            v.join("/")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn disjoint_cover_matches_each_topic_once_and_covers_all(
+            filters in proptest::collection::vec(filter(), 1..5),
+            topics in proptest::collection::vec(topic(), 1..20),
+        ) {
+            let cover = disjoint_cover(&filters);
+            for t in &topics {
+                let n = cover.iter().filter(|c| matches(c, t)).count();
+                prop_assert!(n <= 1, "{t} matches {n} of {cover:?}");
+                if filters.iter().any(|f| matches(f, t)) {
+                    prop_assert_eq!(n, 1, "{} not covered by {:?}", t, cover);
+                }
+            }
+        }
+
+        #[test]
+        fn intersects_and_covers_agree_with_matching(a in filter(), b in filter(), t in topic()) {
+            if matches(&a, &t) && matches(&b, &t) {
+                prop_assert!(intersects(&a, &b));
+            }
+            if covers(&a, &b) && matches(&b, &t) {
+                prop_assert!(matches(&a, &t));
+            }
+        }
     }
 
     fn level() -> impl Strategy<Value = String> {
