@@ -9,11 +9,14 @@
 //! - [`options`]: connection options (brokers, TLS, session, reconnect policy).
 //! - [`session`]: the session layer: a driver task per connection, confirmed
 //!   publishes, ordered acknowledgements, reconnects.
+//! - [`format`]: payload formats (raw bytes, JSON with a typed schema).
+//! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
 //! - [`error`]: typed errors for every layer.
 //! - [`secret`]: a string that is never printed.
 
 pub mod codec;
 pub mod error;
+pub mod format;
 pub mod options;
 pub mod secret;
 pub mod session;

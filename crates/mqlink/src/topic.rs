@@ -421,12 +421,16 @@ mod tests {
         prop_oneof!["[a-b]{1}", Just("+".to_string())]
     }
     fn filter() -> impl Strategy<Value = String> {
-        (proptest::collection::vec(filter_level(), 1..4), any::<bool>()).prop_map(|(mut v, hash)| {
-            if hash {
-                v.push("#".into());
-            }
-            v.join("/")
-        })
+        (
+            proptest::collection::vec(filter_level(), 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut v, hash)| {
+                if hash {
+                    v.push("#".into());
+                }
+                v.join("/")
+            })
     }
 
     proptest! {

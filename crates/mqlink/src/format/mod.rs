@@ -1,0 +1,319 @@
+//! Payload formats: `raw_bytes` and `json`, optionally with a typed schema
+//! of columns (text, bigint, double, boolean, timestamp, json, bytea).
+//!
+//! Decoding is total: any payload gives a value or a [`FormatError`] naming
+//! the field and what is wrong — never a panic (see the proptests).
+
+mod timestamp;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+
+pub use timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
+
+/// A column type of a schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    BigInt,
+    Double,
+    Boolean,
+    /// RFC 3339 text or epoch milliseconds; kept as microseconds since the epoch.
+    Timestamp,
+    Json,
+    /// Base64 text in JSON.
+    Bytea,
+}
+
+impl FromStr for ColumnType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "text" | "string" | "varchar" => ColumnType::Text,
+            "bigint" | "int" | "integer" | "int8" | "long" => ColumnType::BigInt,
+            "double" | "float" | "float8" | "real" => ColumnType::Double,
+            "boolean" | "bool" => ColumnType::Boolean,
+            "timestamp" | "timestamptz" => ColumnType::Timestamp,
+            "json" | "jsonb" => ColumnType::Json,
+            "bytea" | "bytes" => ColumnType::Bytea,
+            other => {
+                return Err(format!(
+                    "unknown column type {other:?}: use text, bigint, double, boolean, timestamp, json or bytea"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::Text => "text",
+            ColumnType::BigInt => "bigint",
+            ColumnType::Double => "double",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Json => "json",
+            ColumnType::Bytea => "bytea",
+        })
+    }
+}
+
+/// Named, typed columns, in order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Schema {
+    pub columns: Vec<(Arc<str>, ColumnType)>,
+}
+
+impl Schema {
+    pub fn new<N: Into<Arc<str>>>(columns: impl IntoIterator<Item = (N, ColumnType)>) -> Self {
+        Schema {
+            columns: columns.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+        }
+    }
+}
+
+/// A decoded value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Text(String),
+    BigInt(i64),
+    Double(f64),
+    Boolean(bool),
+    /// Microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    Json(serde_json::Value),
+    Bytes(Bytes),
+    /// Columns of a schema, in schema order.
+    Row(Vec<(Arc<str>, Value)>),
+}
+
+/// How payloads are decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Format {
+    /// The payload as bytes; with `include_topic`, a row of topic and payload
+    /// (Laminar's `raw_bytes.include_topic`).
+    RawBytes { include_topic: bool },
+    /// JSON: any JSON value, or a row of the schema's columns.
+    Json { schema: Option<Schema> },
+}
+
+impl Default for Format {
+    fn default() -> Self {
+        Format::RawBytes {
+            include_topic: false,
+        }
+    }
+}
+
+/// Why a payload could not be decoded. Names the field where there is one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FormatError {
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("payload is JSON {found}, but the schema needs an object")]
+    NotAnObject { found: &'static str },
+    #[error("field {field:?} is missing")]
+    Missing { field: String },
+    #[error("field {field:?}: expected {expected}, found {found}")]
+    WrongType {
+        field: String,
+        expected: ColumnType,
+        found: String,
+    },
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl Format {
+    pub fn decode(&self, topic: &str, payload: &Bytes) -> Result<Value, FormatError> {
+        match self {
+            Format::RawBytes {
+                include_topic: false,
+            } => Ok(Value::Bytes(payload.clone())),
+            Format::RawBytes {
+                include_topic: true,
+            } => Ok(Value::Row(vec![
+                ("topic".into(), Value::Text(topic.to_owned())),
+                ("payload".into(), Value::Bytes(payload.clone())),
+            ])),
+            Format::Json { schema: None } => serde_json::from_slice(payload)
+                .map(Value::Json)
+                .map_err(|e| FormatError::InvalidJson(e.to_string())),
+            Format::Json {
+                schema: Some(schema),
+            } => decode_row(schema, payload),
+        }
+    }
+}
+
+fn decode_row(schema: &Schema, payload: &[u8]) -> Result<Value, FormatError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| FormatError::InvalidJson(e.to_string()))?;
+    let serde_json::Value::Object(mut obj) = v else {
+        return Err(FormatError::NotAnObject { found: kind(&v) });
+    };
+    let mut row = Vec::with_capacity(schema.columns.len());
+    for (name, ty) in &schema.columns {
+        let field = obj.remove(&**name).ok_or_else(|| FormatError::Missing {
+            field: name.to_string(),
+        })?;
+        row.push((name.clone(), typed(name, *ty, field)?));
+    }
+    Ok(Value::Row(row))
+}
+
+fn typed(name: &str, ty: ColumnType, v: serde_json::Value) -> Result<Value, FormatError> {
+    use serde_json::Value as J;
+    let wrong = |v: &J| FormatError::WrongType {
+        field: name.to_owned(),
+        expected: ty,
+        found: match v {
+            J::String(s) if s.len() <= 40 => format!("{:?}", s),
+            other => kind(other).to_owned(),
+        },
+    };
+    Ok(match (ty, v) {
+        (_, J::Null) => Value::Null,
+        (ColumnType::Json, v) => Value::Json(v),
+        (ColumnType::Text, J::String(s)) => Value::Text(s),
+        (ColumnType::BigInt, J::Number(n)) if n.is_i64() => Value::BigInt(n.as_i64().unwrap_or(0)),
+        (ColumnType::Double, J::Number(n)) => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+        (ColumnType::Boolean, J::Bool(b)) => Value::Boolean(b),
+        (ColumnType::Timestamp, J::Number(n)) if n.is_i64() => {
+            let ms = n.as_i64().unwrap_or(0);
+            Value::Timestamp(ms.checked_mul(1000).ok_or_else(|| wrong(&J::Number(n)))?)
+        }
+        (ColumnType::Timestamp, J::String(s)) => match parse_rfc3339_micros(&s) {
+            Some(us) => Value::Timestamp(us),
+            None => return Err(wrong(&J::String(s))),
+        },
+        (ColumnType::Bytea, J::String(s)) => {
+            match base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
+                Ok(b) => Value::Bytes(Bytes::from(b)),
+                Err(_) => return Err(wrong(&J::String(s))),
+            }
+        }
+        (_, other) => return Err(wrong(&other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn telemetry() -> Format {
+        Format::Json {
+            schema: Some(Schema::new([
+                ("device_id", ColumnType::Text),
+                ("seq", ColumnType::BigInt),
+                ("timestamp", ColumnType::Timestamp),
+                ("temperature", ColumnType::Double),
+                ("ok", ColumnType::Boolean),
+            ])),
+        }
+    }
+
+    #[test]
+    fn typed_json() {
+        let f = telemetry();
+        let p = Bytes::from_static(
+            br#"{"device_id":"d1","seq":7,"timestamp":"2026-11-23T00:00:00.5Z","temperature":21,"ok":true,"extra":1}"#,
+        );
+        let Value::Row(row) = f.decode("t", &p).unwrap() else {
+            panic!()
+        };
+        assert_eq!(row[0].1, Value::Text("d1".into()));
+        assert_eq!(row[1].1, Value::BigInt(7));
+        assert_eq!(row[2].1, Value::Timestamp(1_795_392_000_500_000));
+        assert_eq!(row[3].1, Value::Double(21.0));
+        assert_eq!(row[4].1, Value::Boolean(true));
+        let epoch = Bytes::from_static(
+            br#"{"device_id":"d1","seq":7,"timestamp":1795392000500,"temperature":1.5,"ok":false}"#,
+        );
+        let Value::Row(row) = f.decode("t", &epoch).unwrap() else {
+            panic!()
+        };
+        assert_eq!(row[2].1, Value::Timestamp(1_795_392_000_500_000));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let f = telemetry();
+        let cases: &[(&[u8], &str)] = &[
+            (br#"{"seq":1}"#, r#"field "device_id" is missing"#),
+            (
+                br#"{"device_id":"d","seq":"7","timestamp":0,"temperature":1,"ok":true}"#,
+                r#"field "seq": expected bigint, found "7""#,
+            ),
+            (
+                br#"{"device_id":"d","seq":1.5,"timestamp":0,"temperature":1,"ok":true}"#,
+                r#"field "seq": expected bigint, found a number"#,
+            ),
+            (
+                br#"{"device_id":"d","seq":1,"timestamp":"yesterday","temperature":1,"ok":true}"#,
+                r#"field "timestamp": expected timestamp, found "yesterday""#,
+            ),
+            (
+                b"[1,2]",
+                "payload is JSON an array, but the schema needs an object",
+            ),
+            (b"{nope", "payload is not valid JSON"),
+        ];
+        for (p, want) in cases {
+            let e = f
+                .decode("t", &Bytes::copy_from_slice(p))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+    }
+
+    #[test]
+    fn raw_bytes_with_topic() {
+        let f = Format::RawBytes {
+            include_topic: true,
+        };
+        let v = f.decode("a/b", &Bytes::from_static(b"\xff")).unwrap();
+        assert_eq!(
+            v,
+            Value::Row(vec![
+                ("topic".into(), Value::Text("a/b".into())),
+                ("payload".into(), Value::Bytes(Bytes::from_static(b"\xff")))
+            ])
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let p = Bytes::from(bytes);
+            for f in [telemetry(), Format::Json { schema: None }, Format::default()] {
+                let _ = f.decode("t", &p);
+            }
+        }
+
+        #[test]
+        fn json_shaped_input_never_panics(seq in any::<i64>(), t in any::<f64>(), ts in "\\PC{0,30}", n in any::<i64>()) {
+            let p = format!(r#"{{"device_id":"d","seq":{seq},"timestamp":{ts:?},"temperature":{t},"ok":true}}"#);
+            let _ = telemetry().decode("t", &Bytes::from(p));
+            let p = format!(r#"{{"device_id":"d","seq":1,"timestamp":{n},"temperature":1,"ok":true}}"#);
+            let _ = telemetry().decode("t", &Bytes::from(p));
+        }
+    }
+}
