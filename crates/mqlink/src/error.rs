@@ -115,6 +115,10 @@ pub enum Error {
     Options(#[from] OptionsError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
     #[error("the session stopped: {0}")]
     Stopped(String),
 }

@@ -20,6 +20,7 @@ pub mod format;
 pub mod options;
 pub mod secret;
 pub mod session;
+pub mod source;
 pub mod topic;
 mod types;
 

@@ -1,0 +1,480 @@
+//! The MQTT source: subscriptions as a stream of decoded records, each
+//! acknowledged to the broker only when the application says it is safe.
+//!
+//! In the spirit of Jet's `MqttSources.builder()`:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use mqlink::format::{ColumnType, Format, Schema};
+//! use mqlink::source::MqttSource;
+//! use mqlink::{ConnectOptions, QoS};
+//! let mut source = MqttSource::builder()
+//!     .connection(ConnectOptions::new("mqtt://localhost:1883")?)
+//!     .topic("sensors/+/telemetry", QoS::AtLeastOnce)
+//!     .topic("alerts/#", QoS::ExactlyOnce)
+//!     .format(Format::Json { schema: Some(Schema::new([("device_id", ColumnType::Text)])) })
+//!     .dead_letter_topic("errors/telemetry")
+//!     .start()
+//!     .await?;
+//! while let Some(mut record) = source.next().await {
+//!     // … make record.value safe downstream, then:
+//!     record.ack();
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! - Overlapping filters deliver each message once: the source subscribes to
+//!   a disjoint cover of the filters ([`crate::topic::disjoint_cover`]) and
+//!   acknowledges, without yielding, messages that match none of the
+//!   filters asked for.
+//! - `parallelism = N` runs N clients (`<client_id>-0` … `-N-1`) on shared
+//!   subscriptions `$share/<group>/<filter>`.
+//! - A payload that does not decode goes to `dead_letter_topic` (original
+//!   payload; topic and reason as MQTT 5 user properties, or a JSON envelope
+//!   on 3.1.1) and is acknowledged only once the broker confirmed the dead
+//!   letter. Without a dead-letter topic the record is yielded with the error.
+
+mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::codec::ByteStr;
+use crate::error::Error;
+use crate::format::{Format, FormatError, Value};
+use crate::options::{ConnectOptions, OptionsError};
+use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
+use crate::topic::{
+    disjoint_cover, intersects, validate_filter, validate_topic_name, TopicError, TopicFilter,
+};
+use crate::types::{Protocol, QoS};
+use crate::PublishProperties;
+pub use metrics::{SourceMetrics, SOURCE_METRIC_NAMES};
+
+/// A source configuration that cannot work; names the key and value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    #[error("connection: {0}")]
+    Options(#[from] OptionsError),
+    #[error("topics: {0}")]
+    Topic(TopicError),
+    #[error("topics: at least one topic filter is needed")]
+    NoTopics,
+    #[error("dead_letter_topic: {0}")]
+    DeadLetterTopic(TopicError),
+    #[error("parallelism must be at least 1")]
+    Parallelism,
+    #[error("share_group {0:?} must not be empty or contain '/', '+' or '#'")]
+    ShareGroup(String),
+    #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
+    ParallelNeedsClientId,
+    #[error("batch_size must be at least 1")]
+    BatchSize,
+}
+
+/// What a source needs; build it with [`MqttSource::builder`].
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub connection: ConnectOptions,
+    pub subscriptions: Vec<Subscription>,
+    pub format: Format,
+    pub dead_letter_topic: Option<String>,
+    /// Records per [`MqttSource::next_batch`] at most (Laminar's `batch_size`).
+    pub batch_size: usize,
+    /// How long [`MqttSource::next_batch`] waits to fill a batch (`batch_timeout_ms`).
+    pub batch_timeout: Duration,
+    /// Clients sharing the subscriptions (`parallelism`).
+    pub parallelism: u16,
+    /// Share group for `parallelism > 1` [default: the client id].
+    pub share_group: Option<String>,
+}
+
+impl SourceConfig {
+    pub fn validate(&self) -> Result<(), SourceError> {
+        self.connection.validate()?;
+        if self.subscriptions.is_empty() {
+            return Err(SourceError::NoTopics);
+        }
+        for s in &self.subscriptions {
+            validate_filter(&s.filter).map_err(SourceError::Topic)?;
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            validate_topic_name(t).map_err(SourceError::DeadLetterTopic)?;
+        }
+        if self.parallelism == 0 {
+            return Err(SourceError::Parallelism);
+        }
+        if self.batch_size == 0 {
+            return Err(SourceError::BatchSize);
+        }
+        if self.parallelism > 1 && self.connection.client_id.is_none() {
+            return Err(SourceError::ParallelNeedsClientId);
+        }
+        if let Some(g) = &self.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(SourceError::ShareGroup(g.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The subscriptions one client makes: a disjoint cover of the filters,
+    /// each at the highest QoS of the filters it overlaps, shared when
+    /// `parallelism > 1` or a share group is set.
+    pub fn broker_subscriptions(&self) -> Vec<Subscription> {
+        let filters: Vec<String> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.clone())
+            .collect();
+        let group = match (&self.share_group, self.parallelism) {
+            (Some(g), _) => Some(g.clone()),
+            (None, n) if n > 1 => self.connection.client_id.clone(),
+            _ => None,
+        };
+        disjoint_cover(&filters)
+            .into_iter()
+            .map(|f| {
+                let mut options = self
+                    .subscriptions
+                    .iter()
+                    .find(|s| s.filter == f)
+                    .map(|s| s.options)
+                    .unwrap_or(crate::SubscribeOptions::qos(QoS::AtMostOnce));
+                options.qos = self
+                    .subscriptions
+                    .iter()
+                    .filter(|s| intersects(&f, &s.filter))
+                    .map(|s| s.options.qos)
+                    .max()
+                    .unwrap_or(QoS::AtLeastOnce);
+                let filter = match &group {
+                    Some(g) => format!("$share/{g}/{f}"),
+                    None => f,
+                };
+                Subscription { filter, options }
+            })
+            .collect()
+    }
+}
+
+/// Chained setters; problems surface in [`build`](Self::build).
+pub struct SourceBuilder {
+    config: SourceConfig,
+}
+
+impl SourceBuilder {
+    pub fn connection(mut self, c: ConnectOptions) -> Self {
+        self.config.connection = c;
+        self
+    }
+    /// Adds a topic filter with its QoS.
+    pub fn topic(mut self, filter: impl Into<String>, qos: QoS) -> Self {
+        self.config
+            .subscriptions
+            .push(Subscription::new(filter, qos));
+        self
+    }
+    /// Adds a subscription with MQTT 5 options.
+    pub fn subscription(mut self, s: Subscription) -> Self {
+        self.config.subscriptions.push(s);
+        self
+    }
+    pub fn format(mut self, f: Format) -> Self {
+        self.config.format = f;
+        self
+    }
+    pub fn dead_letter_topic(mut self, t: impl Into<String>) -> Self {
+        self.config.dead_letter_topic = Some(t.into());
+        self
+    }
+    pub fn batch(mut self, size: usize, timeout: Duration) -> Self {
+        self.config.batch_size = size;
+        self.config.batch_timeout = timeout;
+        self
+    }
+    pub fn parallelism(mut self, n: u16) -> Self {
+        self.config.parallelism = n;
+        self
+    }
+    pub fn share_group(mut self, g: impl Into<String>) -> Self {
+        self.config.share_group = Some(g.into());
+        self
+    }
+    pub fn build(self) -> Result<SourceConfig, SourceError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+    /// Builds and starts the source.
+    pub async fn start(self) -> Result<MqttSource, Error> {
+        MqttSource::start(self.build()?).await
+    }
+}
+
+/// A received message with its decoded value and acknowledgement.
+#[derive(Debug)]
+pub struct Record {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub properties: Option<Box<PublishProperties>>,
+    pub received_at: SystemTime,
+    /// The decoded payload, or why it could not be decoded (only yielded
+    /// when no dead-letter topic is configured).
+    pub value: Result<Value, FormatError>,
+    ack: Option<AckHandle>,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl Record {
+    /// Acknowledges the record; the broker hears of it once every earlier
+    /// record of the same connection is acknowledged too.
+    pub fn ack(&mut self) {
+        if let Some(a) = self.ack.take() {
+            a.ack();
+            self.metrics.unacknowledged_dec();
+        }
+    }
+}
+
+/// A running source.
+pub struct MqttSource {
+    clients: Vec<Client>,
+    rx: mpsc::Receiver<Record>,
+    metrics: Arc<SourceMetrics>,
+    tasks: Vec<JoinHandle<()>>,
+    batch_size: usize,
+    batch_timeout: Duration,
+}
+
+struct Worker {
+    client: Client,
+    /// The filters asked for (the broker may send more: see the module docs).
+    filters: Vec<TopicFilter>,
+    format: Format,
+    dead_letter_topic: Option<String>,
+    tx: mpsc::Sender<Record>,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl MqttSource {
+    pub fn builder() -> SourceBuilder {
+        SourceBuilder {
+            config: SourceConfig {
+                connection: ConnectOptions::default(),
+                subscriptions: Vec::new(),
+                format: Format::default(),
+                dead_letter_topic: None,
+                batch_size: 1000,
+                batch_timeout: Duration::from_millis(100),
+                parallelism: 1,
+                share_group: None,
+            },
+        }
+    }
+
+    /// Connects every client, subscribes, and starts yielding records.
+    pub async fn start(config: SourceConfig) -> Result<MqttSource, Error> {
+        config.validate()?;
+        let subs = config.broker_subscriptions();
+        let filters: Vec<TopicFilter> = config
+            .subscriptions
+            .iter()
+            .filter_map(|s| TopicFilter::new(s.filter.clone()).ok())
+            .collect();
+        let metrics = Arc::new(SourceMetrics::default());
+        let (tx, rx) = mpsc::channel(config.batch_size.max(1024));
+        let mut clients = Vec::new();
+        let mut tasks = Vec::new();
+        for i in 0..config.parallelism {
+            let mut opts = config.connection.clone();
+            if config.parallelism > 1 {
+                opts.client_id = opts.client_id.map(|id| format!("{id}-{i}"));
+            }
+            let (client, incoming) = Client::connect(opts).await?;
+            client.subscribe(subs.clone()).await?;
+            metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
+            let worker = Worker {
+                client: client.clone(),
+                filters: filters.clone(),
+                format: config.format.clone(),
+                dead_letter_topic: config.dead_letter_topic.clone(),
+                tx: tx.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(worker.run(incoming)));
+            clients.push(client);
+        }
+        Ok(MqttSource {
+            clients,
+            rx,
+            metrics,
+            tasks,
+            batch_size: config.batch_size,
+            batch_timeout: config.batch_timeout,
+        })
+    }
+
+    /// The next record; `None` once every client has stopped.
+    pub async fn next(&mut self) -> Option<Record> {
+        self.rx.recv().await
+    }
+
+    /// Up to `batch_size` records, waiting at most `batch_timeout` after the
+    /// first one. Empty once every client has stopped.
+    pub async fn next_batch(&mut self) -> Vec<Record> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let Some(first) = self.rx.recv().await else {
+            return batch;
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        while batch.len() < self.batch_size {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    pub fn metrics(&self) -> &SourceMetrics {
+        self.metrics.refresh(&self.clients);
+        &self.metrics
+    }
+
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+
+    /// Disconnects every client (acknowledgements given so far go out first).
+    pub async fn close(self) {
+        for c in &self.clients {
+            c.disconnect().await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Worker {
+    async fn run(self, mut incoming: Incoming) {
+        while let Some(d) = incoming.recv().await {
+            self.metrics.received(d.payload.len());
+            if !self.filters.iter().any(|f| f.matches(&d.topic)) {
+                // Brought in by a merged filter; nobody asked for it.
+                self.metrics.filtered();
+                let mut d = d;
+                d.ack();
+                continue;
+            }
+            let value = self.format.decode(&d.topic, &d.payload);
+            if let (Err(e), Some(dlq)) = (&value, &self.dead_letter_topic) {
+                self.metrics.decode_error();
+                self.dead_letter(d, dlq, e).await;
+                continue;
+            }
+            if value.is_err() {
+                self.metrics.decode_error();
+            }
+            let record = into_record(d, value, self.metrics.clone());
+            if self.tx.send(record).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Publishes the dead letter and acknowledges the original only once the
+    /// broker confirmed it; a failed dead letter leaves the original
+    /// unacknowledged, so the broker redelivers it.
+    async fn dead_letter(&self, mut d: Delivery, dlq: &str, error: &FormatError) {
+        let v5 = self.client.protocol() == Protocol::V5;
+        let msg = dead_letter_message(&d, dlq, error, v5);
+        match self.client.publish(msg).await {
+            Ok(token) => {
+                let ack = d.take_ack();
+                let metrics = self.metrics.clone();
+                let topic = d.topic.to_string();
+                tokio::spawn(async move {
+                    match token.await {
+                        Ok(_) => {
+                            metrics.dead_lettered();
+                            if let Some(a) = ack {
+                                a.ack();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(%topic, error = %e, "Dead letter not confirmed; the message stays unacknowledged.")
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(topic = %d.topic, error = %e, "Dead letter not published."),
+        }
+    }
+}
+
+fn into_record(
+    mut d: Delivery,
+    value: Result<Value, FormatError>,
+    metrics: Arc<SourceMetrics>,
+) -> Record {
+    let ack = d.take_ack();
+    if ack.is_some() {
+        metrics.unacknowledged_inc();
+    }
+    Record {
+        topic: d.topic,
+        payload: d.payload,
+        qos: d.qos,
+        retain: d.retain,
+        dup: d.dup,
+        properties: d.properties,
+        received_at: d.received_at,
+        value,
+        ack,
+        metrics,
+    }
+}
+
+/// The dead letter: the original payload with topic and reason as user
+/// properties (MQTT 5), or a JSON envelope (3.1.1).
+pub fn dead_letter_message(d: &Delivery, dlq: &str, error: &FormatError, v5: bool) -> Message {
+    if v5 {
+        let mut props = d.properties.as_deref().cloned().unwrap_or_default();
+        props.subscription_identifiers.clear();
+        props.topic_alias = None;
+        props
+            .user_properties
+            .push(("mqlink_original_topic".into(), d.topic.to_string()));
+        props
+            .user_properties
+            .push(("mqlink_error".into(), error.to_string()));
+        Message::new(dlq, d.payload.clone(), d.qos.max(QoS::AtLeastOnce)).properties(props)
+    } else {
+        let (payload, encoding) = match std::str::from_utf8(&d.payload) {
+            Ok(s) => (serde_json::Value::String(s.to_owned()), "utf8"),
+            Err(_) => (
+                serde_json::Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(&d.payload),
+                ),
+                "base64",
+            ),
+        };
+        let envelope = serde_json::json!({
+            "original_topic": d.topic.as_str(),
+            "error": error.to_string(),
+            "payload": payload,
+            "payload_encoding": encoding,
+        });
+        Message::new(dlq, envelope.to_string(), d.qos.max(QoS::AtLeastOnce))
+    }
+}
