@@ -3,7 +3,7 @@
 //! made per test with the `openssl` command.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -255,8 +255,13 @@ impl Mosquitto {
         std::fs::write(&self.conf, c).unwrap();
     }
 
-    /// Starts the process and waits until every listener accepts connections.
+    /// Starts the process and waits until it says it is running, which it
+    /// does only after binding every listener. (Probing the ports is not
+    /// enough: another test's broker may hold the same port a moment.)
     fn spawn(&mut self) -> bool {
+        let log_before = std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -265,25 +270,26 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto (is it installed? the test command installs it)");
         self.child = Some(child);
-        let ports: Vec<u16> = [Some(self.port), self.tls_port, self.ws_port]
-            .into_iter()
-            .flatten()
-            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
                 return false;
             }
-            if ports.iter().all(|p| {
-                TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], *p)),
-                    Duration::from_millis(100),
-                )
-                .is_ok()
-            }) {
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let new = String::from_utf8_lossy(log.get(log_before as usize..).unwrap_or_default());
+            if new.contains(" running") {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if new.contains("Error") {
+                // Address in use: it is exiting; let the caller pick other ports.
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         panic!(
             "mosquitto did not start listening: see {}",

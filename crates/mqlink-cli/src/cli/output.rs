@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use mqlink::Delivery;
+use mqlink::format::{format_rfc3339_micros, Value as Decoded};
+use mqlink::source::Record;
 use serde_json::{json, Map, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -16,7 +17,7 @@ pub enum Format {
     Json,
 }
 
-pub fn write(out: &mut Vec<u8>, d: &Delivery, format: Format, verbose: bool) {
+pub fn write(out: &mut Vec<u8>, d: &Record, format: Format, verbose: bool) {
     match format {
         Format::Raw => {
             if verbose {
@@ -34,7 +35,7 @@ pub fn write(out: &mut Vec<u8>, d: &Delivery, format: Format, verbose: bool) {
 }
 
 /// The JSON form: payload as UTF-8 text when it is, base64 otherwise.
-pub fn to_json(d: &Delivery) -> Value {
+pub fn to_json(d: &Record) -> Value {
     let mut o = Map::new();
     o.insert("topic".into(), json!(d.topic.as_str()));
     o.insert("qos".into(), json!(d.qos as u8));
@@ -91,7 +92,36 @@ pub fn to_json(d: &Delivery) -> Value {
         o.insert("properties".into(), Value::Object(props));
     }
     o.insert("received_at".into(), json!(rfc3339(d.received_at)));
+    match &d.value {
+        // Raw bytes are the payload already.
+        Ok(Decoded::Bytes(_)) => {}
+        Ok(v) => {
+            o.insert("value".into(), decoded(v));
+        }
+        Err(e) => {
+            o.insert("error".into(), json!(e.to_string()));
+        }
+    }
     Value::Object(o)
+}
+
+/// A decoded value as JSON: timestamps as RFC 3339, bytes as base64.
+fn decoded(v: &Decoded) -> Value {
+    match v {
+        Decoded::Null => Value::Null,
+        Decoded::Text(s) => json!(s),
+        Decoded::BigInt(n) => json!(n),
+        Decoded::Double(f) => json!(f),
+        Decoded::Boolean(b) => json!(b),
+        Decoded::Timestamp(us) => json!(format_rfc3339_micros(*us)),
+        Decoded::Json(j) => j.clone(),
+        Decoded::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+        Decoded::Row(cols) => Value::Object(
+            cols.iter()
+                .map(|(k, v)| (k.to_string(), decoded(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// `2026-11-22T10:00:00.123Z` from a system time (UTC, milliseconds).

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use mqlink::topic::validate_filter;
-use mqlink::{Client, QoS, Status, Subscription};
+use mqlink::format::{ColumnType, Format as Decode, Schema};
+use mqlink::source::{MqttSource, SourceConfig};
+use mqlink::topic::{validate_filter, validate_topic_name};
+use mqlink::{QoS, Status, Subscription};
 
 use super::output::{self, Format};
 use super::{usage, ConnArgs};
@@ -39,6 +41,32 @@ pub struct SubArgs {
     /// Messages received before the driver stops reading (back-pressure).
     #[arg(long = "buffer", default_value = "4096")]
     pub buffer: usize,
+    /// Decode payloads as JSON with these typed columns, e.g.
+    /// `device_id:text,seq:bigint,ts:timestamp,temp:double`
+    /// (text, bigint, double, boolean, timestamp, json, bytea).
+    #[arg(long = "schema", value_name = "NAME:TYPE,…")]
+    pub schema: Option<String>,
+    /// Publish payloads that do not decode here (with the original topic and
+    /// the reason) instead of printing them.
+    #[arg(long = "dead-letter-topic")]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn parse_schema(spec: &str) -> anyhow::Result<Schema> {
+    let mut cols = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, ty) = part
+            .split_once([':', '='])
+            .ok_or_else(|| usage(format!("--schema: {part:?} is not NAME:TYPE")))?;
+        let ty: ColumnType = ty
+            .parse()
+            .map_err(|e| usage(format!("--schema: column {name:?}: {e}")))?;
+        cols.push((name.trim().to_owned(), ty));
+    }
+    if cols.is_empty() {
+        return Err(usage("--schema: no columns given"));
+    }
+    Ok(Schema::new(cols))
 }
 
 /// Deliveries written and acknowledged per stdout write.
@@ -48,18 +76,39 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     for t in &args.topics {
         validate_filter(t).map_err(|e| usage(format!("-t: {e}")))?;
     }
+    if let Some(t) = &args.dead_letter_topic {
+        validate_topic_name(t).map_err(|e| usage(format!("--dead-letter-topic: {e}")))?;
+    }
+    let decode = match &args.schema {
+        Some(spec) => Decode::Json {
+            schema: Some(parse_schema(spec)?),
+        },
+        None => Decode::RawBytes {
+            include_topic: false,
+        },
+    };
     let mut opts = args.conn.options(1000)?;
     opts.incoming_buffer = args.buffer.max(1);
     // Let the broker send a full window; acknowledgements go out as
     // batches are written.
     opts.receive_maximum = 65_535;
-    let (client, mut incoming) = Client::connect(opts).await?;
-    let subs = args
-        .topics
-        .iter()
-        .map(|t| Subscription::new(t, args.qos))
-        .collect();
-    client.subscribe(subs).await?;
+    // Overlapping -t filters deliver each message once (see mqlink::source).
+    let config = SourceConfig {
+        connection: opts,
+        subscriptions: args
+            .topics
+            .iter()
+            .map(|t| Subscription::new(t, args.qos))
+            .collect(),
+        format: decode,
+        dead_letter_topic: args.dead_letter_topic.clone(),
+        batch_size: BATCH,
+        batch_timeout: Duration::ZERO,
+        parallelism: 1,
+        share_group: None,
+    };
+    let mut source = MqttSource::start(config).await?;
+    let client = source.clients()[0].clone();
 
     let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
     let sleep = tokio::time::sleep_until(
@@ -69,29 +118,30 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     let mut stop = crate::shutdown_signal();
     let stdout = std::io::stdout();
     let mut buf = Vec::with_capacity(256 * 1024);
-    let mut batch = Vec::with_capacity(BATCH);
     let mut acks = Vec::with_capacity(BATCH);
     let mut seen: u64 = 0;
     let limit = args.count.unwrap_or(u64::MAX);
     let mut stopped_with: Option<String> = None;
 
     while seen < limit {
-        tokio::select! {
-            n = incoming.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    if let Status::Stopped { error } = &*client.status().borrow() {
-                        stopped_with = error.clone();
-                    }
-                    break;
-                }
-            }
+        let batch = tokio::select! {
+            b = source.next_batch() => b,
             _ = &mut sleep, if deadline.is_some() => break,
             _ = &mut stop => break,
+        };
+        if batch.is_empty() {
+            if let Status::Stopped { error } = &*client.status().borrow() {
+                stopped_with = error.clone();
+            }
+            break;
         }
-        for mut d in batch.drain(..) {
+        for mut d in batch {
             if seen == limit {
                 // Not written, so not acknowledged: the broker keeps it.
                 continue;
+            }
+            if let Err(e) = &d.value {
+                tracing::warn!(topic = %d.topic, error = %e, "Payload does not match the schema.");
             }
             output::write(&mut buf, &d, args.format, args.verbose);
             acks.extend(d.take_ack());
@@ -111,7 +161,7 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("writing to stdout"),
         }
     }
-    client.disconnect().await;
+    source.close().await;
     if let Some(e) = stopped_with {
         anyhow::bail!("{e}");
     }

@@ -237,21 +237,50 @@ impl Record {
     /// Acknowledges the record; the broker hears of it once every earlier
     /// record of the same connection is acknowledged too.
     pub fn ack(&mut self) {
-        if let Some(a) = self.ack.take() {
+        if let Some(a) = self.take_ack() {
             a.ack();
-            self.metrics.unacknowledged_dec();
         }
+    }
+
+    /// Takes the acknowledgement, to give after the record was consumed.
+    pub fn take_ack(&mut self) -> Option<RecordAck> {
+        self.ack.take().map(|ack| RecordAck {
+            ack,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// The acknowledgement of one [`Record`].
+#[derive(Debug)]
+pub struct RecordAck {
+    ack: AckHandle,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl RecordAck {
+    pub fn ack(self) {
+        self.ack.ack();
+        self.metrics.unacknowledged_dec();
     }
 }
 
 /// A running source.
 pub struct MqttSource {
     clients: Vec<Client>,
-    rx: mpsc::Receiver<Record>,
+    inner: Inner,
     metrics: Arc<SourceMetrics>,
     tasks: Vec<JoinHandle<()>>,
     batch_size: usize,
     batch_timeout: Duration,
+    pending: std::collections::VecDeque<Delivery>,
+}
+
+/// One client is read directly (no extra hop per message); several are
+/// merged through a channel fed by one task each.
+enum Inner {
+    Direct(Worker, Incoming),
+    Merged(mpsc::Receiver<Record>),
 }
 
 struct Worker {
@@ -260,7 +289,6 @@ struct Worker {
     filters: Vec<TopicFilter>,
     format: Format,
     dead_letter_topic: Option<String>,
-    tx: mpsc::Sender<Record>,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -293,6 +321,7 @@ impl MqttSource {
         let (tx, rx) = mpsc::channel(config.batch_size.max(1024));
         let mut clients = Vec::new();
         let mut tasks = Vec::new();
+        let mut direct = None;
         for i in 0..config.parallelism {
             let mut opts = config.connection.clone();
             if config.parallelism > 1 {
@@ -306,38 +335,87 @@ impl MqttSource {
                 filters: filters.clone(),
                 format: config.format.clone(),
                 dead_letter_topic: config.dead_letter_topic.clone(),
-                tx: tx.clone(),
                 metrics: metrics.clone(),
             };
-            tasks.push(tokio::spawn(worker.run(incoming)));
+            if config.parallelism == 1 {
+                direct = Some((worker, incoming));
+            } else {
+                tasks.push(tokio::spawn(worker.run(incoming, tx.clone())));
+            }
             clients.push(client);
         }
+        let inner = match direct {
+            Some((w, i)) => Inner::Direct(w, i),
+            None => Inner::Merged(rx),
+        };
         Ok(MqttSource {
             clients,
-            rx,
+            inner,
             metrics,
             tasks,
             batch_size: config.batch_size,
             batch_timeout: config.batch_timeout,
+            pending: Default::default(),
         })
     }
 
     /// The next record; `None` once every client has stopped.
     pub async fn next(&mut self) -> Option<Record> {
-        self.rx.recv().await
+        match &mut self.inner {
+            Inner::Merged(rx) => rx.recv().await,
+            Inner::Direct(worker, incoming) => loop {
+                let d = match self.pending.pop_front() {
+                    Some(d) => d,
+                    None => {
+                        let mut buf = Vec::with_capacity(256);
+                        if incoming.recv_many(&mut buf, 256).await == 0 {
+                            return None;
+                        }
+                        self.pending.extend(buf);
+                        continue;
+                    }
+                };
+                if let Some(r) = worker.process(d).await {
+                    return Some(r);
+                }
+            },
+        }
+    }
+
+    /// A record if one is ready without waiting.
+    pub async fn try_next(&mut self) -> Option<Record> {
+        loop {
+            let d = match &mut self.inner {
+                Inner::Merged(rx) => return rx.try_recv().ok(),
+                Inner::Direct(_, incoming) => match self.pending.pop_front() {
+                    Some(d) => d,
+                    None => incoming.try_recv()?,
+                },
+            };
+            let Inner::Direct(worker, _) = &self.inner else {
+                unreachable!()
+            };
+            if let Some(r) = worker.process(d).await {
+                return Some(r);
+            }
+        }
     }
 
     /// Up to `batch_size` records, waiting at most `batch_timeout` after the
     /// first one. Empty once every client has stopped.
     pub async fn next_batch(&mut self) -> Vec<Record> {
         let mut batch = Vec::with_capacity(self.batch_size);
-        let Some(first) = self.rx.recv().await else {
+        let Some(first) = self.next().await else {
             return batch;
         };
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
         while batch.len() < self.batch_size {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if let Some(r) = self.try_next().await {
+                batch.push(r);
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.next()).await {
                 Ok(Some(r)) => batch.push(r),
                 _ => break,
             }
@@ -366,30 +444,35 @@ impl MqttSource {
 }
 
 impl Worker {
-    async fn run(self, mut incoming: Incoming) {
+    async fn run(self, mut incoming: Incoming, tx: mpsc::Sender<Record>) {
         while let Some(d) = incoming.recv().await {
-            self.metrics.received(d.payload.len());
-            if !self.filters.iter().any(|f| f.matches(&d.topic)) {
-                // Brought in by a merged filter; nobody asked for it.
-                self.metrics.filtered();
-                let mut d = d;
-                d.ack();
-                continue;
-            }
-            let value = self.format.decode(&d.topic, &d.payload);
-            if let (Err(e), Some(dlq)) = (&value, &self.dead_letter_topic) {
-                self.metrics.decode_error();
-                self.dead_letter(d, dlq, e).await;
-                continue;
-            }
-            if value.is_err() {
-                self.metrics.decode_error();
-            }
-            let record = into_record(d, value, self.metrics.clone());
-            if self.tx.send(record).await.is_err() {
-                return;
+            if let Some(record) = self.process(d).await {
+                if tx.send(record).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+
+    /// Filters, decodes and dead-letters one delivery; `Some` for a record
+    /// to hand to the application.
+    async fn process(&self, mut d: Delivery) -> Option<Record> {
+        self.metrics.received(d.payload.len());
+        if !self.filters.iter().any(|f| f.matches(&d.topic)) {
+            // Brought in by a merged filter; nobody asked for it.
+            self.metrics.filtered();
+            d.ack();
+            return None;
+        }
+        let value = self.format.decode(&d.topic, &d.payload);
+        if value.is_err() {
+            self.metrics.decode_error();
+        }
+        if let (Err(e), Some(dlq)) = (&value, &self.dead_letter_topic) {
+            self.dead_letter(d, dlq, e).await;
+            return None;
+        }
+        Some(into_record(d, value, self.metrics.clone()))
     }
 
     /// Publishes the dead letter and acknowledges the original only once the
