@@ -530,3 +530,109 @@ fn sub_rides_out_a_broker_restart() {
     assert!(missing.is_empty(), "missing {missing:?}; stderr: {err}");
     assert!(err.contains("Connection lost"), "{err}");
 }
+
+#[test]
+fn sub_decodes_with_a_schema_dead_letters_bad_payloads_and_dedupes_filters() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let root = format!("schema/{}", unique_id("s"));
+    let dlq = format!("{root}-errors");
+    // The dead-letter watcher is subscribed before anything is published:
+    // it reads a retained probe first.
+    let (mut dead, mut dead_out) =
+        start_sub(broker.port, &dlq, &["-C", "2", "-V", "5", "-F", "json"]);
+    testkit::mosquitto_pub(&["-p", &port, "-t", &dlq, "-m", "ready", "-r", "-q", "1"]);
+    let mut ready = String::new();
+    dead_out.read_line(&mut ready).unwrap();
+    assert!(ready.contains("\"ready\""), "{ready}");
+    let (mut sub, mut out) = start_sub(
+        broker.port,
+        &format!("{root}/#"),
+        &[
+            "-t",
+            &format!("{root}/dev1"), // overlaps: must not double anything
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-F",
+            "json",
+            "-C",
+            "3",
+            "--schema",
+            "device_id:text,seq:bigint,ts:timestamp",
+            "--dead-letter-topic",
+            &dlq,
+        ],
+    );
+    // A retained probe that fits the schema tells us the subscription is in place.
+    let probe = r#"{"device_id":"probe","seq":0,"ts":0}"#;
+    let probe_topic = format!("{root}/probe");
+    testkit::mosquitto_pub(&[
+        "-p",
+        &port,
+        "-t",
+        &probe_topic,
+        "-m",
+        probe,
+        "-r",
+        "-q",
+        "1",
+    ]);
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["value"]["device_id"], "probe");
+    let dev1 = format!("{root}/dev1");
+    testkit::mosquitto_pub(&[
+        "-p",
+        &port,
+        "-t",
+        &dev1,
+        "-m",
+        r#"{"device_id":"d1","seq":"x","ts":0}"#,
+        "-q",
+        "1",
+    ]);
+    testkit::mosquitto_pub(&[
+        "-p",
+        &port,
+        "-t",
+        &dev1,
+        "-m",
+        r#"{"device_id":"d1","seq":2,"ts":"2026-11-23T00:00:00Z"}"#,
+        "-q",
+        "1",
+    ]);
+    testkit::mosquitto_pub(&[
+        "-p",
+        &port,
+        "-t",
+        &dev1,
+        "-m",
+        r#"{"device_id":"d1","seq":3,"ts":1795392000000}"#,
+        "-q",
+        "1",
+    ]);
+    assert!(sub.wait().unwrap().success());
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "each good message once: {lines:?}");
+    assert_eq!(lines[0]["value"]["seq"], 2);
+    assert_eq!(lines[0]["value"]["ts"], "2026-11-23T00:00:00.000000Z");
+    assert_eq!(lines[1]["value"]["ts"], "2026-11-23T00:00:00.000000Z");
+    assert!(dead.wait().unwrap().success());
+    let mut line = String::new();
+    dead_out.read_line(&mut line).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(d["payload"], r#"{"device_id":"d1","seq":"x","ts":0}"#);
+    let props = &d["properties"]["user_properties"];
+    assert_eq!(props[0], serde_json::json!(["mqlink_original_topic", dev1]));
+    assert!(props[1][1].as_str().unwrap().contains("\"seq\""), "{props}");
+    // Bad schema specs are usage errors naming the column.
+    let out = run(&["sub", "-t", "x", "--schema", "a:decimal"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("\"a\""), "{}", text(&out.stderr));
+}

@@ -285,7 +285,8 @@ enum Inner {
 
 struct Worker {
     client: Client,
-    /// The filters asked for (the broker may send more: see the module docs).
+    /// The filters asked for, when the broker may send more (merged
+    /// filters, see the module docs); empty when it cannot.
     filters: Vec<TopicFilter>,
     format: Format,
     dead_letter_topic: Option<String>,
@@ -312,11 +313,20 @@ impl MqttSource {
     pub async fn start(config: SourceConfig) -> Result<MqttSource, Error> {
         config.validate()?;
         let subs = config.broker_subscriptions();
-        let filters: Vec<TopicFilter> = config
+        let asked: Vec<String> = config
             .subscriptions
             .iter()
-            .filter_map(|s| TopicFilter::new(s.filter.clone()).ok())
+            .map(|s| s.filter.clone())
             .collect();
+        let merged = disjoint_cover(&asked).iter().any(|f| !asked.contains(f));
+        let filters: Vec<TopicFilter> = if merged {
+            asked
+                .into_iter()
+                .filter_map(|f| TopicFilter::new(f).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let metrics = Arc::new(SourceMetrics::default());
         let (tx, rx) = mpsc::channel(config.batch_size.max(1024));
         let mut clients = Vec::new();
@@ -458,7 +468,7 @@ impl Worker {
     /// to hand to the application.
     async fn process(&self, mut d: Delivery) -> Option<Record> {
         self.metrics.received(d.payload.len());
-        if !self.filters.iter().any(|f| f.matches(&d.topic)) {
+        if !self.filters.is_empty() && !self.filters.iter().any(|f| f.matches(&d.topic)) {
             // Brought in by a merged filter; nobody asked for it.
             self.metrics.filtered();
             d.ack();
