@@ -151,6 +151,24 @@ async fn unacknowledged_messages_are_redelivered_and_acks_go_in_order() {
         // the first is still unacknowledged (MQTT-4.6.0-2).
         ds[2].ack();
         ds[1].ack();
+        let stats = sub.stats();
+        timeout(Duration::from_secs(5), async {
+            while stats
+                .unacknowledged
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 3
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("three unacknowledged");
+        assert!(
+            stats
+                .oldest_unacknowledged_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
         sub.disconnect().await;
         drop(inc);
         let (sub, mut inc) = Client::connect(o.clone()).await.unwrap();
@@ -826,4 +844,51 @@ async fn broker_down_at_start_then_publishes_flow_and_failover_works() {
         *c.status().borrow(),
         Status::Stopped { error: Some(_) }
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_subscription_options_reach_the_broker() {
+    let broker = Mosquitto::start();
+    let topic = format!("opts/{}", unique_id("o"));
+    let (c, mut inc) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let mut no_local = Subscription::new(&topic, QoS::AtLeastOnce);
+    no_local.options.no_local = true;
+    c.subscribe(vec![no_local]).await.unwrap();
+    // Our own publish does not come back; another client's does.
+    c.publish(Message::new(&topic, "own", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (other, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    other
+        .publish(Message::new(&topic, "other", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut d = timeout(Duration::from_secs(5), inc.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    d.ack();
+    assert_eq!(&d.payload[..], b"other");
+    // retain_handling = 2: no retained message on subscribe.
+    let kept = format!("{topic}/kept");
+    other
+        .publish(Message::new(&kept, "r", QoS::AtLeastOnce).retain(true))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut rh = Subscription::new(&kept, QoS::AtLeastOnce);
+    rh.options.retain_handling = 2;
+    c.subscribe(vec![rh]).await.unwrap();
+    assert!(timeout(Duration::from_millis(500), inc.recv())
+        .await
+        .is_err());
 }

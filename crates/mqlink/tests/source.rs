@@ -305,3 +305,62 @@ async fn bad_payloads_reach_the_dead_letter_topic_and_are_counted() {
         source.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_failure_is_retried_then_dead_lettered() {
+    let broker = Mosquitto::start();
+    let topic = format!("retry/{}", unique_id("r"));
+    let dlq = format!("retry-errors/{}", unique_id("d"));
+    let (watch, mut dead) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    watch
+        .subscribe(vec![Subscription::new(&dlq, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let mut source = MqttSource::builder()
+        .connection(opts(&broker.url(), Protocol::V5))
+        .topic(&topic, QoS::AtLeastOnce)
+        .dead_letter_topic(&dlq)
+        .max_retries(2)
+        .start()
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    publish_all(&publ, [(topic.clone(), "poison".to_string())]).await;
+    // The sink fails every time: seen 1 + 2 retries, then dead-lettered.
+    for attempt in 0..3 {
+        let r = timeout(Duration::from_secs(5), source.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.attempts, attempt);
+        assert!(source.retry(r, "database is down").await.is_ok());
+    }
+    let mut d = timeout(Duration::from_secs(5), dead.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    d.ack();
+    assert_eq!(&d.payload[..], b"poison");
+    let reason = d
+        .properties
+        .unwrap()
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == "mqlink_error")
+        .unwrap()
+        .1
+        .clone();
+    assert!(reason.contains("3 times: database is down"), "{reason}");
+    assert_eq!(
+        source.metrics().get("mqlink_source_dead_lettered_total"),
+        Some(1)
+    );
+    assert_eq!(
+        source.metrics().get("mqlink_source_unacknowledged"),
+        Some(0)
+    );
+}

@@ -102,6 +102,7 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             .collect(),
         format: decode,
         dead_letter_topic: args.dead_letter_topic.clone(),
+        max_retries: 0,
         batch_size: BATCH,
         batch_timeout: Duration::ZERO,
         parallelism: 1,

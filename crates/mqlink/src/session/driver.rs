@@ -487,10 +487,18 @@ impl Driver {
                 self.stats
                     .bytes_received
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-                let ack = (p.qos != QoS::AtMostOnce).then(|| AckHandle {
-                    tx: self.acks_tx.clone(),
-                    epoch: self.inc.epoch(),
-                    seq: self.inc.arrive(p.pkid, p.qos),
+                let received_at = SystemTime::now();
+                let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                    let ms = received_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let seq = self.inc.arrive(p.pkid, p.qos, ms);
+                    self.publish_ack_stats();
+                    AckHandle {
+                        tx: self.acks_tx.clone(),
+                        epoch: self.inc.epoch(),
+                        seq,
+                    }
                 });
                 let d = Delivery {
                     topic: p.topic,
@@ -499,7 +507,7 @@ impl Driver {
                     retain: p.retain,
                     dup: p.dup,
                     properties: p.properties,
-                    received_at: SystemTime::now(),
+                    received_at,
                     ack,
                 };
                 self.deliver(d);
@@ -538,6 +546,15 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn publish_ack_stats(&self) {
+        self.stats
+            .unacknowledged
+            .store(self.inc.pending() as u64, Ordering::Relaxed);
+        self.stats
+            .oldest_unacknowledged_ms
+            .store(self.inc.oldest_arrival_ms().unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Hands a delivery to the application, or queues it behind earlier ones.
@@ -626,6 +643,7 @@ impl Driver {
             .server_keep_alive
             .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));
         self.inc.new_epoch();
+        self.publish_ack_stats();
         info!(broker = %broker, client_id = %self.client_id, session_present, "Connected.");
         self.status.send_replace(Status::Connected {
             broker: broker.to_string(),
@@ -694,6 +712,7 @@ impl Driver {
                     while let Ok(a) = self.acks_rx.try_recv() {
                         self.inc.ack(a.epoch, a.seq, &mut wbuf);
                     }
+                    self.publish_ack_stats();
                 }
                 r = write_some(&mut wr, &mut wbuf, &mut unflushed), if !wbuf.is_empty() || unflushed => {
                     match r {

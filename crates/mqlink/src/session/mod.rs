@@ -109,6 +109,10 @@ pub struct Stats {
     pub publishes_sent: AtomicU64,
     pub publishes_confirmed: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Incoming QoS 1/2 messages not yet acknowledged to the broker.
+    pub unacknowledged: AtomicU64,
+    /// Arrival (ms since the Unix epoch) of the oldest of them; 0 if none.
+    pub oldest_unacknowledged_ms: AtomicU64,
 }
 
 impl Stats {

@@ -316,6 +316,8 @@ pub(crate) struct InAcks {
     epoch: u32,
     base: u64,
     queue: VecDeque<(u16, QoS, bool)>,
+    /// Arrival time (ms since the epoch) of each queued message, parallel to `queue`.
+    arrived: VecDeque<u64>,
 }
 
 impl InAcks {
@@ -324,6 +326,7 @@ impl InAcks {
             epoch: 0,
             base: 0,
             queue: VecDeque::new(),
+            arrived: VecDeque::new(),
         }
     }
 
@@ -331,21 +334,28 @@ impl InAcks {
         self.epoch
     }
 
-    #[cfg(test)]
+    /// Messages not yet acknowledged to the broker.
     pub(crate) fn pending(&self) -> usize {
         self.queue.len()
+    }
+
+    /// When the oldest unacknowledged message arrived (ms since the epoch).
+    pub(crate) fn oldest_arrival_ms(&self) -> Option<u64> {
+        self.arrived.front().copied()
     }
 
     pub(crate) fn new_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         self.base = 0;
         self.queue.clear();
+        self.arrived.clear();
     }
 
     /// Registers an incoming QoS 1/2 message; returns its sequence number.
-    pub(crate) fn arrive(&mut self, pkid: u16, qos: QoS) -> u64 {
+    pub(crate) fn arrive(&mut self, pkid: u16, qos: QoS, at_ms: u64) -> u64 {
         let seq = self.base + self.queue.len() as u64;
         self.queue.push_back((pkid, qos, false));
+        self.arrived.push_back(at_ms);
         seq
     }
 
@@ -368,6 +378,7 @@ impl InAcks {
             };
             encode_ack(kind, pkid, out);
             self.queue.pop_front();
+            self.arrived.pop_front();
             self.base += 1;
             sent += 1;
         }
@@ -425,12 +436,13 @@ mod tests {
     fn acks_leave_in_arrival_order() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(10, QoS::AtLeastOnce);
-        let b = s.arrive(11, QoS::ExactlyOnce);
-        let c = s.arrive(12, QoS::AtLeastOnce);
+        let a = s.arrive(10, QoS::AtLeastOnce, 1);
+        let b = s.arrive(11, QoS::ExactlyOnce, 2);
+        let c = s.arrive(12, QoS::AtLeastOnce, 3);
         assert_eq!(s.ack(0, c, &mut out), 0, "c waits for a and b");
         assert_eq!(s.ack(0, b, &mut out), 0);
         assert!(out.is_empty());
+        assert_eq!(s.oldest_arrival_ms(), Some(1));
         assert_eq!(s.ack(0, a, &mut out), 3);
         let got: Vec<(AckKind, u16)> = packets(&mut out)
             .into_iter()
@@ -454,9 +466,9 @@ mod tests {
     fn acks_of_an_old_connection_are_dropped() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(1, QoS::AtLeastOnce);
+        let a = s.arrive(1, QoS::AtLeastOnce, 0);
         s.new_epoch();
-        let b = s.arrive(1, QoS::AtLeastOnce);
+        let b = s.arrive(1, QoS::AtLeastOnce, 0);
         assert_eq!(s.ack(0, a, &mut out), 0);
         assert_eq!(s.ack(1, b, &mut out), 1);
         assert_eq!(s.ack(1, b, &mut out), 0, "double ack is harmless");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::session::{Client, Status};
 
 /// Metric names, as exported by `mqlink run` (Prometheus).
-pub const SOURCE_METRIC_NAMES: [&str; 9] = [
+pub const SOURCE_METRIC_NAMES: [&str; 10] = [
     "mqlink_source_messages_received_total",
     "mqlink_source_bytes_received_total",
     "mqlink_source_connection_status",
@@ -16,6 +16,7 @@ pub const SOURCE_METRIC_NAMES: [&str; 9] = [
     "mqlink_source_dead_lettered_total",
     "mqlink_source_filtered_total",
     "mqlink_source_unacknowledged",
+    "mqlink_source_oldest_unacknowledged_age_seconds",
 ];
 
 #[derive(Debug, Default)]
@@ -29,6 +30,7 @@ pub struct SourceMetrics {
     dead_lettered: AtomicU64,
     filtered: AtomicU64,
     unacknowledged: AtomicU64,
+    oldest_unacknowledged_age_s: AtomicU64,
 }
 
 impl SourceMetrics {
@@ -66,10 +68,20 @@ impl SourceMetrics {
             .map(|c| c.stats().reconnects.load(Relaxed))
             .sum();
         self.reconnect_attempts.store(reconnects, Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let oldest = clients
+            .iter()
+            .map(|c| c.stats().oldest_unacknowledged_ms.load(Relaxed))
+            .filter(|&t| t > 0)
+            .min();
+        let age = oldest.map_or(0, |t| now_ms.saturating_sub(t) / 1000);
+        self.oldest_unacknowledged_age_s.store(age, Relaxed);
     }
 
     /// Every metric with its name, in [`SOURCE_METRIC_NAMES`] order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
         let v = [
             &self.messages_received,
             &self.bytes_received,
@@ -80,6 +92,7 @@ impl SourceMetrics {
             &self.dead_lettered,
             &self.filtered,
             &self.unacknowledged,
+            &self.oldest_unacknowledged_age_s,
         ];
         std::array::from_fn(|i| (SOURCE_METRIC_NAMES[i], v[i].load(Relaxed)))
     }

@@ -84,6 +84,9 @@ pub struct SourceConfig {
     pub subscriptions: Vec<Subscription>,
     pub format: Format,
     pub dead_letter_topic: Option<String>,
+    /// Times [`MqttSource::retry`] hands a record back after a downstream
+    /// failure before it is dead-lettered (Laminar's `max_retries`).
+    pub max_retries: u32,
     /// Records per [`MqttSource::next_batch`] at most (Laminar's `batch_size`).
     pub batch_size: usize,
     /// How long [`MqttSource::next_batch`] waits to fill a batch (`batch_timeout_ms`).
@@ -193,6 +196,10 @@ impl SourceBuilder {
         self.config.dead_letter_topic = Some(t.into());
         self
     }
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.config.max_retries = n;
+        self
+    }
     pub fn batch(mut self, size: usize, timeout: Duration) -> Self {
         self.config.batch_size = size;
         self.config.batch_timeout = timeout;
@@ -229,6 +236,8 @@ pub struct Record {
     /// The decoded payload, or why it could not be decoded (only yielded
     /// when no dead-letter topic is configured).
     pub value: Result<Value, FormatError>,
+    /// How often [`MqttSource::retry`] handed this record back.
+    pub attempts: u32,
     ack: Option<AckHandle>,
     metrics: Arc<SourceMetrics>,
 }
@@ -274,6 +283,9 @@ pub struct MqttSource {
     batch_size: usize,
     batch_timeout: Duration,
     pending: std::collections::VecDeque<Delivery>,
+    retries: std::collections::VecDeque<Record>,
+    max_retries: u32,
+    dead_letter_topic: Option<String>,
 }
 
 /// One client is read directly (no extra hop per message); several are
@@ -301,6 +313,7 @@ impl MqttSource {
                 subscriptions: Vec::new(),
                 format: Format::default(),
                 dead_letter_topic: None,
+                max_retries: 3,
                 batch_size: 1000,
                 batch_timeout: Duration::from_millis(100),
                 parallelism: 1,
@@ -366,11 +379,17 @@ impl MqttSource {
             batch_size: config.batch_size,
             batch_timeout: config.batch_timeout,
             pending: Default::default(),
+            retries: Default::default(),
+            max_retries: config.max_retries,
+            dead_letter_topic: config.dead_letter_topic.clone(),
         })
     }
 
     /// The next record; `None` once every client has stopped.
     pub async fn next(&mut self) -> Option<Record> {
+        if let Some(r) = self.retries.pop_front() {
+            return Some(r);
+        }
         match &mut self.inner {
             Inner::Merged(rx) => rx.recv().await,
             Inner::Direct(worker, incoming) => loop {
@@ -394,6 +413,9 @@ impl MqttSource {
 
     /// A record if one is ready without waiting.
     pub async fn try_next(&mut self) -> Option<Record> {
+        if let Some(r) = self.retries.pop_front() {
+            return Some(r);
+        }
         loop {
             let d = match &mut self.inner {
                 Inner::Merged(rx) => return rx.try_recv().ok(),
@@ -431,6 +453,42 @@ impl MqttSource {
             }
         }
         batch
+    }
+
+    /// A downstream failure: the record comes back from `next` (first),
+    /// up to `max_retries` times; then it is dead-lettered and acknowledged.
+    /// Without a dead-letter topic the exhausted record is returned, still
+    /// unacknowledged, for the caller to decide.
+    pub async fn retry(&mut self, mut record: Record, error: &str) -> Result<(), Record> {
+        if record.attempts < self.max_retries {
+            record.attempts += 1;
+            self.retries.push_back(record);
+            return Ok(());
+        }
+        let Some(dlq) = &self.dead_letter_topic else {
+            return Err(record);
+        };
+        let client = &self.clients[0];
+        let reason = format!("downstream failed {} times: {error}", record.attempts + 1);
+        let msg = dead_letter_message(
+            &record.topic,
+            &record.payload,
+            record.qos,
+            record.properties.as_deref(),
+            dlq,
+            &reason,
+            client.protocol() == Protocol::V5,
+        );
+        let confirmed = match client.publish(msg).await {
+            Ok(token) => token.await.is_ok(),
+            Err(_) => false,
+        };
+        if !confirmed {
+            return Err(record);
+        }
+        self.metrics.dead_lettered();
+        record.ack();
+        Ok(())
     }
 
     pub fn metrics(&self) -> &SourceMetrics {
@@ -490,7 +548,15 @@ impl Worker {
     /// unacknowledged, so the broker redelivers it.
     async fn dead_letter(&self, mut d: Delivery, dlq: &str, error: &FormatError) {
         let v5 = self.client.protocol() == Protocol::V5;
-        let msg = dead_letter_message(&d, dlq, error, v5);
+        let msg = dead_letter_message(
+            &d.topic,
+            &d.payload,
+            d.qos,
+            d.properties.as_deref(),
+            dlq,
+            &error.to_string(),
+            v5,
+        );
         match self.client.publish(msg).await {
             Ok(token) => {
                 let ack = d.take_ack();
@@ -533,6 +599,7 @@ fn into_record(
         properties: d.properties,
         received_at: d.received_at,
         value,
+        attempts: 0,
         ack,
         metrics,
     }
@@ -540,34 +607,41 @@ fn into_record(
 
 /// The dead letter: the original payload with topic and reason as user
 /// properties (MQTT 5), or a JSON envelope (3.1.1).
-pub fn dead_letter_message(d: &Delivery, dlq: &str, error: &FormatError, v5: bool) -> Message {
+pub fn dead_letter_message(
+    topic: &str,
+    payload: &Bytes,
+    qos: QoS,
+    properties: Option<&PublishProperties>,
+    dlq: &str,
+    reason: &str,
+    v5: bool,
+) -> Message {
+    let qos = qos.max(QoS::AtLeastOnce);
     if v5 {
-        let mut props = d.properties.as_deref().cloned().unwrap_or_default();
+        let mut props = properties.cloned().unwrap_or_default();
         props.subscription_identifiers.clear();
         props.topic_alias = None;
         props
             .user_properties
-            .push(("mqlink_original_topic".into(), d.topic.to_string()));
+            .push(("mqlink_original_topic".into(), topic.to_owned()));
         props
             .user_properties
-            .push(("mqlink_error".into(), error.to_string()));
-        Message::new(dlq, d.payload.clone(), d.qos.max(QoS::AtLeastOnce)).properties(props)
+            .push(("mqlink_error".into(), reason.to_owned()));
+        Message::new(dlq, payload.clone(), qos).properties(props)
     } else {
-        let (payload, encoding) = match std::str::from_utf8(&d.payload) {
-            Ok(s) => (serde_json::Value::String(s.to_owned()), "utf8"),
+        let (text, encoding) = match std::str::from_utf8(payload) {
+            Ok(s) => (s.to_owned(), "utf8"),
             Err(_) => (
-                serde_json::Value::String(
-                    base64::engine::general_purpose::STANDARD.encode(&d.payload),
-                ),
+                base64::engine::general_purpose::STANDARD.encode(payload),
                 "base64",
             ),
         };
         let envelope = serde_json::json!({
-            "original_topic": d.topic.as_str(),
-            "error": error.to_string(),
-            "payload": payload,
+            "original_topic": topic,
+            "error": reason,
+            "payload": text,
             "payload_encoding": encoding,
         });
-        Message::new(dlq, envelope.to_string(), d.qos.max(QoS::AtLeastOnce))
+        Message::new(dlq, envelope.to_string(), qos)
     }
 }
