@@ -50,6 +50,7 @@ for i in range(int(sys.argv[1])):
                       "temperature": round(20 + (i % 50) / 10, 1), "humidity": 40.5, "site": "plant-7", "ok": True}, separators=(",", ":")))
 PY
 bytes=$(head -1 "$work/msgs" | wc -c)
+SCHEMA="device_id:text,seq:bigint,ts:timestamp,temperature:double,humidity:double,site:text,ok:boolean"
 
 # Runs a command, prints "wall user sys" in seconds.
 timed() {
@@ -77,6 +78,9 @@ for r in $(seq "$ROUNDS"); do
   report "drain: mosquitto_sub" "$(timed mosquitto_sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
   id="ml-$r-$$"; fill_queue "$id"
   report "drain: mqlink sub" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  id="mj-$r-$$"; fill_queue "$id"
+  report "drain: mqlink sub --schema (typed JSON)" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N" \
+    --schema "$SCHEMA" -F json)"
   report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
 done
@@ -85,7 +89,7 @@ if [ "${BENCH_PAHO:-1}" = 1 ]; then
 fi
 echo
 # Best of the rounds for each run, and the ratios the targets are stated in.
-python3 - "$work/results" <<'PY'
+python3 - "$work/results" "$N" <<'PY'
 import sys, collections
 best = collections.defaultdict(lambda: (1e9, 0, 0))
 for line in open(sys.argv[1]):
@@ -94,9 +98,12 @@ for line in open(sys.argv[1]):
     if float(wall) < best[name][0]:
         best[name] = (float(wall), float(user), float(sys_))
 def g(k): return best[k]
-ms, ml = g("drain: mosquitto_sub"), g("drain: mqlink sub")
+ms, ml, mj = g("drain: mosquitto_sub"), g("drain: mqlink sub"), g("drain: mqlink sub --schema (typed JSON)")
 lp, mp = g("publish: libmosquitto, 1000 in flight"), g("publish: mqlink pub -l --max-inflight 1000")
 print(f"drain   mqlink sub / mosquitto_sub: wall {ml[0]/ms[0]:.2f}x, CPU {(ml[1]+ml[2])/max(ms[1]+ms[2],1e-9):.2f}x  (target: wall <= 1.00x)")
+n = int(sys.argv[2])
+print(f"drain   with typed JSON decoding: {n/mj[0]:,.0f} messages/s, CPU {(mj[1]+mj[2])/n*1e6:.2f} us/message"
+      f" (mosquitto_sub: {(ms[1]+ms[2])/n*1e6:.2f} us/message)  (target: >= 150,000/s)")
 print(f"publish mqlink pub / libmosquitto:  wall {mp[0]/lp[0]:.2f}x, CPU {(mp[1]+mp[2])/max(lp[1]+lp[2],1e-9):.2f}x  (target: wall <= 1.25x)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
