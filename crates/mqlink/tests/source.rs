@@ -364,3 +364,149 @@ async fn a_downstream_failure_is_retried_then_dead_lettered() {
         Some(0)
     );
 }
+
+fn zigzag(v: i64, out: &mut Vec<u8>) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// `{device_id: string, seq: long}` in Avro binary, behind the Confluent header.
+fn confluent_avro(schema_id: u32, device: &str, seq: i64) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend(schema_id.to_be_bytes());
+    zigzag(device.len() as i64, &mut b);
+    b.extend(device.as_bytes());
+    zigzag(seq, &mut b);
+    b
+}
+
+/// A schema registry answering `GET /schemas/ids/7`, counting requests.
+async fn registry_server(hits: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut req = vec![0u8; 4096];
+            let n = s.read(&mut req).await.unwrap();
+            let req = String::from_utf8_lossy(&req[..n]).to_string();
+            let schema = r#"{"type":"record","name":"T","fields":[{"name":"device_id","type":"string"},{"name":"seq","type":"long"}]}"#;
+            let (status, body) = if req.starts_with("GET /schemas/ids/7 ") {
+                (
+                    "200 OK",
+                    serde_json::json!({ "schema": schema }).to_string(),
+                )
+            } else {
+                ("404 Not Found", r#"{"error_code":40403}"#.to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_from_a_schema_registry_and_from_a_schema_file() {
+    use mqlink::format::{AvroSchema, Registry};
+    let broker = Mosquitto::start();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = registry_server(hits.clone()).await;
+    let topic = format!("avro/{}", unique_id("a"));
+    let dlq = format!("avro-errors/{}", unique_id("d"));
+    let (watch, mut dead) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    watch
+        .subscribe(vec![Subscription::new(&dlq, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    let registry = Registry::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let mut source = MqttSource::builder()
+        .connection(opts(&broker.url(), Protocol::V5))
+        .topic(&topic, QoS::AtLeastOnce)
+        .format(Format::AvroRegistry {
+            registry: std::sync::Arc::new(registry),
+        })
+        .dead_letter_topic(&dlq)
+        .start()
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for payload in [
+        confluent_avro(7, "d1", 1),
+        confluent_avro(7, "d2", -2),
+        confluent_avro(9, "d3", 3), // unknown schema id: dead letter
+        b"plain text".to_vec(),     // not the wire format: dead letter
+        confluent_avro(7, "d4", 4),
+    ] {
+        tokens.push(
+            publ.publish(Message::new(&topic, payload, QoS::AtLeastOnce))
+                .await
+                .unwrap(),
+        );
+    }
+    for t in tokens {
+        t.await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let mut r = timeout(Duration::from_secs(10), source.next())
+            .await
+            .unwrap()
+            .unwrap();
+        r.ack();
+        let Ok(Value::Row(row)) = &r.value else {
+            panic!("{:?}", r.value)
+        };
+        got.push((row[0].1.clone(), row[1].1.clone()));
+    }
+    assert_eq!(
+        got,
+        [
+            (Value::Text("d1".into()), Value::BigInt(1)),
+            (Value::Text("d2".into()), Value::BigInt(-2)),
+            (Value::Text("d4".into()), Value::BigInt(4)),
+        ]
+    );
+    for _ in 0..2 {
+        let mut d = timeout(Duration::from_secs(10), dead.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+    }
+    // Schema 7 fetched once, then cached; schema 9 asked three times (404).
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+    source.close().await;
+
+    // The same bytes with the schema given as a file.
+    let schema = AvroSchema::parse(
+        r#"{"type":"record","name":"T","fields":[{"name":"device_id","type":"string"},{"name":"seq","type":"long"}]}"#,
+    )
+    .unwrap();
+    let f = Format::Avro {
+        schema: std::sync::Arc::new(schema),
+    };
+    let body = &confluent_avro(7, "d9", 9)[5..];
+    let Value::Row(row) = f.decode("t", &bytes::Bytes::copy_from_slice(body)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(row[1].1, Value::BigInt(9));
+}

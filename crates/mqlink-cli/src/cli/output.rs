@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use mqlink::format::{format_rfc3339_micros, Value as Decoded};
+use mqlink::format::Value as Decoded;
 use mqlink::source::Record;
 use serde_json::{json, Map, Value};
 
@@ -96,32 +96,13 @@ pub fn to_json(d: &Record) -> Value {
         // Raw bytes are the payload already.
         Ok(Decoded::Bytes(_)) => {}
         Ok(v) => {
-            o.insert("value".into(), decoded(v));
+            o.insert("value".into(), v.to_json());
         }
         Err(e) => {
             o.insert("error".into(), json!(e.to_string()));
         }
     }
     Value::Object(o)
-}
-
-/// A decoded value as JSON: timestamps as RFC 3339, bytes as base64.
-fn decoded(v: &Decoded) -> Value {
-    match v {
-        Decoded::Null => Value::Null,
-        Decoded::Text(s) => json!(s),
-        Decoded::BigInt(n) => json!(n),
-        Decoded::Double(f) => json!(f),
-        Decoded::Boolean(b) => json!(b),
-        Decoded::Timestamp(us) => json!(format_rfc3339_micros(*us)),
-        Decoded::Json(j) => j.clone(),
-        Decoded::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        Decoded::Row(cols) => Value::Object(
-            cols.iter()
-                .map(|(k, v)| (k.to_string(), decoded(v)))
-                .collect(),
-        ),
-    }
 }
 
 /// `2026-11-22T10:00:00.123Z` from a system time (UTC, milliseconds).

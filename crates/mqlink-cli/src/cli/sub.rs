@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use mqlink::format::{ColumnType, Format as Decode, Schema};
+use mqlink::format::{AvroSchema, ColumnType, Format as Decode, Registry, Schema};
 use mqlink::source::{MqttSource, SourceConfig};
 use mqlink::topic::{validate_filter, validate_topic_name};
 use mqlink::{QoS, Status, Subscription};
@@ -46,6 +46,16 @@ pub struct SubArgs {
     /// (text, bigint, double, boolean, timestamp, json, bytea).
     #[arg(long = "schema", value_name = "NAME:TYPE,…")]
     pub schema: Option<String>,
+    /// Decode payloads as Avro with the writer schema in this file (.avsc).
+    #[arg(long = "avro-schema", value_name = "FILE", conflicts_with_all = ["schema", "schema_registry_url"])]
+    pub avro_schema: Option<std::path::PathBuf>,
+    /// Decode payloads in the Confluent wire format, schemas from this registry.
+    #[arg(
+        long = "schema-registry-url",
+        value_name = "URL",
+        conflicts_with = "schema"
+    )]
+    pub schema_registry_url: Option<String>,
     /// Publish payloads that do not decode here (with the original topic and
     /// the reason) instead of printing them.
     #[arg(long = "dead-letter-topic")]
@@ -79,13 +89,32 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.dead_letter_topic {
         validate_topic_name(t).map_err(|e| usage(format!("--dead-letter-topic: {e}")))?;
     }
-    let decode = match &args.schema {
-        Some(spec) => Decode::Json {
+    let decode = if let Some(spec) = &args.schema {
+        Decode::Json {
             schema: Some(parse_schema(spec)?),
-        },
-        None => Decode::RawBytes {
+        }
+    } else if let Some(path) = &args.avro_schema {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "--avro-schema: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let schema = AvroSchema::parse(&text)
+            .map_err(|e| usage(format!("--avro-schema {}: {e}", path.display())))?;
+        Decode::Avro {
+            schema: std::sync::Arc::new(schema),
+        }
+    } else if let Some(url) = &args.schema_registry_url {
+        let registry =
+            Registry::new(url).map_err(|e| usage(format!("--schema-registry-url: {e}")))?;
+        Decode::AvroRegistry {
+            registry: std::sync::Arc::new(registry),
+        }
+    } else {
+        Decode::RawBytes {
             include_topic: false,
-        },
+        }
     };
     let mut opts = args.conn.options(1000)?;
     opts.incoming_buffer = args.buffer.max(1);

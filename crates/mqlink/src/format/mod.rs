@@ -4,6 +4,8 @@
 //! Decoding is total: any payload gives a value or a [`FormatError`] naming
 //! the field and what is wrong — never a panic (see the proptests).
 
+pub mod avro;
+pub mod registry;
 mod timestamp;
 
 use std::fmt;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 
+pub use avro::AvroSchema;
+pub use registry::Registry;
 pub use timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
 
 /// A column type of a schema.
@@ -101,6 +105,10 @@ pub enum Format {
     RawBytes { include_topic: bool },
     /// JSON: any JSON value, or a row of the schema's columns.
     Json { schema: Option<Schema> },
+    /// Avro binary with a fixed writer schema (a schema file).
+    Avro { schema: Arc<AvroSchema> },
+    /// The Confluent wire format: schema id in the payload, schema from a registry.
+    AvroRegistry { registry: Arc<Registry> },
 }
 
 impl Default for Format {
@@ -126,6 +134,13 @@ pub enum FormatError {
         expected: ColumnType,
         found: String,
     },
+    #[error("Avro: {0}")]
+    Avro(String),
+    /// The schema is not fetched yet (the source fetches it and decodes again).
+    #[error("Avro schema id {0} is not loaded")]
+    SchemaNotLoaded(u32),
+    #[error("{0}")]
+    Registry(String),
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -157,6 +172,36 @@ impl Format {
             Format::Json {
                 schema: Some(schema),
             } => decode_row(schema, payload),
+            Format::Avro { schema } => avro::decode(schema, payload),
+            Format::AvroRegistry { registry } => {
+                let (id, body) = avro::confluent_split(payload)?;
+                let schema = registry
+                    .cached(id)
+                    .ok_or(FormatError::SchemaNotLoaded(id))?;
+                avro::decode(&schema, body)
+            }
+        }
+    }
+}
+
+impl Value {
+    /// JSON form: timestamps as RFC 3339 text, bytes as base64, rows as objects.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Text(s) => json!(s),
+            Value::BigInt(n) => json!(n),
+            Value::Double(f) => json!(f),
+            Value::Boolean(b) => json!(b),
+            Value::Timestamp(us) => json!(format_rfc3339_micros(*us)),
+            Value::Json(j) => j.clone(),
+            Value::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            Value::Row(cols) => serde_json::Value::Object(
+                cols.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 }

@@ -532,7 +532,15 @@ impl Worker {
             d.ack();
             return None;
         }
-        let value = self.format.decode(&d.topic, &d.payload);
+        let mut value = self.format.decode(&d.topic, &d.payload);
+        if let (Err(FormatError::SchemaNotLoaded(id)), Format::AvroRegistry { registry }) =
+            (&value, &self.format)
+        {
+            value = match fetch_schema(registry, *id).await {
+                Ok(()) => self.format.decode(&d.topic, &d.payload),
+                Err(e) => Err(FormatError::Registry(e)),
+            };
+        }
         if value.is_err() {
             self.metrics.decode_error();
         }
@@ -603,6 +611,23 @@ fn into_record(
         ack,
         metrics,
     }
+}
+
+/// Fetches a schema, trying three times: a registry that is briefly away
+/// should not send good messages to the dead-letter topic.
+async fn fetch_schema(registry: &crate::format::Registry, id: u32) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        match registry.fetch(id).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(schema_id = id, error = %e, attempt, "Schema fetch failed.");
+                last = e;
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// The dead letter: the original payload with topic and reason as user
