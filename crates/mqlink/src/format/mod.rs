@@ -207,19 +207,78 @@ impl Value {
 }
 
 fn decode_row(schema: &Schema, payload: &[u8]) -> Result<Value, FormatError> {
-    let v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| FormatError::InvalidJson(e.to_string()))?;
-    let serde_json::Value::Object(mut obj) = v else {
-        return Err(FormatError::NotAnObject { found: kind(&v) });
-    };
+    use serde::de::DeserializeSeed;
+    // Only the schema's fields are materialised; other keys are skipped
+    // without building a map (the hot path of a typed JSON source).
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let slots = RowSeed(schema)
+        .deserialize(&mut de)
+        .and_then(|slots| de.end().map(|_| slots))
+        .map_err(|e| FormatError::InvalidJson(e.to_string()))?
+        .map_err(|found| FormatError::NotAnObject { found })?;
     let mut row = Vec::with_capacity(schema.columns.len());
-    for (name, ty) in &schema.columns {
-        let field = obj.remove(&**name).ok_or_else(|| FormatError::Missing {
+    for ((name, ty), slot) in schema.columns.iter().zip(slots) {
+        let field = slot.ok_or_else(|| FormatError::Missing {
             field: name.to_string(),
         })?;
         row.push((name.clone(), typed(name, *ty, field)?));
     }
     Ok(Value::Row(row))
+}
+
+/// Deserializes a JSON object into one slot per schema column; `Err(kind)`
+/// when the payload is valid JSON but not an object.
+struct RowSeed<'s>(&'s Schema);
+
+type Slots = Result<Vec<Option<serde_json::Value>>, &'static str>;
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Slots;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Slots, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = Slots;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Slots, A::Error> {
+        let cols = &self.0.columns;
+        let mut slots: Vec<Option<serde_json::Value>> = vec![None; cols.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match cols.iter().position(|(n, _)| **n == *key) {
+                Some(i) => slots[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Ok(slots))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Slots, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Err("an array"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Slots, E> {
+        Ok(Err("a string"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Slots, E> {
+        Ok(Err("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Slots, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Slots, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Slots, E> {
+        Ok(Err("a number"))
+    }
+    fn visit_unit<E>(self) -> Result<Slots, E> {
+        Ok(Err("null"))
+    }
 }
 
 fn typed(name: &str, ty: ColumnType, v: serde_json::Value) -> Result<Value, FormatError> {
