@@ -321,6 +321,13 @@ async fn a_downstream_failure_is_retried_then_dead_lettered() {
     let mut source = MqttSource::builder()
         .connection(opts(&broker.url(), Protocol::V5))
         .topic(&topic, QoS::AtLeastOnce)
+        // Jet's mapToItemFn: (topic, message) -> item.
+        .map_to_item_fn(|topic, payload| {
+            Ok(Value::Text(format!(
+                "{topic}:{}",
+                String::from_utf8_lossy(payload)
+            )))
+        })
         .dead_letter_topic(&dlq)
         .max_retries(2)
         .start()
@@ -337,6 +344,7 @@ async fn a_downstream_failure_is_retried_then_dead_lettered() {
             .unwrap()
             .unwrap();
         assert_eq!(r.attempts, attempt);
+        assert_eq!(r.value, Ok(Value::Text(format!("{topic}:poison"))));
         assert!(source.retry(r, "database is down").await.is_ok());
     }
     let mut d = timeout(Duration::from_secs(5), dead.recv())

@@ -97,6 +97,26 @@ pub enum Value {
     Row(Vec<(Arc<str>, Value)>),
 }
 
+/// A user function from (topic, payload) to a value: Jet's `mapToItemFn`.
+/// An `Err` is treated like a decode error (dead letter).
+#[derive(Clone)]
+pub struct MapFn(pub Arc<MapFnInner>);
+
+/// The function inside a [`MapFn`].
+pub type MapFnInner = dyn Fn(&str, &Bytes) -> Result<Value, String> + Send + Sync;
+
+impl fmt::Debug for MapFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MapFn(..)")
+    }
+}
+
+impl PartialEq for MapFn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// How payloads are decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Format {
@@ -109,6 +129,8 @@ pub enum Format {
     Avro { schema: Arc<AvroSchema> },
     /// The Confluent wire format: schema id in the payload, schema from a registry.
     AvroRegistry { registry: Arc<Registry> },
+    /// A function of the application's (Jet's `mapToItemFn`).
+    Map(MapFn),
 }
 
 impl Default for Format {
@@ -141,6 +163,8 @@ pub enum FormatError {
     SchemaNotLoaded(u32),
     #[error("{0}")]
     Registry(String),
+    #[error("map function: {0}")]
+    Map(String),
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -180,6 +204,7 @@ impl Format {
                     .ok_or(FormatError::SchemaNotLoaded(id))?;
                 avro::decode(&schema, body)
             }
+            Format::Map(f) => (f.0)(topic, payload).map_err(FormatError::Map),
         }
     }
 }

@@ -192,6 +192,16 @@ impl SourceBuilder {
         self.config.format = f;
         self
     }
+    /// Maps each message to a value with a function of yours, as Jet's
+    /// `mapToItemFn(topic, message)`; an `Err` is dead-lettered like a
+    /// decode error. Replaces `format`.
+    pub fn map_to_item_fn(
+        mut self,
+        f: impl Fn(&str, &Bytes) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.format = Format::Map(crate::format::MapFn(Arc::new(f)));
+        self
+    }
     pub fn dead_letter_topic(mut self, t: impl Into<String>) -> Self {
         self.config.dead_letter_topic = Some(t.into());
         self
