@@ -1,7 +1,6 @@
 //! How `mqlink sub` writes a delivery: the payload, `topic payload` (-v),
 //! or one JSON object per line (-F json).
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -105,31 +104,12 @@ pub fn to_json(d: &Record) -> Value {
     Value::Object(o)
 }
 
-/// `2026-11-22T10:00:00.123Z` from a system time (UTC, milliseconds).
+/// RFC 3339 in UTC with microseconds, from a system time.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut s = String::with_capacity(24);
-    let _ = write!(
-        s,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    );
-    s
+    let us = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    mqlink::format::format_rfc3339_micros(us)
 }
 
 #[cfg(test)]
@@ -139,10 +119,10 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_392_000_123);
-        assert_eq!(rfc3339(t), "2026-11-23T00:00:00.123Z");
+        assert_eq!(rfc3339(t), "2026-11-23T00:00:00.123000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
     }
 }
