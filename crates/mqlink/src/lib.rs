@@ -11,6 +11,7 @@
 //!   publishes, ordered acknowledgements, reconnects.
 //! - [`format`]: payload formats (raw bytes, JSON with a typed schema).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
+//! - [`sink`]: records published with the broker's confirmation, topic templates.
 //! - [`error`]: typed errors for every layer.
 //! - [`secret`]: a string that is never printed.
 
@@ -20,6 +21,7 @@ pub mod format;
 pub mod options;
 pub mod secret;
 pub mod session;
+pub mod sink;
 pub mod source;
 pub mod topic;
 mod types;

@@ -332,6 +332,24 @@ impl Mosquitto {
         self.signal("-KILL");
     }
 
+    /// SIGSTOP: the broker stays connected but answers nothing.
+    pub fn pause(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-STOP", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts the broker again with the same config and ports.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");

@@ -1,0 +1,420 @@
+//! The MQTT sink: records published with the broker's confirmation.
+//!
+//! In the spirit of Jet's `MqttSinks.builder()` and Quix's `MQTTSink`:
+//! a topic template (`{topic_root}/{key}` is just a template), a value
+//! serializer, QoS 0/1/2, retain fixed or per record, MQTT 5 properties.
+//! `send` returns a [`DeliveryHandle`] that completes on PUBACK/PUBCOMP;
+//! `flush(timeout)` completes when everything sent so far is confirmed, or
+//! fails saying how many are not — a timeout that really fires.
+//! Many records are in flight at once (the session's window); with
+//! `publisher_sync` each `send` waits for its own confirmation.
+
+mod template;
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, PublishError};
+use crate::options::ConnectOptions;
+use crate::session::{Client, Confirmed, Message, PublishToken};
+use crate::types::QoS;
+use crate::PublishProperties;
+pub use template::{TemplateError, TopicTemplate};
+
+/// A record's value: JSON, or bytes passed through.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecordValue {
+    Json(serde_json::Value),
+    Bytes(Bytes),
+}
+
+/// One record to publish (the shape the source's records and Airbyte's
+/// RECORD messages map to).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkRecord {
+    pub key: Option<String>,
+    pub value: RecordValue,
+    pub namespace: Option<String>,
+    pub stream: Option<String>,
+    /// MQTT 5 user properties added to the publish.
+    pub headers: Vec<(String, String)>,
+    pub timestamp: Option<SystemTime>,
+}
+
+impl SinkRecord {
+    pub fn json(value: serde_json::Value) -> Self {
+        SinkRecord {
+            key: None,
+            value: RecordValue::Json(value),
+            namespace: None,
+            stream: None,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+    pub fn bytes(value: impl Into<Bytes>) -> Self {
+        SinkRecord {
+            value: RecordValue::Bytes(value.into()),
+            ..SinkRecord::json(serde_json::Value::Null)
+        }
+    }
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// How a record's value becomes a payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Serializer {
+    /// JSON text of the value (bytes values pass through).
+    #[default]
+    Json,
+    /// Bytes as they are; a JSON string as its text; other JSON as JSON text.
+    Raw,
+}
+
+/// The retain flag: fixed, or read per record from a boolean field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Retain {
+    Fixed(bool),
+    Field(String),
+}
+
+/// A sink configuration; build it with [`MqttSink::builder`].
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub connection: ConnectOptions,
+    pub topic: TopicTemplate,
+    pub qos: QoS,
+    pub retain: Retain,
+    /// MQTT 5 properties on every publish (records' headers are added).
+    pub properties: Option<PublishProperties>,
+    pub serializer: Serializer,
+    /// Wait for each record's confirmation inside `send` (Airbyte's `publisher_sync`).
+    pub publisher_sync: bool,
+    /// Publishing clients, `<client_id>-0` …; records are routed by key.
+    pub parallelism: u16,
+}
+
+/// Why a record was not sent, or a sink could not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("retain field {field:?} is missing or not a boolean")]
+    RetainField { field: String },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("parallelism must be at least 1")]
+    Parallelism,
+    #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
+    ParallelNeedsClientId,
+}
+
+/// `flush` did not see everything confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlushError {
+    #[error("flush timed out after {after:?}: {unconfirmed} records not confirmed yet")]
+    Timeout { after: Duration, unconfirmed: u64 },
+    #[error("{failed} records were not confirmed by the broker (see their delivery handles)")]
+    Failed { failed: u64 },
+}
+
+/// Completes when the broker confirmed the record.
+pub struct DeliveryHandle(oneshot::Receiver<Result<Confirmed, PublishError>>);
+
+impl std::future::Future for DeliveryHandle {
+    type Output = Result<Confirmed, PublishError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(PublishError::Stopped("the sink was dropped".into())))
+        })
+    }
+}
+
+/// Metric names, as exported by `mqlink run`.
+pub const SINK_METRIC_NAMES: [&str; 4] = [
+    "mqlink_sink_published_total",
+    "mqlink_sink_confirmed_total",
+    "mqlink_sink_failed_total",
+    "mqlink_sink_in_flight",
+];
+
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    published: AtomicU64,
+    confirmed: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl SinkMetrics {
+    pub fn snapshot(&self) -> [(&'static str, u64); 4] {
+        let (p, c, f) = (
+            self.published.load(Relaxed),
+            self.confirmed.load(Relaxed),
+            self.failed.load(Relaxed),
+        );
+        [
+            (SINK_METRIC_NAMES[0], p),
+            (SINK_METRIC_NAMES[1], c),
+            (SINK_METRIC_NAMES[2], f),
+            (SINK_METRIC_NAMES[3], p.saturating_sub(c + f)),
+        ]
+    }
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.snapshot()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+}
+
+pub struct SinkBuilder {
+    config: SinkConfig,
+    error: Option<SinkError>,
+}
+
+impl SinkBuilder {
+    pub fn connection(mut self, c: ConnectOptions) -> Self {
+        self.config.connection = c;
+        self
+    }
+    /// The topic template, e.g. `sensors/{device_id}/telemetry` or `{topic_root}/{key}`.
+    pub fn topic(mut self, template: &str) -> Self {
+        match TopicTemplate::parse(template) {
+            Ok(t) => self.config.topic = t,
+            Err(e) => self.error = Some(e.into()),
+        }
+        self
+    }
+    pub fn qos(mut self, q: QoS) -> Self {
+        self.config.qos = q;
+        self
+    }
+    pub fn retain(mut self, r: Retain) -> Self {
+        self.config.retain = r;
+        self
+    }
+    pub fn properties(mut self, p: PublishProperties) -> Self {
+        self.config.properties = Some(p);
+        self
+    }
+    pub fn serializer(mut self, s: Serializer) -> Self {
+        self.config.serializer = s;
+        self
+    }
+    pub fn publisher_sync(mut self, sync: bool) -> Self {
+        self.config.publisher_sync = sync;
+        self
+    }
+    pub fn parallelism(mut self, n: u16) -> Self {
+        self.config.parallelism = n;
+        self
+    }
+    pub fn build(self) -> Result<SinkConfig, SinkError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if self.config.parallelism == 0 {
+            return Err(SinkError::Parallelism);
+        }
+        if self.config.parallelism > 1 && self.config.connection.client_id.is_none() {
+            return Err(SinkError::ParallelNeedsClientId);
+        }
+        Ok(self.config)
+    }
+    pub async fn start(self) -> Result<MqttSink, Error> {
+        let config = self.build().map_err(|e| Error::Stopped(e.to_string()))?;
+        MqttSink::start(config)
+    }
+}
+
+/// A running sink.
+pub struct MqttSink {
+    clients: Vec<Client>,
+    config: SinkConfig,
+    tracker: mpsc::UnboundedSender<(
+        PublishToken,
+        oneshot::Sender<Result<Confirmed, PublishError>>,
+    )>,
+    completed: watch::Receiver<u64>,
+    metrics: Arc<SinkMetrics>,
+    next_unkeyed: AtomicUsize,
+}
+
+impl MqttSink {
+    pub fn builder() -> SinkBuilder {
+        SinkBuilder {
+            config: SinkConfig {
+                connection: ConnectOptions::default(),
+                topic: TopicTemplate::parse("mqlink").expect("a valid literal"),
+                qos: QoS::AtLeastOnce,
+                retain: Retain::Fixed(false),
+                properties: None,
+                serializer: Serializer::Json,
+                publisher_sync: false,
+                parallelism: 1,
+            },
+            error: None,
+        }
+    }
+
+    /// Starts the clients without waiting for the broker: records sent
+    /// while it is down wait in the window and go out once it is up.
+    pub fn start(config: SinkConfig) -> Result<MqttSink, Error> {
+        let mut clients = Vec::new();
+        for i in 0..config.parallelism {
+            let mut opts = config.connection.clone();
+            if config.parallelism > 1 {
+                opts.client_id = opts.client_id.map(|id| format!("{id}-{i}"));
+            }
+            let (client, _incoming) = Client::start(opts)?;
+            clients.push(client);
+        }
+        let metrics = Arc::new(SinkMetrics::default());
+        let (tracker, rx) = mpsc::unbounded_channel();
+        let (done_tx, completed) = watch::channel(0u64);
+        tokio::spawn(track(rx, done_tx, metrics.clone()));
+        Ok(MqttSink {
+            clients,
+            config,
+            tracker,
+            completed,
+            metrics,
+            next_unkeyed: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn metrics(&self) -> &SinkMetrics {
+        &self.metrics
+    }
+
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+
+    /// Renders, serializes and publishes `record`. Waits while the window
+    /// is full. A record whose topic cannot be rendered fails alone.
+    pub async fn send(&self, record: SinkRecord) -> Result<DeliveryHandle, SinkError> {
+        let topic = self.config.topic.render(&record)?;
+        let retain = match &self.config.retain {
+            Retain::Fixed(r) => *r,
+            Retain::Field(f) => match &record.value {
+                RecordValue::Json(v) => v
+                    .get(f)
+                    .and_then(serde_json::Value::as_bool)
+                    .ok_or_else(|| SinkError::RetainField { field: f.clone() })?,
+                RecordValue::Bytes(_) => return Err(SinkError::RetainField { field: f.clone() }),
+            },
+        };
+        let mut properties = self.config.properties.clone();
+        if !record.headers.is_empty() {
+            properties
+                .get_or_insert_with(Default::default)
+                .user_properties
+                .extend(record.headers.iter().cloned());
+        }
+        let client = &self.clients[self.route(record.key.as_deref())];
+        let payload = serialize(self.config.serializer, record.value);
+        let msg = Message {
+            topic,
+            payload,
+            qos: self.config.qos,
+            retain,
+            properties,
+        };
+        let token = client.publish(msg).await?;
+        self.metrics.published.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tracker.send((token, tx));
+        let handle = DeliveryHandle(rx);
+        if self.config.publisher_sync {
+            let r = handle.await;
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(r);
+            return Ok(DeliveryHandle(rx));
+        }
+        Ok(handle)
+    }
+
+    /// Per-key order: the same key always goes through the same client.
+    fn route(&self, key: Option<&str>) -> usize {
+        let n = self.clients.len();
+        if n == 1 {
+            return 0;
+        }
+        match key {
+            Some(k) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+            // Unkeyed records have no order to keep across clients.
+            None => self.next_unkeyed.fetch_add(1, Relaxed) % n,
+        }
+    }
+
+    /// Waits until every record sent so far is confirmed, at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
+        let target = self.metrics.published.load(Relaxed);
+        let mut completed = self.completed.clone();
+        let waited = tokio::time::timeout(timeout, completed.wait_for(|&c| c >= target)).await;
+        let failed = self.metrics.failed.load(Relaxed);
+        match waited {
+            Ok(_) if failed == 0 => Ok(()),
+            Ok(_) => Err(FlushError::Failed { failed }),
+            Err(_) => Err(FlushError::Timeout {
+                after: timeout,
+                unconfirmed: target.saturating_sub(*self.completed.borrow()),
+            }),
+        }
+    }
+
+    /// Flushes, then disconnects every client.
+    pub async fn close(self, timeout: Duration) -> Result<(), FlushError> {
+        let r = self.flush(timeout).await;
+        for c in &self.clients {
+            c.disconnect().await;
+        }
+        r
+    }
+}
+
+/// Awaits confirmations in send order, completing handles and counters.
+async fn track(
+    mut rx: mpsc::UnboundedReceiver<(
+        PublishToken,
+        oneshot::Sender<Result<Confirmed, PublishError>>,
+    )>,
+    done: watch::Sender<u64>,
+    metrics: Arc<SinkMetrics>,
+) {
+    let mut n = 0u64;
+    while let Some((token, tx)) = rx.recv().await {
+        let r = token.await;
+        match &r {
+            Ok(_) => metrics.confirmed.fetch_add(1, Relaxed),
+            Err(_) => metrics.failed.fetch_add(1, Relaxed),
+        };
+        let _ = tx.send(r);
+        n += 1;
+        done.send_replace(n);
+    }
+}
+
+fn serialize(s: Serializer, v: RecordValue) -> Bytes {
+    match (s, v) {
+        (_, RecordValue::Bytes(b)) => b,
+        (Serializer::Raw, RecordValue::Json(serde_json::Value::String(s))) => Bytes::from(s),
+        (_, RecordValue::Json(v)) => Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+    }
+}

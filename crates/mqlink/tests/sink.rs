@@ -1,0 +1,223 @@
+//! The MQTT sink against real Mosquitto brokers: templates, a record whose
+//! topic cannot be rendered fails alone, the flush timeout fires while the
+//! broker is frozen, records sent while the broker is down arrive, and
+//! per-key order holds across parallel clients.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mqlink::sink::{FlushError, MqttSink, Retain, SinkError, SinkRecord};
+use mqlink::{Client, ConnectOptions, Incoming, Protocol, QoS, Subscription};
+use serde_json::json;
+use testkit::{unique_id, Mosquitto, MosquittoConfig};
+use tokio::time::timeout;
+
+fn opts(url: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new(url).unwrap();
+    o.protocol = Protocol::V5;
+    o.client_id = Some(unique_id("sink"));
+    o.reconnect.initial_interval = Duration::from_millis(50);
+    o.reconnect.max_interval = Duration::from_millis(300);
+    o
+}
+
+async fn subscriber(url: &str, filter: &str) -> (Client, Incoming) {
+    let (c, inc) = Client::connect(opts(url)).await.unwrap();
+    c.subscribe(vec![Subscription::new(filter, QoS::ExactlyOnce)])
+        .await
+        .unwrap();
+    (c, inc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_retain_and_a_bad_topic_failing_alone() {
+    let broker = Mosquitto::start();
+    let root = unique_id("tpl");
+    let (_s, mut inc) = subscriber(&broker.url(), &format!("{root}/#")).await;
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic(&format!("{root}/{{device_id}}/{{key}}"))
+        .qos(QoS::ExactlyOnce)
+        .retain(Retain::Field("keep".into()))
+        .start()
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for (key, dev, keep) in [
+        ("k1", "d1", false),
+        ("k2", "a/#", false),
+        ("k3", "d3", true),
+    ] {
+        let r = SinkRecord::json(json!({"device_id": dev, "keep": keep})).with_key(key);
+        match sink.send(r).await {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                assert!(matches!(e, SinkError::Template(_)), "{e}");
+                assert!(e.to_string().contains("a/#"), "{e}");
+            }
+        }
+    }
+    assert_eq!(handles.len(), 2, "the bad record failed alone");
+    for h in handles {
+        h.await.unwrap();
+    }
+    sink.flush(Duration::from_secs(5)).await.unwrap();
+    let mut got = BTreeMap::new();
+    for _ in 0..2 {
+        let mut d = timeout(Duration::from_secs(5), inc.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+        got.insert(d.topic.to_string(), d.retain);
+    }
+    assert_eq!(got.len(), 2);
+    assert!(got.contains_key(&format!("{root}/d1/k1")));
+    // A retained message seen by a new subscriber keeps its retain flag.
+    let (_s2, mut inc2) = subscriber(&broker.url(), &format!("{root}/d3/#")).await;
+    let d = timeout(Duration::from_secs(5), inc2.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(d.retain);
+    assert_eq!(sink.metrics().get("mqlink_sink_confirmed_total"), Some(2));
+    // Misconfiguration is caught when building.
+    let e = MqttSink::builder().topic("a/+/{key}").build().unwrap_err();
+    assert!(e.to_string().contains("a/+/{key}"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flush_timeout_fires_while_the_broker_is_frozen() {
+    let mut broker = Mosquitto::start();
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic("frozen/t")
+        .start()
+        .await
+        .unwrap();
+    // Connected first, then the broker stops answering.
+    sink.send(SinkRecord::json(json!(0)))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    broker.pause();
+    for i in 1..=50 {
+        let _ = sink.send(SinkRecord::json(json!(i))).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let e = sink.flush(Duration::from_millis(500)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        e,
+        FlushError::Timeout {
+            after: Duration::from_millis(500),
+            unconfirmed: 50
+        }
+    );
+    assert!(e.to_string().contains("50 records not confirmed"));
+    broker.resume();
+    sink.flush(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(sink.metrics().get("mqlink_sink_in_flight"), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sent_while_the_broker_is_down_arrive() {
+    let mut broker = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let topic = format!("down/{}", unique_id("d"));
+    // A persistent subscriber session that survives the broker's stop.
+    let mut sub_opts = opts(&broker.url());
+    sub_opts.clean_session = false;
+    let (s, inc) = Client::connect(sub_opts.clone()).await.unwrap();
+    s.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    s.disconnect().await;
+    drop(inc);
+    broker.stop();
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic(&topic)
+        .start()
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..100 {
+        handles.push(
+            sink.send(SinkRecord::json(json!({"seq": i})))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        sink.flush(Duration::from_millis(300)).await.is_err(),
+        "nothing can be confirmed yet"
+    );
+    broker.restart();
+    sink.flush(Duration::from_secs(20)).await.unwrap();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (_s, mut inc) = Client::connect(sub_opts).await.unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 100 {
+        let mut d = timeout(Duration::from_secs(5), inc.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+        let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        seqs.push(v["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "all, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_clients_keep_per_key_order() {
+    let broker = Mosquitto::start();
+    let topic = format!("par/{}", unique_id("p"));
+    let (_s, mut inc) = subscriber(&broker.url(), &format!("{topic}/#")).await;
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic(&format!("{topic}/{{key}}"))
+        .parallelism(3)
+        .start()
+        .await
+        .unwrap();
+    let ids: Vec<String> = sink
+        .clients()
+        .iter()
+        .map(|c| c.client_id().to_owned())
+        .collect();
+    assert!(ids[0].ends_with("-0") && ids[2].ends_with("-2"), "{ids:?}");
+    let n = 2000;
+    for i in 0..n {
+        let key = format!("k{}", i % 7);
+        let _ = sink
+            .send(SinkRecord::json(json!({"seq": i})).with_key(key))
+            .await
+            .unwrap();
+    }
+    sink.flush(Duration::from_secs(20)).await.unwrap();
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for _ in 0..n {
+        let mut d = timeout(Duration::from_secs(5), inc.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+        let seq = serde_json::from_slice::<serde_json::Value>(&d.payload).unwrap()["seq"]
+            .as_i64()
+            .unwrap();
+        let prev = last.insert(d.topic.to_string(), seq);
+        assert!(
+            prev.is_none_or(|p| p < seq),
+            "{}: {prev:?} then {seq}",
+            d.topic
+        );
+    }
+    assert_eq!(last.len(), 7);
+}
