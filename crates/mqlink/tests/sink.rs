@@ -103,7 +103,8 @@ async fn the_flush_timeout_fires_while_the_broker_is_frozen() {
         .unwrap();
     broker.pause();
     for i in 1..=50 {
-        let _ = sink.send(SinkRecord::json(json!(i))).await.unwrap();
+        // flush() tracks these; the handles are not needed.
+        drop(sink.send(SinkRecord::json(json!(i))).await.unwrap());
     }
     let started = std::time::Instant::now();
     let e = sink.flush(Duration::from_millis(500)).await.unwrap_err();
@@ -196,10 +197,11 @@ async fn parallel_clients_keep_per_key_order() {
     let n = 2000;
     for i in 0..n {
         let key = format!("k{}", i % 7);
-        let _ = sink
-            .send(SinkRecord::json(json!({"seq": i})).with_key(key))
-            .await
-            .unwrap();
+        drop(
+            sink.send(SinkRecord::json(json!({"seq": i})).with_key(key))
+                .await
+                .unwrap(),
+        );
     }
     sink.flush(Duration::from_secs(20)).await.unwrap();
     let mut last: BTreeMap<String, i64> = BTreeMap::new();
