@@ -223,3 +223,84 @@ async fn parallel_clients_keep_per_key_order() {
     }
     assert_eq!(last.len(), 7);
 }
+
+/// A broker made of our codec that rejects the first PUBLISH (PUBACK 0x97,
+/// quota exceeded) and accepts the rest.
+async fn rejecting_once_broker() -> u16 {
+    use mqlink::codec::{decode, encode, Ack, AckKind, ConnAck, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut rejected = false;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = bytes::BytesMut::new();
+            'conn: loop {
+                while let Ok(Some(p)) = decode(&mut buf, Protocol::V5, 1 << 20) {
+                    let reply = match p {
+                        Packet::Connect(_) => Packet::ConnAck(ConnAck::default()),
+                        Packet::Publish(p) => {
+                            let reason = if rejected { 0 } else { 0x97 };
+                            rejected = true;
+                            Packet::Ack(Ack {
+                                kind: AckKind::PubAck,
+                                pkid: p.pkid,
+                                reason,
+                                reason_string: None,
+                            })
+                        }
+                        Packet::PingReq => Packet::PingResp,
+                        _ => continue,
+                    };
+                    let mut out = bytes::BytesMut::new();
+                    encode(&reply, Protocol::V5, &mut out);
+                    if sock.write_all(&out).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                if sock.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_publish_is_retried_under_the_strategy() {
+    use mqlink::sink::RetryStrategy;
+    for (strategy, ok) in [
+        (RetryStrategy::None, false),
+        (
+            RetryStrategy::Fixed {
+                interval: Duration::from_millis(20),
+                attempts: 3,
+            },
+            true,
+        ),
+    ] {
+        let port = rejecting_once_broker().await;
+        let sink = MqttSink::builder()
+            .connection(opts(&format!("mqtt://127.0.0.1:{port}")))
+            .topic("r/t")
+            .retry_strategy(strategy)
+            .start()
+            .await
+            .unwrap();
+        let r = sink.send(SinkRecord::json(json!(1))).await.unwrap().await;
+        assert_eq!(r.is_ok(), ok, "{strategy:?}: {r:?}");
+        if let Err(e) = r {
+            assert!(e.to_string().contains("0x97"), "{e}");
+            assert_eq!(
+                sink.flush(Duration::from_secs(1)).await,
+                Err(FlushError::Failed { failed: 1 })
+            );
+        } else {
+            sink.flush(Duration::from_secs(1)).await.unwrap();
+        }
+    }
+}

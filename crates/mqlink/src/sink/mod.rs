@@ -86,6 +86,52 @@ pub enum Retain {
     Field(String),
 }
 
+/// What to do when the broker rejects a publish or the session gives up
+/// (Jet's `RetryStrategies`). A record is never reported delivered without
+/// the broker's confirmation; retries keep the record's place in the order
+/// of confirmations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RetryStrategy {
+    None,
+    /// Up to `attempts` more tries, `interval` apart.
+    Fixed {
+        interval: Duration,
+        attempts: u32,
+    },
+    /// Up to `attempts` more tries, the wait growing by `multiplier` to `max`.
+    Exponential {
+        initial: Duration,
+        multiplier: f64,
+        max: Duration,
+        attempts: u32,
+    },
+    /// Forever, `interval` apart.
+    Indefinitely {
+        interval: Duration,
+    },
+}
+
+impl RetryStrategy {
+    /// The wait before retry `n` (1-based), or `None` when out of tries.
+    pub fn delay(&self, n: u32) -> Option<Duration> {
+        match *self {
+            RetryStrategy::None => None,
+            RetryStrategy::Fixed { interval, attempts } => (n <= attempts).then_some(interval),
+            RetryStrategy::Exponential {
+                initial,
+                multiplier,
+                max,
+                attempts,
+            } => (n <= attempts).then(|| {
+                let secs = initial.as_secs_f64()
+                    * multiplier.max(1.0).powi(n.saturating_sub(1).min(64) as i32);
+                Duration::from_secs_f64(secs.min(max.as_secs_f64()))
+            }),
+            RetryStrategy::Indefinitely { interval } => Some(interval),
+        }
+    }
+}
+
 /// A sink configuration; build it with [`MqttSink::builder`].
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
@@ -100,6 +146,7 @@ pub struct SinkConfig {
     pub publisher_sync: bool,
     /// Publishing clients, `<client_id>-0` …; records are routed by key.
     pub parallelism: u16,
+    pub retry: RetryStrategy,
 }
 
 /// Why a record was not sent, or a sink could not start.
@@ -220,6 +267,10 @@ impl SinkBuilder {
         self.config.parallelism = n;
         self
     }
+    pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
+        self.config.retry = r;
+        self
+    }
     pub fn build(self) -> Result<SinkConfig, SinkError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -238,14 +289,18 @@ impl SinkBuilder {
     }
 }
 
+/// A publish awaiting its confirmation, with what a retry needs.
+struct Pending {
+    token: PublishToken,
+    done: oneshot::Sender<Result<Confirmed, PublishError>>,
+    retry: Option<(Client, Message)>,
+}
+
 /// A running sink.
 pub struct MqttSink {
     clients: Vec<Client>,
     config: SinkConfig,
-    tracker: mpsc::UnboundedSender<(
-        PublishToken,
-        oneshot::Sender<Result<Confirmed, PublishError>>,
-    )>,
+    tracker: mpsc::UnboundedSender<Pending>,
     completed: watch::Receiver<u64>,
     metrics: Arc<SinkMetrics>,
     next_unkeyed: AtomicUsize,
@@ -263,6 +318,7 @@ impl MqttSink {
                 serializer: Serializer::Json,
                 publisher_sync: false,
                 parallelism: 1,
+                retry: RetryStrategy::None,
             },
             error: None,
         }
@@ -283,7 +339,7 @@ impl MqttSink {
         let metrics = Arc::new(SinkMetrics::default());
         let (tracker, rx) = mpsc::unbounded_channel();
         let (done_tx, completed) = watch::channel(0u64);
-        tokio::spawn(track(rx, done_tx, metrics.clone()));
+        tokio::spawn(track(rx, done_tx, metrics.clone(), config.retry));
         Ok(MqttSink {
             clients,
             config,
@@ -332,10 +388,16 @@ impl MqttSink {
             retain,
             properties,
         };
+        let retry =
+            (self.config.retry != RetryStrategy::None).then(|| (client.clone(), msg.clone()));
         let token = client.publish(msg).await?;
         self.metrics.published.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
-        let _ = self.tracker.send((token, tx));
+        let _ = self.tracker.send(Pending {
+            token,
+            done: tx,
+            retry,
+        });
         let handle = DeliveryHandle(rx);
         if self.config.publisher_sync {
             let r = handle.await;
@@ -389,25 +451,80 @@ impl MqttSink {
     }
 }
 
-/// Awaits confirmations in send order, completing handles and counters.
+/// Awaits confirmations in send order, retrying failures under the
+/// strategy, and completes handles and counters.
 async fn track(
-    mut rx: mpsc::UnboundedReceiver<(
-        PublishToken,
-        oneshot::Sender<Result<Confirmed, PublishError>>,
-    )>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
     done: watch::Sender<u64>,
     metrics: Arc<SinkMetrics>,
+    strategy: RetryStrategy,
 ) {
     let mut n = 0u64;
-    while let Some((token, tx)) = rx.recv().await {
-        let r = token.await;
+    while let Some(p) = rx.recv().await {
+        let mut r = p.token.await;
+        if let Some((client, msg)) = &p.retry {
+            let mut attempt = 0;
+            while r.is_err() {
+                attempt += 1;
+                let Some(wait) = strategy.delay(attempt) else {
+                    break;
+                };
+                tracing::warn!(topic = %msg.topic, attempt, error = ?r.as_ref().err(), "Publish failed; retrying.");
+                tokio::time::sleep(wait).await;
+                r = match client.publish(msg.clone()).await {
+                    Ok(t) => t.await,
+                    Err(e) => Err(e),
+                };
+            }
+        }
         match &r {
             Ok(_) => metrics.confirmed.fetch_add(1, Relaxed),
             Err(_) => metrics.failed.fetch_add(1, Relaxed),
         };
-        let _ = tx.send(r);
+        let _ = p.done.send(r);
         n += 1;
         done.send_replace(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays() {
+        let ms = Duration::from_millis;
+        assert_eq!(RetryStrategy::None.delay(1), None);
+        let f = RetryStrategy::Fixed {
+            interval: ms(10),
+            attempts: 2,
+        };
+        assert_eq!(
+            (f.delay(1), f.delay(2), f.delay(3)),
+            (Some(ms(10)), Some(ms(10)), None)
+        );
+        let e = RetryStrategy::Exponential {
+            initial: ms(10),
+            multiplier: 2.0,
+            max: ms(25),
+            attempts: 5,
+        };
+        let d: Vec<_> = (1..=6).map(|n| e.delay(n)).collect();
+        assert_eq!(
+            d,
+            [
+                Some(ms(10)),
+                Some(ms(20)),
+                Some(ms(25)),
+                Some(ms(25)),
+                Some(ms(25)),
+                None
+            ]
+        );
+        assert_eq!(
+            RetryStrategy::Indefinitely { interval: ms(5) }.delay(1_000_000),
+            Some(ms(5))
+        );
     }
 }
 
