@@ -487,6 +487,14 @@ async fn track(
     }
 }
 
+fn serialize(s: Serializer, v: RecordValue) -> Bytes {
+    match (s, v) {
+        (_, RecordValue::Bytes(b)) => b,
+        (Serializer::Raw, RecordValue::Json(serde_json::Value::String(s))) => Bytes::from(s),
+        (_, RecordValue::Json(v)) => Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,13 +533,5 @@ mod tests {
             RetryStrategy::Indefinitely { interval: ms(5) }.delay(1_000_000),
             Some(ms(5))
         );
-    }
-}
-
-fn serialize(s: Serializer, v: RecordValue) -> Bytes {
-    match (s, v) {
-        (_, RecordValue::Bytes(b)) => b,
-        (Serializer::Raw, RecordValue::Json(serde_json::Value::String(s))) => Bytes::from(s),
-        (_, RecordValue::Json(v)) => Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
     }
 }
