@@ -26,7 +26,9 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 cargo build --release -q -p mqlink-cli
+cargo build --release -q -p mqlink --example sink_bench
 MQLINK=$PWD/target/release/mqlink
+SINK_BENCH=$PWD/target/release/examples/sink_bench
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/mosq_pub" bench/mosq_pub.c -lmosquitto
@@ -83,6 +85,7 @@ for r in $(seq "$ROUNDS"); do
     --schema "$SCHEMA" -F json)"
   report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
+  report "publish: mqlink library sink (JSON records)" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N")"
 done
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
@@ -105,6 +108,8 @@ n = int(sys.argv[2])
 print(f"drain   with typed JSON decoding: {n/mj[0]:,.0f} messages/s, CPU {(mj[1]+mj[2])/n*1e6:.2f} us/message"
       f" (mosquitto_sub: {(ms[1]+ms[2])/n*1e6:.2f} us/message)  (target: >= 150,000/s)")
 print(f"publish mqlink pub / libmosquitto:  wall {mp[0]/lp[0]:.2f}x, CPU {(mp[1]+mp[2])/max(lp[1]+lp[2],1e-9):.2f}x  (target: wall <= 1.25x)")
+sk = g("publish: mqlink library sink (JSON records)")
+print(f"publish library sink / libmosquitto: wall {sk[0]/lp[0]:.2f}x  (target: wall <= 1.00x)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
