@@ -304,3 +304,86 @@ async fn a_rejected_publish_is_retried_under_the_strategy() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_records_survive_sigkill_while_the_broker_is_frozen() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut broker = Mosquitto::start();
+    let topic = format!("spool/{}", unique_id("s"));
+    let spool_dir = broker.dir.path().join("spool");
+    let (_s, mut inc) = subscriber(&broker.url(), &topic).await;
+    // Built by `cargo test --workspace --all-targets` (the README's test command).
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_owned());
+    let writer = format!("{target}/debug/examples/spool_writer");
+    assert!(
+        std::path::Path::new(&writer).exists(),
+        "{writer} is missing: run the tests with --all-targets"
+    );
+    // First run: some records go through, then the broker freezes, the
+    // writer keeps spooling, and is killed with SIGKILL.
+    let mut child = Command::new(&writer)
+        .args([&broker.url(), &topic, spool_dir.to_str().unwrap(), "20000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = 0u64;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("spooled ") {
+            last = n.parse().unwrap();
+        }
+        if last == 3000 {
+            broker.pause();
+        }
+        if last >= 6000 {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    broker.resume();
+    // Second run: publishes what the spool holds.
+    let out = Command::new(&writer)
+        .args([&broker.url(), &topic, spool_dir.to_str().unwrap(), "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("confirmed"));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    while seen.len() <= last as usize {
+        let mut d = timeout(Duration::from_secs(20), inc.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} spooled records arrived",
+                    seen.len(),
+                    last + 1
+                )
+            })
+            .unwrap();
+        d.ack();
+        total += 1;
+        let seq = serde_json::from_slice::<serde_json::Value>(&d.payload).unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        seen.insert(seq);
+    }
+    assert_eq!(
+        seen.range(..=last).count() as u64,
+        last + 1,
+        "every spooled record arrived"
+    );
+    eprintln!(
+        "{} spooled before the kill, {total} delivered ({} duplicates)",
+        last + 1,
+        total - seen.len()
+    );
+}

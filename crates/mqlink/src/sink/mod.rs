@@ -9,6 +9,7 @@
 //! Many records are in flight at once (the session's window); with
 //! `publisher_sync` each `send` waits for its own confirmation.
 
+mod spool;
 mod template;
 
 use std::hash::{Hash, Hasher};
@@ -147,6 +148,11 @@ pub struct SinkConfig {
     /// Publishing clients, `<client_id>-0` …; records are routed by key.
     pub parallelism: u16,
     pub retry: RetryStrategy,
+    /// Crash-safe spool: records are on disk before `send` returns, and
+    /// those not confirmed are published again after a restart.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// `send` waits while the spool holds more than this.
+    pub spool_max_bytes: u64,
 }
 
 /// Why a record was not sent, or a sink could not start.
@@ -160,6 +166,8 @@ pub enum SinkError {
     Publish(#[from] PublishError),
     #[error("parallelism must be at least 1")]
     Parallelism,
+    #[error("spool: {0}")]
+    Spool(String),
     #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
     ParallelNeedsClientId,
 }
@@ -267,6 +275,12 @@ impl SinkBuilder {
         self.config.parallelism = n;
         self
     }
+    /// Turns the crash-safe spool on (see [`SinkConfig::spool_dir`]).
+    pub fn spool(mut self, dir: impl Into<std::path::PathBuf>, max_bytes: u64) -> Self {
+        self.config.spool_dir = Some(dir.into());
+        self.config.spool_max_bytes = max_bytes;
+        self
+    }
     pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
         self.config.retry = r;
         self
@@ -294,6 +308,24 @@ struct Pending {
     token: PublishToken,
     done: oneshot::Sender<Result<Confirmed, PublishError>>,
     retry: Option<(Client, Message)>,
+    /// Spool sequence number, when the spool is on.
+    seq: Option<u64>,
+}
+
+/// A spooled record on its way to a client.
+struct Spooled {
+    seq: u64,
+    client: usize,
+    msg: Message,
+    done: oneshot::Sender<Result<Confirmed, PublishError>>,
+}
+
+/// The spool, shared by `send` (append) and the tracker (confirm).
+struct SpoolState {
+    spool: std::sync::Mutex<spool::Spool>,
+    max_bytes: u64,
+    room: tokio::sync::Notify,
+    queue: mpsc::UnboundedSender<Spooled>,
 }
 
 /// A running sink.
@@ -304,6 +336,7 @@ pub struct MqttSink {
     completed: watch::Receiver<u64>,
     metrics: Arc<SinkMetrics>,
     next_unkeyed: AtomicUsize,
+    spool: Option<Arc<SpoolState>>,
 }
 
 impl MqttSink {
@@ -319,6 +352,8 @@ impl MqttSink {
                 publisher_sync: false,
                 parallelism: 1,
                 retry: RetryStrategy::None,
+                spool_dir: None,
+                spool_max_bytes: 1 << 30,
             },
             error: None,
         }
@@ -339,7 +374,50 @@ impl MqttSink {
         let metrics = Arc::new(SinkMetrics::default());
         let (tracker, rx) = mpsc::unbounded_channel();
         let (done_tx, completed) = watch::channel(0u64);
-        tokio::spawn(track(rx, done_tx, metrics.clone(), config.retry));
+        let spool = match &config.spool_dir {
+            None => None,
+            Some(dir) => {
+                let (spool, pending) = spool::Spool::open(dir, config.spool_max_bytes)
+                    .map_err(|e| Error::Stopped(format!("spool {}: {e}", dir.display())))?;
+                let (queue, queue_rx) = mpsc::unbounded_channel();
+                let state = Arc::new(SpoolState {
+                    spool: std::sync::Mutex::new(spool),
+                    max_bytes: config.spool_max_bytes,
+                    room: tokio::sync::Notify::new(),
+                    queue,
+                });
+                if !pending.is_empty() {
+                    tracing::info!(
+                        records = pending.len(),
+                        "Publishing records left in the spool."
+                    );
+                }
+                for (seq, msg) in pending {
+                    let (tx, _rx) = oneshot::channel();
+                    metrics.published.fetch_add(1, Relaxed);
+                    let _ = state.queue.send(Spooled {
+                        seq,
+                        client: 0,
+                        msg,
+                        done: tx,
+                    });
+                }
+                tokio::spawn(publish_spooled(
+                    queue_rx,
+                    clients.clone(),
+                    tracker.clone(),
+                    config.retry,
+                ));
+                Some(state)
+            }
+        };
+        tokio::spawn(track(
+            rx,
+            done_tx,
+            metrics.clone(),
+            config.retry,
+            spool.clone(),
+        ));
         Ok(MqttSink {
             clients,
             config,
@@ -347,7 +425,19 @@ impl MqttSink {
             completed,
             metrics,
             next_unkeyed: AtomicUsize::new(0),
+            spool,
         })
+    }
+
+    /// Records and bytes in the spool not yet confirmed (0 without a spool).
+    pub fn spool_usage(&self) -> (u64, u64) {
+        match &self.spool {
+            Some(s) => {
+                let g = s.spool.lock().expect("spool lock");
+                (g.records(), g.bytes())
+            }
+            None => (0, 0),
+        }
     }
 
     pub fn metrics(&self) -> &SinkMetrics {
@@ -379,7 +469,8 @@ impl MqttSink {
                 .user_properties
                 .extend(record.headers.iter().cloned());
         }
-        let client = &self.clients[self.route(record.key.as_deref())];
+        let client_idx = self.route(record.key.as_deref());
+        let client = &self.clients[client_idx];
         let payload = serialize(self.config.serializer, record.value);
         let msg = Message {
             topic,
@@ -388,6 +479,9 @@ impl MqttSink {
             retain,
             properties,
         };
+        if let Some(state) = &self.spool {
+            return self.spool_send(state, client_idx, msg).await;
+        }
         let retry =
             (self.config.retry != RetryStrategy::None).then(|| (client.clone(), msg.clone()));
         let token = client.publish(msg).await?;
@@ -397,6 +491,46 @@ impl MqttSink {
             token,
             done: tx,
             retry,
+            seq: None,
+        });
+        let handle = DeliveryHandle(rx);
+        if self.config.publisher_sync {
+            let r = handle.await;
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(r);
+            return Ok(DeliveryHandle(rx));
+        }
+        Ok(handle)
+    }
+
+    /// With the spool: on disk first (back-pressure at `spool_max_bytes`),
+    /// then queued for its client.
+    async fn spool_send(
+        &self,
+        state: &Arc<SpoolState>,
+        client: usize,
+        msg: Message,
+    ) -> Result<DeliveryHandle, SinkError> {
+        loop {
+            let room = state.room.notified();
+            if state.spool.lock().expect("spool lock").bytes() < state.max_bytes {
+                break;
+            }
+            room.await;
+        }
+        let seq = state
+            .spool
+            .lock()
+            .expect("spool lock")
+            .append(&msg)
+            .map_err(|e| SinkError::Spool(e.to_string()))?;
+        self.metrics.published.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let _ = state.queue.send(Spooled {
+            seq,
+            client,
+            msg,
+            done: tx,
         });
         let handle = DeliveryHandle(rx);
         if self.config.publisher_sync {
@@ -451,6 +585,32 @@ impl MqttSink {
     }
 }
 
+/// Moves spooled records into their clients' windows, in spool order.
+async fn publish_spooled(
+    mut rx: mpsc::UnboundedReceiver<Spooled>,
+    clients: Vec<Client>,
+    tracker: mpsc::UnboundedSender<Pending>,
+    strategy: RetryStrategy,
+) {
+    while let Some(r) = rx.recv().await {
+        let client = &clients[r.client.min(clients.len() - 1)];
+        let retry = (strategy != RetryStrategy::None).then(|| (client.clone(), r.msg.clone()));
+        match client.publish(r.msg).await {
+            Ok(token) => {
+                let _ = tracker.send(Pending {
+                    token,
+                    done: r.done,
+                    retry,
+                    seq: Some(r.seq),
+                });
+            }
+            Err(e) => {
+                let _ = r.done.send(Err(e));
+            }
+        }
+    }
+}
+
 /// Awaits confirmations in send order, retrying failures under the
 /// strategy, and completes handles and counters.
 async fn track(
@@ -458,8 +618,12 @@ async fn track(
     done: watch::Sender<u64>,
     metrics: Arc<SinkMetrics>,
     strategy: RetryStrategy,
+    spool: Option<Arc<SpoolState>>,
 ) {
     let mut n = 0u64;
+    // The spool checkpoint may only pass records that were confirmed: one
+    // that failed because the session stopped is published again at restart.
+    let mut blocked = false;
     while let Some(p) = rx.recv().await {
         let mut r = p.token.await;
         if let Some((client, msg)) = &p.retry {
@@ -481,6 +645,15 @@ async fn track(
             Ok(_) => metrics.confirmed.fetch_add(1, Relaxed),
             Err(_) => metrics.failed.fetch_add(1, Relaxed),
         };
+        if let (Some(state), Some(seq)) = (&spool, p.seq) {
+            blocked |= matches!(r, Err(PublishError::Stopped(_)));
+            if !blocked && (rx.is_empty() || seq % 256 == 0) {
+                if let Err(e) = state.spool.lock().expect("spool lock").confirm(seq + 1) {
+                    tracing::error!(error = %e, "Spool checkpoint failed.");
+                }
+                state.room.notify_waiters();
+            }
+        }
         let _ = p.done.send(r);
         n += 1;
         done.send_replace(n);
