@@ -86,6 +86,7 @@ for r in $(seq "$ROUNDS"); do
   report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
   report "publish: mqlink library sink (JSON records)" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N")"
+  report "publish: mqlink library sink with spool" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N" "$work/spool-$r")"
 done
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
@@ -110,6 +111,8 @@ print(f"drain   with typed JSON decoding: {n/mj[0]:,.0f} messages/s, CPU {(mj[1]
 print(f"publish mqlink pub / libmosquitto:  wall {mp[0]/lp[0]:.2f}x, CPU {(mp[1]+mp[2])/max(lp[1]+lp[2],1e-9):.2f}x  (target: wall <= 1.25x)")
 sk = g("publish: mqlink library sink (JSON records)")
 print(f"publish library sink / libmosquitto: wall {sk[0]/lp[0]:.2f}x  (target: wall <= 1.00x)")
+sp = g("publish: mqlink library sink with spool")
+print(f"publish sink with spool / libmosquitto: wall {sp[0]/lp[0]:.2f}x  (target: wall <= 2.00x, at least half the speed)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")

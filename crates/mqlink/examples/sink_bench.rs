@@ -1,6 +1,6 @@
 //! Publishes N JSON records through the library's MqttSink at QoS 1 and
 //! waits for every confirmation; used by scripts/bench.sh.
-//! Usage: sink_bench HOST PORT TOPIC N
+//! Usage: sink_bench HOST PORT TOPIC N [SPOOL_DIR]
 use std::time::{Duration, Instant};
 
 use mqlink::sink::{MqttSink, SinkRecord};
@@ -10,16 +10,20 @@ use serde_json::json;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, host, port, topic, n] = &args[..] else {
-        return Err("usage: sink_bench HOST PORT TOPIC N".into());
+    let (host, port, topic, n, spool) = match &args[..] {
+        [_, h, p, t, n] => (h, p, t, n, None),
+        [_, h, p, t, n, s] => (h, p, t, n, Some(s)),
+        _ => return Err("usage: sink_bench HOST PORT TOPIC N [SPOOL_DIR]".into()),
     };
     let n: u64 = n.parse()?;
-    let sink = MqttSink::builder()
+    let mut builder = MqttSink::builder()
         .connection(ConnectOptions::new(&format!("mqtt://{host}:{port}"))?)
         .topic(topic)
-        .qos(QoS::AtLeastOnce)
-        .start()
-        .await?;
+        .qos(QoS::AtLeastOnce);
+    if let Some(dir) = spool {
+        builder = builder.spool(dir, 1 << 30);
+    }
+    let sink = builder.start().await?;
     let started = Instant::now();
     for i in 0..n {
         let record = SinkRecord::json(json!({

@@ -184,6 +184,7 @@ async fn parallel_clients_keep_per_key_order() {
     let sink = MqttSink::builder()
         .connection(opts(&broker.url()))
         .topic(&format!("{topic}/{{key}}"))
+        .key_field("device")
         .parallelism(3)
         .start()
         .await
@@ -197,11 +198,13 @@ async fn parallel_clients_keep_per_key_order() {
     let n = 2000;
     for i in 0..n {
         let key = format!("k{}", i % 7);
-        drop(
-            sink.send(SinkRecord::json(json!({"seq": i})).with_key(key))
-                .await
-                .unwrap(),
-        );
+        // Half carry a key; the rest get theirs from the "device" field.
+        let record = if i % 2 == 0 {
+            SinkRecord::json(json!({"seq": i})).with_key(key)
+        } else {
+            SinkRecord::json(json!({"seq": i, "device": key}))
+        };
+        drop(sink.send(record).await.unwrap());
     }
     sink.flush(Duration::from_secs(20)).await.unwrap();
     let mut last: BTreeMap<String, i64> = BTreeMap::new();
@@ -385,5 +388,63 @@ async fn spooled_records_survive_sigkill_while_the_broker_is_frozen() {
         "{} spooled before the kill, {total} delivered ({} duplicates)",
         last + 1,
         total - seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_through_cut_connections_gives_no_duplicates() {
+    let broker = Mosquitto::start();
+    let topic = format!("q2sink/{}", unique_id("q"));
+    let (_s, mut inc) = subscriber(&broker.url(), &topic).await;
+    let proxy = testkit::CutProxy::new(broker.port);
+    let mut o = opts(&proxy.url());
+    o.clean_session = false; // the broker keeps QoS 2 state across the cuts
+    let sink = MqttSink::builder()
+        .connection(o)
+        .topic(&topic)
+        .qos(QoS::ExactlyOnce)
+        .serializer(mqlink::sink::Serializer::Template(
+            mqlink::sink::TopicTemplate::parse_text("n={seq}").unwrap(),
+        ))
+        .start()
+        .await
+        .unwrap();
+    let n = 1500;
+    for i in 0..n {
+        if i % 500 == 250 {
+            proxy.cut();
+        }
+        drop(
+            sink.send(SinkRecord::json(json!({"seq": i})))
+                .await
+                .unwrap(),
+        );
+    }
+    sink.flush(Duration::from_secs(30)).await.unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    while counts.len() < n {
+        let mut d = timeout(Duration::from_secs(10), inc.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+        *counts
+            .entry(String::from_utf8(d.payload.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        timeout(Duration::from_millis(500), inc.recv())
+            .await
+            .is_err(),
+        "a duplicate arrived"
+    );
+    assert!(counts.values().all(|&c| c == 1));
+    assert!(counts.contains_key("n=1499"));
+    assert!(
+        sink.clients()[0]
+            .stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
     );
 }

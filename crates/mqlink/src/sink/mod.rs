@@ -71,13 +71,16 @@ impl SinkRecord {
 }
 
 /// How a record's value becomes a payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum Serializer {
     /// JSON text of the value (bytes values pass through).
     #[default]
     Json,
     /// Bytes as they are; a JSON string as its text; other JSON as JSON text.
     Raw,
+    /// Text from a template over the record (`{key}`, `{field}`, `{a.b}` …),
+    /// built with [`TopicTemplate::parse_text`].
+    Template(TopicTemplate),
 }
 
 /// The retain flag: fixed, or read per record from a boolean field.
@@ -148,6 +151,9 @@ pub struct SinkConfig {
     /// Publishing clients, `<client_id>-0` …; records are routed by key.
     pub parallelism: u16,
     pub retry: RetryStrategy,
+    /// The key serializer: a record without a key takes this field of its
+    /// value, as text (strings as they are, numbers and booleans printed).
+    pub key_field: Option<String>,
     /// Crash-safe spool: records are on disk before `send` returns, and
     /// those not confirmed are published again after a restart.
     pub spool_dir: Option<std::path::PathBuf>,
@@ -197,11 +203,13 @@ impl std::future::Future for DeliveryHandle {
 }
 
 /// Metric names, as exported by `mqlink run`.
-pub const SINK_METRIC_NAMES: [&str; 4] = [
+pub const SINK_METRIC_NAMES: [&str; 6] = [
     "mqlink_sink_published_total",
     "mqlink_sink_confirmed_total",
     "mqlink_sink_failed_total",
     "mqlink_sink_in_flight",
+    "mqlink_sink_spool_bytes",
+    "mqlink_sink_spool_records",
 ];
 
 #[derive(Debug, Default)]
@@ -209,10 +217,17 @@ pub struct SinkMetrics {
     published: AtomicU64,
     confirmed: AtomicU64,
     failed: AtomicU64,
+    spool_bytes: AtomicU64,
+    spool_records: AtomicU64,
 }
 
 impl SinkMetrics {
-    pub fn snapshot(&self) -> [(&'static str, u64); 4] {
+    fn spool_usage(&self, spool: &spool::Spool) {
+        self.spool_bytes.store(spool.bytes(), Relaxed);
+        self.spool_records.store(spool.records(), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
         let (p, c, f) = (
             self.published.load(Relaxed),
             self.confirmed.load(Relaxed),
@@ -223,6 +238,8 @@ impl SinkMetrics {
             (SINK_METRIC_NAMES[1], c),
             (SINK_METRIC_NAMES[2], f),
             (SINK_METRIC_NAMES[3], p.saturating_sub(c + f)),
+            (SINK_METRIC_NAMES[4], self.spool_bytes.load(Relaxed)),
+            (SINK_METRIC_NAMES[5], self.spool_records.load(Relaxed)),
         ]
     }
     pub fn get(&self, name: &str) -> Option<u64> {
@@ -279,6 +296,11 @@ impl SinkBuilder {
     pub fn spool(mut self, dir: impl Into<std::path::PathBuf>, max_bytes: u64) -> Self {
         self.config.spool_dir = Some(dir.into());
         self.config.spool_max_bytes = max_bytes;
+        self
+    }
+    /// Keys from a value field for records that have none (see [`SinkConfig::key_field`]).
+    pub fn key_field(mut self, field: impl Into<String>) -> Self {
+        self.config.key_field = Some(field.into());
         self
     }
     pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
@@ -352,6 +374,7 @@ impl MqttSink {
                 publisher_sync: false,
                 parallelism: 1,
                 retry: RetryStrategy::None,
+                key_field: None,
                 spool_dir: None,
                 spool_max_bytes: 1 << 30,
             },
@@ -379,6 +402,7 @@ impl MqttSink {
             Some(dir) => {
                 let (spool, pending) = spool::Spool::open(dir, config.spool_max_bytes)
                     .map_err(|e| Error::Stopped(format!("spool {}: {e}", dir.display())))?;
+                metrics.spool_usage(&spool);
                 let (queue, queue_rx) = mpsc::unbounded_channel();
                 let state = Arc::new(SpoolState {
                     spool: std::sync::Mutex::new(spool),
@@ -429,17 +453,6 @@ impl MqttSink {
         })
     }
 
-    /// Records and bytes in the spool not yet confirmed (0 without a spool).
-    pub fn spool_usage(&self) -> (u64, u64) {
-        match &self.spool {
-            Some(s) => {
-                let g = s.spool.lock().expect("spool lock");
-                (g.records(), g.bytes())
-            }
-            None => (0, 0),
-        }
-    }
-
     pub fn metrics(&self) -> &SinkMetrics {
         &self.metrics
     }
@@ -450,7 +463,18 @@ impl MqttSink {
 
     /// Renders, serializes and publishes `record`. Waits while the window
     /// is full. A record whose topic cannot be rendered fails alone.
-    pub async fn send(&self, record: SinkRecord) -> Result<DeliveryHandle, SinkError> {
+    pub async fn send(&self, mut record: SinkRecord) -> Result<DeliveryHandle, SinkError> {
+        if let (None, Some(field), RecordValue::Json(v)) =
+            (&record.key, &self.config.key_field, &record.value)
+        {
+            record.key = match v.get(field) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(n @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    Some(n.to_string())
+                }
+                _ => None,
+            };
+        }
         let topic = self.config.topic.render(&record)?;
         let retain = match &self.config.retain {
             Retain::Fixed(r) => *r,
@@ -471,7 +495,10 @@ impl MqttSink {
         }
         let client_idx = self.route(record.key.as_deref());
         let client = &self.clients[client_idx];
-        let payload = serialize(self.config.serializer, record.value);
+        let payload = match &self.config.serializer {
+            Serializer::Template(t) => Bytes::from(t.render(&record)?),
+            s => serialize(s, record.value),
+        };
         let msg = Message {
             topic,
             payload,
@@ -518,12 +545,14 @@ impl MqttSink {
             }
             room.await;
         }
-        let seq = state
-            .spool
-            .lock()
-            .expect("spool lock")
-            .append(&msg)
-            .map_err(|e| SinkError::Spool(e.to_string()))?;
+        let seq = {
+            let mut spool = state.spool.lock().expect("spool lock");
+            let seq = spool
+                .append(&msg)
+                .map_err(|e| SinkError::Spool(e.to_string()))?;
+            self.metrics.spool_usage(&spool);
+            seq
+        };
         self.metrics.published.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         let _ = state.queue.send(Spooled {
@@ -648,9 +677,12 @@ async fn track(
         if let (Some(state), Some(seq)) = (&spool, p.seq) {
             blocked |= matches!(r, Err(PublishError::Stopped(_)));
             if !blocked && (rx.is_empty() || seq % 256 == 0) {
-                if let Err(e) = state.spool.lock().expect("spool lock").confirm(seq + 1) {
+                let mut spool = state.spool.lock().expect("spool lock");
+                if let Err(e) = spool.confirm(seq + 1) {
                     tracing::error!(error = %e, "Spool checkpoint failed.");
                 }
+                metrics.spool_usage(&spool);
+                drop(spool);
                 state.room.notify_waiters();
             }
         }
@@ -660,7 +692,7 @@ async fn track(
     }
 }
 
-fn serialize(s: Serializer, v: RecordValue) -> Bytes {
+fn serialize(s: &Serializer, v: RecordValue) -> Bytes {
     match (s, v) {
         (_, RecordValue::Bytes(b)) => b,
         (Serializer::Raw, RecordValue::Json(serde_json::Value::String(s))) => Bytes::from(s),

@@ -22,6 +22,8 @@ enum Part {
 pub struct TopicTemplate {
     source: String,
     parts: Vec<Part>,
+    /// Topic templates render topic names; text templates render payloads.
+    topic: bool,
 }
 
 /// A template that cannot work, or a record it cannot render.
@@ -37,6 +39,15 @@ pub enum TemplateError {
 
 impl TopicTemplate {
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        Self::parse_as(template, true)
+    }
+
+    /// A template for text (a payload), not a topic: no topic rules apply.
+    pub fn parse_text(template: &str) -> Result<Self, TemplateError> {
+        Self::parse_as(template, false)
+    }
+
+    fn parse_as(template: &str, topic: bool) -> Result<Self, TemplateError> {
         let invalid = |reason: &str| TemplateError::Invalid {
             template: template.to_owned(),
             reason: reason.to_owned(),
@@ -72,8 +83,15 @@ impl TopicTemplate {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_owned()));
         }
-        if parts.is_empty() {
+        if parts.is_empty() && topic {
             return Err(invalid("the template is empty"));
+        }
+        if !topic {
+            return Ok(TopicTemplate {
+                source: template.to_owned(),
+                parts,
+                topic,
+            });
         }
         for p in &parts {
             if let Part::Literal(l) = p {
@@ -91,6 +109,7 @@ impl TopicTemplate {
         Ok(TopicTemplate {
             source: template.to_owned(),
             parts,
+            topic,
         })
     }
 
@@ -134,10 +153,12 @@ impl TopicTemplate {
                 }
             }
         }
-        validate_topic_name(&out).map_err(|error| TemplateError::InvalidTopic {
-            template: self.source.clone(),
-            error,
-        })?;
+        if self.topic {
+            validate_topic_name(&out).map_err(|error| TemplateError::InvalidTopic {
+                template: self.source.clone(),
+                error,
+            })?;
+        }
         Ok(out)
     }
 }
@@ -198,6 +219,13 @@ mod tests {
             let e = TopicTemplate::parse(t).unwrap_err().to_string();
             assert!(e.contains(&format!("{t:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn text_templates_render_payloads() {
+        let t = TopicTemplate::parse_text("{device_id}: {loc.n} #1 +").unwrap();
+        let r = rec(None, json!({"device_id": "d7", "loc": {"n": 3}}));
+        assert_eq!(t.render(&r).unwrap(), "d7: 3 #1 +");
     }
 
     #[test]
