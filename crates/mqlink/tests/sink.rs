@@ -448,3 +448,67 @@ async fn qos2_through_cut_connections_gives_no_duplicates() {
             >= 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
+    use mqlink::format::{ColumnType, Format, Schema};
+    use mqlink::source::MqttSource;
+    let broker = Mosquitto::start();
+    let root = unique_id("bridge");
+    let (_s, mut out) = subscriber(&broker.url(), &format!("{root}/out/#")).await;
+    let mut source = MqttSource::builder()
+        .connection(opts(&broker.url()))
+        .topic(format!("{root}/in/+"), QoS::AtLeastOnce)
+        .format(Format::Json {
+            schema: Some(Schema::new([
+                ("n", ColumnType::BigInt),
+                ("ts", ColumnType::Timestamp),
+            ])),
+        })
+        .start()
+        .await
+        .unwrap();
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic(&format!("{root}/out/{{stream}}"))
+        .start()
+        .await
+        .unwrap();
+    let (publ, _) = Client::connect(opts(&broker.url())).await.unwrap();
+    for i in 0..20 {
+        let m = mqlink::Message::new(
+            format!("{root}/in/d{}", i % 2),
+            format!(r#"{{"n":{i},"ts":0}}"#),
+            QoS::AtLeastOnce,
+        );
+        publ.publish(m).await.unwrap().await.unwrap();
+    }
+    for _ in 0..20 {
+        let mut r = timeout(Duration::from_secs(5), source.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let handle = sink.send((&r).into()).await.unwrap();
+        handle.await.unwrap(); // confirmed downstream…
+        r.ack(); // …then acknowledged upstream
+    }
+    for _ in 0..20 {
+        let mut d = timeout(Duration::from_secs(5), out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        d.ack();
+        assert!(
+            d.topic.starts_with(&format!("{root}/out/{root}/in/d")),
+            "{}",
+            d.topic
+        );
+        let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000000Z");
+        assert!(v["n"].is_i64());
+    }
+    assert_eq!(
+        source.metrics().get("mqlink_source_unacknowledged"),
+        Some(0)
+    );
+}

@@ -70,6 +70,30 @@ impl SinkRecord {
     }
 }
 
+/// A source record as a sink record: the decoded value as JSON (raw bytes
+/// stay bytes), MQTT 5 user properties as headers, the arrival time, and the
+/// topic it came from as `stream` — so a bridge can template on `{stream}`.
+impl From<&crate::source::Record> for SinkRecord {
+    fn from(r: &crate::source::Record) -> Self {
+        let value = match &r.value {
+            Ok(crate::format::Value::Bytes(_)) | Err(_) => RecordValue::Bytes(r.payload.clone()),
+            Ok(v) => RecordValue::Json(v.to_json()),
+        };
+        SinkRecord {
+            key: None,
+            value,
+            namespace: None,
+            stream: Some(r.topic.to_string()),
+            headers: r
+                .properties
+                .as_ref()
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default(),
+            timestamp: Some(r.received_at),
+        }
+    }
+}
+
 /// How a record's value becomes a payload.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum Serializer {
