@@ -319,11 +319,29 @@ async fn spooled_records_survive_sigkill_while_the_broker_is_frozen() {
     // Built by `cargo test --workspace --all-targets` (the README's test command).
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_owned());
-    let writer = format!("{target}/debug/examples/spool_writer");
-    assert!(
-        std::path::Path::new(&writer).exists(),
-        "{writer} is missing: run the tests with --all-targets"
-    );
+    // `cargo test` leaves it as `spool_writer-<hash>` (next to a test-harness
+    // build of the same example); `cargo build` as `spool_writer`.
+    let dir = format!("{target}/debug/examples");
+    let mut candidates: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}: run the tests with --all-targets"))
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name == "spool_writer" || name.starts_with("spool_writer-")) && !name.contains('.')
+        })
+        .collect();
+    candidates.sort_by_key(|e| std::cmp::Reverse(e.metadata().and_then(|m| m.modified()).ok()));
+    let writer = candidates
+        .into_iter()
+        .map(|e| e.path())
+        // The harness build answers `--list` with success; the example does not.
+        .find(|p| {
+            !Command::new(p)
+                .arg("--list")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap_or_else(|| panic!("no spool_writer in {dir}: run the tests with --all-targets"));
     // First run: some records go through, then the broker freezes, the
     // writer keeps spooling, and is killed with SIGKILL.
     let mut child = Command::new(&writer)
