@@ -1,6 +1,7 @@
 //! The `mqlink` command: parses arguments, sets up logging, runs a
 //! subcommand, and maps errors to exit codes (1 runtime, 2 usage).
 
+mod airbyte;
 mod cli;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     /// Subscribe and print messages, as mosquitto_sub; acknowledges only what was written.
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Sub(cli::sub::SubArgs),
+    /// A drop-in Airbyte destination (destination-mqtt): spec, check, write.
+    #[command(subcommand)]
+    Airbyte(airbyte::AirbyteCommand),
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -46,7 +50,10 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Pub(a) => a.conn.debug,
         Command::Sub(a) => a.conn.debug,
+        Command::Airbyte(_) => false,
     };
+    // Airbyte reads stdout as protocol messages: logs must not go there (they go to stderr).
+    let is_airbyte = matches!(cli.command, Command::Airbyte(_));
     let filter = if debug {
         EnvFilter::new("mqlink=debug,mqlink_cli=debug")
     } else {
@@ -67,12 +74,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Pub(a) => cli::publish::run(a).await,
             Command::Sub(a) => cli::sub::run(a).await,
+            Command::Airbyte(c) => airbyte::run(c).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mqlink: {e:#}");
+            if !is_airbyte {
+                eprintln!("mqlink: {e:#}");
+            }
             if e.downcast_ref::<cli::Usage>().is_some() {
                 ExitCode::from(2)
             } else {

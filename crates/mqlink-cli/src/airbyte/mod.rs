@@ -1,0 +1,279 @@
+//! `mqlink airbyte`: a drop-in for Airbyte's destination-mqtt, speaking the
+//! Airbyte protocol (one JSON message per line on stdout).
+//!
+//! Unlike the original, the options the spec names are the ones read
+//! (`client`, with `client_id` as an alias; `topic_test`), `check` really
+//! connects, and a STATE is echoed once, only after every record before it
+//! was confirmed by the broker.
+
+mod config;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use mqlink::sink::{DeliveryHandle, MqttSink, SinkRecord};
+use mqlink::{Client, Message};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+pub use config::{spec, AirbyteConfig};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AirbyteCommand {
+    /// Print the connector's SPEC message.
+    Spec,
+    /// Check the connection (and publish to topic_test when set).
+    Check {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Read Airbyte messages from stdin and publish the records.
+    Write {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        catalog: std::path::PathBuf,
+    },
+}
+
+/// Prints one Airbyte message on stdout.
+fn emit(msg: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, msg);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn log(level: &str, message: impl Into<String>) {
+    emit(&json!({"type": "LOG", "log": {"level": level, "message": message.into()}}));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Prints a TRACE of type ERROR; the caller exits non-zero.
+fn trace_error(message: &str) {
+    emit(&json!({
+        "type": "TRACE",
+        "trace": {"type": "ERROR", "emitted_at": now_ms() as f64,
+                  "error": {"message": message, "failure_type": "config_error"}}
+    }));
+}
+
+pub async fn run(cmd: AirbyteCommand) -> anyhow::Result<()> {
+    let result = match cmd {
+        AirbyteCommand::Spec => {
+            emit(&json!({"type": "SPEC", "spec": spec()}));
+            Ok(())
+        }
+        AirbyteCommand::Check { config } => check(&config).await,
+        AirbyteCommand::Write { config, catalog } => write(&config, &catalog).await,
+    };
+    if let Err(e) = &result {
+        trace_error(&format!("{e:#}"));
+    }
+    result
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<AirbyteConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: cannot read {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("--config {}: not JSON", path.display()))?;
+    AirbyteConfig::from_json(&v).map_err(|e| anyhow::anyhow!("config: {e}"))
+}
+
+async fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = match read_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            emit(
+                &json!({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "FAILED", "message": format!("{e:#}")}}),
+            );
+            return Ok(());
+        }
+    };
+    let status = match try_check(&cfg).await {
+        Ok(()) => json!({"status": "SUCCEEDED"}),
+        Err(e) => json!({"status": "FAILED", "message": e}),
+    };
+    emit(&json!({"type": "CONNECTION_STATUS", "connectionStatus": status}));
+    Ok(())
+}
+
+async fn try_check(cfg: &AirbyteConfig) -> Result<(), String> {
+    let opts = cfg.connect_options();
+    let timeout = opts.connect_timeout;
+    let (client, _) = Client::connect(opts).await.map_err(|e| e.to_string())?;
+    if let Some(topic) = &cfg.topic_test {
+        let payload = json!({"_airbyte_check": "mqlink", "emitted_at": now_ms()}).to_string();
+        let token = client
+            .publish(Message::new(topic, payload, cfg.qos))
+            .await
+            .map_err(|e| format!("test topic {topic:?}: {e}"))?;
+        match tokio::time::timeout(timeout.max(Duration::from_secs(1)), token).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("test topic {topic:?}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "test topic {topic:?}: no confirmation within {timeout:?}"
+                ))
+            }
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+/// Streams of the configured catalog: (namespace, name).
+fn catalog_streams(path: &std::path::Path) -> anyhow::Result<HashSet<(Option<String>, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--catalog: cannot read {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("--catalog {}: not JSON", path.display()))?;
+    let streams = v["streams"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("--catalog {}: no \"streams\" array", path.display()))?;
+    Ok(streams
+        .iter()
+        .filter_map(|s| {
+            let st = &s["stream"];
+            Some((
+                st["namespace"].as_str().map(str::to_owned),
+                st["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// A STATE waits for the delivery handles of every record before it.
+struct PendingState {
+    handles: Vec<DeliveryHandle>,
+    state: Value,
+}
+
+async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = read_config(config)?;
+    let streams = catalog_streams(catalog)?;
+    let sink = MqttSink::builder()
+        .connection(cfg.connect_options())
+        .topic(&cfg.topic_pattern)
+        .qos(cfg.qos)
+        .retain(mqlink::sink::Retain::Fixed(cfg.message_retained))
+        .publisher_sync(cfg.publisher_sync)
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // STATEs are printed by one task, in input order, each after its records.
+    let (state_tx, mut state_rx) = mpsc::unbounded_channel::<PendingState>();
+    let printer = tokio::spawn(async move {
+        while let Some(p) = state_rx.recv().await {
+            for h in p.handles {
+                if let Err(e) = h.await {
+                    return Err(anyhow::anyhow!(
+                        "a record was not confirmed by the broker: {e}"
+                    ));
+                }
+            }
+            emit(&p.state);
+        }
+        Ok(())
+    });
+    let mut handles = Vec::new();
+    let mut lines = BufReader::with_capacity(1 << 20, tokio::io::stdin()).lines();
+    let (mut line_no, mut records) = (0u64, 0u64);
+    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+        line_no += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let msg: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                log(
+                    "WARN",
+                    format!("line {line_no} is not a valid Airbyte message and was skipped: {e}"),
+                );
+                continue;
+            }
+        };
+        match msg["type"].as_str() {
+            Some("RECORD") => {
+                let r = &msg["record"];
+                let Some(stream) = r["stream"].as_str() else {
+                    log(
+                        "WARN",
+                        format!("line {line_no}: RECORD without a stream was skipped"),
+                    );
+                    continue;
+                };
+                let namespace = r["namespace"].as_str().map(str::to_owned);
+                if !streams.contains(&(namespace.clone(), stream.to_owned())) {
+                    anyhow::bail!(
+                        "line {line_no}: stream {stream:?} (namespace {namespace:?}) is not in the configured catalog"
+                    );
+                }
+                let envelope = json!({
+                    "_airbyte_ab_id": uuid_v4(),
+                    "_airbyte_stream": stream,
+                    "_airbyte_emitted_at": r["emitted_at"],
+                    "_airbyte_data": r["data"],
+                });
+                let mut rec = SinkRecord::json(envelope);
+                rec.stream = Some(stream.to_owned());
+                rec.namespace = namespace;
+                let handle = sink
+                    .send(rec)
+                    .await
+                    .with_context(|| format!("line {line_no}: record of stream {stream:?}"))?;
+                handles.push(handle);
+                records += 1;
+                if records % 100_000 == 0 {
+                    log("INFO", format!("{records} records sent"));
+                }
+            }
+            Some("STATE") => {
+                let pending = PendingState {
+                    handles: std::mem::take(&mut handles),
+                    state: msg,
+                };
+                if state_tx.send(pending).is_err() {
+                    break;
+                }
+            }
+            Some(_) => {}
+            None => log(
+                "WARN",
+                format!("line {line_no} has no \"type\" and was skipped"),
+            ),
+        }
+    }
+    drop(state_tx);
+    printer.await.context("state printer")??;
+    sink.flush(Duration::from_secs(cfg.connect_timeout.max(30)))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    log("INFO", format!("{records} records confirmed by the broker"));
+    Ok(())
+}
+
+/// A random (version 4) UUID.
+fn uuid_v4() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}

@@ -1,0 +1,256 @@
+//! `mqlink airbyte` with Airbyte protocol fixtures against real Mosquitto.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use testkit::{unique_id, Mosquitto, MosquittoConfig};
+
+fn mqlink() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mqlink"))
+}
+
+fn config(dir: &std::path::Path, port: u16, extra: Value) -> std::path::PathBuf {
+    let mut c = json!({"broker_host": "127.0.0.1", "broker_port": port, "use_tls": false,
+        "topic_pattern": "ab/{namespace}/{stream}", "publisher_sync": false, "connect_timeout": 3,
+        "automatic_reconnect": true, "clean_session": true, "message_retained": false,
+        "message_qos": "AT_LEAST_ONCE"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let p = dir.join(format!("config-{}.json", unique_id("c")));
+    std::fs::write(&p, c.to_string()).unwrap();
+    p
+}
+
+fn catalog(dir: &std::path::Path) -> std::path::PathBuf {
+    let c = json!({"streams": [
+        {"stream": {"name": "users", "namespace": "public", "json_schema": {}}, "sync_mode": "incremental", "destination_sync_mode": "append"},
+        {"stream": {"name": "events", "json_schema": {}}, "sync_mode": "incremental", "destination_sync_mode": "append"}
+    ]});
+    let p = dir.join("catalog.json");
+    std::fs::write(&p, c.to_string()).unwrap();
+    p
+}
+
+fn messages(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn spec_and_check() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        users: vec![("ab".into(), "pw".into())],
+        ..Default::default()
+    });
+    let dir = broker.dir.path();
+    let out = mqlink().args(["airbyte", "spec"]).output().unwrap();
+    let spec = &messages(&out.stdout)[0];
+    assert_eq!(spec["type"], "SPEC");
+    assert_eq!(
+        spec["spec"]["connectionSpecification"]["properties"]["password"]["airbyte_secret"],
+        true
+    );
+    let check = |cfg: &std::path::Path| {
+        let out = mqlink()
+            .args(["airbyte", "check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        messages(&out.stdout).pop().unwrap()["connectionStatus"].clone()
+    };
+    // Closed port.
+    let closed = config(dir, testkit::free_port(), json!({}));
+    let s = check(&closed);
+    assert_eq!(s["status"], "FAILED");
+    assert!(
+        s["message"].as_str().unwrap().contains("cannot reach"),
+        "{s}"
+    );
+    // Wrong password: says so, and does not print it.
+    let wrong = config(
+        dir,
+        broker.port,
+        json!({"username": "ab", "password": "nope-123"}),
+    );
+    let s = check(&wrong);
+    assert_eq!(s["status"], "FAILED");
+    let m = s["message"].as_str().unwrap();
+    assert!(
+        m.contains("not authorized") || m.contains("bad user name"),
+        "{m}"
+    );
+    assert!(!m.contains("nope-123"));
+    // Live broker: connects with the configured client id and publishes to topic_test.
+    let client = unique_id("ab-client");
+    let live = config(
+        dir,
+        broker.port,
+        json!({"username": "ab", "password": "pw", "client": client, "topic_test": "ab/check"}),
+    );
+    let s = check(&live);
+    assert_eq!(s["status"], "SUCCEEDED", "{s}");
+    assert!(
+        broker.log().contains(&format!("as {client}")),
+        "client id not used"
+    );
+    assert!(broker.log().contains("Received PUBLISH") || broker.log().contains(&client));
+}
+
+/// Reads stdout lines on a thread, so a test can wait for one with a timeout.
+fn line_reader(stdout: std::process::ChildStdout) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { return };
+            let _ = tx.send(serde_json::from_str::<Value>(&l).unwrap());
+        }
+    });
+    rx
+}
+
+#[test]
+fn write_round_trips_types_routes_streams_and_orders_states() {
+    let mut broker = Mosquitto::start();
+    let dir = broker.dir.path().to_owned();
+    let cfg = config(&dir, broker.port, json!({}));
+    let cat = catalog(&dir);
+    // An independent subscriber records what reached the broker.
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "ab/#",
+            "-v",
+            "-q",
+            "1",
+            "-C",
+            "4",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // mosquitto_sub offers no "subscribed" signal
+    let mut child = mqlink()
+        .args(["airbyte", "write", "--config"])
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(&cat)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let out = line_reader(child.stdout.take().unwrap());
+    let data = json!({"int": 1, "neg": -9007199254740993i64, "float": 1.5e300, "small": 1e-7, "s": "ü\"\\n\u{1F600}",
+                      "t": true, "f": false, "null": null, "arr": [1, "a", {"k": [null]}], "obj": {"nested": {"x": 0}}});
+    let rec = |stream: &str, ns: Option<&str>, d: &Value| {
+        let mut r = json!({"type": "RECORD", "record": {"stream": stream, "data": d, "emitted_at": 1700000000000u64}});
+        if let Some(ns) = ns {
+            r["record"]["namespace"] = json!(ns);
+        }
+        r.to_string()
+    };
+    writeln!(stdin, "{}", rec("users", Some("public"), &data)).unwrap();
+    writeln!(stdin, "this is not json").unwrap();
+    writeln!(stdin, "{}", rec("events", None, &json!({"e": 1}))).unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({"type": "STATE", "state": {"data": {"cursor": 1}}})
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &Value| m["type"] == "STATE") {
+        got.push(
+            out.recv_timeout(Duration::from_secs(10))
+                .expect("first STATE"),
+        );
+    }
+    let log = got
+        .iter()
+        .find(|m| m["type"] == "LOG")
+        .expect("a LOG for the bad line");
+    assert!(
+        log["log"]["message"].as_str().unwrap().contains("line 2"),
+        "{log}"
+    );
+    // The broker stops acknowledging: a STATE after new records must wait.
+    broker.pause();
+    writeln!(stdin, "{}", rec("events", None, &json!({"e": 2}))).unwrap();
+    writeln!(stdin, "{}", rec("users", Some("public"), &json!({"u": 2}))).unwrap();
+    let global = json!({"type": "STATE", "state": {"type": "GLOBAL", "global": {"shared_state": {"lsn": 2}, "stream_states": []}}});
+    writeln!(stdin, "{global}").unwrap();
+    stdin.flush().unwrap();
+    assert!(
+        out.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "a STATE was printed before its records were confirmed"
+    );
+    broker.resume();
+    let state = out
+        .recv_timeout(Duration::from_secs(20))
+        .expect("second STATE after resume");
+    assert_eq!(state, global, "echoed exactly, once");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let rest: Vec<Value> = out.iter().collect();
+    assert!(rest.iter().all(|m| m["type"] == "LOG"), "{rest:?}");
+    // What reached the broker: topics and data exactly as given.
+    let sub_out = sub.wait_with_output().unwrap();
+    let lines: Vec<(String, Value)> = String::from_utf8_lossy(&sub_out.stdout)
+        .lines()
+        .map(|l| {
+            let (t, p) = l.split_once(' ').unwrap();
+            (t.to_owned(), serde_json::from_str(p).unwrap())
+        })
+        .collect();
+    assert_eq!(lines[0].0, "ab/public/users");
+    assert_eq!(lines[0].1["_airbyte_data"], data);
+    assert_eq!(lines[0].1["_airbyte_stream"], "users");
+    assert_eq!(lines[0].1["_airbyte_emitted_at"], 1700000000000u64);
+    assert_eq!(lines[0].1["_airbyte_ab_id"].as_str().unwrap().len(), 36);
+    assert_eq!(
+        lines[1].0, "ab//events",
+        "an absent namespace renders empty"
+    );
+}
+
+#[test]
+fn a_record_for_an_unknown_stream_is_a_fatal_error() {
+    let broker = Mosquitto::start();
+    let dir = broker.dir.path();
+    let cfg = config(dir, broker.port, json!({}));
+    let cat = catalog(dir);
+    let mut child = mqlink()
+        .args(["airbyte", "write", "--config"])
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(&cat)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = json!({"type": "RECORD", "record": {"stream": "nope", "data": {}, "emitted_at": 1}});
+    writeln!(child.stdin.take().unwrap(), "{r}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let msgs = messages(&out.stdout);
+    let trace = msgs.iter().find(|m| m["type"] == "TRACE").expect("a TRACE");
+    assert_eq!(trace["trace"]["type"], "ERROR");
+    assert!(
+        trace["trace"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"nope\""),
+        "{trace}"
+    );
+}
