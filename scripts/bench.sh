@@ -52,6 +52,22 @@ for i in range(int(sys.argv[1])):
                       "temperature": round(20 + (i % 50) / 10, 1), "humidity": 40.5, "site": "plant-7", "ok": True}, separators=(",", ":")))
 PY
 bytes=$(head -1 "$work/msgs" | wc -c)
+# The same readings as Airbyte RECORD messages, with a STATE every 10,000.
+python3 - "$work/msgs" "$port" "$work" <<'PY'
+import sys, json
+msgs, port, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(f"{work}/airbyte.jsonl", "w") as out:
+    for i, line in enumerate(open(msgs)):
+        out.write(json.dumps({"type": "RECORD", "record": {"stream": "telemetry", "namespace": "plant",
+                  "data": json.loads(line), "emitted_at": 1790000000000 + i}}) + "\n")
+        if i % 10000 == 9999:
+            out.write(json.dumps({"type": "STATE", "state": {"data": {"seq": i}}}) + "\n")
+json.dump({"broker_host": "127.0.0.1", "broker_port": port, "use_tls": False, "topic_pattern": "bench/{namespace}/{stream}",
+           "publisher_sync": False, "connect_timeout": 10, "automatic_reconnect": True, "clean_session": True,
+           "message_retained": False, "message_qos": "AT_LEAST_ONCE"}, open(f"{work}/airbyte-config.json", "w"))
+json.dump({"streams": [{"stream": {"name": "telemetry", "namespace": "plant", "json_schema": {}},
+           "sync_mode": "incremental", "destination_sync_mode": "append"}]}, open(f"{work}/airbyte-catalog.json", "w"))
+PY
 SCHEMA="device_id:text,seq:bigint,ts:timestamp,temperature:double,humidity:double,site:text,ok:boolean"
 
 # Runs a command, prints "wall user sys" in seconds.
@@ -86,6 +102,8 @@ for r in $(seq "$ROUNDS"); do
   report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
   report "publish: mqlink library sink (JSON records)" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N")"
+  report "airbyte write (QoS 1, STATE per 10,000)" "$(timed "$MQLINK" airbyte write --config "$work/airbyte-config.json" \
+    --catalog "$work/airbyte-catalog.json" < "$work/airbyte.jsonl")"
   report "publish: mqlink library sink with spool" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N" "$work/spool-$r")"
 done
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
@@ -113,6 +131,8 @@ sk = g("publish: mqlink library sink (JSON records)")
 print(f"publish library sink / libmosquitto: wall {sk[0]/lp[0]:.2f}x  (target: wall <= 1.00x)")
 sp = g("publish: mqlink library sink with spool")
 print(f"publish sink with spool / libmosquitto: wall {sp[0]/lp[0]:.2f}x  (target: wall <= 2.00x, at least half the speed)")
+ab = g("airbyte write (QoS 1, STATE per 10,000)")
+print(f"airbyte write: {n/ab[0]:,.0f} records/s  (target: >= 100,000/s)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
