@@ -544,14 +544,7 @@ impl MqttSink {
             retry,
             seq: None,
         });
-        let handle = DeliveryHandle(rx);
-        if self.config.publisher_sync {
-            let r = handle.await;
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(r);
-            return Ok(DeliveryHandle(rx));
-        }
-        Ok(handle)
+        Ok(self.settle(DeliveryHandle(rx)).await)
     }
 
     /// With the spool: on disk first (back-pressure at `spool_max_bytes`),
@@ -585,14 +578,19 @@ impl MqttSink {
             msg,
             done: tx,
         });
-        let handle = DeliveryHandle(rx);
-        if self.config.publisher_sync {
-            let r = handle.await;
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(r);
-            return Ok(DeliveryHandle(rx));
+        Ok(self.settle(DeliveryHandle(rx)).await)
+    }
+
+    /// With `publisher_sync`, waits for the confirmation before handing the
+    /// (then completed) handle back.
+    async fn settle(&self, handle: DeliveryHandle) -> DeliveryHandle {
+        if !self.config.publisher_sync {
+            return handle;
         }
-        Ok(handle)
+        let r = handle.await;
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(r);
+        DeliveryHandle(rx)
     }
 
     /// Per-key order: the same key always goes through the same client.
