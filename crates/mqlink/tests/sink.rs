@@ -530,3 +530,22 @@ async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_sync_waits_for_each_confirmation() {
+    let broker = Mosquitto::start();
+    let sink = MqttSink::builder()
+        .connection(opts(&broker.url()))
+        .topic("sync/t")
+        .qos(QoS::ExactlyOnce)
+        .publisher_sync(true)
+        .start()
+        .await
+        .unwrap();
+    for i in 1..=5u64 {
+        let handle = sink.send(SinkRecord::json(json!(i))).await.unwrap();
+        // Confirmed before `send` returned.
+        assert_eq!(sink.metrics().get("mqlink_sink_confirmed_total"), Some(i));
+        handle.await.unwrap();
+    }
+}
