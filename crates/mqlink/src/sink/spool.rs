@@ -10,18 +10,20 @@
 //! confirmed sequence are published again, in order: a crash can duplicate
 //! what was confirmed since the last checkpoint, never lose anything.
 //!
-//! Record layout: `u32 length (LE) | u8 qos | u8 retain | u16 topic length |
-//! topic | payload`. A torn record at the tail (a crash mid-write) is cut off.
+//! Record layout: `u32 length (LE) | the record as an MQTT 5 PUBLISH packet`
+//! (topic, QoS, retain, payload and properties, by the codec). A torn record
+//! at the tail (a crash mid-write) is cut off.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 
+use crate::codec::{decode, encode_publish, ByteStr, Packet, Publish};
 use crate::session::Message;
-use crate::types::QoS;
+use crate::types::{Protocol, QoS};
 
 /// Segments are at most this big, and at most a quarter of the spool's
 /// limit, so confirmed ones can be deleted long before the limit.
@@ -146,14 +148,22 @@ impl Spool {
                 });
             }
         }
-        let mut buf = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
-        let body = 4 + m.topic.len() + m.payload.len();
-        buf.extend_from_slice(&(body as u32).to_le_bytes());
-        buf.push(m.qos as u8);
-        buf.push(m.retain as u8);
-        buf.extend_from_slice(&(m.topic.len() as u16).to_le_bytes());
-        buf.extend_from_slice(m.topic.as_bytes());
-        buf.extend_from_slice(&m.payload);
+        // The record is the MQTT 5 PUBLISH itself: the codec already writes
+        // topic, flags, payload and properties.
+        let publish = Publish {
+            topic: ByteStr::from(m.topic.as_str()),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+            dup: false,
+            pkid: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
+            properties: m.properties.clone().filter(|p| !p.is_empty()).map(Box::new),
+        };
+        let mut packet = BytesMut::new();
+        encode_publish(&publish, Protocol::V5, &mut packet);
+        let mut buf = Vec::with_capacity(4 + packet.len());
+        buf.extend_from_slice(&(packet.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&packet);
         let f = self.file.as_mut().expect("open segment");
         f.write_all(&buf)?;
         let seg = self.segments.last_mut().expect("a segment");
@@ -203,28 +213,22 @@ impl Spool {
 fn parse(data: &[u8]) -> (Vec<Message>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
-    while data.len() - pos >= 8 {
+    while data.len() - pos >= 4 {
         let len =
             u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
-        if len < 4 || data.len() - pos - 4 < len {
+        if data.len() - pos - 4 < len {
             break;
         }
-        let body = &data[pos + 4..pos + 4 + len];
-        let qos = QoS::from_u8(body[0]).unwrap_or(QoS::AtLeastOnce);
-        let retain = body[1] == 1;
-        let tlen = u16::from_le_bytes([body[2], body[3]]) as usize;
-        if 4 + tlen > len {
-            break;
-        }
-        let Ok(topic) = std::str::from_utf8(&body[4..4 + tlen]) else {
+        let mut packet = BytesMut::from(&data[pos + 4..pos + 4 + len]);
+        let Ok(Some(Packet::Publish(p))) = decode(&mut packet, Protocol::V5, usize::MAX) else {
             break;
         };
         out.push(Message {
-            topic: topic.to_owned(),
-            payload: Bytes::copy_from_slice(&body[4 + tlen..]),
-            qos,
-            retain,
-            properties: None,
+            topic: p.topic.to_string(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties.map(|b| *b),
         });
         pos += 4 + len;
     }
@@ -236,7 +240,13 @@ mod tests {
     use super::*;
 
     fn msg(i: u32) -> Message {
-        Message::new(format!("t/{i}"), format!("payload {i}"), QoS::AtLeastOnce)
+        Message::new(format!("t/{i}"), format!("payload {i}"), QoS::AtLeastOnce).properties(
+            crate::PublishProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("i".into(), i.to_string())],
+                ..Default::default()
+            },
+        )
     }
 
     #[test]
@@ -266,7 +276,11 @@ mod tests {
         let (mut s, pending) = Spool::open(&dir, 1 << 30).unwrap();
         let seqs: Vec<u64> = pending.iter().map(|(q, _)| *q).collect();
         assert_eq!(seqs, (4..10).collect::<Vec<_>>());
-        assert_eq!(pending[0].1.topic, "t/4");
+        assert_eq!(
+            pending[0].1,
+            msg(4),
+            "topic, payload and properties come back"
+        );
         assert_eq!(s.append(&msg(10)).unwrap(), 10);
         s.confirm(11).unwrap();
         drop(s);
