@@ -121,8 +121,9 @@ fn write_round_trips_types_routes_streams_and_orders_states() {
     let dir = broker.dir.path().to_owned();
     let cfg = config(&dir, broker.port, json!({}));
     let cat = catalog(&dir);
-    // An independent subscriber records what reached the broker.
-    let sub = Command::new("mosquitto_sub")
+    // An independent subscriber records what reached the broker; a retained
+    // probe it must print first tells us it is subscribed.
+    let mut sub = Command::new("mosquitto_sub")
         .args([
             "-p",
             &broker.port.to_string(),
@@ -132,12 +133,33 @@ fn write_round_trips_types_routes_streams_and_orders_states() {
             "-q",
             "1",
             "-C",
-            "4",
+            "5",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // mosquitto_sub offers no "subscribed" signal
+    testkit::mosquitto_pub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        "ab/probe",
+        "-m",
+        "{}",
+        "-r",
+        "-q",
+        "1",
+    ]);
+    let (sub_tx, sub_lines) = mpsc::channel::<String>();
+    let sub_stdout = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(sub_stdout).lines().map_while(Result::ok) {
+            let _ = sub_tx.send(l);
+        }
+    });
+    let probe = sub_lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscriber ready");
+    assert!(probe.starts_with("ab/probe "), "{probe}");
     let mut child = mqlink()
         .args(["airbyte", "write", "--config"])
         .arg(&cfg)
@@ -205,9 +227,9 @@ fn write_round_trips_types_routes_streams_and_orders_states() {
     let rest: Vec<Value> = out.iter().collect();
     assert!(rest.iter().all(|m| m["type"] == "LOG"), "{rest:?}");
     // What reached the broker: topics and data exactly as given.
-    let sub_out = sub.wait_with_output().unwrap();
-    let lines: Vec<(String, Value)> = String::from_utf8_lossy(&sub_out.stdout)
-        .lines()
+    assert!(sub.wait().unwrap().success());
+    let lines: Vec<(String, Value)> = sub_lines
+        .iter()
         .map(|l| {
             let (t, p) = l.split_once(' ').unwrap();
             (t.to_owned(), serde_json::from_str(p).unwrap())
