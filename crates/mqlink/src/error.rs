@@ -119,6 +119,8 @@ pub enum Error {
     Subscribe(#[from] SubscribeError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("the session stopped: {0}")]
     Stopped(String),
 }

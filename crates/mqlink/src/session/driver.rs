@@ -516,7 +516,8 @@ impl Driver {
                 encode_ack(AckKind::PubComp, a.pkid, wbuf);
             }
             Packet::Ack(a) => {
-                if matches!(a.kind, AckKind::PubAck | AckKind::PubComp) {
+                // A reason code >= 0x80 is a refusal, not a confirmation.
+                if matches!(a.kind, AckKind::PubAck | AckKind::PubComp) && a.reason < 0x80 {
                     self.stats
                         .publishes_confirmed
                         .fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -113,12 +113,6 @@ pub struct Stats {
     pub unacknowledged: AtomicU64,
     /// Arrival (ms since the Unix epoch) of the oldest of them; 0 if none.
     pub oldest_unacknowledged_ms: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
 }
 
 /// A received message. Acknowledge QoS 1/2 deliveries with [`Delivery::ack`]

@@ -1,13 +1,10 @@
 //! Opening a byte stream to a broker: TCP, TLS (rustls), WebSocket and
 //! WebSocket over TLS. The session driver sees only a reader and a writer.
 
-use std::io;
-use std::pin::Pin;
 #[cfg(feature = "tls")]
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::error::ConnectError;
@@ -21,6 +18,7 @@ pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 pub(crate) struct TlsSetup {
     #[cfg(feature = "tls")]
     config: Arc<rustls::ClientConfig>,
+    #[cfg(feature = "tls")]
     server_name: Option<String>,
 }
 
@@ -224,6 +222,10 @@ mod ws {
     use bytes::{Buf, Bytes};
     use futures_util::stream::{SplitSink, SplitStream};
     use futures_util::{Sink, SinkExt, Stream, StreamExt};
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::{http::HeaderValue, Message};
     use tokio_tungstenite::WebSocketStream;
@@ -318,10 +320,4 @@ mod ws {
             self.sink.poll_close_unpin(cx).map_err(io::Error::other)
         }
     }
-}
-
-// Silence unused-import warnings when both features are off.
-#[allow(dead_code)]
-fn _unused(_: Pin<&mut ()>, _: &mut Context<'_>, _: ReadBuf<'_>) -> Poll<io::Result<()>> {
-    Poll::Ready(Ok(()))
 }

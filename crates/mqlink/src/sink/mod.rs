@@ -344,8 +344,7 @@ impl SinkBuilder {
         Ok(self.config)
     }
     pub async fn start(self) -> Result<MqttSink, Error> {
-        let config = self.build().map_err(|e| Error::Stopped(e.to_string()))?;
-        MqttSink::start(config)
+        MqttSink::start(self.build()?)
     }
 }
 
