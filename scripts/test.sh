@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of mqlink. Installs what the tests need on a fresh
-# Debian machine (Mosquitto, its clients, openssl, a Rust toolchain check).
+# Debian machine (Mosquitto, its clients, openssl, PostgreSQL's server
+# binaries, a Rust toolchain check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,10 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The pipeline tests start their own PostgreSQL (initdb into a temporary
+# directory, run as the postgres user through setpriv).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -3,6 +3,8 @@
 
 mod airbyte;
 mod cli;
+mod connectors;
+mod pipeline;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,10 @@ enum Command {
     /// A drop-in Airbyte destination (destination-mqtt): spec, check, write.
     #[command(subcommand)]
     Airbyte(airbyte::AirbyteCommand),
+    /// Run the pipeline of a TOML or YAML file: sources, sinks, end-to-end acknowledgements.
+    Run(pipeline::RunArgs),
+    /// Check a pipeline file without connecting anywhere; errors name the key.
+    Validate(pipeline::ValidateArgs),
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -50,31 +56,53 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Pub(a) => a.conn.debug,
         Command::Sub(a) => a.conn.debug,
-        Command::Airbyte(_) => false,
+        Command::Airbyte(_) | Command::Run(_) | Command::Validate(_) => false,
     };
     // Airbyte reads stdout as protocol messages: logs must not go there (they go to stderr).
     let is_airbyte = matches!(cli.command, Command::Airbyte(_));
+    // A pipeline is a service: it says what it does (info) unless told otherwise.
+    let (default_level, json_logs, quiet) = match &cli.command {
+        Command::Run(a) => (
+            if a.quiet { "error" } else { "info" },
+            a.log_format == "json",
+            a.quiet,
+        ),
+        _ => ("warn", false, false),
+    };
     let filter = if debug {
         EnvFilter::new("mqlink=debug,mqlink_cli=debug")
+    } else if quiet {
+        EnvFilter::new(default_level)
     } else {
-        EnvFilter::try_from_env("MQLINK_LOG").unwrap_or_else(|_| EnvFilter::new("warn"))
+        EnvFilter::try_from_env("MQLINK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level))
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // A pipeline decodes, serializes and writes on both cores; pub and sub
+    // are one stream each.
+    let rt = match &cli.command {
+        Command::Run(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
             Command::Pub(a) => cli::publish::run(a).await,
             Command::Sub(a) => cli::sub::run(a).await,
             Command::Airbyte(c) => airbyte::run(c).await,
+            Command::Run(a) => pipeline::run(a).await,
+            Command::Validate(a) => pipeline::validate(a),
         }
     });
     match result {

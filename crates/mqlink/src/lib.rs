@@ -12,9 +12,11 @@
 //! - [`format`]: payload formats (raw bytes, JSON with a typed schema).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
 //! - [`sink`]: records published with the broker's confirmation, topic templates.
+//! - [`broker`]: an embedded MQTT broker for first runs and development.
 //! - [`error`]: typed errors for every layer.
 //! - [`secret`]: a string that is never printed.
 
+pub mod broker;
 pub mod codec;
 pub mod error;
 pub mod format;

@@ -231,6 +231,56 @@ impl Value {
     }
 }
 
+impl Value {
+    /// Appends the JSON form (as [`Value::to_json`]) to `out` without
+    /// building a `serde_json::Value`: the hot path of a JSON-lines sink.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Text(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Value::BigInt(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Double(f) => {
+                let _ = serde_json::to_writer(&mut *out, f);
+            }
+            Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Timestamp(us) => {
+                out.push(b'"');
+                out.extend_from_slice(format_rfc3339_micros(*us).as_bytes());
+                out.push(b'"');
+            }
+            Value::Json(j) => {
+                let _ = serde_json::to_writer(&mut *out, j);
+            }
+            Value::Bytes(b) => {
+                out.push(b'"');
+                let start = out.len();
+                let engine = &base64::engine::general_purpose::STANDARD;
+                out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+                let n = engine.encode_slice(b, &mut out[start..]).unwrap_or(0);
+                out.truncate(start + n);
+                out.push(b'"');
+            }
+            Value::Row(cols) => {
+                out.push(b'{');
+                for (i, (k, v)) in cols.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, &**k);
+                    out.push(b':');
+                    v.write_json(out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+}
+
 fn decode_row(schema: &Schema, payload: &[u8]) -> Result<Value, FormatError> {
     use serde::de::DeserializeSeed;
     // Only the schema's fields are materialised; other keys are skipped
@@ -356,6 +406,28 @@ mod tests {
                 ("ok", ColumnType::Boolean),
             ])),
         }
+    }
+
+    #[test]
+    fn write_json_is_to_json() {
+        let v = Value::Row(vec![
+            ("t\"x".into(), Value::Text("a\n\u{e9}".into())),
+            ("n".into(), Value::BigInt(-5)),
+            ("d".into(), Value::Double(1.5e300)),
+            ("nan".into(), Value::Double(f64::NAN)),
+            ("b".into(), Value::Boolean(false)),
+            ("ts".into(), Value::Timestamp(1_790_000_000_123_456)),
+            ("j".into(), Value::Json(serde_json::json!({"a": [1, null]}))),
+            (
+                "bytes".into(),
+                Value::Bytes(Bytes::from_static(b"\x00\xffab")),
+            ),
+            ("null".into(), Value::Null),
+        ]);
+        let mut out = Vec::new();
+        v.write_json(&mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed, v.to_json());
     }
 
     #[test]

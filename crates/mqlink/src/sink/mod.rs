@@ -480,6 +480,11 @@ impl MqttSink {
         &self.metrics
     }
 
+    /// The metrics, to read from another task (a status page).
+    pub fn metrics_handle(&self) -> Arc<SinkMetrics> {
+        self.metrics.clone()
+    }
+
     pub fn clients(&self) -> &[Client] {
         &self.clients
     }

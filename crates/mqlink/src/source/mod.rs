@@ -284,6 +284,23 @@ impl RecordAck {
     }
 }
 
+/// The metrics and clients of a running source, readable from another task.
+#[derive(Clone)]
+pub struct SourceMonitor {
+    clients: Vec<Client>,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl SourceMonitor {
+    pub fn metrics(&self) -> &SourceMetrics {
+        self.metrics.refresh(&self.clients);
+        &self.metrics
+    }
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
+    }
+}
+
 /// A running source.
 pub struct MqttSource {
     clients: Vec<Client>,
@@ -504,6 +521,15 @@ impl MqttSource {
     pub fn metrics(&self) -> &SourceMetrics {
         self.metrics.refresh(&self.clients);
         &self.metrics
+    }
+
+    /// A handle to read the metrics and client states from elsewhere
+    /// (a status page) while the source is being consumed.
+    pub fn monitor(&self) -> SourceMonitor {
+        SourceMonitor {
+            clients: self.clients.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     pub fn clients(&self) -> &[Client] {

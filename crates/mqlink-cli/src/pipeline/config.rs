@@ -1,0 +1,1317 @@
+//! The pipeline file of `mqlink run`: TOML, or YAML by extension.
+//!
+//! Connections are reusable profiles (Laminar's `CREATE CONNECTION`, Cybus'
+//! connection resource); sources and sinks name them, and sinks name their
+//! `inputs`. Option names are Laminar's for connections and MQTT sources,
+//! Airbyte's and Quix's for sinks. Every error names the key path
+//! (`sinks.db.url: …`), an unknown key is an error, and `${VAR}` /
+//! `${VAR:-default}` in string values come from the environment.
+//!
+//! Loading happens in two steps so that errors keep their full path: the
+//! file becomes a JSON tree (strings interpolated), then each component is
+//! read by its `type` into its own struct through `serde_path_to_error`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use mqlink::format::{AvroSchema, ColumnType, Format, Registry, Schema};
+use mqlink::options::ReconnectPolicy;
+use mqlink::sink::TopicTemplate;
+use mqlink::topic::{validate_filter, validate_topic_name};
+use mqlink::{BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsOptions};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// A configuration error: the key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub sources: Vec<(String, SourceConfig)>,
+    pub sinks: Vec<(String, SinkConfig)>,
+    pub http: Option<HttpConfig>,
+    pub run: RunConfig,
+    pub embedded_broker: EmbeddedBrokerConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    connections: BTreeMap<String, Json>,
+    #[serde(default)]
+    sources: BTreeMap<String, Json>,
+    #[serde(default)]
+    sinks: BTreeMap<String, Json>,
+    #[serde(default)]
+    http: Option<Json>,
+    #[serde(default)]
+    run: Option<Json>,
+    #[serde(default)]
+    embedded_broker: Option<Json>,
+}
+
+/// A broker connection profile (`[connections.NAME]`).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Broker URL (`mqtt://`, `tcp://`, `mqtts://`, `ssl://`, `ws://`, `wss://`),
+    /// a list of them for failover, or `"embedded"` for the built-in broker.
+    pub broker: OneOrMany,
+    /// Base of the client ids of the components using this connection
+    /// [default: `mqlink-<connection name>`]; each MQTT client gets
+    /// `<client_id>-<component>` (and `-<i>` with parallelism).
+    pub client_id: Option<String>,
+    /// `"3.1.1"` (or `"311"`) or `"5"` [default: 3.1.1].
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub protocol: Option<String>,
+    /// Start without the broker's stored session [default: true].
+    #[serde(default = "yes")]
+    pub clean_session: bool,
+    /// MQTT 5 session expiry in seconds [default with clean_session = false: never].
+    pub session_expiry_interval: Option<u32>,
+    pub username: Option<String>,
+    /// Never printed: not in logs, errors or /status.
+    #[serde(default, deserialize_with = "secret")]
+    pub password: Option<Secret>,
+    /// Keep-alive in seconds [default: 60].
+    pub keep_alive: Option<u64>,
+    /// Seconds to wait for CONNACK [default: 10].
+    pub connect_timeout: Option<u64>,
+    /// CA certificate (PEM) to verify the broker with [default: the system's].
+    pub tls_ca_cert: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Verify the broker's certificate [default: true].
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    pub lwt_topic: Option<String>,
+    #[serde(default)]
+    pub lwt_payload: String,
+    #[serde(default = "one")]
+    pub lwt_qos: u8,
+    #[serde(default)]
+    pub lwt_retain: bool,
+    /// First reconnect delay in seconds [default: 1].
+    pub reconnect_interval: Option<f64>,
+    /// Give up after this many failed attempts in a row [default: 0 = never].
+    #[serde(default)]
+    pub max_reconnect_attempts: u32,
+    /// Each further delay is this much longer [default: 2.0], up to 30 s.
+    pub reconnect_backoff_multiplier: Option<f64>,
+    /// Publishes in flight at once [default: 1000].
+    pub max_inflight: Option<u16>,
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A source (`[sources.NAME]`), by `type`.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Mqtt(MqttSourceConfig),
+    Generator(GeneratorConfig),
+}
+
+impl SourceConfig {
+    /// The columns this source's records have, when it knows them.
+    pub fn schema(&self) -> Option<Schema> {
+        match self {
+            SourceConfig::Mqtt(m) => m.schema.clone(),
+            SourceConfig::Generator(_) => Some(crate::connectors::generator::schema()),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    pub connection: String,
+    /// Topic filters; overlapping filters still deliver each message once.
+    pub topics: OneOrMany,
+    /// 0, 1 or 2 [default: 1].
+    #[serde(default = "one")]
+    pub qos: u8,
+    /// `json`, `raw_bytes` or `avro` [default: json].
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// Typed columns for `json`: `{ name = "text" | "bigint" | "double" |
+    /// "boolean" | "timestamp" | "json" | "bytea" }`, in order.
+    #[serde(default, deserialize_with = "schema")]
+    pub schema: Option<Schema>,
+    /// `raw_bytes.include_topic = true`: records of topic and payload.
+    pub raw_bytes: Option<RawBytesOptions>,
+    /// Avro writer schema file (`format = "avro"`).
+    pub avro_schema: Option<PathBuf>,
+    /// Confluent schema registry (`format = "avro"`, wire format with schema ids).
+    pub schema_registry_url: Option<String>,
+    /// Undecodable payloads are published here, then acknowledged.
+    pub dead_letter_topic: Option<String>,
+    /// Records handed to the sinks at once at most [default: 1000].
+    #[serde(default = "batch_size")]
+    pub batch_size: usize,
+    /// Clients on a shared subscription [default: 1].
+    #[serde(default = "one_u16")]
+    pub parallelism: u16,
+    /// Share group with parallelism [default: the client id].
+    pub share_group: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBytesOptions {
+    #[serde(default)]
+    pub include_topic: bool,
+}
+
+/// Simulated sensors: device_id, seq, timestamp, temperature, humidity.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Records to make [default: 0 = forever].
+    #[serde(default)]
+    pub count: u64,
+    /// Records per second [default: 1000; 0 = as fast as the sinks take them].
+    #[serde(default = "thousand")]
+    pub rate: u64,
+    /// Distinct device ids [default: 100].
+    #[serde(default = "hundred")]
+    pub devices: u64,
+}
+
+/// A sink (`[sinks.NAME]`), by `type`; `inputs` name sources.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub inputs: Vec<String>,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    Mqtt(MqttSinkConfig),
+    File(FileSinkConfig),
+    Postgres(PostgresSinkConfig),
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Mqtt(_) => "mqtt",
+            SinkKind::File(_) => "file",
+            SinkKind::Postgres(_) => "postgres",
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    pub connection: String,
+    /// Topic template: `{field}`, `{a.b}`, `{stream}` (the source topic).
+    pub topic: String,
+    /// 0, 1 or 2 [default: 1].
+    #[serde(default = "one")]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    /// `json` (the record as a JSON object) or `raw` (the original payload
+    /// bytes of MQTT sources) [default: json].
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// Clients publishing in parallel, per-key order kept [default: 1].
+    #[serde(default = "one_u16")]
+    pub parallelism: u16,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// One JSON object per line, appended; parent directories are created.
+    pub path: PathBuf,
+    /// fsync after each batch, for power loss (a write() already survives
+    /// a crash of mqlink) [default: false].
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// `postgres://user[:password]@host[:port]/database`; the password is never printed.
+    #[serde(deserialize_with = "secret_required")]
+    pub url: Secret,
+    pub table: String,
+    /// Create the table (if missing) with the input's schema as columns.
+    #[serde(default)]
+    pub create_table: bool,
+    /// Columns that identify a message: redelivered rows are ignored
+    /// (`ON CONFLICT DO NOTHING`), so a crash still gives one row each.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// Rows per INSERT at most [default: 5000].
+    #[serde(default = "pg_batch")]
+    pub batch_size: usize,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for /metrics, /health, /ready and /status.
+    pub listen: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seconds SIGINT/SIGTERM waits for in-flight records [default: 30].
+    #[serde(default = "thirty")]
+    pub shutdown_timeout: f64,
+    /// Seconds between status log lines when not on a terminal [default: 10].
+    #[serde(default = "ten")]
+    pub status_interval: f64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            shutdown_timeout: 30.0,
+            status_interval: 10.0,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    /// Where the embedded broker listens [default: 127.0.0.1 on a free port].
+    pub listen: Option<String>,
+}
+
+const fn yes() -> bool {
+    true
+}
+const fn one() -> u8 {
+    1
+}
+const fn one_u16() -> u16 {
+    1
+}
+const fn thousand() -> u64 {
+    1000
+}
+const fn hundred() -> u64 {
+    100
+}
+const fn batch_size() -> usize {
+    1000
+}
+const fn pg_batch() -> usize {
+    5000
+}
+const fn thirty() -> f64 {
+    30.0
+}
+const fn ten() -> f64 {
+    10.0
+}
+fn json_format() -> String {
+    "json".into()
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(Secret::new))
+}
+
+fn secret_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    String::deserialize(d).map(Secret::new)
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Json>::deserialize(d)? {
+        None => None,
+        Some(Json::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+/// A schema table keeps its order (the order of the columns of a created table).
+fn schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schema>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Schema;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table of column names to types")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Schema, A::Error> {
+            let mut cols = Vec::new();
+            while let Some((name, ty)) = m.next_entry::<String, String>()? {
+                let ty: ColumnType = ty
+                    .parse()
+                    .map_err(|e: String| serde::de::Error::custom(format!("{name}: {e}")))?;
+                cols.push((name, ty));
+            }
+            Ok(Schema::new(cols))
+        }
+    }
+    d.deserialize_map(V).map(Some)
+}
+
+/// Reads and validates a pipeline file without connecting anywhere.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    parse(&text, yaml, &|k| std::env::var(k).ok())
+}
+
+/// Parses pipeline text; `env` looks up `${VAR}`s.
+pub fn parse(
+    text: &str,
+    yaml: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let mut tree: Json = if yaml {
+        serde_yaml::from_str(text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?
+    } else {
+        toml::from_str(text).map_err(|e| err("(file)", format!("invalid TOML: {e}")))?
+    };
+    interpolate(&mut tree, &mut String::new(), env)?;
+    let raw: RawConfig = typed("", tree)?;
+
+    let mut connections = BTreeMap::new();
+    for (name, v) in raw.connections {
+        let path = format!("connections.{name}");
+        check_name(&path, &name)?;
+        let c: ConnectionConfig = typed(&path, v)?;
+        c.connect_options(&path, &name, "x")?;
+        connections.insert(name, c);
+    }
+
+    let mut sources = Vec::new();
+    for (name, v) in raw.sources {
+        let path = format!("sources.{name}");
+        check_name(&path, &name)?;
+        let (ty, body) = split_type(&path, v)?;
+        let s = match ty.as_str() {
+            "mqtt" => {
+                let m: MqttSourceConfig = typed(&path, body)?;
+                m.validate(&path, &name, &connections)?;
+                SourceConfig::Mqtt(m)
+            }
+            "generator" => {
+                let g: GeneratorConfig = typed(&path, body)?;
+                if g.devices == 0 {
+                    return Err(err(format!("{path}.devices"), "must be at least 1"));
+                }
+                SourceConfig::Generator(g)
+            }
+            other => {
+                return Err(err(
+                    format!("{path}.type"),
+                    format!("unknown source type {other:?}: use mqtt or generator"),
+                ))
+            }
+        };
+        sources.push((name, s));
+    }
+
+    let mut sinks = Vec::new();
+    for (name, v) in raw.sinks {
+        let path = format!("sinks.{name}");
+        check_name(&path, &name)?;
+        if sources.iter().any(|(n, _)| *n == name) {
+            return Err(err(
+                &path,
+                format!("the name {name:?} is already a source's; component names must be unique (client ids are derived from them)"),
+            ));
+        }
+        let (ty, mut body) = split_type(&path, v)?;
+        let inputs: Vec<String> = match body.as_object_mut().and_then(|o| o.remove("inputs")) {
+            None => {
+                return Err(err(
+                    format!("{path}.inputs"),
+                    "missing: name the sources this sink reads",
+                ))
+            }
+            Some(v) => typed(&format!("{path}.inputs"), v)?,
+        };
+        if inputs.is_empty() {
+            return Err(err(
+                format!("{path}.inputs"),
+                "must name at least one source",
+            ));
+        }
+        for (i, input) in inputs.iter().enumerate() {
+            if !sources.iter().any(|(n, _)| n == input) {
+                let known: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(err(
+                    format!("{path}.inputs[{i}]"),
+                    format!("no source named {input:?} (sources: {})", known.join(", ")),
+                ));
+            }
+        }
+        let kind = match ty.as_str() {
+            "mqtt" => {
+                let m: MqttSinkConfig = typed(&path, body)?;
+                m.validate(&path, &connections)?;
+                SinkKind::Mqtt(m)
+            }
+            "file" => SinkKind::File(typed(&path, body)?),
+            "postgres" | "postgresql" => {
+                let p: PostgresSinkConfig = typed(&path, body)?;
+                p.validate(&path, &inputs, &sources)?;
+                SinkKind::Postgres(p)
+            }
+            other => {
+                return Err(err(
+                    format!("{path}.type"),
+                    format!("unknown sink type {other:?}: use mqtt, file or postgres"),
+                ))
+            }
+        };
+        sinks.push((name, SinkConfig { inputs, kind }));
+    }
+    for (name, _) in &sources {
+        if !sinks.iter().any(|(_, s)| s.inputs.contains(name)) {
+            return Err(err(
+                format!("sources.{name}"),
+                "no sink reads this source (add it to a sink's inputs)",
+            ));
+        }
+    }
+    if sources.is_empty() {
+        return Err(err("sources", "at least one source is needed"));
+    }
+
+    let http: Option<HttpConfig> = raw.http.map(|v| typed("http", v)).transpose()?;
+    if let Some(h) = &http {
+        h.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            err(
+                "http.listen",
+                format!("{:?} is not an address like 127.0.0.1:9464", h.listen),
+            )
+        })?;
+    }
+    let run: RunConfig = raw
+        .run
+        .map(|v| typed("run", v))
+        .transpose()?
+        .unwrap_or_default();
+    for (key, v) in [
+        ("shutdown_timeout", run.shutdown_timeout),
+        ("status_interval", run.status_interval),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(err(
+                format!("run.{key}"),
+                format!("{v} is not a positive number of seconds"),
+            ));
+        }
+    }
+    let embedded_broker: EmbeddedBrokerConfig = raw
+        .embedded_broker
+        .map(|v| typed("embedded_broker", v))
+        .transpose()?
+        .unwrap_or_default();
+    if let Some(l) = &embedded_broker.listen {
+        l.parse::<std::net::SocketAddr>().map_err(|_| {
+            err(
+                "embedded_broker.listen",
+                format!("{l:?} is not an address like 127.0.0.1:1883"),
+            )
+        })?;
+    }
+    let pipeline = Pipeline {
+        connections,
+        sources,
+        sinks,
+        http,
+        run,
+        embedded_broker,
+    };
+    pipeline.check_client_ids()?;
+    Ok(pipeline)
+}
+
+impl Pipeline {
+    /// Every MQTT client of the pipeline with its id: no two may share one
+    /// on the same broker, or the broker would disconnect one for the other.
+    pub fn client_ids(&self) -> Vec<(String, String)> {
+        let mut ids = Vec::new();
+        let mut add = |path: String, conn: &str, component: &str, parallelism: u16| {
+            let base = self.connections[conn].client_id_for(conn, component);
+            if parallelism > 1 {
+                for i in 0..parallelism {
+                    ids.push((path.clone(), format!("{base}-{i}")));
+                }
+            } else {
+                ids.push((path, base));
+            }
+        };
+        for (name, s) in &self.sources {
+            if let SourceConfig::Mqtt(m) = s {
+                add(
+                    format!("sources.{name}"),
+                    &m.connection,
+                    name,
+                    m.parallelism,
+                );
+            }
+        }
+        for (name, s) in &self.sinks {
+            if let SinkKind::Mqtt(m) = &s.kind {
+                add(format!("sinks.{name}"), &m.connection, name, m.parallelism);
+            }
+        }
+        ids
+    }
+
+    fn check_client_ids(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (path, id) in self.client_ids() {
+            if !seen.insert(id.clone()) {
+                return Err(err(path, format!("client id {id:?} is used by another component; change the connection's client_id")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any connection asks for the embedded broker.
+    pub fn wants_embedded_broker(&self) -> bool {
+        self.connections.values().any(|c| c.is_embedded())
+    }
+}
+
+impl ConnectionConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.broker.to_vec().iter().any(|b| b == "embedded")
+    }
+
+    /// `<client_id>-<component>`, or `mqlink-<connection>-<component>`.
+    pub fn client_id_for(&self, connection: &str, component: &str) -> String {
+        match &self.client_id {
+            Some(id) => format!("{id}-{component}"),
+            None => format!("mqlink-{connection}-{component}"),
+        }
+    }
+
+    /// Session options for one component. `embedded` is the URL of the
+    /// embedded broker, used where the file says `"embedded"`.
+    pub fn connect_options(
+        &self,
+        path: &str,
+        connection: &str,
+        component: &str,
+    ) -> Result<ConnectOptions, ConfigError> {
+        self.connect_options_with(path, connection, component, "mqtt://127.0.0.1:1")
+    }
+
+    pub fn connect_options_with(
+        &self,
+        path: &str,
+        connection: &str,
+        component: &str,
+        embedded: &str,
+    ) -> Result<ConnectOptions, ConfigError> {
+        let mut brokers = Vec::new();
+        let list = self.broker.to_vec();
+        if list.is_empty() {
+            return Err(err(
+                format!("{path}.broker"),
+                "at least one broker URL is needed",
+            ));
+        }
+        for (i, b) in list.iter().enumerate() {
+            let key = match self.broker {
+                OneOrMany::One(_) => format!("{path}.broker"),
+                OneOrMany::Many(_) => format!("{path}.broker[{i}]"),
+            };
+            let url = if b == "embedded" {
+                embedded
+            } else {
+                b.as_str()
+            };
+            let parsed: BrokerUrl = url.parse().map_err(|e| err(key, format!("{e}")))?;
+            brokers.push(parsed);
+        }
+        let protocol = match &self.protocol {
+            None => Protocol::V311,
+            Some(p) => p
+                .parse()
+                .map_err(|e: String| err(format!("{path}.protocol"), e))?,
+        };
+        let secs = |key: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if v.is_finite() && v >= 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(err(
+                    format!("{path}.{key}"),
+                    format!("{v} is not a number of seconds"),
+                ))
+            }
+        };
+        let last_will = match &self.lwt_topic {
+            None => None,
+            Some(t) => {
+                validate_topic_name(t)
+                    .map_err(|e| err(format!("{path}.lwt_topic"), e.to_string()))?;
+                Some(LastWill {
+                    topic: t.clone(),
+                    payload: self.lwt_payload.clone().into(),
+                    qos: qos(&format!("{path}.lwt_qos"), self.lwt_qos)?,
+                    retain: self.lwt_retain,
+                })
+            }
+        };
+        let opts = ConnectOptions {
+            brokers,
+            client_id: Some(self.client_id_for(connection, component)),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            tls: TlsOptions {
+                ca_file: self.tls_ca_cert.clone(),
+                client_cert: self.tls_client_cert.clone(),
+                client_key: self.tls_client_key.clone(),
+                insecure: !self.tls_verify,
+                server_name: None,
+            },
+            protocol,
+            keep_alive: secs("keep_alive", self.keep_alive.map(|v| v as f64), 60.0)?,
+            connect_timeout: secs(
+                "connect_timeout",
+                self.connect_timeout.map(|v| v as f64),
+                10.0,
+            )?,
+            clean_session: self.clean_session,
+            session_expiry_interval: self.session_expiry_interval,
+            last_will,
+            max_inflight: self.max_inflight.unwrap_or(1000),
+            reconnect: ReconnectPolicy {
+                initial_interval: secs("reconnect_interval", self.reconnect_interval, 1.0)?,
+                multiplier: self.reconnect_backoff_multiplier.unwrap_or(2.0),
+                max_attempts: self.max_reconnect_attempts,
+                ..ReconnectPolicy::default()
+            },
+            ..ConnectOptions::default()
+        };
+        opts.validate().map_err(|e| err(path, e.to_string()))?;
+        Ok(opts)
+    }
+}
+
+impl MqttSourceConfig {
+    fn validate(
+        &self,
+        path: &str,
+        name: &str,
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(), ConfigError> {
+        let conn = connection(path, &self.connection, connections)?;
+        qos(&format!("{path}.qos"), self.qos)?;
+        let topics = self.topics.to_vec();
+        if topics.is_empty() {
+            return Err(err(
+                format!("{path}.topics"),
+                "at least one topic filter is needed",
+            ));
+        }
+        for (i, t) in topics.iter().enumerate() {
+            validate_filter(t).map_err(|e| err(format!("{path}.topics[{i}]"), e.to_string()))?;
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            validate_topic_name(t)
+                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
+        }
+        match self.format.as_str() {
+            "json" => {}
+            "raw_bytes" | "raw" => {
+                if self.schema.is_some() {
+                    return Err(err(
+                        format!("{path}.schema"),
+                        "a schema goes with format = \"json\"",
+                    ));
+                }
+            }
+            "avro" => {
+                if self.avro_schema.is_none() == self.schema_registry_url.is_none() {
+                    return Err(err(
+                        format!("{path}.format"),
+                        "avro needs exactly one of avro_schema (a file) and schema_registry_url",
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    format!("{path}.format"),
+                    format!("unknown format {other:?}: use json, raw_bytes or avro"),
+                ))
+            }
+        }
+        self.decoder(path)?;
+        if self.raw_bytes.is_some() && !matches!(self.format.as_str(), "raw_bytes" | "raw") {
+            return Err(err(
+                format!("{path}.raw_bytes"),
+                "goes with format = \"raw_bytes\"",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(err(format!("{path}.batch_size"), "must be at least 1"));
+        }
+        if self.parallelism == 0 {
+            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
+        }
+        if let Some(g) = &self.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(err(
+                    format!("{path}.share_group"),
+                    format!("{g:?} must not be empty or contain '/', '+' or '#'"),
+                ));
+            }
+        }
+        conn.connect_options(
+            &format!("connections.{}", self.connection),
+            &self.connection,
+            name,
+        )?;
+        Ok(())
+    }
+}
+
+impl MqttSourceConfig {
+    /// How payloads are decoded; reads the Avro schema file.
+    pub fn decoder(&self, path: &str) -> Result<Format, ConfigError> {
+        Ok(match self.format.as_str() {
+            "raw_bytes" | "raw" => Format::RawBytes {
+                include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
+            },
+            "avro" => match (&self.avro_schema, &self.schema_registry_url) {
+                (Some(file), _) => {
+                    let text = std::fs::read_to_string(file).map_err(|e| {
+                        err(
+                            format!("{path}.avro_schema"),
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?;
+                    let schema = AvroSchema::parse(&text).map_err(|e| {
+                        err(
+                            format!("{path}.avro_schema"),
+                            format!("{}: {e}", file.display()),
+                        )
+                    })?;
+                    Format::Avro {
+                        schema: Arc::new(schema),
+                    }
+                }
+                (None, Some(url)) => Format::AvroRegistry {
+                    registry: Arc::new(
+                        Registry::new(url)
+                            .map_err(|e| err(format!("{path}.schema_registry_url"), e))?,
+                    ),
+                },
+                (None, None) => unreachable!("checked in validate"),
+            },
+            _ => Format::Json {
+                schema: self.schema.clone(),
+            },
+        })
+    }
+}
+
+impl MqttSinkConfig {
+    fn validate(
+        &self,
+        path: &str,
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(), ConfigError> {
+        connection(path, &self.connection, connections)?;
+        qos(&format!("{path}.qos"), self.qos)?;
+        TopicTemplate::parse(&self.topic)
+            .map_err(|e| err(format!("{path}.topic"), e.to_string()))?;
+        if !matches!(self.format.as_str(), "json" | "raw") {
+            return Err(err(
+                format!("{path}.format"),
+                format!("unknown format {:?}: use json or raw", self.format),
+            ));
+        }
+        if self.parallelism == 0 {
+            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresSinkConfig {
+    fn validate(
+        &self,
+        path: &str,
+        inputs: &[String],
+        sources: &[(String, SourceConfig)],
+    ) -> Result<(), ConfigError> {
+        self.url
+            .expose()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| err(format!("{path}.url"), format!("not a PostgreSQL URL: {e}")))?;
+        if self.table.is_empty() {
+            return Err(err(format!("{path}.table"), "must not be empty"));
+        }
+        if self.batch_size == 0 {
+            return Err(err(format!("{path}.batch_size"), "must be at least 1"));
+        }
+        let schema_of = |n: &String| {
+            sources
+                .iter()
+                .find(|(s, _)| s == n)
+                .and_then(|(_, s)| s.schema())
+        };
+        let first = schema_of(&inputs[0]);
+        for (i, input) in inputs.iter().enumerate() {
+            let s = schema_of(input);
+            if s.is_none() {
+                return Err(err(
+                    format!("{path}.inputs[{i}]"),
+                    format!("source {input:?} has no schema; PostgreSQL rows need typed columns (set format = \"json\" and a schema on the source)"),
+                ));
+            }
+            if s != first {
+                return Err(err(
+                    format!("{path}.inputs[{i}]"),
+                    format!("source {input:?} has another schema than {:?}; one table has one set of columns", inputs[0]),
+                ));
+            }
+        }
+        let schema = first.expect("checked above");
+        for (i, k) in self.primary_key.iter().enumerate() {
+            if !schema.columns.iter().any(|(c, _)| &**c == k) {
+                return Err(err(
+                    format!("{path}.primary_key[{i}]"),
+                    format!("{k:?} is not a column of the input's schema"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn connection<'a>(
+    path: &str,
+    name: &str,
+    connections: &'a BTreeMap<String, ConnectionConfig>,
+) -> Result<&'a ConnectionConfig, ConfigError> {
+    connections.get(name).ok_or_else(|| {
+        let known: Vec<&str> = connections.keys().map(String::as_str).collect();
+        err(
+            format!("{path}.connection"),
+            format!(
+                "no connection named {name:?} (connections: {})",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
+fn qos(path: &str, q: u8) -> Result<QoS, ConfigError> {
+    QoS::from_u8(q).ok_or_else(|| err(path, format!("{q} is not a QoS: use 0, 1 or 2")))
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(err(
+            path,
+            format!("name {name:?}: use letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes and returns a component's `type`.
+fn split_type(path: &str, mut v: Json) -> Result<(String, Json), ConfigError> {
+    let Some(obj) = v.as_object_mut() else {
+        return Err(err(path, "expected a table of options"));
+    };
+    match obj.remove("type") {
+        Some(Json::String(t)) => Ok((t, v)),
+        Some(other) => Err(err(
+            format!("{path}.type"),
+            format!("expected a string, found {other}"),
+        )),
+        None => Err(err(format!("{path}.type"), "missing")),
+    }
+}
+
+/// Deserializes `v` as `T`, naming the key path of any error below `prefix`.
+fn typed<T: DeserializeOwned>(prefix: &str, v: Json) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner.as_str()) {
+            (true, ".") => "(file)".to_string(),
+            (true, _) => inner.clone(),
+            (false, ".") => prefix.to_string(),
+            (false, _) if inner.starts_with('[') => format!("{prefix}{inner}"),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        err(path, e.into_inner().to_string())
+    })
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string; `$${` is a literal `${`.
+fn interpolate(
+    v: &mut Json,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match v {
+        Json::String(s) if s.contains('$') => *s = expand(s, path, env)?,
+        Json::Array(a) => {
+            for (i, item) in a.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        Json::Object(o) => {
+            for (k, item) in o.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                interpolate(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(
+    s: &str,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = r;
+            continue;
+        }
+        let Some(body_start) = rest.strip_prefix("${") else {
+            out.push('$');
+            rest = &rest[1..];
+            continue;
+        };
+        let Some(end) = body_start.find('}') else {
+            return Err(err(
+                path,
+                "unclosed ${ in value (write $${ for a literal ${)",
+            ));
+        };
+        let body = &body_start[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err(
+                path,
+                format!("${{{body}}}: {name:?} is not an environment variable name"),
+            ));
+        }
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(err(
+                    path,
+                    format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)"),
+                ))
+            }
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads a source or sink's connection options, for the runtime.
+pub fn options_for(
+    p: &Pipeline,
+    connection: &str,
+    component: &str,
+    embedded: Option<&str>,
+) -> ConnectOptions {
+    let c = &p.connections[connection];
+    c.connect_options_with(
+        &format!("connections.{connection}"),
+        connection,
+        component,
+        embedded.unwrap_or("mqtt://127.0.0.1:1"),
+    )
+    .expect("validated when loaded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[connections.local]
+broker = "mqtt://127.0.0.1:1883"
+client_id = "ingest"
+protocol = "5"
+clean_session = false
+session_expiry_interval = 3600
+username = "${MQTT_USER:-}"
+password = "${MQTT_PASSWORD:-}"
+
+[sources.devices]
+type = "generator"
+count = 100000
+rate = 20000
+devices = 100
+
+[sinks.to_broker]
+type = "mqtt"
+inputs = ["devices"]
+connection = "local"
+topic = "sensors/{device_id}/telemetry"
+qos = 1
+
+[sources.telemetry]
+type = "mqtt"
+connection = "local"
+topics = ["sensors/+/telemetry"]
+qos = 1
+format = "json"
+schema = { device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }
+dead_letter_topic = "errors/telemetry"
+
+[sinks.archive]
+type = "file"
+inputs = ["telemetry"]
+path = "out/telemetry.jsonl"
+
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "postgres://postgres@127.0.0.1:5432/test"
+table = "telemetry"
+create_table = true
+primary_key = ["device_id", "seq"]
+
+[http]
+listen = "127.0.0.1:9464"
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "MQTT_PASSWORD" => Some("s3cret-pw".into()),
+            _ => None,
+        }
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text, false, &env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_issue_example_loads() {
+        let p = parse(EXAMPLE, false, &env).unwrap();
+        assert_eq!(p.sources.len(), 2);
+        assert_eq!(p.sinks.len(), 3);
+        let c = &p.connections["local"];
+        assert_eq!(c.password.as_ref().unwrap().expose(), "s3cret-pw");
+        assert_eq!(c.username.as_deref(), Some(""));
+        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+            panic!()
+        };
+        let cols: Vec<&str> = m
+            .schema
+            .as_ref()
+            .unwrap()
+            .columns
+            .iter()
+            .map(|(n, _)| &**n)
+            .collect();
+        assert_eq!(
+            cols,
+            ["device_id", "seq", "timestamp", "temperature", "humidity"],
+            "schema order kept"
+        );
+        let ids: Vec<String> = p.client_ids().into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["ingest-telemetry", "ingest-to_broker"]);
+        assert!(
+            !format!("{p:?}").contains("s3cret-pw"),
+            "no secret in Debug"
+        );
+    }
+
+    #[test]
+    fn yaml_loads_too() {
+        let yaml = r#"
+connections:
+  local: { broker: "mqtt://127.0.0.1:1883" }
+sources:
+  t: { type: mqtt, connection: local, topics: "a/#", schema: { id: bigint, name: text } }
+sinks:
+  f: { type: file, inputs: [t], path: out.jsonl }
+"#;
+        let p = parse(yaml, true, &env).unwrap();
+        assert_eq!(p.client_ids()[0].1, "mqlink-local-t");
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let with = |from: &str, to: &str| {
+            assert!(EXAMPLE.contains(from), "{from}");
+            error_of(&EXAMPLE.replacen(from, to, 1))
+        };
+        assert_eq!(
+            with("url = \"postgres://", "urll = \"postgres://"),
+            "sinks.db.urll: unknown field `urll`, expected one of `url`, `table`, `create_table`, `primary_key`, `batch_size`"
+        );
+        assert!(with("qos = 1\nformat", "qos = 3\nformat")
+            .starts_with("sources.telemetry.qos: 3 is not a QoS"));
+        assert!(with("sensors/+/telemetry\"]", "sensors/#/telemetry\"]")
+            .starts_with("sources.telemetry.topics[0]: "));
+        assert!(with("seq = \"bigint\"", "seq = \"bignum\"")
+            .starts_with("sources.telemetry.schema: seq: unknown column type \"bignum\""));
+        assert!(with(
+            "inputs = [\"telemetry\"]\npath",
+            "inputs = [\"telemetri\"]\npath"
+        )
+        .starts_with("sinks.archive.inputs[0]: no source named \"telemetri\""));
+        assert!(with(
+            "connection = \"local\"\ntopic =",
+            "connection = \"remote\"\ntopic ="
+        )
+        .starts_with("sinks.to_broker.connection: no connection named \"remote\""));
+        assert!(with("type = \"file\"", "type = \"s3\"")
+            .starts_with("sinks.archive.type: unknown sink type \"s3\""));
+        assert!(with("\"device_id\", \"seq\"]", "\"device\", \"seq\"]")
+            .starts_with("sinks.db.primary_key[0]: \"device\" is not a column"));
+        assert!(with(
+            "broker = \"mqtt://127.0.0.1:1883\"",
+            "broker = \"http://x\""
+        )
+        .starts_with("connections.local.broker: "));
+        assert!(with("count = 100000", "count = -1").starts_with("sources.devices.count: "));
+        assert!(with(
+            "topic = \"sensors/{device_id}/telemetry\"",
+            "topic = \"sensors/{device_id/telemetry\""
+        )
+        .starts_with("sinks.to_broker.topic: "));
+        assert!(with("[http]", "[htttp]").starts_with("htttp: unknown field `htttp`"));
+        assert!(
+            with("listen = \"127.0.0.1:9464\"", "listen = \"everywhere\"")
+                .starts_with("http.listen: ")
+        );
+        let e = with(
+            "password = \"${MQTT_PASSWORD:-}\"",
+            "password = \"${MISSING_PW}\"",
+        );
+        assert_eq!(e, "connections.local.password: environment variable MISSING_PW is not set (write ${MISSING_PW:-default} for a default)");
+        assert!(
+            with("url = \"postgres://postgres@", "url = \"mysql://postgres@")
+                .starts_with("sinks.db.url: not a PostgreSQL URL")
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_errors() {
+        let e = error_of(&EXAMPLE.replace(
+            "url = \"postgres://postgres@127.0.0.1:5432/test\"",
+            "url = \"postgres://u:topsecret@h:notaport/db\"",
+        ));
+        assert!(e.starts_with("sinks.db.url: "), "{e}");
+        assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn interpolation() {
+        let env = |k: &str| (k == "A").then(|| "x".to_string());
+        let p = String::new();
+        assert_eq!(
+            expand("a${A}b${B:-d}$${A}$", &p, &env).unwrap(),
+            "axbd${A}$"
+        );
+        assert!(expand("${A", &p, &env).is_err());
+        assert!(expand("${A B}", &p, &env).is_err());
+    }
+
+    #[test]
+    fn client_ids_must_differ() {
+        let text = r#"
+[connections.a]
+broker = "mqtt://h"
+client_id = "x-y"
+[connections.b]
+broker = "mqtt://h"
+client_id = "x"
+[sources.z]
+type = "mqtt"
+connection = "a"
+topics = "t"
+[sources.y-z]
+type = "mqtt"
+connection = "b"
+topics = "t"
+[sinks.f]
+type = "file"
+inputs = ["z", "y-z"]
+path = "f"
+"#;
+        let e = parse(text, false, &env).unwrap_err().to_string();
+        assert!(
+            e.contains("client id \"x-y-z\" is used by another component"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! What each component is doing: counters, state and last error, rendered
+//! as Prometheus text (/metrics), JSON (/status, Laminar's
+//! `system.connector_status`), readiness reasons (/ready), and the live
+//! status on a terminal or in periodic log lines.
+//!
+//! Nothing here reads a secret: connection details are client ids and
+//! broker addresses only.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use mqlink::sink::SinkMetrics;
+use mqlink::source::SourceMonitor;
+use mqlink::{Client, Status};
+
+/// Metric names the pipeline adds to the library's (labels: `component`, `type`).
+pub const SOURCE_ACKNOWLEDGED: &str = "mqlink_source_records_acknowledged_total";
+pub const SINK_RECEIVED: &str = "mqlink_sink_received_total";
+pub const SINK_CONFIRMED: &str = "mqlink_sink_confirmed_total";
+pub const SINK_ERRORS: &str = "mqlink_sink_errors_total";
+pub const SINK_IN_FLIGHT: &str = "mqlink_sink_in_flight";
+pub const SINK_CONNECTION: &str = "mqlink_sink_connection_status";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Source,
+    Sink,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Running,
+    /// A finite source that made all its records, or a drained sink.
+    Finished,
+    Failed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Finished => "finished",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// The MQTT side of a component, once it has started.
+pub enum Mqtt {
+    Source(SourceMonitor),
+    Sink(Vec<Client>, Arc<SinkMetrics>),
+}
+
+pub struct Component {
+    pub name: String,
+    pub kind: Kind,
+    pub type_name: &'static str,
+    state: Mutex<State>,
+    last_error: Mutex<Option<String>>,
+    /// Source: records made or received; sink: records handed to it.
+    pub records: AtomicU64,
+    /// Source: records acknowledged after every sink confirmed them
+    /// (shared with its batches); sink: records it confirmed.
+    pub confirmed: Arc<AtomicU64>,
+    /// Source: undecodable records without a dead-letter topic; sink: failed attempts.
+    pub errors: AtomicU64,
+    /// Non-MQTT sinks (PostgreSQL): whether the connection is up.
+    pub connected: AtomicBool,
+    pub mqtt: OnceLock<Mqtt>,
+}
+
+impl Component {
+    pub fn new(name: &str, kind: Kind, type_name: &'static str) -> Arc<Component> {
+        Arc::new(Component {
+            name: name.to_owned(),
+            kind,
+            type_name,
+            state: Mutex::new(State::Starting),
+            last_error: Mutex::new(None),
+            records: AtomicU64::new(0),
+            confirmed: Arc::new(AtomicU64::new(0)),
+            errors: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            mqtt: OnceLock::new(),
+        })
+    }
+
+    pub fn set_state(&self, s: State) {
+        *self.state.lock().expect("state lock") = s;
+    }
+    pub fn state(&self) -> State {
+        *self.state.lock().expect("state lock")
+    }
+    pub fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().expect("error lock") = Some(e.into());
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    fn path(&self) -> String {
+        let k = match self.kind {
+            Kind::Source => "sources",
+            Kind::Sink => "sinks",
+        };
+        format!("{k}.{}", self.name)
+    }
+
+    fn clients(&self) -> &[Client] {
+        match self.mqtt.get() {
+            Some(Mqtt::Source(m)) => m.clients(),
+            Some(Mqtt::Sink(c, _)) => c,
+            None => &[],
+        }
+    }
+
+    /// Why this component is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        let state = self.state();
+        if state == State::Failed {
+            return Some(format!(
+                "{}: failed: {}",
+                self.path(),
+                self.last_error().unwrap_or_default()
+            ));
+        }
+        if state == State::Finished {
+            return None;
+        }
+        if state == State::Starting {
+            return Some(match self.last_error() {
+                Some(e) => format!("{}: starting: {e}", self.path()),
+                None => format!("{}: starting", self.path()),
+            });
+        }
+        if self.type_name == "postgres" && !self.connected.load(Relaxed) {
+            return Some(format!(
+                "{}: not connected to PostgreSQL: {}",
+                self.path(),
+                self.last_error().unwrap_or_default()
+            ));
+        }
+        for c in self.clients() {
+            match &*c.status().borrow() {
+                Status::Connected { .. } => {}
+                other => {
+                    return Some(format!(
+                        "{}: client {} is {}",
+                        self.path(),
+                        c.client_id(),
+                        describe(other)
+                    ))
+                }
+            }
+        }
+        None
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.records
+            .load(Relaxed)
+            .saturating_sub(self.confirmed.load(Relaxed))
+    }
+
+    /// Records received but not yet acknowledged (source) or confirmed (sink).
+    pub fn unconfirmed(&self) -> u64 {
+        match (self.kind, self.mqtt.get()) {
+            (Kind::Source, Some(Mqtt::Source(m))) => {
+                m.metrics().get("mqlink_source_unacknowledged").unwrap_or(0)
+            }
+            _ => self.in_flight(),
+        }
+    }
+
+    /// (metric name, value) pairs of this component.
+    pub fn metrics(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        match self.kind {
+            Kind::Source => {
+                match self.mqtt.get() {
+                    Some(Mqtt::Source(m)) => out.extend(m.metrics().snapshot()),
+                    _ => out.push((
+                        "mqlink_source_messages_received_total",
+                        self.records.load(Relaxed),
+                    )),
+                }
+                out.push((SOURCE_ACKNOWLEDGED, self.confirmed.load(Relaxed)));
+            }
+            Kind::Sink => {
+                out.push((SINK_RECEIVED, self.records.load(Relaxed)));
+                out.push((SINK_CONFIRMED, self.confirmed.load(Relaxed)));
+                out.push((SINK_ERRORS, self.errors.load(Relaxed)));
+                out.push((SINK_IN_FLIGHT, self.in_flight()));
+                let connected = match self.mqtt.get() {
+                    Some(_) => self
+                        .clients()
+                        .iter()
+                        .all(|c| matches!(*c.status().borrow(), Status::Connected { .. })),
+                    None => self.type_name == "file" || self.connected.load(Relaxed),
+                };
+                out.push((SINK_CONNECTION, connected as u64));
+                if let Some(Mqtt::Sink(_, m)) = self.mqtt.get() {
+                    for (name, v) in m.snapshot() {
+                        if !out.iter().any(|(n, _)| *n == name) {
+                            out.push((name, v));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let metrics: serde_json::Map<String, serde_json::Value> = self
+            .metrics()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.into()))
+            .collect();
+        let clients: Vec<serde_json::Value> = self
+            .clients()
+            .iter()
+            .map(|c| serde_json::json!({"client_id": c.client_id(), "status": describe(&c.status().borrow())}))
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "kind": match self.kind { Kind::Source => "source", Kind::Sink => "sink" },
+            "type": self.type_name,
+            "state": self.state().as_str(),
+            "records": self.records.load(Relaxed),
+            "confirmed": self.confirmed.load(Relaxed),
+            "unconfirmed": self.unconfirmed(),
+            "errors": self.errors.load(Relaxed),
+            "last_error": self.last_error(),
+            "clients": clients,
+            "metrics": metrics,
+        })
+    }
+}
+
+fn describe(s: &Status) -> String {
+    match s {
+        Status::Connecting => "connecting".into(),
+        Status::Connected { broker, .. } => format!("connected to {broker}"),
+        Status::Reconnecting { error, attempt } => {
+            format!("reconnecting (attempt {attempt}): {error}")
+        }
+        Status::Stopped { error: Some(e) } => format!("stopped: {e}"),
+        Status::Stopped { error: None } => "stopped".into(),
+    }
+}
+
+/// All components of a pipeline.
+#[derive(Clone, Default)]
+pub struct Registry(pub Arc<Vec<Arc<Component>>>);
+
+impl Registry {
+    /// Prometheus text exposition format, one family per metric name.
+    pub fn prometheus(&self) -> String {
+        let mut families: Vec<(&'static str, String)> = Vec::new();
+        for c in self.0.iter() {
+            for (name, v) in c.metrics() {
+                let line = format!(
+                    "{name}{{component=\"{}\",type=\"{}\"}} {v}\n",
+                    c.name, c.type_name
+                );
+                match families.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, lines)) => lines.push_str(&line),
+                    None => families.push((name, line)),
+                }
+            }
+        }
+        let mut out = String::new();
+        for (name, lines) in families {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            out.push_str(&lines);
+        }
+        out
+    }
+
+    /// Reasons the pipeline is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.0.iter().filter_map(|c| c.not_ready()).collect()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let reasons = self.not_ready();
+        serde_json::json!({
+            "ready": reasons.is_empty(),
+            "not_ready": reasons,
+            "components": self.0.iter().map(|c| c.status_json()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// One line per component: state, total, rate since `prev`, unconfirmed, errors.
+    pub fn lines(&self, prev: &mut Vec<u64>, secs: f64) -> Vec<String> {
+        prev.resize(self.0.len(), 0);
+        self.0
+            .iter()
+            .zip(prev.iter_mut())
+            .map(|(c, p)| {
+                let n = c.records.load(Relaxed);
+                let rate = (n.saturating_sub(*p)) as f64 / secs.max(1e-3);
+                *p = n;
+                let (done, pending) = match c.kind {
+                    Kind::Source => ("acked", "unacked"),
+                    Kind::Sink => ("confirmed", "in flight"),
+                };
+                let mut line = format!(
+                    "{:<9} {:<20} {:<9} {:>10} records {:>9.0}/s  {done} {:>10}  {pending} {:>6}  errors {}",
+                    c.type_name,
+                    c.path(),
+                    c.state().as_str(),
+                    n,
+                    rate,
+                    c.confirmed.load(Relaxed),
+                    c.unconfirmed(),
+                    c.errors.load(Relaxed) + dead_lettered(c),
+                );
+                if let Some(reason) = c.not_ready().filter(|_| c.state() != State::Failed) {
+                    let _ = write!(line, "  ({})", reason.split_once(": ").map_or(reason.as_str(), |x| x.1));
+                } else if let Some(e) = c.last_error().filter(|_| c.state() == State::Failed) {
+                    let _ = write!(line, "  ({e})");
+                }
+                line
+            })
+            .collect()
+    }
+}
+
+fn dead_lettered(c: &Component) -> u64 {
+    match c.mqtt.get() {
+        Some(Mqtt::Source(m)) => m
+            .metrics()
+            .get("mqlink_source_decode_errors_total")
+            .unwrap_or(0),
+        _ => 0,
+    }
+}

@@ -1,0 +1,461 @@
+//! `mqlink run` and `mqlink validate` as a user runs them: pipeline files,
+//! a real Mosquitto and a real PostgreSQL started by the tests, faults that
+//! are real (SIGKILL of mqlink, a broker stopped and restarted, SIGTERM).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use testkit::{free_port, http_get, unique_id, wait_until, Mosquitto, MosquittoConfig, Postgres};
+
+fn mqlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
+    c.env_remove("MQLINK_PASSWORD").env_remove("MQLINK_LOG");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn start(file: &Path, dir: &Path, extra: &[&str]) -> Child {
+    mqlink()
+        .arg("run")
+        .arg(file)
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Publishes lines with `mqlink pub -l` at QoS 1 (every one confirmed).
+fn publish(port: u16, topic: &str, lines: &[String]) {
+    use std::io::Write;
+    let mut p = mqlink()
+        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(p.wait().unwrap().success());
+}
+
+fn reading(i: usize) -> String {
+    format!(
+        r#"{{"device_id":"dev-{:03}","seq":{i},"timestamp":"2026-11-23T10:00:00Z","temperature":21.5,"humidity":40}}"#,
+        i % 50
+    )
+}
+
+#[test]
+fn validate_names_the_key_path_and_never_prints_secrets() {
+    let dir = testkit::TempDir::new().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[connections.c]
+broker = "mqtt://127.0.0.1:1883"
+password = "${PW}"
+[sources.s]
+type = "mqtt"
+connection = "c"
+topics = ["a/#"]
+schema = { id = "bigint" }
+[sinks.db]
+type = "postgres"
+inputs = ["s"]
+url = "postgres://u:hunter2@127.0.0.1:notaport/db"
+table = "t"
+"#,
+    );
+    let out = mqlink()
+        .arg("validate")
+        .arg(&bad)
+        .env("PW", "pw-in-env")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("sinks.db.url: not a PostgreSQL URL"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !err.contains("pw-in-env"),
+        "{err}"
+    );
+
+    let unknown = write(
+        dir.path(),
+        "unknown.yaml",
+        "connections:\n  c: { broker: \"mqtt://h\", colour: red }\n",
+    );
+    let out = mqlink().arg("validate").arg(&unknown).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("connections.c.colour: unknown field `colour`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Every shipped example is valid, and ids are derived per component.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&examples).unwrap().flatten() {
+        let out = mqlink().arg("validate").arg(e.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            e.path().display(),
+            text(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 4, "examples: {n}");
+    let out = mqlink()
+        .arg("validate")
+        .arg(examples.join("quickstart.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("sources.telemetry: MQTT client id quickstart-telemetry"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// MQTT → file with typed JSON: undecodable payloads reach the dead-letter
+/// topic and /metrics; /ready is 503 while the broker is down and 200 after;
+/// SIGTERM drains and exits 0.
+#[test]
+fn dead_letters_metrics_readiness_and_a_draining_sigterm() {
+    let mut broker = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let http = free_port();
+    let topic = unique_id("run");
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+protocol = "5"
+clean_session = false
+reconnect_interval = 0.2
+
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/+/telemetry"]
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+dead_letter_topic = "{topic}/errors"
+
+[sinks.archive]
+type = "file"
+inputs = ["telemetry"]
+path = "out/archive.jsonl"
+
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port
+        ),
+    );
+    // An independent subscriber on the dead-letter topic.
+    let dlq = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{topic}/errors"),
+            "-q",
+            "1",
+            "-C",
+            "3",
+            "-W",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_until(20, "/ready 200", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    let good: Vec<String> = (0..2000).map(reading).collect();
+    publish(
+        broker.port,
+        &format!("{topic}/dev-1/telemetry"),
+        &good[..1000],
+    );
+    publish(
+        broker.port,
+        &format!("{topic}/dev-2/telemetry"),
+        &[
+            "not json".into(),
+            r#"{"device_id":"d","seq":"seven"}"#.into(),
+            "{}".into(),
+        ],
+    );
+    publish(
+        broker.port,
+        &format!("{topic}/dev-1/telemetry"),
+        &good[1000..],
+    );
+    let archive = dir.path().join("out/archive.jsonl");
+    wait_until(30, "2000 lines in the file", || {
+        lines(&archive).len() >= 2000
+    });
+
+    let dead = dlq.wait_with_output().unwrap();
+    assert_eq!(
+        text(&dead.stdout).lines().count(),
+        3,
+        "dead letters: {}",
+        text(&dead.stdout)
+    );
+    wait_until(10, "metrics", || {
+        let (_, m) = http_get(http, "/metrics").unwrap();
+        m.contains("mqlink_source_dead_lettered_total{component=\"telemetry\",type=\"mqtt\"} 3")
+    });
+    let (_, m) = http_get(http, "/metrics").unwrap();
+    for want in [
+        "mqlink_source_decode_errors_total{component=\"telemetry\",type=\"mqtt\"} 3",
+        "mqlink_source_messages_received_total{component=\"telemetry\",type=\"mqtt\"} 2003",
+        "mqlink_source_records_acknowledged_total{component=\"telemetry\",type=\"mqtt\"} 2000",
+        "mqlink_sink_confirmed_total{component=\"archive\",type=\"file\"} 2000",
+        "# TYPE mqlink_source_unacknowledged gauge",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
+    let (code, status) = http_get(http, "/status").unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["components"][1]["name"], "telemetry");
+    assert_eq!(status["components"][1]["state"], "running");
+    let row: serde_json::Value = serde_json::from_str(&lines(&archive)[0]).unwrap();
+    assert_eq!(row["seq"], 0);
+    assert_eq!(row["timestamp"], "2026-11-23T10:00:00.000000Z");
+
+    // The broker goes away: not ready, naming the client; back: ready.
+    broker.stop();
+    wait_until(10, "/ready 503", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 503)
+    });
+    let (_, why) = http_get(http, "/ready").unwrap();
+    assert!(
+        why.contains(&format!("sources.telemetry: client {topic}-telemetry is ")),
+        "{why}"
+    );
+    assert_eq!(http_get(http, "/health").unwrap().0, 200);
+    broker.restart();
+    wait_until(20, "/ready 200 again", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    // SIGTERM in the middle of a stream: what was taken is drained, the
+    // process exits 0, and nothing is lost across the restart.
+    let more: Vec<String> = (2000..12000).map(reading).collect();
+    let port = broker.port;
+    let t = topic.clone();
+    let publisher =
+        std::thread::spawn(move || publish(port, &format!("{t}/dev-3/telemetry"), &more));
+    wait_until(30, "the stream to start arriving", || {
+        lines(&archive).len() > 2500
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("mqlink run: stopped (signal received)"),
+        "{}",
+        text(&out.stderr)
+    );
+    publisher.join().unwrap();
+    let mut again = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    let out = wait_output(&mut again, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let seqs: BTreeSet<i64> = lines(&archive)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs.len(),
+        12000,
+        "every message once or more after the drain and restart"
+    );
+}
+
+fn wait_output(child: &mut Child, secs: u64) -> Output {
+    wait_until(secs, "mqlink run to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// SIGKILL of `mqlink run` twice while a stream goes into PostgreSQL:
+/// with a primary key, every message is exactly one row.
+#[test]
+fn sigkill_twice_into_postgres_gives_exactly_one_row_per_message() {
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("pg");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            r#"
+connections:
+  b:
+    broker: "mqtt://127.0.0.1:{port}"
+    client_id: "{topic}"
+    clean_session: false
+    reconnect_interval: 0.2
+sources:
+  telemetry:
+    type: mqtt
+    connection: b
+    topics: ["{topic}/+/telemetry"]
+    schema: {{ device_id: text, seq: bigint, timestamp: timestamp, temperature: double, humidity: double }}
+sinks:
+  db:
+    type: postgres
+    inputs: [telemetry]
+    url: "{url}"
+    table: telemetry
+    create_table: true
+    primary_key: [device_id, seq]
+    batch_size: 500
+http:
+  listen: "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    // The first run creates the session and the table.
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_until(30, "/ready 200", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    const N: usize = 30_000;
+    let port = broker.port;
+    let t = topic.clone();
+    let publisher = std::thread::spawn(move || {
+        let all: Vec<String> = (0..N).map(reading).collect();
+        for chunk in all.chunks(3000) {
+            publish(port, &format!("{t}/x/telemetry"), chunk);
+        }
+    });
+    let count = || {
+        pg.psql("SELECT count(*) FROM telemetry")
+            .parse::<usize>()
+            .unwrap()
+    };
+    for kill in 1..=2 {
+        let at = kill * N / 4;
+        wait_until(60, "rows to arrive", || count() >= at);
+        signal(&run, "-KILL");
+        run.wait().unwrap();
+        run = start(&cfg, dir.path(), &["--quiet"]);
+    }
+    publisher.join().unwrap();
+    wait_until(60, "every row", || count() >= N);
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    assert_eq!(count(), N);
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT (device_id, seq)) FROM telemetry"),
+        N.to_string()
+    );
+    assert_eq!(
+        pg.psql("SELECT min(seq) || ',' || max(seq) FROM telemetry"),
+        format!("0,{}", N - 1)
+    );
+    assert_eq!(
+        pg.psql("SELECT to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM telemetry WHERE seq = 7"),
+        "2026-11-23 10:00:00"
+    );
+}
+
+/// The README's quickstart: generator → embedded broker → MQTT source →
+/// file, and republished; nothing installed, nothing lost.
+#[test]
+fn the_quickstart_runs_on_the_embedded_broker() {
+    let dir = testkit::TempDir::new().unwrap();
+    let http = free_port();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml"),
+    )
+    .unwrap();
+    let cfg = example
+        .replace("count = 100000", "count = 5000")
+        .replace("rate = 20000", "rate = 0")
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{http}"));
+    assert_ne!(cfg, example);
+    let file = write(dir.path(), "quickstart.toml", &cfg);
+    let mut run = start(&file, dir.path(), &["--until-idle", "0.5"]);
+    let out = wait_output(&mut run, 60);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = lines(&dir.path().join("out/telemetry.jsonl"));
+    let seqs: BTreeSet<String> = rows
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].to_string())
+        .collect();
+    assert_eq!(seqs.len(), 5000);
+    let summary = text(&out.stderr);
+    assert!(summary.contains("sinks.republish"), "{summary}");
+    assert!(summary.contains("10000 records acknowledged"), "{summary}");
+}
