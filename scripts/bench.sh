@@ -5,7 +5,11 @@
 #      session: mqlink sub vs mosquitto_sub;
 #   2. publishing 200,000 QoS 1 messages, every PUBACK awaited: mqlink pub
 #      vs a libmosquitto publisher with 1,000 in flight, and paho-mqtt for
-#      Python for scale (BENCH_PAHO=0 skips it).
+#      Python for scale (BENCH_PAHO=0 skips it);
+#   3. `mqlink run` pipelines draining the same queue: MQTT → JSON-lines file
+#      and MQTT → PostgreSQL (a private server, initdb'd here; primary key
+#      with ON CONFLICT DO NOTHING), typed JSON decoding, every message
+#      acknowledged only after the sink confirmed it.
 # Installs what it needs on Debian. N=... changes the message count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +21,7 @@ need=()
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 [ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 command -v gcc >/dev/null || need+=(gcc)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
@@ -30,7 +35,7 @@ cargo build --release -q -p mqlink --example sink_bench
 MQLINK=$PWD/target/release/mqlink
 SINK_BENCH=$PWD/target/release/examples/sink_bench
 work=$(mktemp -d)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; kill -QUIT $(cat "$work/pgpid" 2>/dev/null) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/mosq_pub" bench/mosq_pub.c -lmosquitto
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -70,6 +75,38 @@ json.dump({"streams": [{"stream": {"name": "telemetry", "namespace": "plant", "j
 PY
 SCHEMA="device_id:text,seq:bigint,ts:timestamp,temperature:double,humidity:double,site:text,ok:boolean"
 
+# A private PostgreSQL (default settings) for the PostgreSQL pipeline.
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+AS_PG=(); [ "$(id -u)" -eq 0 ] && { chown -R postgres:postgres "$work"; chmod 755 "$work"; AS_PG=(setpriv --reuid=postgres --regid=postgres --clear-groups); }
+"${AS_PG[@]}" "$PGBIN/initdb" -U postgres --auth=trust -D "$work/pg" >/dev/null
+"${AS_PG[@]}" "$PGBIN/postgres" -D "$work/pg" -p "$pgport" -k "$work" -c listen_addresses=127.0.0.1 >"$work/pg.log" 2>&1 & echo $! > "$work/pgpid"
+for _ in $(seq 100); do grep -q "ready to accept connections" "$work/pg.log" 2>/dev/null && break; sleep 0.1; done
+
+# Pipeline files: the same typed schema as --schema above, one source each.
+pipeline() { # $1 = client id, $2 = sink table
+  cat <<TOML
+[connections.b]
+broker = "mqtt://127.0.0.1:$port"
+client_id = "$1"
+clean_session = false
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["bench/$1"]
+schema = { device_id = "text", seq = "bigint", ts = "timestamp", temperature = "double", humidity = "double", site = "text", ok = "boolean" }
+[sinks.out]
+$2
+TOML
+}
+# Runs a pipeline until it is idle; prints "busy_seconds wall user sys".
+run_pipeline() { # $1 = pipeline file
+  local out busy
+  out=$( { TIMEFORMAT='%R %U %S'; time "$MQLINK" run "$1" --until-idle 0.3 >/dev/null 2>"$work/err"; } 2>&1 ) || { cat "$work/err" >&2; return 1; }
+  busy=$(sed -n 's/.* acknowledged in \([0-9.]*\) s .*/\1/p' "$work/err")
+  echo "$busy $out"
+}
+
 # Runs a command, prints "wall user sys" in seconds.
 timed() {
   local out
@@ -105,6 +142,23 @@ for r in $(seq "$ROUNDS"); do
   report "airbyte write (QoS 1, STATE per 10,000)" "$(timed "$MQLINK" airbyte write --config "$work/airbyte-config.json" \
     --catalog "$work/airbyte-catalog.json" < "$work/airbyte.jsonl")"
   report "publish: mqlink library sink with spool" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N" "$work/spool-$r")"
+  id="pf-$r-$$"; pipeline "$id" "type = \"file\"
+inputs = [\"telemetry\"]
+path = \"$work/$id.jsonl\"" > "$work/$id.toml"
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # creates the session
+  "$MQLINK" pub -p "$port" -t "bench/$id" -q 1 -l < "$work/msgs" 2>/dev/null; rm -f "$work/$id.jsonl"
+  set -- $(run_pipeline "$work/$id.toml"); [ "$(wc -l < "$work/$id.jsonl")" -eq "$N" ] || { echo "file has $(wc -l < "$work/$id.jsonl") lines" >&2; exit 1; }
+  report "pipeline: mqtt -> file (typed JSON), busy" "$1 $3 $4"
+  id="pp-$r-$$"; pipeline "$id" "type = \"postgres\"
+inputs = [\"telemetry\"]
+url = \"postgres://postgres@127.0.0.1:$pgport/postgres\"
+table = \"t_$r\"
+create_table = true
+primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null
+  "$MQLINK" pub -p "$port" -t "bench/$id" -q 1 -l < "$work/msgs" 2>/dev/null
+  set -- $(run_pipeline "$work/$id.toml")
+  report "pipeline: mqtt -> postgres (PK, typed), busy" "$1 $3 $4"
 done
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
@@ -133,6 +187,9 @@ sp = g("publish: mqlink library sink with spool")
 print(f"publish sink with spool / libmosquitto: wall {sp[0]/lp[0]:.2f}x  (target: wall <= 2.00x, at least half the speed)")
 ab = g("airbyte write (QoS 1, STATE per 10,000)")
 print(f"airbyte write: {n/ab[0]:,.0f} records/s  (target: >= 100,000/s)")
+pf, pp = g("pipeline: mqtt -> file (typed JSON), busy"), g("pipeline: mqtt -> postgres (PK, typed), busy")
+print(f"pipeline mqtt -> file:     {n/pf[0]:,.0f} messages/s acknowledged end to end  (target: >= 100,000/s; mosquitto_sub drain alone: {n/ms[0]:,.0f}/s)")
+print(f"pipeline mqtt -> postgres: {n/pp[0]:,.0f} rows/s committed, then acknowledged  (target: >= 50,000/s)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use testkit::{free_port, http_get, unique_id, wait_until, Mosquitto, MosquittoConfig, Postgres};
 
@@ -29,6 +30,7 @@ fn start(file: &Path, dir: &Path, extra: &[&str]) -> Child {
         .arg("run")
         .arg(file)
         .args(extra)
+        .env("RUN_TEST_PW", SECRET)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -69,6 +71,9 @@ fn publish(port: u16, topic: &str, lines: &[String]) {
     }
     assert!(p.wait().unwrap().success());
 }
+
+/// A password that must never be printed.
+const SECRET: &str = "pw-6f1c-never-printed";
 
 fn reading(i: usize) -> String {
     format!(
@@ -175,6 +180,8 @@ client_id = "{topic}"
 protocol = "5"
 clean_session = false
 reconnect_interval = 0.2
+username = "reader"
+password = "${{RUN_TEST_PW}}"
 
 [sources.telemetry]
 type = "mqtt"
@@ -212,9 +219,7 @@ listen = "127.0.0.1:{http}"
         .spawn()
         .unwrap();
     let mut run = start(&cfg, dir.path(), &[]);
-    wait_until(20, "/ready 200", || {
-        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
-    });
+    wait_ready(http, &mut run);
 
     let good: Vec<String> = (0..2000).map(reading).collect();
     publish(
@@ -264,6 +269,10 @@ listen = "127.0.0.1:{http}"
     }
     let (code, status) = http_get(http, "/status").unwrap();
     assert_eq!(code, 200);
+    assert!(
+        !status.contains(SECRET) && !m.contains(SECRET),
+        "a password in /status or /metrics"
+    );
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["components"][1]["name"], "telemetry");
     assert_eq!(status["components"][1]["state"], "running");
@@ -306,7 +315,15 @@ listen = "127.0.0.1:{http}"
         text(&out.stderr)
     );
     publisher.join().unwrap();
-    let mut again = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    let mut again = mqlink()
+        .args(["run", "--until-idle", "1"])
+        .arg(&cfg)
+        .env("RUN_TEST_PW", SECRET)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = wait_output(&mut again, 60);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let seqs: BTreeSet<i64> = lines(&archive)
@@ -322,6 +339,23 @@ listen = "127.0.0.1:{http}"
         12000,
         "every message once or more after the drain and restart"
     );
+}
+
+/// Waits for /ready 200; if it does not come, shows what mqlink said.
+fn wait_ready(http: u16, run: &mut Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_get(http, "/ready").map(|(c, _)| c) != Some(200) {
+        if std::time::Instant::now() > deadline || run.try_wait().unwrap().is_some() {
+            let _ = run.kill();
+            let out = wait_output(run, 5);
+            panic!(
+                "not ready: {:?}\n{}",
+                http_get(http, "/ready"),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_output(child: &mut Child, secs: u64) -> Output {
@@ -387,9 +421,7 @@ http:
     );
     // The first run creates the session and the table.
     let mut run = start(&cfg, dir.path(), &["--quiet"]);
-    wait_until(30, "/ready 200", || {
-        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
-    });
+    wait_ready(http, &mut run);
     const N: usize = 30_000;
     let port = broker.port;
     let t = topic.clone();
@@ -458,4 +490,186 @@ fn the_quickstart_runs_on_the_embedded_broker() {
     let summary = text(&out.stderr);
     assert!(summary.contains("sinks.republish"), "{summary}");
     assert!(summary.contains("10000 records acknowledged"), "{summary}");
+}
+
+/// PostgreSQL killed mid-stream: the sink holds its batch and retries, the
+/// source stops acknowledging but stays connected (keep-alive of 1 s goes
+/// on), /ready says why; PostgreSQL back: every message is one row.
+#[test]
+fn a_sink_that_is_down_holds_acknowledgements_back_and_loses_nothing() {
+    let broker = Mosquitto::start();
+    let mut pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("down");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+keep_alive = 1
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/#"]
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "{url}"
+table = "readings"
+create_table = true
+primary_key = ["device_id", "seq"]
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    let all: Vec<String> = (0..6000).map(reading).collect();
+    publish(broker.port, &format!("{topic}/a"), &all[..3000]);
+    let count = |pg: &Postgres| {
+        pg.psql("SELECT count(*) FROM readings")
+            .parse::<usize>()
+            .unwrap()
+    };
+    wait_until(30, "the first rows", || count(&pg) == 3000);
+
+    pg.kill();
+    publish(broker.port, &format!("{topic}/a"), &all[3000..]);
+    wait_until(20, "/ready 503", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 503)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, why) = http_get(http, "/ready").unwrap();
+    assert!(
+        why.contains("sinks.db: not connected to PostgreSQL"),
+        "{why}"
+    );
+    assert!(
+        !why.contains("sources.telemetry"),
+        "the source stays connected: {why}"
+    );
+    let (_, m) = http_get(http, "/metrics").unwrap();
+    let unacked: u64 = m
+        .lines()
+        .find(|l| l.starts_with("mqlink_source_unacknowledged{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        unacked > 0,
+        "messages held unacknowledged while the sink is down:\n{m}"
+    );
+    assert!(
+        m.contains(
+            "mqlink_source_records_acknowledged_total{component=\"telemetry\",type=\"mqtt\"} 3000"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("mqlink_sink_connection_status{component=\"db\",type=\"postgres\"} 0"),
+        "{m}"
+    );
+
+    pg.restart();
+    wait_until(30, "every row after PostgreSQL came back", || {
+        count(&pg) == 6000
+    });
+    wait_until(10, "/ready 200 again", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    assert_eq!(pg.psql("SELECT count(DISTINCT seq) FROM readings"), "6000");
+}
+
+/// An MQTT → MQTT bridge between two brokers, payloads unchanged, topics
+/// prefixed with the original topic ({stream}), QoS 2 on both sides.
+#[test]
+fn a_bridge_between_two_brokers() {
+    use std::io::BufRead;
+    let a = Mosquitto::start();
+    let b = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("br");
+    let cfg = write(
+        dir.path(),
+        "bridge.yaml",
+        &format!(
+            r#"
+connections:
+  a: {{ broker: "mqtt://127.0.0.1:{pa}", client_id: "{topic}-a", clean_session: false }}
+  b: {{ broker: "mqtt://127.0.0.1:{pb}", client_id: "{topic}-b", protocol: 5 }}
+sources:
+  in: {{ type: mqtt, connection: a, topics: ["{topic}/#"], format: raw_bytes, qos: 2 }}
+sinks:
+  out: {{ type: mqtt, inputs: [in], connection: b, topic: "central/{{stream}}", format: raw, qos: 2 }}
+"#,
+            pa = a.port,
+            pb = b.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &b.port.to_string(),
+            "-t",
+            &format!("central/{topic}/#"),
+            "-q",
+            "2",
+            "-v",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // The bridge and the subscriber are both in place once a probe went through.
+    let probe = format!("{topic}/probe");
+    wait_until(20, "a probe through the bridge", || {
+        testkit::mosquitto_pub(&[
+            "-p",
+            &a.port.to_string(),
+            "-t",
+            &probe,
+            "-m",
+            "p",
+            "-q",
+            "1",
+        ]);
+        rx.recv_timeout(Duration::from_millis(300)).is_ok()
+    });
+    let payloads: Vec<String> = (0..500).map(|i| format!("raw {i:03} {{not json")).collect();
+    publish(a.port, &format!("{topic}/x/y"), &payloads);
+    let mut got = Vec::new();
+    while got.len() < payloads.len() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("bridged messages");
+        if !l.contains("/probe ") {
+            got.push(l);
+        }
+    }
+    let want: Vec<String> = payloads
+        .iter()
+        .map(|p| format!("central/{topic}/x/y {p}"))
+        .collect();
+    assert_eq!(got, want, "each message once, in order, unchanged");
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    let _ = sub.kill();
+    let _ = sub.wait();
 }
