@@ -162,6 +162,18 @@ async fn route(router: &Mutex<Router>, msg: Outbound) {
     }
 }
 
+/// A session taken over by a new connection.
+struct Attached {
+    client_id: String,
+    session_present: bool,
+    /// The session's queue, now read by this connection.
+    rx: mpsc::Receiver<Outbound>,
+    /// Deliveries the last connection left unacknowledged, sent again first.
+    resend: VecDeque<Outbound>,
+    /// Fires when another connection takes the session over.
+    kicked: oneshot::Receiver<()>,
+}
+
 /// One client connection.
 struct Conn {
     sock: TcpStream,
@@ -202,8 +214,13 @@ impl Conn {
         if conn.protocol == Protocol::V5 {
             conn.window = connect.properties.receive_maximum.unwrap_or(u16::MAX) as usize;
         }
-        let Some((client_id, session_present, mut rx, resend, kicked)) =
-            Self::attach(&router, &connect, id).await
+        let Some(Attached {
+            client_id,
+            session_present,
+            mut rx,
+            resend,
+            kicked,
+        }) = Self::attach(&router, &connect, id).await
         else {
             // 3.1.1: 0x02 identifier rejected; 5: 0x85.
             let code = if conn.protocol == Protocol::V5 {
@@ -267,18 +284,7 @@ impl Conn {
 
     /// Takes over (or creates) the client's session. `None`: empty client
     /// id with a persistent session, which MQTT refuses.
-    #[allow(clippy::type_complexity)]
-    async fn attach(
-        router: &Mutex<Router>,
-        c: &Connect,
-        id: u64,
-    ) -> Option<(
-        String,
-        bool,
-        mpsc::Receiver<Outbound>,
-        VecDeque<Outbound>,
-        oneshot::Receiver<()>,
-    )> {
+    async fn attach(router: &Mutex<Router>, c: &Connect, id: u64) -> Option<Attached> {
         let client_id = if c.client_id.is_empty() {
             if !c.clean_start {
                 return None;
@@ -299,19 +305,12 @@ impl Conn {
     }
 
     /// `None` while another connection still owns the session (it was told to let go).
-    #[allow(clippy::type_complexity)]
     fn try_attach(
         router: &Mutex<Router>,
         c: &Connect,
         id: u64,
         client_id: &str,
-    ) -> Option<(
-        String,
-        bool,
-        mpsc::Receiver<Outbound>,
-        VecDeque<Outbound>,
-        oneshot::Receiver<()>,
-    )> {
+    ) -> Option<Attached> {
         let mut r = router.lock().expect("router lock");
         let (kick_tx, kick_rx) = oneshot::channel();
         match r.sessions.get_mut(client_id) {
@@ -325,13 +324,13 @@ impl Conn {
                 s.owner = Some((id, Some(kick_tx)));
                 s.clean = false;
                 let rx = s.rx.take().expect("an unowned session holds its queue");
-                Some((
-                    client_id.to_owned(),
-                    true,
+                Some(Attached {
+                    client_id: client_id.to_owned(),
+                    session_present: true,
                     rx,
-                    std::mem::take(&mut s.unacked),
-                    kick_rx,
-                ))
+                    resend: std::mem::take(&mut s.unacked),
+                    kicked: kick_rx,
+                })
             }
             _ => {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -346,7 +345,13 @@ impl Conn {
                         clean: c.clean_start,
                     },
                 );
-                Some((client_id.to_owned(), false, rx, VecDeque::new(), kick_rx))
+                Some(Attached {
+                    client_id: client_id.to_owned(),
+                    session_present: false,
+                    rx,
+                    resend: VecDeque::new(),
+                    kicked: kick_rx,
+                })
             }
         }
     }

@@ -885,10 +885,17 @@ impl PostgresSinkConfig {
         inputs: &[String],
         sources: &[(String, SourceConfig)],
     ) -> Result<(), ConfigError> {
-        self.url
+        let url = self
+            .url
             .expose()
             .parse::<tokio_postgres::Config>()
             .map_err(|e| err(format!("{path}.url"), format!("not a PostgreSQL URL: {e}")))?;
+        if url.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(err(
+                format!("{path}.url"),
+                "sslmode=require: the PostgreSQL sink speaks plain TCP only (TLS is not built in yet)",
+            ));
+        }
         if self.table.is_empty() {
             return Err(err(format!("{path}.table"), "must not be empty"));
         }
@@ -1262,6 +1269,8 @@ sinks:
             with("url = \"postgres://postgres@", "url = \"mysql://postgres@")
                 .starts_with("sinks.db.url: not a PostgreSQL URL")
         );
+        assert!(with("5432/test\"", "5432/test?sslmode=require\"")
+            .starts_with("sinks.db.url: sslmode=require"));
     }
 
     #[test]
@@ -1313,5 +1322,33 @@ path = "f"
             e.contains("client id \"x-y-z\" is used by another component"),
             "{e}"
         );
+    }
+
+    /// Config files are user input: no mutation of a valid file may panic
+    /// the parser (every outcome is a pipeline or an error with a path).
+    #[test]
+    fn mutated_files_never_panic() {
+        let yaml = "connections:\n  c: { broker: \"mqtt://h\" }\nsources:\n  s: { type: mqtt, connection: c, topics: [\"a/#\"], schema: { a: text } }\nsinks:\n  f: { type: file, inputs: [s], path: x }\n";
+        let alphabet = b"[]{}=:,.\"'#$-_ \n\t0123456789abcxyz/+\\";
+        let mut rng = fastrand::Rng::with_seed(5);
+        for (base, is_yaml) in [(EXAMPLE, false), (yaml, true)] {
+            for _ in 0..3000 {
+                let mut b = base.as_bytes().to_vec();
+                for _ in 0..rng.usize(1..6) {
+                    let at = rng.usize(..b.len());
+                    match rng.u8(..3) {
+                        0 => b[at] = alphabet[rng.usize(..alphabet.len())],
+                        1 => {
+                            b.remove(at);
+                        }
+                        _ => b.insert(at, alphabet[rng.usize(..alphabet.len())]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&b);
+                if let Err(e) = parse(&text, is_yaml, &env) {
+                    assert!(!e.path.is_empty(), "{e}");
+                }
+            }
+        }
     }
 }
