@@ -673,3 +673,111 @@ sinks:
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// A record an MQTT sink cannot route (its topic template names a field
+/// the record lacks) goes to the sink's dead-letter topic with the reason;
+/// the others are routed; every source message is acknowledged.
+#[test]
+fn a_record_a_sink_cannot_route_is_dead_lettered() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("route");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "{topic}/routed/{{device_id}}"
+dead_letter_topic = "{topic}/unroutable"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port
+        ),
+    );
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{topic}/routed/#"),
+            "-t",
+            &format!("{topic}/unroutable"),
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            "3",
+            "-W",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    std::thread::sleep(Duration::from_millis(300)); // mosquitto_sub's subscription
+    publish(
+        broker.port,
+        &format!("{topic}/in"),
+        &[
+            r#"{"device_id":"d1","v":1}"#.into(),
+            r#"{"v":2}"#.into(),
+            r#"{"device_id":"d3","v":3}"#.into(),
+        ],
+    );
+    let out = text(&sub.wait_with_output().unwrap().stdout);
+    let mut routed = Vec::new();
+    let mut dead = Vec::new();
+    for l in out.lines() {
+        let (t, payload) = l.split_once(' ').unwrap();
+        if t.ends_with("/unroutable") {
+            dead.push(serde_json::from_str::<serde_json::Value>(payload).unwrap());
+        } else {
+            routed.push(l.to_owned());
+        }
+    }
+    routed.sort();
+    assert_eq!(
+        routed,
+        [
+            format!(r#"{topic}/routed/d1 {{"device_id":"d1","v":1}}"#),
+            format!(r#"{topic}/routed/d3 {{"device_id":"d3","v":3}}"#)
+        ]
+    );
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(dead[0]["original_topic"], format!("{topic}/in"));
+    assert_eq!(dead[0]["payload"], r#"{"v":2}"#);
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the record has no field device_id"),
+        "{}",
+        dead[0]
+    );
+    wait_until(10, "every message acknowledged", || {
+        http_get(http, "/metrics").is_some_and(|(_, m)| {
+            m.contains("mqlink_source_records_acknowledged_total{component=\"in\",type=\"mqtt\"} 3")
+        })
+    });
+    let (_, m) = http_get(http, "/metrics").unwrap();
+    assert!(
+        m.contains("mqlink_sink_errors_total{component=\"out\",type=\"mqtt\"} 1"),
+        "{m}"
+    );
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+}

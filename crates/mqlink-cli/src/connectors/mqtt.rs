@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqlink::sink::{DeliveryHandle, MqttSink, RecordValue, Retain, SinkRecord};
-use mqlink::source::{MqttSource, Record};
-use mqlink::{ConnectOptions, Error, QoS, SubscribeError};
+use mqlink::source::{dead_letter_message, MqttSource, Record};
+use mqlink::{ConnectOptions, Error, Protocol, PublishError, PublishToken, QoS, SubscribeError};
 use tokio::sync::mpsc;
 
 use super::{backoff, Outputs};
@@ -178,13 +178,42 @@ pub async fn run_sink(
                 timestamp: None,
             };
             match sink.send(record).await {
-                Ok(h) => handles.push(h),
+                Ok(h) => handles.push(Pending::Record(h)),
                 Err(e) => {
                     // A record this sink can never publish (its topic does
-                    // not render): counted and named, not retried forever.
+                    // not render): dead-lettered when configured, else
+                    // counted and named, never retried forever.
                     comp.errors.fetch_add(1, Relaxed);
                     comp.set_error(e.to_string());
-                    tracing::error!(component = %path, error = %e, "Record not publishable; skipped by this sink.");
+                    match &cfg.dead_letter_topic {
+                        Some(dlq) => {
+                            let client = &sink.clients()[0];
+                            let payload = if item.payload.is_empty() {
+                                let mut b = Vec::new();
+                                item.value.write_json(&mut b);
+                                bytes::Bytes::from(b)
+                            } else {
+                                item.payload.clone()
+                            };
+                            let from = item.topic.as_deref().unwrap_or("");
+                            let msg = dead_letter_message(
+                                from,
+                                &payload,
+                                qos,
+                                None,
+                                dlq,
+                                &e.to_string(),
+                                client.protocol() == Protocol::V5,
+                            );
+                            match client.publish(msg).await {
+                                Ok(t) => handles.push(Pending::DeadLetter(t)),
+                                Err(e) => handles.push(Pending::Failed(e)),
+                            }
+                        }
+                        None => {
+                            tracing::error!(component = %path, error = %e, "Record not publishable; skipped by this sink (set dead_letter_topic to keep it).")
+                        }
+                    }
                 }
             }
         }
@@ -198,15 +227,33 @@ pub async fn run_sink(
     Ok(())
 }
 
+/// What a batch waits for: its records' confirmations, and those of the
+/// dead letters sent in place of records that could not be published.
+enum Pending {
+    Record(DeliveryHandle),
+    DeadLetter(PublishToken),
+    Failed(PublishError),
+}
+
+impl Pending {
+    async fn confirmed(self) -> Result<(), PublishError> {
+        match self {
+            Pending::Record(h) => h.await.map(|_| ()),
+            Pending::DeadLetter(t) => t.await.map(|_| ()),
+            Pending::Failed(e) => Err(e),
+        }
+    }
+}
+
 async fn confirm(
-    mut rx: mpsc::Receiver<(Arc<Batch>, Vec<DeliveryHandle>)>,
+    mut rx: mpsc::Receiver<(Arc<Batch>, Vec<Pending>)>,
     comp: Arc<Component>,
     path: String,
 ) {
     while let Some((batch, handles)) = rx.recv().await {
         let mut all = true;
         for h in handles {
-            match h.await {
+            match h.confirmed().await {
                 Ok(_) => {
                     comp.confirmed.fetch_add(1, Relaxed);
                 }

@@ -253,6 +253,10 @@ pub struct MqttSinkConfig {
     /// Clients publishing in parallel, per-key order kept [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
+    /// Records whose topic cannot be rendered (a template field missing)
+    /// are published here instead, with the reason; without it they are
+    /// logged, counted and skipped by this sink.
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -873,6 +877,10 @@ impl MqttSinkConfig {
         }
         if self.parallelism == 0 {
             return Err(err(format!("{path}.parallelism"), "must be at least 1"));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            validate_topic_name(t)
+                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
         }
         Ok(())
     }
