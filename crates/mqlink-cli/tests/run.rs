@@ -781,3 +781,44 @@ listen = "127.0.0.1:{http}"
     signal(&run, "-TERM");
     assert!(wait_output(&mut run, 30).status.success());
 }
+
+/// Refused credentials cannot heal: `mqlink run` stops, exits 1 and names
+/// the component and the refusal, never the password.
+#[test]
+fn refused_credentials_end_the_run_with_exit_1() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        users: vec![("alice".into(), "right".into())],
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.c]
+broker = "mqtt://127.0.0.1:{}"
+username = "alice"
+password = "${{RUN_TEST_PW}}"
+[sources.s]
+type = "mqtt"
+connection = "c"
+topics = ["a/#"]
+[sinks.f]
+type = "file"
+inputs = ["s"]
+path = "f.jsonl"
+"#,
+            broker.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mqlink: sources.s: ") && err.contains("refused the connection"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+}

@@ -325,6 +325,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Stop::Failed(e) = stop {
         anyhow::bail!("{e}");
     }
+    // A source that could not start (refused credentials, say) ends the
+    // pipeline too: say so, and exit non-zero.
+    if let Some(c) = registry.0.iter().find(|c| c.state() == State::Failed) {
+        anyhow::bail!(
+            "{}.{}: {}",
+            if c.kind == Kind::Source {
+                "sources"
+            } else {
+                "sinks"
+            },
+            c.name,
+            c.last_error().unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
