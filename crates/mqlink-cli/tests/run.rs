@@ -608,7 +608,7 @@ connections:
   a: {{ broker: "mqtt://127.0.0.1:{pa}", client_id: "{topic}-a", clean_session: false }}
   b: {{ broker: "mqtt://127.0.0.1:{pb}", client_id: "{topic}-b", protocol: 5 }}
 sources:
-  in: {{ type: mqtt, connection: a, topics: ["{topic}/#"], format: raw_bytes, qos: 2 }}
+  in: {{ type: mqtt, connection: a, topics: ["{topic}/#"], format: raw_bytes, qos: 2, batch_timeout_ms: 50 }}
 sinks:
   out: {{ type: mqtt, inputs: [in], connection: b, topic: "central/{{stream}}", format: raw, qos: 2 }}
 "#,

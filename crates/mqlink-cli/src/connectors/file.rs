@@ -49,10 +49,11 @@ pub async fn run(
         // A failed write is tried again (a full disk may be emptied); the
         // batch stays unacknowledged meanwhile. A partly written batch can
         // appear twice: at-least-once.
-        while let Err(e) =
+        // The write (and fsync) may block for a while: off the async workers.
+        while let Err(e) = tokio::task::block_in_place(|| {
             file.write_all(&buf)
                 .and_then(|_| if cfg.fsync { file.sync_data() } else { Ok(()) })
-        {
+        }) {
             comp.errors.fetch_add(1, Relaxed);
             comp.set_error(file_err(e));
             tracing::error!(component = %path, error = %comp.last_error().unwrap_or_default(), "Write failed; retrying.");

@@ -76,6 +76,7 @@ pub async fn run_source(
             }
         }
     };
+    let linger = Duration::from_millis(cfg.batch_timeout_ms);
     let _ = comp.mqtt.set(Mqtt::Source(source.monitor()));
     comp.set_state(State::Running);
     tracing::info!(component = %path, clients = ?source.clients().iter().map(|c| c.client_id().to_owned()).collect::<Vec<_>>(), "Subscribed.");
@@ -92,8 +93,19 @@ pub async fn run_source(
         let mut items = Vec::with_capacity(cfg.batch_size.min(1024));
         let mut acks = Vec::with_capacity(cfg.batch_size.min(1024));
         take(first, &mut items, &mut acks, &path);
+        // Whatever else has arrived, then (with batch_timeout_ms) what
+        // arrives before the deadline.
+        let deadline = tokio::time::Instant::now() + linger;
         while items.len() < cfg.batch_size {
-            match source.try_next().await {
+            let next = match source.try_next().await {
+                Some(r) => Some(r),
+                None if linger.is_zero() => None,
+                None => tokio::time::timeout_at(deadline, source.next())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            match next {
                 Some(r) => take(r, &mut items, &mut acks, &path),
                 None => break,
             }

@@ -182,6 +182,10 @@ pub struct MqttSourceConfig {
     /// Records handed to the sinks at once at most [default: 1000].
     #[serde(default = "batch_size")]
     pub batch_size: usize,
+    /// How long a batch may wait for more records after its first
+    /// [default: 0: it takes what has arrived and goes].
+    #[serde(default)]
+    pub batch_timeout_ms: u64,
     /// Clients on a shared subscription [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
