@@ -219,6 +219,9 @@ impl Driver {
         let why = fatal
             .clone()
             .unwrap_or_else(|| "the session was closed by the application".to_owned());
+        // The status first: whoever a failed token or reply wakes sees the
+        // session as stopped already.
+        self.status.send_replace(Status::Stopped { error: fatal });
         self.out.fail_all(&why);
         for ctrl in self
             .ctrl_queue
@@ -235,7 +238,6 @@ impl Driver {
                 Ctrl::Sub { reply: None, .. } => {}
             }
         }
-        self.status.send_replace(Status::Stopped { error: fatal });
         if let Some(r) = self.disconnect_reply.take() {
             let _ = r.send(());
         }
