@@ -244,7 +244,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = tick.tick() => display.show(&registry),
             _ = control.tick() => {
                 if let Some(c) = registry.0.iter().find(|c| c.state() == State::Failed) {
-                    break Stop::Failed(format!("{}: {}", c.name, c.last_error().unwrap_or_default()));
+                    break Stop::Failed(format!("{}: {}", c.path(), c.last_error().unwrap_or_default()));
                 }
                 if let Some(secs) = args.until_idle {
                     if idle.reached(&registry, secs) {
@@ -328,16 +328,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // A source that could not start (refused credentials, say) ends the
     // pipeline too: say so, and exit non-zero.
     if let Some(c) = registry.0.iter().find(|c| c.state() == State::Failed) {
-        anyhow::bail!(
-            "{}.{}: {}",
-            if c.kind == Kind::Source {
-                "sources"
-            } else {
-                "sinks"
-            },
-            c.name,
-            c.last_error().unwrap_or_default()
-        );
+        anyhow::bail!("{}: {}", c.path(), c.last_error().unwrap_or_default());
     }
     Ok(())
 }

@@ -101,7 +101,8 @@ impl Component {
         self.last_error.lock().expect("error lock").clone()
     }
 
-    fn path(&self) -> String {
+    /// `sources.NAME` or `sinks.NAME`, as in the file.
+    pub fn path(&self) -> String {
         let k = match self.kind {
             Kind::Source => "sources",
             Kind::Sink => "sinks",
