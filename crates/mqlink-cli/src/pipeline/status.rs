@@ -326,6 +326,14 @@ impl Registry {
                     c.unconfirmed(),
                     c.errors.load(Relaxed) + dead_lettered(c),
                 );
+                if let Some(Mqtt::Source(m)) = c.mqtt.get() {
+                    // Lag: how long the oldest unacknowledged message has waited.
+                    let lag = m
+                        .metrics()
+                        .get("mqlink_source_oldest_unacknowledged_age_seconds")
+                        .unwrap_or(0);
+                    let _ = write!(line, "  lag {lag}s");
+                }
                 if let Some(reason) = c.not_ready().filter(|_| c.state() != State::Failed) {
                     let _ = write!(line, "  ({})", reason.split_once(": ").map_or(reason.as_str(), |x| x.1));
                 } else if let Some(e) = c.last_error().filter(|_| c.state() == State::Failed) {
