@@ -14,10 +14,13 @@
 //! EMQX, HiveMQ or VerneMQ for anything else.
 //!
 //! Flow control: a publisher's message is acknowledged once it was queued
-//! for every online subscriber. A subscriber's queue is bounded; when it is
-//! full the publisher waits (TCP back-pressure) up to 10 s, then the message
-//! is dropped for that subscriber with a warning, as brokers with queue
-//! limits do. An offline persistent session queues up to the same bound.
+//! for every online subscriber. A subscriber's queue is bounded; while it is
+//! full the publisher gets no acknowledgement and is not read from (its
+//! messages wait in TCP), so a slow subscriber slows publishers down instead
+//! of losing messages. (A publisher held up longer than its keep-alive is
+//! disconnected and resends: duplicates, nothing lost.) An offline
+//! persistent session queues up to the same bound; beyond it a message is
+//! dropped for that session with a warning, as brokers with queue limits do.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -116,24 +119,27 @@ struct Router {
 impl Router {
     /// Every session that wants `topic`, each once, at the highest QoS of
     /// its matching filters (capped by the message's).
-    fn targets(&self, topic: &str, qos: QoS) -> Vec<(mpsc::Sender<Outbound>, QoS, bool)> {
+    fn targets(&self, topic: &str, qos: QoS) -> Vec<(String, mpsc::Sender<Outbound>, QoS, bool)> {
         self.sessions
-            .values()
-            .filter_map(|s| {
+            .iter()
+            .filter_map(|(id, s)| {
                 let q = s
                     .subs
                     .iter()
                     .filter(|(f, _)| f.matches(topic))
                     .map(|(_, q)| *q)
                     .max()?;
-                Some((s.tx.clone(), q.min(qos), s.owner.is_some()))
+                Some((id.clone(), s.tx.clone(), q.min(qos), s.owner.is_some()))
             })
             .collect()
     }
 }
 
-/// Delivers a message to every matching session, keeping it if retained.
-async fn route(router: &Mutex<Router>, msg: Outbound) {
+/// Queues a message for every matching session, keeping it if retained.
+/// Returns the online sessions whose queue is full: the publish waits for
+/// them ([`Routing`]). An offline session's full queue drops the message
+/// for it (its limit, as brokers have one).
+fn route(router: &Mutex<Router>, msg: &Outbound) -> Vec<Waiting> {
     let targets = {
         let mut r = router.lock().expect("router lock");
         if msg.retain {
@@ -145,20 +151,71 @@ async fn route(router: &Mutex<Router>, msg: Outbound) {
         }
         r.targets(&msg.topic, msg.qos)
     };
-    for (tx, qos, online) in targets {
+    targets
+        .into_iter()
+        .filter_map(|(client_id, tx, qos, online)| {
+            let w = Waiting { client_id, tx, qos };
+            w.offer(msg, online).then_some(w)
+        })
+        .collect()
+}
+
+/// A session that has not taken a message yet because its queue is full.
+struct Waiting {
+    client_id: String,
+    tx: mpsc::Sender<Outbound>,
+    qos: QoS,
+}
+
+impl Waiting {
+    /// Tries to queue the message; true while it must still wait.
+    fn offer(&self, msg: &Outbound, online: bool) -> bool {
         let m = Outbound {
-            qos,
+            qos: self.qos,
             retain: false,
             ..msg.clone()
         };
-        let sent = if online {
-            tx.send_timeout(m, Duration::from_secs(10)).await.is_ok()
-        } else {
-            tx.try_send(m).is_ok()
-        };
-        if !sent {
-            tracing::warn!(topic = %msg.topic, "Embedded broker: a subscriber's queue is full; message dropped for it.");
+        match self.tx.try_send(m) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) if online => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "Embedded broker: an offline session's queue is full; message dropped for it.");
+                false
+            }
         }
+    }
+}
+
+/// A publish waiting for room in subscribers' queues. Its publisher gets
+/// no acknowledgement and is not read from meanwhile (back-pressure), while
+/// the connection keeps delivering its own messages, so two clients
+/// publishing to each other cannot block one another.
+struct Routing {
+    msg: Outbound,
+    waiting: Vec<Waiting>,
+    /// PUBACK or PUBREC to send once every subscriber has it.
+    ack: Option<(AckKind, u16)>,
+}
+
+impl Routing {
+    /// Offers the message again; true when every subscriber has it.
+    fn retry(&mut self, router: &Mutex<Router>) -> bool {
+        let online: HashSet<String> = {
+            let r = router.lock().expect("router lock");
+            self.waiting
+                .iter()
+                .filter(|w| {
+                    r.sessions
+                        .get(&w.client_id)
+                        .is_some_and(|s| s.owner.is_some())
+                })
+                .map(|w| w.client_id.clone())
+                .collect()
+        };
+        let msg = &self.msg;
+        self.waiting
+            .retain(|w| w.offer(msg, online.contains(&w.client_id)));
+        self.waiting.is_empty()
     }
 }
 
@@ -183,6 +240,8 @@ struct Conn {
     inflight: VecDeque<(u16, Outbound)>,
     next_pkid: u16,
     window: usize,
+    /// A publish waiting for room in subscribers' queues.
+    routing: Option<Routing>,
 }
 
 impl Conn {
@@ -194,6 +253,7 @@ impl Conn {
             inflight: VecDeque::new(),
             next_pkid: 0,
             window: 1000,
+            routing: None,
         };
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let connect = tokio::time::timeout(Duration::from_secs(10), async {
@@ -267,17 +327,17 @@ impl Conn {
             }
         }
         if let Some(w) = will {
-            route(
-                &router,
-                Outbound {
-                    topic: ByteStr::from(w.topic),
-                    payload: w.payload,
-                    qos: w.qos,
-                    retain: w.retain,
-                    properties: None,
-                },
-            )
-            .await;
+            let will = Outbound {
+                topic: ByteStr::from(w.topic),
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                properties: None,
+            };
+            // Nobody waits for a will: it goes where there is room.
+            for full in route(&router, &will) {
+                tracing::warn!(client_id = %full.client_id, topic = %will.topic, "Embedded broker: a subscriber's queue is full; last will dropped for it.");
+            }
         }
         result.map(|_| ())
     }
@@ -403,25 +463,32 @@ impl Conn {
         // QoS 2 packet ids received and not yet released (PUBREL).
         let mut qos2_in: HashSet<u16> = HashSet::new();
         loop {
+            // Packets already read, unless a publish waits for room.
+            while self.routing.is_none() {
+                match codec::decode(buf, self.protocol, MAX_PACKET)
+                    .map_err(|e| invalid(&e.to_string()))?
+                {
+                    Some(p) => {
+                        if !self.handle(p, router, client_id, &mut qos2_in).await? {
+                            return Ok(true);
+                        }
+                    }
+                    None => break,
+                }
+            }
             if !self.out.is_empty() {
                 let out = self.out.split();
                 self.sock.write_all(&out).await?;
             }
             let room = self.inflight.len() < self.window;
+            let blocked = self.routing.is_some();
             tokio::select! {
-                n = tokio::time::timeout(keep_alive, self.sock.read_buf(buf)) => {
+                n = tokio::time::timeout(keep_alive, self.sock.read_buf(buf)), if !blocked => {
                     match n {
                         Err(_) => return Err(invalid("keep-alive expired")),
                         Ok(Err(e)) => return Err(e),
                         Ok(Ok(0)) => return Err(invalid("closed without DISCONNECT")),
                         Ok(Ok(_)) => {}
-                    }
-                    while let Some(p) = codec::decode(buf, self.protocol, MAX_PACKET)
-                        .map_err(|e| invalid(&e.to_string()))?
-                    {
-                        if !self.handle(p, router, client_id, &mut qos2_in).await? {
-                            return Ok(true);
-                        }
                     }
                 }
                 m = rx.recv(), if room => match m {
@@ -437,6 +504,15 @@ impl Conn {
                     }
                     None => return Err(invalid("session queue closed")),
                 },
+                _ = tokio::time::sleep(Duration::from_millis(2)), if blocked => {
+                    let routing = self.routing.as_mut().expect("blocked");
+                    if routing.retry(router) {
+                        if let Some((kind, pkid)) = routing.ack {
+                            encode_ack(kind, pkid, &mut self.out);
+                        }
+                        self.routing = None;
+                    }
+                }
                 _ = &mut kicked => return Err(invalid("taken over by a new connection")),
             }
         }
@@ -454,29 +530,38 @@ impl Conn {
             Packet::Publish(p) => {
                 validate_topic_name(&p.topic).map_err(|e| invalid(&e.to_string()))?;
                 let fresh = p.qos != QoS::ExactlyOnce || qos2_in.insert(p.pkid);
-                let (qos, pkid) = (p.qos, p.pkid);
+                let ack = match p.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some((AckKind::PubAck, p.pkid)),
+                    QoS::ExactlyOnce => Some((AckKind::PubRec, p.pkid)),
+                };
+                let mut waiting = Vec::new();
+                let mut msg = None;
                 if fresh {
                     let mut properties = p.properties;
                     if let Some(props) = properties.as_mut() {
                         props.topic_alias = None;
                         props.subscription_identifiers.clear();
                     }
-                    route(
-                        router,
-                        Outbound {
-                            topic: p.topic,
-                            payload: p.payload,
-                            qos: p.qos,
-                            retain: p.retain,
-                            properties,
-                        },
-                    )
-                    .await;
+                    let m = Outbound {
+                        topic: p.topic,
+                        payload: p.payload,
+                        qos: p.qos,
+                        retain: p.retain,
+                        properties,
+                    };
+                    waiting = route(router, &m);
+                    msg = Some(m);
                 }
-                match qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => encode_ack(AckKind::PubAck, pkid, &mut self.out),
-                    QoS::ExactlyOnce => encode_ack(AckKind::PubRec, pkid, &mut self.out),
+                match msg {
+                    Some(msg) if !waiting.is_empty() => {
+                        self.routing = Some(Routing { msg, waiting, ack });
+                    }
+                    _ => {
+                        if let Some((kind, pkid)) = ack {
+                            encode_ack(kind, pkid, &mut self.out);
+                        }
+                    }
                 }
             }
             Packet::Ack(a) => match a.kind {
@@ -678,6 +763,70 @@ mod tests {
             got, want,
             "unacknowledged ones first (DUP), then the queued ones"
         );
+        s.disconnect().await;
+    }
+
+    /// A subscriber that does not keep up slows the publisher down; no
+    /// message is dropped, however far behind it falls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_subscriber_holds_publishers_back_and_loses_nothing() {
+        let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+        let mut o = opts(b.local_addr(), "slow", Protocol::V5);
+        o.receive_maximum = 100;
+        let (s, mut inc) = Client::connect(o).await.unwrap();
+        s.subscribe(vec![Subscription::new("s/#", QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        let (p, _) = Client::connect(opts(b.local_addr(), "fast", Protocol::V311))
+            .await
+            .unwrap();
+        const N: usize = QUEUE + 5_000;
+        let confirmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let publisher = {
+            let confirmed = confirmed.clone();
+            tokio::spawn(async move {
+                let (tx, mut rx) = mpsc::unbounded_channel::<crate::PublishToken>();
+                let waiter = tokio::spawn(async move {
+                    while let Some(t) = rx.recv().await {
+                        t.await.unwrap();
+                        confirmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                for i in 0..N {
+                    let t = p
+                        .publish(Message::new("s/x", format!("{i}"), QoS::AtLeastOnce))
+                        .await
+                        .unwrap();
+                    tx.send(t).unwrap();
+                }
+                drop(tx);
+                waiter.await.unwrap();
+                p.disconnect().await;
+            })
+        };
+        // Nobody reads: the queue and the window fill, then the publisher
+        // waits — longer than any timeout a broker could use to give up on a
+        // subscriber (an earlier version dropped messages after 10 s).
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let held = confirmed.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            held < N,
+            "the publisher was held back ({held} of {N} confirmed)"
+        );
+        for i in 0..N {
+            let mut d = tokio::time::timeout(Duration::from_secs(10), inc.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                d.payload,
+                format!("{i}").as_bytes(),
+                "in order, none missing"
+            );
+            d.ack();
+        }
+        publisher.await.unwrap();
+        assert_eq!(confirmed.load(std::sync::atomic::Ordering::Relaxed), N);
         s.disconnect().await;
     }
 }
