@@ -822,3 +822,115 @@ path = "f.jsonl"
     );
     assert!(!err.contains(SECRET), "{err}");
 }
+
+/// SIGKILL of a bridge twice mid-stream: the central broker still gets
+/// every message (at least once — a message is acknowledged at the source
+/// only after the central broker confirmed it).
+#[test]
+fn sigkill_twice_while_bridging_loses_nothing() {
+    use std::io::BufRead;
+    let a = Mosquitto::start();
+    let b = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("kb");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "bridge.toml",
+        &format!(
+            r#"
+[connections.a]
+broker = "mqtt://127.0.0.1:{pa}"
+client_id = "{topic}-a"
+clean_session = false
+[connections.b]
+broker = "mqtt://127.0.0.1:{pb}"
+client_id = "{topic}-b"
+[sources.in]
+type = "mqtt"
+connection = "a"
+topics = ["{topic}/in"]
+format = "raw_bytes"
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "{topic}/out"
+format = "raw"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            pa = a.port,
+            pb = b.port
+        ),
+    );
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &b.port.to_string(),
+            "-t",
+            &format!("{topic}/out"),
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    // The subscriber on b is in place once a probe made it through.
+    wait_until(20, "a probe through the bridge", || {
+        testkit::mosquitto_pub(&[
+            "-p",
+            &a.port.to_string(),
+            "-t",
+            &format!("{topic}/in"),
+            "-m",
+            "probe",
+            "-q",
+            "1",
+        ]);
+        rx.recv_timeout(Duration::from_millis(300)).is_ok()
+    });
+    const N: usize = 20_000;
+    let port = a.port;
+    let t = topic.clone();
+    let publisher = std::thread::spawn(move || {
+        let all: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+        for chunk in all.chunks(2000) {
+            publish(port, &format!("{t}/in"), chunk);
+        }
+    });
+    let mut seen = BTreeSet::new();
+    let mut take = |until: usize| {
+        while seen.len() < until {
+            let l = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("bridged messages");
+            if l != "probe" {
+                seen.insert(l);
+            }
+        }
+    };
+    for kill in 1..=2 {
+        take(kill * N / 4);
+        signal(&run, "-KILL");
+        run.wait().unwrap();
+        run = start(&cfg, dir.path(), &["--quiet"]);
+    }
+    publisher.join().unwrap();
+    take(N);
+    let want: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want);
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
