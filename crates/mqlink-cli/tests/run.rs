@@ -72,6 +72,25 @@ fn publish(port: u16, topic: &str, lines: &[String]) {
     assert!(p.wait().unwrap().success());
 }
 
+/// `mosquitto_sub` with these arguments: an independent subscriber whose
+/// output lines arrive on the channel.
+fn mosquitto_sub(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut sub = Command::new("mosquitto_sub")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (sub, rx)
+}
+
 /// A password that must never be printed.
 const SECRET: &str = "pw-6f1c-never-printed";
 
@@ -594,7 +613,6 @@ listen = "127.0.0.1:{http}"
 /// prefixed with the original topic ({stream}), QoS 2 on both sides.
 #[test]
 fn a_bridge_between_two_brokers() {
-    use std::io::BufRead;
     let a = Mosquitto::start();
     let b = Mosquitto::start();
     let dir = testkit::TempDir::new().unwrap();
@@ -617,26 +635,15 @@ sinks:
         ),
     );
     let mut run = start(&cfg, dir.path(), &["--quiet"]);
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-p",
-            &b.port.to_string(),
-            "-t",
-            &format!("central/{topic}/#"),
-            "-q",
-            "2",
-            "-v",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (mut sub, rx) = mosquitto_sub(&[
+        "-p",
+        &b.port.to_string(),
+        "-t",
+        &format!("central/{topic}/#"),
+        "-q",
+        "2",
+        "-v",
+    ]);
     // The bridge and the subscriber are both in place once a probe went through.
     let probe = format!("{topic}/probe");
     wait_until(20, "a probe through the bridge", || {
@@ -828,7 +835,6 @@ path = "f.jsonl"
 /// only after the central broker confirmed it).
 #[test]
 fn sigkill_twice_while_bridging_loses_nothing() {
-    use std::io::BufRead;
     let a = Mosquitto::start();
     let b = Mosquitto::start();
     let dir = testkit::TempDir::new().unwrap();
@@ -864,25 +870,14 @@ listen = "127.0.0.1:{http}"
             pb = b.port
         ),
     );
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-p",
-            &b.port.to_string(),
-            "-t",
-            &format!("{topic}/out"),
-            "-q",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (mut sub, rx) = mosquitto_sub(&[
+        "-p",
+        &b.port.to_string(),
+        "-t",
+        &format!("{topic}/out"),
+        "-q",
+        "1",
+    ]);
     let mut run = start(&cfg, dir.path(), &["--quiet"]);
     wait_ready(http, &mut run);
     // The subscriber on b is in place once a probe made it through.
