@@ -929,3 +929,112 @@ listen = "127.0.0.1:{http}"
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// SIGTERM while PostgreSQL is down: what cannot be confirmed within
+/// `run.shutdown_timeout` is not acknowledged, the run exits 1 saying so,
+/// and the next run delivers it: every message is one row.
+#[test]
+fn a_shutdown_that_cannot_confirm_exits_1_and_the_next_run_delivers() {
+    let broker = Mosquitto::start();
+    let mut pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("timeout");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/#"]
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "{url}"
+table = "readings"
+create_table = true
+primary_key = ["device_id", "seq"]
+[http]
+listen = "127.0.0.1:{http}"
+[run]
+shutdown_timeout = 1
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    pg.kill();
+    let all: Vec<String> = (0..2000).map(reading).collect();
+    publish(broker.port, &format!("{topic}/a"), &all);
+    wait_until(20, "the sink to hold records", || {
+        http_get(http, "/metrics").is_some_and(|(_, m)| {
+            m.contains("mqlink_sink_in_flight{component=\"db\",type=\"postgres\"}")
+                && !m.contains("mqlink_sink_in_flight{component=\"db\",type=\"postgres\"} 0\n")
+        })
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("records were not confirmed within run.shutdown_timeout = 1 s"),
+        "{err}"
+    );
+
+    pg.restart();
+    let mut again = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    let out = wait_output(&mut again, 60);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(pg.psql("SELECT count(*) FROM readings"), "2000");
+    assert_eq!(pg.psql("SELECT count(DISTINCT seq) FROM readings"), "2000");
+}
+
+/// A broker that never answers: the source retries under the connection's
+/// own policy and gives up after `max_reconnect_attempts`, exit 1.
+#[test]
+fn a_source_gives_up_after_max_reconnect_attempts() {
+    let dir = testkit::TempDir::new().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.gone]
+broker = "mqtt://127.0.0.1:{}"
+reconnect_interval = 0.05
+max_reconnect_attempts = 3
+[sources.s]
+type = "mqtt"
+connection = "gone"
+topics = ["a/#"]
+[sinks.f]
+type = "file"
+inputs = ["s"]
+path = "f.jsonl"
+"#,
+            free_port()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("Source not started yet; retrying.").count(),
+        2,
+        "{err}"
+    );
+    assert!(
+        err.contains("mqlink: sources.s: cannot reach mqtt://127.0.0.1:"),
+        "{err}"
+    );
+}

@@ -125,6 +125,18 @@ pub enum Error {
     Stopped(String),
 }
 
+impl Error {
+    /// Whether starting again may work without the user changing anything:
+    /// the broker was unreachable or went away, not a refusal or bad options.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect(c) => c.is_retryable(),
+            Error::Subscribe(SubscribeError::Stopped(_)) | Error::Stopped(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A publish that was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {

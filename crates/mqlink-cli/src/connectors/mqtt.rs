@@ -7,22 +7,13 @@ use std::time::Duration;
 
 use mqlink::sink::{DeliveryHandle, MqttSink, RecordValue, Retain, SinkRecord};
 use mqlink::source::{dead_letter_message, MqttSource, Record};
-use mqlink::{ConnectOptions, Error, Protocol, PublishError, PublishToken, QoS, SubscribeError};
+use mqlink::{ConnectOptions, Protocol, PublishError, PublishToken, QoS};
 use tokio::sync::mpsc;
 
-use super::{backoff, Outputs};
+use super::Outputs;
 use crate::pipeline::batch::{Batch, Item};
 use crate::pipeline::config::{MqttSinkConfig, MqttSourceConfig};
 use crate::pipeline::status::{Component, Mqtt, State};
-
-/// Whether starting again may work without the user changing anything.
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Connect(c) => c.is_retryable(),
-        Error::Subscribe(SubscribeError::Stopped(_)) | Error::Stopped(_) => true,
-        _ => false,
-    }
-}
 
 /// Runs until shutdown; returns the source, to be closed once the sinks
 /// have confirmed (closing sends the acknowledgements given so far).
@@ -62,15 +53,18 @@ pub async fn run_source(
             Ok(s) => break s,
             Err(e) => {
                 comp.set_error(e.to_string());
-                if !retryable(&e) {
-                    tracing::error!(component = %path, error = %e, "Source cannot start.");
+                attempt += 1;
+                // The connection's own reconnect policy: its interval,
+                // backoff and max_reconnect_attempts (0 = forever).
+                let max = opts.reconnect.max_attempts;
+                if !e.is_retryable() || (max > 0 && attempt >= max) {
+                    tracing::error!(component = %path, error = %e, attempts = attempt, "Source cannot start.");
                     comp.set_state(State::Failed);
                     return None;
                 }
                 tracing::warn!(component = %path, error = %e, "Source not started yet; retrying.");
-                attempt += 1;
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = tokio::time::sleep(opts.reconnect.delay(attempt)) => {}
                     _ = out.stop.wait_for(|s| *s) => return None,
                 }
             }

@@ -428,7 +428,7 @@ pub fn parse(
         let path = format!("connections.{name}");
         check_name(&path, &name)?;
         let c: ConnectionConfig = typed(&path, v)?;
-        c.connect_options(&path, &name, "x")?;
+        c.connect_options(&path, &name, "x", None)?;
         connections.insert(name, c);
     }
 
@@ -440,7 +440,7 @@ pub fn parse(
         let s = match ty.as_str() {
             "mqtt" => {
                 let m: MqttSourceConfig = typed(&path, body)?;
-                m.validate(&path, &name, &connections)?;
+                m.validate(&path, &connections)?;
                 SourceConfig::Mqtt(m)
             }
             "generator" => {
@@ -621,6 +621,24 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The session options of one component, for the runtime (validated
+    /// when the file was loaded).
+    pub fn options_for(
+        &self,
+        connection: &str,
+        component: &str,
+        embedded: Option<&str>,
+    ) -> ConnectOptions {
+        self.connections[connection]
+            .connect_options(
+                &format!("connections.{connection}"),
+                connection,
+                component,
+                embedded,
+            )
+            .expect("validated when loaded")
+    }
+
     /// Whether any connection asks for the embedded broker.
     pub fn wants_embedded_broker(&self) -> bool {
         self.connections.values().any(|c| c.is_embedded())
@@ -641,23 +659,16 @@ impl ConnectionConfig {
     }
 
     /// Session options for one component. `embedded` is the URL of the
-    /// embedded broker, used where the file says `"embedded"`.
+    /// embedded broker, used where the file says `"embedded"` (none while
+    /// validating: any URL stands in for it).
     pub fn connect_options(
         &self,
         path: &str,
         connection: &str,
         component: &str,
+        embedded: Option<&str>,
     ) -> Result<ConnectOptions, ConfigError> {
-        self.connect_options_with(path, connection, component, "mqtt://127.0.0.1:1")
-    }
-
-    pub fn connect_options_with(
-        &self,
-        path: &str,
-        connection: &str,
-        component: &str,
-        embedded: &str,
-    ) -> Result<ConnectOptions, ConfigError> {
+        let embedded = embedded.unwrap_or("mqtt://127.0.0.1:1");
         let mut brokers = Vec::new();
         let list = self.broker.to_vec();
         if list.is_empty() {
@@ -749,10 +760,9 @@ impl MqttSourceConfig {
     fn validate(
         &self,
         path: &str,
-        name: &str,
         connections: &BTreeMap<String, ConnectionConfig>,
     ) -> Result<(), ConfigError> {
-        let conn = connection(path, &self.connection, connections)?;
+        connection(path, &self.connection, connections)?;
         qos(&format!("{path}.qos"), self.qos)?;
         let topics = self.topics.to_vec();
         if topics.is_empty() {
@@ -814,11 +824,6 @@ impl MqttSourceConfig {
                 ));
             }
         }
-        conn.connect_options(
-            &format!("connections.{}", self.connection),
-            &self.connection,
-            name,
-        )?;
         Ok(())
     }
 }
@@ -1097,23 +1102,6 @@ fn expand(
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// Reads a source or sink's connection options, for the runtime.
-pub fn options_for(
-    p: &Pipeline,
-    connection: &str,
-    component: &str,
-    embedded: Option<&str>,
-) -> ConnectOptions {
-    let c = &p.connections[connection];
-    c.connect_options_with(
-        &format!("connections.{connection}"),
-        connection,
-        component,
-        embedded.unwrap_or("mqtt://127.0.0.1:1"),
-    )
-    .expect("validated when loaded")
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let path = format!("sinks.{name}");
         let task = match &sink.kind {
             SinkKind::Mqtt(m) => {
-                let opts = config::options_for(&p, &m.connection, name, embedded.as_deref());
+                let opts = p.options_for(&m.connection, name, embedded.as_deref());
                 tokio::spawn(connectors::mqtt::run_sink(
                     path.clone(),
                     m.clone(),
@@ -191,7 +191,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let path = format!("sources.{name}");
         match source {
             SourceConfig::Mqtt(m) => {
-                let opts = config::options_for(&p, &m.connection, name, embedded.as_deref());
+                let opts = p.options_for(&m.connection, name, embedded.as_deref());
                 let m = m.clone();
                 tokio::spawn(async move {
                     let _ = done.send(connectors::mqtt::run_source(path, m, opts, comp, out).await);
