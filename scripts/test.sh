@@ -25,4 +25,5 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo test --workspace --all-targets
+# --no-fail-fast: a failing test binary does not hide the others' results.
+cargo test --workspace --all-targets --no-fail-fast

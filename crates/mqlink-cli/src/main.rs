@@ -3,7 +3,6 @@
 
 mod airbyte;
 mod cli;
-mod connectors;
 mod pipeline;
 
 use std::process::ExitCode;
@@ -70,7 +69,7 @@ fn main() -> ExitCode {
         _ => ("warn", false, false),
     };
     let filter = if debug {
-        EnvFilter::new("mqlink=debug,mqlink_cli=debug")
+        EnvFilter::new("mqlink=debug,mqlink_cli=debug,mqlink_pipeline=debug")
     } else if quiet {
         EnvFilter::new(default_level)
     } else {

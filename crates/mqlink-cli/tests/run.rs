@@ -252,7 +252,9 @@ listen = "127.0.0.1:{http}"
         &[
             "not json".into(),
             r#"{"device_id":"d","seq":"seven"}"#.into(),
-            "{}".into(),
+            // Valid JSON but not an object. (`{}` is a row of NULLs: columns
+            // are nullable, as in Laminar's tables.)
+            "[1,2]".into(),
         ],
     );
     publish(
@@ -295,6 +297,10 @@ listen = "127.0.0.1:{http}"
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["components"][1]["name"], "telemetry");
     assert_eq!(status["components"][1]["state"], "running");
+    assert_eq!(
+        status["components"][1]["errors"], 3,
+        "/status counts the decode errors the metrics count"
+    );
     let row: serde_json::Value = serde_json::from_str(&lines(&archive)[0]).unwrap();
     assert_eq!(row["seq"], 0);
     assert_eq!(row["timestamp"], "2026-11-23T10:00:00.000000Z");
@@ -782,7 +788,11 @@ listen = "127.0.0.1:{http}"
     });
     let (_, m) = http_get(http, "/metrics").unwrap();
     assert!(
-        m.contains("mqlink_sink_errors_total{component=\"out\",type=\"mqtt\"} 1"),
+        m.contains("mqlink_sink_dead_lettered_total{component=\"out\",type=\"mqtt\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mqlink_sink_skipped_total{component=\"out\",type=\"mqtt\"} 0"),
         "{m}"
     );
     signal(&run, "-TERM");
@@ -1036,5 +1046,188 @@ path = "f.jsonl"
     assert!(
         err.contains("mqlink: sources.s: cannot reach mqtt://127.0.0.1:"),
         "{err}"
+    );
+}
+
+/// The far broker of a bridge is gone for longer than the sink's
+/// connection will try (`max_reconnect_attempts`): the sink gives up, the
+/// run fails naming it, and nothing it did not deliver was acknowledged —
+/// the next run delivers all of it from the near broker's session.
+#[test]
+fn a_far_broker_gone_past_max_reconnect_attempts_loses_nothing() {
+    let a = Mosquitto::start();
+    let mut b = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("far");
+    let cfg = write(
+        dir.path(),
+        "bridge.toml",
+        &format!(
+            r#"
+[connections.a]
+broker = "mqtt://127.0.0.1:{pa}"
+client_id = "{topic}-a"
+clean_session = false
+[connections.b]
+broker = "mqtt://127.0.0.1:{pb}"
+client_id = "{topic}-b"
+reconnect_interval = 0.2
+max_reconnect_attempts = 2
+[sources.in]
+type = "mqtt"
+connection = "a"
+topics = ["{topic}/#"]
+format = "raw_bytes"
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "far/{{stream}}"
+format = "raw"
+"#,
+            pa = a.port,
+            pb = b.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    let (mut sub, rx) = mosquitto_sub(&["-p", &b.port.to_string(), "-t", "far/#", "-q", "1"]);
+    wait_until(20, "a probe through the bridge", || {
+        testkit::mosquitto_pub(&[
+            "-p",
+            &a.port.to_string(),
+            "-t",
+            &format!("{topic}/probe"),
+            "-m",
+            "probe",
+            "-q",
+            "1",
+        ]);
+        rx.recv_timeout(Duration::from_millis(300)).is_ok()
+    });
+    let _ = sub.kill();
+    let _ = sub.wait();
+    b.stop();
+    let payloads: Vec<String> = (0..100).map(|i| format!("m{i:03}")).collect();
+    publish(a.port, &format!("{topic}/x"), &payloads);
+    let out = wait_output(&mut run, 60);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sinks.out"), "{err}");
+
+    b.restart();
+    let (mut sub, rx) = mosquitto_sub(&["-p", &b.port.to_string(), "-t", "far/#", "-q", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = start(&cfg, dir.path(), &["--quiet"]);
+    let mut got = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < payloads.len() && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            if l != "probe" {
+                got.insert(l);
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        payloads.iter().cloned().collect::<BTreeSet<_>>(),
+        "every message sent while the far broker was gone arrives after it is back"
+    );
+    signal(&again, "-TERM");
+    assert!(wait_output(&mut again, 30).status.success());
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
+
+/// SIGTERM while the quickstart runs: every record the embedded broker
+/// accepted reaches the file before the run ends (its PUBACK was a promise).
+#[test]
+fn sigterm_through_the_embedded_broker_delivers_every_accepted_record() {
+    let dir = testkit::TempDir::new().unwrap();
+    let http = free_port();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml"),
+    )
+    .unwrap();
+    let cfg = example
+        .replace("count = 100000", "count = 0")
+        .replace("rate = 20000", "rate = 5000")
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{http}"));
+    let file = write(dir.path(), "quickstart.toml", &cfg);
+    let mut run = start(&file, dir.path(), &[]);
+    let out_file = dir.path().join("out/telemetry.jsonl");
+    wait_until(30, "records in the file", || lines(&out_file).len() > 2000);
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 60);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The generator's record count, from the summary.
+    let generated: usize = err
+        .lines()
+        .find(|l| l.contains("sources.devices"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let i = words.iter().position(|w| *w == "records")?;
+            words[i - 1].parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no generator line in {err}"));
+    let seqs: BTreeSet<i64> = lines(&out_file)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(generated > 2000, "{err}");
+    assert_eq!(
+        seqs.len(),
+        generated,
+        "every generated record is in the file\n{err}"
+    );
+    assert_eq!(seqs.iter().next_back(), Some(&(generated as i64 - 1)));
+}
+
+/// A PostgreSQL error retrying cannot fix (no such database) is fatal at
+/// once, with PostgreSQL's own message; a MQTT password is treated alike.
+#[test]
+fn a_missing_database_is_fatal_with_postgresql_s_message() {
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let url = pg.url();
+    let (base, _db) = url.rsplit_once('/').unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+[sources.s]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/#"]
+schema = {{ id = "bigint" }}
+[sinks.db]
+type = "postgres"
+inputs = ["s"]
+url = "{base}/no_such_db"
+table = "t"
+create_table = true
+"#,
+            port = broker.port,
+            topic = unique_id("pgfatal")
+        ),
+    );
+    let t = std::time::Instant::now();
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sinks.db"), "{err}");
+    assert!(err.contains("\"no_such_db\" does not exist"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "not retried for long"
     );
 }

@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ const MAX_PACKET: usize = 16 << 20;
 pub struct EmbeddedBroker {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    router: Arc<Mutex<Router>>,
 }
 
 impl EmbeddedBroker {
@@ -57,6 +59,7 @@ impl EmbeddedBroker {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let router = Arc::new(Mutex::new(Router::default()));
+        let routes = router.clone();
         let task = tokio::spawn(async move {
             let mut next_id = 0u64;
             loop {
@@ -74,11 +77,29 @@ impl EmbeddedBroker {
                 });
             }
         });
-        Ok(EmbeddedBroker { addr, task })
+        Ok(EmbeddedBroker {
+            addr,
+            task,
+            router: routes,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Messages the broker accepted (acknowledged to their publishers) and
+    /// has not delivered yet: queued for a session, or sent and not
+    /// acknowledged by the subscriber. A pipeline drains this to zero
+    /// before its sources stop, so nothing it was handed is lost.
+    pub fn undelivered(&self) -> usize {
+        let r = self.router.lock().expect("router lock");
+        let queued: usize = r
+            .sessions
+            .values()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity() + s.unacked.len())
+            .sum();
+        queued + r.inflight.load(Ordering::Relaxed)
     }
 }
 
@@ -114,6 +135,9 @@ struct Session {
 struct Router {
     sessions: HashMap<String, Session>,
     retained: HashMap<String, Outbound>,
+    /// Deliveries sent on a connection and not acknowledged yet, all
+    /// connections together (kept by the connections, read by `undelivered`).
+    inflight: Arc<AtomicUsize>,
 }
 
 impl Router {
@@ -238,6 +262,8 @@ struct Conn {
     out: BytesMut,
     /// Deliveries waiting for PUBACK/PUBCOMP, by packet id, in send order.
     inflight: VecDeque<(u16, Outbound)>,
+    /// The broker-wide count of `inflight`s.
+    inflight_total: Arc<AtomicUsize>,
     next_pkid: u16,
     window: usize,
     /// A publish waiting for room in subscribers' queues.
@@ -251,6 +277,7 @@ impl Conn {
             protocol: Protocol::V311,
             out: BytesMut::with_capacity(64 * 1024),
             inflight: VecDeque::new(),
+            inflight_total: router.lock().expect("router lock").inflight.clone(),
             next_pkid: 0,
             window: 1000,
             routing: None,
@@ -307,6 +334,8 @@ impl Conn {
             .await;
         // Hand the session back: a persistent one keeps its queue and the
         // deliveries still unacknowledged (sent again with DUP next time).
+        conn.inflight_total
+            .fetch_sub(conn.inflight.len(), Ordering::Relaxed);
         let clean_exit = matches!(result, Ok(true));
         let will = connect.will.as_ref().filter(|_| !clean_exit).cloned();
         {
@@ -443,6 +472,7 @@ impl Conn {
         encode_publish(&p, self.protocol, &mut self.out);
         if m.qos != QoS::AtMostOnce {
             self.inflight.push_back((pkid, m));
+            self.inflight_total.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -573,6 +603,7 @@ impl Conn {
                 AckKind::PubAck | AckKind::PubComp => {
                     if let Some(i) = self.inflight.iter().position(|(id, _)| *id == a.pkid) {
                         self.inflight.remove(i);
+                        self.inflight_total.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
             },

@@ -29,7 +29,9 @@ pub mod topic;
 mod types;
 
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
-pub use options::{BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptions, Transport};
+pub use options::{
+    Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptions, Transport,
+};
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,

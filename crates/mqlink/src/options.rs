@@ -178,10 +178,12 @@ pub struct LastWill {
     pub retain: bool,
 }
 
-/// How reconnects are paced: `initial_interval`, then times `multiplier`
-/// each attempt up to `max_interval`, each delay varied by ±`jitter`.
+/// How retries are paced — the one backoff of mqlink, for the session's
+/// reconnects and for a pipeline sink's retried writes: `initial_interval`,
+/// then times `multiplier` each attempt up to `max_interval`, each delay
+/// varied by ±`jitter`; `max_attempts` in a row, then give up (0 = never).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ReconnectPolicy {
+pub struct Backoff {
     pub initial_interval: Duration,
     pub multiplier: f64,
     pub max_interval: Duration,
@@ -191,9 +193,12 @@ pub struct ReconnectPolicy {
     pub jitter: f64,
 }
 
-impl Default for ReconnectPolicy {
+/// The session's reconnect policy is a [`Backoff`].
+pub type ReconnectPolicy = Backoff;
+
+impl Default for Backoff {
     fn default() -> Self {
-        ReconnectPolicy {
+        Backoff {
             initial_interval: Duration::from_millis(500),
             multiplier: 2.0,
             max_interval: Duration::from_secs(30),
@@ -203,8 +208,13 @@ impl Default for ReconnectPolicy {
     }
 }
 
-impl ReconnectPolicy {
-    /// The delay before reconnect attempt `attempt` (1-based).
+impl Backoff {
+    /// Whether attempt `attempt` (1-based) is past `max_attempts`.
+    pub fn exhausted(&self, attempt: u32) -> bool {
+        self.max_attempts > 0 && attempt > self.max_attempts
+    }
+
+    /// The delay before attempt `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let base = self.initial_interval.as_secs_f64()
             * self

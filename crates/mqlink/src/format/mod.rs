@@ -67,18 +67,51 @@ impl fmt::Display for ColumnType {
     }
 }
 
-/// Named, typed columns, in order.
+/// Named, typed columns, in order. Columns are nullable, as in Laminar's
+/// and Arroyo's tables: a missing field or JSON `null` reads as NULL,
+/// except in the columns named in `not_null`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Schema {
     pub columns: Vec<(Arc<str>, ColumnType)>,
+    /// Columns whose value must be present and not null (`"bigint not null"`).
+    pub not_null: Vec<Arc<str>>,
 }
 
 impl Schema {
     pub fn new<N: Into<Arc<str>>>(columns: impl IntoIterator<Item = (N, ColumnType)>) -> Self {
         Schema {
             columns: columns.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            not_null: Vec::new(),
         }
     }
+
+    /// Marks columns as required.
+    pub fn with_not_null<N: Into<Arc<str>>>(mut self, names: impl IntoIterator<Item = N>) -> Self {
+        self.not_null.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn is_not_null(&self, column: &str) -> bool {
+        self.not_null.iter().any(|n| **n == *column)
+    }
+
+    /// The column named `name`, if there is one.
+    pub fn column(&self, name: &str) -> Option<ColumnType> {
+        self.columns
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, t)| *t)
+    }
+}
+
+/// A column type with an optional `not null` after it: `"bigint not null"`.
+pub fn parse_column(s: &str) -> Result<(ColumnType, bool), String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (ty, not_null) = match lower.strip_suffix("not null") {
+        Some(t) => (t.trim_end(), true),
+        None => (lower.as_str(), false),
+    };
+    Ok((ty.parse()?, not_null))
 }
 
 /// A decoded value.
@@ -148,8 +181,10 @@ pub enum FormatError {
     InvalidJson(String),
     #[error("payload is JSON {found}, but the schema needs an object")]
     NotAnObject { found: &'static str },
-    #[error("field {field:?} is missing")]
+    #[error("field {field:?} is missing (the column is NOT NULL)")]
     Missing { field: String },
+    #[error("field {field:?} is null (the column is NOT NULL)")]
+    Null { field: String },
     #[error("field {field:?}: expected {expected}, found {found}")]
     WrongType {
         field: String,
@@ -293,10 +328,20 @@ fn decode_row(schema: &Schema, payload: &[u8]) -> Result<Value, FormatError> {
         .map_err(|found| FormatError::NotAnObject { found })?;
     let mut row = Vec::with_capacity(schema.columns.len());
     for ((name, ty), slot) in schema.columns.iter().zip(slots) {
-        let field = slot.ok_or_else(|| FormatError::Missing {
-            field: name.to_string(),
-        })?;
-        row.push((name.clone(), typed(name, *ty, field)?));
+        let present = slot.is_some();
+        let value = match slot {
+            Some(field) => typed(name, *ty, field)?,
+            None => Value::Null,
+        };
+        if value == Value::Null && schema.is_not_null(name) {
+            let field = name.to_string();
+            return Err(if present {
+                FormatError::Null { field }
+            } else {
+                FormatError::Missing { field }
+            });
+        }
+        row.push((name.clone(), value));
     }
     Ok(Value::Row(row))
 }
@@ -398,14 +443,43 @@ mod tests {
 
     fn telemetry() -> Format {
         Format::Json {
-            schema: Some(Schema::new([
-                ("device_id", ColumnType::Text),
-                ("seq", ColumnType::BigInt),
-                ("timestamp", ColumnType::Timestamp),
-                ("temperature", ColumnType::Double),
-                ("ok", ColumnType::Boolean),
-            ])),
+            schema: Some(
+                Schema::new([
+                    ("device_id", ColumnType::Text),
+                    ("seq", ColumnType::BigInt),
+                    ("timestamp", ColumnType::Timestamp),
+                    ("temperature", ColumnType::Double),
+                    ("ok", ColumnType::Boolean),
+                ])
+                .with_not_null(["device_id"]),
+            ),
         }
+    }
+
+    #[test]
+    fn columns_are_nullable_unless_not_null() {
+        let f = telemetry();
+        let Value::Row(row) = f
+            .decode("t", &Bytes::from_static(br#"{"device_id":"d","seq":null}"#))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(row[1].1, Value::Null, "null reads as NULL");
+        assert_eq!(row[2].1, Value::Null, "missing reads as NULL");
+        let e = f
+            .decode("t", &Bytes::from_static(br#"{"device_id":null}"#))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"field "device_id" is null (the column is NOT NULL)"#
+        );
+        assert_eq!(
+            parse_column(" BIGINT  NOT NULL").unwrap(),
+            (ColumnType::BigInt, true)
+        );
+        assert_eq!(parse_column("text").unwrap(), (ColumnType::Text, false));
+        assert!(parse_column("not null").is_err());
     }
 
     #[test]

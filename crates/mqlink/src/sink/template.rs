@@ -118,6 +118,25 @@ impl TopicTemplate {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
+    /// The value fields the template reads (`{a.b}` is `["a", "b"]`), so a
+    /// configuration can check them against a schema before running.
+    pub fn fields(&self) -> impl Iterator<Item = &[String]> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(path) => Some(path.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// Whether the template reads `{stream}` (the record's source topic).
+    pub fn uses_stream(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Stream))
+    }
+
+    /// Whether the template reads `{key}`.
+    pub fn uses_key(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Key))
+    }
+
     /// Renders the topic for `record`; the result is a valid topic name or an error.
     pub fn render(&self, record: &SinkRecord) -> Result<String, TemplateError> {
         let missing = |what: &str| TemplateError::Missing {

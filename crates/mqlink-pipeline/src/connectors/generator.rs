@@ -7,11 +7,36 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use mqlink::format::{ColumnType, Schema, Value};
+use serde::Deserialize;
+use serde_json::Value as Json;
 
 use super::Outputs;
-use crate::pipeline::batch::Item;
-use crate::pipeline::config::GeneratorConfig;
-use crate::pipeline::status::{Component, State};
+use crate::batch::Item;
+use crate::spec::{err, hundred, thousand, typed, ConfigError, Context, SourceConfig};
+use crate::status::{Component, State};
+
+/// Simulated sensors: device_id, seq, timestamp, temperature, humidity.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Records to make [default: 0 = forever].
+    #[serde(default)]
+    pub count: u64,
+    /// Records per second [default: 1000; 0 = as fast as the sinks take them].
+    #[serde(default = "thousand")]
+    pub rate: u64,
+    /// Distinct device ids [default: 100].
+    #[serde(default = "hundred")]
+    pub devices: u64,
+}
+
+pub fn parse(ctx: &Context, body: Json) -> Result<SourceConfig, ConfigError> {
+    let g: GeneratorConfig = typed(ctx.path, body)?;
+    if g.devices == 0 {
+        return Err(err(format!("{}.devices", ctx.path), "must be at least 1"));
+    }
+    Ok(SourceConfig::Generator(g))
+}
 
 /// The columns of every generated record.
 pub fn schema() -> Schema {

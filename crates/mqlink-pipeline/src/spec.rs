@@ -1,4 +1,6 @@
-//! The pipeline file of `mqlink run`: TOML, or YAML by extension.
+//! The pipeline spec, typed and validated once, and its TOML/YAML front
+//! end (`mqlink run FILE`; YAML by extension). Other front ends (SQL,
+//! Cybus files) compile into the same [`Pipeline`].
 //!
 //! Connections are reusable profiles (Laminar's `CREATE CONNECTION`, Cybus'
 //! connection resource); sources and sinks name them, and sinks name their
@@ -15,13 +17,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::Arc;
+use mqlink::format::{parse_column, Schema};
+use mqlink::topic::validate_topic_name;
+use mqlink::{Backoff, BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsOptions};
 
-use mqlink::format::{AvroSchema, ColumnType, Format, Registry, Schema};
-use mqlink::options::ReconnectPolicy;
-use mqlink::sink::TopicTemplate;
-use mqlink::topic::{validate_filter, validate_topic_name};
-use mqlink::{BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsOptions};
+use crate::connectors::file::FileSinkConfig;
+use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::mqtt::{MqttSinkConfig, MqttSourceConfig};
+use crate::connectors::postgres::PostgresSinkConfig;
+use crate::connectors::registry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -34,7 +38,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
         message: message.into(),
@@ -106,8 +110,8 @@ pub struct ConnectionConfig {
     pub lwt_topic: Option<String>,
     #[serde(default)]
     pub lwt_payload: String,
-    #[serde(default = "one")]
-    pub lwt_qos: u8,
+    #[serde(default = "qos1", deserialize_with = "qos")]
+    pub lwt_qos: QoS,
     #[serde(default)]
     pub lwt_retain: bool,
     /// First reconnect delay in seconds [default: 1].
@@ -119,6 +123,10 @@ pub struct ConnectionConfig {
     pub reconnect_backoff_multiplier: Option<f64>,
     /// Publishes in flight at once [default: 1000].
     pub max_inflight: Option<u16>,
+    /// The session options these keys make (client id and the embedded
+    /// broker's address filled in per component at run time).
+    #[serde(skip)]
+    pub options: ConnectOptions,
 }
 
 /// A string or a list of strings.
@@ -139,6 +147,8 @@ impl OneOrMany {
 }
 
 /// A source (`[sources.NAME]`), by `type`.
+// Built once per component at load: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Mqtt(MqttSourceConfig),
@@ -153,66 +163,13 @@ impl SourceConfig {
             SourceConfig::Generator(_) => Some(crate::connectors::generator::schema()),
         }
     }
-}
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSourceConfig {
-    pub connection: String,
-    /// Topic filters; overlapping filters still deliver each message once.
-    pub topics: OneOrMany,
-    /// 0, 1 or 2 [default: 1].
-    #[serde(default = "one")]
-    pub qos: u8,
-    /// `json`, `raw_bytes` or `avro` [default: json].
-    #[serde(default = "json_format")]
-    pub format: String,
-    /// Typed columns for `json`: `{ name = "text" | "bigint" | "double" |
-    /// "boolean" | "timestamp" | "json" | "bytea" }`, in order.
-    #[serde(default, deserialize_with = "schema")]
-    pub schema: Option<Schema>,
-    /// `raw_bytes.include_topic = true`: records of topic and payload.
-    pub raw_bytes: Option<RawBytesOptions>,
-    /// Avro writer schema file (`format = "avro"`).
-    pub avro_schema: Option<PathBuf>,
-    /// Confluent schema registry (`format = "avro"`, wire format with schema ids).
-    pub schema_registry_url: Option<String>,
-    /// Undecodable payloads are published here, then acknowledged.
-    pub dead_letter_topic: Option<String>,
-    /// Records handed to the sinks at once at most [default: 1000].
-    #[serde(default = "batch_size")]
-    pub batch_size: usize,
-    /// How long a batch may wait for more records after its first
-    /// [default: 0: it takes what has arrived and goes].
-    #[serde(default)]
-    pub batch_timeout_ms: u64,
-    /// Clients on a shared subscription [default: 1].
-    #[serde(default = "one_u16")]
-    pub parallelism: u16,
-    /// Share group with parallelism [default: the client id].
-    pub share_group: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawBytesOptions {
-    #[serde(default)]
-    pub include_topic: bool,
-}
-
-/// Simulated sensors: device_id, seq, timestamp, temperature, humidity.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct GeneratorConfig {
-    /// Records to make [default: 0 = forever].
-    #[serde(default)]
-    pub count: u64,
-    /// Records per second [default: 1000; 0 = as fast as the sinks take them].
-    #[serde(default = "thousand")]
-    pub rate: u64,
-    /// Distinct device ids [default: 100].
-    #[serde(default = "hundred")]
-    pub devices: u64,
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::Mqtt(_) => "mqtt",
+            SourceConfig::Generator(_) => "generator",
+        }
+    }
 }
 
 /// A sink (`[sinks.NAME]`), by `type`; `inputs` name sources.
@@ -241,60 +198,6 @@ impl SinkKind {
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct MqttSinkConfig {
-    pub connection: String,
-    /// Topic template: `{field}`, `{a.b}`, `{stream}` (the source topic).
-    pub topic: String,
-    /// 0, 1 or 2 [default: 1].
-    #[serde(default = "one")]
-    pub qos: u8,
-    #[serde(default)]
-    pub retain: bool,
-    /// `json` (the record as a JSON object) or `raw` (the original payload
-    /// bytes of MQTT sources) [default: json].
-    #[serde(default = "json_format")]
-    pub format: String,
-    /// Clients publishing in parallel, per-key order kept [default: 1].
-    #[serde(default = "one_u16")]
-    pub parallelism: u16,
-    /// Records whose topic cannot be rendered (a template field missing)
-    /// are published here instead, with the reason; without it they are
-    /// logged, counted and skipped by this sink.
-    pub dead_letter_topic: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// One JSON object per line, appended; parent directories are created.
-    pub path: PathBuf,
-    /// fsync after each batch, for power loss (a write() already survives
-    /// a crash of mqlink) [default: false].
-    #[serde(default)]
-    pub fsync: bool,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSinkConfig {
-    /// `postgres://user[:password]@host[:port]/database`; the password is never printed.
-    #[serde(deserialize_with = "secret_required")]
-    pub url: Secret,
-    pub table: String,
-    /// Create the table (if missing) with the input's schema as columns.
-    #[serde(default)]
-    pub create_table: bool,
-    /// Columns that identify a message: redelivered rows are ignored
-    /// (`ON CONFLICT DO NOTHING`), so a crash still gives one row each.
-    #[serde(default)]
-    pub primary_key: Vec<String>,
-    /// Rows per INSERT at most [default: 5000].
-    #[serde(default = "pg_batch")]
-    pub batch_size: usize,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address for /metrics, /health, /ready and /status.
     pub listen: String,
@@ -309,6 +212,10 @@ pub struct RunConfig {
     /// Seconds between status log lines when not on a terminal [default: 10].
     #[serde(default = "ten")]
     pub status_interval: f64,
+    /// Seconds a component may make no progress while work waits for it
+    /// before /ready turns 503 and a warning names it [default: 30].
+    #[serde(default = "thirty")]
+    pub stall_timeout: f64,
 }
 
 impl Default for RunConfig {
@@ -316,6 +223,7 @@ impl Default for RunConfig {
         RunConfig {
             shutdown_timeout: 30.0,
             status_interval: 10.0,
+            stall_timeout: 30.0,
         }
     }
 }
@@ -327,25 +235,22 @@ pub struct EmbeddedBrokerConfig {
     pub listen: Option<String>,
 }
 
-const fn yes() -> bool {
+pub(crate) const fn yes() -> bool {
     true
 }
-const fn one() -> u8 {
+pub(crate) const fn one_u16() -> u16 {
     1
 }
-const fn one_u16() -> u16 {
-    1
-}
-const fn thousand() -> u64 {
+pub(crate) const fn thousand() -> u64 {
     1000
 }
-const fn hundred() -> u64 {
+pub(crate) const fn hundred() -> u64 {
     100
 }
-const fn batch_size() -> usize {
+pub(crate) const fn batch_size() -> usize {
     1000
 }
-const fn pg_batch() -> usize {
+pub(crate) const fn pg_batch() -> usize {
     5000
 }
 const fn thirty() -> f64 {
@@ -354,17 +259,17 @@ const fn thirty() -> f64 {
 const fn ten() -> f64 {
     10.0
 }
-fn json_format() -> String {
+pub(crate) fn json_format() -> String {
     "json".into()
 }
 
-fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+pub(crate) fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(Option::<String>::deserialize(d)?
         .filter(|s| !s.is_empty())
         .map(Secret::new))
 }
 
-fn secret_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+pub(crate) fn secret_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
     String::deserialize(d).map(Secret::new)
 }
 
@@ -377,7 +282,7 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
 }
 
 /// A schema table keeps its order (the order of the columns of a created table).
-fn schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schema>, D::Error> {
+pub(crate) fn schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schema>, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
         type Value = Schema;
@@ -386,13 +291,16 @@ fn schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schema>, D::E
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Schema, A::Error> {
             let mut cols = Vec::new();
+            let mut not_null = Vec::new();
             while let Some((name, ty)) = m.next_entry::<String, String>()? {
-                let ty: ColumnType = ty
-                    .parse()
+                let (ty, required) = parse_column(&ty)
                     .map_err(|e: String| serde::de::Error::custom(format!("{name}: {e}")))?;
+                if required {
+                    not_null.push(name.clone());
+                }
                 cols.push((name, ty));
             }
-            Ok(Schema::new(cols))
+            Ok(Schema::new(cols).with_not_null(not_null))
         }
     }
     d.deserialize_map(V).map(Some)
@@ -427,8 +335,8 @@ pub fn parse(
     for (name, v) in raw.connections {
         let path = format!("connections.{name}");
         check_name(&path, &name)?;
-        let c: ConnectionConfig = typed(&path, v)?;
-        c.connect_options(&path, &name, "x", None)?;
+        let mut c: ConnectionConfig = typed(&path, v)?;
+        c.options = c.connect_options(&path)?;
         connections.insert(name, c);
     }
 
@@ -437,26 +345,23 @@ pub fn parse(
         let path = format!("sources.{name}");
         check_name(&path, &name)?;
         let (ty, body) = split_type(&path, v)?;
-        let s = match ty.as_str() {
-            "mqtt" => {
-                let m: MqttSourceConfig = typed(&path, body)?;
-                m.validate(&path, &connections)?;
-                SourceConfig::Mqtt(m)
-            }
-            "generator" => {
-                let g: GeneratorConfig = typed(&path, body)?;
-                if g.devices == 0 {
-                    return Err(err(format!("{path}.devices"), "must be at least 1"));
-                }
-                SourceConfig::Generator(g)
-            }
-            other => {
-                return Err(err(
-                    format!("{path}.type"),
-                    format!("unknown source type {other:?}: use mqtt or generator"),
-                ))
-            }
+        let Some(t) = registry::SOURCES
+            .iter()
+            .find(|t| t.names.contains(&ty.as_str()))
+        else {
+            let known: Vec<&str> = registry::SOURCES.iter().map(|t| t.names[0]).collect();
+            return Err(err(
+                format!("{path}.type"),
+                format!("unknown source type {ty:?}: use {}", known.join(" or ")),
+            ));
         };
+        let ctx = Context {
+            path: &path,
+            connections: &connections,
+            sources: &sources,
+            inputs: &[],
+        };
+        let s = (t.parse)(&ctx, body)?;
         sources.push((name, s));
     }
 
@@ -495,25 +400,23 @@ pub fn parse(
                 ));
             }
         }
-        let kind = match ty.as_str() {
-            "mqtt" => {
-                let m: MqttSinkConfig = typed(&path, body)?;
-                m.validate(&path, &connections)?;
-                SinkKind::Mqtt(m)
-            }
-            "file" => SinkKind::File(typed(&path, body)?),
-            "postgres" | "postgresql" => {
-                let p: PostgresSinkConfig = typed(&path, body)?;
-                p.validate(&path, &inputs, &sources)?;
-                SinkKind::Postgres(p)
-            }
-            other => {
-                return Err(err(
-                    format!("{path}.type"),
-                    format!("unknown sink type {other:?}: use mqtt, file or postgres"),
-                ))
-            }
+        let Some(t) = registry::SINKS
+            .iter()
+            .find(|t| t.names.contains(&ty.as_str()))
+        else {
+            let known: Vec<&str> = registry::SINKS.iter().map(|t| t.names[0]).collect();
+            return Err(err(
+                format!("{path}.type"),
+                format!("unknown sink type {ty:?}: use {}", known.join(", ")),
+            ));
         };
+        let ctx = Context {
+            path: &path,
+            connections: &connections,
+            sources: &sources,
+            inputs: &inputs,
+        };
+        let kind = (t.parse)(&ctx, body)?;
         sinks.push((name, SinkConfig { inputs, kind }));
     }
     for (name, _) in &sources {
@@ -545,11 +448,13 @@ pub fn parse(
     for (key, v) in [
         ("shutdown_timeout", run.shutdown_timeout),
         ("status_interval", run.status_interval),
+        ("stall_timeout", run.stall_timeout),
     ] {
-        if !(v.is_finite() && v > 0.0) {
+        // A day at most: beyond that a "timeout" bounds nothing.
+        if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
             return Err(err(
                 format!("run.{key}"),
-                format!("{v} is not a positive number of seconds"),
+                format!("{v} is not a number of seconds between 0 and 86400"),
             ));
         }
     }
@@ -621,22 +526,27 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The session options of one component, for the runtime (validated
-    /// when the file was loaded).
+    /// The session options of one component: its connection's, with the
+    /// component's client id, and the embedded broker's address where the
+    /// file says `"embedded"`.
     pub fn options_for(
         &self,
-        connection: &str,
+        connection: &ConnectionConfig,
+        connection_name: &str,
         component: &str,
-        embedded: Option<&str>,
+        embedded: Option<&BrokerUrl>,
     ) -> ConnectOptions {
-        self.connections[connection]
-            .connect_options(
-                &format!("connections.{connection}"),
-                connection,
-                component,
-                embedded,
-            )
-            .expect("validated when loaded")
+        let mut opts = connection.options.clone();
+        opts.client_id = Some(connection.client_id_for(connection_name, component));
+        if let (true, Some(url)) = (connection.is_embedded(), embedded) {
+            opts.brokers = vec![url.clone()];
+        }
+        opts
+    }
+
+    /// The connection named `name` (a name checked when the file was loaded).
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.get(name)
     }
 
     /// Whether any connection asks for the embedded broker.
@@ -658,17 +568,10 @@ impl ConnectionConfig {
         }
     }
 
-    /// Session options for one component. `embedded` is the URL of the
-    /// embedded broker, used where the file says `"embedded"` (none while
-    /// validating: any URL stands in for it).
-    pub fn connect_options(
-        &self,
-        path: &str,
-        connection: &str,
-        component: &str,
-        embedded: Option<&str>,
-    ) -> Result<ConnectOptions, ConfigError> {
-        let embedded = embedded.unwrap_or("mqtt://127.0.0.1:1");
+    /// The session options of this connection; `"embedded"` stands for an
+    /// address known only when the run starts the embedded broker.
+    fn connect_options(&self, path: &str) -> Result<ConnectOptions, ConfigError> {
+        let embedded = "mqtt://127.0.0.1:1";
         let mut brokers = Vec::new();
         let list = self.broker.to_vec();
         if list.is_empty() {
@@ -696,14 +599,21 @@ impl ConnectionConfig {
                 .parse()
                 .map_err(|e: String| err(format!("{path}.protocol"), e))?,
         };
+        // Bounded, so that no absurd number reaches a timer: keep-alive is
+        // 16 bits on the wire, other waits are a day at most.
         let secs = |key: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
             let v = v.unwrap_or(default);
-            if v.is_finite() && v >= 0.0 {
+            let max = if key == "keep_alive" {
+                65_535.0
+            } else {
+                86_400.0
+            };
+            if v.is_finite() && (0.0..=max).contains(&v) {
                 Ok(Duration::from_secs_f64(v))
             } else {
                 Err(err(
                     format!("{path}.{key}"),
-                    format!("{v} is not a number of seconds"),
+                    format!("{v} is not a number of seconds between 0 and {max}"),
                 ))
             }
         };
@@ -715,14 +625,14 @@ impl ConnectionConfig {
                 Some(LastWill {
                     topic: t.clone(),
                     payload: self.lwt_payload.clone().into(),
-                    qos: qos(&format!("{path}.lwt_qos"), self.lwt_qos)?,
+                    qos: self.lwt_qos,
                     retain: self.lwt_retain,
                 })
             }
         };
         let opts = ConnectOptions {
             brokers,
-            client_id: Some(self.client_id_for(connection, component)),
+            client_id: Some(self.client_id_for("x", "y")),
             username: self.username.clone(),
             password: self.password.clone(),
             tls: TlsOptions {
@@ -743,11 +653,19 @@ impl ConnectionConfig {
             session_expiry_interval: self.session_expiry_interval,
             last_will,
             max_inflight: self.max_inflight.unwrap_or(1000),
-            reconnect: ReconnectPolicy {
+            reconnect: Backoff {
                 initial_interval: secs("reconnect_interval", self.reconnect_interval, 1.0)?,
-                multiplier: self.reconnect_backoff_multiplier.unwrap_or(2.0),
+                multiplier: match self.reconnect_backoff_multiplier.unwrap_or(2.0) {
+                    m if m.is_finite() && (1.0..=100.0).contains(&m) => m,
+                    m => {
+                        return Err(err(
+                            format!("{path}.reconnect_backoff_multiplier"),
+                            format!("{m} is not a number between 1 and 100"),
+                        ))
+                    }
+                },
                 max_attempts: self.max_reconnect_attempts,
-                ..ReconnectPolicy::default()
+                ..Backoff::default()
             },
             ..ConnectOptions::default()
         };
@@ -756,205 +674,7 @@ impl ConnectionConfig {
     }
 }
 
-impl MqttSourceConfig {
-    fn validate(
-        &self,
-        path: &str,
-        connections: &BTreeMap<String, ConnectionConfig>,
-    ) -> Result<(), ConfigError> {
-        connection(path, &self.connection, connections)?;
-        qos(&format!("{path}.qos"), self.qos)?;
-        let topics = self.topics.to_vec();
-        if topics.is_empty() {
-            return Err(err(
-                format!("{path}.topics"),
-                "at least one topic filter is needed",
-            ));
-        }
-        for (i, t) in topics.iter().enumerate() {
-            validate_filter(t).map_err(|e| err(format!("{path}.topics[{i}]"), e.to_string()))?;
-        }
-        if let Some(t) = &self.dead_letter_topic {
-            validate_topic_name(t)
-                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
-        }
-        match self.format.as_str() {
-            "json" => {}
-            "raw_bytes" | "raw" => {
-                if self.schema.is_some() {
-                    return Err(err(
-                        format!("{path}.schema"),
-                        "a schema goes with format = \"json\"",
-                    ));
-                }
-            }
-            "avro" => {
-                if self.avro_schema.is_none() == self.schema_registry_url.is_none() {
-                    return Err(err(
-                        format!("{path}.format"),
-                        "avro needs exactly one of avro_schema (a file) and schema_registry_url",
-                    ));
-                }
-            }
-            other => {
-                return Err(err(
-                    format!("{path}.format"),
-                    format!("unknown format {other:?}: use json, raw_bytes or avro"),
-                ))
-            }
-        }
-        self.decoder(path)?;
-        if self.raw_bytes.is_some() && !matches!(self.format.as_str(), "raw_bytes" | "raw") {
-            return Err(err(
-                format!("{path}.raw_bytes"),
-                "goes with format = \"raw_bytes\"",
-            ));
-        }
-        if self.batch_size == 0 {
-            return Err(err(format!("{path}.batch_size"), "must be at least 1"));
-        }
-        if self.parallelism == 0 {
-            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
-        }
-        if let Some(g) = &self.share_group {
-            if g.is_empty() || g.contains(['/', '+', '#']) {
-                return Err(err(
-                    format!("{path}.share_group"),
-                    format!("{g:?} must not be empty or contain '/', '+' or '#'"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl MqttSourceConfig {
-    /// How payloads are decoded; reads the Avro schema file.
-    pub fn decoder(&self, path: &str) -> Result<Format, ConfigError> {
-        Ok(match self.format.as_str() {
-            "raw_bytes" | "raw" => Format::RawBytes {
-                include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
-            },
-            "avro" => match (&self.avro_schema, &self.schema_registry_url) {
-                (Some(file), _) => {
-                    let text = std::fs::read_to_string(file).map_err(|e| {
-                        err(
-                            format!("{path}.avro_schema"),
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?;
-                    let schema = AvroSchema::parse(&text).map_err(|e| {
-                        err(
-                            format!("{path}.avro_schema"),
-                            format!("{}: {e}", file.display()),
-                        )
-                    })?;
-                    Format::Avro {
-                        schema: Arc::new(schema),
-                    }
-                }
-                (None, Some(url)) => Format::AvroRegistry {
-                    registry: Arc::new(
-                        Registry::new(url)
-                            .map_err(|e| err(format!("{path}.schema_registry_url"), e))?,
-                    ),
-                },
-                (None, None) => unreachable!("checked in validate"),
-            },
-            _ => Format::Json {
-                schema: self.schema.clone(),
-            },
-        })
-    }
-}
-
-impl MqttSinkConfig {
-    fn validate(
-        &self,
-        path: &str,
-        connections: &BTreeMap<String, ConnectionConfig>,
-    ) -> Result<(), ConfigError> {
-        connection(path, &self.connection, connections)?;
-        qos(&format!("{path}.qos"), self.qos)?;
-        TopicTemplate::parse(&self.topic)
-            .map_err(|e| err(format!("{path}.topic"), e.to_string()))?;
-        if !matches!(self.format.as_str(), "json" | "raw") {
-            return Err(err(
-                format!("{path}.format"),
-                format!("unknown format {:?}: use json or raw", self.format),
-            ));
-        }
-        if self.parallelism == 0 {
-            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
-        }
-        if let Some(t) = &self.dead_letter_topic {
-            validate_topic_name(t)
-                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
-        }
-        Ok(())
-    }
-}
-
-impl PostgresSinkConfig {
-    fn validate(
-        &self,
-        path: &str,
-        inputs: &[String],
-        sources: &[(String, SourceConfig)],
-    ) -> Result<(), ConfigError> {
-        let url = self
-            .url
-            .expose()
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| err(format!("{path}.url"), format!("not a PostgreSQL URL: {e}")))?;
-        if url.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(err(
-                format!("{path}.url"),
-                "sslmode=require: the PostgreSQL sink speaks plain TCP only (TLS is not built in yet)",
-            ));
-        }
-        if self.table.is_empty() {
-            return Err(err(format!("{path}.table"), "must not be empty"));
-        }
-        if self.batch_size == 0 {
-            return Err(err(format!("{path}.batch_size"), "must be at least 1"));
-        }
-        let schema_of = |n: &String| {
-            sources
-                .iter()
-                .find(|(s, _)| s == n)
-                .and_then(|(_, s)| s.schema())
-        };
-        let first = schema_of(&inputs[0]);
-        for (i, input) in inputs.iter().enumerate() {
-            let s = schema_of(input);
-            if s.is_none() {
-                return Err(err(
-                    format!("{path}.inputs[{i}]"),
-                    format!("source {input:?} has no schema; PostgreSQL rows need typed columns (set format = \"json\" and a schema on the source)"),
-                ));
-            }
-            if s != first {
-                return Err(err(
-                    format!("{path}.inputs[{i}]"),
-                    format!("source {input:?} has another schema than {:?}; one table has one set of columns", inputs[0]),
-                ));
-            }
-        }
-        let schema = first.expect("checked above");
-        for (i, k) in self.primary_key.iter().enumerate() {
-            if !schema.columns.iter().any(|(c, _)| &**c == k) {
-                return Err(err(
-                    format!("{path}.primary_key[{i}]"),
-                    format!("{k:?} is not a column of the input's schema"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn connection<'a>(
+pub(crate) fn connection<'a>(
     path: &str,
     name: &str,
     connections: &'a BTreeMap<String, ConnectionConfig>,
@@ -971,8 +691,35 @@ fn connection<'a>(
     })
 }
 
-fn qos(path: &str, q: u8) -> Result<QoS, ConfigError> {
-    QoS::from_u8(q).ok_or_else(|| err(path, format!("{q} is not a QoS: use 0, 1 or 2")))
+/// A QoS key: 0, 1 or 2, kept as [`QoS`].
+pub(crate) fn qos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+    let q = i64::deserialize(d)?;
+    u8::try_from(q)
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| serde::de::Error::custom(format!("{q} is not a QoS: use 0, 1 or 2")))
+}
+
+pub(crate) const fn qos1() -> QoS {
+    QoS::AtLeastOnce
+}
+
+/// What a connector's options are checked against while loading.
+pub struct Context<'a> {
+    /// `sources.NAME` or `sinks.NAME`.
+    pub path: &'a str,
+    pub connections: &'a BTreeMap<String, ConnectionConfig>,
+    /// The sources read so far (all of them, for a sink).
+    pub sources: &'a [(String, SourceConfig)],
+    /// A sink's inputs (empty for a source).
+    pub inputs: &'a [String],
+}
+
+impl Context<'_> {
+    /// The source named `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
 }
 
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
@@ -1005,7 +752,7 @@ fn split_type(path: &str, mut v: Json) -> Result<(String, Json), ConfigError> {
 }
 
 /// Deserializes `v` as `T`, naming the key path of any error below `prefix`.
-fn typed<T: DeserializeOwned>(prefix: &str, v: Json) -> Result<T, ConfigError> {
+pub(crate) fn typed<T: DeserializeOwned>(prefix: &str, v: Json) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix.is_empty(), inner.as_str()) {
@@ -1271,6 +1018,132 @@ sinks:
         );
         assert!(with("5432/test\"", "5432/test?sslmode=require\"")
             .starts_with("sinks.db.url: sslmode=require"));
+    }
+
+    #[test]
+    fn templates_are_checked_against_the_inputs() {
+        let with = |from: &str, to: &str| {
+            assert!(EXAMPLE.contains(from), "{from}");
+            error_of(&EXAMPLE.replacen(from, to, 1))
+        };
+        // The generator's records have device_id, not devce_id.
+        assert_eq!(
+            with("sensors/{device_id}/telemetry\"\nqos", "sensors/{devce_id}/telemetry\"\nqos"),
+            "sinks.to_broker.topic: sensors/{devce_id}/telemetry: {devce_id}: \"devce_id\" is not a field of sources.devices (fields: device_id, seq, timestamp, temperature, humidity)"
+        );
+        assert!(with("sensors/{device_id}/telemetry\"\nqos", "sensors/{stream}\"\nqos")
+            .contains("{stream} is the topic a record arrived on, and records of sources.devices (a generator) have none"));
+        assert!(with(
+            "sensors/{device_id}/telemetry\"\nqos",
+            "sensors/{key}\"\nqos"
+        )
+        .contains("records of a pipeline have no key"));
+        assert!(
+            with("sensors/{device_id}/telemetry\"\nqos", "s/{seq.x}\"\nqos")
+                .contains("field \"seq\" of sources.devices is bigint, not json")
+        );
+        // A raw bridge can only route by the source topic.
+        let raw = r#"
+[connections.c]
+broker = "mqtt://h"
+[sources.s]
+type = "mqtt"
+connection = "c"
+topics = "a/#"
+format = "raw_bytes"
+[sinks.k]
+type = "mqtt"
+inputs = ["s"]
+connection = "c"
+topic = "b/{id}"
+"#;
+        assert!(error_of(raw).starts_with(
+            "sinks.k.topic: b/{id}: {id}: records of sources.s are raw payload bytes"
+        ));
+        parse(&raw.replace("b/{id}", "b/{stream}"), false, &env).unwrap();
+        // Without a schema the fields cannot be known: accepted.
+        parse(
+            &raw.replace("format = \"raw_bytes\"", "format = \"json\""),
+            false,
+            &env,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn columns_and_bad_data() {
+        let p = parse(
+            &EXAMPLE.replace("seq = \"bigint\"", "seq = \"bigint not null\""),
+            false,
+            &env,
+        )
+        .unwrap();
+        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+            panic!()
+        };
+        assert!(m.schema.as_ref().unwrap().is_not_null("seq"));
+        assert!(!m.schema.as_ref().unwrap().is_not_null("device_id"));
+        assert_eq!(m.bad_data(), crate::connectors::mqtt::BadData::DeadLetter);
+        let no_dlq = EXAMPLE.replace(
+            "dead_letter_topic = \"errors/telemetry\"",
+            "bad_data = \"dead_letter\"",
+        );
+        assert_eq!(
+            error_of(&no_dlq),
+            "sources.telemetry.bad_data: dead_letter needs a dead_letter_topic"
+        );
+        let fail = EXAMPLE.replace(
+            "dead_letter_topic = \"errors/telemetry\"",
+            "bad_data = \"fail\"",
+        );
+        let p = parse(&fail, false, &env).unwrap();
+        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+            panic!()
+        };
+        assert_eq!(m.bad_data(), crate::connectors::mqtt::BadData::Fail);
+        assert!(error_of(&EXAMPLE.replace(
+            "dead_letter_topic = \"errors/telemetry\"",
+            "bad_data = \"ignore\""
+        ))
+        .starts_with("sources.telemetry.bad_data: unknown variant `ignore`"));
+    }
+
+    /// Absurd numbers are errors naming the key, never a panic later.
+    #[test]
+    fn absurd_numbers_are_errors() {
+        let conn = |extra: &str| {
+            EXAMPLE.replace(
+                "session_expiry_interval = 3600",
+                &format!("session_expiry_interval = 3600\n{extra}"),
+            )
+        };
+        for (extra, key) in [
+            (
+                "reconnect_interval = 1e300",
+                "connections.local.reconnect_interval",
+            ),
+            (
+                "keep_alive = 9223372036854775807",
+                "connections.local.keep_alive",
+            ),
+            ("keep_alive = 70000", "connections.local.keep_alive"),
+            (
+                "connect_timeout = 18446744073709551615",
+                "connections.local.connect_timeout",
+            ),
+            (
+                "reconnect_backoff_multiplier = 1e300",
+                "connections.local.reconnect_backoff_multiplier",
+            ),
+            ("max_inflight = 99999999", "connections.local.max_inflight"),
+        ] {
+            let e = error_of(&conn(extra));
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+        let e = error_of(&format!("{EXAMPLE}\n[run]\nshutdown_timeout = 1e300\n"));
+        assert!(e.starts_with("run.shutdown_timeout: "), "{e}");
+        let e = error_of(&EXAMPLE.replace("qos = 1\nformat", "qos = 99999999999999999\nformat"));
+        assert!(e.starts_with("sources.telemetry.qos: "), "{e}");
     }
 
     #[test]

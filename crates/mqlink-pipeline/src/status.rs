@@ -19,6 +19,12 @@ pub const SOURCE_ACKNOWLEDGED: &str = "mqlink_source_records_acknowledged_total"
 pub const SINK_RECEIVED: &str = "mqlink_sink_received_total";
 pub const SINK_CONFIRMED: &str = "mqlink_sink_confirmed_total";
 pub const SINK_ERRORS: &str = "mqlink_sink_errors_total";
+/// Record faults without a dead-letter topic: acknowledged, not written.
+pub const SINK_SKIPPED: &str = "mqlink_sink_skipped_total";
+pub const SINK_DEAD_LETTERED: &str = "mqlink_sink_dead_lettered_total";
+/// 1 while the component has made no progress for `run.stall_timeout`
+/// with work waiting.
+pub const STALLED: &str = "mqlink_component_stalled";
 pub const SINK_IN_FLIGHT: &str = "mqlink_sink_in_flight";
 pub const SINK_CONNECTION: &str = "mqlink_sink_connection_status";
 
@@ -67,6 +73,14 @@ pub struct Component {
     pub confirmed: Arc<AtomicU64>,
     /// Source: undecodable records without a dead-letter topic; sink: failed attempts.
     pub errors: AtomicU64,
+    /// Sink: record faults (dead-lettered or skipped).
+    pub record_faults: AtomicU64,
+    /// Sink: record faults without a dead-letter topic, acknowledged unwritten.
+    pub skipped: AtomicU64,
+    /// Sink: record faults published to its dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Why the component is stalled, while it is (see `run.stall_timeout`).
+    stalled: Mutex<Option<String>>,
     /// Non-MQTT sinks (PostgreSQL): whether the connection is up.
     pub connected: AtomicBool,
     pub mqtt: OnceLock<Mqtt>,
@@ -83,6 +97,10 @@ impl Component {
             records: AtomicU64::new(0),
             confirmed: Arc::new(AtomicU64::new(0)),
             errors: AtomicU64::new(0),
+            record_faults: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            stalled: Mutex::new(None),
             connected: AtomicBool::new(false),
             mqtt: OnceLock::new(),
         })
@@ -99,6 +117,30 @@ impl Component {
     }
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("error lock").clone()
+    }
+    pub fn set_stalled(&self, why: Option<String>) {
+        *self.stalled.lock().expect("stall lock") = why;
+    }
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled.lock().expect("stall lock").clone()
+    }
+
+    /// Errors as /status and the live status count them: a source's
+    /// undecodable payloads (dropped or dead-lettered), a sink's failed
+    /// writes and record faults.
+    pub fn error_count(&self) -> u64 {
+        let decode = match self.mqtt.get() {
+            Some(Mqtt::Source(m)) => m
+                .metrics()
+                .get("mqlink_source_decode_errors_total")
+                .unwrap_or(0),
+            _ => 0,
+        };
+        match self.kind {
+            // Without a dead-letter topic the pipeline counts them itself.
+            Kind::Source => decode.max(self.errors.load(Relaxed)),
+            Kind::Sink => self.errors.load(Relaxed) + self.record_faults.load(Relaxed),
+        }
     }
 
     /// `sources.NAME` or `sinks.NAME`, as in the file.
@@ -137,6 +179,9 @@ impl Component {
                 None => format!("{}: starting", self.path()),
             });
         }
+        if let Some(why) = self.stalled() {
+            return Some(format!("{}: stalled: {why}", self.path()));
+        }
         if self.type_name == "postgres" && !self.connected.load(Relaxed) {
             return Some(format!(
                 "{}: not connected to PostgreSQL: {}",
@@ -163,7 +208,7 @@ impl Component {
     fn in_flight(&self) -> u64 {
         self.records
             .load(Relaxed)
-            .saturating_sub(self.confirmed.load(Relaxed))
+            .saturating_sub(self.confirmed.load(Relaxed) + self.skipped.load(Relaxed))
     }
 
     /// Records received but not yet acknowledged (source) or confirmed (sink).
@@ -194,6 +239,8 @@ impl Component {
                 out.push((SINK_RECEIVED, self.records.load(Relaxed)));
                 out.push((SINK_CONFIRMED, self.confirmed.load(Relaxed)));
                 out.push((SINK_ERRORS, self.errors.load(Relaxed)));
+                out.push((SINK_SKIPPED, self.skipped.load(Relaxed)));
+                out.push((SINK_DEAD_LETTERED, self.dead_lettered.load(Relaxed)));
                 out.push((SINK_IN_FLIGHT, self.in_flight()));
                 let connected = match self.mqtt.get() {
                     Some(_) => self
@@ -212,6 +259,7 @@ impl Component {
                 }
             }
         }
+        out.push((STALLED, self.stalled().is_some() as u64));
         out
     }
 
@@ -234,7 +282,9 @@ impl Component {
             "records": self.records.load(Relaxed),
             "confirmed": self.confirmed.load(Relaxed),
             "unconfirmed": self.unconfirmed(),
-            "errors": self.errors.load(Relaxed),
+            "errors": self.error_count(),
+            "skipped": self.skipped.load(Relaxed),
+            "stalled": self.stalled(),
             "last_error": self.last_error(),
             "clients": clients,
             "metrics": metrics,
@@ -324,7 +374,7 @@ impl Registry {
                     rate,
                     c.confirmed.load(Relaxed),
                     c.unconfirmed(),
-                    c.errors.load(Relaxed) + dead_lettered(c),
+                    c.error_count(),
                 );
                 if let Some(Mqtt::Source(m)) = c.mqtt.get() {
                     // Lag: how long the oldest unacknowledged message has waited.
@@ -342,15 +392,5 @@ impl Registry {
                 line
             })
             .collect()
-    }
-}
-
-fn dead_lettered(c: &Component) -> u64 {
-    match c.mqtt.get() {
-        Some(Mqtt::Source(m)) => m
-            .metrics()
-            .get("mqlink_source_decode_errors_total")
-            .unwrap_or(0),
-        _ => 0,
     }
 }

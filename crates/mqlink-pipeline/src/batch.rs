@@ -32,18 +32,24 @@ pub struct Batch {
     acks: Mutex<Vec<RecordAck>>,
     /// The source's count of records acknowledged after every sink confirmed.
     acknowledged: Arc<AtomicU64>,
+    busy: Arc<BusyTime>,
 }
 
 /// When the first record entered the pipeline, and the last acknowledgement
-/// since then (µs): the busy time a benchmark wants.
-static FIRST: OnceLock<Instant> = OnceLock::new();
-static LAST_ACK_US: AtomicU64 = AtomicU64::new(0);
+/// since then (µs): the busy time a benchmark wants. One per run.
+#[derive(Debug, Default)]
+pub struct BusyTime {
+    first: OnceLock<Instant>,
+    last_ack_us: AtomicU64,
+}
 
-/// Seconds from the first record to the last acknowledgement, once both happened.
-pub fn busy_seconds() -> Option<f64> {
-    FIRST.get()?;
-    let us = LAST_ACK_US.load(Ordering::Relaxed);
-    (us > 0).then(|| us as f64 / 1e6)
+impl BusyTime {
+    /// Seconds from the first record to the last acknowledgement, once both happened.
+    pub fn seconds(&self) -> Option<f64> {
+        self.first.get()?;
+        let us = self.last_ack_us.load(Ordering::Relaxed);
+        (us > 0).then(|| us as f64 / 1e6)
+    }
 }
 
 impl Batch {
@@ -52,13 +58,15 @@ impl Batch {
         acks: Vec<RecordAck>,
         sinks: usize,
         acknowledged: Arc<AtomicU64>,
+        busy: Arc<BusyTime>,
     ) -> Batch {
-        FIRST.get_or_init(Instant::now);
+        busy.first.get_or_init(Instant::now);
         Batch {
             items,
             pending: AtomicUsize::new(sinks),
             acks: Mutex::new(acks),
             acknowledged,
+            busy,
         }
     }
 
@@ -73,13 +81,19 @@ impl Batch {
             }
             self.acknowledged
                 .fetch_add(self.items.len() as u64, Ordering::Relaxed);
-            if let Some(first) = FIRST.get() {
-                LAST_ACK_US.fetch_max(first.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if let Some(first) = self.busy.first.get() {
+                self.busy
+                    .last_ack_us
+                    .fetch_max(first.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
         }
     }
 
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }

@@ -1,0 +1,203 @@
+//! `mqlink run FILE` and `mqlink validate FILE`: the arguments, the live
+//! status on a terminal (or periodic log lines), and the exit code. The
+//! pipeline itself is `mqlink_pipeline::run`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use mqlink_pipeline::status::Registry;
+use mqlink_pipeline::RunOptions;
+
+use crate::cli::usage;
+
+/// `mqlink run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The pipeline file: TOML, or YAML when it ends in .yaml or .yml.
+    pub file: PathBuf,
+    /// No live status, no periodic status lines, no summary; errors only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Stop (draining, as on SIGTERM) once every finite source is done and
+    /// nothing moved for SECS seconds: for demos, tests and benchmarks.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub until_idle: Option<f64>,
+}
+
+/// A number of seconds between 0 and a day: no absurd value reaches a timer.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+/// `mqlink validate`.
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The pipeline file to check (nothing is connected to).
+    pub file: PathBuf,
+}
+
+pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let p = mqlink_pipeline::load(&args.file).map_err(|e| usage(e.to_string()))?;
+    println!(
+        "{}: valid: {} connection(s), {} source(s), {} sink(s)",
+        args.file.display(),
+        p.connections.len(),
+        p.sources.len(),
+        p.sinks.len()
+    );
+    for (path, id) in p.client_ids() {
+        println!("  {path}: MQTT client id {id}");
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let p = mqlink_pipeline::load(&args.file).map_err(|e| usage(e.to_string()))?;
+    let display = Display::new(&args, p.run.status_interval);
+    let tick_every = display.every;
+    let mut live = display.clone_handle();
+    let opts = RunOptions {
+        until_idle: args.until_idle.map(Duration::from_secs_f64),
+        on_tick: Some(Box::new(move |r: &Registry| live.show(r))),
+        tick_every,
+    };
+    let report = mqlink_pipeline::run(p, opts, crate::shutdown_signal()).await?;
+    display.clear();
+    if !args.quiet {
+        let mut err = std::io::stderr().lock();
+        let why = match &report.stop {
+            mqlink_pipeline::Stop::Shutdown => "signal received".to_string(),
+            mqlink_pipeline::Stop::SourcesDone => "every source is done".to_string(),
+            mqlink_pipeline::Stop::Idle => "idle".to_string(),
+            mqlink_pipeline::Stop::Failed(e) => format!("failed: {e}"),
+        };
+        let _ = writeln!(
+            err,
+            "mqlink run: stopped ({why}) after {:.1} s",
+            report.elapsed.as_secs_f64()
+        );
+        for line in &report.lines {
+            let _ = writeln!(err, "  {line}");
+        }
+        if let Some(secs) = report.busy_seconds {
+            let _ = writeln!(
+                err,
+                "  {} records acknowledged in {secs:.3} s from the first record to the last acknowledgement ({:.0} records/s)",
+                report.acknowledged,
+                report.acknowledged as f64 / secs.max(1e-9)
+            );
+        }
+        if report.skipped > 0 {
+            let _ = writeln!(
+                err,
+                "  {} records were skipped by sinks that could never write them (reasons logged; no dead_letter_topic): acknowledged, not written",
+                report.skipped
+            );
+        }
+    }
+    match report.problem() {
+        Some(p) => anyhow::bail!("{p}"),
+        None => Ok(()),
+    }
+}
+
+/// The live status: redrawn every second on a terminal, a log line per
+/// component every `status_interval` otherwise, nothing with `--quiet`.
+struct Display {
+    mode: Mode,
+    every: Duration,
+    /// Lines drawn last on the terminal (to clear them).
+    drawn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The part of [`Display`] the run calls each tick.
+struct Live {
+    mode: Mode,
+    prev: Vec<u64>,
+    at: Instant,
+    drawn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum Mode {
+    Quiet,
+    Terminal,
+    Log,
+}
+
+impl Display {
+    fn new(args: &RunArgs, status_interval: f64) -> Display {
+        let mode = if args.quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() && args.log_format == "text" {
+            Mode::Terminal
+        } else {
+            Mode::Log
+        };
+        let every = match mode {
+            Mode::Log => Duration::from_secs_f64(status_interval),
+            _ => Duration::from_millis(1000),
+        };
+        Display {
+            mode,
+            every,
+            drawn: Default::default(),
+        }
+    }
+
+    fn clone_handle(&self) -> Live {
+        Live {
+            mode: self.mode,
+            prev: Vec::new(),
+            at: Instant::now(),
+            drawn: self.drawn.clone(),
+        }
+    }
+
+    fn clear(&self) {
+        let drawn = self.drawn.load(std::sync::atomic::Ordering::Relaxed);
+        if self.mode == Mode::Terminal && drawn > 0 {
+            let _ = write!(std::io::stderr(), "\x1b[{drawn}A\x1b[J");
+        }
+    }
+}
+
+impl Live {
+    fn show(&mut self, r: &Registry) {
+        if self.mode == Mode::Quiet {
+            return;
+        }
+        let secs = self.at.elapsed().as_secs_f64();
+        self.at = Instant::now();
+        let lines = r.lines(&mut self.prev, secs);
+        match self.mode {
+            Mode::Terminal => {
+                let mut err = std::io::stderr().lock();
+                let drawn = self.drawn.load(std::sync::atomic::Ordering::Relaxed);
+                if drawn > 0 {
+                    let _ = write!(err, "\x1b[{drawn}A\x1b[J");
+                }
+                for l in &lines {
+                    let _ = writeln!(err, "{l}");
+                }
+                self.drawn
+                    .store(lines.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {
+                for l in &lines {
+                    tracing::info!("status: {l}");
+                }
+            }
+        }
+    }
+}

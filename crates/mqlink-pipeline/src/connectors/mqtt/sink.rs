@@ -1,0 +1,254 @@
+//! The MQTT sink of a pipeline, on the library's `MqttSink`: its options
+//! and its [`Sink`] implementation. Publishing is all it does; the runner
+//! (`crate::sink`) confirms, dead-letters and fails.
+//!
+//! A publish the broker refused (a reason code) or a topic that does not
+//! render is a record fault; a session that stopped (gave up reconnecting,
+//! credentials refused) is fatal: the batch is never confirmed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqlink::format::{ColumnType, Schema};
+use mqlink::sink::{MqttSink, RecordValue, Retain, SinkError, SinkRecord, TopicTemplate};
+use mqlink::topic::validate_topic_name;
+use mqlink::{ConnectOptions, PublishError, QoS};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
+use crate::spec::{
+    connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig,
+    Context, SinkKind, SourceConfig,
+};
+use crate::status::{Component, Mqtt};
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    pub connection: String,
+    /// Topic template: `{field}`, `{a.b}`, `{stream}` (the source topic);
+    /// checked against the inputs' schemas when loaded.
+    #[serde(deserialize_with = "template")]
+    pub topic: TopicTemplate,
+    /// 0, 1 or 2 [default: 1].
+    #[serde(default = "qos1", deserialize_with = "qos")]
+    pub qos: QoS,
+    #[serde(default)]
+    pub retain: bool,
+    /// `json` (the record as a JSON object) or `raw` (the original payload
+    /// bytes of MQTT sources) [default: json].
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// Clients publishing in parallel, per-key order kept [default: 1].
+    #[serde(default = "one_u16")]
+    pub parallelism: u16,
+    /// Records this sink can never publish (the topic does not render, the
+    /// broker refused that publish) are published here instead, with the
+    /// reason; without it they are logged, counted
+    /// (`mqlink_sink_skipped_total`) and skipped by this sink.
+    pub dead_letter_topic: Option<String>,
+}
+
+fn template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TopicTemplate, D::Error> {
+    let s = String::deserialize(d)?;
+    TopicTemplate::parse(&s).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_sink(ctx: &Context, body: Json) -> Result<SinkKind, ConfigError> {
+    let m: MqttSinkConfig = typed(ctx.path, body)?;
+    m.validate(ctx.path, ctx.connections)?;
+    m.check_template(ctx)?;
+    Ok(SinkKind::Mqtt(m))
+}
+
+impl MqttSinkConfig {
+    fn validate(
+        &self,
+        path: &str,
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(), ConfigError> {
+        connection(path, &self.connection, connections)?;
+        if !matches!(self.format.as_str(), "json" | "raw") {
+            return Err(err(
+                format!("{path}.format"),
+                format!("unknown format {:?}: use json or raw", self.format),
+            ));
+        }
+        if self.parallelism == 0 {
+            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            validate_topic_name(t)
+                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Every placeholder of the topic template against every input: a
+    /// field the records cannot have is an error now, not a skipped record
+    /// at run time.
+    fn check_template(&self, ctx: &Context) -> Result<(), ConfigError> {
+        let key = format!("{}.topic", ctx.path);
+        let t = &self.topic;
+        if t.uses_key() {
+            return Err(err(key, format!("{t}: {{key}}: records of a pipeline have no key; use a field, e.g. {{device_id}}")));
+        }
+        for input in ctx.inputs {
+            let Some(source) = ctx.source(input) else {
+                continue;
+            };
+            if t.uses_stream() && matches!(source, SourceConfig::Generator(_)) {
+                return Err(err(key, format!("{t}: {{stream}} is the topic a record arrived on, and records of sources.{input} (a generator) have none")));
+            }
+            let Some(field) = t.fields().next() else {
+                continue;
+            };
+            let field = field.join(".");
+            let raw = match source {
+                SourceConfig::Mqtt(m) => match &m.decoder {
+                    mqlink::format::Format::RawBytes { include_topic } => !include_topic,
+                    _ => self.format == "raw",
+                },
+                SourceConfig::Generator(_) => false,
+            };
+            if raw {
+                return Err(err(key, format!("{t}: {{{field}}}: records of sources.{input} are raw payload bytes without fields; only {{stream}} can be used")));
+            }
+            let columns = match source {
+                SourceConfig::Mqtt(m) => match &m.decoder {
+                    mqlink::format::Format::RawBytes { .. } => Some(Schema::new([
+                        ("topic", ColumnType::Text),
+                        ("payload", ColumnType::Bytea),
+                    ])),
+                    _ => m.schema.clone(),
+                },
+                SourceConfig::Generator(_) => source.schema(),
+            };
+            // Without a schema (any JSON) the fields cannot be known before
+            // the records arrive.
+            let Some(schema) = columns else { continue };
+            for path in t.fields() {
+                let name = &path[0];
+                match schema.column(name) {
+                    None => {
+                        let known: Vec<&str> = schema.columns.iter().map(|(n, _)| &**n).collect();
+                        return Err(err(key, format!("{t}: {{{}}}: {name:?} is not a field of sources.{input} (fields: {})", path.join("."), known.join(", "))));
+                    }
+                    Some(ty) if path.len() > 1 && ty != ColumnType::Json => {
+                        return Err(err(key, format!("{t}: {{{}}}: field {name:?} of sources.{input} is {ty}, not json, so it has no sub-fields", path.join("."))));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running MQTT sink.
+pub struct MqttSinkRuntime {
+    sink: MqttSink,
+    raw: bool,
+    dead_letters: Option<DeadLetters>,
+}
+
+impl MqttSinkRuntime {
+    /// Starts the clients (they connect in the background: records wait in
+    /// the window meanwhile).
+    pub fn start(
+        cfg: &MqttSinkConfig,
+        opts: ConnectOptions,
+        comp: &Arc<Component>,
+    ) -> Result<MqttSinkRuntime, String> {
+        let sink = MqttSink::builder()
+            .connection(opts)
+            .topic(&cfg.topic.to_string())
+            .qos(cfg.qos)
+            .retain(Retain::Fixed(cfg.retain))
+            .parallelism(cfg.parallelism)
+            .build()
+            .and_then(|c| {
+                MqttSink::start(c)
+                    .map_err(|e| SinkError::Publish(PublishError::Stopped(e.to_string())))
+            })
+            .map_err(|e| e.to_string())?;
+        let _ = comp
+            .mqtt
+            .set(Mqtt::Sink(sink.clients().to_vec(), sink.metrics_handle()));
+        let dead_letters = cfg.dead_letter_topic.as_ref().map(|topic| DeadLetters {
+            topic: topic.clone(),
+            client: sink.clients()[0].clone(),
+            qos: cfg.qos,
+        });
+        Ok(MqttSinkRuntime {
+            sink,
+            raw: cfg.format == "raw",
+            dead_letters,
+        })
+    }
+}
+
+/// A record fault, or the session gone (fatal).
+fn classify(index: usize, e: SinkError) -> Result<RecordFault, WriteError> {
+    match e {
+        SinkError::Publish(PublishError::Stopped(why)) => Err(WriteError::Fatal(format!(
+            "the session stopped before the broker confirmed: {why}"
+        ))),
+        SinkError::Template(_) | SinkError::RetainField { .. } | SinkError::Publish(_) => {
+            Ok(RecordFault {
+                index,
+                reason: e.to_string(),
+            })
+        }
+        other => Err(WriteError::Fatal(other.to_string())),
+    }
+}
+
+impl Sink for MqttSinkRuntime {
+    fn max_records(&self) -> usize {
+        1000
+    }
+
+    async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
+        let mut handles = Vec::with_capacity(job.len());
+        let mut faults = Vec::new();
+        for (index, item) in job.items().enumerate() {
+            let value = if self.raw && item.topic.is_some() {
+                RecordValue::Bytes(item.payload.clone())
+            } else {
+                RecordValue::Json(item.value.to_json())
+            };
+            let record = SinkRecord {
+                key: None,
+                value,
+                namespace: None,
+                stream: item.topic.as_ref().map(|t| t.to_string()),
+                headers: Vec::new(),
+                timestamp: None,
+            };
+            match self.sink.send(record).await {
+                Ok(h) => handles.push((index, h)),
+                Err(e) => faults.push(classify(index, e)?),
+            }
+        }
+        Ok(Box::pin(async move {
+            for (index, h) in handles {
+                if let Err(e) = h.await {
+                    faults.push(classify(index, SinkError::Publish(e)).map_err(|e| e.to_string())?);
+                }
+            }
+            faults.sort_by_key(|f| f.index);
+            Ok(faults)
+        }))
+    }
+
+    fn dead_letters(&self) -> Option<DeadLetters> {
+        self.dead_letters.clone()
+    }
+
+    async fn close(self) {
+        let _ = self.sink.close(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,367 @@
+//! The MQTT source of a pipeline, on the library's `MqttSource`: its
+//! options (Laminar's names) and its task.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqlink::format::{AvroSchema, Format, Registry, Schema};
+use mqlink::source::{MqttSource, Record};
+use mqlink::topic::{validate_filter, validate_topic_name};
+use mqlink::{ConnectOptions, QoS};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::batch::Item;
+use crate::connectors::Outputs;
+use crate::spec::{
+    batch_size, connection, err, json_format, one_u16, qos, qos1, schema, typed, ConfigError,
+    ConnectionConfig, Context, OneOrMany, SourceConfig,
+};
+use crate::status::{Component, Mqtt, State};
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    pub connection: String,
+    /// Topic filters; overlapping filters still deliver each message once.
+    pub topics: OneOrMany,
+    /// 0, 1 or 2 [default: 1].
+    #[serde(default = "qos1", deserialize_with = "qos")]
+    pub qos: QoS,
+    /// `json`, `raw_bytes` or `avro` [default: json].
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// Typed columns for `json`: `{ name = "text" | "bigint" | "double" |
+    /// "boolean" | "timestamp" | "json" | "bytea" }`, in order. A missing
+    /// field or `null` reads as NULL, unless the type says `"… not null"`.
+    #[serde(default, deserialize_with = "schema")]
+    pub schema: Option<Schema>,
+    /// `raw_bytes.include_topic = true`: records of topic and payload.
+    pub raw_bytes: Option<RawBytesOptions>,
+    /// Avro writer schema file (`format = "avro"`).
+    pub avro_schema: Option<PathBuf>,
+    /// Confluent schema registry (`format = "avro"`, wire format with schema ids).
+    pub schema_registry_url: Option<String>,
+    /// Undecodable payloads are published here, then acknowledged.
+    pub dead_letter_topic: Option<String>,
+    /// What an undecodable payload does (Arroyo's `bad_data`):
+    /// `dead_letter` (needs dead_letter_topic), `drop` (counted, logged,
+    /// acknowledged) or `fail` (the source fails; the message is not
+    /// acknowledged) [default: dead_letter with a dead_letter_topic, else drop].
+    pub bad_data: Option<BadData>,
+    /// Records handed to the sinks at once at most [default: 1000].
+    #[serde(default = "batch_size")]
+    pub batch_size: usize,
+    /// How long a batch may wait for more records after its first
+    /// [default: 0: it takes what has arrived and goes].
+    #[serde(default)]
+    pub batch_timeout_ms: u64,
+    /// Clients on a shared subscription [default: 1].
+    #[serde(default = "one_u16")]
+    pub parallelism: u16,
+    /// Share group with parallelism [default: the client id].
+    pub share_group: Option<String>,
+    /// How payloads are decoded, built when loaded.
+    #[serde(skip)]
+    pub decoder: Format,
+}
+
+/// What an undecodable payload does.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BadData {
+    DeadLetter,
+    Drop,
+    Fail,
+}
+
+pub fn parse_source(ctx: &Context, body: Json) -> Result<SourceConfig, ConfigError> {
+    let mut m: MqttSourceConfig = typed(ctx.path, body)?;
+    m.validate(ctx.path, ctx.connections)?;
+    m.decoder = m.decoder(ctx.path)?;
+    Ok(SourceConfig::Mqtt(m))
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBytesOptions {
+    #[serde(default)]
+    pub include_topic: bool,
+}
+
+impl MqttSourceConfig {
+    fn validate(
+        &self,
+        path: &str,
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(), ConfigError> {
+        connection(path, &self.connection, connections)?;
+        if self.bad_data == Some(BadData::DeadLetter) && self.dead_letter_topic.is_none() {
+            return Err(err(
+                format!("{path}.bad_data"),
+                "dead_letter needs a dead_letter_topic",
+            ));
+        }
+        let topics = self.topics.to_vec();
+        if topics.is_empty() {
+            return Err(err(
+                format!("{path}.topics"),
+                "at least one topic filter is needed",
+            ));
+        }
+        for (i, t) in topics.iter().enumerate() {
+            validate_filter(t).map_err(|e| err(format!("{path}.topics[{i}]"), e.to_string()))?;
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            validate_topic_name(t)
+                .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
+        }
+        match self.format.as_str() {
+            "json" => {}
+            "raw_bytes" | "raw" => {
+                if self.schema.is_some() {
+                    return Err(err(
+                        format!("{path}.schema"),
+                        "a schema goes with format = \"json\"",
+                    ));
+                }
+            }
+            "avro" => {
+                if self.avro_schema.is_none() == self.schema_registry_url.is_none() {
+                    return Err(err(
+                        format!("{path}.format"),
+                        "avro needs exactly one of avro_schema (a file) and schema_registry_url",
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    format!("{path}.format"),
+                    format!("unknown format {other:?}: use json, raw_bytes or avro"),
+                ))
+            }
+        }
+        if self.raw_bytes.is_some() && !matches!(self.format.as_str(), "raw_bytes" | "raw") {
+            return Err(err(
+                format!("{path}.raw_bytes"),
+                "goes with format = \"raw_bytes\"",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(err(format!("{path}.batch_size"), "must be at least 1"));
+        }
+        if self.parallelism == 0 {
+            return Err(err(format!("{path}.parallelism"), "must be at least 1"));
+        }
+        if let Some(g) = &self.share_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(err(
+                    format!("{path}.share_group"),
+                    format!("{g:?} must not be empty or contain '/', '+' or '#'"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MqttSourceConfig {
+    /// What an undecodable payload does.
+    pub fn bad_data(&self) -> BadData {
+        self.bad_data.unwrap_or(match self.dead_letter_topic {
+            Some(_) => BadData::DeadLetter,
+            None => BadData::Drop,
+        })
+    }
+
+    /// How payloads are decoded; reads the Avro schema file.
+    fn decoder(&self, path: &str) -> Result<Format, ConfigError> {
+        Ok(match self.format.as_str() {
+            "raw_bytes" | "raw" => Format::RawBytes {
+                include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
+            },
+            "avro" => match (&self.avro_schema, &self.schema_registry_url) {
+                (Some(file), _) => {
+                    let text = std::fs::read_to_string(file).map_err(|e| {
+                        err(
+                            format!("{path}.avro_schema"),
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?;
+                    let schema = AvroSchema::parse(&text).map_err(|e| {
+                        err(
+                            format!("{path}.avro_schema"),
+                            format!("{}: {e}", file.display()),
+                        )
+                    })?;
+                    Format::Avro {
+                        schema: Arc::new(schema),
+                    }
+                }
+                (None, Some(url)) => Format::AvroRegistry {
+                    registry: Arc::new(
+                        Registry::new(url)
+                            .map_err(|e| err(format!("{path}.schema_registry_url"), e))?,
+                    ),
+                },
+                (None, None) => {
+                    return Err(err(
+                        format!("{path}.format"),
+                        "avro needs avro_schema or schema_registry_url",
+                    ))
+                }
+            },
+            _ => Format::Json {
+                schema: self.schema.clone(),
+            },
+        })
+    }
+}
+
+/// Runs until shutdown; returns the source, to be closed once the sinks
+/// have confirmed (closing sends the acknowledgements given so far).
+pub async fn run_source(
+    path: String,
+    cfg: MqttSourceConfig,
+    mut opts: ConnectOptions,
+    comp: Arc<Component>,
+    mut out: Outputs,
+) -> Option<MqttSource> {
+    let bad_data = cfg.bad_data();
+    // The broker may send a full window; acknowledgements follow the sinks.
+    opts.receive_maximum = 65_535;
+    let mut attempt = 0;
+    let mut source = loop {
+        let mut b = MqttSource::builder()
+            .connection(opts.clone())
+            .format(cfg.decoder.clone())
+            .parallelism(cfg.parallelism);
+        for t in cfg.topics.to_vec() {
+            b = b.topic(t, cfg.qos);
+        }
+        if let (BadData::DeadLetter, Some(d)) = (bad_data, &cfg.dead_letter_topic) {
+            b = b.dead_letter_topic(d.clone());
+        }
+        if let Some(g) = &cfg.share_group {
+            b = b.share_group(g.clone());
+        }
+        let started = tokio::select! {
+            r = b.start() => r,
+            _ = out.stop.wait_for(|s| *s) => return None,
+        };
+        match started {
+            Ok(s) => break s,
+            Err(e) => {
+                comp.set_error(e.to_string());
+                attempt += 1;
+                // The connection's own reconnect policy: its interval,
+                // backoff and max_reconnect_attempts (0 = forever).
+                let max = opts.reconnect.max_attempts;
+                if !e.is_retryable() || (max > 0 && attempt >= max) {
+                    tracing::error!(component = %path, error = %e, attempts = attempt, "Source cannot start.");
+                    comp.set_state(State::Failed);
+                    return None;
+                }
+                tracing::warn!(component = %path, error = %e, "Source not started yet; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(opts.reconnect.delay(attempt)) => {}
+                    _ = out.stop.wait_for(|s| *s) => return None,
+                }
+            }
+        }
+    };
+    let linger = Duration::from_millis(cfg.batch_timeout_ms);
+    let _ = comp.mqtt.set(Mqtt::Source(source.monitor()));
+    comp.set_state(State::Running);
+    tracing::info!(component = %path, clients = ?source.clients().iter().map(|c| c.client_id().to_owned()).collect::<Vec<_>>(), "Subscribed.");
+    while !out.stopping() {
+        let first = tokio::select! {
+            r = source.next() => r,
+            _ = out.stop.wait_for(|s| *s) => break,
+        };
+        let Some(first) = first else {
+            comp.set_error("every client of the source stopped");
+            comp.set_state(State::Failed);
+            break;
+        };
+        let mut items = Vec::with_capacity(cfg.batch_size.min(1024));
+        let mut acks = Vec::with_capacity(cfg.batch_size.min(1024));
+        let mut bad = take(first, &mut items, &mut acks, &path, bad_data, &comp);
+        // Whatever else has arrived, then (with batch_timeout_ms) what
+        // arrives before the deadline.
+        let deadline = tokio::time::Instant::now() + linger;
+        while items.len() < cfg.batch_size {
+            let next = match source.try_next().await {
+                Some(r) => Some(r),
+                None if linger.is_zero() => None,
+                None => tokio::time::timeout_at(deadline, source.next())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            match next {
+                Some(r) => bad = bad.or(take(r, &mut items, &mut acks, &path, bad_data, &comp)),
+                None => break,
+            }
+            if bad.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = bad {
+            // bad_data = "fail": what came before it goes on and is
+            // acknowledged; the bad message and everything after it are not.
+            comp.records.fetch_add(items.len() as u64, Relaxed);
+            out.send(items, acks, &comp).await;
+            comp.set_error(e);
+            comp.set_state(State::Failed);
+            break;
+        }
+        comp.records.fetch_add(items.len() as u64, Relaxed);
+        if !out.send(items, acks, &comp).await {
+            break;
+        }
+    }
+    Some(source)
+}
+
+/// Moves a record into the batch. An undecodable one (never seen with
+/// `bad_data = "dead_letter"`: the library dead-letters it) is counted and
+/// logged, and with `drop` acknowledged; with `fail` the reason is returned
+/// and the record is not acknowledged.
+fn take(
+    mut r: Record,
+    items: &mut Vec<Item>,
+    acks: &mut Vec<mqlink::source::RecordAck>,
+    path: &str,
+    bad_data: BadData,
+    comp: &Component,
+) -> Option<String> {
+    let ack = r.take_ack();
+    match r.value {
+        Ok(value) => {
+            items.push(Item {
+                topic: Some(r.topic),
+                payload: r.payload,
+                value,
+            });
+            acks.extend(ack);
+            None
+        }
+        Err(e) => {
+            comp.errors.fetch_add(1, Relaxed);
+            if bad_data == BadData::Fail {
+                tracing::error!(component = %path, topic = %r.topic, error = %e, "Undecodable payload: the source fails (bad_data = \"fail\"); the message is not acknowledged.");
+                return Some(format!("undecodable payload on {}: {e}", r.topic));
+            }
+            tracing::warn!(component = %path, topic = %r.topic, error = %e, "Undecodable payload dropped and acknowledged (bad_data = \"drop\"; set dead_letter_topic to keep such payloads).");
+            comp.set_error(format!("undecodable payload dropped: {e}"));
+            if let Some(a) = ack {
+                a.ack();
+            }
+            None
+        }
+    }
+}

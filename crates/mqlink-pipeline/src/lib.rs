@@ -1,0 +1,27 @@
+//! mqlink pipelines: sources and sinks between MQTT brokers, files and
+//! databases, with end-to-end acknowledgements — a message is acknowledged
+//! to its broker only after every sink reading it has it.
+//!
+//! # Layout
+//! - [`spec`]: the typed pipeline spec, parsed and validated once, and its
+//!   TOML/YAML front end. Other front ends compile into the same spec.
+//! - [`connectors`]: each source and sink with its options next to its
+//!   runtime, and the registry that maps type names to them.
+//! - [`batch`]: records travelling from a source to its sinks, and the
+//!   fan-out acknowledgement.
+//! - [`sink`]: **the guarantee path** — one runner for every sink that owns
+//!   confirmation, retry with backoff, dead letters, and the record-fault
+//!   vs fatal-fault distinction.
+//! - [`run()`]: `run(spec, options, shutdown) -> Report`.
+//! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status.
+
+pub mod batch;
+pub mod connectors;
+pub mod http;
+mod run;
+pub mod sink;
+pub mod spec;
+pub mod status;
+
+pub use run::{run, Report, RunError, RunOptions, Stop};
+pub use spec::{load, parse, ConfigError, Pipeline};
