@@ -1395,3 +1395,191 @@ listen = "127.0.0.1:{http}"
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// Records a sink can never write, without a dead-letter topic: skipped,
+/// counted, logged with the reason, and said so at the end — the run does
+/// not wait for them forever, nor claim they will be delivered again.
+#[test]
+fn skipped_records_are_counted_and_the_summary_says_so() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("skip");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "{topic}/routed/{{device_id}}"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    wait_ready(http, &mut run);
+    publish(
+        broker.port,
+        &format!("{topic}/in"),
+        &[
+            r#"{"device_id":"d1"}"#.into(),
+            r#"{"v":2}"#.into(),
+            r#"{"v":3}"#.into(),
+            r#"{"device_id":"d4"}"#.into(),
+            r#"{"v":5}"#.into(),
+        ],
+    );
+    wait_until(10, "every message acknowledged", || {
+        http_get(http, "/metrics").is_some_and(|(_, m)| {
+            m.contains("mqlink_source_records_acknowledged_total{component=\"in\",type=\"mqtt\"} 5")
+                && m.contains("mqlink_sink_skipped_total{component=\"out\",type=\"mqtt\"} 3")
+                && m.contains("mqlink_sink_in_flight{component=\"out\",type=\"mqtt\"} 0")
+        })
+    });
+    let (_, status) = http_get(http, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["components"][0]["skipped"], 3, "{status}");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the record has no field device_id"), "{err}");
+    assert!(err.contains("3 records were skipped"), "{err}");
+    assert!(!err.contains("will be delivered again"), "{err}");
+}
+
+/// A sink that makes no progress while records wait (its broker frozen
+/// with SIGSTOP) is logged as stalled and named by /ready until it moves.
+#[test]
+fn a_stalled_sink_is_named_by_ready_and_the_log() {
+    let near = Mosquitto::start();
+    let mut far = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("stall");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.near]
+broker = "mqtt://127.0.0.1:{pn}"
+client_id = "{topic}-n"
+clean_session = false
+[connections.far]
+broker = "mqtt://127.0.0.1:{pf}"
+client_id = "{topic}-f"
+keep_alive = 60
+[sources.in]
+type = "mqtt"
+connection = "near"
+topics = ["{topic}/in"]
+format = "raw_bytes"
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "far"
+topic = "out/{{stream}}"
+format = "raw"
+[http]
+listen = "127.0.0.1:{http}"
+[run]
+stall_timeout = 1
+"#,
+            pn = near.port,
+            pf = far.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    far.pause();
+    publish(near.port, &format!("{topic}/in"), &["a".into(), "b".into()]);
+    wait_until(10, "/ready naming the stalled sink", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503 && body.contains("sinks.out: stalled: ") && body.contains("records waiting")
+        })
+    });
+    let (_, m) = http_get(http, "/metrics").unwrap();
+    assert!(
+        m.contains("mqlink_component_stalled{component=\"out\",type=\"mqtt\"} 1"),
+        "{m}"
+    );
+    far.resume();
+    wait_until(10, "ready again", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Stalled") && err.contains("sinks.out"),
+        "{err}"
+    );
+    assert!(err.contains("Moving again"), "{err}");
+}
+
+/// A row PostgreSQL refuses (a CHECK constraint) is a record fault: the
+/// batch is written row by row, the refused row skipped with PostgreSQL's
+/// reason, every other row committed, every message acknowledged.
+#[test]
+fn a_row_postgresql_refuses_is_skipped_alone() {
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE checked (device_id text, seq bigint PRIMARY KEY, timestamp timestamptz, temperature double precision CHECK (temperature < 100), humidity double precision)");
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("pgrow");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/#"]
+batch_timeout_ms = 300
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "{url}"
+table = "checked"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    wait_ready(http, &mut run);
+    let mut rows: Vec<String> = (0..50).map(reading).collect();
+    rows[17] = rows[17].replace("\"temperature\":21.5", "\"temperature\":1000");
+    publish(broker.port, &format!("{topic}/a"), &rows);
+    let out = wait_output(&mut run, 60);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(pg.psql("SELECT count(*) FROM checked"), "49", "{err}");
+    assert_eq!(pg.psql("SELECT count(*) FROM checked WHERE seq = 17"), "0");
+    assert!(
+        err.contains("checked_temperature_check"),
+        "PostgreSQL's reason: {err}"
+    );
+    assert!(err.contains("1 records were skipped"), "{err}");
+}
