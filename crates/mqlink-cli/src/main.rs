@@ -108,7 +108,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !is_airbyte {
-                eprintln!("mqlink: {e:#}");
+                eprintln!("mqlink: {}", mqlink::secret::redact(&format!("{e:#}")));
             }
             if e.downcast_ref::<cli::Usage>().is_some() {
                 ExitCode::from(2)

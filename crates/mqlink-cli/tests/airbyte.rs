@@ -276,3 +276,161 @@ fn a_record_for_an_unknown_stream_is_a_fatal_error() {
         "{trace}"
     );
 }
+
+/// The broker cannot be reached when a sync starts: the write fails within
+/// connect_timeout (it used to wait forever) with a transient_error, so
+/// Airbyte retries the sync.
+#[test]
+fn an_unreachable_broker_fails_the_write_fast_and_transiently() {
+    let dir = testkit::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        testkit::free_port(),
+        json!({"connect_timeout": 2}),
+    );
+    let cat = catalog(dir.path());
+    let t = std::time::Instant::now();
+    let out = mqlink()
+        .args(["airbyte", "write", "--config"])
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(&cat)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let msgs = messages(&out.stdout);
+    let trace = msgs.iter().find(|m| m["type"] == "TRACE").expect("a TRACE");
+    assert_eq!(
+        trace["trace"]["error"]["failure_type"], "transient_error",
+        "{trace}"
+    );
+    assert!(
+        trace["trace"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{trace}"
+    );
+}
+
+/// A line that is not UTF-8 is skipped and logged like one that is not
+/// JSON; the records around it are published.
+#[test]
+fn invalid_utf8_lines_are_skipped_not_fatal() {
+    let broker = Mosquitto::start();
+    let dir = broker.dir.path();
+    let cfg = config(dir, broker.port, json!({}));
+    let cat = catalog(dir);
+    let mut child = mqlink()
+        .args(["airbyte", "write", "--config"])
+        .arg(&cfg)
+        .arg("--catalog")
+        .arg(&cat)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let r = |i: u32| json!({"type": "RECORD", "record": {"stream": "events", "data": {"i": i}, "emitted_at": 1}});
+        writeln!(stdin, "{}", r(1)).unwrap();
+        stdin
+            .write_all(b"{\"type\": \"RECORD\", \"x\": \"\xff\xfe\"}\n")
+            .unwrap();
+        writeln!(stdin, "not json").unwrap();
+        writeln!(stdin, "{}", r(2)).unwrap();
+        writeln!(
+            stdin,
+            "{}",
+            json!({"type": "STATE", "state": {"data": {"n": 2}}})
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let msgs = messages(&out.stdout);
+    let logs: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["type"] == "LOG")
+        .filter_map(|m| m["log"]["message"].as_str())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("line 2 is not UTF-8")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("line 3 is not a valid Airbyte message")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("2 records confirmed by the broker; 2 input lines skipped")),
+        "{logs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m["type"] == "STATE"),
+        "the STATE after both records"
+    );
+}
+
+/// CA certificate, client certificate and key pasted as PEM text (Airbyte
+/// runs connectors in containers), `test_topic` as the original's code
+/// reads it, and no secret in any message when something is wrong.
+#[test]
+fn inline_pem_test_topic_and_no_secret_in_messages() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        tls: true,
+        require_certificate: true,
+        ..Default::default()
+    });
+    let certs = broker.certs.as_ref().unwrap();
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let dir = broker.dir.path();
+    let check = |extra: Value| {
+        let cfg = config(dir, broker.tls_port.unwrap(), extra);
+        let out = mqlink()
+            .args(["airbyte", "check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (
+            messages(&out.stdout).pop().unwrap()["connectionStatus"].clone(),
+            all,
+        )
+    };
+    let key = pem(&certs.client_key);
+    let (s, _) = check(
+        json!({"use_tls": true, "ca_file": pem(&certs.ca), "client_cert": pem(&certs.client_cert),
+        "client_key": key, "test_topic": "ab/pem"}),
+    );
+    assert_eq!(s["status"], "SUCCEEDED", "{s}");
+    // A key that is not a key: the error names the field, not the PEM.
+    let bad_key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        "c2VjcmV0LWtleS1ib2R5".repeat(3)
+    );
+    let (s, all) = check(
+        json!({"use_tls": true, "ca_file": pem(&certs.ca), "client_cert": pem(&certs.client_cert),
+        "client_key": bad_key}),
+    );
+    assert_eq!(s["status"], "FAILED", "{s}");
+    let body: String = bad_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!all.contains(&body[..40]), "the key was echoed: {all}");
+    // Credentials in the host are refused without being echoed.
+    let (s, all) = check(json!({"broker_host": "u:hunter2-pw@127.0.0.1"}));
+    assert_eq!(s["status"], "FAILED", "{s}");
+    assert!(!all.contains("hunter2-pw"), "{all}");
+}

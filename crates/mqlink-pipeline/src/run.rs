@@ -161,6 +161,13 @@ pub async fn run(
         .as_ref()
         .and_then(|b| format!("mqtt://{}", b.local_addr()).parse().ok());
 
+    // A component's session options (connection names were checked at load).
+    let options_for = |connection: &str, component: &str| {
+        p.connection(connection)
+            .map(|c| p.options_for(c, connection, component, embedded.as_ref()))
+            .unwrap_or_default()
+    };
+
     // Generated records stop first (with the embedded broker, before the
     // MQTT sources: what the broker accepted must reach them).
     let (stop_gen_tx, stop_gen_rx) = watch::channel(false);
@@ -187,9 +194,7 @@ pub async fn run(
                 if conn.is_some_and(|c| c.is_embedded()) {
                     into_embedded.push(comp.clone());
                 }
-                let options = conn
-                    .map(|c| p.options_for(c, &m.connection, name, embedded.as_ref()))
-                    .unwrap_or_default();
+                let options = options_for(&m.connection, name);
                 match MqttSinkRuntime::start(m, options, &comp) {
                     Ok(s) => tokio::spawn(sink::run(
                         s,
@@ -246,21 +251,20 @@ pub async fn run(
     );
     for ((name, source), comp) in p.sources.iter().zip(sources) {
         components.push(comp.clone());
-        let senders = senders.remove(name).unwrap_or_default();
         let done = done_tx.clone();
         let path = format!("sources.{name}");
+        let out = Outputs {
+            senders: senders.remove(name).unwrap_or_default(),
+            stop: match source {
+                SourceConfig::Generator(_) => stop_gen_rx.clone(),
+                SourceConfig::Mqtt(_) => stop_rx.clone(),
+            },
+            busy: busy.clone(),
+        };
         match source {
             SourceConfig::Mqtt(m) => {
-                let options = p
-                    .connection(&m.connection)
-                    .map(|c| p.options_for(c, &m.connection, name, embedded.as_ref()))
-                    .unwrap_or_default();
+                let options = options_for(&m.connection, name);
                 let m = m.clone();
-                let out = Outputs {
-                    senders,
-                    stop: stop_rx.clone(),
-                    busy: busy.clone(),
-                };
                 tokio::spawn(async move {
                     let _ = done.send(run_source(path, m, options, comp, out).await);
                 });
@@ -268,11 +272,6 @@ pub async fn run(
             SourceConfig::Generator(g) => {
                 let g = g.clone();
                 let subscribers = subscribers.clone();
-                let out = Outputs {
-                    senders,
-                    stop: stop_gen_rx.clone(),
-                    busy: busy.clone(),
-                };
                 tokio::spawn(async move {
                     // Generated records are published only once every MQTT
                     // source has subscribed: a clean session that subscribes

@@ -263,14 +263,27 @@ pub(crate) fn json_format() -> String {
     "json".into()
 }
 
+/// A secret may be written as a number (`password = 987654321`); an error
+/// never shows the value.
+fn secret_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Json>::deserialize(d)? {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
+        Some(v @ (Json::Number(_) | Json::Bool(_))) => Ok(Some(v.to_string())),
+        Some(_) => Err(serde::de::Error::custom(
+            "expected a string (the value is not shown: it is a secret)",
+        )),
+    }
+}
+
 pub(crate) fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?
-        .filter(|s| !s.is_empty())
-        .map(Secret::new))
+    Ok(secret_value(d)?.filter(|s| !s.is_empty()).map(Secret::new))
 }
 
 pub(crate) fn secret_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-    String::deserialize(d).map(Secret::new)
+    secret_value(d)?
+        .map(Secret::new)
+        .ok_or_else(|| serde::de::Error::custom("missing"))
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -1144,6 +1157,36 @@ topic = "b/{id}"
         assert!(e.starts_with("run.shutdown_timeout: "), "{e}");
         let e = error_of(&EXAMPLE.replace("qos = 1\nformat", "qos = 99999999999999999\nformat"));
         assert!(e.starts_with("sources.telemetry.qos: "), "{e}");
+    }
+
+    #[test]
+    fn secrets_in_any_shape_stay_out_of_errors() {
+        let p = parse(
+            &EXAMPLE.replace("password = \"${MQTT_PASSWORD:-}\"", "password = 987654321"),
+            false,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            p.connections["local"].password.as_ref().unwrap().expose(),
+            "987654321"
+        );
+        let e = error_of(&EXAMPLE.replace(
+            "password = \"${MQTT_PASSWORD:-}\"",
+            "password = [987654321]",
+        ));
+        assert!(
+            e.starts_with("connections.local.password: ") && !e.contains("987654321"),
+            "{e}"
+        );
+        for broker in [
+            "mqtt://alice:topsecret@127.0.0.1:1883",
+            "mqtt://alice:${MQTT_PASSWORD}@h",
+        ] {
+            let e = error_of(&EXAMPLE.replace("mqtt://127.0.0.1:1883", broker));
+            assert!(e.starts_with("connections.local.broker"), "{e}");
+            assert!(!e.contains("topsecret") && !e.contains("s3cret-pw"), "{e}");
+        }
     }
 
     #[test]

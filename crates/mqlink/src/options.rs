@@ -63,8 +63,9 @@ pub struct UrlError {
 impl FromStr for BrokerUrl {
     type Err = UrlError;
     fn from_str(url: &str) -> Result<Self, UrlError> {
+        // Never echo credentials: `u:***@host`.
         let err = |reason: &str| UrlError {
-            url: url.to_owned(),
+            url: crate::secret::redact(url).into_owned(),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = match url.split_once("://") {

@@ -43,9 +43,67 @@ impl From<String> for Secret {
     }
 }
 
+/// The one redaction rule for text that may hold credentials: the
+/// password of every `scheme://user:password@host` in `text` becomes `***`
+/// (a bare `scheme://token@host` loses the token). Applied where messages
+/// leave mqlink (errors, the Airbyte protocol), so a URL a user pasted with
+/// credentials is never echoed.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at '/', '?', '#', white space or a quote.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                match authority[..at].split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        for (text, want) in [
+            ("mqtt://alice:topsecret@h:1883", "mqtt://alice:***@h:1883"),
+            (
+                "-L: \"mqtts://u:p@w@h/x\": bad",
+                "-L: \"mqtts://u:***@h/x\": bad",
+            ),
+            (
+                "postgres://token@db/x and ws://a:b@c",
+                "postgres://***@db/x and ws://a:***@c",
+            ),
+            ("no url user:pw@host", "no url user:pw@host"),
+            ("mqtt://h:1883 ok", "mqtt://h:1883 ok"),
+            ("ünïcode://ä:ö@ü", "ünïcode://ä:***@ü"),
+        ] {
+            assert_eq!(redact(text), want, "{text}");
+        }
+    }
 
     #[test]
     fn never_printed() {

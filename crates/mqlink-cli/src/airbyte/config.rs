@@ -38,9 +38,9 @@ pub fn spec() -> Value {
                 "message_retained": {"title": "Message retained", "type": "boolean", "default": false, "description": "Whether or not the publish message should be retained by the messaging engine."},
                 "message_qos": {"title": "Message QoS", "type": "string", "enum": ["AT_MOST_ONCE", "AT_LEAST_ONCE", "EXACTLY_ONCE"], "default": "AT_LEAST_ONCE", "description": "Quality of service used for each message to be delivered."},
                 "protocol_version": {"title": "MQTT version (mqlink)", "type": "string", "enum": ["3.1.1", "5"], "default": "3.1.1", "description": "MQTT protocol version."},
-                "ca_file": {"title": "CA certificates file (mqlink)", "type": "string", "description": "PEM file of CA certificates to verify the broker with."},
-                "client_cert": {"title": "Client certificate (mqlink)", "type": "string", "description": "PEM client certificate for mutual TLS."},
-                "client_key": {"title": "Client key (mqlink)", "type": "string", "airbyte_secret": true, "description": "PEM private key of the client certificate."},
+                "ca_file": {"title": "CA certificates file (mqlink)", "type": "string", "description": "CA certificates to verify the broker with (the PEM text, or a file path)."},
+                "client_cert": {"title": "Client certificate (mqlink)", "type": "string", "description": "Client certificate for mutual TLS (the PEM text, or a file path)."},
+                "client_key": {"title": "Client key (mqlink)", "type": "string", "airbyte_secret": true, "description": "PEM private key of the client certificate (the PEM text, or a file path)."},
                 "max_inflight": {"title": "Max in flight (mqlink)", "type": "integer", "default": 1000, "description": "Unconfirmed messages at most."}
             }
         }
@@ -96,12 +96,49 @@ fn get_u64(v: &Value, key: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+/// A PEM value pasted into the config (Airbyte runs connectors in
+/// containers, where a path means little) is written to a private file
+/// and that path used; a path is kept. Errors never show the value.
+fn pem_or_path(v: &Value, key: &str) -> Result<Option<String>, String> {
+    let value = match v.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(format!(
+                "{key}: expected a string (a PEM text or a file path)"
+            ))
+        }
+    };
+    if !value.contains("-----BEGIN") {
+        return Ok(Some(value.clone()));
+    }
+    let path =
+        std::env::temp_dir().join(format!("mqlink-airbyte-{}-{key}.pem", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(value.as_bytes())
+    };
+    write().map_err(|e| format!("{key}: cannot write the PEM to {}: {e}", path.display()))?;
+    Ok(Some(path.display().to_string()))
+}
+
 impl AirbyteConfig {
     pub fn from_json(v: &Value) -> Result<AirbyteConfig, String> {
         if !v.is_object() {
             return Err("the config must be a JSON object".into());
         }
         let broker_host = get_str(v, "broker_host")?.ok_or("broker_host is required")?;
+        if broker_host.contains('@') || broker_host.contains("://") {
+            // Not echoed: it may hold a password.
+            return Err("broker_host: give the host name only (credentials go in username and password, the scheme in use_tls)".into());
+        }
         let port = get_u64(v, "broker_port", 0)?;
         let broker_port = u16::try_from(port)
             .ok()
@@ -110,7 +147,8 @@ impl AirbyteConfig {
         let topic_pattern = get_str(v, "topic_pattern")?.ok_or("topic_pattern is required")?;
         mqlink::sink::TopicTemplate::parse(&topic_pattern)
             .map_err(|e| format!("topic_pattern: {e}"))?;
-        let topic_test = get_str(v, "topic_test")?;
+        // `test_topic` as the original connector's code reads it.
+        let topic_test = get_str(v, "topic_test")?.or(get_str(v, "test_topic")?);
         if let Some(t) = &topic_test {
             mqlink::topic::validate_topic_name(t).map_err(|e| format!("topic_test: {e}"))?;
         }
@@ -143,15 +181,22 @@ impl AirbyteConfig {
             // The spec says `client`; the original's code read `client_id`: accept both.
             client: get_str(v, "client")?.or(get_str(v, "client_id")?),
             publisher_sync: get_bool(v, "publisher_sync", false)?,
-            connect_timeout: get_u64(v, "connect_timeout", 30)?,
+            connect_timeout: match get_u64(v, "connect_timeout", 30)? {
+                t @ 0..=3600 => t,
+                t => {
+                    return Err(format!(
+                        "connect_timeout: {t} is not a number of seconds from 0 to 3600"
+                    ))
+                }
+            },
             automatic_reconnect: get_bool(v, "automatic_reconnect", true)?,
             clean_session: get_bool(v, "clean_session", true)?,
             message_retained: get_bool(v, "message_retained", false)?,
             qos,
             protocol,
-            ca_file: get_str(v, "ca_file")?,
-            client_cert: get_str(v, "client_cert")?,
-            client_key: get_str(v, "client_key")?,
+            ca_file: pem_or_path(v, "ca_file")?,
+            client_cert: pem_or_path(v, "client_cert")?,
+            client_key: pem_or_path(v, "client_key")?,
             max_inflight: u16::try_from(max_inflight)
                 .ok()
                 .filter(|n| (1..=65_000).contains(n))

@@ -13,8 +13,9 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use mqlink::secret::redact;
 use mqlink::sink::{DeliveryHandle, MqttSink, SinkRecord};
-use mqlink::{Client, Message};
+use mqlink::{Client, Message, Status};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -48,7 +49,25 @@ fn emit(msg: &Value) {
 }
 
 fn log(level: &str, message: impl Into<String>) {
-    emit(&json!({"type": "LOG", "log": {"level": level, "message": message.into()}}));
+    let message = message.into();
+    emit(&json!({"type": "LOG", "log": {"level": level, "message": redact(&message)}}));
+}
+
+/// A failure that may pass by itself (the broker is unreachable, records
+/// were not confirmed): Airbyte's `transient_error`, so the sync is retried.
+/// Everything else is a `config_error` the user has to fix.
+#[derive(Debug)]
+struct Transient(String);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Transient {}
+
+fn transient(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Transient(msg.into()))
 }
 
 fn now_ms() -> u64 {
@@ -58,11 +77,11 @@ fn now_ms() -> u64 {
 }
 
 /// Prints a TRACE of type ERROR; the caller exits non-zero.
-fn trace_error(message: &str) {
+fn trace_error(message: &str, failure_type: &str) {
     emit(&json!({
         "type": "TRACE",
         "trace": {"type": "ERROR", "emitted_at": now_ms() as f64,
-                  "error": {"message": message, "failure_type": "config_error"}}
+                  "error": {"message": redact(message), "failure_type": failure_type}}
     }));
 }
 
@@ -76,7 +95,12 @@ pub async fn run(cmd: AirbyteCommand) -> anyhow::Result<()> {
         AirbyteCommand::Write { config, catalog } => write(&config, &catalog).await,
     };
     if let Err(e) = &result {
-        trace_error(&format!("{e:#}"));
+        let failure_type = if e.chain().any(|c| c.downcast_ref::<Transient>().is_some()) {
+            "transient_error"
+        } else {
+            "config_error"
+        };
+        trace_error(&format!("{e:#}"), failure_type);
     }
     result
 }
@@ -94,14 +118,14 @@ async fn check(path: &std::path::Path) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => {
             emit(
-                &json!({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "FAILED", "message": format!("{e:#}")}}),
+                &json!({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "FAILED", "message": redact(&format!("{e:#}"))}}),
             );
             return Ok(());
         }
     };
     let status = match try_check(&cfg).await {
         Ok(()) => json!({"status": "SUCCEEDED"}),
-        Err(e) => json!({"status": "FAILED", "message": e}),
+        Err(e) => json!({"status": "FAILED", "message": redact(&e)}),
     };
     emit(&json!({"type": "CONNECTION_STATUS", "connectionStatus": status}));
     Ok(())
@@ -161,8 +185,10 @@ struct PendingState {
 async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::Result<()> {
     let cfg = read_config(config)?;
     let streams = catalog_streams(catalog)?;
+    let opts = cfg.connect_options();
+    let connect_timeout = opts.connect_timeout;
     let sink = MqttSink::builder()
-        .connection(cfg.connect_options())
+        .connection(opts)
         .topic(&cfg.topic_pattern)
         .qos(cfg.qos)
         .retain(mqlink::sink::Retain::Fixed(cfg.message_retained))
@@ -170,15 +196,18 @@ async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::R
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Like the original, a sync fails at once when the broker cannot be
+    // reached — within connect_timeout, not never.
+    connected(&sink.clients()[0], connect_timeout).await?;
     // STATEs are printed by one task, in input order, each after its records.
     let (state_tx, mut state_rx) = mpsc::unbounded_channel::<PendingState>();
     let printer = tokio::spawn(async move {
         while let Some(p) = state_rx.recv().await {
             for h in p.handles {
                 if let Err(e) = h.await {
-                    return Err(anyhow::anyhow!(
+                    return Err(transient(format!(
                         "a record was not confirmed by the broker: {e}"
-                    ));
+                    )));
                 }
             }
             emit(&p.state);
@@ -186,16 +215,39 @@ async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::R
         Ok(())
     });
     let mut handles = Vec::new();
-    let mut lines = BufReader::with_capacity(1 << 20, tokio::io::stdin()).lines();
-    let (mut line_no, mut records) = (0u64, 0u64);
-    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+    let mut input = BufReader::with_capacity(1 << 20, tokio::io::stdin());
+    let mut buf = Vec::with_capacity(4096);
+    let (mut line_no, mut records, mut skipped) = (0u64, 0u64, 0u64);
+    loop {
+        buf.clear();
+        if input
+            .read_until(b'\n', &mut buf)
+            .await
+            .context("reading stdin")?
+            == 0
+        {
+            break;
+        }
         line_no += 1;
+        // A line that is not UTF-8 is skipped like one that is not JSON.
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l,
+            Err(e) => {
+                skipped += 1;
+                log(
+                    "WARN",
+                    format!("line {line_no} is not UTF-8 and was skipped: {e}"),
+                );
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let msg: Value = match serde_json::from_str(&line) {
+        let msg: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
+                skipped += 1;
                 log(
                     "WARN",
                     format!("line {line_no} is not a valid Airbyte message and was skipped: {e}"),
@@ -258,9 +310,46 @@ async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::R
     printer.await.context("state printer")??;
     sink.flush(Duration::from_secs(cfg.connect_timeout.max(30)))
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    log("INFO", format!("{records} records confirmed by the broker"));
+        .map_err(|e| transient(e.to_string()))?;
+    log(
+        "INFO",
+        format!("{records} records confirmed by the broker; {skipped} input lines skipped"),
+    );
     Ok(())
+}
+
+/// Waits until `client` is connected; an unreachable broker is a transient
+/// error after `timeout`, refused credentials a config error at once.
+async fn connected(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let mut status = client.status();
+    let wait = status.wait_for(|s| {
+        matches!(
+            s,
+            Status::Connected { .. } | Status::Stopped { .. } | Status::Reconnecting { .. }
+        )
+    });
+    let last = match tokio::time::timeout(timeout.max(Duration::from_secs(1)), wait).await {
+        Ok(Ok(s)) => s.clone(),
+        _ => {
+            return Err(transient(format!(
+                "cannot reach the broker within connect_timeout ({} s)",
+                timeout.as_secs()
+            )))
+        }
+    };
+    match last {
+        Status::Connected { .. } => Ok(()),
+        // A failed attempt that the session would retry: the broker is down
+        // or unreachable now.
+        Status::Reconnecting { error, .. } => {
+            Err(transient(format!("cannot reach the broker: {error}")))
+        }
+        // Stopped at once: refused (credentials, not authorized, protocol).
+        Status::Stopped { error: Some(e) } => Err(anyhow::anyhow!("{e}")),
+        Status::Stopped { error: None } | Status::Connecting => {
+            Err(transient("the connection stopped before it was up"))
+        }
+    }
 }
 
 /// A random (version 4) UUID.
