@@ -1316,7 +1316,7 @@ listen = "127.0.0.1:{http}"
         }
     });
     let mut far_seen = BTreeSet::new();
-    let mut collect = |far_seen: &mut BTreeSet<i64>| {
+    let collect = |far_seen: &mut BTreeSet<i64>| {
         while let Ok(l) = rx.try_recv() {
             let v: serde_json::Value = serde_json::from_str(&l).unwrap();
             far_seen.insert(v["seq"].as_i64().unwrap());
