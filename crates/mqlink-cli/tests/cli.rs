@@ -636,3 +636,141 @@ fn sub_decodes_with_a_schema_dead_letters_bad_payloads_and_dedupes_filters() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("\"a\""), "{}", text(&out.stderr));
 }
+
+/// `mqlink pub -l` stops on SIGTERM and SIGINT even while it waits for
+/// confirmations after stdin ended (a frozen broker), and says how many
+/// were not confirmed.
+#[test]
+fn pub_stops_on_a_signal_while_waiting_for_confirmations() {
+    for sig in ["-TERM", "-INT"] {
+        let mut broker = Mosquitto::start();
+        let mut p = mqlink()
+            .args([
+                "pub",
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                "sig/t",
+                "-q",
+                "1",
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = p.stdin.take().unwrap();
+            writeln!(stdin, "first").unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            broker.pause();
+            for i in 0..10 {
+                writeln!(stdin, "m{i}").unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "still waiting for confirmations"
+        );
+        let t = Instant::now();
+        Command::new("kill")
+            .args([sig, &p.id().to_string()])
+            .status()
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{sig}: took {:?}",
+            t.elapsed()
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{sig}: {err}");
+        assert!(
+            err.contains("10 of 11 messages were not confirmed"),
+            "{sig}: {err}"
+        );
+        broker.resume();
+    }
+}
+
+/// `-W` bounds connecting and subscribing too, and absurd numbers are
+/// usage errors, never a panic.
+#[test]
+fn deadlines_bound_everything_and_absurd_numbers_are_usage_errors() {
+    // A port that accepts TCP and never answers CONNECT.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let t = Instant::now();
+    let out = run(&[
+        "sub",
+        "-p",
+        &port,
+        "-t",
+        "a",
+        "-W",
+        "1",
+        "--connect-timeout",
+        "30",
+    ]);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("-W: timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(silent);
+    for args in [
+        &["sub", "-t", "a", "-W", "1e300"][..],
+        &["sub", "-t", "a", "-W", "NaN"],
+        &["sub", "-t", "a", "-k", "9223372036854775807"],
+        &["sub", "-t", "a", "--connect-timeout", "inf"],
+        &["sub", "-t", "a", "--reconnect-interval", "1e300"],
+        &["sub", "-t", "a", "--reconnect-backoff", "1e300"],
+        &["pub", "-t", "a", "-m", "x", "--max-inflight", "99999999"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+    }
+    let long_id = "i".repeat(65_536);
+    let out = run(&["sub", "-t", "a", "-i", &long_id, "-W", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// Credentials in a broker URL are never echoed back.
+#[test]
+fn a_password_in_a_url_is_never_printed() {
+    for args in [
+        &[
+            "sub",
+            "-L",
+            "mqtt://user:secretpw-77@127.0.0.1:1/x/y",
+            "-t",
+            "a",
+            "-W",
+            "1",
+        ][..],
+        &[
+            "pub",
+            "-L",
+            "mqtts://user:secretpw-77@nowhere:notaport",
+            "-t",
+            "a",
+            "-m",
+            "x",
+        ],
+        &["sub", "-L", "bogus://secretpw-77@h", "-t", "a"],
+    ] {
+        let out = run(args);
+        let all = text(&out.stdout) + &text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(!all.contains("secretpw-77"), "{args:?}: {all}");
+    }
+}

@@ -532,6 +532,16 @@ impl Pipeline {
     fn check_client_ids(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (path, id) in self.client_ids() {
+            if id.len() > 65_535 {
+                return Err(err(
+                    path,
+                    format!(
+                        "client id {:?}… is {} bytes; MQTT allows 65535 (shorten the connection's client_id)",
+                        id.chars().take(20).collect::<String>(),
+                        id.len()
+                    ),
+                ));
+            }
             if !seen.insert(id.clone()) {
                 return Err(err(path, format!("client id {id:?} is used by another component; change the connection's client_id")));
             }

@@ -113,7 +113,9 @@ async fn the_flush_timeout_fires_while_the_broker_is_frozen() {
         e,
         FlushError::Timeout {
             after: Duration::from_millis(500),
-            unconfirmed: 50
+            unconfirmed: 50,
+            // A frozen broker: the session still counts as connected.
+            cause: None,
         }
     );
     assert!(e.to_string().contains("50 records not confirmed"));
@@ -298,10 +300,21 @@ async fn a_rejected_publish_is_retried_under_the_strategy() {
         assert_eq!(r.is_ok(), ok, "{strategy:?}: {r:?}");
         if let Err(e) = r {
             assert!(e.to_string().contains("0x97"), "{e}");
-            assert_eq!(
-                sink.flush(Duration::from_secs(1)).await,
-                Err(FlushError::Failed { failed: 1 })
-            );
+            match sink.flush(Duration::from_secs(1)).await {
+                Err(FlushError::Failed {
+                    failed: 1,
+                    last_error: Some(last),
+                }) => assert!(last.contains("0x97"), "{last}"),
+                other => panic!("{other:?}"),
+            }
+            // Only what failed since the previous flush is reported: a good
+            // record after the refused one flushes cleanly.
+            sink.send(SinkRecord::json(json!(2)))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            sink.flush(Duration::from_secs(1)).await.unwrap();
         } else {
             sink.flush(Duration::from_secs(1)).await.unwrap();
         }
@@ -548,4 +561,25 @@ async fn publisher_sync_waits_for_each_confirmation() {
         assert_eq!(sink.metrics().get("mqlink_sink_confirmed_total"), Some(i));
         handle.await.unwrap();
     }
+}
+
+/// A sink pointed at a broker that is not there: `flush` says why the
+/// records are not confirmed, not only how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_names_why_the_session_is_not_connected() {
+    let port = testkit::free_port();
+    let sink = MqttSink::builder()
+        .connection(opts(&format!("mqtt://127.0.0.1:{port}")))
+        .topic("r/t")
+        .start()
+        .await
+        .unwrap();
+    drop(sink.send(SinkRecord::json(json!(1))).await.unwrap());
+    let e = sink.flush(Duration::from_millis(1500)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("1 records not confirmed yet"), "{text}");
+    assert!(
+        text.contains("reconnecting") || text.contains("connecting"),
+        "{text}"
+    );
 }

@@ -36,12 +36,27 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
     s.parse()
 }
 
+/// Seconds, at most about 31 years: every timer stays representable.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
+        .filter(|v| v.is_finite() && (0.0..=1e9).contains(v))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0 to 1000000000"))
+}
+
+/// Keep-alive: 16 bits of seconds on the wire.
+fn parse_keepalive(s: &str) -> Result<Duration, String> {
+    s.parse::<u16>()
+        .map(|v| Duration::from_secs(v.into()))
+        .map_err(|_| format!("{s:?} is not a keep-alive from 0 to 65535 seconds"))
+}
+
+fn parse_multiplier(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && (1.0..=100.0).contains(v))
+        .ok_or_else(|| format!("{s:?} is not a factor from 1 to 100"))
 }
 
 /// Connection flags, as in mosquitto_pub/mosquitto_sub.
@@ -96,7 +111,7 @@ pub struct ConnArgs {
     #[arg(long = "tls")]
     pub tls: bool,
     /// Keep-alive interval in seconds.
-    #[arg(short = 'k', long = "keepalive", default_value = "60", value_parser = parse_secs)]
+    #[arg(short = 'k', long = "keepalive", default_value = "60", value_parser = parse_keepalive)]
     pub keepalive: Duration,
     /// Seconds allowed for connecting (TCP, TLS, CONNACK).
     #[arg(long = "connect-timeout", default_value = "10", value_parser = parse_secs)]
@@ -120,7 +135,7 @@ pub struct ConnArgs {
     #[arg(long = "reconnect-interval", default_value = "0.5", value_parser = parse_secs)]
     pub reconnect_interval: Duration,
     /// Factor by which the reconnect delay grows.
-    #[arg(long = "reconnect-backoff", default_value = "2.0")]
+    #[arg(long = "reconnect-backoff", default_value = "2.0", value_parser = parse_multiplier)]
     pub reconnect_backoff: f64,
     /// Longest reconnect delay in seconds.
     #[arg(long = "reconnect-max-interval", default_value = "30", value_parser = parse_secs)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -150,8 +150,8 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     // Confirmations are awaited in order by a second task, so reading
     // input and publishing never wait on the broker beyond the window.
     let (tx, rx) = mpsc::channel::<PublishToken>(4096);
-    let failed = Arc::new(AtomicU64::new(0));
-    let collector = tokio::spawn(confirmations(rx, failed.clone()));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let mut collector = tokio::spawn(confirmations(rx, confirmed.clone()));
     let started = Instant::now();
     let mut sent: u64 = 0;
     let message = |payload: Bytes| Message {
@@ -181,9 +181,18 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
         None
     };
 
+    // SIGINT/SIGTERM stops reading and waiting at any point; what was not
+    // confirmed by then is counted as such (exit 1), never claimed.
     let mut stop = crate::shutdown_signal();
+    let mut signalled = false;
     if let Some(payload) = single {
-        let token = client.publish(message(payload)).await?;
+        let token = tokio::select! {
+            t = client.publish(message(payload)) => t?,
+            _ = &mut stop => {
+                client.disconnect().await;
+                anyhow::bail!("interrupted before the message was sent");
+            }
+        };
         let _ = tx.send(token).await;
         sent = 1;
     } else {
@@ -191,14 +200,25 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
         loop {
             let line = tokio::select! {
                 l = lines.next_segment() => l.context("reading stdin")?,
-                _ = &mut stop => break,
+                _ = &mut stop => {
+                    signalled = true;
+                    break;
+                }
             };
             let Some(mut line) = line else { break };
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
+            // Waiting for room in the window is interruptible too.
+            let published = tokio::select! {
+                p = client.publish(message(Bytes::from(line))) => p,
+                _ = &mut stop => {
+                    signalled = true;
+                    break;
+                }
+            };
             sent += 1;
-            match client.publish(message(Bytes::from(line))).await {
+            match published {
                 Ok(token) => {
                     if tx.send(token).await.is_err() {
                         break;
@@ -207,17 +227,36 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
                 // The session is over (gave up reconnecting): count it and stop.
                 Err(e) => {
                     tracing::error!(error = %e, "Publish not accepted.");
-                    failed.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             }
         }
     }
     drop(tx);
-    collector.await.ok();
+    if signalled {
+        collector.abort();
+    } else {
+        tokio::select! {
+            _ = &mut collector => {}
+            _ = &mut stop => {
+                signalled = true;
+                collector.abort();
+            }
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
-    client.disconnect().await;
-    let failed = failed.load(Ordering::Relaxed);
+    if signalled {
+        // Told to stop: a frozen broker does not get the usual grace.
+        let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
+    } else {
+        client.disconnect().await;
+    }
+    // Refused, lost with a session that gave up, or not confirmed before a
+    // signal: all count as not confirmed.
+    let failed = sent - confirmed.load(Ordering::Relaxed).min(sent);
+    if signalled {
+        tracing::warn!(unconfirmed = failed, "Interrupted.");
+    }
     eprintln!(
         "mqlink pub: {} messages confirmed in {secs:.3} s ({:.0} messages/s){}",
         sent - failed,
@@ -234,14 +273,18 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn confirmations(mut rx: mpsc::Receiver<PublishToken>, failed: Arc<AtomicU64>) {
+async fn confirmations(mut rx: mpsc::Receiver<PublishToken>, confirmed: Arc<AtomicU64>) {
     let mut first_error = true;
     while let Some(token) = rx.recv().await {
-        if let Err(e) = token.await {
-            failed.fetch_add(1, Ordering::Relaxed);
-            if first_error {
-                tracing::error!(error = %e, "Publish not confirmed.");
-                first_error = false;
+        match token.await {
+            Ok(_) => {
+                confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if first_error {
+                    tracing::error!(error = %e, "Publish not confirmed.");
+                    first_error = false;
+                }
             }
         }
     }

@@ -137,10 +137,20 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         parallelism: 1,
         share_group: None,
     };
-    let mut source = MqttSource::start(config).await?;
+    // -W bounds everything, connecting and subscribing included.
+    let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
+    let mut source = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, MqttSource::start(config)).await {
+            Ok(s) => s?,
+            Err(_) => anyhow::bail!(
+                "-W: timed out after {} s before the subscription was in place",
+                args.timeout.unwrap_or_default().as_secs_f64()
+            ),
+        },
+        None => MqttSource::start(config).await?,
+    };
     let client = source.clients()[0].clone();
 
-    let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
     );

@@ -205,10 +205,20 @@ pub enum SinkError {
 /// `flush` did not see everything confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlushError {
-    #[error("flush timed out after {after:?}: {unconfirmed} records not confirmed yet")]
-    Timeout { after: Duration, unconfirmed: u64 },
-    #[error("{failed} records were not confirmed by the broker (see their delivery handles)")]
-    Failed { failed: u64 },
+    #[error("flush timed out after {after:?}: {unconfirmed} records not confirmed yet{}", cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Timeout {
+        after: Duration,
+        unconfirmed: u64,
+        /// What the sessions say: not connected, and why.
+        cause: Option<String>,
+    },
+    /// Records sent since the previous flush that failed.
+    #[error("{failed} records sent since the previous flush were not confirmed by the broker{}", last_error.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Failed {
+        failed: u64,
+        /// The last of their errors.
+        last_error: Option<String>,
+    },
 }
 
 /// Completes when the broker confirmed the record.
@@ -241,6 +251,9 @@ pub struct SinkMetrics {
     published: AtomicU64,
     confirmed: AtomicU64,
     failed: AtomicU64,
+    /// `failed` when `flush` last looked: it reports only what is new.
+    failed_at_flush: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
     spool_bytes: AtomicU64,
     spool_records: AtomicU64,
 }
@@ -614,20 +627,54 @@ impl MqttSink {
         }
     }
 
-    /// Waits until every record sent so far is confirmed, at most `timeout`.
+    /// Waits until every record sent so far is confirmed, at most
+    /// `timeout`. Fails when records sent since the previous flush failed
+    /// (naming the last error), or on the timeout (naming why the sessions
+    /// are not connected, when they are not).
     pub async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let target = self.metrics.published.load(Relaxed);
         let mut completed = self.completed.clone();
         let waited = tokio::time::timeout(timeout, completed.wait_for(|&c| c >= target)).await;
-        let failed = self.metrics.failed.load(Relaxed);
         match waited {
-            Ok(_) if failed == 0 => Ok(()),
-            Ok(_) => Err(FlushError::Failed { failed }),
+            Ok(_) => {
+                let failed = self.metrics.failed.load(Relaxed);
+                let before = self.metrics.failed_at_flush.swap(failed, Relaxed);
+                match failed - before.min(failed) {
+                    0 => Ok(()),
+                    n => Err(FlushError::Failed {
+                        failed: n,
+                        last_error: self.metrics.last_error.lock().ok().and_then(|e| e.clone()),
+                    }),
+                }
+            }
             Err(_) => Err(FlushError::Timeout {
                 after: timeout,
                 unconfirmed: target.saturating_sub(*self.completed.borrow()),
+                cause: self.session_problem(),
             }),
         }
+    }
+
+    /// Why a session is not connected, if one is not.
+    fn session_problem(&self) -> Option<String> {
+        self.clients
+            .iter()
+            .find_map(|c| match &*c.status().borrow() {
+                crate::Status::Connected { .. } => None,
+                crate::Status::Connecting => Some(format!("{}: still connecting", c.client_id())),
+                crate::Status::Reconnecting { error, attempt } => Some(format!(
+                    "{}: reconnecting (attempt {attempt}): {error}",
+                    c.client_id()
+                )),
+                crate::Status::Stopped { error } => Some(format!(
+                    "{}: stopped{}",
+                    c.client_id(),
+                    error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )),
+            })
     }
 
     /// Flushes, then disconnects every client.
@@ -697,8 +744,15 @@ async fn track(
             }
         }
         match &r {
-            Ok(_) => metrics.confirmed.fetch_add(1, Relaxed),
-            Err(_) => metrics.failed.fetch_add(1, Relaxed),
+            Ok(_) => {
+                metrics.confirmed.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                if let Ok(mut last) = metrics.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                metrics.failed.fetch_add(1, Relaxed);
+            }
         };
         if let (Some(state), Some(seq)) = (&spool, p.seq) {
             blocked |= matches!(r, Err(PublishError::Stopped(_)));
