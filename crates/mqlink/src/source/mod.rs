@@ -474,6 +474,12 @@ impl MqttSource {
                 batch.push(r);
                 continue;
             }
+            // Without a linger the batch goes now: a timer, even one already
+            // due, waits for the next millisecond tick — per delivery, when
+            // the broker's window is small.
+            if self.batch_timeout.is_zero() {
+                break;
+            }
             match tokio::time::timeout_at(deadline, self.next()).await {
                 Ok(Some(r)) => batch.push(r),
                 _ => break,
