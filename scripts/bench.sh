@@ -4,12 +4,17 @@
 #   1. draining 200,000 queued QoS 1 messages (~110 bytes) from a persistent
 #      session: mqlink sub vs mosquitto_sub;
 #   2. publishing 200,000 QoS 1 messages, every PUBACK awaited: mqlink pub
-#      vs a libmosquitto publisher with 1,000 in flight, and paho-mqtt for
-#      Python for scale (BENCH_PAHO=0 skips it);
+#      vs libmosquitto (bench/cpub.c: threaded loop, 1,000 in flight — the
+#      fastest C reference we have), and paho-mqtt for Python for scale
+#      (BENCH_PAHO=0 skips it);
 #   3. `mqlink run` pipelines draining the same queue: MQTT → JSON-lines file
 #      and MQTT → PostgreSQL (a private server, initdb'd here; primary key
 #      with ON CONFLICT DO NOTHING), typed JSON decoding, every message
-#      acknowledged only after the sink confirmed it.
+#      acknowledged only after the sink confirmed it;
+#   4. drains from brokers configured as deployments are: Mosquitto with
+#      max_inflight_messages 1 and 10 (20,000 queued), and with no in-flight
+#      cap (max_inflight_messages 0: the whole backlog arrives before SUBACK,
+#      MQTT 3.1.1), mqlink sub vs mosquitto_sub.
 # Installs what it needs on Debian. N=... changes the message count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +41,7 @@ MQLINK=$PWD/target/release/mqlink
 SINK_BENCH=$PWD/target/release/examples/sink_bench
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; kill -QUIT $(cat "$work/pgpid" 2>/dev/null) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
-gcc -O2 -o "$work/mosq_pub" bench/mosq_pub.c -lmosquitto
+gcc -O2 -o "$work/cpub" bench/cpub.c -lmosquitto
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/mosquitto.conf" <<CONF
@@ -48,6 +53,15 @@ max_queued_bytes 0
 CONF
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 & echo $! > "$work/pid"
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+# Brokers with a small window, and one without any in-flight cap.
+declare -A wport
+for w in 1 10 0; do
+  wport[$w]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages %s\n' \
+    "${wport[$w]}" "$w" > "$work/mosquitto-$w.conf"
+  /usr/sbin/mosquitto -c "$work/mosquitto-$w.conf" >/dev/null 2>&1 & echo $! >> "$work/pid"
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/${wport[$w]}) 2>/dev/null && break; sleep 0.1; done
+done
 
 # ~110-byte JSON telemetry messages.
 python3 - "$N" > "$work/msgs" <<'PY'
@@ -114,10 +128,12 @@ timed() {
   echo "$out"
 }
 
-fill_queue() { # $1 = client id
-  "$MQLINK" sub -p "$port" -t "bench/$1" -q 1 -c -i "$1" -W 0.2 >/dev/null
-  "$MQLINK" pub -p "$port" -t "bench/$1" -q 1 -l < "$work/msgs" 2>/dev/null
+fill_queue() { # $1 = client id [$2 = port, $3 = message file]
+  local p=${2:-$port} f=${3:-$work/msgs}
+  mosquitto_sub -p "$p" -t "bench/$1" -q 1 -c -i "$1" -W 1 >/dev/null 2>&1 || true
+  "$work/cpub" "$p" "bench/$1" 1 "$f" >/dev/null
 }
+head -20000 "$work/msgs" > "$work/msgs20k"
 
 echo "mqlink benchmark: $N QoS 1 messages of $bytes bytes, Mosquitto $(/usr/sbin/mosquitto -h | head -1 | awk '{print $3}') on loopback, $ROUNDS rounds"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
@@ -136,7 +152,7 @@ for r in $(seq "$ROUNDS"); do
   id="mj-$r-$$"; fill_queue "$id"
   report "drain: mqlink sub --schema (typed JSON)" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N" \
     --schema "$SCHEMA" -F json)"
-  report "publish: libmosquitto, 1000 in flight" "$(timed "$work/mosq_pub" 127.0.0.1 "$port" bench/pub "$work/msgs" 1000)"
+  report "publish: libmosquitto (cpub), 1000 in flight" "$(timed "$work/cpub" "$port" bench/pub 1 "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
   report "publish: mqlink library sink (JSON records)" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N")"
   report "airbyte write (QoS 1, STATE per 10,000)" "$(timed "$MQLINK" airbyte write --config "$work/airbyte-config.json" \
@@ -159,6 +175,16 @@ primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
   "$MQLINK" pub -p "$port" -t "bench/$id" -q 1 -l < "$work/msgs" 2>/dev/null
   set -- $(run_pipeline "$work/$id.toml")
   report "pipeline: mqtt -> postgres (PK, typed), busy" "$1 $3 $4"
+  for w in 1 10; do
+    id="ws$w-$r-$$"; fill_queue "$id" "${wport[$w]}" "$work/msgs20k"
+    report "drain window $w: mosquitto_sub (20,000)" "$(timed mosquitto_sub -p "${wport[$w]}" -t "bench/$id" -q 1 -c -i "$id" -C 20000)"
+    id="wl$w-$r-$$"; fill_queue "$id" "${wport[$w]}" "$work/msgs20k"
+    report "drain window $w: mqlink sub (20,000)" "$(timed "$MQLINK" sub -p "${wport[$w]}" -t "bench/$id" -q 1 -c -i "$id" -C 20000)"
+  done
+  id="ns-$r-$$"; fill_queue "$id" "${wport[0]}"
+  report "drain no cap 3.1.1: mosquitto_sub" "$(timed mosquitto_sub -p "${wport[0]}" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  id="nl-$r-$$"; fill_queue "$id" "${wport[0]}"
+  report "drain no cap 3.1.1: mqlink sub" "$(timed timeout 120 "$MQLINK" sub -p "${wport[0]}" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
 done
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
@@ -175,7 +201,7 @@ for line in open(sys.argv[1]):
         best[name] = (float(wall), float(user), float(sys_))
 def g(k): return best[k]
 ms, ml, mj = g("drain: mosquitto_sub"), g("drain: mqlink sub"), g("drain: mqlink sub --schema (typed JSON)")
-lp, mp = g("publish: libmosquitto, 1000 in flight"), g("publish: mqlink pub -l --max-inflight 1000")
+lp, mp = g("publish: libmosquitto (cpub), 1000 in flight"), g("publish: mqlink pub -l --max-inflight 1000")
 print(f"drain   mqlink sub / mosquitto_sub: wall {ml[0]/ms[0]:.2f}x, CPU {(ml[1]+ml[2])/max(ms[1]+ms[2],1e-9):.2f}x  (target: wall <= 1.00x)")
 n = int(sys.argv[2])
 print(f"drain   with typed JSON decoding: {n/mj[0]:,.0f} messages/s, CPU {(mj[1]+mj[2])/n*1e6:.2f} us/message"
@@ -190,6 +216,11 @@ print(f"airbyte write: {n/ab[0]:,.0f} records/s  (target: >= 100,000/s)")
 pf, pp = g("pipeline: mqtt -> file (typed JSON), busy"), g("pipeline: mqtt -> postgres (PK, typed), busy")
 print(f"pipeline mqtt -> file:     {n/pf[0]:,.0f} messages/s acknowledged end to end  (target: >= 100,000/s; mosquitto_sub drain alone: {n/ms[0]:,.0f}/s)")
 print(f"pipeline mqtt -> postgres: {n/pp[0]:,.0f} rows/s committed, then acknowledged  (target: >= 50,000/s)")
+for w in (1, 10):
+    a, b = g(f"drain window {w}: mosquitto_sub (20,000)"), g(f"drain window {w}: mqlink sub (20,000)")
+    print(f"drain, broker window {w:>2}: mqlink sub / mosquitto_sub: wall {b[0]/a[0]:.2f}x  (target: <= 1.50x)")
+a, b = g("drain no cap 3.1.1: mosquitto_sub"), g("drain no cap 3.1.1: mqlink sub")
+print(f"drain, no in-flight cap, 3.1.1: mqlink sub / mosquitto_sub: wall {b[0]/a[0]:.2f}x  (target: <= 0.80x)")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
