@@ -33,6 +33,6 @@ pub use options::{BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptio
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,
-    Status, SubscribeOptions, Subscription,
+    Status, SubscribeOptions, SubscribeToken, Subscription,
 };
 pub use types::{Protocol, QoS};

@@ -892,3 +892,69 @@ async fn v5_subscription_options_reach_the_broker() {
         .await
         .is_err());
 }
+
+/// MQTT 3.1.1 against a Mosquitto without an in-flight cap: on reconnect it
+/// sends the whole queue of a persistent session before the SUBACK. The
+/// library source drains all 200,000 (a bounded overflow behind a SUBACK
+/// the application waits for used to hang here from ~71,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_drains_200k_queued_without_inflight_cap() {
+    use mqlink::source::MqttSource;
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec!["max_inflight_messages 0".into()],
+        ..Default::default()
+    });
+    let id = unique_id("drain");
+    let topic = format!("drain/{id}");
+    let o = persistent(opts(&broker.url(), Protocol::V311), &id);
+    let (c, _inc) = Client::connect(o.clone()).await.unwrap();
+    c.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    c.disconnect().await;
+    let n = 200_000;
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V311))
+        .await
+        .unwrap();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = Message::new(&topic, format!("{i}"), QoS::AtLeastOnce);
+        tokens.push(publ.publish(m).await.unwrap());
+    }
+    for t in tokens {
+        t.await.unwrap();
+    }
+    publ.disconnect().await;
+
+    let started = std::time::Instant::now();
+    let mut source = timeout(
+        Duration::from_secs(20),
+        MqttSource::builder()
+            .connection(o)
+            .topic(&topic, QoS::AtLeastOnce)
+            .batch(1000, Duration::ZERO)
+            .start(),
+    )
+    .await
+    .expect("start hung behind the queued messages")
+    .unwrap();
+    let mut seen = vec![false; n];
+    let mut distinct = 0;
+    let r = timeout(Duration::from_secs(120), async {
+        while distinct < n {
+            let batch = source.next_batch().await;
+            assert!(!batch.is_empty(), "the source ended");
+            for mut rec in batch {
+                let i: usize = std::str::from_utf8(&rec.payload).unwrap().parse().unwrap();
+                if !std::mem::replace(&mut seen[i], true) {
+                    distinct += 1;
+                }
+                rec.ack();
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "only {distinct} of {n} drained");
+    eprintln!("drained {n} in {:?}", started.elapsed());
+    source.close().await;
+}

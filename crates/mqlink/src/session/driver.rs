@@ -6,6 +6,12 @@
 //! maximum, bounds it), so SUBACKs and PUBACKs behind them are still read;
 //! a QoS 0 delivery makes the driver stop reading (TCP back-pressure)
 //! while pings and acks keep flowing.
+//!
+//! Reading never pauses while a SUBACK or UNSUBACK is awaited: the
+//! application may be waiting for that reply before it reads anything, and
+//! a broker may send a whole backlog before it (Mosquitto without an
+//! in-flight cap does). Deliveries are ordinary deliveries whether they
+//! come before or after the SUBACK.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -31,7 +37,8 @@ use crate::options::{BrokerUrl, ConnectOptions};
 use crate::types::{Protocol, QoS};
 
 /// QoS 1/2 deliveries held beyond the channel before reading pauses anyway
-/// (a safety net: the broker's in-flight window normally bounds them).
+/// (a safety net: the broker's in-flight window normally bounds them). Not
+/// applied while a control reply is awaited (see the module docs).
 const MAX_OVERFLOW: usize = 70_000;
 /// Bytes queued for the socket before the driver stops taking requests.
 const HIGH_WATER: usize = 256 * 1024;
@@ -102,6 +109,8 @@ pub(crate) struct Driver {
     max_out: usize,
     disconnect_reply: Option<oneshot::Sender<()>>,
     stopping: bool,
+    /// Why the application ended the session ([`Request::Fail`]).
+    failed: Option<String>,
 }
 
 impl Driver {
@@ -141,6 +150,7 @@ impl Driver {
             ctrl_inflight: HashMap::new(),
             disconnect_reply: None,
             stopping: false,
+            failed: None,
         }
     }
 
@@ -155,7 +165,7 @@ impl Driver {
         let mut last_connect_error: Option<ConnectError>;
         let fatal: Option<String> = loop {
             if self.stopping {
-                break None;
+                break self.failed.take();
             }
             let broker = &brokers[broker_idx % brokers.len()];
             self.status.send_replace(Status::Connecting);
@@ -167,7 +177,7 @@ impl Driver {
                         let _ = first.send(Ok(()));
                     }
                     match self.serve(conn, broker).await {
-                        Ok(Closed::ByApplication) => break None,
+                        Ok(Closed::ByApplication) => break self.failed.take(),
                         Err(lost) => {
                             warn!(broker = %broker, error = %lost, "Connection lost.");
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +223,7 @@ impl Driver {
             let delay = self.opts.reconnect.delay(attempt);
             debug!(?delay, attempt, "Reconnecting after a pause.");
             if !self.wait(delay).await {
-                break None;
+                break self.failed.take();
             }
         };
         let why = fatal
@@ -295,6 +305,12 @@ impl Driver {
             }
             Request::Disconnect(reply) => {
                 self.disconnect_reply = Some(reply);
+                self.stopping = true;
+                return false;
+            }
+            Request::Fail(error) => {
+                error!(%error, "Session ended by the application.");
+                self.failed = Some(error);
                 self.stopping = true;
                 return false;
             }
@@ -595,7 +611,8 @@ impl Driver {
 
     /// Decodes buffered input. Returns `true` when reading must pause: the
     /// application has no room and the next packet is a QoS 0 PUBLISH (or
-    /// the overflow reached its safety limit).
+    /// the overflow reached its safety limit), and no SUBACK/UNSUBACK is
+    /// awaited (the application may be waiting for it before reading).
     fn drain_input(
         &mut self,
         rbuf: &mut BytesMut,
@@ -610,6 +627,7 @@ impl Driver {
             let full = !self.overflow.is_empty() || self.deliveries.capacity() == 0;
             if is_publish
                 && full
+                && self.ctrl_inflight.is_empty()
                 && !self.deliveries.is_closed()
                 && (is_qos0 || self.overflow.len() >= MAX_OVERFLOW)
             {

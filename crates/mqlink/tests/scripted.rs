@@ -1,0 +1,180 @@
+//! The session against brokers scripted packet by packet from the
+//! project's codec: orders and resends that real brokers produce only
+//! under load or faults (deliveries before SUBACK, a SUBACK held until
+//! PUBACK, QoS 2 resends before PUBREL, PUBCOMP 0x92 during recovery).
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mqlink::codec::{decode, encode, Ack, AckKind, ConnAck, Packet, Publish, SubAck};
+use mqlink::source::MqttSource;
+use mqlink::{Client, ConnectOptions, Message, Protocol, QoS, ReconnectPolicy, Status};
+use testkit::unique_id;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const BOTH: [Protocol; 2] = [Protocol::V311, Protocol::V5];
+
+/// One client connection, seen from the broker's side.
+struct Peer {
+    sock: TcpStream,
+    buf: BytesMut,
+    proto: Protocol,
+}
+
+impl Peer {
+    /// Accepts a client, reads its CONNECT and answers CONNACK.
+    async fn accept(l: &TcpListener, proto: Protocol, session_present: bool) -> Peer {
+        let (sock, _) = timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("no client connected")
+            .unwrap();
+        let mut p = Peer {
+            sock,
+            buf: BytesMut::new(),
+            proto,
+        };
+        match p.recv().await {
+            Packet::Connect(_) => {}
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+        p.send(Packet::ConnAck(ConnAck {
+            session_present,
+            ..Default::default()
+        }))
+        .await;
+        p
+    }
+
+    /// The next packet other than PINGREQ (answered here).
+    async fn recv(&mut self) -> Packet {
+        loop {
+            while let Some(p) = decode(&mut self.buf, self.proto, 1 << 20).unwrap() {
+                if p == Packet::PingReq {
+                    self.send(Packet::PingResp).await;
+                    continue;
+                }
+                return p;
+            }
+            let n = timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("the client sent nothing for 10 s")
+                .unwrap();
+            assert!(n > 0, "the client closed the connection");
+        }
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        encode(&p, self.proto, &mut out);
+        self.sock.write_all(&out).await.unwrap();
+    }
+
+    async fn expect_ack(&mut self, kind: AckKind, pkid: u16) {
+        match self.recv().await {
+            Packet::Ack(a) if a.kind == kind && a.pkid == pkid => {}
+            other => panic!("expected {kind:?} {pkid}, got {other:?}"),
+        }
+    }
+}
+
+fn publish(topic: &str, payload: &'static str, qos: QoS, pkid: u16, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos,
+        retain: false,
+        dup,
+        pkid,
+        properties: None,
+    })
+}
+
+fn ack(kind: AckKind, pkid: u16, reason: u8) -> Packet {
+    Packet::Ack(Ack {
+        kind,
+        pkid,
+        reason,
+        reason_string: None,
+    })
+}
+
+async fn bind() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", l.local_addr().unwrap().port());
+    (l, url)
+}
+
+fn opts(url: &str, proto: Protocol, clean: bool) -> ConnectOptions {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut o = ConnectOptions::new(url).unwrap();
+    o.protocol = proto;
+    o.client_id = Some(unique_id("s"));
+    o.clean_session = clean;
+    o.keep_alive = Duration::from_secs(5);
+    o.connect_timeout = Duration::from_secs(5);
+    o.reconnect = ReconnectPolicy {
+        initial_interval: Duration::from_millis(20),
+        multiplier: 1.0,
+        max_interval: Duration::from_millis(20),
+        max_attempts: 0,
+        jitter: 0.0,
+    };
+    o
+}
+
+/// A resumed session's queued message comes before the SUBACK, and the
+/// broker holds the SUBACK until that message is acknowledged (rumqttd,
+/// amqtt do this): the source must start and yield it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_before_a_held_suback_is_delivered_within_a_second() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(async move {
+            let mut c = Peer::accept(&l, proto, true).await;
+            let Packet::Subscribe(s) = c.recv().await else {
+                panic!("expected SUBSCRIBE")
+            };
+            c.send(publish("q/1", "queued", QoS::AtLeastOnce, 1, false))
+                .await;
+            c.expect_ack(AckKind::PubAck, 1).await;
+            c.send(Packet::SubAck(SubAck {
+                pkid: s.pkid,
+                codes: vec![1],
+                reason_string: None,
+            }))
+            .await;
+        });
+        let started = Instant::now();
+        let mut source = timeout(
+            Duration::from_secs(1),
+            MqttSource::builder()
+                .connection(opts(&url, proto, false))
+                .topic("q/#", QoS::AtLeastOnce)
+                .start(),
+        )
+        .await
+        .expect("start waited for a SUBACK the broker holds back")
+        .unwrap();
+        let mut r = timeout(Duration::from_secs(1), source.next())
+            .await
+            .expect("the queued message was not delivered")
+            .unwrap();
+        assert_eq!(&r.payload[..], b"queued");
+        r.ack();
+        timeout(Duration::from_secs(1), broker)
+            .await
+            .expect("the PUBACK did not reach the broker")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "{proto}");
+        assert!(matches!(
+            *source.clients()[0].status().borrow(),
+            Status::Connected { .. } | Status::Reconnecting { .. }
+        ));
+        drop(source);
+    }
+}
