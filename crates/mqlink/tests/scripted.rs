@@ -178,3 +178,57 @@ async fn delivery_before_a_held_suback_is_delivered_within_a_second() {
         drop(source);
     }
 }
+
+/// [MQTT-4.3.3-10]: a QoS 2 PUBLISH resent before PUBREL is acknowledged
+/// with PUBREC and not delivered again, also after a reconnect of the same
+/// session; PUBREL frees the id; a lost session forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_resent_before_pubrel_is_delivered_once_across_reconnects() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let q2 = QoS::ExactlyOnce;
+        let broker = tokio::spawn(async move {
+            let mut c = Peer::accept(&l, proto, false).await;
+            c.send(publish("t", "a", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c.send(publish("t", "a", q2, 7, true)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            drop(c);
+            // The same session: the resend of "a" is still a duplicate.
+            let mut c = Peer::accept(&l, proto, true).await;
+            c.send(publish("t", "a", q2, 7, true)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c.send(ack(AckKind::PubRel, 7, 0)).await;
+            c.expect_ack(AckKind::PubComp, 7).await;
+            // Released: id 7 carries a new message.
+            c.send(publish("t", "b", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            drop(c);
+            // The session is gone: id 7 is new again.
+            let mut c = Peer::accept(&l, proto, false).await;
+            c.send(publish("t", "c", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c
+        });
+        let (client, mut inc) = Client::connect(opts(&url, proto, false)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let mut d = timeout(Duration::from_secs(5), inc.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{proto}: only {got:?} arrived"))
+                .unwrap();
+            d.ack();
+            got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        }
+        let c = timeout(Duration::from_secs(5), broker)
+            .await
+            .unwrap()
+            .unwrap();
+        if let Ok(Some(d)) = timeout(Duration::from_millis(300), inc.recv()).await {
+            got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got, ["a", "b", "c"], "{proto}");
+        drop(c);
+        drop(client);
+    }
+}

@@ -506,18 +506,26 @@ impl Driver {
                     .bytes_received
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 let received_at = SystemTime::now();
-                let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                let ack = if p.qos == QoS::AtMostOnce {
+                    None
+                } else {
                     let ms = received_at
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    let seq = self.inc.arrive(p.pkid, p.qos, ms);
+                    let Some(seq) = self.inc.arrive(p.pkid, p.qos, ms, wbuf) else {
+                        debug!(
+                            pkid = p.pkid,
+                            "QoS 2 resend of a message already delivered."
+                        );
+                        return Ok(());
+                    };
                     self.publish_ack_stats();
-                    AckHandle {
+                    Some(AckHandle {
                         tx: self.acks_tx.clone(),
                         epoch: self.inc.epoch(),
                         seq,
-                    }
-                });
+                    })
+                };
                 let d = Delivery {
                     topic: p.topic,
                     payload: p.payload,
@@ -531,6 +539,7 @@ impl Driver {
                 self.deliver(d);
             }
             Packet::Ack(a) if a.kind == AckKind::PubRel => {
+                self.inc.release(a.pkid);
                 encode_ack(AckKind::PubComp, a.pkid, wbuf);
             }
             Packet::Ack(a) => {
@@ -664,6 +673,9 @@ impl Driver {
             .server_keep_alive
             .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));
         self.inc.new_epoch();
+        if !session_present {
+            self.inc.session_lost();
+        }
         self.publish_ack_stats();
         info!(broker = %broker, client_id = %self.client_id, session_present, "Connected.");
         self.status.send_replace(Status::Connected {

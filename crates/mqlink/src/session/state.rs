@@ -4,9 +4,11 @@
 //! - [`Outgoing`]: publishes waiting to be written, and those written but
 //!   not yet confirmed, in the order the application gave them.
 //! - [`InAcks`]: the ordered acknowledgement sequencer for incoming QoS 1/2
-//!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order).
+//!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order), and the
+//!   receiver's QoS 2 state: packet ids PUBREC'd and not yet released,
+//!   whose resends are not delivered again (MQTT-4.3.3-10).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -312,12 +314,22 @@ impl Outgoing {
 /// acknowledge in any order, but PUBACK/PUBREC leave in arrival order.
 /// A new connection starts a new epoch: acks of the old one are dropped,
 /// since the broker redelivers those messages (with DUP).
+///
+/// QoS 2 (MQTT-4.3.3-10): once PUBREC left for a packet id, a PUBLISH with
+/// that id is a resend of the same message until PUBREL releases the id:
+/// it is answered with PUBREC (in order) and not delivered again. That
+/// state belongs to the session: it survives reconnects and is dropped
+/// only when the broker says the session is gone.
 pub(crate) struct InAcks {
     epoch: u32,
     base: u64,
     queue: VecDeque<(u16, QoS, bool)>,
     /// Arrival time (ms since the epoch) of each queued message, parallel to `queue`.
     arrived: VecDeque<u64>,
+    /// QoS 2 packet ids delivered in this connection and not yet PUBREC'd.
+    qos2_unacked: HashSet<u16>,
+    /// QoS 2 packet ids PUBREC'd and not yet released by PUBREL.
+    qos2_received: HashSet<u16>,
 }
 
 impl InAcks {
@@ -327,6 +339,8 @@ impl InAcks {
             base: 0,
             queue: VecDeque::new(),
             arrived: VecDeque::new(),
+            qos2_unacked: HashSet::new(),
+            qos2_received: HashSet::new(),
         }
     }
 
@@ -344,19 +358,62 @@ impl InAcks {
         self.arrived.front().copied()
     }
 
+    /// A new connection of the same session: unacknowledged messages will
+    /// be redelivered, PUBREC'd QoS 2 ids stay received.
     pub(crate) fn new_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         self.base = 0;
         self.queue.clear();
         self.arrived.clear();
+        self.qos2_unacked.clear();
     }
 
-    /// Registers an incoming QoS 1/2 message; returns its sequence number.
-    pub(crate) fn arrive(&mut self, pkid: u16, qos: QoS, at_ms: u64) -> u64 {
+    /// The broker has no session for us (CONNACK session present = 0, or a
+    /// clean start): no packet id is awaiting PUBREL any more.
+    pub(crate) fn session_lost(&mut self) {
+        self.qos2_received.clear();
+    }
+
+    /// Registers an incoming QoS 1/2 message; returns its sequence number,
+    /// or `None` for a QoS 2 resend of a message already delivered (not to
+    /// be delivered again; its PUBREC is appended in order, if due).
+    pub(crate) fn arrive(
+        &mut self,
+        pkid: u16,
+        qos: QoS,
+        at_ms: u64,
+        out: &mut BytesMut,
+    ) -> Option<u64> {
+        if qos == QoS::ExactlyOnce {
+            if self.qos2_unacked.contains(&pkid) {
+                // Resent before we acknowledged: the PUBREC of the first
+                // copy answers both.
+                return None;
+            }
+            if self.qos2_received.contains(&pkid) {
+                let seq = self.base + self.queue.len() as u64;
+                self.queue.push_back((pkid, qos, true));
+                self.arrived.push_back(at_ms);
+                self.ack(self.epoch, seq, out);
+                return None;
+            }
+            self.qos2_unacked.insert(pkid);
+        }
         let seq = self.base + self.queue.len() as u64;
         self.queue.push_back((pkid, qos, false));
         self.arrived.push_back(at_ms);
-        seq
+        Some(seq)
+    }
+
+    /// PUBREL: the packet id is released; a PUBLISH with it is new again.
+    pub(crate) fn release(&mut self, pkid: u16) {
+        self.qos2_received.remove(&pkid);
+    }
+
+    /// QoS 2 packet ids PUBREC'd and not yet released.
+    #[cfg(test)]
+    pub(crate) fn awaiting_release(&self) -> usize {
+        self.qos2_received.len()
     }
 
     /// Marks `seq` acknowledged and appends every ack now due, in order.
@@ -372,6 +429,8 @@ impl InAcks {
         let mut sent = 0;
         while let Some(&(pkid, qos, true)) = self.queue.front() {
             let kind = if qos == QoS::ExactlyOnce {
+                self.qos2_unacked.remove(&pkid);
+                self.qos2_received.insert(pkid);
                 AckKind::PubRec
             } else {
                 AckKind::PubAck
@@ -436,9 +495,9 @@ mod tests {
     fn acks_leave_in_arrival_order() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(10, QoS::AtLeastOnce, 1);
-        let b = s.arrive(11, QoS::ExactlyOnce, 2);
-        let c = s.arrive(12, QoS::AtLeastOnce, 3);
+        let a = s.arrive(10, QoS::AtLeastOnce, 1, &mut out).unwrap();
+        let b = s.arrive(11, QoS::ExactlyOnce, 2, &mut out).unwrap();
+        let c = s.arrive(12, QoS::AtLeastOnce, 3, &mut out).unwrap();
         assert_eq!(s.ack(0, c, &mut out), 0, "c waits for a and b");
         assert_eq!(s.ack(0, b, &mut out), 0);
         assert!(out.is_empty());
@@ -466,12 +525,57 @@ mod tests {
     fn acks_of_an_old_connection_are_dropped() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(1, QoS::AtLeastOnce, 0);
+        let a = s.arrive(1, QoS::AtLeastOnce, 0, &mut out).unwrap();
         s.new_epoch();
-        let b = s.arrive(1, QoS::AtLeastOnce, 0);
+        let b = s.arrive(1, QoS::AtLeastOnce, 0, &mut out).unwrap();
         assert_eq!(s.ack(0, a, &mut out), 0);
         assert_eq!(s.ack(1, b, &mut out), 1);
         assert_eq!(s.ack(1, b, &mut out), 0, "double ack is harmless");
+    }
+
+    fn acks(out: &mut BytesMut) -> Vec<(AckKind, u16)> {
+        packets(out)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Ack(a) => (a.kind, a.pkid),
+                p => panic!("{p:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qos2_resends_before_pubrel_are_not_delivered_again() {
+        let mut s = InAcks::new();
+        let mut out = BytesMut::new();
+        let q2 = QoS::ExactlyOnce;
+        let a = s.arrive(7, q2, 0, &mut out).unwrap();
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None, "resent before PUBREC");
+        let b = s.arrive(8, QoS::AtLeastOnce, 0, &mut out).unwrap();
+        s.ack(0, a, &mut out);
+        assert_eq!(acks(&mut out), [(AckKind::PubRec, 7)]);
+        // Resent after PUBREC: not delivered; its PUBREC waits for b's PUBACK.
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None);
+        assert!(out.is_empty());
+        s.ack(0, b, &mut out);
+        assert_eq!(acks(&mut out), [(AckKind::PubAck, 8), (AckKind::PubRec, 7)]);
+        // A reconnect of the same session keeps the id received.
+        s.new_epoch();
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None);
+        assert_eq!(acks(&mut out), [(AckKind::PubRec, 7)]);
+        // PUBREL releases it: the next PUBLISH with id 7 is a new message.
+        s.release(7);
+        let c = s.arrive(7, q2, 0, &mut out).unwrap();
+        s.ack(1, c, &mut out);
+        assert_eq!(s.awaiting_release(), 1);
+        // The broker lost the session: nothing awaits PUBREL any more.
+        s.new_epoch();
+        s.session_lost();
+        assert!(s.arrive(7, q2, 0, &mut out).is_some());
+        // A message delivered but not acknowledged in a dropped connection
+        // is redelivered (the application never took it).
+        s.new_epoch();
+        assert!(s.arrive(7, q2, 0, &mut out).is_some());
+        assert_eq!(s.pending(), 1);
     }
 
     #[test]
