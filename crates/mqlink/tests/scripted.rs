@@ -232,3 +232,66 @@ async fn qos2_resent_before_pubrel_is_delivered_once_across_reconnects() {
         drop(client);
     }
 }
+
+/// QoS 2 is confirmed by PUBCOMP only: a publish PUBREC'd by a broker that
+/// then loses the session is sent again (Mosquitto forwards a QoS 2
+/// message only on PUBREL, so it would be gone); and PUBCOMP 0x92 for a
+/// PUBREL resent during recovery is a confirmation, not a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_is_confirmed_by_pubcomp_and_resent_after_session_loss() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(async move {
+            let recv_publish = |p: Packet| match p {
+                Packet::Publish(p) => p,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            };
+            let mut c = Peer::accept(&l, proto, false).await;
+            let x = recv_publish(c.recv().await);
+            c.send(ack(AckKind::PubRec, x.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, x.pkid).await;
+            drop(c); // no PUBCOMP; the session is lost with the connection
+            let mut c = Peer::accept(&l, proto, false).await;
+            let again = recv_publish(c.recv().await);
+            assert_eq!(
+                &again.payload[..],
+                b"x",
+                "not sent again after the session was lost"
+            );
+            c.send(ack(AckKind::PubRec, again.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, again.pkid).await;
+            c.send(ack(AckKind::PubComp, again.pkid, 0)).await;
+            let y = recv_publish(c.recv().await);
+            c.send(ack(AckKind::PubRec, y.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, y.pkid).await;
+            drop(c);
+            // Session kept: PUBREL again, answered "packet identifier not found".
+            let mut c = Peer::accept(&l, proto, true).await;
+            c.expect_ack(AckKind::PubRel, y.pkid).await;
+            c.send(ack(AckKind::PubComp, y.pkid, 0x92)).await;
+            c
+        });
+        let (client, _inc) = Client::connect(opts(&url, proto, false)).await.unwrap();
+        let x = client
+            .publish(Message::new("t", "x", QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(10), x)
+            .await
+            .expect("x not confirmed")
+            .unwrap();
+        let y = client
+            .publish(Message::new("t", "y", QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        let y = timeout(Duration::from_secs(10), y)
+            .await
+            .expect("y not confirmed");
+        assert!(y.is_ok(), "{proto}: {y:?}");
+        let c = timeout(Duration::from_secs(10), broker)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(c);
+    }
+}

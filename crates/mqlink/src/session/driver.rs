@@ -544,6 +544,7 @@ impl Driver {
             }
             Packet::Ack(a) => {
                 // A reason code >= 0x80 is a refusal, not a confirmation.
+                // (PUBCOMP 0x92 may confirm a recovered QoS 2 publish; not counted.)
                 if matches!(a.kind, AckKind::PubAck | AckKind::PubComp) && a.reason < 0x80 {
                     self.stats
                         .publishes_confirmed

@@ -57,7 +57,13 @@ struct Slot {
     stage: Stage,
     seq: u64,
     waiter: Waiter,
+    /// PUBREL was sent again after a reconnect: a PUBCOMP 0x92 (packet
+    /// identifier not found) then means the broker completed it before.
+    recovering: bool,
 }
+
+/// PUBCOMP reason "packet identifier not found": not an error during recovery (MQTT 5 §4.3.3).
+const PACKET_ID_NOT_FOUND: u8 = 0x92;
 
 pub(crate) struct Outgoing {
     /// Indexed by packet id; ids 1..=max_inflight are used.
@@ -169,6 +175,7 @@ impl Outgoing {
                 stage,
                 seq,
                 waiter,
+                recovering: false,
             });
             self.order.push_back((pkid, seq));
             self.live += 1;
@@ -189,6 +196,16 @@ impl Outgoing {
         };
         let failed = ack.reason >= 0x80;
         match (ack.kind, slot.stage) {
+            (AckKind::PubComp, Stage::AwaitPubComp)
+                if slot.recovering && ack.reason == PACKET_ID_NOT_FOUND =>
+            {
+                self.finish(
+                    ack.pkid,
+                    Ok(Confirmed {
+                        reason_code: ack.reason,
+                    }),
+                );
+            }
             (AckKind::PubAck, Stage::AwaitPubAck) | (AckKind::PubComp, Stage::AwaitPubComp) => {
                 self.finish(ack.pkid, Self::outcome(ack));
             }
@@ -268,8 +285,10 @@ impl Outgoing {
 
     /// After a new connection: resends every unconfirmed publish in the
     /// original order with DUP set, or PUBREL where PUBREC was received.
-    /// When the broker lost the session, a QoS 2 publish it already
-    /// acknowledged with PUBREC is complete (the broker took ownership).
+    /// When the broker lost the session, a QoS 2 publish it acknowledged
+    /// with PUBREC but never saw released is gone with that session (a
+    /// broker may forward a QoS 2 message only on PUBREL, as Mosquitto
+    /// does): it is sent again as a PUBLISH, since "confirmed" means PUBCOMP.
     pub(crate) fn resend(&mut self, session_present: bool, protocol: Protocol, out: &mut BytesMut) {
         let order: Vec<(u16, u64)> = self.order.iter().copied().collect();
         for entry in order {
@@ -278,15 +297,15 @@ impl Outgoing {
             }
             let pkid = entry.0;
             let slot = self.slots[pkid as usize].as_mut().expect("current");
-            match slot.stage {
-                Stage::AwaitPubComp if session_present => {
-                    encode_ack(AckKind::PubRel, pkid, out);
+            if slot.stage == Stage::AwaitPubComp && session_present {
+                slot.recovering = true;
+                encode_ack(AckKind::PubRel, pkid, out);
+            } else {
+                if slot.stage == Stage::AwaitPubComp {
+                    slot.stage = Stage::AwaitPubRec;
                 }
-                Stage::AwaitPubComp => self.finish(pkid, Ok(Confirmed { reason_code: 0 })),
-                Stage::AwaitPubAck | Stage::AwaitPubRec => {
-                    slot.publish.dup = true;
-                    encode_publish(&slot.publish, protocol, out);
-                }
+                slot.publish.dup = true;
+                encode_publish(&slot.publish, protocol, out);
             }
         }
     }
@@ -653,11 +672,42 @@ mod tests {
             })
             .collect();
         assert_eq!(again, ["PubRel 2", "pub c 3", "pub d 4"]);
-        // Session lost: b's PUBREC means the broker owns it; it completes.
-        o.resend(false, Protocol::V311, &mut out);
-        assert!(rxs[1].try_recv().unwrap().is_ok());
-        assert_eq!(packets(&mut out).len(), 2);
+        // PUBCOMP 0x92 after the PUBREL was resent: completed before, not an error.
+        let mut comp = ack(AckKind::PubComp, 2);
+        comp.reason = 0x92;
+        o.on_ack(&comp, &mut out).unwrap();
+        assert_eq!(rxs[1].try_recv().unwrap().unwrap().reason_code, 0x92);
         assert_eq!(o.inflight(), 2);
+    }
+
+    #[test]
+    fn qos2_pubrec_without_pubcomp_is_sent_again_when_the_session_is_lost() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        let (w, mut rx) = waiter();
+        o.push(publish("b", QoS::ExactlyOnce), w);
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        o.on_ack(&ack(AckKind::PubRec, 1), &mut out).unwrap();
+        packets(&mut out);
+        // The broker lost the session: PUBREC is not delivery; PUBLISH again.
+        o.resend(false, Protocol::V311, &mut out);
+        assert!(rx.try_recv().is_err(), "completed without PUBCOMP");
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!((&*p.topic, p.pkid, p.dup), ("b", 1, true)),
+            other => panic!("{other:?}"),
+        }
+        o.on_ack(&ack(AckKind::PubRec, 1), &mut out).unwrap();
+        // 0x92 outside recovery is a mismatch, reported.
+        let mut comp = ack(AckKind::PubComp, 1);
+        comp.reason = 0x92;
+        o.on_ack(&comp, &mut out).unwrap();
+        assert!(rx.try_recv().unwrap().is_err());
     }
 
     #[test]
