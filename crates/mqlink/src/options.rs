@@ -251,6 +251,10 @@ pub struct ConnectOptions {
     /// network driver stops reading (TCP back-pressure).
     pub incoming_buffer: usize,
     pub reconnect: ReconnectPolicy,
+    /// A publish above the broker's maximum QoS (MQTT 5 CONNACK) is sent
+    /// at that maximum instead of failing with
+    /// [`PublishError::QosNotSupported`](crate::PublishError::QosNotSupported).
+    pub downgrade_qos: bool,
 }
 
 /// Options that cannot work; each names the option and the value.
@@ -309,6 +313,7 @@ impl Default for ConnectOptions {
             receive_maximum: 1000,
             incoming_buffer: 1024,
             reconnect: ReconnectPolicy::default(),
+            downgrade_qos: false,
         }
     }
 }
@@ -473,6 +478,11 @@ impl ConnectOptionsBuilder {
     }
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.opts.reconnect = policy;
+        self
+    }
+    /// Publish above the broker's maximum QoS at that maximum instead of failing.
+    pub fn downgrade_qos(mut self, yes: bool) -> Self {
+        self.opts.downgrade_qos = yes;
         self
     }
     pub fn build(mut self) -> Result<ConnectOptions, OptionsError> {

@@ -958,3 +958,102 @@ async fn persistent_session_drains_200k_queued_without_inflight_cap() {
     eprintln!("drained {n} in {:?}", started.elapsed());
     source.close().await;
 }
+
+/// A Mosquitto that takes QoS 1 at most, no retained messages and packets
+/// of 2,000 bytes at most (`max_qos 1`, `retain_available false`,
+/// `max_packet_size 2000`; `message_size_limit 1500`). MQTT 5 says so in
+/// CONNACK, so each such publish fails alone at once, naming the limit;
+/// on 3.1.1 the broker just disconnects, and the publish fails after three
+/// drops in a row instead of being resent forever. Publishes behind it
+/// are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_the_broker_cannot_take_fail_alone() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec![
+            "max_qos 1".into(),
+            "retain_available false".into(),
+            "max_packet_size 2000".into(),
+            "message_size_limit 1500".into(),
+        ],
+        ..Default::default()
+    });
+    let topic = format!("limits/{}", unique_id("l"));
+    for proto in BOTH {
+        let (c, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        let attempt = |m: Message| {
+            let c = c.clone();
+            async move {
+                timeout(Duration::from_secs(20), c.publish(m).await.unwrap())
+                    .await
+                    .expect("neither confirmed nor failed: a reconnect loop")
+            }
+        };
+        let e = attempt(Message::new(&topic, "q2", QoS::ExactlyOnce))
+            .await
+            .unwrap_err();
+        let e2 = attempt(Message::new(&topic, "r", QoS::AtLeastOnce).retain(true))
+            .await
+            .unwrap_err();
+        let e3 = attempt(Message::new(&topic, vec![b'x'; 5000], QoS::AtLeastOnce))
+            .await
+            .unwrap_err();
+        attempt(Message::new(&topic, "fine", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        let reconnects = c
+            .stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match proto {
+            Protocol::V5 => {
+                assert!(
+                    matches!(e, PublishError::QosNotSupported { qos: 2, max: 1, .. }),
+                    "{e}"
+                );
+                assert!(e.to_string().contains("maximum QoS 1"), "{e}");
+                assert!(
+                    matches!(e2, PublishError::RetainNotSupported { .. }),
+                    "{e2}"
+                );
+                assert!(
+                    matches!(e3, PublishError::TooLarge { max: 2000, .. }),
+                    "{e3}"
+                );
+                assert!(e3.to_string().contains("2000"), "{e3}");
+                // Over message_size_limit: the broker's PUBACK refuses it, once.
+                let e4 = attempt(Message::new(&topic, vec![b'x'; 1800], QoS::AtLeastOnce))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e4, PublishError::Rejected { .. }), "{e4}");
+                assert_eq!(
+                    reconnects, 0,
+                    "MQTT 5 needs no reconnect to learn the limits"
+                );
+                // Downgrading is an option.
+                let mut o = opts(&broker.url(), proto);
+                o.downgrade_qos = true;
+                let (d, _) = Client::connect(o).await.unwrap();
+                d.publish(Message::new(&topic, "down", QoS::ExactlyOnce))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                d.disconnect().await;
+            }
+            Protocol::V311 => {
+                for e in [&e, &e2, &e3] {
+                    assert!(
+                        matches!(e, PublishError::DroppedByBroker { times: 3, .. }),
+                        "{e}"
+                    );
+                }
+                assert!(
+                    matches!(e3, PublishError::DroppedByBroker { size, .. } if size > 5000),
+                    "{e3}"
+                );
+                assert_eq!(reconnects, 9, "three drops for each of three publishes");
+            }
+        }
+        c.disconnect().await;
+    }
+}

@@ -25,12 +25,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::state::{InAcks, Outgoing, Quota, Waiter};
+use super::state::{InAcks, Limits, Outgoing, Quota, Waiter};
 use super::transport::{self, Reader, TlsSetup, Writer};
 use super::{AckHandle, Delivery, Request, Stats, Status, Subscription};
 use crate::codec::{
-    decode, encode, encode_ack, publish_size, AckKind, ConnAck, Connect, ConnectProperties,
-    Disconnect, Packet, SubAck, Subscribe, Unsubscribe, Will,
+    decode, encode, encode_ack, AckKind, ConnAck, Connect, ConnectProperties, Disconnect, Packet,
+    SubAck, Subscribe, Unsubscribe, Will,
 };
 use crate::error::{ConnectError, ConnectionLost, PublishError, Refusal, SubscribeError};
 use crate::options::{BrokerUrl, ConnectOptions};
@@ -48,6 +48,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// until PUBREL, and answers a QoS 1 publish arriving when that is used up
 /// with PUBACK 0x97 and a disconnect: so stay well below it (see [`Quota`]).
 const V311_QOS2_WINDOW: usize = 10;
+/// A connection the broker closes within this time after CONNACK counts
+/// towards failing the publish it was not answering (see
+/// [`Outgoing::dropped_by_broker`]) ...
+const QUICK_DROP: Duration = Duration::from_secs(5);
+/// ... once it happened this many times in a row.
+const DROPS_TO_FAIL: u32 = 3;
 
 pub(crate) struct AckMsg {
     pub(crate) epoch: u32,
@@ -105,8 +111,6 @@ pub(crate) struct Driver {
     ctrl_queue: VecDeque<Ctrl>,
     ctrl_inflight: HashMap<u16, Ctrl>,
     next_ctrl_pkid: u16,
-    /// Largest packet the current broker accepts.
-    max_out: usize,
     disconnect_reply: Option<oneshot::Sender<()>>,
     stopping: bool,
     /// Why the application ended the session ([`Request::Fail`]).
@@ -129,7 +133,6 @@ impl Driver {
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         Driver {
             out: Outgoing::new(opts.max_inflight),
-            max_out: opts.max_packet_size as usize,
             next_ctrl_pkid: opts.max_inflight + 1,
             opts,
             client_id,
@@ -176,9 +179,21 @@ impl Driver {
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Ok(()));
                     }
+                    let began = Instant::now();
                     match self.serve(conn, broker).await {
                         Ok(Closed::ByApplication) => break self.failed.take(),
                         Err(lost) => {
+                            let by_broker = matches!(
+                                lost,
+                                ConnectionLost::Closed
+                                    | ConnectionLost::Io(_)
+                                    | ConnectionLost::Disconnected { .. }
+                            );
+                            if by_broker && began.elapsed() < QUICK_DROP {
+                                self.out.dropped_by_broker(DROPS_TO_FAIL, self.protocol());
+                            } else {
+                                self.out.not_dropped();
+                            }
                             warn!(broker = %broker, error = %lost, "Connection lost.");
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             lost.to_string()
@@ -283,18 +298,10 @@ impl Driver {
     /// Takes one request. `false` means the application asked to disconnect.
     fn accept(&mut self, req: Request) -> bool {
         match req {
+            // Checked against the broker's limits when it is written.
             Request::Publish(p, waiter) => {
-                let size = publish_size(&p, self.protocol());
-                if size > self.max_out {
-                    waiter.complete(Err(PublishError::TooLarge {
-                        topic: p.topic.to_string(),
-                        size,
-                        max: self.max_out,
-                    }));
-                } else {
-                    self.stats.publishes_sent.fetch_add(1, Ordering::Relaxed);
-                    self.out.push(p, waiter);
-                }
+                self.stats.publishes_sent.fetch_add(1, Ordering::Relaxed);
+                self.out.push(p, waiter);
             }
             Request::Subscribe(subs, reply) => self.ctrl_queue.push_back(Ctrl::Sub {
                 subs,
@@ -668,8 +675,28 @@ impl Driver {
                 Protocol::V311 => all.min(V311_QOS2_WINDOW),
             },
         };
-        self.max_out = (self.opts.max_packet_size as usize)
-            .min(props.maximum_packet_size.map_or(usize::MAX, |m| m as usize));
+        let v5 = self.opts.protocol == Protocol::V5;
+        self.out.set_limits(Limits {
+            max_qos: props
+                .maximum_qos
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::ExactlyOnce),
+            downgrade_qos: self.opts.downgrade_qos,
+            retain_available: props.retain_available != Some(0),
+            max_packet_size: (self.opts.max_packet_size as usize)
+                .min(props.maximum_packet_size.map_or(usize::MAX, |m| m as usize)),
+            // Absent means 0 (no aliases) on MQTT 5; 3.1.1 has none.
+            topic_alias_maximum: if v5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+        });
+        if let Some(id) = &props.assigned_client_identifier {
+            // Reconnects must use it to find the session again.
+            info!(client_id = %id, "The broker assigned a client id.");
+            self.client_id = id.clone();
+        }
         let keep_alive = props
             .server_keep_alive
             .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));

@@ -13,7 +13,7 @@ use std::collections::{HashSet, VecDeque};
 use bytes::BytesMut;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use crate::codec::{encode_ack, encode_publish, Ack, AckKind, Publish};
+use crate::codec::{encode_ack, encode_publish, publish_size, Ack, AckKind, Publish};
 use crate::error::PublishError;
 use crate::types::{Protocol, QoS};
 
@@ -65,6 +65,72 @@ struct Slot {
 /// PUBCOMP reason "packet identifier not found": not an error during recovery (MQTT 5 §4.3.3).
 const PACKET_ID_NOT_FOUND: u8 = 0x92;
 
+/// What the broker takes in a PUBLISH: its CONNACK (MQTT 5), and the
+/// client's own maximum packet size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_qos: QoS,
+    /// Send above `max_qos` at `max_qos` instead of failing.
+    pub(crate) downgrade_qos: bool,
+    pub(crate) retain_available: bool,
+    pub(crate) max_packet_size: usize,
+    /// Topic aliases 1..=this are allowed (0: none).
+    pub(crate) topic_alias_maximum: u16,
+}
+
+impl Limits {
+    pub(crate) fn unlimited() -> Self {
+        Limits {
+            max_qos: QoS::ExactlyOnce,
+            downgrade_qos: false,
+            retain_available: true,
+            max_packet_size: usize::MAX,
+            topic_alias_maximum: u16::MAX,
+        }
+    }
+
+    /// The QoS to send `p` at, or why the broker would refuse it (and,
+    /// on MQTT 5, disconnect: [MQTT-3.2.2-11], [MQTT-3.2.2-14], §3.1.2.24).
+    fn admit(&self, p: &Publish, protocol: Protocol) -> Result<QoS, PublishError> {
+        let topic = || p.topic.to_string();
+        let mut qos = p.qos;
+        if qos > self.max_qos {
+            if !self.downgrade_qos {
+                return Err(PublishError::QosNotSupported {
+                    topic: topic(),
+                    qos: qos as u8,
+                    max: self.max_qos as u8,
+                });
+            }
+            qos = self.max_qos;
+        }
+        if p.retain && !self.retain_available {
+            return Err(PublishError::RetainNotSupported { topic: topic() });
+        }
+        if let Some(alias) = p.properties.as_ref().and_then(|x| x.topic_alias) {
+            if alias == 0 || alias > self.topic_alias_maximum {
+                return Err(PublishError::TopicAliasNotAllowed {
+                    topic: topic(),
+                    alias,
+                    max: self.topic_alias_maximum,
+                });
+            }
+        }
+        let mut size = publish_size(p, protocol);
+        if p.qos != QoS::AtMostOnce && qos == QoS::AtMostOnce {
+            size -= 2; // no packet identifier
+        }
+        if size > self.max_packet_size {
+            return Err(PublishError::TooLarge {
+                topic: topic(),
+                size,
+                max: self.max_packet_size,
+            });
+        }
+        Ok(qos)
+    }
+}
+
 pub(crate) struct Outgoing {
     /// Indexed by packet id; ids 1..=max_inflight are used.
     slots: Vec<Option<Slot>>,
@@ -77,6 +143,11 @@ pub(crate) struct Outgoing {
     live: usize,
     /// QoS 2 publishes between PUBLISH and PUBCOMP (a subset of `live`).
     live_qos2: usize,
+    limits: Limits,
+    /// The publish (packet id, sequence) that was the oldest one the broker
+    /// had not answered when it dropped the connection, and how many
+    /// times in a row that happened.
+    drop_streak: Option<((u16, u64), u32)>,
 }
 
 /// How many unconfirmed publishes the broker accepts.
@@ -110,7 +181,14 @@ impl Outgoing {
             next_seq: 0,
             live: 0,
             live_qos2: 0,
+            limits: Limits::unlimited(),
+            drop_streak: None,
         }
+    }
+
+    /// The broker's limits for the connection that begins.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Publishes written and awaiting confirmation.
@@ -143,9 +221,18 @@ impl Outgoing {
         written: &mut impl FnMut(Waiter, usize),
     ) {
         while out.len() < max_bytes {
-            let Some((p, _)) = self.outbox.front() else {
+            let Some((p, _)) = self.outbox.front_mut() else {
                 return;
             };
+            // A publish the broker cannot take fails alone, before it is sent.
+            match self.limits.admit(p, protocol) {
+                Ok(qos) => p.qos = qos,
+                Err(e) => {
+                    let (_, w) = self.outbox.pop_front().expect("front exists");
+                    w.complete(Err(e));
+                    continue;
+                }
+            }
             if (p.qos != QoS::AtMostOnce && self.live >= quota.all)
                 || (p.qos == QoS::ExactlyOnce && self.live_qos2 >= quota.qos2)
             {
@@ -297,6 +384,23 @@ impl Outgoing {
             }
             let pkid = entry.0;
             let slot = self.slots[pkid as usize].as_mut().expect("current");
+            if slot.stage != Stage::AwaitPubComp || !session_present {
+                // Another broker of the failover list may take less.
+                let refused = match self.limits.admit(&slot.publish, protocol) {
+                    Ok(q) if q == slot.publish.qos => None,
+                    Ok(q) => Some(PublishError::QosNotSupported {
+                        topic: slot.publish.topic.to_string(),
+                        qos: slot.publish.qos as u8,
+                        max: q as u8,
+                    }),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = refused {
+                    self.finish(pkid, Err(e));
+                    continue;
+                }
+            }
+            let slot = self.slots[pkid as usize].as_mut().expect("current");
             if slot.stage == Stage::AwaitPubComp && session_present {
                 slot.recovering = true;
                 encode_ack(AckKind::PubRel, pkid, out);
@@ -308,6 +412,53 @@ impl Outgoing {
                 encode_publish(&slot.publish, protocol, out);
             }
         }
+    }
+
+    /// The oldest publish the broker has not answered at all (no PUBACK or
+    /// PUBREC). Brokers answer in order, so when one closes the connection
+    /// because of a packet, it is this one.
+    fn oldest_unanswered(&self) -> Option<(u16, u64)> {
+        self.order.iter().copied().find(|&(pkid, seq)| {
+            matches!(&self.slots[pkid as usize],
+                Some(s) if s.seq == seq && s.stage != Stage::AwaitPubComp)
+        })
+    }
+
+    /// The broker closed the connection soon after it began. When the same
+    /// publish was the oldest unanswered one `limit` times in a row, it is
+    /// the cause (a broker that will never take it — too large, a QoS or
+    /// retain flag it does not support — and on 3.1.1 says nothing else):
+    /// it fails alone instead of being resent forever.
+    pub(crate) fn dropped_by_broker(&mut self, limit: u32, protocol: Protocol) {
+        let Some(suspect) = self.oldest_unanswered() else {
+            self.drop_streak = None;
+            return;
+        };
+        let times = match self.drop_streak {
+            Some((s, n)) if s == suspect => n + 1,
+            _ => 1,
+        };
+        if times < limit {
+            self.drop_streak = Some((suspect, times));
+            return;
+        }
+        self.drop_streak = None;
+        let publish = &self.slots[suspect.0 as usize]
+            .as_ref()
+            .expect("current")
+            .publish;
+        let e = PublishError::DroppedByBroker {
+            topic: publish.topic.to_string(),
+            size: publish_size(publish, protocol),
+            times,
+        };
+        tracing::error!(error = %e, "Publish failed.");
+        self.finish(suspect.0, Err(e));
+    }
+
+    /// The connection ended some other way: no streak.
+    pub(crate) fn not_dropped(&mut self) {
+        self.drop_streak = None;
     }
 
     /// Fails everything not confirmed (the session is over).
@@ -766,6 +917,122 @@ mod tests {
         let e = rx.try_recv().unwrap().unwrap_err();
         assert!(e.to_string().contains("\"deny/me\""), "{e}");
         assert!(o.is_idle());
+    }
+
+    #[test]
+    fn what_the_broker_cannot_take_fails_alone() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        o.set_limits(Limits {
+            max_qos: QoS::AtLeastOnce,
+            downgrade_qos: false,
+            retain_available: false,
+            max_packet_size: 100,
+            topic_alias_maximum: 0,
+        });
+        let mut rxs = Vec::new();
+        let mut push = |o: &mut Outgoing, p: Publish| {
+            let (w, rx) = waiter();
+            o.push(p, w);
+            rxs.push(rx);
+        };
+        push(&mut o, publish("q2", QoS::ExactlyOnce));
+        push(&mut o, publish("retained", QoS::AtLeastOnce));
+        o.outbox.back_mut().unwrap().0.retain = true;
+        let mut big = publish("big", QoS::AtLeastOnce);
+        big.payload = Bytes::from(vec![0u8; 200]);
+        push(&mut o, big);
+        let mut aliased = publish("alias", QoS::AtLeastOnce);
+        aliased.properties = Some(Box::new(crate::codec::PublishProperties {
+            topic_alias: Some(1),
+            ..Default::default()
+        }));
+        push(&mut o, aliased);
+        push(&mut o, publish("fine", QoS::AtLeastOnce));
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        let errors: Vec<String> = rxs[..4]
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap().unwrap_err().to_string())
+            .collect();
+        assert!(errors[0].contains("maximum QoS 1"), "{}", errors[0]);
+        assert!(errors[1].contains("retained"), "{}", errors[1]);
+        assert!(
+            errors[2].contains("maximum packet size 100"),
+            "{}",
+            errors[2]
+        );
+        assert!(errors[3].contains("topic alias 1"), "{}", errors[3]);
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(&*p.topic, "fine"),
+            other => panic!("{other:?}"),
+        }
+        // Downgrading is an option.
+        o.set_limits(Limits {
+            downgrade_qos: true,
+            ..Limits::unlimited()
+        });
+        o.limits.max_qos = QoS::AtLeastOnce;
+        let (w, _rx) = waiter();
+        o.push(publish("q2", QoS::ExactlyOnce), w);
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(p.qos, QoS::AtLeastOnce),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_publish_the_broker_drops_the_connection_for_fails_after_three_drops() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        let mut rxs = Vec::new();
+        for t in ["ok", "poison", "after"] {
+            let (w, rx) = waiter();
+            o.push(publish(t, QoS::AtLeastOnce), w);
+            rxs.push(rx);
+        }
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        o.on_ack(&ack(AckKind::PubAck, 1), &mut out).unwrap();
+        o.dropped_by_broker(3, Protocol::V311);
+        o.not_dropped(); // e.g. a keep-alive timeout breaks the streak
+        for _ in 0..2 {
+            o.dropped_by_broker(3, Protocol::V311);
+        }
+        assert!(
+            rxs[1].try_recv().is_err(),
+            "two drops in a row are not enough"
+        );
+        o.dropped_by_broker(3, Protocol::V311);
+        let e = rxs[1].try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(e, PublishError::DroppedByBroker { times: 3, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("\"poison\""), "{e}");
+        out.clear();
+        o.resend(false, Protocol::V311, &mut out);
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(&*p.topic, "after"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
