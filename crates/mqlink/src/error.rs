@@ -166,6 +166,11 @@ pub enum PublishError {
         size: usize,
         times: u32,
     },
+    #[error("publish to {topic:?} cannot be sent: {error}")]
+    Encode {
+        topic: String,
+        error: crate::codec::EncodeError,
+    },
     #[error("the session stopped before the broker confirmed the publish: {0}")]
     Stopped(String),
 }

@@ -270,6 +270,8 @@ pub enum OptionsError {
     ClientIdTooLong(String),
     #[error("last will topic: {0}")]
     WillTopic(TopicError),
+    #[error("{what} is {len} bytes; MQTT allows at most 65535")]
+    TooLong { what: &'static str, len: usize },
     #[error("max_inflight {0} is out of range 1..=65000")]
     MaxInflight(u32),
     #[error("receive_maximum must be at least 1")]
@@ -347,6 +349,24 @@ impl ConnectOptions {
         }
         if let Some(w) = &self.last_will {
             validate_topic_name(&w.topic).map_err(OptionsError::WillTopic)?;
+        }
+        let fields = [
+            (
+                "last will payload",
+                self.last_will.as_ref().map(|w| &w.payload[..]),
+            ),
+            ("username", self.username.as_deref().map(str::as_bytes)),
+            // Only the length of the secret is read.
+            (
+                "password",
+                self.password.as_ref().map(|p| p.expose().as_bytes()),
+            ),
+        ];
+        for (what, v) in fields {
+            let len = v.map_or(0, <[u8]>::len);
+            if len > crate::codec::MAX_FIELD_LENGTH {
+                return Err(OptionsError::TooLong { what, len });
+            }
         }
         if self.max_inflight == 0 || self.max_inflight > 65_000 {
             return Err(OptionsError::MaxInflight(self.max_inflight as u32));

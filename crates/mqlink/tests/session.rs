@@ -1057,3 +1057,55 @@ async fn publishes_the_broker_cannot_take_fail_alone() {
         c.disconnect().await;
     }
 }
+
+/// Values longer than MQTT's 65,535-byte fields: a publish with a 70 KB
+/// user property fails alone (the encoder used to wrap the length and the
+/// broker disconnected in a loop); a 70 KB will payload is an options error
+/// at connect (it used to be "closed the connection before CONNACK").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_fields_fail_alone_with_a_clear_error() {
+    let broker = Mosquitto::start();
+    let topic = format!("long/{}", unique_id("l"));
+    let (c, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".repeat(70_000))],
+        ..Default::default()
+    };
+    let e = c
+        .publish(Message::new(&topic, "x", QoS::AtLeastOnce).properties(props))
+        .await
+        .err()
+        .expect("a 70 KB user property must be refused");
+    assert!(
+        e.to_string().contains("user property value is 70000 bytes"),
+        "{e}"
+    );
+    c.publish(Message::new(&topic, "fine", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    c.disconnect().await;
+
+    let mut o = opts(&broker.url(), Protocol::V311);
+    o.last_will = Some(LastWill {
+        topic: topic.clone(),
+        payload: vec![b'w'; 70_000].into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let e = Client::connect(o).await.err().expect("must be refused");
+    assert!(matches!(e, Error::Options(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("last will payload is 70000 bytes"),
+        "{e}"
+    );
+}

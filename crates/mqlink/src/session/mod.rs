@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::codec::{ByteStr, Publish};
+use crate::codec::{check_publish, ByteStr, Publish};
 pub use crate::codec::{PublishProperties, SubscribeOptions};
 use crate::error::{Error, PublishError, SubscribeError};
 use crate::options::ConnectOptions;
@@ -319,16 +319,10 @@ impl Client {
 
     /// Publishes `msg`. Waits while the in-flight window is full, then
     /// hands the message to the session and returns a token that completes
-    /// on the broker's confirmation. The topic is checked first.
+    /// on the broker's confirmation. The topic and the lengths MQTT can
+    /// express are checked first ([`PublishError::Encode`]).
     pub async fn publish(&self, msg: Message) -> Result<PublishToken, PublishError> {
         validate_topic_name(&msg.topic)?;
-        let permit = self
-            .window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
-        let (tx, rx) = oneshot::channel();
         let publish = Publish {
             topic: ByteStr::from(msg.topic),
             payload: msg.payload,
@@ -341,6 +335,17 @@ impl Client {
                 .filter(|p| !p.is_empty() && self.protocol == Protocol::V5)
                 .map(Box::new),
         };
+        check_publish(&publish, self.protocol).map_err(|error| PublishError::Encode {
+            topic: publish.topic.to_string(),
+            error,
+        })?;
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
+        let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             tx: Some(tx),
             _permit: Some(permit),
