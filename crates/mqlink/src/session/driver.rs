@@ -340,27 +340,7 @@ impl Driver {
         let (mut rd, mut wr) = transport::connect(broker, self.tls.as_ref()).await?;
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
-        let connect = Connect {
-            protocol: o.protocol,
-            clean_start: o.clean_session,
-            keep_alive: o.keep_alive.as_secs().min(u16::MAX as u64) as u16,
-            client_id: self.client_id.clone(),
-            username: o.username.clone(),
-            password: o.password.clone(),
-            will: o.last_will.as_ref().map(|w| Will {
-                topic: w.topic.clone(),
-                payload: w.payload.clone(),
-                qos: w.qos,
-                retain: w.retain,
-            }),
-            properties: ConnectProperties {
-                session_expiry_interval: o.effective_session_expiry(),
-                receive_maximum: v5.then_some(o.receive_maximum),
-                maximum_packet_size: v5.then_some(o.max_packet_size),
-                topic_alias_maximum: None,
-                user_properties: Vec::new(),
-            },
-        };
+        let connect = connect_packet(o, &self.client_id);
         let io_err = |error: io::Error| ConnectError::Io {
             broker: broker.clone(),
             error,
@@ -866,6 +846,39 @@ impl Driver {
     }
 }
 
+/// The largest packet MQTT can carry (remaining length 268,435,455 plus
+/// the fixed header): a maximum packet size of this is no limit at all.
+const NO_PACKET_LIMIT: u32 = 268_435_460;
+
+/// The CONNECT for `o`. Maximum Packet Size is announced only when it is a
+/// limit (strict brokers, such as the Eclipse Paho test broker, refuse
+/// 268,435,460).
+fn connect_packet(o: &ConnectOptions, client_id: &str) -> Connect {
+    let v5 = o.protocol == Protocol::V5;
+    Connect {
+        protocol: o.protocol,
+        clean_start: o.clean_session,
+        keep_alive: o.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+        client_id: client_id.to_owned(),
+        username: o.username.clone(),
+        password: o.password.clone(),
+        will: o.last_will.as_ref().map(|w| Will {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+        }),
+        properties: ConnectProperties {
+            session_expiry_interval: o.effective_session_expiry(),
+            receive_maximum: v5.then_some(o.receive_maximum),
+            maximum_packet_size: (v5 && o.max_packet_size < NO_PACKET_LIMIT)
+                .then_some(o.max_packet_size),
+            topic_alias_maximum: None,
+            user_properties: Vec::new(),
+        },
+    }
+}
+
 /// Writes some of `wbuf`, or flushes once it is empty. Cancel-safe.
 async fn write_some(
     wr: &mut Writer,
@@ -884,4 +897,33 @@ async fn write_some(
     wbuf.advance(n);
     *unflushed = true;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_announces_a_maximum_packet_size_only_when_there_is_one() {
+        let mut o = ConnectOptions::new("mqtt://h").unwrap();
+        o.protocol = Protocol::V5;
+        let c = connect_packet(&o, "id");
+        assert_eq!(c.properties.maximum_packet_size, None);
+        assert_eq!(c.properties.receive_maximum, Some(1000));
+        // On the wire too: no property 0x27 (Maximum Packet Size).
+        let mut buf = BytesMut::new();
+        encode(&Packet::Connect(Box::new(c)), Protocol::V5, &mut buf);
+        match decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
+            Some(Packet::Connect(c)) => assert_eq!(c.properties.maximum_packet_size, None),
+            other => panic!("{other:?}"),
+        }
+        o.max_packet_size = 4096;
+        let c = connect_packet(&o, "id");
+        assert_eq!(c.properties.maximum_packet_size, Some(4096));
+        o.protocol = Protocol::V311;
+        assert_eq!(
+            connect_packet(&o, "id").properties.maximum_packet_size,
+            None
+        );
+    }
 }
