@@ -215,6 +215,8 @@ impl Driver {
                         break Some(text);
                     }
                     warn!(broker = %broker, error = %e, "Connection attempt failed.");
+                    // The broker was away: earlier drops were not a publish's doing.
+                    self.out.not_dropped();
                     broker_idx += 1;
                     let text = e.to_string();
                     last_connect_error = Some(e);
