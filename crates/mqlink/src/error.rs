@@ -154,6 +154,23 @@ pub enum PublishError {
         code: u8,
         reason: Option<String>,
     },
+    #[error("publish to {topic:?} at QoS {qos} is over the broker's maximum QoS {max} (set downgrade_qos to publish at QoS {max} instead)")]
+    QosNotSupported { topic: String, qos: u8, max: u8 },
+    #[error("publish to {topic:?} is retained, but the broker does not support retained messages")]
+    RetainNotSupported { topic: String },
+    #[error("publish to {topic:?} uses topic alias {alias}; the broker allows aliases 1..={max}")]
+    TopicAliasNotAllowed { topic: String, alias: u16, max: u16 },
+    #[error("the broker closed the connection right after each of the {times} times the publish to {topic:?} ({size} bytes) was sent; it will not take it (too large, or a QoS or retain flag it does not support)")]
+    DroppedByBroker {
+        topic: String,
+        size: usize,
+        times: u32,
+    },
+    #[error("publish to {topic:?} cannot be sent: {error}")]
+    Encode {
+        topic: String,
+        error: crate::codec::EncodeError,
+    },
     #[error("the session stopped before the broker confirmed the publish: {0}")]
     Stopped(String),
 }

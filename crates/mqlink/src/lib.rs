@@ -35,6 +35,6 @@ pub use options::{
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,
-    Status, SubscribeOptions, Subscription,
+    Status, SubscribeOptions, SubscribeToken, Subscription,
 };
 pub use types::{Protocol, QoS};

@@ -262,6 +262,10 @@ pub struct ConnectOptions {
     /// network driver stops reading (TCP back-pressure).
     pub incoming_buffer: usize,
     pub reconnect: ReconnectPolicy,
+    /// A publish above the broker's maximum QoS (MQTT 5 CONNACK) is sent
+    /// at that maximum instead of failing with
+    /// [`PublishError::QosNotSupported`](crate::PublishError::QosNotSupported).
+    pub downgrade_qos: bool,
 }
 
 /// Options that cannot work; each names the option and the value.
@@ -277,6 +281,8 @@ pub enum OptionsError {
     ClientIdTooLong(String),
     #[error("last will topic: {0}")]
     WillTopic(TopicError),
+    #[error("{what} is {len} bytes; MQTT allows at most 65535")]
+    TooLong { what: &'static str, len: usize },
     #[error("max_inflight {0} is out of range 1..=65000")]
     MaxInflight(u32),
     #[error("receive_maximum must be at least 1")]
@@ -320,6 +326,7 @@ impl Default for ConnectOptions {
             receive_maximum: 1000,
             incoming_buffer: 1024,
             reconnect: ReconnectPolicy::default(),
+            downgrade_qos: false,
         }
     }
 }
@@ -353,6 +360,24 @@ impl ConnectOptions {
         }
         if let Some(w) = &self.last_will {
             validate_topic_name(&w.topic).map_err(OptionsError::WillTopic)?;
+        }
+        let fields = [
+            (
+                "last will payload",
+                self.last_will.as_ref().map(|w| &w.payload[..]),
+            ),
+            ("username", self.username.as_deref().map(str::as_bytes)),
+            // Only the length of the secret is read.
+            (
+                "password",
+                self.password.as_ref().map(|p| p.expose().as_bytes()),
+            ),
+        ];
+        for (what, v) in fields {
+            let len = v.map_or(0, <[u8]>::len);
+            if len > crate::codec::MAX_FIELD_LENGTH {
+                return Err(OptionsError::TooLong { what, len });
+            }
         }
         if self.max_inflight == 0 || self.max_inflight > 65_000 {
             return Err(OptionsError::MaxInflight(self.max_inflight as u32));
@@ -484,6 +509,11 @@ impl ConnectOptionsBuilder {
     }
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.opts.reconnect = policy;
+        self
+    }
+    /// Publish above the broker's maximum QoS at that maximum instead of failing.
+    pub fn downgrade_qos(mut self, yes: bool) -> Self {
+        self.opts.downgrade_qos = yes;
         self
     }
     pub fn build(mut self) -> Result<ConnectOptions, OptionsError> {

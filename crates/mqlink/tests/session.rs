@@ -892,3 +892,220 @@ async fn v5_subscription_options_reach_the_broker() {
         .await
         .is_err());
 }
+
+/// MQTT 3.1.1 against a Mosquitto without an in-flight cap: on reconnect it
+/// sends the whole queue of a persistent session before the SUBACK. The
+/// library source drains all 200,000 (a bounded overflow behind a SUBACK
+/// the application waits for used to hang here from ~71,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_drains_200k_queued_without_inflight_cap() {
+    use mqlink::source::MqttSource;
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec!["max_inflight_messages 0".into()],
+        ..Default::default()
+    });
+    let id = unique_id("drain");
+    let topic = format!("drain/{id}");
+    let o = persistent(opts(&broker.url(), Protocol::V311), &id);
+    let (c, _inc) = Client::connect(o.clone()).await.unwrap();
+    c.subscribe(vec![Subscription::new(&topic, QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    c.disconnect().await;
+    let n = 200_000;
+    let (publ, _) = Client::connect(opts(&broker.url(), Protocol::V311))
+        .await
+        .unwrap();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = Message::new(&topic, format!("{i}"), QoS::AtLeastOnce);
+        tokens.push(publ.publish(m).await.unwrap());
+    }
+    for t in tokens {
+        t.await.unwrap();
+    }
+    publ.disconnect().await;
+
+    let started = std::time::Instant::now();
+    let mut source = timeout(
+        Duration::from_secs(20),
+        MqttSource::builder()
+            .connection(o)
+            .topic(&topic, QoS::AtLeastOnce)
+            .batch(1000, Duration::ZERO)
+            .start(),
+    )
+    .await
+    .expect("start hung behind the queued messages")
+    .unwrap();
+    let mut seen = vec![false; n];
+    let mut distinct = 0;
+    let r = timeout(Duration::from_secs(120), async {
+        while distinct < n {
+            let batch = source.next_batch().await;
+            assert!(!batch.is_empty(), "the source ended");
+            for mut rec in batch {
+                let i: usize = std::str::from_utf8(&rec.payload).unwrap().parse().unwrap();
+                if !std::mem::replace(&mut seen[i], true) {
+                    distinct += 1;
+                }
+                rec.ack();
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "only {distinct} of {n} drained");
+    eprintln!("drained {n} in {:?}", started.elapsed());
+    source.close().await;
+}
+
+/// A Mosquitto that takes QoS 1 at most, no retained messages and packets
+/// of 2,000 bytes at most (`max_qos 1`, `retain_available false`,
+/// `max_packet_size 2000`; `message_size_limit 1500`). MQTT 5 says so in
+/// CONNACK, so each such publish fails alone at once, naming the limit;
+/// on 3.1.1 the broker just disconnects, and the publish fails after three
+/// drops in a row instead of being resent forever. Publishes behind it
+/// are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_the_broker_cannot_take_fail_alone() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec![
+            "max_qos 1".into(),
+            "retain_available false".into(),
+            "max_packet_size 2000".into(),
+            "message_size_limit 1500".into(),
+        ],
+        ..Default::default()
+    });
+    let topic = format!("limits/{}", unique_id("l"));
+    for proto in BOTH {
+        let (c, _) = Client::connect(opts(&broker.url(), proto)).await.unwrap();
+        let attempt = |m: Message| {
+            let c = c.clone();
+            async move {
+                timeout(Duration::from_secs(20), c.publish(m).await.unwrap())
+                    .await
+                    .expect("neither confirmed nor failed: a reconnect loop")
+            }
+        };
+        let e = attempt(Message::new(&topic, "q2", QoS::ExactlyOnce))
+            .await
+            .unwrap_err();
+        let e2 = attempt(Message::new(&topic, "r", QoS::AtLeastOnce).retain(true))
+            .await
+            .unwrap_err();
+        let e3 = attempt(Message::new(&topic, vec![b'x'; 5000], QoS::AtLeastOnce))
+            .await
+            .unwrap_err();
+        attempt(Message::new(&topic, "fine", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        let reconnects = c
+            .stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match proto {
+            Protocol::V5 => {
+                assert!(
+                    matches!(e, PublishError::QosNotSupported { qos: 2, max: 1, .. }),
+                    "{e}"
+                );
+                assert!(e.to_string().contains("maximum QoS 1"), "{e}");
+                assert!(
+                    matches!(e2, PublishError::RetainNotSupported { .. }),
+                    "{e2}"
+                );
+                assert!(
+                    matches!(e3, PublishError::TooLarge { max: 2000, .. }),
+                    "{e3}"
+                );
+                assert!(e3.to_string().contains("2000"), "{e3}");
+                // Over message_size_limit: the broker's PUBACK refuses it, once.
+                let e4 = attempt(Message::new(&topic, vec![b'x'; 1800], QoS::AtLeastOnce))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e4, PublishError::Rejected { .. }), "{e4}");
+                assert_eq!(
+                    reconnects, 0,
+                    "MQTT 5 needs no reconnect to learn the limits"
+                );
+                // Downgrading is an option.
+                let mut o = opts(&broker.url(), proto);
+                o.downgrade_qos = true;
+                let (d, _) = Client::connect(o).await.unwrap();
+                d.publish(Message::new(&topic, "down", QoS::ExactlyOnce))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                d.disconnect().await;
+            }
+            Protocol::V311 => {
+                for e in [&e, &e2, &e3] {
+                    assert!(
+                        matches!(e, PublishError::DroppedByBroker { times: 3, .. }),
+                        "{e}"
+                    );
+                }
+                assert!(
+                    matches!(e3, PublishError::DroppedByBroker { size, .. } if size > 5000),
+                    "{e3}"
+                );
+                assert_eq!(reconnects, 9, "three drops for each of three publishes");
+            }
+        }
+        c.disconnect().await;
+    }
+}
+
+/// Values longer than MQTT's 65,535-byte fields: a publish with a 70 KB
+/// user property fails alone (the encoder used to wrap the length and the
+/// broker disconnected in a loop); a 70 KB will payload is an options error
+/// at connect (it used to be "closed the connection before CONNACK").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_fields_fail_alone_with_a_clear_error() {
+    let broker = Mosquitto::start();
+    let topic = format!("long/{}", unique_id("l"));
+    let (c, _) = Client::connect(opts(&broker.url(), Protocol::V5))
+        .await
+        .unwrap();
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".repeat(70_000))],
+        ..Default::default()
+    };
+    let e = c
+        .publish(Message::new(&topic, "x", QoS::AtLeastOnce).properties(props))
+        .await
+        .err()
+        .expect("a 70 KB user property must be refused");
+    assert!(
+        e.to_string().contains("user property value is 70000 bytes"),
+        "{e}"
+    );
+    c.publish(Message::new(&topic, "fine", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.stats()
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    c.disconnect().await;
+
+    let mut o = opts(&broker.url(), Protocol::V311);
+    o.last_will = Some(LastWill {
+        topic: topic.clone(),
+        payload: vec![b'w'; 70_000].into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let e = Client::connect(o).await.err().expect("must be refused");
+    assert!(matches!(e, Error::Options(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("last will payload is 70000 bytes"),
+        "{e}"
+    );
+}

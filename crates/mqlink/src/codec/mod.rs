@@ -6,6 +6,11 @@
 //!
 //! The decoder is total: any byte sequence gives a packet, "need more bytes",
 //! or a [`DecodeError`] — never a panic (see the fuzz target and proptests).
+//!
+//! The encoder writes what it is given; [`check_publish`] and
+//! [`check_connect`] say first whether that fits MQTT's length fields
+//! (65,535 bytes for a string or binary value, 268,435,455 for a packet),
+//! so no length is ever silently truncated on the wire.
 
 mod properties;
 
@@ -222,6 +227,76 @@ pub enum DecodeError {
 
 /// Largest remaining length MQTT can express (268,435,455).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// Longest string or binary value MQTT can express (a two-byte length).
+pub const MAX_FIELD_LENGTH: usize = 65_535;
+
+/// A packet MQTT cannot express; names the field.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("{field} is {len} bytes; MQTT allows at most 65535")]
+    FieldTooLong { field: &'static str, len: usize },
+    #[error("the packet would be {len} bytes after its header; MQTT allows at most 268435455")]
+    PacketTooLarge { len: usize },
+}
+
+fn check_field(field: &'static str, v: &[u8]) -> Result<(), EncodeError> {
+    if v.len() > MAX_FIELD_LENGTH {
+        return Err(EncodeError::FieldTooLong {
+            field,
+            len: v.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_user_properties(pairs: &[(String, String)]) -> Result<(), EncodeError> {
+    for (k, v) in pairs {
+        check_field("user property name", k.as_bytes())?;
+        check_field("user property value", v.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Whether [`encode_publish`] can write `p` faithfully.
+pub fn check_publish(p: &Publish, protocol: Protocol) -> Result<(), EncodeError> {
+    check_field("topic", p.topic.as_bytes())?;
+    if let (Protocol::V5, Some(props)) = (protocol, &p.properties) {
+        check_field(
+            "response topic",
+            props.response_topic.as_deref().unwrap_or("").as_bytes(),
+        )?;
+        check_field(
+            "correlation data",
+            props.correlation_data.as_deref().unwrap_or(&[]),
+        )?;
+        check_field(
+            "content type",
+            props.content_type.as_deref().unwrap_or("").as_bytes(),
+        )?;
+        check_user_properties(&props.user_properties)?;
+    }
+    let props = publish_props_bytes(p, protocol);
+    let len = publish_body_len(p, props.as_deref(), protocol);
+    if len > MAX_REMAINING_LENGTH {
+        return Err(EncodeError::PacketTooLarge { len });
+    }
+    Ok(())
+}
+
+/// Whether [`encode`] can write the CONNECT `c` faithfully.
+pub fn check_connect(c: &Connect) -> Result<(), EncodeError> {
+    check_field("client identifier", c.client_id.as_bytes())?;
+    if let Some(w) = &c.will {
+        check_field("will topic", w.topic.as_bytes())?;
+        check_field("will payload", &w.payload)?;
+    }
+    check_field("user name", c.username.as_deref().unwrap_or("").as_bytes())?;
+    if let Some(p) = &c.password {
+        check_field("password", p.expose().as_bytes())?;
+    }
+    check_user_properties(&c.properties.user_properties)
+}
 
 /// Decodes one packet from the front of `buf`, removing its bytes.
 ///
@@ -589,6 +664,7 @@ pub(crate) fn put_varint(out: &mut BytesMut, mut n: usize) {
 }
 
 fn put_str(out: &mut BytesMut, s: &[u8]) {
+    debug_assert!(s.len() <= MAX_FIELD_LENGTH, "unchecked length {}", s.len());
     out.put_u16(s.len() as u16);
     out.put_slice(s);
 }

@@ -89,6 +89,7 @@ impl PropWriter {
         self.bin(id, v.as_bytes());
     }
     pub(super) fn bin(&mut self, id: u8, v: &[u8]) {
+        debug_assert!(v.len() <= u16::MAX as usize, "unchecked length {}", v.len());
         self.buf.put_u8(id);
         self.buf.put_u16(v.len() as u16);
         self.buf.put_slice(v);
@@ -96,6 +97,7 @@ impl PropWriter {
     fn pairs(&mut self, pairs: &[(String, String)]) {
         for (k, v) in pairs {
             self.string(0x26, k);
+            debug_assert!(v.len() <= u16::MAX as usize, "unchecked length {}", v.len());
             self.buf.put_u16(v.len() as u16);
             self.buf.put_slice(v.as_bytes());
         }

@@ -268,3 +268,118 @@ proptest! {
         prop_assert_eq!(decode(&mut b, proto, usize::MAX).unwrap(), Some(Packet::Publish(p)));
     }
 }
+
+/// Lengths at and around MQTT's 65,535-byte limit: the check refuses
+/// exactly what the encoder could not write, and what it accepts
+/// round-trips unchanged.
+#[test]
+fn field_lengths_are_checked_before_encoding() {
+    let v5 = Protocol::V5;
+    for len in [0usize, 1, 65_534, 65_535, 65_536, 70_000] {
+        let long = "x".repeat(len);
+        let fits = len <= MAX_FIELD_LENGTH;
+        let cases: Vec<(&str, PublishProperties)> = vec![
+            (
+                "user property value",
+                PublishProperties {
+                    user_properties: vec![("k".into(), long.clone())],
+                    ..Default::default()
+                },
+            ),
+            (
+                "user property name",
+                PublishProperties {
+                    user_properties: vec![(long.clone(), "v".into())],
+                    ..Default::default()
+                },
+            ),
+            (
+                "content type",
+                PublishProperties {
+                    content_type: Some(long.clone()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "response topic",
+                PublishProperties {
+                    response_topic: Some(long.clone()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "correlation data",
+                PublishProperties {
+                    correlation_data: Some(Bytes::from(long.clone())),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, props) in cases {
+            let p = sample_publish(QoS::AtLeastOnce, Some(props));
+            match check_publish(&p, v5) {
+                Ok(()) => {
+                    assert!(fits, "{field} of {len} accepted");
+                    assert_eq!(
+                        roundtrip(Packet::Publish(p.clone()), v5),
+                        Packet::Publish(p)
+                    );
+                }
+                Err(e) => {
+                    assert!(!fits, "{field} of {len} refused: {e}");
+                    assert_eq!(e, EncodeError::FieldTooLong { field, len });
+                }
+            }
+            // 3.1.1 sends no properties: nothing to refuse.
+            assert!(check_publish(&sample_publish(QoS::AtLeastOnce, None), Protocol::V311).is_ok());
+        }
+        let connect = Connect {
+            protocol: v5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "c".into(),
+            username: None,
+            password: None,
+            will: Some(Will {
+                topic: "w".into(),
+                payload: Bytes::from(long.clone()),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+            }),
+            properties: ConnectProperties::default(),
+        };
+        assert_eq!(
+            check_connect(&connect).is_ok(),
+            fits,
+            "will payload of {len}"
+        );
+        if fits {
+            assert_eq!(
+                roundtrip(Packet::Connect(Box::new(connect.clone())), v5),
+                Packet::Connect(Box::new(connect))
+            );
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn checked_publishes_roundtrip(
+        key_len in 0usize..70_000,
+        topic in "[a-z/]{1,20}",
+    ) {
+        let p = Publish {
+            topic: topic.as_str().into(),
+            properties: Some(Box::new(PublishProperties {
+                user_properties: vec![("k".repeat(key_len), "v".into())],
+                ..Default::default()
+            })),
+            ..sample_publish(QoS::ExactlyOnce, None)
+        };
+        let ok = check_publish(&p, Protocol::V5).is_ok();
+        prop_assert_eq!(ok, key_len <= MAX_FIELD_LENGTH);
+        if ok {
+            prop_assert_eq!(roundtrip(Packet::Publish(p.clone()), Protocol::V5), Packet::Publish(p));
+        }
+    }
+}

@@ -6,6 +6,12 @@
 //! maximum, bounds it), so SUBACKs and PUBACKs behind them are still read;
 //! a QoS 0 delivery makes the driver stop reading (TCP back-pressure)
 //! while pings and acks keep flowing.
+//!
+//! Reading never pauses while a SUBACK or UNSUBACK is awaited: the
+//! application may be waiting for that reply before it reads anything, and
+//! a broker may send a whole backlog before it (Mosquitto without an
+//! in-flight cap does). Deliveries are ordinary deliveries whether they
+//! come before or after the SUBACK.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -19,19 +25,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::state::{InAcks, Outgoing, Quota, Waiter};
+use super::state::{InAcks, Limits, Outgoing, Quota, Waiter};
 use super::transport::{self, Reader, TlsSetup, Writer};
 use super::{AckHandle, Delivery, Request, Stats, Status, Subscription};
 use crate::codec::{
-    decode, encode, encode_ack, publish_size, AckKind, ConnAck, Connect, ConnectProperties,
-    Disconnect, Packet, SubAck, Subscribe, Unsubscribe, Will,
+    decode, encode, encode_ack, AckKind, ConnAck, Connect, ConnectProperties, Disconnect, Packet,
+    SubAck, Subscribe, Unsubscribe, Will,
 };
 use crate::error::{ConnectError, ConnectionLost, PublishError, Refusal, SubscribeError};
 use crate::options::{BrokerUrl, ConnectOptions};
 use crate::types::{Protocol, QoS};
 
 /// QoS 1/2 deliveries held beyond the channel before reading pauses anyway
-/// (a safety net: the broker's in-flight window normally bounds them).
+/// (a safety net: the broker's in-flight window normally bounds them). Not
+/// applied while a control reply is awaited (see the module docs).
 const MAX_OVERFLOW: usize = 70_000;
 /// Bytes queued for the socket before the driver stops taking requests.
 const HIGH_WATER: usize = 256 * 1024;
@@ -41,6 +48,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// until PUBREL, and answers a QoS 1 publish arriving when that is used up
 /// with PUBACK 0x97 and a disconnect: so stay well below it (see [`Quota`]).
 const V311_QOS2_WINDOW: usize = 10;
+/// A connection the broker closes within this time after CONNACK counts
+/// towards failing the publish it was not answering (see
+/// [`Outgoing::dropped_by_broker`]) ...
+const QUICK_DROP: Duration = Duration::from_secs(5);
+/// ... once it happened this many times in a row.
+const DROPS_TO_FAIL: u32 = 3;
 
 pub(crate) struct AckMsg {
     pub(crate) epoch: u32,
@@ -98,10 +111,10 @@ pub(crate) struct Driver {
     ctrl_queue: VecDeque<Ctrl>,
     ctrl_inflight: HashMap<u16, Ctrl>,
     next_ctrl_pkid: u16,
-    /// Largest packet the current broker accepts.
-    max_out: usize,
     disconnect_reply: Option<oneshot::Sender<()>>,
     stopping: bool,
+    /// Why the application ended the session ([`Request::Fail`]).
+    failed: Option<String>,
 }
 
 impl Driver {
@@ -120,7 +133,6 @@ impl Driver {
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         Driver {
             out: Outgoing::new(opts.max_inflight),
-            max_out: opts.max_packet_size as usize,
             next_ctrl_pkid: opts.max_inflight + 1,
             opts,
             client_id,
@@ -141,6 +153,7 @@ impl Driver {
             ctrl_inflight: HashMap::new(),
             disconnect_reply: None,
             stopping: false,
+            failed: None,
         }
     }
 
@@ -155,7 +168,7 @@ impl Driver {
         let mut last_connect_error: Option<ConnectError>;
         let fatal: Option<String> = loop {
             if self.stopping {
-                break None;
+                break self.failed.take();
             }
             let broker = &brokers[broker_idx % brokers.len()];
             self.status.send_replace(Status::Connecting);
@@ -166,9 +179,21 @@ impl Driver {
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Ok(()));
                     }
+                    let began = Instant::now();
                     match self.serve(conn, broker).await {
-                        Ok(Closed::ByApplication) => break None,
+                        Ok(Closed::ByApplication) => break self.failed.take(),
                         Err(lost) => {
+                            let by_broker = matches!(
+                                lost,
+                                ConnectionLost::Closed
+                                    | ConnectionLost::Io(_)
+                                    | ConnectionLost::Disconnected { .. }
+                            );
+                            if by_broker && began.elapsed() < QUICK_DROP {
+                                self.out.dropped_by_broker(DROPS_TO_FAIL, self.protocol());
+                            } else {
+                                self.out.not_dropped();
+                            }
                             warn!(broker = %broker, error = %lost, "Connection lost.");
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             lost.to_string()
@@ -190,6 +215,8 @@ impl Driver {
                         break Some(text);
                     }
                     warn!(broker = %broker, error = %e, "Connection attempt failed.");
+                    // The broker was away: earlier drops were not a publish's doing.
+                    self.out.not_dropped();
                     broker_idx += 1;
                     let text = e.to_string();
                     last_connect_error = Some(e);
@@ -213,7 +240,7 @@ impl Driver {
             let delay = self.opts.reconnect.delay(attempt);
             debug!(?delay, attempt, "Reconnecting after a pause.");
             if !self.wait(delay).await {
-                break None;
+                break self.failed.take();
             }
         };
         let why = fatal
@@ -273,18 +300,10 @@ impl Driver {
     /// Takes one request. `false` means the application asked to disconnect.
     fn accept(&mut self, req: Request) -> bool {
         match req {
+            // Checked against the broker's limits when it is written.
             Request::Publish(p, waiter) => {
-                let size = publish_size(&p, self.protocol());
-                if size > self.max_out {
-                    waiter.complete(Err(PublishError::TooLarge {
-                        topic: p.topic.to_string(),
-                        size,
-                        max: self.max_out,
-                    }));
-                } else {
-                    self.stats.publishes_sent.fetch_add(1, Ordering::Relaxed);
-                    self.out.push(p, waiter);
-                }
+                self.stats.publishes_sent.fetch_add(1, Ordering::Relaxed);
+                self.out.push(p, waiter);
             }
             Request::Subscribe(subs, reply) => self.ctrl_queue.push_back(Ctrl::Sub {
                 subs,
@@ -295,6 +314,12 @@ impl Driver {
             }
             Request::Disconnect(reply) => {
                 self.disconnect_reply = Some(reply);
+                self.stopping = true;
+                return false;
+            }
+            Request::Fail(error) => {
+                error!(%error, "Session ended by the application.");
+                self.failed = Some(error);
                 self.stopping = true;
                 return false;
             }
@@ -317,27 +342,7 @@ impl Driver {
         let (mut rd, mut wr) = transport::connect(broker, self.tls.as_ref()).await?;
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
-        let connect = Connect {
-            protocol: o.protocol,
-            clean_start: o.clean_session,
-            keep_alive: o.keep_alive.as_secs().min(u16::MAX as u64) as u16,
-            client_id: self.client_id.clone(),
-            username: o.username.clone(),
-            password: o.password.clone(),
-            will: o.last_will.as_ref().map(|w| Will {
-                topic: w.topic.clone(),
-                payload: w.payload.clone(),
-                qos: w.qos,
-                retain: w.retain,
-            }),
-            properties: ConnectProperties {
-                session_expiry_interval: o.effective_session_expiry(),
-                receive_maximum: v5.then_some(o.receive_maximum),
-                maximum_packet_size: v5.then_some(o.max_packet_size),
-                topic_alias_maximum: None,
-                user_properties: Vec::new(),
-            },
-        };
+        let connect = connect_packet(o, &self.client_id);
         let io_err = |error: io::Error| ConnectError::Io {
             broker: broker.clone(),
             error,
@@ -490,18 +495,26 @@ impl Driver {
                     .bytes_received
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 let received_at = SystemTime::now();
-                let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                let ack = if p.qos == QoS::AtMostOnce {
+                    None
+                } else {
                     let ms = received_at
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    let seq = self.inc.arrive(p.pkid, p.qos, ms);
+                    let Some(seq) = self.inc.arrive(p.pkid, p.qos, ms, wbuf) else {
+                        debug!(
+                            pkid = p.pkid,
+                            "QoS 2 resend of a message already delivered."
+                        );
+                        return Ok(());
+                    };
                     self.publish_ack_stats();
-                    AckHandle {
+                    Some(AckHandle {
                         tx: self.acks_tx.clone(),
                         epoch: self.inc.epoch(),
                         seq,
-                    }
-                });
+                    })
+                };
                 let d = Delivery {
                     topic: p.topic,
                     payload: p.payload,
@@ -515,10 +528,12 @@ impl Driver {
                 self.deliver(d);
             }
             Packet::Ack(a) if a.kind == AckKind::PubRel => {
+                self.inc.release(a.pkid);
                 encode_ack(AckKind::PubComp, a.pkid, wbuf);
             }
             Packet::Ack(a) => {
                 // A reason code >= 0x80 is a refusal, not a confirmation.
+                // (PUBCOMP 0x92 may confirm a recovered QoS 2 publish; not counted.)
                 if matches!(a.kind, AckKind::PubAck | AckKind::PubComp) && a.reason < 0x80 {
                     self.stats
                         .publishes_confirmed
@@ -595,7 +610,8 @@ impl Driver {
 
     /// Decodes buffered input. Returns `true` when reading must pause: the
     /// application has no room and the next packet is a QoS 0 PUBLISH (or
-    /// the overflow reached its safety limit).
+    /// the overflow reached its safety limit), and no SUBACK/UNSUBACK is
+    /// awaited (the application may be waiting for it before reading).
     fn drain_input(
         &mut self,
         rbuf: &mut BytesMut,
@@ -610,6 +626,7 @@ impl Driver {
             let full = !self.overflow.is_empty() || self.deliveries.capacity() == 0;
             if is_publish
                 && full
+                && self.ctrl_inflight.is_empty()
                 && !self.deliveries.is_closed()
                 && (is_qos0 || self.overflow.len() >= MAX_OVERFLOW)
             {
@@ -640,12 +657,35 @@ impl Driver {
                 Protocol::V311 => all.min(V311_QOS2_WINDOW),
             },
         };
-        self.max_out = (self.opts.max_packet_size as usize)
-            .min(props.maximum_packet_size.map_or(usize::MAX, |m| m as usize));
+        let v5 = self.opts.protocol == Protocol::V5;
+        self.out.set_limits(Limits {
+            max_qos: props
+                .maximum_qos
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::ExactlyOnce),
+            downgrade_qos: self.opts.downgrade_qos,
+            retain_available: props.retain_available != Some(0),
+            max_packet_size: (self.opts.max_packet_size as usize)
+                .min(props.maximum_packet_size.map_or(usize::MAX, |m| m as usize)),
+            // Absent means 0 (no aliases) on MQTT 5; 3.1.1 has none.
+            topic_alias_maximum: if v5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+        });
+        if let Some(id) = &props.assigned_client_identifier {
+            // Reconnects must use it to find the session again.
+            info!(client_id = %id, "The broker assigned a client id.");
+            self.client_id = id.clone();
+        }
         let keep_alive = props
             .server_keep_alive
             .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));
         self.inc.new_epoch();
+        if !session_present {
+            self.inc.session_lost();
+        }
         self.publish_ack_stats();
         info!(broker = %broker, client_id = %self.client_id, session_present, "Connected.");
         self.status.send_replace(Status::Connected {
@@ -808,6 +848,39 @@ impl Driver {
     }
 }
 
+/// The largest packet MQTT can carry (remaining length 268,435,455 plus
+/// the fixed header): a maximum packet size of this is no limit at all.
+const NO_PACKET_LIMIT: u32 = 268_435_460;
+
+/// The CONNECT for `o`. Maximum Packet Size is announced only when it is a
+/// limit (strict brokers, such as the Eclipse Paho test broker, refuse
+/// 268,435,460).
+fn connect_packet(o: &ConnectOptions, client_id: &str) -> Connect {
+    let v5 = o.protocol == Protocol::V5;
+    Connect {
+        protocol: o.protocol,
+        clean_start: o.clean_session,
+        keep_alive: o.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+        client_id: client_id.to_owned(),
+        username: o.username.clone(),
+        password: o.password.clone(),
+        will: o.last_will.as_ref().map(|w| Will {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+        }),
+        properties: ConnectProperties {
+            session_expiry_interval: o.effective_session_expiry(),
+            receive_maximum: v5.then_some(o.receive_maximum),
+            maximum_packet_size: (v5 && o.max_packet_size < NO_PACKET_LIMIT)
+                .then_some(o.max_packet_size),
+            topic_alias_maximum: None,
+            user_properties: Vec::new(),
+        },
+    }
+}
+
 /// Writes some of `wbuf`, or flushes once it is empty. Cancel-safe.
 async fn write_some(
     wr: &mut Writer,
@@ -826,4 +899,33 @@ async fn write_some(
     wbuf.advance(n);
     *unflushed = true;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_announces_a_maximum_packet_size_only_when_there_is_one() {
+        let mut o = ConnectOptions::new("mqtt://h").unwrap();
+        o.protocol = Protocol::V5;
+        let c = connect_packet(&o, "id");
+        assert_eq!(c.properties.maximum_packet_size, None);
+        assert_eq!(c.properties.receive_maximum, Some(1000));
+        // On the wire too: no property 0x27 (Maximum Packet Size).
+        let mut buf = BytesMut::new();
+        encode(&Packet::Connect(Box::new(c)), Protocol::V5, &mut buf);
+        match decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
+            Some(Packet::Connect(c)) => assert_eq!(c.properties.maximum_packet_size, None),
+            other => panic!("{other:?}"),
+        }
+        o.max_packet_size = 4096;
+        let c = connect_packet(&o, "id");
+        assert_eq!(c.properties.maximum_packet_size, Some(4096));
+        o.protocol = Protocol::V311;
+        assert_eq!(
+            connect_packet(&o, "id").properties.maximum_packet_size,
+            None
+        );
+    }
 }

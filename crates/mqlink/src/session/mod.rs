@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::codec::{ByteStr, Publish};
+use crate::codec::{check_publish, ByteStr, Publish};
 pub use crate::codec::{PublishProperties, SubscribeOptions};
 use crate::error::{Error, PublishError, SubscribeError};
 use crate::options::ConnectOptions;
@@ -204,6 +204,21 @@ pub(crate) enum Request {
     ),
     Unsubscribe(Vec<String>, oneshot::Sender<Result<(), SubscribeError>>),
     Disconnect(oneshot::Sender<()>),
+    /// Ends the session with this error (a refusal the application cannot go on without).
+    Fail(String),
+}
+
+/// Completes with the broker's SUBACK (see [`Client::subscribe_request`]).
+#[must_use = "a refused subscription is only seen by awaiting its token"]
+pub struct SubscribeToken(oneshot::Receiver<Result<Vec<QoS>, SubscribeError>>);
+
+impl Future for SubscribeToken {
+    type Output = Result<Vec<QoS>, SubscribeError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(SubscribeError::Stopped("the session task ended".into())))
+        })
+    }
 }
 
 /// Completes with the outcome of the first connection attempt(s).
@@ -304,16 +319,10 @@ impl Client {
 
     /// Publishes `msg`. Waits while the in-flight window is full, then
     /// hands the message to the session and returns a token that completes
-    /// on the broker's confirmation. The topic is checked first.
+    /// on the broker's confirmation. The topic and the lengths MQTT can
+    /// express are checked first ([`PublishError::Encode`]).
     pub async fn publish(&self, msg: Message) -> Result<PublishToken, PublishError> {
         validate_topic_name(&msg.topic)?;
-        let permit = self
-            .window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
-        let (tx, rx) = oneshot::channel();
         let publish = Publish {
             topic: ByteStr::from(msg.topic),
             payload: msg.payload,
@@ -326,6 +335,17 @@ impl Client {
                 .filter(|p| !p.is_empty() && self.protocol == Protocol::V5)
                 .map(Box::new),
         };
+        check_publish(&publish, self.protocol).map_err(|error| PublishError::Encode {
+            topic: publish.topic.to_string(),
+            error,
+        })?;
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PublishError::Stopped("the session is closed".into()))?;
+        let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             tx: Some(tx),
             _permit: Some(permit),
@@ -339,7 +359,23 @@ impl Client {
 
     /// Subscribes and waits for the SUBACK. The subscriptions are made again
     /// whenever the broker lost the session. Fails naming the first refused filter.
+    ///
+    /// A broker may send messages (a resumed session's queue, or matches of
+    /// the new subscription) before the SUBACK, and some hold the SUBACK
+    /// until those are acknowledged: read [`Incoming`] while this runs, or
+    /// use [`subscribe_request`](Self::subscribe_request) and read first.
+    /// While a SUBACK is awaited the session keeps reading whatever the
+    /// application does, so a broker that merely sends first never stalls it.
     pub async fn subscribe(&self, subs: Vec<Subscription>) -> Result<Vec<QoS>, SubscribeError> {
+        self.subscribe_request(subs).await?.await
+    }
+
+    /// Sends SUBSCRIBE and returns at once; the token completes with the
+    /// SUBACK (granted QoS per filter, or the first refused filter).
+    pub async fn subscribe_request(
+        &self,
+        subs: Vec<Subscription>,
+    ) -> Result<SubscribeToken, SubscribeError> {
         for s in &subs {
             validate_filter(&s.filter)?;
         }
@@ -348,8 +384,14 @@ impl Client {
             .send(Request::Subscribe(subs, tx))
             .await
             .map_err(|_| SubscribeError::Stopped("the session is closed".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(SubscribeError::Stopped("the session task ended".into())))
+        Ok(SubscribeToken(rx))
+    }
+
+    /// Ends the session with `error` as its reason ([`Status::Stopped`]):
+    /// for a failure found outside the driver, such as a subscription
+    /// refused after messages were already flowing.
+    pub(crate) async fn fail(&self, error: String) {
+        let _ = self.tx.send(Request::Fail(error)).await;
     }
 
     pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<(), SubscribeError> {

@@ -4,14 +4,16 @@
 //! - [`Outgoing`]: publishes waiting to be written, and those written but
 //!   not yet confirmed, in the order the application gave them.
 //! - [`InAcks`]: the ordered acknowledgement sequencer for incoming QoS 1/2
-//!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order).
+//!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order), and the
+//!   receiver's QoS 2 state: packet ids PUBREC'd and not yet released,
+//!   whose resends are not delivered again (MQTT-4.3.3-10).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use crate::codec::{encode_ack, encode_publish, Ack, AckKind, Publish};
+use crate::codec::{encode_ack, encode_publish, publish_size, Ack, AckKind, Publish};
 use crate::error::PublishError;
 use crate::types::{Protocol, QoS};
 
@@ -55,6 +57,78 @@ struct Slot {
     stage: Stage,
     seq: u64,
     waiter: Waiter,
+    /// PUBREL was sent again after a reconnect: a PUBCOMP 0x92 (packet
+    /// identifier not found) then means the broker completed it before.
+    recovering: bool,
+}
+
+/// PUBCOMP reason "packet identifier not found": not an error during recovery (MQTT 5 §4.3.3).
+const PACKET_ID_NOT_FOUND: u8 = 0x92;
+
+/// What the broker takes in a PUBLISH: its CONNACK (MQTT 5), and the
+/// client's own maximum packet size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_qos: QoS,
+    /// Send above `max_qos` at `max_qos` instead of failing.
+    pub(crate) downgrade_qos: bool,
+    pub(crate) retain_available: bool,
+    pub(crate) max_packet_size: usize,
+    /// Topic aliases 1..=this are allowed (0: none).
+    pub(crate) topic_alias_maximum: u16,
+}
+
+impl Limits {
+    pub(crate) fn unlimited() -> Self {
+        Limits {
+            max_qos: QoS::ExactlyOnce,
+            downgrade_qos: false,
+            retain_available: true,
+            max_packet_size: usize::MAX,
+            topic_alias_maximum: u16::MAX,
+        }
+    }
+
+    /// The QoS to send `p` at, or why the broker would refuse it (and,
+    /// on MQTT 5, disconnect: [MQTT-3.2.2-11], [MQTT-3.2.2-14], §3.1.2.24).
+    fn admit(&self, p: &Publish, protocol: Protocol) -> Result<QoS, PublishError> {
+        let topic = || p.topic.to_string();
+        let mut qos = p.qos;
+        if qos > self.max_qos {
+            if !self.downgrade_qos {
+                return Err(PublishError::QosNotSupported {
+                    topic: topic(),
+                    qos: qos as u8,
+                    max: self.max_qos as u8,
+                });
+            }
+            qos = self.max_qos;
+        }
+        if p.retain && !self.retain_available {
+            return Err(PublishError::RetainNotSupported { topic: topic() });
+        }
+        if let Some(alias) = p.properties.as_ref().and_then(|x| x.topic_alias) {
+            if alias == 0 || alias > self.topic_alias_maximum {
+                return Err(PublishError::TopicAliasNotAllowed {
+                    topic: topic(),
+                    alias,
+                    max: self.topic_alias_maximum,
+                });
+            }
+        }
+        let mut size = publish_size(p, protocol);
+        if p.qos != QoS::AtMostOnce && qos == QoS::AtMostOnce {
+            size -= 2; // no packet identifier
+        }
+        if size > self.max_packet_size {
+            return Err(PublishError::TooLarge {
+                topic: topic(),
+                size,
+                max: self.max_packet_size,
+            });
+        }
+        Ok(qos)
+    }
 }
 
 pub(crate) struct Outgoing {
@@ -69,6 +143,11 @@ pub(crate) struct Outgoing {
     live: usize,
     /// QoS 2 publishes between PUBLISH and PUBCOMP (a subset of `live`).
     live_qos2: usize,
+    limits: Limits,
+    /// The publish (packet id, sequence) that was the oldest one the broker
+    /// had not answered when it dropped the connection, and how many
+    /// times in a row that happened.
+    drop_streak: Option<((u16, u64), u32)>,
 }
 
 /// How many unconfirmed publishes the broker accepts.
@@ -102,7 +181,14 @@ impl Outgoing {
             next_seq: 0,
             live: 0,
             live_qos2: 0,
+            limits: Limits::unlimited(),
+            drop_streak: None,
         }
+    }
+
+    /// The broker's limits for the connection that begins.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Publishes written and awaiting confirmation.
@@ -135,9 +221,18 @@ impl Outgoing {
         written: &mut impl FnMut(Waiter, usize),
     ) {
         while out.len() < max_bytes {
-            let Some((p, _)) = self.outbox.front() else {
+            let Some((p, _)) = self.outbox.front_mut() else {
                 return;
             };
+            // A publish the broker cannot take fails alone, before it is sent.
+            match self.limits.admit(p, protocol) {
+                Ok(qos) => p.qos = qos,
+                Err(e) => {
+                    let (_, w) = self.outbox.pop_front().expect("front exists");
+                    w.complete(Err(e));
+                    continue;
+                }
+            }
             if (p.qos != QoS::AtMostOnce && self.live >= quota.all)
                 || (p.qos == QoS::ExactlyOnce && self.live_qos2 >= quota.qos2)
             {
@@ -167,6 +262,7 @@ impl Outgoing {
                 stage,
                 seq,
                 waiter,
+                recovering: false,
             });
             self.order.push_back((pkid, seq));
             self.live += 1;
@@ -187,6 +283,16 @@ impl Outgoing {
         };
         let failed = ack.reason >= 0x80;
         match (ack.kind, slot.stage) {
+            (AckKind::PubComp, Stage::AwaitPubComp)
+                if slot.recovering && ack.reason == PACKET_ID_NOT_FOUND =>
+            {
+                self.finish(
+                    ack.pkid,
+                    Ok(Confirmed {
+                        reason_code: ack.reason,
+                    }),
+                );
+            }
             (AckKind::PubAck, Stage::AwaitPubAck) | (AckKind::PubComp, Stage::AwaitPubComp) => {
                 self.finish(ack.pkid, Self::outcome(ack));
             }
@@ -266,8 +372,10 @@ impl Outgoing {
 
     /// After a new connection: resends every unconfirmed publish in the
     /// original order with DUP set, or PUBREL where PUBREC was received.
-    /// When the broker lost the session, a QoS 2 publish it already
-    /// acknowledged with PUBREC is complete (the broker took ownership).
+    /// When the broker lost the session, a QoS 2 publish it acknowledged
+    /// with PUBREC but never saw released is gone with that session (a
+    /// broker may forward a QoS 2 message only on PUBREL, as Mosquitto
+    /// does): it is sent again as a PUBLISH, since "confirmed" means PUBCOMP.
     pub(crate) fn resend(&mut self, session_present: bool, protocol: Protocol, out: &mut BytesMut) {
         let order: Vec<(u16, u64)> = self.order.iter().copied().collect();
         for entry in order {
@@ -276,17 +384,81 @@ impl Outgoing {
             }
             let pkid = entry.0;
             let slot = self.slots[pkid as usize].as_mut().expect("current");
-            match slot.stage {
-                Stage::AwaitPubComp if session_present => {
-                    encode_ack(AckKind::PubRel, pkid, out);
-                }
-                Stage::AwaitPubComp => self.finish(pkid, Ok(Confirmed { reason_code: 0 })),
-                Stage::AwaitPubAck | Stage::AwaitPubRec => {
-                    slot.publish.dup = true;
-                    encode_publish(&slot.publish, protocol, out);
+            if slot.stage != Stage::AwaitPubComp || !session_present {
+                // Another broker of the failover list may take less.
+                let refused = match self.limits.admit(&slot.publish, protocol) {
+                    Ok(q) if q == slot.publish.qos => None,
+                    Ok(q) => Some(PublishError::QosNotSupported {
+                        topic: slot.publish.topic.to_string(),
+                        qos: slot.publish.qos as u8,
+                        max: q as u8,
+                    }),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = refused {
+                    self.finish(pkid, Err(e));
+                    continue;
                 }
             }
+            let slot = self.slots[pkid as usize].as_mut().expect("current");
+            if slot.stage == Stage::AwaitPubComp && session_present {
+                slot.recovering = true;
+                encode_ack(AckKind::PubRel, pkid, out);
+            } else {
+                if slot.stage == Stage::AwaitPubComp {
+                    slot.stage = Stage::AwaitPubRec;
+                }
+                slot.publish.dup = true;
+                encode_publish(&slot.publish, protocol, out);
+            }
         }
+    }
+
+    /// The oldest publish the broker has not answered at all (no PUBACK or
+    /// PUBREC). Brokers answer in order, so when one closes the connection
+    /// because of a packet, it is this one.
+    fn oldest_unanswered(&self) -> Option<(u16, u64)> {
+        self.order.iter().copied().find(|&(pkid, seq)| {
+            matches!(&self.slots[pkid as usize],
+                Some(s) if s.seq == seq && s.stage != Stage::AwaitPubComp)
+        })
+    }
+
+    /// The broker closed the connection soon after it began. When the same
+    /// publish was the oldest unanswered one `limit` times in a row, it is
+    /// the cause (a broker that will never take it — too large, a QoS or
+    /// retain flag it does not support — and on 3.1.1 says nothing else):
+    /// it fails alone instead of being resent forever.
+    pub(crate) fn dropped_by_broker(&mut self, limit: u32, protocol: Protocol) {
+        let Some(suspect) = self.oldest_unanswered() else {
+            self.drop_streak = None;
+            return;
+        };
+        let times = match self.drop_streak {
+            Some((s, n)) if s == suspect => n + 1,
+            _ => 1,
+        };
+        if times < limit {
+            self.drop_streak = Some((suspect, times));
+            return;
+        }
+        self.drop_streak = None;
+        let publish = &self.slots[suspect.0 as usize]
+            .as_ref()
+            .expect("current")
+            .publish;
+        let e = PublishError::DroppedByBroker {
+            topic: publish.topic.to_string(),
+            size: publish_size(publish, protocol),
+            times,
+        };
+        tracing::error!(error = %e, "Publish failed.");
+        self.finish(suspect.0, Err(e));
+    }
+
+    /// The connection ended some other way: no streak.
+    pub(crate) fn not_dropped(&mut self) {
+        self.drop_streak = None;
     }
 
     /// Fails everything not confirmed (the session is over).
@@ -312,12 +484,22 @@ impl Outgoing {
 /// acknowledge in any order, but PUBACK/PUBREC leave in arrival order.
 /// A new connection starts a new epoch: acks of the old one are dropped,
 /// since the broker redelivers those messages (with DUP).
+///
+/// QoS 2 (MQTT-4.3.3-10): once PUBREC left for a packet id, a PUBLISH with
+/// that id is a resend of the same message until PUBREL releases the id:
+/// it is answered with PUBREC (in order) and not delivered again. That
+/// state belongs to the session: it survives reconnects and is dropped
+/// only when the broker says the session is gone.
 pub(crate) struct InAcks {
     epoch: u32,
     base: u64,
     queue: VecDeque<(u16, QoS, bool)>,
     /// Arrival time (ms since the epoch) of each queued message, parallel to `queue`.
     arrived: VecDeque<u64>,
+    /// QoS 2 packet ids delivered in this connection and not yet PUBREC'd.
+    qos2_unacked: HashSet<u16>,
+    /// QoS 2 packet ids PUBREC'd and not yet released by PUBREL.
+    qos2_received: HashSet<u16>,
 }
 
 impl InAcks {
@@ -327,6 +509,8 @@ impl InAcks {
             base: 0,
             queue: VecDeque::new(),
             arrived: VecDeque::new(),
+            qos2_unacked: HashSet::new(),
+            qos2_received: HashSet::new(),
         }
     }
 
@@ -344,19 +528,62 @@ impl InAcks {
         self.arrived.front().copied()
     }
 
+    /// A new connection of the same session: unacknowledged messages will
+    /// be redelivered, PUBREC'd QoS 2 ids stay received.
     pub(crate) fn new_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         self.base = 0;
         self.queue.clear();
         self.arrived.clear();
+        self.qos2_unacked.clear();
     }
 
-    /// Registers an incoming QoS 1/2 message; returns its sequence number.
-    pub(crate) fn arrive(&mut self, pkid: u16, qos: QoS, at_ms: u64) -> u64 {
+    /// The broker has no session for us (CONNACK session present = 0, or a
+    /// clean start): no packet id is awaiting PUBREL any more.
+    pub(crate) fn session_lost(&mut self) {
+        self.qos2_received.clear();
+    }
+
+    /// Registers an incoming QoS 1/2 message; returns its sequence number,
+    /// or `None` for a QoS 2 resend of a message already delivered (not to
+    /// be delivered again; its PUBREC is appended in order, if due).
+    pub(crate) fn arrive(
+        &mut self,
+        pkid: u16,
+        qos: QoS,
+        at_ms: u64,
+        out: &mut BytesMut,
+    ) -> Option<u64> {
+        if qos == QoS::ExactlyOnce {
+            if self.qos2_unacked.contains(&pkid) {
+                // Resent before we acknowledged: the PUBREC of the first
+                // copy answers both.
+                return None;
+            }
+            if self.qos2_received.contains(&pkid) {
+                let seq = self.base + self.queue.len() as u64;
+                self.queue.push_back((pkid, qos, true));
+                self.arrived.push_back(at_ms);
+                self.ack(self.epoch, seq, out);
+                return None;
+            }
+            self.qos2_unacked.insert(pkid);
+        }
         let seq = self.base + self.queue.len() as u64;
         self.queue.push_back((pkid, qos, false));
         self.arrived.push_back(at_ms);
-        seq
+        Some(seq)
+    }
+
+    /// PUBREL: the packet id is released; a PUBLISH with it is new again.
+    pub(crate) fn release(&mut self, pkid: u16) {
+        self.qos2_received.remove(&pkid);
+    }
+
+    /// QoS 2 packet ids PUBREC'd and not yet released.
+    #[cfg(test)]
+    pub(crate) fn awaiting_release(&self) -> usize {
+        self.qos2_received.len()
     }
 
     /// Marks `seq` acknowledged and appends every ack now due, in order.
@@ -372,6 +599,8 @@ impl InAcks {
         let mut sent = 0;
         while let Some(&(pkid, qos, true)) = self.queue.front() {
             let kind = if qos == QoS::ExactlyOnce {
+                self.qos2_unacked.remove(&pkid);
+                self.qos2_received.insert(pkid);
                 AckKind::PubRec
             } else {
                 AckKind::PubAck
@@ -436,9 +665,9 @@ mod tests {
     fn acks_leave_in_arrival_order() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(10, QoS::AtLeastOnce, 1);
-        let b = s.arrive(11, QoS::ExactlyOnce, 2);
-        let c = s.arrive(12, QoS::AtLeastOnce, 3);
+        let a = s.arrive(10, QoS::AtLeastOnce, 1, &mut out).unwrap();
+        let b = s.arrive(11, QoS::ExactlyOnce, 2, &mut out).unwrap();
+        let c = s.arrive(12, QoS::AtLeastOnce, 3, &mut out).unwrap();
         assert_eq!(s.ack(0, c, &mut out), 0, "c waits for a and b");
         assert_eq!(s.ack(0, b, &mut out), 0);
         assert!(out.is_empty());
@@ -466,12 +695,57 @@ mod tests {
     fn acks_of_an_old_connection_are_dropped() {
         let mut s = InAcks::new();
         let mut out = BytesMut::new();
-        let a = s.arrive(1, QoS::AtLeastOnce, 0);
+        let a = s.arrive(1, QoS::AtLeastOnce, 0, &mut out).unwrap();
         s.new_epoch();
-        let b = s.arrive(1, QoS::AtLeastOnce, 0);
+        let b = s.arrive(1, QoS::AtLeastOnce, 0, &mut out).unwrap();
         assert_eq!(s.ack(0, a, &mut out), 0);
         assert_eq!(s.ack(1, b, &mut out), 1);
         assert_eq!(s.ack(1, b, &mut out), 0, "double ack is harmless");
+    }
+
+    fn acks(out: &mut BytesMut) -> Vec<(AckKind, u16)> {
+        packets(out)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Ack(a) => (a.kind, a.pkid),
+                p => panic!("{p:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qos2_resends_before_pubrel_are_not_delivered_again() {
+        let mut s = InAcks::new();
+        let mut out = BytesMut::new();
+        let q2 = QoS::ExactlyOnce;
+        let a = s.arrive(7, q2, 0, &mut out).unwrap();
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None, "resent before PUBREC");
+        let b = s.arrive(8, QoS::AtLeastOnce, 0, &mut out).unwrap();
+        s.ack(0, a, &mut out);
+        assert_eq!(acks(&mut out), [(AckKind::PubRec, 7)]);
+        // Resent after PUBREC: not delivered; its PUBREC waits for b's PUBACK.
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None);
+        assert!(out.is_empty());
+        s.ack(0, b, &mut out);
+        assert_eq!(acks(&mut out), [(AckKind::PubAck, 8), (AckKind::PubRec, 7)]);
+        // A reconnect of the same session keeps the id received.
+        s.new_epoch();
+        assert_eq!(s.arrive(7, q2, 0, &mut out), None);
+        assert_eq!(acks(&mut out), [(AckKind::PubRec, 7)]);
+        // PUBREL releases it: the next PUBLISH with id 7 is a new message.
+        s.release(7);
+        let c = s.arrive(7, q2, 0, &mut out).unwrap();
+        s.ack(1, c, &mut out);
+        assert_eq!(s.awaiting_release(), 1);
+        // The broker lost the session: nothing awaits PUBREL any more.
+        s.new_epoch();
+        s.session_lost();
+        assert!(s.arrive(7, q2, 0, &mut out).is_some());
+        // A message delivered but not acknowledged in a dropped connection
+        // is redelivered (the application never took it).
+        s.new_epoch();
+        assert!(s.arrive(7, q2, 0, &mut out).is_some());
+        assert_eq!(s.pending(), 1);
     }
 
     #[test]
@@ -549,11 +823,42 @@ mod tests {
             })
             .collect();
         assert_eq!(again, ["PubRel 2", "pub c 3", "pub d 4"]);
-        // Session lost: b's PUBREC means the broker owns it; it completes.
-        o.resend(false, Protocol::V311, &mut out);
-        assert!(rxs[1].try_recv().unwrap().is_ok());
-        assert_eq!(packets(&mut out).len(), 2);
+        // PUBCOMP 0x92 after the PUBREL was resent: completed before, not an error.
+        let mut comp = ack(AckKind::PubComp, 2);
+        comp.reason = 0x92;
+        o.on_ack(&comp, &mut out).unwrap();
+        assert_eq!(rxs[1].try_recv().unwrap().unwrap().reason_code, 0x92);
         assert_eq!(o.inflight(), 2);
+    }
+
+    #[test]
+    fn qos2_pubrec_without_pubcomp_is_sent_again_when_the_session_is_lost() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        let (w, mut rx) = waiter();
+        o.push(publish("b", QoS::ExactlyOnce), w);
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        o.on_ack(&ack(AckKind::PubRec, 1), &mut out).unwrap();
+        packets(&mut out);
+        // The broker lost the session: PUBREC is not delivery; PUBLISH again.
+        o.resend(false, Protocol::V311, &mut out);
+        assert!(rx.try_recv().is_err(), "completed without PUBCOMP");
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!((&*p.topic, p.pkid, p.dup), ("b", 1, true)),
+            other => panic!("{other:?}"),
+        }
+        o.on_ack(&ack(AckKind::PubRec, 1), &mut out).unwrap();
+        // 0x92 outside recovery is a mismatch, reported.
+        let mut comp = ack(AckKind::PubComp, 1);
+        comp.reason = 0x92;
+        o.on_ack(&comp, &mut out).unwrap();
+        assert!(rx.try_recv().unwrap().is_err());
     }
 
     #[test]
@@ -612,6 +917,122 @@ mod tests {
         let e = rx.try_recv().unwrap().unwrap_err();
         assert!(e.to_string().contains("\"deny/me\""), "{e}");
         assert!(o.is_idle());
+    }
+
+    #[test]
+    fn what_the_broker_cannot_take_fails_alone() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        o.set_limits(Limits {
+            max_qos: QoS::AtLeastOnce,
+            downgrade_qos: false,
+            retain_available: false,
+            max_packet_size: 100,
+            topic_alias_maximum: 0,
+        });
+        let mut rxs = Vec::new();
+        let mut push = |o: &mut Outgoing, p: Publish| {
+            let (w, rx) = waiter();
+            o.push(p, w);
+            rxs.push(rx);
+        };
+        push(&mut o, publish("q2", QoS::ExactlyOnce));
+        push(&mut o, publish("retained", QoS::AtLeastOnce));
+        o.outbox.back_mut().unwrap().0.retain = true;
+        let mut big = publish("big", QoS::AtLeastOnce);
+        big.payload = Bytes::from(vec![0u8; 200]);
+        push(&mut o, big);
+        let mut aliased = publish("alias", QoS::AtLeastOnce);
+        aliased.properties = Some(Box::new(crate::codec::PublishProperties {
+            topic_alias: Some(1),
+            ..Default::default()
+        }));
+        push(&mut o, aliased);
+        push(&mut o, publish("fine", QoS::AtLeastOnce));
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        let errors: Vec<String> = rxs[..4]
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap().unwrap_err().to_string())
+            .collect();
+        assert!(errors[0].contains("maximum QoS 1"), "{}", errors[0]);
+        assert!(errors[1].contains("retained"), "{}", errors[1]);
+        assert!(
+            errors[2].contains("maximum packet size 100"),
+            "{}",
+            errors[2]
+        );
+        assert!(errors[3].contains("topic alias 1"), "{}", errors[3]);
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(&*p.topic, "fine"),
+            other => panic!("{other:?}"),
+        }
+        // Downgrading is an option.
+        o.set_limits(Limits {
+            downgrade_qos: true,
+            ..Limits::unlimited()
+        });
+        o.limits.max_qos = QoS::AtLeastOnce;
+        let (w, _rx) = waiter();
+        o.push(publish("q2", QoS::ExactlyOnce), w);
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V5,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(p.qos, QoS::AtLeastOnce),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_publish_the_broker_drops_the_connection_for_fails_after_three_drops() {
+        let mut o = Outgoing::new(10);
+        let mut out = BytesMut::new();
+        let mut rxs = Vec::new();
+        for t in ["ok", "poison", "after"] {
+            let (w, rx) = waiter();
+            o.push(publish(t, QoS::AtLeastOnce), w);
+            rxs.push(rx);
+        }
+        o.send_queued(
+            Quota::unlimited(),
+            Protocol::V311,
+            &mut out,
+            usize::MAX,
+            &mut |_, _| {},
+        );
+        o.on_ack(&ack(AckKind::PubAck, 1), &mut out).unwrap();
+        o.dropped_by_broker(3, Protocol::V311);
+        o.not_dropped(); // e.g. a keep-alive timeout breaks the streak
+        for _ in 0..2 {
+            o.dropped_by_broker(3, Protocol::V311);
+        }
+        assert!(
+            rxs[1].try_recv().is_err(),
+            "two drops in a row are not enough"
+        );
+        o.dropped_by_broker(3, Protocol::V311);
+        let e = rxs[1].try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(e, PublishError::DroppedByBroker { times: 3, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("\"poison\""), "{e}");
+        out.clear();
+        o.resend(false, Protocol::V311, &mut out);
+        match &packets(&mut out)[..] {
+            [Packet::Publish(p)] => assert_eq!(&*p.topic, "after"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

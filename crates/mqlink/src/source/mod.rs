@@ -377,8 +377,8 @@ impl MqttSource {
             if config.parallelism > 1 {
                 opts.client_id = opts.client_id.map(|id| format!("{id}-{i}"));
             }
-            let (client, incoming) = Client::connect(opts).await?;
-            client.subscribe(subs.clone()).await?;
+            let (client, mut incoming) = Client::connect(opts).await?;
+            let early = subscribe_reading(&client, &mut incoming, subs.clone()).await?;
             metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
             let worker = Worker {
                 client: client.clone(),
@@ -388,14 +388,18 @@ impl MqttSource {
                 metrics: metrics.clone(),
             };
             if config.parallelism == 1 {
-                direct = Some((worker, incoming));
+                direct = Some((worker, incoming, early));
             } else {
-                tasks.push(tokio::spawn(worker.run(incoming, tx.clone())));
+                tasks.push(tokio::spawn(worker.run(early, incoming, tx.clone())));
             }
             clients.push(client);
         }
+        let mut pending = std::collections::VecDeque::new();
         let inner = match direct {
-            Some((w, i)) => Inner::Direct(w, i),
+            Some((w, i, early)) => {
+                pending.extend(early);
+                Inner::Direct(w, i)
+            }
             None => Inner::Merged(rx),
         };
         Ok(MqttSource {
@@ -405,7 +409,7 @@ impl MqttSource {
             tasks,
             batch_size: config.batch_size,
             batch_timeout: config.batch_timeout,
-            pending: Default::default(),
+            pending,
             retries: Default::default(),
             max_retries: config.max_retries,
             dead_letter_topic: config.dead_letter_topic.clone(),
@@ -553,8 +557,55 @@ impl MqttSource {
     }
 }
 
+/// Subscribes while reading. A broker may send messages before the SUBACK
+/// (a resumed session's queue; Mosquitto sends it first), and some
+/// (rumqttd, amqtt) hold the SUBACK until those messages are acknowledged,
+/// which only the application can do: so the source starts as soon as the
+/// SUBACK or a first delivery arrives, whichever comes first. In the second
+/// case the SUBACK is awaited in the background; a refusal then ends the
+/// session with the refusal as its error (`Status::Stopped`), and the
+/// source ends.
+async fn subscribe_reading(
+    client: &Client,
+    incoming: &mut Incoming,
+    subs: Vec<Subscription>,
+) -> Result<Option<Delivery>, Error> {
+    let mut suback = client.subscribe_request(subs).await?;
+    let first = tokio::select! {
+        biased;
+        r = &mut suback => {
+            r?;
+            return Ok(None);
+        }
+        d = incoming.recv() => d,
+    };
+    let Some(first) = first else {
+        // The session stopped; the token says why.
+        suback.await?;
+        return Err(Error::Stopped("the session ended before the SUBACK".into()));
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        match suback.await {
+            Ok(_) => tracing::debug!("Subscribed (SUBACK after the first messages)."),
+            Err(e) => {
+                tracing::error!(error = %e, "Subscription refused after messages arrived.");
+                client.fail(e.to_string()).await;
+            }
+        }
+    });
+    Ok(Some(first))
+}
+
 impl Worker {
-    async fn run(self, mut incoming: Incoming, tx: mpsc::Sender<Record>) {
+    async fn run(self, early: Option<Delivery>, mut incoming: Incoming, tx: mpsc::Sender<Record>) {
+        if let Some(d) = early {
+            if let Some(record) = self.process(d).await {
+                if tx.send(record).await.is_err() {
+                    return;
+                }
+            }
+        }
         while let Some(d) = incoming.recv().await {
             if let Some(record) = self.process(d).await {
                 if tx.send(record).await.is_err() {

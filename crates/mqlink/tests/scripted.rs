@@ -1,0 +1,297 @@
+//! The session against brokers scripted packet by packet from the
+//! project's codec: orders and resends that real brokers produce only
+//! under load or faults (deliveries before SUBACK, a SUBACK held until
+//! PUBACK, QoS 2 resends before PUBREL, PUBCOMP 0x92 during recovery).
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mqlink::codec::{decode, encode, Ack, AckKind, ConnAck, Packet, Publish, SubAck};
+use mqlink::source::MqttSource;
+use mqlink::{Client, ConnectOptions, Message, Protocol, QoS, ReconnectPolicy, Status};
+use testkit::unique_id;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const BOTH: [Protocol; 2] = [Protocol::V311, Protocol::V5];
+
+/// One client connection, seen from the broker's side.
+struct Peer {
+    sock: TcpStream,
+    buf: BytesMut,
+    proto: Protocol,
+}
+
+impl Peer {
+    /// Accepts a client, reads its CONNECT and answers CONNACK.
+    async fn accept(l: &TcpListener, proto: Protocol, session_present: bool) -> Peer {
+        let (sock, _) = timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("no client connected")
+            .unwrap();
+        let mut p = Peer {
+            sock,
+            buf: BytesMut::new(),
+            proto,
+        };
+        match p.recv().await {
+            Packet::Connect(_) => {}
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+        p.send(Packet::ConnAck(ConnAck {
+            session_present,
+            ..Default::default()
+        }))
+        .await;
+        p
+    }
+
+    /// The next packet other than PINGREQ (answered here).
+    async fn recv(&mut self) -> Packet {
+        loop {
+            while let Some(p) = decode(&mut self.buf, self.proto, 1 << 20).unwrap() {
+                if p == Packet::PingReq {
+                    self.send(Packet::PingResp).await;
+                    continue;
+                }
+                return p;
+            }
+            let n = timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("the client sent nothing for 10 s")
+                .unwrap();
+            assert!(n > 0, "the client closed the connection");
+        }
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        encode(&p, self.proto, &mut out);
+        self.sock.write_all(&out).await.unwrap();
+    }
+
+    async fn expect_ack(&mut self, kind: AckKind, pkid: u16) {
+        match self.recv().await {
+            Packet::Ack(a) if a.kind == kind && a.pkid == pkid => {}
+            other => panic!("expected {kind:?} {pkid}, got {other:?}"),
+        }
+    }
+}
+
+fn publish(topic: &str, payload: &'static str, qos: QoS, pkid: u16, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos,
+        retain: false,
+        dup,
+        pkid,
+        properties: None,
+    })
+}
+
+fn ack(kind: AckKind, pkid: u16, reason: u8) -> Packet {
+    Packet::Ack(Ack {
+        kind,
+        pkid,
+        reason,
+        reason_string: None,
+    })
+}
+
+async fn bind() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", l.local_addr().unwrap().port());
+    (l, url)
+}
+
+fn opts(url: &str, proto: Protocol, clean: bool) -> ConnectOptions {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut o = ConnectOptions::new(url).unwrap();
+    o.protocol = proto;
+    o.client_id = Some(unique_id("s"));
+    o.clean_session = clean;
+    o.keep_alive = Duration::from_secs(5);
+    o.connect_timeout = Duration::from_secs(5);
+    o.reconnect = ReconnectPolicy {
+        initial_interval: Duration::from_millis(20),
+        multiplier: 1.0,
+        max_interval: Duration::from_millis(20),
+        max_attempts: 0,
+        jitter: 0.0,
+    };
+    o
+}
+
+/// A resumed session's queued message comes before the SUBACK, and the
+/// broker holds the SUBACK until that message is acknowledged (rumqttd,
+/// amqtt do this): the source must start and yield it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_before_a_held_suback_is_delivered_within_a_second() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(async move {
+            let mut c = Peer::accept(&l, proto, true).await;
+            let Packet::Subscribe(s) = c.recv().await else {
+                panic!("expected SUBSCRIBE")
+            };
+            c.send(publish("q/1", "queued", QoS::AtLeastOnce, 1, false))
+                .await;
+            c.expect_ack(AckKind::PubAck, 1).await;
+            c.send(Packet::SubAck(SubAck {
+                pkid: s.pkid,
+                codes: vec![1],
+                reason_string: None,
+            }))
+            .await;
+        });
+        let started = Instant::now();
+        let mut source = timeout(
+            Duration::from_secs(1),
+            MqttSource::builder()
+                .connection(opts(&url, proto, false))
+                .topic("q/#", QoS::AtLeastOnce)
+                .start(),
+        )
+        .await
+        .expect("start waited for a SUBACK the broker holds back")
+        .unwrap();
+        let mut r = timeout(Duration::from_secs(1), source.next())
+            .await
+            .expect("the queued message was not delivered")
+            .unwrap();
+        assert_eq!(&r.payload[..], b"queued");
+        r.ack();
+        timeout(Duration::from_secs(1), broker)
+            .await
+            .expect("the PUBACK did not reach the broker")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "{proto}");
+        assert!(matches!(
+            *source.clients()[0].status().borrow(),
+            Status::Connected { .. } | Status::Reconnecting { .. }
+        ));
+        drop(source);
+    }
+}
+
+/// [MQTT-4.3.3-10]: a QoS 2 PUBLISH resent before PUBREL is acknowledged
+/// with PUBREC and not delivered again, also after a reconnect of the same
+/// session; PUBREL frees the id; a lost session forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_resent_before_pubrel_is_delivered_once_across_reconnects() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let q2 = QoS::ExactlyOnce;
+        let broker = tokio::spawn(async move {
+            let mut c = Peer::accept(&l, proto, false).await;
+            c.send(publish("t", "a", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c.send(publish("t", "a", q2, 7, true)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            drop(c);
+            // The same session: the resend of "a" is still a duplicate.
+            let mut c = Peer::accept(&l, proto, true).await;
+            c.send(publish("t", "a", q2, 7, true)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c.send(ack(AckKind::PubRel, 7, 0)).await;
+            c.expect_ack(AckKind::PubComp, 7).await;
+            // Released: id 7 carries a new message.
+            c.send(publish("t", "b", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            drop(c);
+            // The session is gone: id 7 is new again.
+            let mut c = Peer::accept(&l, proto, false).await;
+            c.send(publish("t", "c", q2, 7, false)).await;
+            c.expect_ack(AckKind::PubRec, 7).await;
+            c
+        });
+        let (client, mut inc) = Client::connect(opts(&url, proto, false)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let mut d = timeout(Duration::from_secs(5), inc.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{proto}: only {got:?} arrived"))
+                .unwrap();
+            d.ack();
+            got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        }
+        let c = timeout(Duration::from_secs(5), broker)
+            .await
+            .unwrap()
+            .unwrap();
+        if let Ok(Some(d)) = timeout(Duration::from_millis(300), inc.recv()).await {
+            got.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got, ["a", "b", "c"], "{proto}");
+        drop(c);
+        drop(client);
+    }
+}
+
+/// QoS 2 is confirmed by PUBCOMP only: a publish PUBREC'd by a broker that
+/// then loses the session is sent again (Mosquitto forwards a QoS 2
+/// message only on PUBREL, so it would be gone); and PUBCOMP 0x92 for a
+/// PUBREL resent during recovery is a confirmation, not a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_is_confirmed_by_pubcomp_and_resent_after_session_loss() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(async move {
+            let recv_publish = |p: Packet| match p {
+                Packet::Publish(p) => p,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            };
+            let mut c = Peer::accept(&l, proto, false).await;
+            let x = recv_publish(c.recv().await);
+            c.send(ack(AckKind::PubRec, x.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, x.pkid).await;
+            drop(c); // no PUBCOMP; the session is lost with the connection
+            let mut c = Peer::accept(&l, proto, false).await;
+            let again = recv_publish(c.recv().await);
+            assert_eq!(
+                &again.payload[..],
+                b"x",
+                "not sent again after the session was lost"
+            );
+            c.send(ack(AckKind::PubRec, again.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, again.pkid).await;
+            c.send(ack(AckKind::PubComp, again.pkid, 0)).await;
+            let y = recv_publish(c.recv().await);
+            c.send(ack(AckKind::PubRec, y.pkid, 0)).await;
+            c.expect_ack(AckKind::PubRel, y.pkid).await;
+            drop(c);
+            // Session kept: PUBREL again, answered "packet identifier not found".
+            let mut c = Peer::accept(&l, proto, true).await;
+            c.expect_ack(AckKind::PubRel, y.pkid).await;
+            c.send(ack(AckKind::PubComp, y.pkid, 0x92)).await;
+            c
+        });
+        let (client, _inc) = Client::connect(opts(&url, proto, false)).await.unwrap();
+        let x = client
+            .publish(Message::new("t", "x", QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(10), x)
+            .await
+            .expect("x not confirmed")
+            .unwrap();
+        let y = client
+            .publish(Message::new("t", "y", QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        let y = timeout(Duration::from_secs(10), y)
+            .await
+            .expect("y not confirmed");
+        assert!(y.is_ok(), "{proto}: {y:?}");
+        let c = timeout(Duration::from_secs(10), broker)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(c);
+    }
+}
