@@ -438,8 +438,11 @@ impl Idle {
             r.0.iter()
                 .map(|c| c.records.load(Relaxed) + c.confirmed.load(Relaxed))
                 .sum();
+        // A component still starting (a source not subscribed yet) is not idle.
         let settled = r.0.iter().all(|c| {
-            (c.type_name != "generator" || c.state() == State::Finished) && c.unconfirmed() == 0
+            (c.type_name != "generator" || c.state() == State::Finished)
+                && c.state() != State::Starting
+                && c.unconfirmed() == 0
         });
         if moved != self.last || !settled {
             self.last = moved;

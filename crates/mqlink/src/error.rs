@@ -25,7 +25,9 @@ impl Refusal {
     /// Maps a CONNACK code of the given protocol to a reason.
     pub fn from_code(code: u8, v5: bool) -> Refusal {
         match (v5, code) {
-            (false, 1) | (true, 0x84) => Refusal::UnsupportedProtocol,
+            // 0x01 is not an MQTT 5 reason code: a 3.1.1-only broker
+            // answering an MQTT 5 CONNECT in its own terms.
+            (false, 1) | (true, 0x84) | (true, 0x01) => Refusal::UnsupportedProtocol,
             (false, 2) | (true, 0x85) => Refusal::ClientIdRejected,
             (false, 3) | (true, 0x88) | (true, 0x89) => Refusal::ServerUnavailable,
             (false, 4) | (true, 0x86) | (true, 0x8c) => Refusal::BadCredentials,
@@ -42,7 +44,9 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::BadCredentials => f.write_str("bad user name or password"),
             Refusal::NotAuthorized => f.write_str("not authorized"),
-            Refusal::UnsupportedProtocol => f.write_str("unsupported protocol version"),
+            Refusal::UnsupportedProtocol => f.write_str(
+                "the broker does not speak this MQTT version (for MQTT 5 against a 3.1.1 broker use -V 311, or protocol = \"3.1.1\")",
+            ),
             Refusal::ClientIdRejected => f.write_str("client identifier rejected"),
             Refusal::ServerUnavailable => f.write_str("server unavailable or busy"),
             Refusal::Banned => f.write_str("client banned"),
@@ -108,6 +112,26 @@ pub enum ConnectionLost {
     Protocol(String),
 }
 
+impl ConnectionLost {
+    /// A DISCONNECT saying the broker will never accept what this session
+    /// does (MQTT 5 reason codes): reconnecting would only repeat it.
+    pub fn unsupported(&self) -> Option<String> {
+        let ConnectionLost::Disconnected { code, .. } = self else {
+            return None;
+        };
+        let what = match code {
+            0x9e => "shared subscriptions ($share/…)",
+            0xa1 => "subscription identifiers",
+            0xa2 => "wildcard subscriptions",
+            0x9b => "this QoS",
+            0x9a => "retained messages",
+            0x84 => "this MQTT version",
+            _ => return None,
+        };
+        Some(format!("{self}: the broker does not support {what}"))
+    }
+}
+
 /// Errors of `connect`/`start`: bad options, or the session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -156,6 +180,10 @@ pub enum PublishError {
     },
     #[error("publish to {topic:?} at QoS {qos} is over the broker's maximum QoS {max} (set downgrade_qos to publish at QoS {max} instead)")]
     QosNotSupported { topic: String, qos: u8, max: u8 },
+    /// RabbitMQ answers a QoS 2 publish with PUBACK: it took the message at
+    /// QoS 1 (at least once), not exactly once.
+    #[error("publish to {topic:?} at QoS 2 was answered with PUBACK: the broker does not support QoS 2 and took it at QoS 1 (at least once); publish at QoS 1")]
+    Qos2AnsweredWithPubAck { topic: String },
     #[error("publish to {topic:?} is retained, but the broker does not support retained messages")]
     RetainNotSupported { topic: String },
     #[error("publish to {topic:?} uses topic alias {alias}; the broker allows aliases 1..={max}")]

@@ -295,3 +295,168 @@ async fn qos2_is_confirmed_by_pubcomp_and_resent_after_session_loss() {
         drop(c);
     }
 }
+
+/// A broker without QoS 2 (RabbitMQ) answers a QoS 2 publish with PUBACK:
+/// that publish fails alone, saying so, and the session stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_answered_with_puback_fails_alone() {
+    let (l, url) = bind().await;
+    let broker = tokio::spawn(async move {
+        let mut c = Peer::accept(&l, Protocol::V311, false).await;
+        for _ in 0..2 {
+            let Packet::Publish(p) = c.recv().await else {
+                panic!("expected PUBLISH")
+            };
+            c.send(ack(AckKind::PubAck, p.pkid, 0)).await;
+        }
+        c
+    });
+    let (client, _inc) = Client::connect(opts(&url, Protocol::V311, true))
+        .await
+        .unwrap();
+    let e = client
+        .publish(Message::new("t/2", "x", QoS::ExactlyOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not support QoS 2"), "{e}");
+    client
+        .publish(Message::new("t/1", "y", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(
+        *client.status().borrow(),
+        Status::Connected { .. }
+    ));
+    assert_eq!(client.stats().reconnects.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(broker);
+}
+
+/// A broker that ends every connection right after CONNACK: the
+/// reconnect attempts are bounded by max_attempts like failed connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dropped_after_connack_count_as_attempts() {
+    let (l, url) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let c = Peer::accept(&l, Protocol::V311, false).await;
+            drop(c);
+        }
+    });
+    let mut o = opts(&url, Protocol::V311, true);
+    o.reconnect.max_attempts = 3;
+    let (client, _inc) = Client::connect(o).await.unwrap();
+    let mut st = client.status();
+    let stopped = timeout(
+        Duration::from_secs(10),
+        st.wait_for(|s| matches!(s, Status::Stopped { .. })),
+    )
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "still looping: {:?}",
+        *client.status().borrow()
+    );
+    if let Status::Stopped { error: Some(e) } = &*client.status().borrow() {
+        assert!(e.contains("gave up after 3 reconnect attempts"), "{e}");
+    } else {
+        panic!("stopped without a reason");
+    }
+}
+
+/// DISCONNECT 0x9e (shared subscriptions not supported, as ejabberd sends
+/// for `$share/…`) ends the session with that reason instead of a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_feature_disconnect_ends_the_session() {
+    let (l, url) = bind().await;
+    let broker = tokio::spawn(async move {
+        let mut c = Peer::accept(&l, Protocol::V5, false).await;
+        let Packet::Subscribe(_) = c.recv().await else {
+            panic!("expected SUBSCRIBE")
+        };
+        c.send(Packet::Disconnect(mqlink::codec::Disconnect {
+            reason: 0x9e,
+            ..Default::default()
+        }))
+        .await;
+        // A reconnect would be accepted here: none must come.
+        timeout(Duration::from_secs(2), l.accept()).await.is_err()
+    });
+    let (client, _inc) = Client::connect(opts(&url, Protocol::V5, true))
+        .await
+        .unwrap();
+    let e = client
+        .subscribe(vec![mqlink::Subscription::new(
+            "$share/g/a",
+            QoS::AtLeastOnce,
+        )])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("stopped") || e.to_string().contains("shared"),
+        "{e}"
+    );
+    let mut st = client.status();
+    timeout(
+        Duration::from_secs(5),
+        st.wait_for(|s| matches!(s, Status::Stopped { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    if let Status::Stopped { error: Some(e) } = &*client.status().borrow() {
+        assert!(e.contains("does not support shared subscriptions"), "{e}");
+    }
+    assert!(broker.await.unwrap(), "the session reconnected");
+}
+
+/// An MQTT 5 CONNECT to a 3.1.1-only broker (CONNACK 0x01 in 3.1.1's
+/// terms) says what to do, not "refused with code 0x01".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_against_a_311_broker_says_so() {
+    let (l, url) = bind().await;
+    tokio::spawn(async move {
+        let (sock, _) = l.accept().await.unwrap();
+        let mut p = Peer {
+            sock,
+            buf: BytesMut::new(),
+            proto: Protocol::V5,
+        };
+        let _ = p.recv().await;
+        // A 3.1.1 CONNACK: fixed header, 2 bytes, code 0x01.
+        p.sock.write_all(&[0x20, 0x02, 0x00, 0x01]).await.unwrap();
+    });
+    let Err(e) = Client::connect(opts(&url, Protocol::V5, true)).await else {
+        panic!("connected")
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("does not speak this MQTT version") && text.contains("-V 311"),
+        "{text}"
+    );
+}
+
+/// A failover list is tried through at start: the first broker down, the
+/// second up, `connect` succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_works_at_start() {
+    let down = testkit::free_port();
+    let (l, url) = bind().await;
+    tokio::spawn(async move {
+        let _c = Peer::accept(&l, Protocol::V311, false).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let mut o = opts(&format!("mqtt://127.0.0.1:{down}"), Protocol::V311, true);
+    o.brokers.push(url.parse().unwrap());
+    o.reconnect.max_attempts = 5;
+    let t = Instant::now();
+    let (client, _inc) = Client::connect(o).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        *client.status().borrow(),
+        Status::Connected { .. }
+    ));
+}

@@ -174,7 +174,6 @@ impl Driver {
             self.status.send_replace(Status::Connecting);
             let error_text = match self.connect_once(broker).await {
                 Ok(conn) => {
-                    attempt = 0;
                     last_connect_error = None;
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Ok(()));
@@ -189,19 +188,37 @@ impl Driver {
                                     | ConnectionLost::Io(_)
                                     | ConnectionLost::Disconnected { .. }
                             );
-                            if by_broker && began.elapsed() < QUICK_DROP {
+                            let quick = began.elapsed() < QUICK_DROP;
+                            if by_broker && quick {
                                 self.out.dropped_by_broker(DROPS_TO_FAIL, self.protocol());
                             } else {
                                 self.out.not_dropped();
                             }
-                            warn!(broker = %broker, error = %lost, "Connection lost.");
+                            // A connection the broker ends right after CONNACK
+                            // counts as a failed attempt: max_attempts bounds
+                            // such loops too.
+                            if !quick {
+                                attempt = 0;
+                            }
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            // What the broker says it will never accept ends
+                            // the session with that reason, not a loop.
+                            if let Some(why) = lost.unsupported() {
+                                error!(broker = %broker, error = %lost, "The broker does not support what this session asks for.");
+                                break Some(why);
+                            }
+                            warn!(broker = %broker, error = %lost, "Connection lost.");
                             lost.to_string()
                         }
                     }
                 }
                 Err(e) => {
-                    if !e.is_retryable() || (self.fail_fast && self.first.is_some()) {
+                    // At start, a failover list is tried through before
+                    // `connect` fails.
+                    let more_brokers = self.first.is_some() && broker_idx + 1 < brokers.len();
+                    if !e.is_retryable()
+                        || (self.fail_fast && self.first.is_some() && !more_brokers)
+                    {
                         if self.first.is_some() {
                             // The caller of `connect` reports it.
                             debug!(broker = %broker, error = %e, "Connection failed.");
@@ -220,6 +237,10 @@ impl Driver {
                     broker_idx += 1;
                     let text = e.to_string();
                     last_connect_error = Some(e);
+                    if self.fail_fast && more_brokers {
+                        // The next broker of the list, at once.
+                        continue;
+                    }
                     text
                 }
             };

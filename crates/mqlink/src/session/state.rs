@@ -299,6 +299,15 @@ impl Outgoing {
             (AckKind::PubRec, Stage::AwaitPubRec) if failed => {
                 self.finish(ack.pkid, Self::outcome(ack));
             }
+            // A broker without QoS 2 (RabbitMQ) PUBACKs it: that publish
+            // fails alone, saying so, instead of a protocol-violation loop.
+            (AckKind::PubAck, Stage::AwaitPubRec) => {
+                let topic = slot.publish.topic.to_string();
+                self.finish(
+                    ack.pkid,
+                    Err(PublishError::Qos2AnsweredWithPubAck { topic }),
+                );
+            }
             (AckKind::PubRec, Stage::AwaitPubRec | Stage::AwaitPubComp) => {
                 slot.stage = Stage::AwaitPubComp;
                 encode_ack(AckKind::PubRel, ack.pkid, out);
