@@ -779,6 +779,55 @@ async fn tls_mutual_tls_and_untrusted_certificates() {
     c.disconnect().await;
 }
 
+/// TLS made exactly by the mosquitto-tls man page recipe (X.509 v1
+/// certificates): a v1 client certificate works for mutual TLS, as with
+/// mosquitto_pub; a v1 server certificate gives an error naming the cause
+/// and the fix, and `insecure` connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_made_by_the_mosquitto_tls_recipe() {
+    let dir = testkit::TempDir::new().unwrap();
+    let certs = testkit::Certs::mosquitto_tls_recipe(dir.path());
+    let (good, v1) = (testkit::free_port(), testkit::free_port());
+    let listener = |port: u16, cert: &str| {
+        vec![
+            format!("listener {port} 127.0.0.1"),
+            format!("cafile {}", certs.ca.display()),
+            format!("certfile {}", certs.dir.join(cert).display()),
+            format!("keyfile {}", certs.server_key.display()),
+            "require_certificate true".to_string(),
+        ]
+    };
+    let mut extra = listener(good, "server_san.crt");
+    extra.extend(listener(v1, "server.crt"));
+    let _broker = Mosquitto::with(MosquittoConfig {
+        extra,
+        ..Default::default()
+    });
+    let tls = TlsOptions {
+        ca_file: Some(certs.ca.clone()),
+        client_cert: Some(certs.client_cert.clone()),
+        client_key: Some(certs.client_key.clone()),
+        ..Default::default()
+    };
+    let mut o = opts(&format!("mqtts://127.0.0.1:{good}"), Protocol::V311);
+    o.tls = tls.clone();
+    let (c, _) = Client::connect(o)
+        .await
+        .expect("a v1 client certificate, as mosquitto_pub takes it");
+    c.disconnect().await;
+
+    let mut o = opts(&format!("mqtts://127.0.0.1:{v1}"), Protocol::V311);
+    o.tls = tls;
+    let e = Client::connect(o.clone()).await.err().unwrap().to_string();
+    assert!(
+        e.contains("X.509 v1") && e.contains("subjectAltName") && e.contains("--insecure"),
+        "{e}"
+    );
+    o.tls.insecure = true;
+    let (c, _) = Client::connect(o).await.unwrap();
+    c.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_transport() {
     let broker = Mosquitto::with(MosquittoConfig {

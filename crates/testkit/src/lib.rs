@@ -137,6 +137,107 @@ impl Certs {
     }
 }
 
+impl Certs {
+    /// Certificates made exactly as the mosquitto-tls man page says (RSA,
+    /// `openssl x509 -req` without extensions: X.509 v1 server and client
+    /// certificates), plus `server_san.crt`, the same server key in a v3
+    /// certificate with a subjectAltName for 127.0.0.1 and localhost.
+    pub fn mosquitto_tls_recipe(dir: &Path) -> Certs {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "2",
+                "-extensions",
+                "v3_ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-nodes",
+                "-subj",
+                "/CN=recipe-ca",
+            ],
+        );
+        for (who, cn) in [("server", "localhost"), ("client", "recipe-client")] {
+            let (key, csr, crt) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+            );
+            openssl(dir, &["genrsa", "-out", &key, "2048"]);
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-out",
+                    &csr,
+                    "-key",
+                    &key,
+                    "-new",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &crt,
+                    "-days",
+                    "2",
+                ],
+            );
+        }
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server_san.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+        Certs {
+            dir: dir.to_owned(),
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 /// How the broker is set up.
 #[derive(Default, Clone)]
 pub struct MosquittoConfig {

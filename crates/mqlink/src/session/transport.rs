@@ -108,7 +108,7 @@ mod tls {
         let builder = if opts.insecure {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider.clone())))
         } else {
             let mut roots = rustls::RootCertStore::empty();
             match &opts.ca_file {
@@ -142,9 +142,27 @@ mod tls {
                 }
                 let key_der = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| file_err("client_key", key, e))?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| file_err("client_key", key, e))
+                let signing = provider
+                    .key_provider
+                    .load_private_key(key_der)
+                    .map_err(|e| file_err("client_key", key, e))?;
+                let certified = rustls::sign::CertifiedKey::new(chain, signing);
+                // The key must belong to the certificate. A certificate
+                // webpki cannot parse (X.509 v1, as the mosquitto-tls man
+                // page recipe makes them) is still sent: the broker judges
+                // it, as mosquitto_pub's OpenSSL lets it.
+                match certified.keys_match() {
+                    Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                        return Err(file_err(
+                            "client_key",
+                            key,
+                            format!("is not the key of the certificate {}", cert.display()),
+                        ))
+                    }
+                    Ok(()) | Err(_) => {}
+                }
+                Ok(builder
+                    .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(certified)))))
             }
             _ => Ok(builder.with_no_client_auth()),
         }
@@ -166,7 +184,68 @@ mod tls {
         tokio_rustls::TlsConnector::from(setup.config.clone())
             .connect(server_name, tcp)
             .await
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(explain(&e, name)))
+    }
+
+    /// The handshake error, with its cause and fix where webpki's own words
+    /// would leave a user guessing.
+    fn explain(e: &std::io::Error, host: &str) -> String {
+        use rustls::CertificateError as C;
+        let cert = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .and_then(|r| match r {
+                rustls::Error::InvalidCertificate(c) => Some(c),
+                _ => None,
+            });
+        let hint = match cert {
+            Some(C::Other(o)) if format!("{o:?}").contains("UnsupportedCertVersion") => Some(
+                "the broker's certificate is X.509 v1 (made without extensions, as the mosquitto-tls man page recipe does); TLS verification needs v3 with a subjectAltName: reissue it with `-extfile` (subjectAltName=DNS:<host>,IP:<address>), or connect with --insecure (tls_verify = false) to skip verification".to_string(),
+            ),
+            Some(C::NotValidForName | C::NotValidForNameContext { .. }) => Some(format!(
+                "the broker's certificate is not valid for {host:?} (a certificate with only a Common Name and no subjectAltName matches no name): reissue it with subjectAltName=DNS:{host} (or IP:{host}), or connect with --insecure"
+            )),
+            Some(C::UnknownIssuer) => Some(
+                "the broker's certificate is not signed by a CA in --cafile / tls_ca_cert (or the system's): give the CA that signed it".to_string(),
+            ),
+            _ => None,
+        };
+        match hint {
+            Some(h) => format!("{e}: {h}"),
+            None => e.to_string(),
+        }
+    }
+
+    /// The client certificate and key, sent whenever the broker asks.
+    #[derive(Debug)]
+    struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for FixedClientCert {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    /// Under `insecure`, a certificate webpki cannot parse (X.509 v1) is not
+    /// judged either; a parsable one must still have signed the handshake.
+    fn unparsable_is_fine(
+        r: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match r {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)))
+                if format!("{o:?}").contains("UnsupportedCertVersion") =>
+            {
+                Ok(HandshakeSignatureValid::assertion())
+            }
+            r => r,
+        }
     }
 
     /// The explicit `insecure` opt-out: accepts any certificate and host name.
@@ -190,12 +269,12 @@ mod tls {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
+            unparsable_is_fine(rustls::crypto::verify_tls12_signature(
                 message,
                 cert,
                 dss,
                 &self.0.signature_verification_algorithms,
-            )
+            ))
         }
         fn verify_tls13_signature(
             &self,
@@ -203,12 +282,12 @@ mod tls {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
+            unparsable_is_fine(rustls::crypto::verify_tls13_signature(
                 message,
                 cert,
                 dss,
                 &self.0.signature_verification_algorithms,
-            )
+            ))
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
