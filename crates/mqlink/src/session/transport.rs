@@ -151,15 +151,14 @@ mod tls {
                 // webpki cannot parse (X.509 v1, as the mosquitto-tls man
                 // page recipe makes them) is still sent: the broker judges
                 // it, as mosquitto_pub's OpenSSL lets it.
-                match certified.keys_match() {
-                    Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                        return Err(file_err(
-                            "client_key",
-                            key,
-                            format!("is not the key of the certificate {}", cert.display()),
-                        ))
-                    }
-                    Ok(()) | Err(_) => {}
+                if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+                    certified.keys_match()
+                {
+                    return Err(file_err(
+                        "client_key",
+                        key,
+                        format!("is not the key of the certificate {}", cert.display()),
+                    ));
                 }
                 Ok(builder
                     .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(certified)))))
