@@ -728,7 +728,16 @@ impl Driver {
             });
         }
         self.send_ctrl(&mut wbuf);
-        self.out.resend(session_present, self.protocol(), &mut wbuf);
+        let uncertain = self.out.resend(session_present, self.protocol(), &mut wbuf);
+        if uncertain > 0 {
+            warn!(
+                messages = uncertain,
+                "The broker lost the session while QoS 2 publishes awaited PUBCOMP: they are sent again and may arrive twice (a persistent session keeps QoS 2 exactly once across reconnects)."
+            );
+            self.stats
+                .qos2_maybe_duplicated
+                .fetch_add(uncertain, Ordering::Relaxed);
+        }
 
         // QoS 0 publishes complete once their last byte is written:
         // `consumed` counts bytes taken from the front of `wbuf`.

@@ -113,6 +113,9 @@ pub struct Stats {
     pub unacknowledged: AtomicU64,
     /// Arrival (ms since the Unix epoch) of the oldest of them; 0 if none.
     pub oldest_unacknowledged_ms: AtomicU64,
+    /// QoS 2 publishes sent again after the broker lost the session between
+    /// PUBREL and PUBCOMP: they may have been delivered twice.
+    pub qos2_maybe_duplicated: AtomicU64,
 }
 
 /// A received message. Acknowledge QoS 1/2 deliveries with [`Delivery::ack`]

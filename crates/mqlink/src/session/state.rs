@@ -385,7 +385,16 @@ impl Outgoing {
     /// with PUBREC but never saw released is gone with that session (a
     /// broker may forward a QoS 2 message only on PUBREL, as Mosquitto
     /// does): it is sent again as a PUBLISH, since "confirmed" means PUBCOMP.
-    pub(crate) fn resend(&mut self, session_present: bool, protocol: Protocol, out: &mut BytesMut) {
+    /// Returns how many QoS 2 publishes had their PUBREL sent before the
+    /// broker lost the session: whether the broker released them is
+    /// unknown, so sending them again (to lose none) may deliver them twice.
+    pub(crate) fn resend(
+        &mut self,
+        session_present: bool,
+        protocol: Protocol,
+        out: &mut BytesMut,
+    ) -> u64 {
+        let mut uncertain = 0;
         let order: Vec<(u16, u64)> = self.order.iter().copied().collect();
         for entry in order {
             if !self.is_current(entry) {
@@ -416,11 +425,13 @@ impl Outgoing {
             } else {
                 if slot.stage == Stage::AwaitPubComp {
                     slot.stage = Stage::AwaitPubRec;
+                    uncertain += 1;
                 }
                 slot.publish.dup = true;
                 encode_publish(&slot.publish, protocol, out);
             }
         }
+        uncertain
     }
 
     /// The oldest publish the broker has not answered at all (no PUBACK or
