@@ -27,3 +27,5 @@ fi
 cargo fmt --all -- --check
 # --no-fail-fast: a failing test binary does not hide the others' results.
 cargo test --workspace --all-targets --no-fail-fast
+# The library's quick start: doctests that run against the embedded broker.
+cargo test --workspace --doc --no-fail-fast

@@ -147,6 +147,8 @@ pub enum Error {
     Sink(#[from] crate::sink::SinkError),
     #[error("the session stopped: {0}")]
     Stopped(String),
+    #[error("no Tokio runtime: start sources, sinks and clients inside one (e.g. #[tokio::main])")]
+    NoRuntime,
 }
 
 impl Error {

@@ -3,13 +3,105 @@
 //! MQTT source and sink connectors that never lose a message they were
 //! handed and never acknowledge one they have not delivered.
 //!
+//! # Quick start
+//!
+//! Everything runs inside a Tokio runtime (outside one, starting returns
+//! [`Error::NoRuntime`]); logs go through `tracing`, so install a subscriber
+//! (`tracing_subscriber::fmt::init()`) to see them. The examples run
+//! against the [embedded broker](broker) so that `cargo test --doc` runs them.
+//!
+//! **Subscribe, and acknowledge once the message is safe.** Acknowledgements
+//! (PUBACK/PUBREC) leave in arrival order, so a record you never acknowledge
+//! holds back the acknowledgements of every later one:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+//! # let url = format!("mqtt://{}", broker.local_addr());
+//! use mqlink::{MqttSource, QoS};
+//!
+//! let mut source = MqttSource::builder()
+//!     .broker(&url)
+//!     .client_id("ingest")
+//!     .keep_session() // what arrives while we are away waits for us
+//!     .topic("sensors/+/telemetry", QoS::AtLeastOnce)
+//!     .start()
+//!     .await?;
+//! # mqlink::MqttSink::builder().broker(&url).topic("sensors/d1/telemetry").start().await?
+//! #     .send(mqlink::SinkRecord::json(serde_json::json!({"t": 21.5}))).await?.await?;
+//! if let Some(mut record) = source.next().await {
+//!     println!("{:?}: {:?}", record.topic, record.value); // store it first…
+//!     record.ack(); // …then acknowledge
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! **Publish 10,000 records, every one confirmed by the broker:**
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+//! # let url = format!("mqtt://{}", broker.local_addr());
+//! use mqlink::{MqttSink, QoS, SinkRecord};
+//! use serde_json::json;
+//!
+//! let sink = MqttSink::builder()
+//!     .broker(&url)
+//!     .topic("readings/{device}") // a template over the record's fields
+//!     .qos(QoS::AtLeastOnce)
+//!     .start()
+//!     .await?;
+//! for i in 0..10_000 {
+//!     // Many in flight at once; each handle completes on its PUBACK.
+//!     let _handle = sink.send(SinkRecord::json(json!({"device": "d1", "i": i}))).await?;
+//! }
+//! sink.flush(std::time::Duration::from_secs(30)).await?; // every PUBACK is in
+//! # Ok(()) }
+//! ```
+//!
+//! **A bridge that acknowledges upstream only after the far broker confirmed**
+//! (sends are pipelined; the PUBACKs upstream still leave in arrival order):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+//! # let (near, far) = (format!("mqtt://{}", broker.local_addr()), format!("mqtt://{}", broker.local_addr()));
+//! use mqlink::{MqttSink, MqttSource, QoS, SinkRecord};
+//!
+//! let mut upstream = MqttSource::builder()
+//!     .broker(&near)
+//!     .client_id("bridge-in")
+//!     .keep_session()
+//!     .topic("site-a/#", QoS::AtLeastOnce)
+//!     .start()
+//!     .await?;
+//! let downstream = MqttSink::builder().broker(&far).topic("central/{stream}").start().await?;
+//! # let p = MqttSink::builder().broker(&near).topic("site-a/x").start().await?;
+//! # for i in 0..3 { p.send(SinkRecord::json(serde_json::json!(i))).await?.await?; }
+//! for _ in 0..3 {
+//!     let Some(mut record) = upstream.next().await else { break };
+//!     let ack = record.take_ack();
+//!     let confirmed = downstream.send(SinkRecord::from(&record)).await?;
+//!     tokio::spawn(async move {
+//!         if confirmed.await.is_ok() {
+//!             ack.map(|a| a.ack()); // the far broker has it: acknowledge upstream
+//!         }
+//!     });
+//! }
+//! downstream.flush(std::time::Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //! - [`codec`]: MQTT 3.1.1 and 5 packets, encoded and decoded without I/O.
 //! - [`topic`]: topic name and filter validation, matching, shared subscriptions.
 //! - [`options`]: connection options (brokers, TLS, session, reconnect policy).
 //! - [`session`]: the session layer: a driver task per connection, confirmed
 //!   publishes, ordered acknowledgements, reconnects.
-//! - [`format`]: payload formats (raw bytes, JSON with a typed schema).
+//! - [`format`](mod@format): payload formats (raw bytes, JSON with a typed schema, Avro).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
 //! - [`sink`]: records published with the broker's confirmation, topic templates.
 //! - [`broker`]: an embedded MQTT broker for first runs and development.
@@ -37,4 +129,6 @@ pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,
     Status, SubscribeOptions, SubscribeToken, Subscription,
 };
+pub use sink::{DeliveryHandle, MqttSink, SinkRecord};
+pub use source::{MqttSource, Record};
 pub use types::{Protocol, QoS};

@@ -444,6 +444,16 @@ pub struct ConnectOptionsBuilder {
     errors: Vec<OptionsError>,
 }
 
+impl ConnectOptions {
+    /// A builder that starts from these options.
+    pub fn into_builder(self) -> ConnectOptionsBuilder {
+        ConnectOptionsBuilder {
+            opts: self,
+            errors: Vec::new(),
+        }
+    }
+}
+
 impl ConnectOptionsBuilder {
     /// Adds a broker; call again for failover brokers.
     pub fn broker(mut self, url: &str) -> Self {

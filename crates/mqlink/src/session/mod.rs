@@ -227,6 +227,15 @@ impl Future for SubscribeToken {
 /// Completes with the outcome of the first connection attempt(s).
 type FirstConnect = oneshot::Receiver<Result<(), crate::error::ConnectError>>;
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id())
+            .field("status", &*self.status().borrow())
+            .finish()
+    }
+}
+
 /// The application's handle to a session. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -262,6 +271,10 @@ impl Client {
         opts: ConnectOptions,
         fail_fast: bool,
     ) -> Result<(Client, Incoming, FirstConnect), Error> {
+        // An error, not tokio's panic, when called outside a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
         opts.validate()?;
         let tls = if opts.brokers.iter().any(|b| b.transport.is_tls()) {
             Some(transport::TlsSetup::new(&opts.tls)?)

@@ -200,6 +200,8 @@ pub enum SinkError {
     Spool(String),
     #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
     ParallelNeedsClientId,
+    #[error("connection: {0}")]
+    Options(String),
 }
 
 /// `flush` did not see everything confirmed.
@@ -222,6 +224,7 @@ pub enum FlushError {
 }
 
 /// Completes when the broker confirmed the record.
+#[must_use = "a record is delivered when its handle completes; drop it only if flush() covers it"]
 pub struct DeliveryHandle(oneshot::Receiver<Result<Confirmed, PublishError>>);
 
 impl std::future::Future for DeliveryHandle {
@@ -287,19 +290,60 @@ impl SinkMetrics {
     }
 }
 
+/// Builds an [`MqttSink`]: the connection (whole, or piece by piece with
+/// [`broker`](Self::broker), [`client_id`](Self::client_id),
+/// [`auth`](Self::auth), [`keep_session`](Self::keep_session)), the topic
+/// template, QoS, retain, serializer, parallelism, retries and the spool.
+/// Problems are reported by [`build`](Self::build) / [`start`](Self::start).
 pub struct SinkBuilder {
     config: SinkConfig,
     error: Option<SinkError>,
+    /// Connection settings given piece by piece, applied at `build`.
+    connect: Option<crate::options::ConnectOptionsBuilder>,
 }
 
 impl SinkBuilder {
+    /// The whole connection (replaces pieces given before).
     pub fn connection(mut self, c: ConnectOptions) -> Self {
         self.config.connection = c;
+        self.connect = None;
         self
     }
+    fn with_connection(
+        mut self,
+        f: impl FnOnce(crate::options::ConnectOptionsBuilder) -> crate::options::ConnectOptionsBuilder,
+    ) -> Self {
+        let b = self
+            .connect
+            .take()
+            .unwrap_or_else(|| self.config.connection.clone().into_builder());
+        self.connect = Some(f(b));
+        self
+    }
+    /// A broker URL (`mqtt://host:1883`, `mqtts://…`, `ws://…`); call again for failover.
+    pub fn broker(self, url: &str) -> Self {
+        self.with_connection(|b| b.broker(url))
+    }
+    pub fn client_id(self, id: impl Into<String>) -> Self {
+        self.with_connection(|b| b.client_id(id))
+    }
+    /// User name and password (never printed).
+    pub fn auth(self, username: impl Into<String>, password: impl Into<crate::Secret>) -> Self {
+        self.with_connection(|b| b.auth(username, password))
+    }
+    /// A persistent session (QoS 2 stays exactly once across reconnects).
+    pub fn keep_session(self) -> Self {
+        self.with_connection(|b| b.keep_session())
+    }
+    pub fn protocol(self, p: crate::Protocol) -> Self {
+        self.with_connection(|b| b.protocol(p))
+    }
+    pub fn tls(self, tls: crate::TlsOptions) -> Self {
+        self.with_connection(|b| b.tls(tls))
+    }
     /// The topic template, e.g. `sensors/{device_id}/telemetry` or `{topic_root}/{key}`.
-    pub fn topic(mut self, template: &str) -> Self {
-        match TopicTemplate::parse(template) {
+    pub fn topic(mut self, template: impl AsRef<str>) -> Self {
+        match TopicTemplate::parse(template.as_ref()) {
             Ok(t) => self.config.topic = t,
             Err(e) => self.error = Some(e.into()),
         }
@@ -344,9 +388,12 @@ impl SinkBuilder {
         self.config.retry = r;
         self
     }
-    pub fn build(self) -> Result<SinkConfig, SinkError> {
+    pub fn build(mut self) -> Result<SinkConfig, SinkError> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        if let Some(b) = self.connect.take() {
+            self.config.connection = b.build().map_err(|e| SinkError::Options(e.to_string()))?;
         }
         if self.config.parallelism == 0 {
             return Err(SinkError::Parallelism);
@@ -386,7 +433,29 @@ struct SpoolState {
     queue: mpsc::UnboundedSender<Spooled>,
 }
 
+impl std::fmt::Debug for MqttSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSink")
+            .field("clients", &self.clients)
+            .field("topic", &self.config.topic.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running sink.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqlink::sink::{MqttSink, SinkRecord};
+/// let sink = MqttSink::builder()
+///     .broker("mqtt://localhost:1883")
+///     .topic("sensors/{device_id}")
+///     .start()
+///     .await?;
+/// let handle = sink.send(SinkRecord::json(serde_json::json!({"device_id": "d1", "t": 21.5}))).await?;
+/// handle.await?; // the broker confirmed it (PUBACK)
+/// # Ok(()) }
+/// ```
 pub struct MqttSink {
     clients: Vec<Client>,
     config: SinkConfig,
@@ -415,12 +484,19 @@ impl MqttSink {
                 spool_max_bytes: 1 << 30,
             },
             error: None,
+            connect: None,
         }
     }
 
     /// Starts the clients without waiting for the broker: records sent
     /// while it is down wait in the window and go out once it is up.
     pub fn start(config: SinkConfig) -> Result<MqttSink, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        if config.parallelism == 0 {
+            return Err(SinkError::Parallelism.into());
+        }
         let mut clients = Vec::new();
         for i in 0..config.parallelism {
             let mut opts = config.connection.clone();

@@ -167,14 +167,56 @@ impl SourceConfig {
 }
 
 /// Chained setters; problems surface in [`build`](Self::build).
+/// Builds an [`MqttSource`]: the connection (whole, with
+/// [`connection`](Self::connection), or piece by piece, Jet-style, with
+/// [`broker`](Self::broker), [`client_id`](Self::client_id),
+/// [`auth`](Self::auth), [`keep_session`](Self::keep_session)), topics,
+/// format, dead letters, batching and parallelism. Problems are reported by
+/// [`build`](Self::build) / [`start`](Self::start).
 pub struct SourceBuilder {
     config: SourceConfig,
+    /// Connection settings given piece by piece, applied at `build`.
+    connect: Option<crate::options::ConnectOptionsBuilder>,
 }
 
 impl SourceBuilder {
+    /// The whole connection (replaces pieces given before).
     pub fn connection(mut self, c: ConnectOptions) -> Self {
         self.config.connection = c;
+        self.connect = None;
         self
+    }
+    fn with_connection(
+        mut self,
+        f: impl FnOnce(crate::options::ConnectOptionsBuilder) -> crate::options::ConnectOptionsBuilder,
+    ) -> Self {
+        let b = self
+            .connect
+            .take()
+            .unwrap_or_else(|| self.config.connection.clone().into_builder());
+        self.connect = Some(f(b));
+        self
+    }
+    /// A broker URL (`mqtt://host:1883`, `mqtts://…`, `ws://…`); call again for failover.
+    pub fn broker(self, url: &str) -> Self {
+        self.with_connection(|b| b.broker(url))
+    }
+    pub fn client_id(self, id: impl Into<String>) -> Self {
+        self.with_connection(|b| b.client_id(id))
+    }
+    /// User name and password (never printed).
+    pub fn auth(self, username: impl Into<String>, password: impl Into<crate::Secret>) -> Self {
+        self.with_connection(|b| b.auth(username, password))
+    }
+    /// A persistent session: what arrives while the source is away waits for it.
+    pub fn keep_session(self) -> Self {
+        self.with_connection(|b| b.keep_session())
+    }
+    pub fn protocol(self, p: crate::Protocol) -> Self {
+        self.with_connection(|b| b.protocol(p))
+    }
+    pub fn tls(self, tls: crate::TlsOptions) -> Self {
+        self.with_connection(|b| b.tls(tls))
     }
     /// Adds a topic filter with its QoS.
     pub fn topic(mut self, filter: impl Into<String>, qos: QoS) -> Self {
@@ -223,7 +265,10 @@ impl SourceBuilder {
         self.config.share_group = Some(g.into());
         self
     }
-    pub fn build(self) -> Result<SourceConfig, SourceError> {
+    pub fn build(mut self) -> Result<SourceConfig, SourceError> {
+        if let Some(b) = self.connect.take() {
+            self.config.connection = b.build()?;
+        }
         self.config.validate()?;
         Ok(self.config)
     }
@@ -301,6 +346,14 @@ impl SourceMonitor {
     }
 }
 
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("clients", &self.clients())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running source.
 pub struct MqttSource {
     clients: Vec<Client>,
@@ -335,6 +388,7 @@ struct Worker {
 impl MqttSource {
     pub fn builder() -> SourceBuilder {
         SourceBuilder {
+            connect: None,
             config: SourceConfig {
                 connection: ConnectOptions::default(),
                 subscriptions: Vec::new(),
