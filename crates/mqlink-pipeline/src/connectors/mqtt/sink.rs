@@ -164,7 +164,7 @@ impl MqttSinkRuntime {
     ) -> Result<MqttSinkRuntime, String> {
         let sink = MqttSink::builder()
             .connection(opts)
-            .topic(&cfg.topic.to_string())
+            .topic(cfg.topic.to_string())
             .qos(cfg.qos)
             .retain(Retain::Fixed(cfg.retain))
             .parallelism(cfg.parallelism)
