@@ -36,7 +36,7 @@ async fn templates_retain_and_a_bad_topic_failing_alone() {
     let (_s, mut inc) = subscriber(&broker.url(), &format!("{root}/#")).await;
     let sink = MqttSink::builder()
         .connection(opts(&broker.url()))
-        .topic(&format!("{root}/{{device_id}}/{{key}}"))
+        .topic(format!("{root}/{{device_id}}/{{key}}"))
         .qos(QoS::ExactlyOnce)
         .retain(Retain::Field("keep".into()))
         .start()
@@ -185,7 +185,7 @@ async fn parallel_clients_keep_per_key_order() {
     let (_s, mut inc) = subscriber(&broker.url(), &format!("{topic}/#")).await;
     let sink = MqttSink::builder()
         .connection(opts(&broker.url()))
-        .topic(&format!("{topic}/{{key}}"))
+        .topic(format!("{topic}/{{key}}"))
         .key_field("device")
         .parallelism(3)
         .start()
@@ -501,7 +501,7 @@ async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
         .unwrap();
     let sink = MqttSink::builder()
         .connection(opts(&broker.url()))
-        .topic(&format!("{root}/out/{{stream}}"))
+        .topic(format!("{root}/out/{{stream}}"))
         .start()
         .await
         .unwrap();
