@@ -14,7 +14,10 @@
 #   4. drains from brokers configured as deployments are: Mosquitto with
 #      max_inflight_messages 1 and 10 (20,000 queued), and with no in-flight
 #      cap (max_inflight_messages 0: the whole backlog arrives before SUBACK,
-#      MQTT 3.1.1), mqlink sub vs mosquitto_sub.
+#      MQTT 3.1.1), mqlink sub vs mosquitto_sub;
+#   5. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
+#      to mosquitto_pub, read by mosquitto_sub and mqlink sub at once
+#      (bench/latency.py; LAT_N, LAT_RATE change them).
 # Installs what it needs on Debian. N=... changes the message count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -186,10 +189,14 @@ primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
   id="nl-$r-$$"; fill_queue "$id" "${wport[0]}"
   report "drain no cap 3.1.1: mqlink sub" "$(timed timeout 120 "$MQLINK" sub -p "${wport[0]}" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
 done
+# Latency: one stream at a steady rate, both subscribers at once.
+LAT_N=${LAT_N:-100000}; LAT_RATE=${LAT_RATE:-20000}
+python3 bench/latency.py "$port" "$LAT_N" "$LAT_RATE" "$MQLINK" > "$work/latency"
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
 fi
 echo
+cat "$work/latency"
 # Best of the rounds for each run, and the ratios the targets are stated in.
 python3 - "$work/results" "$N" <<'PY'
 import sys, collections
