@@ -13,6 +13,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # directory, run as the postgres user through setpriv).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# The interoperability tests (crates/mqlink/tests/interop.rs) start their own
+# RabbitMQ (MQTT plugin), NATS (MQTT listener) and aedes (Node.js).
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -23,6 +28,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust from https://rustup.rs (or apt-get install cargo)" >&2
   exit 1
 fi
+
+# rumqttd for the interoperability tests. `--locked` fails to build on
+# current Rust (metrics 0.22.1, E0521), so its dependencies are resolved
+# anew; about 8 minutes on 2 cores, once.
+if ! command -v rumqttd >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rumqttd" ]; then
+  echo "Installing rumqttd (cargo install rumqttd --version 0.20.0)"
+  cargo install rumqttd --version 0.20.0 --quiet
+fi
+# aedes, from package-lock.json (the tests would do it too, on first use).
+[ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
+  (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
 
 cargo fmt --all -- --check
 # --no-fail-fast: a failing test binary does not hide the others' results.

@@ -833,3 +833,342 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The brokers of other makes that the interoperability tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Make {
+    /// RabbitMQ with its MQTT plugin (Debian's `rabbitmq-server`).
+    RabbitMq,
+    /// NATS with its MQTT listener and JetStream (Debian's `nats-server`).
+    Nats,
+    /// rumqttd (`cargo install rumqttd`), a v4 and a v5 listener.
+    Rumqttd,
+    /// aedes from npm, run by `crates/testkit/aedes/broker.mjs` on Node.js.
+    Aedes,
+}
+
+impl std::fmt::Display for Make {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Make::RabbitMq => "RabbitMQ",
+            Make::Nats => "NATS",
+            Make::Rumqttd => "rumqttd",
+            Make::Aedes => "aedes",
+        })
+    }
+}
+
+/// Why a broker of another make cannot run on this machine (not installed).
+/// `scripts/test.sh` installs all of them.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A broker of another make owned by a test: its own data directory and
+/// free ports, one user (`user`/`password`; anonymous clients refused),
+/// the whole process group killed on drop.
+pub struct OtherBroker {
+    pub make: Make,
+    /// The MQTT 3.1.1 listener (RabbitMQ, NATS and aedes speak only 3.1.1).
+    pub port: u16,
+    /// rumqttd's MQTT 5 listener.
+    pub v5_port: Option<u16>,
+    pub user: String,
+    pub password: String,
+    pub dir: TempDir,
+    /// How long the broker took from spawn to accepting MQTT connections.
+    pub startup: Duration,
+    child: Option<Child>,
+}
+
+/// The user every [`OtherBroker`] is configured with.
+pub const OTHER_BROKER_USER: (&str, &str) = ("mqlink", "right-pw");
+
+impl OtherBroker {
+    /// Starts a broker of `make`, or says why it cannot run here.
+    pub fn start(make: Make) -> Result<OtherBroker, Unavailable> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mqlink-{}-", make.to_string().to_lowercase()))
+            .tempdir()
+            .unwrap();
+        let mut b = OtherBroker {
+            make,
+            port: 0,
+            v5_port: None,
+            user: OTHER_BROKER_USER.0.into(),
+            password: OTHER_BROKER_USER.1.into(),
+            dir,
+            startup: Duration::ZERO,
+            child: None,
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            b.port = free_port();
+            b.v5_port = (make == Make::Rumqttd).then(free_port);
+            let mut cmd = match make {
+                Make::RabbitMq => b.rabbitmq()?,
+                Make::Nats => b.nats()?,
+                Make::Rumqttd => b.rumqttd()?,
+                Make::Aedes => b.aedes()?,
+            };
+            let log = std::fs::File::create(b.log_path()).unwrap();
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let started = Instant::now();
+            let child = cmd
+                .stdin(Stdio::piped())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| Unavailable(format!("{make}: cannot run {cmd:?}: {e}")))?;
+            b.child = Some(child);
+            match b.wait_ready(Duration::from_secs(90)) {
+                Ok(()) => {
+                    b.startup = started.elapsed();
+                    return Ok(b);
+                }
+                Err(why) => {
+                    b.kill_group();
+                    last = why;
+                }
+            }
+        }
+        panic!("{make} did not start: {last}\n{}", b.log());
+    }
+
+    fn rabbitmq(&self) -> Result<Command, Unavailable> {
+        let bin = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        if !bin.exists() {
+            return Err(Unavailable(
+                "RabbitMQ is not installed (apt-get install rabbitmq-server)".into(),
+            ));
+        }
+        let d = self.dir.path();
+        let (amqp, dist) = (free_port(), free_port());
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{amqp}\n\
+                 mqtt.listeners.tcp.default = 127.0.0.1:{port}\n\
+                 mqtt.allow_anonymous = false\n\
+                 default_user = {user}\ndefault_pass = {pw}\n\
+                 loopback_users = none\n",
+                port = self.port,
+                user = self.user,
+                pw = self.password
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("enabled_plugins"), "[rabbitmq_mqtt].\n").unwrap();
+        let node = format!("mqlink{}x{}@localhost", std::process::id(), self.port);
+        // The script in /usr/sbin switches to the `rabbitmq` user, who cannot
+        // write into the test's directory; this one runs as we are.
+        let mut c = Command::new(bin);
+        c.env("HOME", d) // the Erlang cookie
+            .env("RABBITMQ_NODENAME", node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", amqp.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", d.join("plugins"))
+            .env("RABBITMQ_LOGS", "-"); // to stdout: the test's log file
+        Ok(c)
+    }
+
+    fn nats(&self) -> Result<Command, Unavailable> {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| {
+                Unavailable("nats-server is not installed (apt-get install nats-server)".into())
+            })?;
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("nats.conf"),
+            format!(
+                "server_name: mqlink_{}_{}\nlisten: 127.0.0.1:{}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 mqtt {{\n  listen: 127.0.0.1:{}\n  \
+                 authorization {{ username: \"{}\", password: \"{}\" }}\n}}\n",
+                std::process::id(),
+                self.port,
+                free_port(),
+                d.join("jetstream").display(),
+                self.port,
+                self.user,
+                self.password
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(bin);
+        c.arg("-c").arg(d.join("nats.conf"));
+        Ok(c)
+    }
+
+    fn rumqttd(&self) -> Result<Command, Unavailable> {
+        let bin = which("rumqttd")
+            .or_else(|| {
+                let home = std::env::var_os("HOME")?;
+                let p = Path::new(&home).join(".cargo/bin/rumqttd");
+                p.exists().then_some(p)
+            })
+            .ok_or_else(|| {
+                Unavailable(
+                    "rumqttd is not installed (cargo install rumqttd --version 0.20.0)".into(),
+                )
+            })?;
+        let d = self.dir.path();
+        let listener = |v: &str, port: u16| {
+            format!(
+                "[{v}.1]\nname = \"{v}-1\"\nlisten = \"127.0.0.1:{port}\"\nnext_connection_delay_ms = 1\n\
+                 [{v}.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 20480\n\
+                 max_inflight_count = 100\ndynamic_filters = true\n\
+                 [{v}.1.connections.auth]\n{} = \"{}\"\n",
+                self.user, self.password
+            )
+        };
+        std::fs::write(
+            d.join("rumqttd.toml"),
+            format!(
+                "id = 0\n[router]\nid = 0\nmax_connections = 10010\nmax_outgoing_packet_count = 200\n\
+                 max_segment_size = 104857600\nmax_segment_count = 10\n{}{}",
+                listener("v4", self.port),
+                listener("v5", self.v5_port.expect("v5 port"))
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(bin);
+        c.arg("-c").arg(d.join("rumqttd.toml"));
+        Ok(c)
+    }
+
+    fn aedes(&self) -> Result<Command, Unavailable> {
+        let node = which("node").ok_or_else(|| {
+            Unavailable("Node.js is not installed (apt-get install nodejs npm)".into())
+        })?;
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("aedes");
+        install_aedes(&here)?;
+        let mut c = Command::new(node);
+        c.arg(here.join("broker.mjs"))
+            .arg(self.port.to_string())
+            .args([&self.user, &self.password])
+            .current_dir(&here);
+        Ok(c)
+    }
+
+    /// Until the MQTT listener(s) accept connections from this process.
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.v5_port).collect();
+        // What each broker prints once its MQTT listener is bound (a port
+        // that accepts could briefly belong to someone else's broker).
+        let marker = match self.make {
+            Make::RabbitMq => format!("started MQTT TCP listener on 127.0.0.1:{}", self.port),
+            Make::Nats => format!(
+                "Listening for MQTT clients on mqtt://127.0.0.1:{}",
+                self.port
+            ),
+            Make::Aedes => format!("listening {}", self.port),
+            Make::Rumqttd => String::new(),
+        };
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("exited with {st}"));
+            }
+            let log = self.log();
+            if log.contains("eaddrinuse") || log.contains("address already in use") {
+                return Err("a port was taken".into());
+            }
+            if log.contains(&marker)
+                && ports
+                    .iter()
+                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("not listening after {within:?}"))
+    }
+
+    /// `mqtt://127.0.0.1:<port>` (MQTT 3.1.1).
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// rumqttd's MQTT 5 listener; the 3.1.1 one for the others.
+    pub fn v5_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.v5_port.unwrap_or(self.port))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    fn kill_group(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // RabbitMQ is a shell script running Erlang: kill the group.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OtherBroker {
+    fn drop(&mut self) {
+        self.kill_group();
+        if std::env::var_os("MQLINK_TEST_BROKER_DEBUG").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("{} kept in {}", self.make, dir.path().display());
+            let _ = dir.keep();
+        }
+    }
+}
+
+/// `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `npm ci` in `crates/testkit/aedes` unless aedes is there already (once
+/// per process; npm itself locks its cache against other processes).
+fn install_aedes(here: &Path) -> Result<(), Unavailable> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if here.join("node_modules/aedes/package.json").exists() {
+        return Ok(());
+    }
+    let npm = which("npm")
+        .ok_or_else(|| Unavailable("npm is not installed (apt-get install npm)".into()))?;
+    let out = Command::new(npm)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(here)
+        .output()
+        .map_err(|e| Unavailable(format!("npm ci: {e}")))?;
+    if !out.status.success() {
+        return Err(Unavailable(format!(
+            "npm ci in {} failed: {}",
+            here.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
