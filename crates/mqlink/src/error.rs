@@ -190,11 +190,13 @@ pub enum PublishError {
     RetainNotSupported { topic: String },
     #[error("publish to {topic:?} uses topic alias {alias}; the broker allows aliases 1..={max}")]
     TopicAliasNotAllowed { topic: String, alias: u16, max: u16 },
-    #[error("the broker closed the connection right after each of the {times} times the publish to {topic:?} ({size} bytes) was sent; it will not take it (too large, or a QoS or retain flag it does not support)")]
+    #[error("the broker closed the connection right after each of the {times} times the publish to {topic:?} ({size} bytes, QoS {qos}{}) was sent; it will not take it (too large, or {} it does not support)", if *retain { ", retained" } else { "" }, if *qos == 2 { "QoS 2, which many brokers (NATS, RabbitMQ) do not support, or a flag" } else { "a QoS or retain flag" })]
     DroppedByBroker {
         topic: String,
         size: usize,
         times: u32,
+        qos: u8,
+        retain: bool,
     },
     #[error("publish to {topic:?} cannot be sent: {error}")]
     Encode {

@@ -406,10 +406,14 @@ impl Driver {
                 None => {}
             }
             if rd.read_buf(&mut rbuf).await.map_err(io_err)? == 0 {
-                return Err(io_err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the broker closed the connection before CONNACK",
-                )));
+                // Brokers that speak only 3.1.1 (RabbitMQ 3.x) hang up on an
+                // MQTT 5 CONNECT without a word.
+                let why = if self.protocol() == Protocol::V5 {
+                    "the broker closed the connection before CONNACK (with MQTT 5 this usually means the broker speaks only MQTT 3.1.1: use -V 311, or protocol = \"3.1.1\")"
+                } else {
+                    "the broker closed the connection before CONNACK"
+                };
+                return Err(io_err(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
             }
         }
     }

@@ -471,6 +471,8 @@ impl Outgoing {
             topic: publish.topic.to_string(),
             size: publish_size(publish, protocol),
             times,
+            qos: publish.qos as u8,
+            retain: publish.retain,
         };
         tracing::error!(error = %e, "Publish failed.");
         self.finish(suspect.0, Err(e));

@@ -89,7 +89,10 @@ pub struct SourceConfig {
     pub max_retries: u32,
     /// Records per [`MqttSource::next_batch`] at most (Laminar's `batch_size`).
     pub batch_size: usize,
-    /// How long [`MqttSource::next_batch`] waits to fill a batch (`batch_timeout_ms`).
+    /// How long [`MqttSource::next_batch`] waits to fill a batch
+    /// (`batch_timeout_ms`) [default: 0: it takes what has arrived]. The
+    /// batch's messages are unacknowledged meanwhile: against a broker whose
+    /// window is smaller than `batch_size`, every batch waits this long.
     pub batch_timeout: Duration,
     /// Clients sharing the subscriptions (`parallelism`).
     pub parallelism: u16,
@@ -396,7 +399,11 @@ impl MqttSource {
                 dead_letter_topic: None,
                 max_retries: 3,
                 batch_size: 1000,
-                batch_timeout: Duration::from_millis(100),
+                // Natural batching: what has arrived goes at once. A linger
+                // holds the batch's acknowledgements, so against a broker
+                // whose window is smaller than the batch every batch would
+                // wait the whole linger (RabbitMQ: 10 per linger).
+                batch_timeout: Duration::ZERO,
                 parallelism: 1,
                 share_group: None,
             },
