@@ -191,7 +191,7 @@ fn conversion(
 ) {
     let props = m.properties;
     let pad = if spec.zero { b'0' } else { b' ' };
-    let blank = |out: &mut Vec<u8>, pad: u8| out.extend(std::iter::repeat(pad).take(spec.width));
+    let blank = |out: &mut Vec<u8>, pad: u8| out.extend(std::iter::repeat_n(pad, spec.width));
     match spec.conv {
         b'%' => out.push(b'%'),
         b'A' => match props.and_then(|p| p.topic_alias) {
@@ -283,11 +283,11 @@ fn string(out: &mut Vec<u8>, v: &[u8], spec: &Spec) {
     };
     let padlen = spec.width.saturating_sub(v.len());
     if !spec.left {
-        out.extend(std::iter::repeat(b' ').take(padlen));
+        out.extend(std::iter::repeat_n(b' ', padlen));
     }
     out.extend_from_slice(v);
     if spec.left {
-        out.extend(std::iter::repeat(b' ').take(padlen));
+        out.extend(std::iter::repeat_n(b' ', padlen));
     }
 }
 
@@ -310,7 +310,7 @@ fn payload(out: &mut Vec<u8>, payload: &[u8], hex: u8, spec: &Spec) {
     }
     let pad = if spec.zero { b'0' } else { b' ' };
     if !spec.left {
-        out.extend(std::iter::repeat(pad).take(padlen.max(0) as usize));
+        out.extend(std::iter::repeat_n(pad, padlen.max(0) as usize));
     }
     let bytes = &payload[..len as usize];
     match hex {
@@ -324,7 +324,7 @@ fn payload(out: &mut Vec<u8>, payload: &[u8], hex: u8, spec: &Spec) {
     }
     if spec.left {
         // printf("%*s", padlen, ""): a negative width pads too.
-        out.extend(std::iter::repeat(b' ').take(padlen.unsigned_abs() as usize));
+        out.extend(std::iter::repeat_n(b' ', padlen.unsigned_abs() as usize));
     }
 }
 
@@ -520,7 +520,7 @@ impl J {
                 }
                 for (i, (k, v)) in items.iter().enumerate() {
                     if pretty {
-                        out.extend(std::iter::repeat(b'\t').take(depth + 1));
+                        out.extend(std::iter::repeat_n(b'\t', depth + 1));
                     }
                     cjson_string(out, k.as_bytes());
                     out.push(b':');
@@ -536,7 +536,7 @@ impl J {
                     }
                 }
                 if pretty {
-                    out.extend(std::iter::repeat(b'\t').take(depth));
+                    out.extend(std::iter::repeat_n(b'\t', depth));
                 }
                 out.push(b'}');
             }

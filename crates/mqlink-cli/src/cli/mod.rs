@@ -306,7 +306,7 @@ pub struct ConnArgs {
     pub quiet: bool,
     /// MQTT 5 property as mosquitto takes it: `-D COMMAND NAME VALUE [VALUE]`
     /// (`publish …` for pub; `connect session-expiry-interval|receive-maximum|maximum-packet-size`).
-    #[arg(short = 'D', long = "property", num_args = 3..=4, value_names = ["COMMAND", "NAME", "VALUE"], action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(short = 'D', long = "property", num_args = 3..=4, value_names = ["COMMAND", "NAME", "VALUE"], action = ArgAction::Append)]
     pub property: Vec<String>,
     /// Keep-alive interval in seconds.
     #[arg(short = 'k', long = "keepalive", default_value = "60", value_parser = parse_keepalive)]
