@@ -543,3 +543,43 @@ impl ConnArgs {
         Ok(opts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_as_mosquitto_takes_them() {
+        let u = split_url("mqtt://bob:s3cret@h:1884/a/b/#");
+        assert_eq!(u.broker, "mqtt://h:1884");
+        assert_eq!(u.username.as_deref(), Some("bob"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert_eq!(u.topic.as_deref(), Some("a/b/#"));
+        let u = split_url("mqtts://h");
+        assert_eq!(
+            (u.broker.as_str(), u.username, u.topic),
+            ("mqtts://h", None, None)
+        );
+        // A WebSocket path is the HTTP path, not a topic.
+        let u = split_url("ws://h:8080/mqtt");
+        assert_eq!((u.broker.as_str(), u.topic), ("ws://h:8080/mqtt", None));
+    }
+
+    #[test]
+    fn session_expiry_takes_minus_one_and_infinity() {
+        assert_eq!(parse_session_expiry("-1"), Ok(u32::MAX));
+        assert_eq!(parse_session_expiry("∞"), Ok(u32::MAX));
+        assert_eq!(parse_session_expiry("60"), Ok(60));
+        assert!(parse_session_expiry("-2").is_err());
+        assert!(parse_session_expiry("4294967296").is_err());
+    }
+
+    #[test]
+    fn refusals_exit_with_their_connack_code() {
+        use mqlink::Refusal as R;
+        assert_eq!(connack_code(&R::NotAuthorized, Protocol::V311), 5);
+        assert_eq!(connack_code(&R::BadCredentials, Protocol::V311), 4);
+        assert_eq!(connack_code(&R::NotAuthorized, Protocol::V5), 135);
+        assert_eq!(connack_code(&R::Other(0x9f), Protocol::V5), 0x9f);
+    }
+}
