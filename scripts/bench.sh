@@ -154,7 +154,7 @@ for r in $(seq "$ROUNDS"); do
   report "drain: mqlink sub" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
   id="mj-$r-$$"; fill_queue "$id"
   report "drain: mqlink sub --schema (typed JSON)" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N" \
-    --schema "$SCHEMA" -F json)"
+    --schema "$SCHEMA" --format json)"
   report "publish: libmosquitto (cpub), 1000 in flight" "$(timed "$work/cpub" "$port" bench/pub 1 "$work/msgs" 1000)"
   report "publish: mqlink pub -l --max-inflight 1000" "$(timed "$MQLINK" pub -p "$port" -t bench/pub -q 1 -l --max-inflight 1000 < "$work/msgs")"
   report "publish: mqlink library sink (JSON records)" "$(timed "$SINK_BENCH" 127.0.0.1 "$port" bench/sink "$N")"

@@ -35,7 +35,7 @@ done
 "$M" sub -p "$port" -t 'sensors/+/telemetry' -q 1 -c -i demo-sub -W 2 >> "$work/out"
 echo "   written: $(wc -l < "$work/out") lines, distinct: $(sort -u "$work/out" | wc -l) of 50000 (the extra lines are redeliveries: written, but their PUBACK had not reached the broker when the subscriber died)"
 echo "== one message, formatted as JSON"
-"$M" sub -p "$port" -t demo/json -C 1 -F json &
+"$M" sub -p "$port" -t demo/json -C 1 --format json &
 sleep 0.3
 "$M" pub -p "$port" -t demo/json -m '{"hello":"mqlink"}' -q 1
 wait

@@ -61,6 +61,8 @@ fn main() -> ExitCode {
     let is_airbyte = matches!(cli.command, Command::Airbyte(_));
     // A pipeline is a service: it says what it does (info) unless told otherwise.
     let (default_level, json_logs, quiet) = match &cli.command {
+        Command::Pub(a) if a.conn.quiet => ("off", false, true),
+        Command::Sub(a) if a.conn.quiet => ("off", false, true),
         Command::Run(a) => (
             if a.quiet { "error" } else { "info" },
             a.log_format == "json",
@@ -107,6 +109,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // mosquitto's exit codes (27 timed out, CONNACK codes), its messages.
+            if let Some(x) = e.downcast_ref::<cli::Exit>() {
+                if let Some(m) = &x.message {
+                    eprintln!("{}", mqlink::secret::redact(m));
+                }
+                return ExitCode::from(x.code);
+            }
             if !is_airbyte {
                 eprintln!("mqlink: {}", mqlink::secret::redact(&format!("{e:#}")));
             }

@@ -51,7 +51,7 @@ fn pub_and_sub_roundtrip_in_both_versions_with_json_and_count() {
         let (mut sub, mut out) = start_sub(
             broker.port,
             &format!("{topic}/#"),
-            &["-V", v, "-q", "2", "-F", "json", "-C", "4"],
+            &["-V", v, "-q", "2", "--format", "json", "-C", "4"],
         );
         // Wait for the subscription: retained probe on a sub-topic.
         let probe = format!("{topic}/probe");
@@ -59,7 +59,9 @@ fn pub_and_sub_roundtrip_in_both_versions_with_json_and_count() {
         let mut first = String::new();
         out.read_line(&mut first).unwrap();
         assert!(first.contains("\"probe\""), "{first}");
-        let mut args = vec!["pub", "-p", &port, "-t", &topic, "-q", "1", "-V", v, "-l"];
+        let mut args = vec![
+            "pub", "-p", &port, "-t", &topic, "-q", "1", "-V", v, "-l", "--stats",
+        ];
         if v == "5" {
             args.extend([
                 "--content-type",
@@ -120,7 +122,8 @@ fn verbose_output_binary_payloads_and_timeout() {
     let topic = format!("cli/{}", unique_id("v"));
     testkit::mosquitto_pub(&["-p", &port, "-t", &topic, "-m", "kept", "-r"]);
     let out = run(&["sub", "-p", &port, "-t", &topic, "-v", "-W", "1"]);
-    assert!(out.status.success());
+    // -W ends as mosquitto_sub's does: exit 27.
+    assert_eq!(out.status.code(), Some(27));
     assert_eq!(text(&out.stdout), format!("{topic} kept\n"));
     // Binary payload in JSON is base64.
     let f = broker.dir.path().join("bin");
@@ -138,7 +141,9 @@ fn verbose_output_binary_payloads_and_timeout() {
         "1",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let out = run(&["sub", "-p", &port, "-t", &topic, "-F", "json", "-C", "1"]);
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "--format", "json", "-C", "1",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["payload"], "/wAB");
     assert_eq!(v["payload_encoding"], "base64");
@@ -154,9 +159,10 @@ fn usage_errors_exit_2_and_name_the_value() {
         (vec!["sub", "-t", "a", "-q", "3"], "\"3\""),
         (vec!["pub", "-t", "a"], "--message"),
         (vec!["sub", "-t", "a", "-c"], "-c"),
+        (vec!["sub", "-L", "mqtt://h:1883"], "-t"),
         (
-            vec!["sub", "-t", "a", "-L", "mqtt://h:1883/topic"],
-            "mqtt://h:1883/topic",
+            vec!["sub", "-t", "a", "-F", "%u"],
+            "Invalid format specifier 'u'",
         ),
         (
             vec!["pub", "-t", "a", "-m", "x", "--user-property", "novalue"],
@@ -206,7 +212,8 @@ fn credentials_and_tls_as_a_user_types_them() {
         "wrong-pw-123",
         "-d",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // mosquitto_pub's exit code: the CONNACK code (5, not authorised, on 3.1.1).
+    assert_eq!(out.status.code(), Some(5));
     let err = text(&out.stderr);
     assert!(
         err.contains("not authorized") || err.contains("bad user name or password"),
@@ -277,7 +284,17 @@ fn credentials_and_tls_as_a_user_types_them() {
 /// Publishes `lines` with `mqlink pub -l -q 1` and checks every one was confirmed.
 fn mqlink_pub_lines(port: u16, topic: &str, lines: &[String]) {
     let mut child = mqlink()
-        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .args([
+            "pub",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-l",
+            "--stats",
+        ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -299,9 +316,9 @@ fn sigkill_while_draining_a_persistent_session_loses_nothing() {
     let port = broker.port.to_string();
     let id = unique_id("drain");
     let topic = format!("drain/{id}");
-    // Create the session, then leave.
+    // Create the session, then leave (-E: exit once subscribed).
     let out = run(&[
-        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-W", "0.3",
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-E",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let n = 20_000;
@@ -376,7 +393,7 @@ fn pub_rides_out_a_broker_restart() {
     let sub_id = unique_id("rs");
     let topic = format!("restart/{sub_id}");
     let out = run(&[
-        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &sub_id, "-W", "0.3",
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &sub_id, "-E",
     ]);
     assert!(out.status.success());
     let n = 3_000;
@@ -399,6 +416,7 @@ fn pub_rides_out_a_broker_restart() {
             "0.05",
             "--reconnect-max-interval",
             "0.5",
+            "--stats",
         ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -579,8 +597,11 @@ fn sub_decodes_with_a_schema_dead_letters_bad_payloads_and_dedupes_filters() {
     let dlq = format!("{root}-errors");
     // The dead-letter watcher is subscribed before anything is published:
     // it reads a retained probe first.
-    let (mut dead, mut dead_out) =
-        start_sub(broker.port, &dlq, &["-C", "2", "-V", "5", "-F", "json"]);
+    let (mut dead, mut dead_out) = start_sub(
+        broker.port,
+        &dlq,
+        &["-C", "2", "-V", "5", "--format", "json"],
+    );
     testkit::mosquitto_pub(&["-p", &port, "-t", &dlq, "-m", "ready", "-r", "-q", "1"]);
     let mut ready = String::new();
     dead_out.read_line(&mut ready).unwrap();
@@ -595,7 +616,7 @@ fn sub_decodes_with_a_schema_dead_letters_bad_payloads_and_dedupes_filters() {
             "5",
             "-q",
             "1",
-            "-F",
+            "--format",
             "json",
             "-C",
             "3",
@@ -754,9 +775,10 @@ fn deadlines_bound_everything_and_absurd_numbers_are_usage_errors() {
         "30",
     ]);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // mosquitto_sub's exit code and message for -W.
+    assert_eq!(out.status.code(), Some(27), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("-W: timed out"),
+        text(&out.stderr).contains("Timed out"),
         "{}",
         text(&out.stderr)
     );

@@ -1,5 +1,5 @@
 //! How `mqlink sub` writes a delivery: the payload, `topic payload` (-v),
-//! or one JSON object per line (-F json).
+//! or one JSON object per line (--format json).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -22,9 +22,9 @@ use super::{usage, ConnArgs};
 pub struct PubArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Topic to publish to.
-    #[arg(short = 't', long = "topic", required = true)]
-    pub topic: String,
+    /// Topic to publish to (or the topic of a `-L mqtt://host/topic` URL).
+    #[arg(short = 't', long = "topic")]
+    pub topic: Option<String>,
     /// QoS of the messages.
     #[arg(short = 'q', long = "qos", value_parser = super::parse_qos, default_value = "0")]
     pub qos: QoS,
@@ -47,7 +47,7 @@ pub struct PubArgs {
     #[arg(short = 'n', long = "null-message")]
     pub null_message: bool,
     /// Unconfirmed QoS 1/2 messages at most.
-    #[arg(long = "max-inflight", default_value = "1000")]
+    #[arg(short = 'M', long = "max-inflight", default_value = "1000")]
     pub max_inflight: u16,
     /// MQTT 5: content type.
     #[arg(long = "content-type")]
@@ -64,9 +64,16 @@ pub struct PubArgs {
     /// MQTT 5: a user property KEY=VALUE; repeat for more.
     #[arg(long = "user-property", value_name = "KEY=VALUE")]
     pub user_properties: Vec<String>,
-    /// MQTT 5 property as mosquitto_pub takes it: `-D publish <name> <value> [<value>]`.
-    #[arg(short = 'D', long = "property", num_args = 3..=4, value_names = ["COMMAND", "NAME", "VALUE"], action = clap::ArgAction::Append)]
-    pub property: Vec<String>,
+    /// Publish the message this many times (-m, -f, -s, -n).
+    #[arg(long = "repeat", default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Seconds between repeated messages.
+    #[arg(long = "repeat-delay", value_parser = super::parse_secs, default_value = "0")]
+    pub repeat_delay: Duration,
+    /// Print a summary on stderr at the end (also with -d): messages
+    /// confirmed, seconds, messages per second.
+    #[arg(long = "stats")]
+    pub stats: bool,
 }
 
 impl PubArgs {
@@ -84,31 +91,16 @@ impl PubArgs {
                 .ok_or_else(|| usage(format!("--user-property: {kv:?} is not KEY=VALUE")))?;
             p.user_properties.push((k.into(), v.into()));
         }
-        // -D values arrive flattened; each property is 3 or 4 words.
-        let words = &self.property;
-        let mut i = 0;
-        while i < words.len() {
-            let (cmd, name) = (
-                &words[i],
-                words.get(i + 1).map(String::as_str).unwrap_or(""),
-            );
-            if cmd != "publish" {
-                return Err(usage(format!(
-                    "-D: only 'publish' properties are supported, not {cmd:?}"
-                )));
+        for prop in super::properties(&self.conn.property)? {
+            if prop.command != "publish" {
+                continue; // connect properties are ConnArgs'
             }
-            let val = |k: usize| {
-                words
-                    .get(i + k)
-                    .cloned()
-                    .ok_or_else(|| usage(format!("-D publish {name}: a value is missing")))
-            };
+            let (name, v) = (prop.name, prop.value);
             match name {
-                "content-type" => p.content_type = Some(val(2)?),
-                "response-topic" => p.response_topic = Some(val(2)?),
-                "correlation-data" => p.correlation_data = Some(Bytes::from(val(2)?)),
+                "content-type" => p.content_type = Some(v.to_owned()),
+                "response-topic" => p.response_topic = Some(v.to_owned()),
+                "correlation-data" => p.correlation_data = Some(Bytes::from(v.to_owned())),
                 "message-expiry-interval" => {
-                    let v = val(2)?;
                     p.message_expiry_interval = Some(v.parse().map_err(|_| {
                         usage(format!(
                             "-D publish message-expiry-interval: {v:?} is not a number"
@@ -116,20 +108,17 @@ impl PubArgs {
                     })?)
                 }
                 "payload-format-indicator" => {
-                    let v = val(2)?;
                     p.payload_format_indicator = Some(v.parse().map_err(|_| {
                         usage(format!(
                             "-D publish payload-format-indicator: {v:?} is not 0 or 1"
                         ))
                     })?)
                 }
-                "user-property" => {
-                    p.user_properties.push((val(2)?, val(3)?));
-                    i += 1;
-                }
+                "user-property" => p
+                    .user_properties
+                    .push((v.to_owned(), prop.value2.unwrap_or_default().to_owned())),
                 other => return Err(usage(format!("-D publish: unknown property {other:?}"))),
             }
-            i += 3;
         }
         if p.is_empty() {
             return Ok(None);
@@ -142,10 +131,25 @@ impl PubArgs {
 }
 
 pub async fn run(args: PubArgs) -> anyhow::Result<()> {
-    validate_topic_name(&args.topic).map_err(|e| usage(format!("-t: {e}")))?;
+    let quiet = args.conn.quiet;
+    run_inner(args)
+        .await
+        .map_err(|e| super::quiet_error(e, quiet))
+}
+
+async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
+    let topic = match (&args.topic, args.conn.url_topics().first()) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => return Err(usage("-t: a topic is required (or -L mqtt://host/topic)")),
+    };
+    validate_topic_name(&topic).map_err(|e| usage(format!("-t: {e}")))?;
     let properties = args.properties()?;
     let opts = args.conn.options(args.max_inflight)?;
-    let (client, _incoming) = Client::connect(opts).await?;
+    let protocol = opts.protocol;
+    let (client, _incoming) = Client::connect(opts)
+        .await
+        .map_err(|e| super::start_error(e, protocol, args.conn.quiet))?;
 
     // Confirmations are awaited in order by a second task, so reading
     // input and publishing never wait on the broker beyond the window.
@@ -155,7 +159,7 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut sent: u64 = 0;
     let message = |payload: Bytes| Message {
-        topic: args.topic.clone(),
+        topic: topic.clone(),
         payload,
         qos: args.qos,
         retain: args.retain,
@@ -186,15 +190,30 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     let mut stop = crate::shutdown_signal();
     let mut signalled = false;
     if let Some(payload) = single {
-        let token = tokio::select! {
-            t = client.publish(message(payload)) => t?,
-            _ = &mut stop => {
-                client.disconnect().await;
-                anyhow::bail!("interrupted before the message was sent");
+        for n in 0..args.repeat {
+            if n > 0 && !args.repeat_delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(args.repeat_delay) => {}
+                    _ = &mut stop => {
+                        signalled = true;
+                        break;
+                    }
+                }
             }
-        };
-        let _ = tx.send(token).await;
-        sent = 1;
+            let token = tokio::select! {
+                t = client.publish(message(payload.clone())) => t?,
+                _ = &mut stop => {
+                    if n == 0 {
+                        client.disconnect().await;
+                        anyhow::bail!("interrupted before the message was sent");
+                    }
+                    signalled = true;
+                    break;
+                }
+            };
+            let _ = tx.send(token).await;
+            sent += 1;
+        }
     } else {
         let mut lines = BufReader::with_capacity(256 * 1024, tokio::io::stdin()).split(b'\n');
         loop {
@@ -257,16 +276,18 @@ pub async fn run(args: PubArgs) -> anyhow::Result<()> {
     if signalled {
         tracing::warn!(unconfirmed = failed, "Interrupted.");
     }
-    eprintln!(
-        "mqlink pub: {} messages confirmed in {secs:.3} s ({:.0} messages/s){}",
-        sent - failed,
-        (sent - failed) as f64 / secs.max(1e-9),
-        if failed > 0 {
-            format!(", {failed} NOT confirmed")
-        } else {
-            String::new()
-        }
-    );
+    if args.stats || args.conn.debug {
+        eprintln!(
+            "mqlink pub: {} messages confirmed in {secs:.3} s ({:.0} messages/s){}",
+            sent - failed,
+            (sent - failed) as f64 / secs.max(1e-9),
+            if failed > 0 {
+                format!(", {failed} NOT confirmed")
+            } else {
+                String::new()
+            }
+        );
+    }
     if failed > 0 {
         anyhow::bail!("{failed} of {sent} messages were not confirmed by the broker");
     }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mqlink::format::{AvroSchema, ColumnType, Format as Decode, Registry, Schema};
-use mqlink::source::{MqttSource, SourceConfig};
-use mqlink::topic::{validate_filter, validate_topic_name};
-use mqlink::{QoS, Status, Subscription};
+use mqlink::source::{MqttSource, Record, SourceConfig};
+use mqlink::topic::{self, validate_filter, validate_topic_name};
+use mqlink::{Message, QoS, Status, Subscription};
 
+use super::format::{Msg, Template};
 use super::output::{self, Format};
 use super::{usage, ConnArgs};
 
@@ -20,8 +21,8 @@ use super::{usage, ConnArgs};
 pub struct SubArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Topic filter to subscribe to; repeat for more.
-    #[arg(short = 't', long = "topic", required = true)]
+    /// Topic filter to subscribe to; repeat for more (or a `-L mqtt://host/filter` URL).
+    #[arg(short = 't', long = "topic")]
     pub topics: Vec<String>,
     /// QoS of the subscriptions.
     #[arg(short = 'q', long = "qos", value_parser = super::parse_qos, default_value = "0")]
@@ -29,15 +30,48 @@ pub struct SubArgs {
     /// Exit after this many messages.
     #[arg(short = 'C', long = "count")]
     pub count: Option<u64>,
-    /// Exit after this many seconds.
+    /// Exit after this many seconds with "Timed out" and exit code 27,
+    /// as mosquitto_sub (connecting and subscribing included).
     #[arg(short = 'W', long = "timeout", value_parser = super::parse_secs)]
     pub timeout: Option<Duration>,
-    /// Print the topic before each payload.
+    /// Print the topic before each payload (`topic (null)` for an empty one).
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
-    /// Output format: raw (payloads) or json (one object per line).
-    #[arg(short = 'F', long = "format", value_enum, default_value = "raw")]
-    pub format: Format,
+    /// mosquitto_sub's format string: %t topic, %p payload, %j/%J JSON, %x hex,
+    /// %l %m %q %r %U %I, properties %A %C %D %E %F %P %R %S, @ time, \ escapes.
+    #[arg(short = 'F', value_name = "FORMAT", conflicts_with = "output")]
+    pub format: Option<String>,
+    /// mqlink's own output: raw (payloads) or json (one object per line, with
+    /// decoded values, properties and the receive time).
+    #[arg(long = "format", id = "output", value_enum)]
+    pub output: Option<Format>,
+    /// Print JSON (%j, %J) indented, as mosquitto's --pretty.
+    #[arg(long = "pretty")]
+    pub pretty: bool,
+    /// No end of line after each message.
+    #[arg(short = 'N')]
+    pub no_eol: bool,
+    /// Do not print retained (stale) messages.
+    #[arg(short = 'R', conflicts_with = "retained_only")]
+    pub no_retained: bool,
+    /// Only retained messages: exit at the first that is not.
+    #[arg(long = "retained-only")]
+    pub retained_only: bool,
+    /// Clear each retained message received (an empty retained publish at QoS 1).
+    #[arg(long = "remove-retained")]
+    pub remove_retained: bool,
+    /// Exit once the subscriptions are acknowledged.
+    #[arg(short = 'E')]
+    pub exit_after_subscribe: bool,
+    /// Do not print messages whose topic matches this filter; repeatable.
+    #[arg(short = 'T', long = "filter-out")]
+    pub filter_out: Vec<String>,
+    /// Unsubscribe from this filter after connecting (persistent sessions); repeatable.
+    #[arg(short = 'U', long = "unsubscribe")]
+    pub unsubscribe: Vec<String>,
+    /// Print only this percentage of messages (0.1 to 100).
+    #[arg(long = "random-filter", value_parser = parse_chance)]
+    pub random_filter: Option<f64>,
     /// Messages received before the driver stops reading (back-pressure).
     #[arg(long = "buffer", default_value = "4096")]
     pub buffer: usize,
@@ -62,6 +96,13 @@ pub struct SubArgs {
     pub dead_letter_topic: Option<String>,
 }
 
+fn parse_chance(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| (0.1..=100.0).contains(v))
+        .ok_or_else(|| format!("{s:?} is not a chance between 0.1 and 100.0"))
+}
+
 fn parse_schema(spec: &str) -> anyhow::Result<Schema> {
     let mut cols = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -83,9 +124,40 @@ fn parse_schema(spec: &str) -> anyhow::Result<Schema> {
 const BATCH: usize = 1024;
 
 pub async fn run(args: SubArgs) -> anyhow::Result<()> {
-    for t in &args.topics {
-        validate_filter(t).map_err(|e| usage(format!("-t: {e}")))?;
+    let quiet = args.conn.quiet;
+    run_inner(args)
+        .await
+        .map_err(|e| super::quiet_error(e, quiet))
+}
+
+/// What the output loop does with one record.
+enum Step {
+    Print,
+    Skip,
+    Stop,
+}
+
+async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
+    args.topics.extend(args.conn.url_topics());
+    if args.topics.is_empty() {
+        return Err(usage(
+            "-t: a topic filter is required (or -L mqtt://host/filter)",
+        ));
     }
+    for t in args
+        .topics
+        .iter()
+        .chain(&args.filter_out)
+        .chain(&args.unsubscribe)
+    {
+        validate_filter(t).map_err(|e| usage(format!("-t/-T/-U: {e}")))?;
+    }
+    let template = args
+        .format
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(usage)?;
     if let Some(t) = &args.dead_letter_topic {
         validate_topic_name(t).map_err(|e| usage(format!("--dead-letter-topic: {e}")))?;
     }
@@ -117,6 +189,7 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         }
     };
     let mut opts = args.conn.options(1000)?;
+    let protocol = opts.protocol;
     opts.incoming_buffer = args.buffer.max(1);
     // Let the broker send a full window; acknowledgements go out as
     // batches are written.
@@ -137,19 +210,36 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
         parallelism: 1,
         share_group: None,
     };
+    let timed_out = || {
+        anyhow::Error::new(super::Exit {
+            code: super::EXIT_TIMED_OUT,
+            message: Some("Timed out".to_owned()),
+        })
+    };
     // -W bounds everything, connecting and subscribing included.
     let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
-    let mut source = match deadline {
+    let started = match deadline {
         Some(at) => match tokio::time::timeout_at(at, MqttSource::start(config)).await {
-            Ok(s) => s?,
-            Err(_) => anyhow::bail!(
-                "-W: timed out after {} s before the subscription was in place",
-                args.timeout.unwrap_or_default().as_secs_f64()
-            ),
+            Ok(s) => s,
+            Err(_) => return Err(timed_out()),
         },
-        None => MqttSource::start(config).await?,
+        None => MqttSource::start(config).await,
     };
+    let mut source = started.map_err(|e| super::start_error(e, protocol, args.conn.quiet))?;
     let client = source.clients()[0].clone();
+    if args.conn.debug {
+        tracing::debug!(client_id = client.client_id(), filters = ?args.topics, "Subscribed.");
+    }
+    if !args.unsubscribe.is_empty() {
+        client
+            .unsubscribe(args.unsubscribe.clone())
+            .await
+            .context("-U: unsubscribing")?;
+    }
+    if args.exit_after_subscribe {
+        source.close().await;
+        return Ok(());
+    }
 
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
@@ -159,14 +249,20 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut acks = Vec::with_capacity(BATCH);
+    let mut removals = Vec::new();
     let mut seen: u64 = 0;
     let limit = args.count.unwrap_or(u64::MAX);
     let mut stopped_with: Option<String> = None;
+    let mut hit_deadline = false;
+    let mut done = false;
 
-    while seen < limit {
+    while seen < limit && !done {
         let batch = tokio::select! {
             b = source.next_batch() => b,
-            _ = &mut sleep, if deadline.is_some() => break,
+            _ = &mut sleep, if deadline.is_some() => {
+                hit_deadline = true;
+                break;
+            }
             _ = &mut stop => break,
         };
         if batch.is_empty() {
@@ -176,14 +272,43 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             break;
         }
         for mut d in batch {
-            if seen == limit {
+            if seen == limit || done {
                 // Not written, so not acknowledged: the broker keeps it.
                 continue;
+            }
+            match step(&args, &d) {
+                Step::Stop => {
+                    done = true;
+                    continue;
+                }
+                Step::Skip => {
+                    acks.extend(d.take_ack());
+                    continue;
+                }
+                Step::Print => {}
             }
             if let Err(e) = &d.value {
                 tracing::warn!(topic = %d.topic, error = %e, "Payload does not match the schema.");
             }
-            output::write(&mut buf, &d, args.format, args.verbose);
+            if args.remove_retained && d.retain {
+                let clear = Message {
+                    topic: d.topic.to_string(),
+                    payload: bytes::Bytes::new(),
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    properties: None,
+                };
+                match client.publish(clear).await {
+                    Ok(token) => removals.push(token),
+                    Err(e) => {
+                        tracing::error!(topic = %d.topic, error = %e, "Retained message not removed.")
+                    }
+                }
+            }
+            let chance = args.random_filter.unwrap_or(100.0);
+            if chance >= 100.0 || fastrand::f64() * 100.0 < chance {
+                print(&args, template.as_ref(), &d, &mut buf);
+            }
             acks.extend(d.take_ack());
             seen += 1;
         }
@@ -201,9 +326,79 @@ pub async fn run(args: SubArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("writing to stdout"),
         }
     }
+    for token in removals {
+        if let Err(e) = token.await {
+            tracing::error!(error = %e, "Retained message not removed.");
+        }
+    }
     source.close().await;
     if let Some(e) = stopped_with {
         anyhow::bail!("{e}");
     }
+    if hit_deadline {
+        return Err(timed_out());
+    }
     Ok(())
+}
+
+/// mosquitto_sub's checks before printing, in its order.
+fn step(args: &SubArgs, d: &Record) -> Step {
+    if args.retained_only && !d.retain {
+        return Step::Stop;
+    }
+    if args.no_retained && d.retain {
+        return Step::Skip;
+    }
+    if args.filter_out.iter().any(|f| topic::matches(f, &d.topic)) {
+        return Step::Skip;
+    }
+    Step::Print
+}
+
+/// One message as mosquitto_sub prints it (or mqlink's `--format`).
+fn print(args: &SubArgs, template: Option<&Template>, d: &Record, buf: &mut Vec<u8>) {
+    let eol = !args.no_eol;
+    if let Some(t) = template {
+        let m = Msg {
+            topic: &d.topic,
+            payload: &d.payload,
+            qos: d.qos as u8,
+            retain: d.retain,
+            mid: d.packet_id,
+            properties: d.properties.as_deref(),
+            received_at: d.received_at,
+        };
+        let quiet = args.conn.quiet;
+        t.render(&m, args.pretty, buf, &mut |e| {
+            if !quiet {
+                eprintln!("{e}");
+            }
+        });
+        if eol {
+            buf.push(b'\n');
+        }
+        return;
+    }
+    if let Some(format) = args.output {
+        output::write(buf, d, format, args.verbose);
+        return;
+    }
+    if args.verbose {
+        if !d.payload.is_empty() {
+            buf.extend_from_slice(d.topic.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(&d.payload);
+            if eol {
+                buf.push(b'\n');
+            }
+        } else if eol {
+            buf.extend_from_slice(d.topic.as_bytes());
+            buf.extend_from_slice(b" (null)\n");
+        }
+    } else if !d.payload.is_empty() {
+        buf.extend_from_slice(&d.payload);
+        if eol {
+            buf.push(b'\n');
+        }
+    }
 }

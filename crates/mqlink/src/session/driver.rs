@@ -546,6 +546,7 @@ impl Driver {
                     qos: p.qos,
                     retain: p.retain,
                     dup: p.dup,
+                    packet_id: p.pkid,
                     properties: p.properties,
                     received_at,
                     ack,

@@ -127,6 +127,8 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub dup: bool,
+    /// The PUBLISH packet's id as the broker sent it (0 for QoS 0).
+    pub packet_id: u16,
     pub properties: Option<Box<PublishProperties>>,
     pub received_at: SystemTime,
     ack: Option<AckHandle>,

@@ -289,6 +289,8 @@ pub struct Record {
     pub qos: QoS,
     pub retain: bool,
     pub dup: bool,
+    /// The PUBLISH packet's id as the broker sent it (0 for QoS 0).
+    pub packet_id: u16,
     pub properties: Option<Box<PublishProperties>>,
     pub received_at: SystemTime,
     /// The decoded payload, or why it could not be decoded (only yielded
@@ -758,6 +760,7 @@ fn into_record(
         qos: d.qos,
         retain: d.retain,
         dup: d.dup,
+        packet_id: d.packet_id,
         properties: d.properties,
         received_at: d.received_at,
         value,
