@@ -174,7 +174,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let busy = Arc::new(BusyTime::default());
     let mut components = Vec::new();
-    let mut senders: HashMap<String, Vec<mpsc::Sender<Arc<Batch>>>> = HashMap::new();
+    let mut senders: HashMap<String, Vec<(mpsc::Sender<Arc<Batch>>, Arc<Component>)>> =
+        HashMap::new();
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
     let mut sink_tasks: Vec<JoinHandle<()>> = Vec::new();
     // Sinks that publish to the embedded broker: drained before it is.
@@ -185,7 +186,10 @@ pub async fn run(
         components.push(comp.clone());
         let (tx, rx) = mpsc::channel(16);
         for input in &sink.inputs {
-            senders.entry(input.clone()).or_default().push(tx.clone());
+            senders
+                .entry(input.clone())
+                .or_default()
+                .push((tx.clone(), comp.clone()));
         }
         let path = format!("sinks.{name}");
         let task: JoinHandle<Result<(), String>> = match &sink.kind {
@@ -350,9 +354,20 @@ pub async fn run(
         // acknowledged (so confirmed by every sink) before they stop.
         let failed = matches!(stop, Stop::Failed(_));
         while !failed && tokio::time::Instant::now() < deadline {
+            // Generators first come to a stop (a batch may still be on its
+            // way into a sink's channel), then what the sinks were handed
+            // must be confirmed by the broker.
+            let generating = registry
+                .0
+                .iter()
+                .any(|c| c.type_name == "generator" && c.state() == State::Running);
             let publishing = into_embedded
                 .iter()
                 .any(|c| c.state() == State::Running && c.unconfirmed() > 0);
+            if generating {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             if !publishing && b.undelivered() == 0 {
                 break;
             }

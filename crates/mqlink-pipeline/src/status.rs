@@ -66,8 +66,10 @@ pub struct Component {
     pub type_name: &'static str,
     state: Mutex<State>,
     last_error: Mutex<Option<String>>,
-    /// Source: records made or received; sink: records handed to it.
+    /// Source: records made or received; sink: records it took off its channel.
     pub records: AtomicU64,
+    /// Sink: records put into its channel (some may wait there still).
+    pub handed: AtomicU64,
     /// Source: records acknowledged after every sink confirmed them
     /// (shared with its batches); sink: records it confirmed.
     pub confirmed: Arc<AtomicU64>,
@@ -95,6 +97,7 @@ impl Component {
             state: Mutex::new(State::Starting),
             last_error: Mutex::new(None),
             records: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
             confirmed: Arc::new(AtomicU64::new(0)),
             errors: AtomicU64::new(0),
             record_faults: AtomicU64::new(0),
@@ -211,12 +214,18 @@ impl Component {
             .saturating_sub(self.confirmed.load(Relaxed) + self.skipped.load(Relaxed))
     }
 
-    /// Records received but not yet acknowledged (source) or confirmed (sink).
+    /// Records received but not yet acknowledged (source), or handed to
+    /// the sink and not yet confirmed, its channel included (sink).
     pub fn unconfirmed(&self) -> u64 {
         match (self.kind, self.mqtt.get()) {
             (Kind::Source, Some(Mqtt::Source(m))) => {
                 m.metrics().get("mqlink_source_unacknowledged").unwrap_or(0)
             }
+            (Kind::Sink, _) => self
+                .handed
+                .load(Relaxed)
+                .max(self.records.load(Relaxed))
+                .saturating_sub(self.confirmed.load(Relaxed) + self.skipped.load(Relaxed)),
             _ => self.in_flight(),
         }
     }

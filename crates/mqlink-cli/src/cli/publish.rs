@@ -291,6 +291,14 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} of {sent} messages were not confirmed by the broker");
     }
+    // Exit 0 means exactly once for QoS 2: a clean session that the broker
+    // lost between PUBREL and PUBCOMP cannot say that.
+    let maybe_twice = client.stats().qos2_maybe_duplicated.load(Ordering::Relaxed);
+    if maybe_twice > 0 {
+        anyhow::bail!(
+            "all {sent} messages were confirmed, but {maybe_twice} QoS 2 messages may have been delivered twice: the broker lost the session while they awaited PUBCOMP (use -c -i ID so that QoS 2 stays exactly once across reconnects)"
+        );
+    }
     Ok(())
 }
 

@@ -17,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 use crate::batch::{Batch, BusyTime, Item};
 use crate::status::Component;
 
-/// Where a source's batches go: one channel per sink reading it.
+/// Where a source's batches go: one channel per sink reading it (with the
+/// sink, which counts what it was handed).
 pub struct Outputs {
-    pub senders: Vec<mpsc::Sender<Arc<Batch>>>,
+    pub senders: Vec<(mpsc::Sender<Arc<Batch>>, Arc<Component>)>,
     pub stop: watch::Receiver<bool>,
     pub busy: Arc<BusyTime>,
 }
@@ -40,10 +41,12 @@ impl Outputs {
             comp.confirmed.clone(),
             self.busy.clone(),
         ));
-        for tx in &self.senders {
+        for (tx, sink) in &self.senders {
             if tx.send(batch.clone()).await.is_err() {
                 return false;
             }
+            sink.handed
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         true
     }
