@@ -264,3 +264,117 @@ fn all(node: &RNode, out: &mut Vec<Arc<Message>>) {
         all(child, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::QoS;
+
+    fn sub(key: u64) -> Subscriber {
+        Subscriber {
+            session: Arc::new(Session::new(format!("c{key}"), key, 10)),
+            opts: SubscribeOptions::qos(QoS::AtLeastOnce),
+            id: None,
+        }
+    }
+
+    fn keys(t: &mut SubTree, topic: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        t.matches(topic, &mut out);
+        let mut k: Vec<u64> = out.iter().map(|m| m.sub.session.key).collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn matches_as_mqtt_says() {
+        let mut t = SubTree::default();
+        let filters = [
+            "a/b", "a/+", "a/#", "#", "+/+", "+", "$SYS/#", "a//c", "a/+/c",
+        ];
+        for (i, f) in filters.iter().enumerate() {
+            assert!(t.insert(None, f, sub(i as u64)));
+        }
+        assert!(
+            !t.insert(None, "a/b", sub(0)),
+            "same session, same filter: replaced"
+        );
+        assert_eq!(t.len(), filters.len());
+        // (topic, indexes of the filters that match)
+        let table: &[(&str, &[u64])] = &[
+            ("a/b", &[0, 1, 2, 3, 4]),
+            ("a", &[2, 3, 5]),
+            ("a/b/c", &[2, 3, 8]),
+            ("a//c", &[2, 3, 7, 8]),
+            ("$SYS/x", &[6]),
+            ("$SYS", &[6]),
+            ("b", &[3, 5]),
+            ("/", &[3, 4]),
+        ];
+        for (topic, want) in table {
+            assert_eq!(keys(&mut t, topic), *want, "{topic}");
+        }
+        assert!(t.remove(None, "a/#", 2));
+        assert!(!t.remove(None, "a/#", 2));
+        assert_eq!(keys(&mut t, "a"), vec![3, 5]);
+        for (i, f) in filters.iter().enumerate() {
+            t.remove(None, f, i as u64);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.root.is_empty(), "empty branches pruned");
+    }
+
+    #[test]
+    fn a_shared_group_gets_each_message_once_in_turn() {
+        let mut t = SubTree::default();
+        for k in 0..3 {
+            t.insert(Some("g"), "s/+", sub(k));
+        }
+        t.insert(None, "s/+", sub(9));
+        let picks: Vec<Vec<u64>> = (0..6).map(|_| keys(&mut t, "s/x")).collect();
+        for p in &picks {
+            assert_eq!(p.len(), 2, "one of the group and the plain subscriber");
+            assert!(p.contains(&9));
+        }
+        let members: std::collections::BTreeSet<u64> = picks
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|k| *k != 9)
+            .collect();
+        assert_eq!(members.len(), 3, "every member gets a turn");
+    }
+
+    #[test]
+    fn retained_messages_are_found_by_filter() {
+        let mut r = RetainedTree::default();
+        let msg = |t: &str| {
+            Arc::new(Message {
+                topic: t.into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                expires: None,
+                origin: 0,
+            })
+        };
+        for t in ["a", "a/b", "a/b/c", "$SYS/x", "b/c"] {
+            r.set(t, Some(msg(t)));
+        }
+        let find = |r: &RetainedTree, f: &str| {
+            let mut out = Vec::new();
+            r.matching(f, &mut out);
+            let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(find(&r, "a/#"), ["a", "a/b", "a/b/c"]);
+        assert_eq!(find(&r, "#"), ["a", "a/b", "a/b/c", "b/c"]);
+        assert_eq!(find(&r, "+/c"), ["b/c"]);
+        assert_eq!(find(&r, "$SYS/+"), ["$SYS/x"]);
+        r.set("a/b", None);
+        assert_eq!(find(&r, "a/+"), Vec::<String>::new());
+        assert_eq!(r.len(), 4);
+    }
+}
