@@ -718,3 +718,418 @@ async fn subscription_identifiers() {
     s.send(&subscribe(2, "si/z", qos1(), Some(0))).await;
     assert_eq!(s.closed().await, Some(0x82));
 }
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
+/// An MQTT 5 CONNECT with a QoS 1 will carrying Will Delay, a content
+/// type and a user property (the codec's client side sends no will properties).
+fn connect_with_will(id: &str, expiry: u32, delay: u32, topic: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_str(&mut b, b"MQTT");
+    b.push(5);
+    b.push(0x02 | 0x04 | 0x08);
+    b.extend_from_slice(&30u16.to_be_bytes());
+    b.push(5);
+    b.push(0x11);
+    b.extend_from_slice(&expiry.to_be_bytes());
+    put_str(&mut b, id.as_bytes());
+    let mut wp = vec![0x18];
+    wp.extend_from_slice(&delay.to_be_bytes());
+    wp.push(0x03);
+    put_str(&mut wp, b"text/plain");
+    wp.push(0x26);
+    put_str(&mut wp, b"k");
+    put_str(&mut wp, b"v");
+    b.push(wp.len() as u8);
+    b.extend(wp);
+    put_str(&mut b, topic.as_bytes());
+    put_str(&mut b, b"gone");
+    with_header(0x10, b)
+}
+
+async fn raw_connect_bytes(addr: SocketAddr, bytes: &[u8]) -> (Raw, ConnAck) {
+    let mut r = Raw::tcp(addr, Protocol::V5).await;
+    r.send_bytes(bytes).await;
+    match r.recv().await {
+        Packet::ConnAck(a) => (r, a),
+        p => panic!("{p:?}"),
+    }
+}
+
+/// Wills keep their properties; DISCONNECT 0x04 publishes the will, 0x00
+/// does not; Will Delay holds it back, and a reconnect within the delay
+/// cancels it.
+#[tokio::test]
+async fn wills_with_properties_delay_and_disconnect_0x04() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let (mut s, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    s.subscribed("will/#", qos1(), None).await;
+    let (mut marker, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+
+    // DISCONNECT 0x00: no will. 0x04: the will, with its properties.
+    let (mut c, _) =
+        raw_connect_bytes(addr, &connect_with_will(&unique_id("w"), 0, 0, "will/a")).await;
+    c.send(&Packet::Disconnect(Default::default())).await;
+    c.closed().await;
+    let (mut c, _) =
+        raw_connect_bytes(addr, &connect_with_will(&unique_id("w"), 0, 0, "will/b")).await;
+    c.send(&Packet::Disconnect(Disconnect {
+        reason: 0x04,
+        ..Default::default()
+    }))
+    .await;
+    let w = s.publish().await;
+    assert_eq!((w.topic.as_str(), &w.payload[..]), ("will/b", &b"gone"[..]));
+    let props = w.properties.unwrap();
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(props.user_properties, [("k".to_owned(), "v".to_owned())]);
+    s.send(&ack(AckKind::PubAck, w.pkid)).await;
+
+    // Will Delay 1 s, connection lost: the will comes after the delay.
+    let t0 = Instant::now();
+    let (c, _) =
+        raw_connect_bytes(addr, &connect_with_will(&unique_id("w"), 60, 1, "will/c")).await;
+    drop(c);
+    let w = s.publish().await;
+    assert_eq!(w.topic.as_str(), "will/c");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
+    s.send(&ack(AckKind::PubAck, w.pkid)).await;
+
+    // Will Delay 2 s, the client is back within it: no will.
+    let id = unique_id("w");
+    let (c, _) = raw_connect_bytes(addr, &connect_with_will(&id, 60, 2, "will/d")).await;
+    drop(c);
+    let (mut back, ack2) = Raw::connect(addr, Protocol::V5, |c| {
+        c.client_id = id.clone();
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(60);
+    })
+    .await;
+    assert!(ack2.session_present);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    marker
+        .published(publish("will/marker", "m", QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(s.publish().await.topic.as_str(), "will/marker", "no will/d");
+    back.send(&Packet::Disconnect(Default::default())).await;
+}
+
+/// Message Expiry: not delivered once expired, and counted down on the way.
+#[tokio::test]
+async fn message_expiry_is_enforced_and_counted_down() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let id = unique_id("offline");
+    let keep = |clean: bool| {
+        let id = id.clone();
+        move |c: &mut Connect| {
+            c.client_id = id;
+            c.clean_start = clean;
+            c.properties.session_expiry_interval = Some(60);
+        }
+    };
+    let (mut s, _) = Raw::connect(addr, Protocol::V5, keep(true)).await;
+    s.subscribed("me/#", qos1(), None).await;
+    s.send(&Packet::Disconnect(Default::default())).await;
+    s.closed().await;
+    let (mut p, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    let with_expiry = |topic: &str, payload: &'static str, secs: u32, retain: bool| {
+        let Packet::Publish(mut m) = publish(topic, payload, QoS::AtLeastOnce, 1) else {
+            unreachable!()
+        };
+        m.retain = retain;
+        m.properties = Some(Box::new(mqlink::PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        }));
+        Packet::Publish(m)
+    };
+    p.published(with_expiry("me/short", "short", 1, true)).await;
+    p.published(with_expiry("me/long", "long", 60, false)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (mut s, _) = Raw::connect(addr, Protocol::V5, keep(false)).await;
+    let m = s.publish().await;
+    assert_eq!(&m.payload[..], b"long", "the expired one was not sent");
+    let left = m.properties.unwrap().message_expiry_interval.unwrap();
+    assert!((57..=58).contains(&left), "counted down: {left}");
+    s.send(&ack(AckKind::PubAck, m.pkid)).await;
+    // The expired retained message is not sent on subscribe either.
+    let (mut late, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    late.subscribed("me/#", qos1(), None).await;
+    p.published(publish("me/marker", "m", QoS::AtLeastOnce, 2))
+        .await;
+    assert_eq!(&late.publish().await.payload[..], b"m");
+}
+
+/// Maximum Packet Size both ways; an Assigned Client Identifier for an
+/// empty id; CONNACK 0x01 for an unsupported protocol level.
+#[tokio::test]
+async fn packet_sizes_assigned_ids_and_protocol_levels() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start_with(
+        "127.0.0.1:0",
+        BrokerConfig {
+            max_packet_size: 4096,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = b.local_addr();
+    let (mut small, ack) = Raw::connect(addr, Protocol::V5, |c| {
+        c.client_id = String::new();
+        c.properties.maximum_packet_size = Some(100);
+    })
+    .await;
+    assert_eq!(ack.properties.maximum_packet_size, Some(4096), "advertised");
+    assert!(ack
+        .properties
+        .assigned_client_identifier
+        .is_some_and(|id| !id.is_empty()));
+    small.subscribed("mp/#", qos1(), None).await;
+    let (mut p, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    let big: &'static str = "b".repeat(200).leak();
+    p.published(publish("mp/big", big, QoS::AtLeastOnce, 1))
+        .await;
+    p.published(publish("mp/small", "s", QoS::AtLeastOnce, 2))
+        .await;
+    assert_eq!(
+        &small.publish().await.payload[..],
+        b"s",
+        "too big for it: not sent"
+    );
+    assert_eq!(
+        b.undelivered(),
+        1,
+        "only the small one waits for its PUBACK"
+    );
+    // Over the broker's limit: DISCONNECT 0x95.
+    let huge: &'static str = "h".repeat(5000).leak();
+    p.send(&publish("mp/huge", huge, QoS::AtLeastOnce, 3)).await;
+    assert_eq!(p.closed().await, Some(0x95));
+    // 3.1.1: an empty id needs a clean session.
+    let (_, ack) = Raw::connect(addr, Protocol::V311, |c| {
+        c.client_id = String::new();
+        c.clean_start = false;
+    })
+    .await;
+    assert_eq!(ack.code, 0x02);
+    // Protocol level 6 (and 3, MQTT 3.1): CONNACK 0x01.
+    for level in [6u8, 3] {
+        let mut body = Vec::new();
+        put_str(&mut body, if level == 3 { b"MQIsdp" } else { b"MQTT" });
+        body.extend_from_slice(&[level, 0x02, 0, 30]);
+        put_str(&mut body, b"x");
+        let mut r = Raw::tcp(addr, Protocol::V311).await;
+        r.send_bytes(&with_header(0x10, body)).await;
+        let mut got = vec![0u8; 4];
+        r.sock.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x20, 0x02, 0x00, 0x01], "level {level}");
+        assert_eq!(r.sock.read(&mut got).await.unwrap(), 0, "then closed");
+    }
+}
+
+/// Topic aliases from the client; errors end the connection with 0x94
+/// (out of range) or 0x82 (unknown alias).
+#[tokio::test]
+async fn topic_aliases() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let (mut s, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    s.subscribed("ta/#", qos1(), None).await;
+    let (mut p, connack) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    assert_eq!(
+        connack.properties.topic_alias_maximum,
+        Some(64),
+        "advertised"
+    );
+    let aliased = |topic: &str, alias: u16, pkid: u16| {
+        let Packet::Publish(mut m) = publish(topic, "a", QoS::AtLeastOnce, pkid) else {
+            unreachable!()
+        };
+        m.properties = Some(Box::new(mqlink::PublishProperties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        }));
+        Packet::Publish(m)
+    };
+    p.published(aliased("ta/long/topic", 1, 1)).await;
+    p.published(aliased("", 1, 2)).await;
+    for _ in 0..2 {
+        let m = s.publish().await;
+        assert_eq!(m.topic.as_str(), "ta/long/topic");
+        assert!(m.properties.is_none_or(|p| p.topic_alias.is_none()));
+        s.send(&ack(AckKind::PubAck, m.pkid)).await;
+    }
+    for (packet, code) in [
+        (aliased("ta/x", 0, 3), 0x94),
+        (aliased("ta/x", 65, 3), 0x94),
+        (aliased("", 2, 3), 0x82),
+    ] {
+        let (mut p, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+        p.send(&packet).await;
+        assert_eq!(p.closed().await, Some(code));
+    }
+}
+
+/// UNSUBSCRIBE: reason 0x11 for no such subscription; no filter at all is
+/// a protocol error.
+#[tokio::test]
+async fn unsubscribe_reasons_and_refusal() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let (mut c, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    c.subscribed("u/#", qos1(), None).await;
+    c.send(&Packet::Unsubscribe(mqlink::codec::Unsubscribe {
+        pkid: 3,
+        filters: vec!["u/#".into(), "nope".into()],
+    }))
+    .await;
+    match c.recv().await {
+        Packet::UnsubAck(u) => assert_eq!((u.pkid, u.codes), (3, vec![0x00, 0x11])),
+        p => panic!("{p:?}"),
+    }
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let (mut c, _) = Raw::connect(addr, protocol, |_| {}).await;
+        c.send(&Packet::Unsubscribe(mqlink::codec::Unsubscribe {
+            pkid: 4,
+            filters: vec![],
+        }))
+        .await;
+        let want = (protocol == Protocol::V5).then_some(0x82);
+        assert_eq!(c.closed().await, want);
+    }
+}
+
+/// Shared subscriptions on 3.1.1 and 5: each message to one member of the
+/// group, every member getting some; a plain subscriber gets them all.
+#[tokio::test]
+async fn shared_subscriptions() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let (mut m1, _) = Raw::connect(addr, Protocol::V311, |_| {}).await;
+    let (mut m2, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    assert_eq!(m1.subscribed("$share/g/sh/#", qos1(), None).await, 1);
+    assert_eq!(m2.subscribed("$share/g/sh/#", qos1(), None).await, 1);
+    assert_eq!(
+        m2.subscribed("$share//sh/#", qos1(), None).await,
+        0x8F,
+        "empty group"
+    );
+    let (mut all, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    all.subscribed("sh/#", qos1(), None).await;
+    let (mut p, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    for i in 0..10u16 {
+        p.published(publish("sh/x", "m", QoS::AtLeastOnce, i + 1))
+            .await;
+    }
+    for _ in 0..10 {
+        let m = all.publish().await;
+        all.send(&ack(AckKind::PubAck, m.pkid)).await;
+    }
+    let mut counts = [0, 0];
+    while counts[0] + counts[1] < 10 {
+        let (i, c, p) = tokio::select! {
+            p = m1.next() => (0, &mut m1, p),
+            p = m2.next() => (1, &mut m2, p),
+        };
+        let Some(Packet::Publish(m)) = p else {
+            panic!("expected PUBLISH, got {p:?}")
+        };
+        c.send(&ack(AckKind::PubAck, m.pkid)).await;
+        counts[i] += 1;
+    }
+    // Nothing more: the next message to either is this marker.
+    p.published(publish("sh/marker", "end", QoS::AtLeastOnce, 11))
+        .await;
+    let marker = tokio::select! {
+        p = m1.next() => p,
+        p = m2.next() => p,
+    };
+    assert!(matches!(marker, Some(Packet::Publish(m)) if &m.payload[..] == b"end"));
+    assert_eq!(counts[0] + counts[1], 10, "{counts:?}");
+    assert!(counts[0] > 0 && counts[1] > 0, "{counts:?}");
+}
+
+/// A password file: anonymous clients refused, wrong passwords refused;
+/// a non-loopback listener without one is refused unless anonymous
+/// clients are allowed explicitly.
+#[tokio::test]
+async fn passwords_and_open_listeners() {
+    let _shared = SERIAL.read().await;
+    let passwords = mqlink::broker::Passwords::parse(
+        "alice:$7$101$Anw1L+HYdf6a/ZDy$cfkTMSrQ+PRT0c3KgQp7SSH9VCJwDuZHcn03fcJroeKSU+wj1DkARfqw7dVG4xsDPPBOi52qIcHDTz3vKB59pQ==\n",
+    )
+    .unwrap();
+    let b = EmbeddedBroker::start_with(
+        "127.0.0.1:0",
+        BrokerConfig {
+            passwords: Some(std::sync::Arc::new(passwords)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = b.local_addr();
+    for (protocol, anonymous, wrong) in [(Protocol::V311, 0x05, 0x04), (Protocol::V5, 0x87, 0x86)] {
+        let (_, a) = Raw::connect(addr, protocol, |_| {}).await;
+        assert_eq!(a.code, anonymous);
+        let (_, a) = Raw::connect(addr, protocol, |c| {
+            c.username = Some("alice".into());
+            c.password = Some("nope".into());
+        })
+        .await;
+        assert_eq!(a.code, wrong);
+        let (_, a) = Raw::connect(addr, protocol, |c| {
+            c.username = Some("alice".into());
+            c.password = Some("secret".into());
+        })
+        .await;
+        assert_eq!(a.code, 0);
+    }
+    let open = EmbeddedBroker::start("0.0.0.0:0").await;
+    assert_eq!(
+        open.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::PermissionDenied)
+    );
+    let allowed = EmbeddedBroker::start_with(
+        "0.0.0.0:0",
+        BrokerConfig {
+            allow_anonymous: Some(true),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(allowed.is_ok());
+}

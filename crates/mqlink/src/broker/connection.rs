@@ -100,7 +100,13 @@ pub(super) async fn serve(
     }
     if !cfg.authenticate(connect.username.as_deref(), connect.password.as_deref()) {
         tracing::info!(client_id = %connect.client_id, username = connect.username.as_deref().unwrap_or(""), "Embedded broker: authentication failed.");
-        let code = if v5 { 0x86 } else { 0x04 };
+        // Anonymous: not authorized (0x87 / 0x05); else bad user name or password.
+        let code = match (v5, connect.username.is_some()) {
+            (true, true) => 0x86,
+            (true, false) => 0x87,
+            (false, true) => 0x04,
+            (false, false) => 0x05,
+        };
         refuse(&mut sock, protocol, code, "bad user name or password").await?;
         return Err(invalid("authentication failed"));
     }
