@@ -181,7 +181,9 @@ impl Drop for EmbeddedBroker {
 /// Accepts connections up to the cap; on accept errors (the file
 /// descriptor limit) backs off instead of spinning.
 async fn accept_loop(listener: TcpListener, router: Arc<Router>) {
-    let permits = Arc::new(Semaphore::new(router.config.max_connections));
+    let permits = Arc::new(Semaphore::new(
+        router.config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let next_id = AtomicU64::new(0);
     let mut conns = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
