@@ -17,6 +17,7 @@ pub struct BrokerArgs {
     /// Config file: `listener PORT [ADDRESS]`, `allow_anonymous true|false`,
     /// `password_file PATH` (mosquitto_passwd's format), `max_connections N`,
     /// `max_queued_messages N`, `max_packet_size BYTES`, `max_inflight_messages N`,
+    /// `allow_zero_keepalive true|false`,
     /// one a line, `#` comments.
     #[arg(short, long, value_name = "CONFIG")]
     pub config: Option<PathBuf>,
@@ -86,6 +87,15 @@ pub fn parse_config(text: &str, dir: &Path) -> anyhow::Result<FileConfig> {
                     v => number(v)?,
                 }
             }
+            // Not a Mosquitto key: keep-alive 0 is refused (3.1.1) or
+            // replaced by 60 s (5) unless this is true.
+            "allow_zero_keepalive" => {
+                c.broker.allow_zero_keep_alive = match one()? {
+                    "true" => true,
+                    "false" => false,
+                    v => anyhow::bail!("line {n}: allow_zero_keepalive: {v:?} is not true or false"),
+                }
+            }
             "max_queued_messages" => c.broker.max_queued_messages = number(one()?)?.max(1),
             "max_inflight_messages" => c.broker.max_inflight_messages = number(one()?)?.max(1),
             "max_packet_size" => {
@@ -95,7 +105,7 @@ pub fn parse_config(text: &str, dir: &Path) -> anyhow::Result<FileConfig> {
                     .filter(|v| *v >= 20)
                     .with_context(|| format!("line {n}: max_packet_size: {v} is out of range"))?;
             }
-            other => anyhow::bail!("line {n}: unknown key {other:?} (this broker reads listener, allow_anonymous, password_file, max_connections, max_queued_messages, max_inflight_messages, max_packet_size)"),
+            other => anyhow::bail!("line {n}: unknown key {other:?} (this broker reads listener, allow_anonymous, password_file, max_connections, max_queued_messages, max_inflight_messages, max_packet_size, allow_zero_keepalive)"),
         }
     }
     Ok(c)
@@ -136,12 +146,13 @@ mod tests {
     #[test]
     fn reads_mosquitto_conf_keys_and_names_bad_lines() {
         let c = parse_config(
-            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nmax_connections -1\nmax_queued_messages 50\nmax_packet_size 1024\n",
+            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nallow_zero_keepalive true\nmax_connections -1\nmax_queued_messages 50\nmax_packet_size 1024\n",
             Path::new("."),
         )
         .unwrap();
         assert_eq!(c.listener, Some((1884, Some("0.0.0.0".into()))));
         assert_eq!(c.broker.allow_anonymous, Some(true));
+        assert!(c.broker.allow_zero_keep_alive);
         assert_eq!(c.broker.max_connections, usize::MAX);
         assert_eq!(c.broker.max_queued_messages, 50);
         assert_eq!(c.broker.max_packet_size, 1024);
