@@ -1133,3 +1133,43 @@ async fn passwords_and_open_listeners() {
     .await;
     assert!(allowed.is_ok());
 }
+
+/// The broker's Receive Maximum is advertised and enforced: one QoS 2
+/// message more than it, unreleased, is DISCONNECT 0x93.
+#[tokio::test]
+async fn receive_maximum_is_advertised_and_enforced() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start_with(
+        "127.0.0.1:0",
+        BrokerConfig {
+            receive_maximum: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (mut p, connack) = Raw::connect(b.local_addr(), Protocol::V5, |_| {}).await;
+    assert_eq!(connack.properties.receive_maximum, Some(3));
+    for pkid in 1..=3 {
+        p.send(&publish("rm/x", "m", QoS::ExactlyOnce, pkid)).await;
+        assert!(matches!(
+            p.recv().await,
+            Packet::Ack(Ack {
+                kind: AckKind::PubRec,
+                ..
+            })
+        ));
+    }
+    // A resend of one already counted is fine; a fourth is not.
+    p.send(&publish("rm/x", "m", QoS::ExactlyOnce, 2)).await;
+    assert!(matches!(
+        p.recv().await,
+        Packet::Ack(Ack {
+            kind: AckKind::PubRec,
+            pkid: 2,
+            ..
+        })
+    ));
+    p.send(&publish("rm/x", "m", QoS::ExactlyOnce, 4)).await;
+    assert_eq!(p.closed().await, Some(0x93));
+}

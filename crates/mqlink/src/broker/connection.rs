@@ -165,6 +165,7 @@ pub(super) async fn serve(
         session_present: attached.present,
         code: 0,
         maximum_packet_size: Some(cfg.max_packet_size),
+        receive_maximum: Some(cfg.receive_maximum),
         assigned_client_id: assigned,
         topic_alias_maximum: Some(cfg.topic_alias_maximum).filter(|n| *n > 0),
         server_keep_alive,
@@ -578,7 +579,15 @@ impl Conn {
             .take()
             .map(|e| Instant::now() + Duration::from_secs(e as u64));
         let fresh = match p.qos {
-            QoS::ExactlyOnce => self.session.lock().qos2_in.insert(p.pkid),
+            QoS::ExactlyOnce => {
+                let mut s = self.session.lock();
+                if !s.qos2_in.contains(&p.pkid)
+                    && s.qos2_in.len() >= self.router.config.receive_maximum as usize
+                {
+                    return Err(Violation(0x93, "receive maximum exceeded"));
+                }
+                s.qos2_in.insert(p.pkid)
+            }
             _ => true,
         };
         let ack = match p.qos {

@@ -57,6 +57,10 @@ pub struct BrokerConfig {
     /// Deliveries in flight to one MQTT 3.1.1 client (MQTT 5 clients:
     /// their receive maximum, up to this) [default: 1000].
     pub max_inflight_messages: usize,
+    /// Receive Maximum advertised to MQTT 5 clients: QoS 2 messages a
+    /// client may have sent and not released (PUBREL); one more is
+    /// DISCONNECT 0x93 [default: 1000].
+    pub receive_maximum: u16,
     /// A connection must send CONNECT within this [default: 10 s].
     pub connect_timeout: Duration,
     /// Whether a client may ask for keep-alive 0 (no timeout). If not,
@@ -85,6 +89,7 @@ impl Default for BrokerConfig {
             max_packet_size: 16 << 20,
             max_queued_messages: 10_000,
             max_inflight_messages: 1000,
+            receive_maximum: 1000,
             connect_timeout: Duration::from_secs(10),
             allow_zero_keep_alive: false,
             server_keep_alive: 60,
