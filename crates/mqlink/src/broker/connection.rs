@@ -415,7 +415,10 @@ impl Conn {
         // When the broker ends the connection, it half-closes and reads
         // what the client still sends (briefly): closing with unread bytes
         // would reset the connection and lose the DISCONNECT just written.
-        if !matches!(end, End::Abnormal("closed without DISCONNECT" | "read error")) {
+        if !matches!(
+            end,
+            End::Abnormal("closed without DISCONNECT" | "read error")
+        ) {
             let _ = wr.shutdown().await;
             let _ = timeout(Duration::from_secs(1), async {
                 let mut sink = [0u8; 4096];
