@@ -174,7 +174,11 @@ pub(super) async fn serve(
     wire::encode_connack(&ack, protocol, &mut conn.out);
     tracing::debug!(%client_id, ?protocol, present = attached.present, "Embedded broker: client connected.");
     conn.resend();
-    let end = conn.run(sock, buf, keep_alive, kick).await;
+    let (end, sock) = conn.run(sock, buf, keep_alive, kick).await;
+    let linger = !matches!(
+        end,
+        End::Abnormal("closed without DISCONNECT" | "read error")
+    );
     let will = match end {
         End::Disconnect(will) => {
             tracing::debug!(%client_id, "Embedded broker: client disconnected.");
@@ -189,7 +193,22 @@ pub(super) async fn serve(
     if let Some(will) = will {
         router.publish_will(&conn.session, will, conn.expiry);
     }
+    if linger {
+        half_close(sock).await;
+    }
     Ok(())
+}
+
+/// When the broker ends a connection, it half-closes and reads what the
+/// client still sends (briefly): closing with unread bytes would reset the
+/// connection and lose the DISCONNECT just written.
+async fn half_close(mut sock: TcpStream) {
+    let _ = sock.shutdown().await;
+    let _ = timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// CONNACK with a refusal.
@@ -351,7 +370,7 @@ impl Conn {
         mut buf: BytesMut,
         keep_alive: Option<u16>,
         kick: Arc<Notify>,
-    ) -> End {
+    ) -> (End, TcpStream) {
         let grace = keep_alive.map(|k| Duration::from_millis(k as u64 * 1500));
         let mut last_read = Instant::now();
         let max_packet = self.router.config.max_packet_size as usize;
@@ -412,21 +431,8 @@ impl Conn {
         if !self.out.is_empty() {
             let _ = timeout(Duration::from_secs(1), wr.write_all(&self.out)).await;
         }
-        // When the broker ends the connection, it half-closes and reads
-        // what the client still sends (briefly): closing with unread bytes
-        // would reset the connection and lose the DISCONNECT just written.
-        if !matches!(
-            end,
-            End::Abnormal("closed without DISCONNECT" | "read error")
-        ) {
-            let _ = wr.shutdown().await;
-            let _ = timeout(Duration::from_secs(1), async {
-                let mut sink = [0u8; 4096];
-                while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
-        }
-        end
+        drop((rd, wr));
+        (end, sock)
     }
 
     /// MQTT 5: DISCONNECT with a reason code before the broker closes.
