@@ -431,7 +431,6 @@ impl Conn {
         if !self.out.is_empty() {
             let _ = timeout(Duration::from_secs(1), wr.write_all(&self.out)).await;
         }
-        drop((rd, wr));
         (end, sock)
     }
 
