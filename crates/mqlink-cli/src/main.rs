@@ -2,6 +2,7 @@
 //! subcommand, and maps errors to exit codes (1 runtime, 2 usage).
 
 mod airbyte;
+mod broker;
 mod cli;
 mod pipeline;
 
@@ -36,6 +37,8 @@ enum Command {
     Run(pipeline::RunArgs),
     /// Check a pipeline file without connecting anywhere; errors name the key.
     Validate(pipeline::ValidateArgs),
+    /// Run the embedded MQTT broker on its own (flags as mosquitto's), until SIGINT/SIGTERM.
+    Broker(broker::BrokerArgs),
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let debug = match &cli.command {
         Command::Pub(a) => a.conn.debug,
         Command::Sub(a) => a.conn.debug,
+        Command::Broker(a) => a.verbose,
         Command::Airbyte(_) | Command::Run(_) | Command::Validate(_) => false,
     };
     // Airbyte reads stdout as protocol messages: logs must not go there (they go to stderr).
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
             a.log_format == "json",
             a.quiet,
         ),
+        Command::Broker(_) => ("info", false, false),
         _ => ("warn", false, false),
     };
     let filter = if debug {
@@ -91,7 +96,7 @@ fn main() -> ExitCode {
     // A pipeline decodes, serializes and writes on both cores; pub and sub
     // are one stream each.
     let rt = match &cli.command {
-        Command::Run(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Run(_) | Command::Broker(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
             Command::Airbyte(c) => airbyte::run(c).await,
             Command::Run(a) => pipeline::run(a).await,
             Command::Validate(a) => pipeline::validate(a),
+            Command::Broker(a) => broker::run(a).await,
         }
     });
     match result {

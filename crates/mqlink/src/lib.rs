@@ -108,6 +108,7 @@
 //! - [`error`]: typed errors for every layer.
 //! - [`secret`]: a string that is never printed.
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod codec;
 pub mod error;
