@@ -24,11 +24,11 @@ use mqlink::BrokerUrl;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::batch::{Batch, BusyTime};
+use crate::batch::BusyTime;
 use crate::connectors::file::FileSink;
 use crate::connectors::mqtt::{run_source, MqttSinkRuntime};
 use crate::connectors::postgres::PostgresSink;
-use crate::connectors::{generator, Outputs};
+use crate::connectors::{generator, Outputs, SinkInput};
 use crate::http;
 use crate::sink::{self, write_backoff};
 use crate::spec::{Pipeline, SinkKind, SourceConfig};
@@ -149,7 +149,14 @@ pub async fn run(
             .listen
             .clone()
             .unwrap_or_else(|| "127.0.0.1:0".into());
-        let b = EmbeddedBroker::start(&listen)
+        // The pipeline's own subscribers are never cut off for being slow:
+        // a stalled sink holds the publishers back (and is reported as
+        // stalled) instead of a clean session's queue being dropped.
+        let config = mqlink::broker::BrokerConfig {
+            slow_subscriber_timeout: Duration::from_secs(10 * 365 * 86_400),
+            ..Default::default()
+        };
+        let b = EmbeddedBroker::start_with(&listen, config)
             .await
             .map_err(|source| RunError::EmbeddedBroker { listen, source })?;
         tracing::info!(address = %b.local_addr(), "Embedded broker listening (for development: memory only).");
@@ -174,8 +181,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let busy = Arc::new(BusyTime::default());
     let mut components = Vec::new();
-    let mut senders: HashMap<String, Vec<(mpsc::Sender<Arc<Batch>>, Arc<Component>)>> =
-        HashMap::new();
+    let mut senders: HashMap<String, Vec<SinkInput>> = HashMap::new();
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
     let mut sink_tasks: Vec<JoinHandle<()>> = Vec::new();
     // Sinks that publish to the embedded broker: drained before it is.

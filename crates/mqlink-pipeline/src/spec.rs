@@ -477,12 +477,18 @@ pub fn parse(
         .transpose()?
         .unwrap_or_default();
     if let Some(l) = &embedded_broker.listen {
-        l.parse::<std::net::SocketAddr>().map_err(|_| {
+        let addr = l.parse::<std::net::SocketAddr>().map_err(|_| {
             err(
                 "embedded_broker.listen",
                 format!("{l:?} is not an address like 127.0.0.1:1883"),
             )
         })?;
+        if !addr.ip().is_loopback() {
+            return Err(err(
+                "embedded_broker.listen",
+                format!("{l:?} is not a loopback address: the embedded broker of a pipeline takes any client without a password, so it listens on 127.0.0.1 only (run `mqlink broker -c FILE` with a password_file to serve a network)"),
+            ));
+        }
     }
     let pipeline = Pipeline {
         connections,

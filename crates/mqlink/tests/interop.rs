@@ -173,7 +173,7 @@ async fn features(make: Make) {
             .unwrap();
         let sink = MqttSink::builder()
             .connection(opts(&b, proto))
-            .topic(&format!("{root}/sink/{{key}}"))
+            .topic(format!("{root}/sink/{{key}}"))
             .qos(QoS::AtLeastOnce)
             .start()
             .await

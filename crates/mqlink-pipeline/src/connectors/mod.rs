@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, watch};
 use crate::batch::{Batch, BusyTime, Item};
 use crate::status::Component;
 
-/// Where a source's batches go: one channel per sink reading it (with the
-/// sink, which counts what it was handed).
+/// A sink's channel, and the sink (which counts what it was handed).
+pub type SinkInput = (mpsc::Sender<Arc<Batch>>, Arc<Component>);
+
+/// Where a source's batches go: one channel per sink reading it.
 pub struct Outputs {
-    pub senders: Vec<(mpsc::Sender<Arc<Batch>>, Arc<Component>)>,
+    pub senders: Vec<SinkInput>,
     pub stop: watch::Receiver<bool>,
     pub busy: Arc<BusyTime>,
 }
