@@ -1,9 +1,12 @@
 """Latency of one QoS 1 stream seen by two subscribers at once.
 
 usage: latency.py PORT N RATE MQLINK
-Each message's payload is the time (ns) it was handed to mosquitto_pub; both
-mosquitto_sub and `mqlink sub` print payloads, and this process stamps each
-line as it reads it (the same pipe hop for both). Prints p50/p90/p99 in ms.
+Each message's payload is the time (ns) it was handed to the publisher
+(`mqlink pub -l`, which publishes each line as it arrives: mosquitto_pub -l
+turned out to hold lines back for up to seconds on this machine, which
+measured the publisher, not the subscribers); both mosquitto_sub and
+`mqlink sub` print payloads, and this process stamps each line as it reads
+it (the same pipe hop for both). Prints p50/p90/p99 in ms.
 """
 import os, subprocess, sys, threading, time
 
@@ -25,10 +28,10 @@ def read(name, proc):
 
 procs = {}
 for name, cmd in subs.items():
-    procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, bufsize=0)
+    procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     threading.Thread(target=read, args=(name, procs[name]), daemon=True).start()
 time.sleep(1.0)  # both subscribed
-pub = subprocess.Popen(["mosquitto_pub", "-p", port, "-t", topic, "-q", "1", "-l", "-M", "1000"],
+pub = subprocess.Popen([mqlink, "pub", "-p", port, "-t", topic, "-q", "1", "-l"],
                        stdin=subprocess.PIPE, bufsize=0)
 start = time.monotonic()
 for i in range(n):
