@@ -73,7 +73,8 @@ pub struct Component {
     /// Source: records acknowledged after every sink confirmed them
     /// (shared with its batches); sink: records it confirmed.
     pub confirmed: Arc<AtomicU64>,
-    /// Source: undecodable records without a dead-letter topic; sink: failed attempts.
+    /// Sink: failed writes (retried). Sources count decode errors in the
+    /// library's `mqlink_source_decode_errors_total`.
     pub errors: AtomicU64,
     /// Sink: record faults (dead-lettered or skipped).
     pub record_faults: AtomicU64,
@@ -132,17 +133,13 @@ impl Component {
     /// undecodable payloads (dropped or dead-lettered), a sink's failed
     /// writes and record faults.
     pub fn error_count(&self) -> u64 {
-        let decode = match self.mqtt.get() {
-            Some(Mqtt::Source(m)) => m
+        match (self.kind, self.mqtt.get()) {
+            (Kind::Source, Some(Mqtt::Source(m))) => m
                 .metrics()
                 .get("mqlink_source_decode_errors_total")
                 .unwrap_or(0),
-            _ => 0,
-        };
-        match self.kind {
-            // Without a dead-letter topic the pipeline counts them itself.
-            Kind::Source => decode.max(self.errors.load(Relaxed)),
-            Kind::Sink => self.errors.load(Relaxed) + self.record_faults.load(Relaxed),
+            (Kind::Source, _) => 0,
+            (Kind::Sink, _) => self.errors.load(Relaxed) + self.record_faults.load(Relaxed),
         }
     }
 

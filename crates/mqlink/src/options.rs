@@ -444,6 +444,56 @@ pub struct ConnectOptionsBuilder {
     errors: Vec<OptionsError>,
 }
 
+/// The connection setters of the source and sink builders, written once:
+/// each builder has `config.connection` (the whole options) and `connect`
+/// (pieces given one by one, applied at `build`).
+macro_rules! connection_setters {
+    () => {
+        fn with_connection(
+            mut self,
+            f: impl FnOnce(
+                crate::options::ConnectOptionsBuilder,
+            ) -> crate::options::ConnectOptionsBuilder,
+        ) -> Self {
+            let b = self
+                .connect
+                .take()
+                .unwrap_or_else(|| self.config.connection.clone().into_builder());
+            self.connect = Some(f(b));
+            self
+        }
+        /// The whole connection (replaces pieces given before).
+        pub fn connection(mut self, c: crate::ConnectOptions) -> Self {
+            self.config.connection = c;
+            self.connect = None;
+            self
+        }
+        /// A broker URL (`mqtt://host:1883`, `mqtts://…`, `ws://…`); call again for failover.
+        pub fn broker(self, url: &str) -> Self {
+            self.with_connection(|b| b.broker(url))
+        }
+        pub fn client_id(self, id: impl Into<String>) -> Self {
+            self.with_connection(|b| b.client_id(id))
+        }
+        /// User name and password (never printed).
+        pub fn auth(self, username: impl Into<String>, password: impl Into<crate::Secret>) -> Self {
+            self.with_connection(|b| b.auth(username, password))
+        }
+        /// A persistent session: what arrives while the client is away waits
+        /// for it, and QoS 2 stays exactly once across reconnects.
+        pub fn keep_session(self) -> Self {
+            self.with_connection(|b| b.keep_session())
+        }
+        pub fn protocol(self, p: crate::Protocol) -> Self {
+            self.with_connection(|b| b.protocol(p))
+        }
+        pub fn tls(self, tls: crate::TlsOptions) -> Self {
+            self.with_connection(|b| b.tls(tls))
+        }
+    };
+}
+pub(crate) use connection_setters;
+
 impl ConnectOptions {
     /// A builder that starts from these options.
     pub fn into_builder(self) -> ConnectOptionsBuilder {

@@ -183,44 +183,8 @@ pub struct SourceBuilder {
 }
 
 impl SourceBuilder {
-    /// The whole connection (replaces pieces given before).
-    pub fn connection(mut self, c: ConnectOptions) -> Self {
-        self.config.connection = c;
-        self.connect = None;
-        self
-    }
-    fn with_connection(
-        mut self,
-        f: impl FnOnce(crate::options::ConnectOptionsBuilder) -> crate::options::ConnectOptionsBuilder,
-    ) -> Self {
-        let b = self
-            .connect
-            .take()
-            .unwrap_or_else(|| self.config.connection.clone().into_builder());
-        self.connect = Some(f(b));
-        self
-    }
-    /// A broker URL (`mqtt://host:1883`, `mqtts://…`, `ws://…`); call again for failover.
-    pub fn broker(self, url: &str) -> Self {
-        self.with_connection(|b| b.broker(url))
-    }
-    pub fn client_id(self, id: impl Into<String>) -> Self {
-        self.with_connection(|b| b.client_id(id))
-    }
-    /// User name and password (never printed).
-    pub fn auth(self, username: impl Into<String>, password: impl Into<crate::Secret>) -> Self {
-        self.with_connection(|b| b.auth(username, password))
-    }
-    /// A persistent session: what arrives while the source is away waits for it.
-    pub fn keep_session(self) -> Self {
-        self.with_connection(|b| b.keep_session())
-    }
-    pub fn protocol(self, p: crate::Protocol) -> Self {
-        self.with_connection(|b| b.protocol(p))
-    }
-    pub fn tls(self, tls: crate::TlsOptions) -> Self {
-        self.with_connection(|b| b.tls(tls))
-    }
+    crate::options::connection_setters!();
+
     /// Adds a topic filter with its QoS.
     pub fn topic(mut self, filter: impl Into<String>, qos: QoS) -> Self {
         self.config

@@ -351,7 +351,7 @@ fn take(
             None
         }
         Err(e) => {
-            comp.errors.fetch_add(1, Relaxed);
+            // Counted by the library (mqlink_source_decode_errors_total).
             if bad_data == BadData::Fail {
                 tracing::error!(component = %path, topic = %r.topic, error = %e, "Undecodable payload: the source fails (bad_data = \"fail\"); the message is not acknowledged.");
                 return Some(format!("undecodable payload on {}: {e}", r.topic));
