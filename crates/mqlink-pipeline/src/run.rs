@@ -110,7 +110,7 @@ pub struct Report {
 impl Report {
     /// Everything handed to the pipeline was delivered or truthfully skipped.
     pub fn is_success(&self) -> bool {
-        self.unconfirmed == 0 && self.undelivered == 0 && self.failed.is_none()
+        self.problem().is_none()
     }
 
     /// Why the run did not succeed, in one sentence.
