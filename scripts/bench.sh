@@ -15,6 +15,10 @@
 #      max_inflight_messages 1 and 10 (20,000 queued), and with no in-flight
 #      cap (max_inflight_messages 0: the whole backlog arrives before SUBACK,
 #      MQTT 3.1.1), mqlink sub vs mosquitto_sub;
+#   6. the embedded broker (`mqlink broker`, max_queued_messages 0 as the
+#      Mosquitto above): the same drain and publish with the same C clients,
+#      next to Mosquitto, and the quickstart pipeline unthrottled (generator
+#      -> embedded broker -> MQTT source -> file + republish);
 #   5. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
 #      to mosquitto_pub, read by mosquitto_sub and mqlink sub at once
 #      (bench/latency.py; LAT_N, LAT_RATE change them).
@@ -65,6 +69,14 @@ for w in 1 10 0; do
   /usr/sbin/mosquitto -c "$work/mosquitto-$w.conf" >/dev/null 2>&1 & echo $! >> "$work/pid"
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/${wport[$w]}) 2>/dev/null && break; sleep 0.1; done
 done
+# The embedded broker on its own, set up as the Mosquitto above.
+eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nmax_queued_messages 0\n' "$eport" > "$work/mqlink-broker.conf"
+"$MQLINK" broker -c "$work/mqlink-broker.conf" 2>/dev/null & echo $! >> "$work/pid"
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$eport) 2>/dev/null && break; sleep 0.1; done
+# The quickstart, unthrottled and without its HTTP port.
+sed -e 's/^rate = 20000 .*/rate = 0/' -e "s/^count = 100000/count = $N/" -e '/^\[http\]/,$d' \
+  -e "s#out/telemetry.jsonl#$work/quickstart.jsonl#" examples/quickstart.toml > "$work/quickstart.toml"
 
 # ~110-byte JSON telemetry messages.
 python3 - "$N" > "$work/msgs" <<'PY'
@@ -188,6 +200,14 @@ primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
   report "drain no cap 3.1.1: mosquitto_sub" "$(timed mosquitto_sub -p "${wport[0]}" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
   id="nl-$r-$$"; fill_queue "$id" "${wport[0]}"
   report "drain no cap 3.1.1: mqlink sub" "$(timed timeout 120 "$MQLINK" sub -p "${wport[0]}" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  id="es-$r-$$"; fill_queue "$id" "$eport"
+  report "embedded broker drain: mosquitto_sub" "$(timed timeout 120 mosquitto_sub -p "$eport" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  id="el-$r-$$"; fill_queue "$id" "$eport"
+  report "embedded broker drain: mqlink sub" "$(timed timeout 120 "$MQLINK" sub -p "$eport" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  report "embedded broker publish: cpub, 1000 in flight" "$(timed "$work/cpub" "$eport" bench/pub 1 "$work/msgs" 1000)"
+  rm -f "$work/quickstart.jsonl"
+  set -- $(run_pipeline "$work/quickstart.toml"); [ "$(wc -l < "$work/quickstart.jsonl")" -eq "$N" ] || { echo "quickstart wrote $(wc -l < "$work/quickstart.jsonl") lines" >&2; exit 1; }
+  report "quickstart (embedded broker), busy" "$1 $3 $4"
 done
 # Latency: one stream at a steady rate, both subscribers at once.
 LAT_N=${LAT_N:-100000}; LAT_RATE=${LAT_RATE:-20000}
@@ -228,6 +248,12 @@ for w in (1, 10):
     print(f"drain, broker window {w:>2}: mqlink sub / mosquitto_sub: wall {b[0]/a[0]:.2f}x  (target: <= 1.50x)")
 a, b = g("drain no cap 3.1.1: mosquitto_sub"), g("drain no cap 3.1.1: mqlink sub")
 print(f"drain, no in-flight cap, 3.1.1: mqlink sub / mosquitto_sub: wall {b[0]/a[0]:.2f}x  (target: <= 0.80x)")
+es, el = g("embedded broker drain: mosquitto_sub"), g("embedded broker drain: mqlink sub")
+ep = g("embedded broker publish: cpub, 1000 in flight")
+print(f"embedded broker / Mosquitto, drain by mosquitto_sub: wall {es[0]/ms[0]:.2f}x ({n/es[0]:,.0f}/s vs {n/ms[0]:,.0f}/s); by mqlink sub: {el[0]/ml[0]:.2f}x")
+print(f"embedded broker / Mosquitto, cpub publish:           wall {ep[0]/lp[0]:.2f}x ({n/ep[0]:,.0f}/s vs {n/lp[0]:,.0f}/s)")
+qs = g("quickstart (embedded broker), busy")
+print(f"quickstart unthrottled: {n/qs[0]:,.0f} readings/s through the embedded broker, archived and republished, each acknowledged after both")
 if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mqlink::{Client, ConnectError, ConnectOptions, Error, Message, QoS, Refusal, Subscription};
-use testkit::{free_port, unique_id};
+use testkit::{free_port, unique_id, Certs};
 
 fn opts(port: u16, user: Option<(&str, &str)>) -> ConnectOptions {
     let mut o = ConnectOptions::new(&format!("mqtt://127.0.0.1:{port}")).unwrap();
@@ -20,6 +20,180 @@ fn opts(port: u16, user: Option<(&str, &str)>) -> ConnectOptions {
     o
 }
 
+/// Starts `mqlink broker -c conf`; returns once it listens.
+fn start_broker(conf: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args(["broker", "-c"])
+        .arg(conf)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says where it listens once it does (a line per listener; the
+    // last listener's line comes last).
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut listening = 0;
+    let want = std::fs::read_to_string(conf)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("listener"))
+        .count();
+    while listening < want {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+        listening += line.contains("listening on") as usize;
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+fn sigterm(mut child: std::process::Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM: {status:?}");
+}
+
+fn tls_opts(port: u16, ca: &std::path::Path, cert: Option<&Certs>) -> ConnectOptions {
+    let mut o = ConnectOptions::new(&format!("mqtts://localhost:{port}")).unwrap();
+    o.client_id = Some(unique_id("tls"));
+    o.connect_timeout = Duration::from_secs(5);
+    o.reconnect.max_attempts = 1;
+    o.tls.ca_file = Some(ca.to_owned());
+    if let Some(c) = cert {
+        o.tls.client_cert = Some(c.client_cert.clone());
+        o.tls.client_key = Some(c.client_key.clone());
+    }
+    o
+}
+
+/// TLS listeners beside a plain one, made from mosquitto.conf's keys:
+/// certificates made by the mosquitto-tls man page recipe serve
+/// mosquitto_pub/sub (OpenSSL) and mqlink's client (rustls); a listener
+/// with `require_certificate` refuses a client without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqlink_broker_tls_listeners_with_mosquitto_and_mqlink_clients() {
+    let dir = std::env::temp_dir().join(unique_id("mqlink-broker-tls"));
+    let recipe = Certs::mosquitto_tls_recipe(&dir.join("recipe"));
+    let mutual = Certs::generate(&dir.join("mutual"), "mutual-ca");
+    let (plain, tls, mtls) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("broker.conf"),
+        format!(
+            "listener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile recipe/ca.crt\ncertfile recipe/server_san.crt\nkeyfile recipe/server.key\n\
+             listener {mtls} 127.0.0.1\ncafile mutual/ca.crt\ncertfile mutual/server.crt\nkeyfile mutual/server.key\nrequire_certificate true\n"
+        ),
+    )
+    .unwrap();
+    let child = start_broker(&dir.join("broker.conf"));
+
+    // mosquitto_sub over TLS (OpenSSL, the recipe's CA) gets what
+    // mosquitto_pub sends on the plain listener: its persistent session
+    // subscribes first (-E: exit once subscribed), then collects.
+    let ca = recipe.ca.to_str().unwrap().to_owned();
+    let sub_id = unique_id("tls-sub");
+    let mosquitto_sub = |extra: &[&str]| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "localhost", "-p", &tls.to_string(), "--cafile", &ca])
+            .args(["-c", "-i", &sub_id, "-t", "tls/#", "-q", "1", "-v"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let subscribed = mosquitto_sub(&["-E"]);
+    assert!(
+        subscribed.status.success(),
+        "mosquitto_sub -E over TLS: {subscribed:?}"
+    );
+    let (c, mut inc) = Client::connect(tls_opts(tls, &recipe.ca, None))
+        .await
+        .expect("mqlink's client over TLS with the recipe's CA");
+    c.subscribe(vec![Subscription::new("tls/#", QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    for body in ["one", "two"] {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &plain.to_string()])
+            .args(["-t", "tls/x", "-q", "1", "-m", body])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let out = mosquitto_sub(&["-C", "2", "-W", "10"]);
+    assert!(out.status.success(), "mosquitto_sub over TLS: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tls/x one\ntls/x two\n"
+    );
+    for body in ["one", "two"] {
+        let mut d = tokio::time::timeout(Duration::from_secs(5), inc.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&d.payload[..], body.as_bytes());
+        d.ack();
+    }
+    c.disconnect().await;
+
+    // require_certificate: refused without a client certificate, let in with one.
+    let refused = Client::connect(tls_opts(mtls, &mutual.ca, None)).await.err();
+    assert!(refused.is_some(), "no client certificate: let in");
+    let (c, _inc) = Client::connect(tls_opts(mtls, &mutual.ca, Some(&mutual)))
+        .await
+        .expect("with the client certificate");
+    c.publish(Message::new("tls/m", "mutual", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    c.disconnect().await;
+    let st = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &mtls.to_string()])
+        .args(["--cafile", mutual.ca.to_str().unwrap()])
+        .args(["--cert", mutual.client_cert.to_str().unwrap()])
+        .args(["--key", mutual.client_key.to_str().unwrap()])
+        .args(["-t", "tls/m", "-q", "1", "-m", "from mosquitto_pub"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mosquitto_pub with a client certificate");
+
+    sigterm(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TLS listener's bad files are named at start, with the key.
+#[test]
+fn mqlink_broker_names_a_bad_tls_file() {
+    let dir = std::env::temp_dir().join(unique_id("mqlink-broker-badtls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    std::fs::write(
+        dir.join("broker.conf"),
+        format!(
+            "listener {} 127.0.0.1\ncertfile empty.pem\nkeyfile empty.pem\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args(["broker", "-c"])
+        .arg(dir.join("broker.conf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certfile") && err.contains("empty.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqlink_broker_serves_until_sigterm_with_a_password_file() {
     let dir = std::env::temp_dir().join(unique_id("mqlink-broker"));
@@ -31,20 +205,7 @@ async fn mqlink_broker_serves_until_sigterm_with_a_password_file() {
         format!("listener {port} 127.0.0.1\npassword_file passwd\nallow_anonymous false\nmax_queued_messages 100\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqlink"))
-        .args(["broker", "-c"])
-        .arg(dir.join("broker.conf"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // It says where it listens once it does.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
-    }
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let child = start_broker(&dir.join("broker.conf"));
 
     let refused = Client::connect(opts(port, None)).await.err();
     assert!(
@@ -76,12 +237,6 @@ async fn mqlink_broker_serves_until_sigterm_with_a_password_file() {
     d.ack();
     c.disconnect().await;
 
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit 0 on SIGTERM: {status:?}");
+    sigterm(child);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1583,3 +1583,75 @@ listen = "127.0.0.1:{http}"
     );
     assert!(err.contains("1 records were skipped"), "{err}");
 }
+
+/// The embedded broker's own state in /ready, /status and /metrics: a
+/// subscriber of it that takes nothing from its full queue (the pipeline's
+/// source, held back by a sink whose broker is frozen) is named after 10 s;
+/// once the far broker is back everything is delivered.
+#[test]
+fn ready_names_an_embedded_broker_subscriber_with_a_full_queue() {
+    let mut far = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("fullq");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.local]
+broker = "embedded"
+client_id = "{topic}-l"
+[connections.far]
+broker = "mqtt://127.0.0.1:{pf}"
+client_id = "{topic}-f"
+keep_alive = 60
+[sources.gen]
+type = "generator"
+count = 20000
+rate = 0
+[sinks.to_local]
+type = "mqtt"
+inputs = ["gen"]
+connection = "local"
+topic = "{topic}/{{device_id}}"
+[sources.in]
+type = "mqtt"
+connection = "local"
+topics = ["{topic}/#"]
+format = "raw_bytes"
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "far"
+topic = "{topic}/out"
+format = "raw"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            pf = far.port
+        ),
+    );
+    far.pause();
+    let mut run = start(&cfg, dir.path(), &["--until-idle", "1"]);
+    wait_until(40, "/ready naming the embedded broker's full queue", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503
+                && body.contains("embedded broker: subscriber ")
+                && body.contains("has taken nothing from its full queue (10000 messages)")
+        })
+    });
+    let (_, status) = http_get(http, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let broker = &status["embedded_broker"];
+    assert_eq!(broker["full_queues"][0]["queued"], 10000, "{status}");
+    assert!(broker["undelivered"].as_u64().unwrap() >= 10000, "{status}");
+    assert_eq!(broker["subscriptions"], 1, "{status}");
+    let (_, m) = http_get(http, "/metrics").unwrap();
+    assert!(m.contains("mqlink_broker_full_queues 1\n"), "{m}");
+    far.resume();
+    let out = wait_output(&mut run, 60);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("40000 records acknowledged"), "{err}");
+}

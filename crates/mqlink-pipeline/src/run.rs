@@ -296,7 +296,7 @@ pub async fn run(
         }
     }
     drop(done_tx);
-    let registry = Registry(Arc::new(components));
+    let registry = Registry(Arc::new(components), broker.as_ref().map(|b| b.monitor()));
 
     if let Some(h) = &p.http {
         let listener = http::bind(&h.listen)

@@ -310,9 +310,18 @@ fn describe(s: &Status) -> String {
     }
 }
 
-/// All components of a pipeline.
+/// All components of a pipeline, and its embedded broker if it has one.
 #[derive(Clone, Default)]
-pub struct Registry(pub Arc<Vec<Arc<Component>>>);
+pub struct Registry(
+    pub Arc<Vec<Arc<Component>>>,
+    pub Option<mqlink::broker::BrokerMonitor>,
+);
+
+/// A subscriber of the embedded broker that has taken nothing from its
+/// full queue for this long makes the pipeline not ready: its publishers
+/// are held back. (A full queue that is being taken from is back-pressure
+/// doing its job, not a fault.)
+const BROKER_QUEUE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Registry {
     /// Prometheus text exposition format, one family per metric name.
@@ -330,6 +339,18 @@ impl Registry {
                 }
             }
         }
+        if let Some(b) = &self.1 {
+            let stats = b.stats();
+            for (name, v) in [
+                ("mqlink_broker_sessions", stats.sessions),
+                ("mqlink_broker_subscriptions", stats.subscriptions),
+                ("mqlink_broker_retained_messages", stats.retained),
+                ("mqlink_broker_undelivered_messages", b.undelivered()),
+                ("mqlink_broker_full_queues", b.full_queues().len()),
+            ] {
+                families.push((name, format!("{name} {v}\n")));
+            }
+        }
         let mut out = String::new();
         for (name, lines) in families {
             let kind = if name.ends_with("_total") {
@@ -345,16 +366,44 @@ impl Registry {
 
     /// Reasons the pipeline is not ready; empty when it is.
     pub fn not_ready(&self) -> Vec<String> {
-        self.0.iter().filter_map(|c| c.not_ready()).collect()
+        let mut reasons: Vec<String> = self.0.iter().filter_map(|c| c.not_ready()).collect();
+        if let Some(b) = &self.1 {
+            for q in b.full_queues() {
+                if q.idle >= BROKER_QUEUE_STALL {
+                    reasons.push(format!(
+                        "embedded broker: subscriber {} has taken nothing from its full queue ({} messages) for {} s; publishers to it wait",
+                        q.client_id,
+                        q.queued,
+                        q.idle.as_secs()
+                    ));
+                }
+            }
+        }
+        reasons
     }
 
     pub fn status_json(&self) -> serde_json::Value {
         let reasons = self.not_ready();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "ready": reasons.is_empty(),
             "not_ready": reasons,
             "components": self.0.iter().map(|c| c.status_json()).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(b) = &self.1 {
+            let stats = b.stats();
+            status["embedded_broker"] = serde_json::json!({
+                "sessions": stats.sessions,
+                "subscriptions": stats.subscriptions,
+                "retained": stats.retained,
+                "undelivered": b.undelivered(),
+                "full_queues": b.full_queues().iter().map(|q| serde_json::json!({
+                    "client_id": q.client_id,
+                    "queued": q.queued,
+                    "idle_seconds": q.idle.as_secs_f64(),
+                })).collect::<Vec<_>>(),
+            });
+        }
+        status
     }
 
     /// One line per component: state, total, rate since `prev`, unconfirmed, errors.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout};
@@ -38,12 +38,39 @@ enum End {
     Abnormal(&'static str),
 }
 
-/// Serves one TCP connection until it ends.
-pub(super) async fn serve(
-    mut sock: TcpStream,
-    router: Arc<Router>,
-    conn_id: u64,
-) -> io::Result<()> {
+/// A client's byte stream: TCP, or TLS over TCP.
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    type Rd<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Read and write halves, used at the same time by one task.
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+}
+
+impl Io for TcpStream {
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {
+    // A TLS stream has one state for both directions: tokio's split
+    // shares it behind a lock that is never contended (one task).
+    type Rd<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Wr<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        tokio::io::split(self)
+    }
+}
+
+/// Serves one client connection until it ends.
+pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64) -> io::Result<()> {
     let cfg = &router.config;
     let max_packet = cfg.max_packet_size as usize;
     let mut buf = BytesMut::new();
@@ -202,7 +229,7 @@ pub(super) async fn serve(
 /// When the broker ends a connection, it half-closes and reads what the
 /// client still sends (briefly): closing with unread bytes would reset the
 /// connection and lose the DISCONNECT just written.
-async fn half_close(mut sock: TcpStream) {
+async fn half_close<S: Io>(mut sock: S) {
     let _ = sock.shutdown().await;
     let _ = timeout(Duration::from_secs(1), async {
         let mut sink = [0u8; 4096];
@@ -212,12 +239,7 @@ async fn half_close(mut sock: TcpStream) {
 }
 
 /// CONNACK with a refusal.
-async fn refuse(
-    sock: &mut TcpStream,
-    protocol: Protocol,
-    code: u8,
-    reason: &str,
-) -> io::Result<()> {
+async fn refuse<S: Io>(sock: &mut S, protocol: Protocol, code: u8, reason: &str) -> io::Result<()> {
     let mut out = BytesMut::new();
     let ack = ConnAck {
         code,
@@ -364,17 +386,17 @@ impl Conn {
         }
     }
 
-    async fn run(
+    async fn run<S: Io>(
         &mut self,
-        mut sock: TcpStream,
+        mut sock: S,
         mut buf: BytesMut,
         keep_alive: Option<u16>,
         kick: Arc<Notify>,
-    ) -> (End, TcpStream) {
+    ) -> (End, S) {
         let grace = keep_alive.map(|k| Duration::from_millis(k as u64 * 1500));
         let mut last_read = Instant::now();
         let max_packet = self.router.config.max_packet_size as usize;
-        let (mut rd, mut wr) = sock.split();
+        let (mut rd, mut wr) = sock.halves();
         let end = loop {
             // Packets already read, unless a publish waits for room.
             if self.routing.is_none() {
@@ -431,6 +453,7 @@ impl Conn {
         if !self.out.is_empty() {
             let _ = timeout(Duration::from_secs(1), wr.write_all(&self.out)).await;
         }
+        drop((rd, wr));
         (end, sock)
     }
 

@@ -29,12 +29,14 @@ mod auth;
 mod connection;
 mod router;
 mod session;
+#[cfg(feature = "tls")]
+mod tls;
 mod tree;
 mod wire;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,10 +114,41 @@ impl BrokerConfig {
     }
 }
 
+/// One address the broker listens on, in plain TCP or TLS.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    /// `HOST:PORT`; port 0 picks a free one.
+    pub address: String,
+    pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// A plain TCP listener.
+    pub fn tcp(address: impl Into<String>) -> Listener {
+        Listener {
+            address: address.into(),
+            tls: None,
+        }
+    }
+}
+
+/// A TLS listener's files, as Mosquitto's listener keys name them.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    /// PEM certificate (chain) the broker presents.
+    pub certfile: PathBuf,
+    /// PEM private key of `certfile`.
+    pub keyfile: PathBuf,
+    /// PEM CA certificates client certificates are checked against.
+    pub cafile: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `cafile`.
+    pub require_certificate: bool,
+}
+
 /// A running embedded broker; stops (with every connection) when dropped.
 pub struct EmbeddedBroker {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    addrs: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
     router: Arc<Router>,
 }
 
@@ -126,28 +159,81 @@ impl EmbeddedBroker {
         EmbeddedBroker::start_with(listen, BrokerConfig::default()).await
     }
 
-    /// Listens on `listen` with `config`. A listener that is not on a
-    /// loopback address and has no password file is refused unless
-    /// `allow_anonymous` is `Some(true)` (then a warning is logged).
+    /// Listens on `listen` (plain TCP) with `config`. See [`EmbeddedBroker::start_listeners`].
     pub async fn start_with(listen: &str, config: BrokerConfig) -> io::Result<EmbeddedBroker> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() && config.passwords.is_none() {
-            if config.allow_anonymous != Some(true) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("the embedded broker would listen on {addr}, beyond this machine, without authentication: give it a password file, listen on 127.0.0.1, or allow anonymous clients explicitly"),
-                ));
-            }
-            tracing::warn!(%addr, "Embedded broker: listening beyond this machine WITHOUT AUTHENTICATION (allow_anonymous): anyone who can reach it can read and publish everything.");
-        }
-        let router = Arc::new(Router::new(config));
-        let task = tokio::spawn(accept_loop(listener, router.clone()));
-        Ok(EmbeddedBroker { addr, task, router })
+        EmbeddedBroker::start_listeners(&[Listener::tcp(listen)], config).await
     }
 
+    /// Listens on every listener with `config`; the connection cap counts
+    /// all of them. A listener that is not on a loopback address and has
+    /// neither a password file nor required client certificates is refused
+    /// unless `allow_anonymous` is `Some(true)` (then a warning is logged).
+    /// A TLS listener's files are read here: errors name the key and file.
+    pub async fn start_listeners(
+        listeners: &[Listener],
+        config: BrokerConfig,
+    ) -> io::Result<EmbeddedBroker> {
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the embedded broker needs a listener",
+            ));
+        }
+        let router = Arc::new(Router::new(config));
+        let permits = Arc::new(Semaphore::new(
+            router.config.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
+        let mut broker = EmbeddedBroker {
+            addrs: Vec::new(),
+            tasks: Vec::new(),
+            router: router.clone(),
+        };
+        for l in listeners {
+            let acceptor = match &l.tls {
+                None => None,
+                #[cfg(feature = "tls")]
+                Some(files) => Some(tls::acceptor(files)?),
+                #[cfg(not(feature = "tls"))]
+                Some(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "this mqlink was built without TLS (cargo feature `tls`)",
+                    ))
+                }
+            };
+            let listener = TcpListener::bind(&l.address).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.address))
+            })?;
+            let addr = listener.local_addr()?;
+            let certified = l.tls.as_ref().is_some_and(|t| t.require_certificate);
+            if !addr.ip().is_loopback() && router.config.passwords.is_none() && !certified {
+                if router.config.allow_anonymous != Some(true) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("the embedded broker would listen on {addr}, beyond this machine, without authentication: give it a password file, listen on 127.0.0.1, or allow anonymous clients explicitly"),
+                    ));
+                }
+                tracing::warn!(%addr, "Embedded broker: listening beyond this machine WITHOUT AUTHENTICATION (allow_anonymous): anyone who can reach it can read and publish everything.");
+            }
+            broker.addrs.push(addr);
+            broker.tasks.push(tokio::spawn(accept_loop(
+                listener,
+                acceptor,
+                router.clone(),
+                permits.clone(),
+            )));
+        }
+        Ok(broker)
+    }
+
+    /// The first listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every listener's address, in the order they were given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Messages the broker accepted (acknowledged to their publishers) and
@@ -155,18 +241,80 @@ impl EmbeddedBroker {
     /// acknowledged by the subscriber. A pipeline drains this to zero
     /// before its sources stop, so nothing it was handed is lost.
     pub fn undelivered(&self) -> usize {
-        self.router.sessions().iter().map(|s| s.undelivered()).sum()
+        self.monitor().undelivered()
     }
 
     /// Sessions, subscriptions and retained messages the broker holds.
     pub fn stats(&self) -> BrokerStats {
-        let (sessions, subscriptions, retained) = self.router.counts();
+        self.monitor().stats()
+    }
+
+    /// A view of the broker's state that health pages keep (cloneable;
+    /// it does not keep the broker running).
+    pub fn monitor(&self) -> BrokerMonitor {
+        BrokerMonitor(self.router.clone())
+    }
+}
+
+/// What a running broker holds, read without stopping it (see
+/// [`EmbeddedBroker::monitor`]).
+#[derive(Clone)]
+pub struct BrokerMonitor(Arc<Router>);
+
+impl std::fmt::Debug for BrokerMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BrokerMonitor").field(&self.stats()).finish()
+    }
+}
+
+impl BrokerMonitor {
+    /// See [`EmbeddedBroker::undelivered`].
+    pub fn undelivered(&self) -> usize {
+        self.0.sessions().iter().map(|s| s.undelivered()).sum()
+    }
+
+    /// See [`EmbeddedBroker::stats`].
+    pub fn stats(&self) -> BrokerStats {
+        let (sessions, subscriptions, retained) = self.0.counts();
         BrokerStats {
             sessions,
             subscriptions,
             retained,
         }
     }
+
+    /// Online sessions whose queue is full (`max_queued_messages`): their
+    /// publishers wait. Each with how long it has taken nothing.
+    pub fn full_queues(&self) -> Vec<FullQueue> {
+        let now = std::time::Instant::now();
+        let mut full: Vec<FullQueue> = self
+            .0
+            .sessions()
+            .iter()
+            .filter_map(|s| {
+                let st = s.lock();
+                (st.owner.is_some() && !st.closed && st.queue.len() >= st.limit).then(|| {
+                    FullQueue {
+                        client_id: s.client_id.clone(),
+                        queued: st.queue.len(),
+                        idle: now.duration_since(st.last_taken),
+                    }
+                })
+            })
+            .collect();
+        full.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        full
+    }
+}
+
+/// An online subscriber whose queue is full (see [`BrokerMonitor::full_queues`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullQueue {
+    pub client_id: String,
+    /// Messages queued for it (the limit).
+    pub queued: usize,
+    /// How long since it last took a message from its queue.
+    pub idle: Duration,
 }
 
 /// What [`EmbeddedBroker::stats`] reports.
@@ -179,17 +327,25 @@ pub struct BrokerStats {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Acceptor = std::convert::Infallible;
+
 /// Accepts connections up to the cap; on accept errors (the file
 /// descriptor limit) backs off instead of spinning.
-async fn accept_loop(listener: TcpListener, router: Arc<Router>) {
-    let permits = Arc::new(Semaphore::new(
-        router.config.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
-    let next_id = AtomicU64::new(0);
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<Acceptor>,
+    router: Arc<Router>,
+    permits: Arc<Semaphore>,
+) {
     let mut conns = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -214,11 +370,31 @@ async fn accept_loop(listener: TcpListener, router: Arc<Router>) {
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let id = router.key();
         let router = router.clone();
+        let acceptor = acceptor.clone();
         conns.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection::serve(sock, router, id).await {
+            let served = match acceptor {
+                None => connection::serve(sock, router, id).await,
+                #[cfg(feature = "tls")]
+                Some(acceptor) => {
+                    // The handshake counts against the CONNECT timeout.
+                    match tokio::time::timeout(router.config.connect_timeout, acceptor.accept(sock))
+                        .await
+                    {
+                        Ok(Ok(tls)) => connection::serve(tls, router, id).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no TLS handshake within the connect timeout",
+                        )),
+                    }
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "Embedded broker: connection ended.");
             }
         });
