@@ -175,9 +175,6 @@ impl Driver {
             let error_text = match self.connect_once(broker).await {
                 Ok(conn) => {
                     last_connect_error = None;
-                    if let Some(first) = self.first.take() {
-                        let _ = first.send(Ok(()));
-                    }
                     let began = Instant::now();
                     match self.serve(conn, broker).await {
                         Ok(Closed::ByApplication) => break self.failed.take(),
@@ -718,6 +715,10 @@ impl Driver {
             broker: broker.to_string(),
             session_present,
         });
+        // After the status: whoever `connect` returns to sees it connected.
+        if let Some(first) = self.first.take() {
+            let _ = first.send(Ok(()));
+        }
 
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
         // Requests that were sent but not answered go again, first.
