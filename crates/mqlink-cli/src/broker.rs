@@ -193,13 +193,14 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
             .map(|l| l.listener(0))
             .collect::<anyhow::Result<_>>()?,
     };
+    let stop = crate::shutdown_signal();
     let broker = EmbeddedBroker::start_listeners(&listeners, file.broker).await?;
     for (l, addr) in listeners.iter().zip(broker.local_addrs()) {
         let kind = if l.tls.is_some() { "TLS" } else { "TCP" };
         tracing::info!(address = %addr, kind, "mqlink broker listening.");
         eprintln!("mqlink broker listening on {addr} ({kind})");
     }
-    crate::shutdown_signal().await;
+    stop.await;
     tracing::info!(
         undelivered = broker.undelivered(),
         "mqlink broker stopping."

@@ -43,11 +43,15 @@ enum Command {
 
 /// Completes on SIGINT or SIGTERM.
 pub(crate) fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed here, not when first polled: a signal that comes between
+    // this call and the first await (a test's SIGTERM right after
+    // "listening") must stop us cleanly, not kill us.
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    Box::pin(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     })
