@@ -83,8 +83,14 @@ fn loopback(s: &str) -> Result<String, String> {
 
 /// The pipeline of a file, with the command line's parameters.
 fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipeline::Pipeline> {
-    let mut p = mqlink_pipeline::load_with(file, &cybus.params)
-        .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let mut p = mqlink_pipeline::load_with(file, &cybus.params).map_err(|e| {
+        // Errors name the file, once.
+        if e.path == file.display().to_string() {
+            usage(e.to_string())
+        } else {
+            usage(format!("{}: {e}", file.display()))
+        }
+    })?;
     if let Some(l) = &cybus.embedded_broker {
         p.embedded_broker.listen = Some(l.clone());
     }

@@ -218,12 +218,14 @@ impl Ctx<'_> {
         )?;
         match string(props.get("protocol"), &format!("{path}.protocol"))?.as_deref() {
             Some("Mqtt" | "mqtt" | "MQTT") => {}
-            Some(other) => return Err(err(
-                format!("{path}.protocol"),
-                format!(
+            Some(other) => {
+                return Err(err(
+                    format!("{path}.protocol"),
+                    format!(
                     "{other} is not supported: mqlink runs MQTT connections only (protocol: Mqtt)"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(err(
                     format!("{path}.protocol"),
@@ -428,12 +430,14 @@ impl Ctx<'_> {
         )?;
         match string(props.get("protocol"), &format!("{path}.protocol"))?.as_deref() {
             Some("Mqtt" | "mqtt" | "MQTT") => {}
-            Some(other) => return Err(err(
-                format!("{path}.protocol"),
-                format!(
+            Some(other) => {
+                return Err(err(
+                    format!("{path}.protocol"),
+                    format!(
                     "{other} is not supported: mqlink runs MQTT endpoints only (protocol: Mqtt)"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(err(
                     format!("{path}.protocol"),

@@ -361,14 +361,14 @@ impl Running {
         let stage = self.stage.clone();
         for (i, rule) in stage.rules.iter().enumerate().skip(from) {
             match rule {
-                Rule::Transform(ast) => {
-                    match eval(ast, &value, ctx)? {
-                        Some(v) => value = v,
-                        None => return Err(format!(
+                Rule::Transform(ast) => match eval(ast, &value, ctx)? {
+                    Some(v) => value = v,
+                    None => {
+                        return Err(format!(
                             "rules[{i}].transform: the expression gave no value for this message"
-                        )),
+                        ))
                     }
-                }
+                },
                 Rule::Filter(ast) => {
                     if !eval(ast, &value, ctx)?.is_some_and(|v| truthy(&v)) {
                         return Ok(Step::Dropped);

@@ -240,12 +240,14 @@ pub fn parameters(
                 typed_value(&p.ty, &text).map_err(|e| err(&path, format!("{source}: {e}")))?
             }
             (None, Some(d)) => d.clone(),
-            (None, None) => return Err(err(
-                path,
-                format!(
+            (None, None) => {
+                return Err(err(
+                    path,
+                    format!(
                     "required (no default): give --param {name}=VALUE or set MQLINK_PARAM_{name}"
                 ),
-            )),
+                ))
+            }
         };
         check(&p, &value).map_err(|e| err(&path, e))?;
         out.insert(name, value);
