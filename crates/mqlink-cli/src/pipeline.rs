@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if report.skipped > 0 {
             let _ = writeln!(
                 err,
-                "  {} records were skipped by sinks that could never write them (reasons logged; no dead_letter_topic): acknowledged, not written",
+                "  {} records were skipped — a sink could never write them (no dead_letter_topic), or their rule failed (reasons logged): acknowledged, not written",
                 report.skipped
             );
         }

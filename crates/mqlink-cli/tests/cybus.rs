@@ -580,3 +580,112 @@ fn validate_names_the_resource_and_property_and_refuses_what_mqlink_cannot_run()
         "{e}"
     );
 }
+
+/// A mapping that subscribes on one broker and publishes to another is
+/// one hop: a message is acknowledged to broker A only once broker B
+/// confirmed it. With B stopped, mqlink is killed (SIGKILL) holding
+/// messages it took from A; after B is back, the next run delivers every
+/// one of them, once.
+#[test]
+fn a_mapping_between_two_brokers_acknowledges_nothing_early() {
+    let a = Mosquitto::start();
+    let mut b = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("ne");
+    let cfg = write(
+        dir.path(),
+        "direct.yml",
+        &format!(
+            r#"
+metadata: {{ name: Direct {id} }}
+resources:
+  a:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pa}, clean: false, clientId: {id}-a }}
+  b:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pb}, clean: false, clientId: {id}-b, reconnectPeriod: 200 }}
+  relay:
+    type: Cybus::Mapping
+    properties:
+      mappings:
+        - subscribe: {{ topic: '{id}/in/+device', connection: !ref a, qos: 1 }}
+          publish: {{ topic: '{id}/out/$device', connection: !ref b, qos: 1 }}
+          rules:
+            - transform: {{ expression: '{{"device": $context.vars.device, "n": n}}' }}
+"#,
+            pa = a.port,
+            pb = b.port
+        ),
+    );
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &b.port.to_string(),
+        "-t",
+        &format!("{id}/out/#"),
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        &format!("{id}-reader"),
+        "-v",
+    ]);
+    let start = || {
+        mqlink()
+            .arg("run")
+            .arg(&cfg)
+            .arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut run = start();
+    wait_until(30, "a probe through the mapping", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+        publish(
+            a.port,
+            None,
+            &format!("{id}/in/probe"),
+            &[r#"{"n": -1}"#.to_string()],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).is_ok()
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    b.stop();
+    let lines: Vec<String> = (0..300).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    publish(a.port, None, &format!("{id}/in/d1"), &lines);
+    // mqlink has taken them from A (A's window allows it) and cannot
+    // deliver them: killed now, it must not have acknowledged any.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&run, "-KILL");
+    run.wait().unwrap();
+    b.restart();
+    run = start();
+    let mut got = Vec::new();
+    while got.len() < lines.len() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("only {} of {} arrived", got.len(), lines.len()));
+        got.push(l);
+    }
+    let want: Vec<String> = (0..300)
+        .map(|n| format!(r#"{id}/out/d1 {{"device":"d1","n":{n}}}"#))
+        .collect();
+    assert_eq!(got, want, "every message, once, in order");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        "a duplicate"
+    );
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    kill(sub);
+}

@@ -83,6 +83,16 @@ pub fn compile(
             "nothing to run: no Cybus::Endpoint or Cybus::Mapping",
         ));
     }
+    // No embedded broker when nothing uses the internal one (a mapping
+    // between two external brokers).
+    let uses_internal = c
+        .sources
+        .values()
+        .chain(c.sinks.values())
+        .any(|v| v["connection"] == INTERNAL);
+    if !uses_internal {
+        c.connections.remove(INTERNAL);
+    }
     Ok(Compiled {
         tree: json!({
             "connections": c.connections,

@@ -262,7 +262,7 @@ pub fn parse_rules(v: &Json, path: &str) -> Result<Vec<Rule>, ConfigError> {
 }
 
 /// The stage of one mapping entry or endpoint.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stage {
     pub subscriptions: Vec<Subscription>,
     pub rules: Vec<Rule>,
@@ -273,23 +273,13 @@ pub struct Stage {
 impl MakeTransform for Stage {
     fn make(&self) -> Box<dyn Transform> {
         Box::new(Running {
-            stage: Arc::new(self.clone_shallow()),
+            stage: Arc::new(self.clone()),
             cache: Map::new(),
             burst: Vec::new(),
             burst_started: None,
             seen: 0,
             first_held: None,
         })
-    }
-}
-
-impl Stage {
-    fn clone_shallow(&self) -> Stage {
-        Stage {
-            subscriptions: self.subscriptions.clone(),
-            rules: self.rules.clone(),
-            publish: self.publish.clone(),
-        }
     }
 }
 
@@ -357,7 +347,13 @@ impl Running {
     }
 
     /// Runs the rules from `from` on `value`.
-    fn chain(&mut self, from: usize, mut value: Json, ctx: &Ctx) -> Result<Step, String> {
+    fn chain(
+        &mut self,
+        from: usize,
+        mut value: Json,
+        ctx: &Ctx,
+        now: Instant,
+    ) -> Result<Step, String> {
         let stage = self.stage.clone();
         for (i, rule) in stage.rules.iter().enumerate().skip(from) {
             match rule {
@@ -388,10 +384,8 @@ impl Running {
                         self.first_held = Some(self.seen - 1);
                     }
                     self.burst.push(value);
-                    let started = self
-                        .burst_started
-                        .as_ref()
-                        .map_or_else(Instant::now, |(t, _)| *t);
+                    // The interval runs from the first message of the burst.
+                    let started = self.burst_started.as_ref().map_or(now, |(t, _)| *t);
                     self.burst_started = Some((started, ctx.clone()));
                     if max_size.is_some_and(|m| self.burst.len() >= m) {
                         value = self.take_burst();
@@ -445,7 +439,7 @@ impl Running {
         });
     }
 
-    fn flush_burst(&mut self, out: &mut Output) {
+    fn flush_burst(&mut self, out: &mut Output, now: Instant) {
         let Some((i, _)) = self.burst_index() else {
             return;
         };
@@ -453,7 +447,7 @@ impl Running {
             return;
         };
         let value = self.take_burst();
-        match self.chain(i + 1, value, &ctx) {
+        match self.chain(i + 1, value, &ctx, now) {
             Ok(Step::Out(v)) => self.emit(v, &ctx, out),
             Ok(_) => {}
             Err(reason) => out.faults.push(Fault {
@@ -472,7 +466,7 @@ impl Transform for Running {
     fn apply(&mut self, items: Vec<Item>, now: Instant) -> Output {
         let mut out = Output::default();
         if self.due(now) {
-            self.flush_burst(&mut out);
+            self.flush_burst(&mut out, now);
         }
         for item in items {
             self.seen += 1;
@@ -505,7 +499,7 @@ impl Transform for Running {
                     continue;
                 }
             };
-            match self.chain(0, value, &ctx) {
+            match self.chain(0, value, &ctx, now) {
                 Ok(Step::Out(v)) => self.emit(v, &ctx, &mut out),
                 Ok(Step::Dropped | Step::Held) => {}
                 Err(reason) => out.faults.push(Fault {
@@ -530,7 +524,7 @@ impl Transform for Running {
     fn flush(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         if self.due(now) {
-            self.flush_burst(&mut out);
+            self.flush_burst(&mut out, now);
         }
         out
     }
