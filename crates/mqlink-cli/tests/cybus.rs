@@ -689,3 +689,112 @@ resources:
     assert!(wait_output(&mut run, 30).status.success());
     kill(sub);
 }
+
+/// The rule engine on a real broker: a filter passes only errors (a
+/// payload that is not JSON is skipped, counted and reported), a burst
+/// sends four readings at a time and the rest once its interval passed.
+#[test]
+fn filter_and_burst_rules_run_per_record() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("ru");
+    let cfg = write(
+        dir.path(),
+        "rules.yml",
+        &format!(
+            r#"
+metadata: {{ name: Rules {id} }}
+resources:
+  plant:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {port}, clean: false, clientId: {id} }}
+  rules:
+    type: Cybus::Mapping
+    properties:
+      mappings:
+        - subscribe: {{ topic: '{id}/logs/+line', connection: !ref plant }}
+          publish: {{ topic: '{id}/errors/{{line}}', connection: !ref plant }}
+          rules:
+            - filter: {{ expression: 'level = "ERROR"' }}
+        - subscribe: {{ topic: '{id}/readings', connection: !ref plant }}
+          publish: {{ topic: '{id}/batched', connection: !ref plant }}
+          rules:
+            - burst: {{ maxSize: 4, interval: 700 }}
+            - transform: {{ expression: '$.n' }}
+"#,
+            port = broker.port
+        ),
+    );
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{id}/errors/#"),
+        "-t",
+        &format!("{id}/batched"),
+        "-q",
+        "1",
+        "-v",
+    ]);
+    let mut run = mqlink()
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a probe through the filter", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+        publish(
+            broker.port,
+            None,
+            &format!("{id}/logs/probe"),
+            &[r#"{"level": "ERROR"}"#.to_string()],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).is_ok()
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    let logs: Vec<String> = (0..10)
+        .map(|i| {
+            let level = if i % 3 == 0 { "ERROR" } else { "INFO" };
+            format!(r#"{{"level": "{level}", "i": {i}}}"#)
+        })
+        .chain(["not json".to_string()])
+        .collect();
+    publish(broker.port, None, &format!("{id}/logs/a"), &logs);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(rx.recv_timeout(Duration::from_secs(10)).expect("errors"));
+    }
+    let want: Vec<String> = [0, 3, 6, 9]
+        .iter()
+        .map(|i| format!(r#"{id}/errors/a {{"level":"ERROR","i":{i}}}"#))
+        .collect();
+    assert_eq!(got, want, "only the errors, routed by +line");
+
+    let readings: Vec<String> = (0..10).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    publish(broker.port, None, &format!("{id}/readings"), &readings);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(rx.recv_timeout(Duration::from_secs(10)).expect("bursts"));
+    }
+    assert_eq!(
+        got,
+        [
+            format!("{id}/batched [0,1,2,3]"),
+            format!("{id}/batched [4,5,6,7]"),
+            format!("{id}/batched [8,9]"),
+        ],
+        "four at a time, the rest after the interval"
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(1)).is_err());
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 records were skipped"), "{err}");
+    assert!(err.contains("the payload is not JSON"), "{err}");
+    kill(sub);
+}
