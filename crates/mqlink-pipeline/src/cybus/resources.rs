@@ -71,10 +71,37 @@ pub fn compile(
     }
     for (id, (ty, props)) in resources {
         let path = format!("resources.{id}.properties");
+        // An endpoint or mapping Connectware would not start, mqlink does
+        // not run either (it is still checked).
+        let disabled = match props.get("targetState") {
+            None | Some(Json::Null) => false,
+            Some(Json::String(s)) if ty != "Cybus::Connection" && s == "disabled" => true,
+            Some(Json::String(s)) if ty != "Cybus::Connection" && s == "enabled" => false,
+            Some(Json::String(s))
+                if ty == "Cybus::Connection" && (s == "connected" || s == "disconnected") =>
+            {
+                false
+            }
+            Some(other) => {
+                let values = if ty == "Cybus::Connection" {
+                    "connected or disconnected"
+                } else {
+                    "enabled or disabled"
+                };
+                return Err(err(
+                    format!("{path}.targetState"),
+                    format!("{other} is not {values}"),
+                ));
+            }
+        };
+        let (sources, sinks, stages) = (c.sources.clone(), c.sinks.clone(), c.transforms.clone());
         match ty.as_str() {
             "Cybus::Connection" => c.connection(id, props, &path)?,
             "Cybus::Endpoint" => c.endpoint(id, props, &path)?,
             _ => c.mapping(id, props, &path)?,
+        }
+        if disabled {
+            (c.sources, c.sinks, c.transforms) = (sources, sinks, stages);
         }
     }
     if c.sources.is_empty() {
