@@ -798,3 +798,120 @@ resources:
     assert!(err.contains("the payload is not JSON"), "{err}");
     kill(sub);
 }
+
+/// Through the internal broker too, nothing is acknowledged early: an
+/// endpoint on A, a mapping, a write endpoint on B. With B stopped, mqlink
+/// is killed (SIGKILL) while the messages sit between the hops; A still
+/// has every one of them unacknowledged, and the next run delivers them.
+#[test]
+fn a_chain_through_the_internal_broker_acknowledges_nothing_early() {
+    let a = Mosquitto::start();
+    let mut b = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("ch");
+    let cfg = write(
+        dir.path(),
+        "chain.yml",
+        &format!(
+            r#"
+metadata: {{ name: Chain {id} }}
+resources:
+  a:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pa}, clean: false, clientId: {id}-a }}
+  b:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pb}, clean: false, clientId: {id}-b, reconnectPeriod: 200 }}
+  machine:
+    type: Cybus::Endpoint
+    properties:
+      protocol: Mqtt
+      connection: !ref a
+      subscribe: {{ topic: {id}/in }}
+  out:
+    type: Cybus::Endpoint
+    properties:
+      protocol: Mqtt
+      connection: !ref b
+      write: {{ topic: {id}/out }}
+  relay:
+    type: Cybus::Mapping
+    properties:
+      mappings:
+        - subscribe: {{ endpoint: !ref machine }}
+          publish: {{ endpoint: !ref out }}
+          rules:
+            - transform: {{ expression: '{{"n": n * 10}}' }}
+"#,
+            pa = a.port,
+            pb = b.port
+        ),
+    );
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &b.port.to_string(),
+        "-t",
+        &format!("{id}/out"),
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        &format!("{id}-reader"),
+    ]);
+    let start = || {
+        mqlink()
+            .arg("run")
+            .arg(&cfg)
+            .arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut run = start();
+    wait_until(30, "a probe through the chain", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+        publish(
+            a.port,
+            None,
+            &format!("{id}/in"),
+            &[r#"{"n": -1}"#.to_string()],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).is_ok()
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    b.stop();
+    let lines: Vec<String> = (0..300).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    publish(a.port, None, &format!("{id}/in"), &lines);
+    // Taken from A, through the endpoint and the mapping, waiting at the
+    // write endpoint: killed now, none may be acknowledged to A.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&run, "-KILL");
+    run.wait().unwrap();
+    b.restart();
+    run = start();
+    let mut got = Vec::new();
+    while got.len() < lines.len() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("only {} of {} arrived: {got:?}", got.len(), lines.len()));
+        got.push(l);
+    }
+    let want: Vec<String> = (0..300).map(|n| format!(r#"{{"n":{}}}"#, n * 10)).collect();
+    assert_eq!(got, want, "every message, once, in order");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        "a duplicate"
+    );
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    kill(sub);
+}

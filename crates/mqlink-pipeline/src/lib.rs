@@ -17,6 +17,8 @@
 //! - [`sink`]: **the guarantee path** — one runner for every sink that owns
 //!   confirmation, retry with backoff, dead letters, and the record-fault
 //!   vs fatal-fault distinction.
+//! - [`relay`]: acknowledgements carried through the embedded broker, so
+//!   a chain of hops acknowledges the first broker only after the last.
 //! - [`run()`]: `run(spec, options, shutdown) -> Report`.
 //! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status.
 
@@ -24,6 +26,7 @@ pub mod batch;
 pub mod connectors;
 pub mod cybus;
 pub mod http;
+pub mod relay;
 mod run;
 pub mod sink;
 pub mod spec;

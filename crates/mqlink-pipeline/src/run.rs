@@ -26,10 +26,12 @@ use tokio::task::JoinHandle;
 
 use crate::batch::BusyTime;
 use crate::connectors::file::FileSink;
+use crate::connectors::mqtt::sink::RelayTarget;
 use crate::connectors::mqtt::{run_source, MqttSinkRuntime};
 use crate::connectors::postgres::PostgresSink;
 use crate::connectors::{generator, Outputs, SinkInput};
 use crate::http;
+use crate::relay::Relay;
 use crate::sink::{self, write_backoff};
 use crate::spec::{Pipeline, SinkKind, SourceConfig};
 use crate::status::{Component, Kind, Registry, State};
@@ -187,6 +189,22 @@ pub async fn run(
     // Sinks that publish to the embedded broker: drained before it is.
     let mut into_embedded: Vec<Arc<Component>> = Vec::new();
 
+    // Acknowledgements carried through the embedded broker: between MQTT 5
+    // sinks and sources on it (the tag is a user property).
+    let relayed = |connection: &str| {
+        p.connection(connection)
+            .is_some_and(|c| c.is_embedded() && c.options.protocol == mqlink::Protocol::V5)
+    };
+    let consumers: Vec<Vec<String>> = p
+        .sources
+        .iter()
+        .filter_map(|(_, s)| match s {
+            SourceConfig::Mqtt(m) if relayed(&m.connection) => Some(m.topics.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let relay = (broker.is_some() && !consumers.is_empty()).then(|| Arc::new(Relay::default()));
+
     for (name, sink) in &p.sinks {
         let comp = Component::new(name, Kind::Sink, sink.kind.type_name());
         components.push(comp.clone());
@@ -207,7 +225,16 @@ pub async fn run(
                 let options = options_for(&m.connection, name);
                 match MqttSinkRuntime::start(m, options, &comp) {
                     Ok(s) => tokio::spawn(sink::run(
-                        s,
+                        match &relay {
+                            Some(r) if relayed(&m.connection) => s.relaying(
+                                RelayTarget {
+                                    relay: r.clone(),
+                                    consumers: consumers.clone(),
+                                },
+                                &m.topic,
+                            ),
+                            _ => s,
+                        },
                         path.clone(),
                         comp.clone(),
                         write_backoff(),
@@ -276,7 +303,7 @@ pub async fn run(
         components.push(comp.clone());
         let done = done_tx.clone();
         let path = format!("sources.{name}");
-        let out = Outputs::new(
+        let mut out = Outputs::new(
             senders.remove(name).unwrap_or_default(),
             match source {
                 SourceConfig::Generator(_) => stop_gen_rx.clone(),
@@ -285,6 +312,11 @@ pub async fn run(
             busy.clone(),
             p.transforms.get(name).map(|t| t.make()),
         );
+        if let SourceConfig::Mqtt(m) = source {
+            if relayed(&m.connection) {
+                out.relay = relay.clone();
+            }
+        }
         match source {
             SourceConfig::Mqtt(m) => {
                 let options = options_for(&m.connection, name);

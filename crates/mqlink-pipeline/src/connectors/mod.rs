@@ -18,8 +18,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::batch::{Batch, BusyTime, Item};
+use crate::relay::Relay;
 use crate::status::Component;
 use crate::transform::{Output, Transform};
+
+/// What settling a source record takes: its MQTT acknowledgement (none at
+/// QoS 0) and, for a message a pipeline sink relayed through the embedded
+/// broker, its relay id.
+pub type Settle = (Option<RecordAck>, Option<u64>);
 
 /// A sink's channel, and the sink (which counts what it was handed).
 pub type SinkInput = (mpsc::Sender<Arc<Batch>>, Arc<Component>);
@@ -31,9 +37,11 @@ pub struct Outputs {
     pub stop: watch::Receiver<bool>,
     pub busy: Arc<BusyTime>,
     pub stage: Option<Box<dyn Transform>>,
-    /// The acknowledgements of the records handed to the stage and not yet
-    /// carried out by a batch, in arrival order (`None`: QoS 0).
-    pending: VecDeque<Option<RecordAck>>,
+    /// Set for sources on the embedded broker: relayed messages to settle.
+    pub relay: Option<Arc<Relay>>,
+    /// What settles the records handed to the stage and not yet carried
+    /// out by a batch, in arrival order.
+    pending: VecDeque<Settle>,
 }
 
 impl Outputs {
@@ -48,6 +56,7 @@ impl Outputs {
             stop,
             busy,
             stage,
+            relay: None,
             pending: VecDeque::new(),
         }
     }
@@ -62,24 +71,17 @@ impl Outputs {
         self.stage.as_ref().and_then(|s| s.deadline())
     }
 
-    /// Hands a batch (`acks`: one slot per item, `None` for QoS 0, or empty
-    /// when no record has one) to every sink, through the stage, waiting while a sink is full.
-    /// False when a sink is gone.
-    pub async fn send(
-        &mut self,
-        items: Vec<Item>,
-        acks: Vec<Option<RecordAck>>,
-        comp: &Component,
-    ) -> bool {
+    /// Hands a batch (`acks`: one per item, or empty when no record has
+    /// anything to settle) to every sink, through the stage, waiting while a
+    /// sink is full. False when a sink is gone.
+    pub async fn send(&mut self, items: Vec<Item>, acks: Vec<Settle>, comp: &Component) -> bool {
         let Some(stage) = self.stage.as_mut() else {
             let n = items.len() as u64;
-            return self
-                .deliver(items, acks.into_iter().flatten().collect(), n, comp)
-                .await;
+            return self.deliver(items, acks, n, comp).await;
         };
         let (n, given) = (items.len(), acks.len());
         self.pending.extend(acks);
-        self.pending.extend((given..n).map(|_| None));
+        self.pending.extend((given..n).map(|_| (None, None)));
         let out = stage.apply(items, Instant::now());
         self.settle(out, comp).await
     }
@@ -108,8 +110,8 @@ impl Outputs {
         }
         let held = self.stage.as_ref().map_or(0, |s| s.held());
         let done = self.pending.len().saturating_sub(held);
-        let acks: Vec<RecordAck> = self.pending.drain(..done).flatten().collect();
-        self.deliver(out.items, acks, done as u64, comp).await
+        let settles: Vec<Settle> = self.pending.drain(..done).collect();
+        self.deliver(out.items, settles, done as u64, comp).await
     }
 
     /// One batch to every sink; a batch without records (all filtered)
@@ -117,13 +119,24 @@ impl Outputs {
     async fn deliver(
         &mut self,
         items: Vec<Item>,
-        acks: Vec<RecordAck>,
+        settles: Vec<Settle>,
         covers: u64,
         comp: &Component,
     ) -> bool {
+        let mut acks = Vec::with_capacity(settles.len());
+        let mut relayed = Vec::new();
+        for (a, r) in settles {
+            acks.extend(a);
+            relayed.extend(r);
+        }
         if items.is_empty() {
             for a in acks {
                 a.ack();
+            }
+            if let Some(relay) = &self.relay {
+                for id in relayed {
+                    relay.done(id);
+                }
             }
             comp.confirmed.fetch_add(covers, Ordering::Relaxed);
             return true;
@@ -136,7 +149,8 @@ impl Outputs {
                 comp.confirmed.clone(),
                 self.busy.clone(),
             )
-            .covering(covers),
+            .covering(covers)
+            .relaying(self.relay.clone(), relayed),
         );
         for (tx, sink) in &self.senders {
             if tx.send(batch.clone()).await.is_err() {

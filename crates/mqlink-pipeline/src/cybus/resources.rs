@@ -59,7 +59,9 @@ pub fn compile(
     };
     c.connections.insert(
         INTERNAL.into(),
-        json!({ "broker": "embedded", "client_id": service_id, "clean_session": false }),
+        // MQTT 5: acknowledgements travel through it as user properties
+        // (crate::relay), so a chain of hops acknowledges end to end.
+        json!({ "broker": "embedded", "client_id": service_id, "clean_session": false, "protocol": "5" }),
     );
     for (id, (ty, _)) in resources {
         if !SUPPORTED.contains(&ty.as_str()) {
