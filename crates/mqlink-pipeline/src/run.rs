@@ -195,11 +195,17 @@ pub async fn run(
         p.connection(connection)
             .is_some_and(|c| c.is_embedded() && c.options.protocol == mqlink::Protocol::V5)
     };
+    // Sources that settle relayed messages: raw payloads only, which the
+    // library never dead-letters out of their sight (a decoding source's
+    // dead letters would never be settled).
+    let consumes = |m: &crate::connectors::mqtt::MqttSourceConfig| {
+        relayed(&m.connection) && matches!(m.decoder, mqlink::format::Format::RawBytes { .. })
+    };
     let consumers: Vec<Vec<String>> = p
         .sources
         .iter()
         .filter_map(|(_, s)| match s {
-            SourceConfig::Mqtt(m) if relayed(&m.connection) => Some(m.topics.to_vec()),
+            SourceConfig::Mqtt(m) if consumes(m) => Some(m.topics.to_vec()),
             _ => None,
         })
         .collect();
@@ -313,7 +319,7 @@ pub async fn run(
             p.transforms.get(name).map(|t| t.make()),
         );
         if let SourceConfig::Mqtt(m) = source {
-            if relayed(&m.connection) {
+            if consumes(m) {
                 out.relay = relay.clone();
             }
         }
@@ -330,7 +336,9 @@ pub async fn run(
                 let from_outside = !p.connection(&m.connection).is_some_and(|c| c.is_embedded());
                 tokio::spawn(async move {
                     if from_outside {
-                        while internal.iter().any(|c| c.state() == State::Starting) {
+                        while internal.iter().any(|c| c.state() == State::Starting)
+                            && !out.stopping()
+                        {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
