@@ -14,6 +14,8 @@ use mqlink::codec::ByteStr;
 use mqlink::format::Value;
 use mqlink::source::RecordAck;
 
+use crate::relay::Relay;
+
 /// One record: the decoded value, and where it came from.
 #[derive(Debug)]
 pub struct Item {
@@ -32,6 +34,12 @@ pub struct Batch {
     acks: Mutex<Vec<RecordAck>>,
     /// The source's count of records acknowledged after every sink confirmed.
     acknowledged: Arc<AtomicU64>,
+    /// Source records this batch carries out (a stage may have filtered or
+    /// combined some): what the source counts as acknowledged.
+    covers: u64,
+    /// Messages of the embedded broker whose publishing sink waits for
+    /// this batch (see [`crate::relay`]).
+    relayed: Option<(Arc<Relay>, Vec<u64>)>,
     busy: Arc<BusyTime>,
 }
 
@@ -62,12 +70,28 @@ impl Batch {
     ) -> Batch {
         busy.first.get_or_init(Instant::now);
         Batch {
+            covers: items.len() as u64,
+            relayed: None,
             items,
             pending: AtomicUsize::new(sinks),
             acks: Mutex::new(acks),
             acknowledged,
             busy,
         }
+    }
+
+    /// Relayed messages this batch settles once confirmed.
+    pub fn relaying(mut self, relay: Option<Arc<Relay>>, ids: Vec<u64>) -> Batch {
+        if let (Some(r), false) = (relay, ids.is_empty()) {
+            self.relayed = Some((r, ids));
+        }
+        self
+    }
+
+    /// The number of source records this batch stands for.
+    pub fn covering(mut self, records: u64) -> Batch {
+        self.covers = records;
+        self
     }
 
     /// One sink has the whole batch safe; the last one acknowledges the
@@ -79,8 +103,12 @@ impl Batch {
             for a in acks {
                 a.ack();
             }
-            self.acknowledged
-                .fetch_add(self.items.len() as u64, Ordering::Relaxed);
+            self.acknowledged.fetch_add(self.covers, Ordering::Relaxed);
+            if let Some((relay, ids)) = &self.relayed {
+                for id in ids {
+                    relay.done(*id);
+                }
+            }
             if let Some(first) = self.busy.first.get() {
                 self.busy
                     .last_ack_us

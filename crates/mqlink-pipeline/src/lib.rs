@@ -7,21 +7,31 @@
 //!   TOML/YAML front end. Other front ends compile into the same spec.
 //! - [`connectors`]: each source and sink with its options next to its
 //!   runtime, and the registry that maps type names to them.
+//! - [`cybus`]: Cybus Connectware service commissioning files, compiled
+//!   into the same spec (`Cybus::Connection`, `Cybus::Endpoint`,
+//!   `Cybus::Mapping`, their rules).
+//! - [`transform`]: the per-record stage between a source and its sinks
+//!   (rules: transform, filter, collect, burst).
 //! - [`batch`]: records travelling from a source to its sinks, and the
 //!   fan-out acknowledgement.
 //! - [`sink`]: **the guarantee path** — one runner for every sink that owns
 //!   confirmation, retry with backoff, dead letters, and the record-fault
 //!   vs fatal-fault distinction.
+//! - [`relay`]: acknowledgements carried through the embedded broker, so
+//!   a chain of hops acknowledges the first broker only after the last.
 //! - [`run()`]: `run(spec, options, shutdown) -> Report`.
 //! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status.
 
 pub mod batch;
 pub mod connectors;
+pub mod cybus;
 pub mod http;
+pub mod relay;
 mod run;
 pub mod sink;
 pub mod spec;
 pub mod status;
+pub mod transform;
 
 pub use run::{run, Report, RunError, RunOptions, Stop};
-pub use spec::{load, parse, ConfigError, Pipeline};
+pub use spec::{load, load_with, parse, ConfigError, Pipeline};

@@ -26,10 +26,12 @@ use tokio::task::JoinHandle;
 
 use crate::batch::BusyTime;
 use crate::connectors::file::FileSink;
+use crate::connectors::mqtt::sink::RelayTarget;
 use crate::connectors::mqtt::{run_source, MqttSinkRuntime};
 use crate::connectors::postgres::PostgresSink;
 use crate::connectors::{generator, Outputs, SinkInput};
 use crate::http;
+use crate::relay::Relay;
 use crate::sink::{self, write_backoff};
 use crate::spec::{Pipeline, SinkKind, SourceConfig};
 use crate::status::{Component, Kind, Registry, State};
@@ -187,6 +189,28 @@ pub async fn run(
     // Sinks that publish to the embedded broker: drained before it is.
     let mut into_embedded: Vec<Arc<Component>> = Vec::new();
 
+    // Acknowledgements carried through the embedded broker: between MQTT 5
+    // sinks and sources on it (the tag is a user property).
+    let relayed = |connection: &str| {
+        p.connection(connection)
+            .is_some_and(|c| c.is_embedded() && c.options.protocol == mqlink::Protocol::V5)
+    };
+    // Sources that settle relayed messages: raw payloads only, which the
+    // library never dead-letters out of their sight (a decoding source's
+    // dead letters would never be settled).
+    let consumes = |m: &crate::connectors::mqtt::MqttSourceConfig| {
+        relayed(&m.connection) && matches!(m.decoder, mqlink::format::Format::RawBytes { .. })
+    };
+    let consumers: Vec<Vec<String>> = p
+        .sources
+        .iter()
+        .filter_map(|(_, s)| match s {
+            SourceConfig::Mqtt(m) if consumes(m) => Some(m.topics.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let relay = (broker.is_some() && !consumers.is_empty()).then(|| Arc::new(Relay::default()));
+
     for (name, sink) in &p.sinks {
         let comp = Component::new(name, Kind::Sink, sink.kind.type_name());
         components.push(comp.clone());
@@ -207,7 +231,16 @@ pub async fn run(
                 let options = options_for(&m.connection, name);
                 match MqttSinkRuntime::start(m, options, &comp) {
                     Ok(s) => tokio::spawn(sink::run(
-                        s,
+                        match &relay {
+                            Some(r) if relayed(&m.connection) => s.relaying(
+                                RelayTarget {
+                                    relay: r.clone(),
+                                    consumers: consumers.clone(),
+                                },
+                                &m.topic,
+                            ),
+                            _ => s,
+                        },
                         path.clone(),
                         comp.clone(),
                         write_backoff(),
@@ -259,23 +292,56 @@ pub async fn run(
             .cloned()
             .collect(),
     );
+    let subscribers_of_embedded: Arc<Vec<Arc<Component>>> = Arc::new(
+        p.sources
+            .iter()
+            .zip(&sources)
+            .filter(|((_, s), _)| match s {
+                SourceConfig::Mqtt(m) => {
+                    p.connection(&m.connection).is_some_and(|c| c.is_embedded())
+                }
+                SourceConfig::Generator(_) => false,
+            })
+            .map(|(_, c)| c.clone())
+            .collect(),
+    );
     for ((name, source), comp) in p.sources.iter().zip(sources) {
         components.push(comp.clone());
         let done = done_tx.clone();
         let path = format!("sources.{name}");
-        let out = Outputs {
-            senders: senders.remove(name).unwrap_or_default(),
-            stop: match source {
+        let mut out = Outputs::new(
+            senders.remove(name).unwrap_or_default(),
+            match source {
                 SourceConfig::Generator(_) => stop_gen_rx.clone(),
                 SourceConfig::Mqtt(_) => stop_rx.clone(),
             },
-            busy: busy.clone(),
-        };
+            busy.clone(),
+            p.transforms.get(name).map(|t| t.make()),
+        );
+        if let SourceConfig::Mqtt(m) = source {
+            if consumes(m) {
+                out.relay = relay.clone();
+            }
+        }
         match source {
             SourceConfig::Mqtt(m) => {
                 let options = options_for(&m.connection, name);
                 let m = m.clone();
+                // A source on another broker starts taking messages only
+                // once every source on the embedded broker has subscribed:
+                // what it forwards into the embedded broker must find its
+                // subscribers there (a broker drops a message nobody
+                // subscribed to, after acknowledging it).
+                let internal = subscribers_of_embedded.clone();
+                let from_outside = !p.connection(&m.connection).is_some_and(|c| c.is_embedded());
                 tokio::spawn(async move {
+                    if from_outside {
+                        while internal.iter().any(|c| c.state() == State::Starting)
+                            && !out.stopping()
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
                     let _ = done.send(run_source(path, m, options, comp, out).await);
                 });
             }
@@ -438,7 +504,8 @@ pub async fn run(
             .map(|c| c.confirmed.load(Relaxed))
             .sum(),
         busy_seconds: busy.seconds(),
-        skipped: sinks().map(|c| c.skipped.load(Relaxed)).sum(),
+        // Sinks' record faults, and records a source's stage could not process.
+        skipped: registry.0.iter().map(|c| c.skipped.load(Relaxed)).sum(),
         unconfirmed,
         undelivered,
         shutdown_timeout: p.run.shutdown_timeout,

@@ -17,6 +17,7 @@ use mqlink::{ConnectOptions, PublishError, QoS};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::relay::{Relay, PROPERTY};
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{
     connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig,
@@ -152,6 +153,16 @@ pub struct MqttSinkRuntime {
     sink: MqttSink,
     raw: bool,
     dead_letters: Option<DeadLetters>,
+    /// With the topic when it is fixed (`None`: the record's own topic).
+    relay: Option<(RelayTarget, Option<String>)>,
+}
+
+/// For a sink publishing into the embedded broker (MQTT 5): the pipeline
+/// sources there, by their filters; a message is confirmed once each
+/// source it reaches has settled it ([`crate::relay`]).
+pub struct RelayTarget {
+    pub relay: Arc<Relay>,
+    pub consumers: Vec<Vec<String>>,
 }
 
 impl MqttSinkRuntime {
@@ -186,7 +197,22 @@ impl MqttSinkRuntime {
             sink,
             raw: cfg.format == "raw",
             dead_letters,
+            relay: None,
         })
+    }
+
+    /// Waits, for each message, until the pipeline sources it reaches in
+    /// the embedded broker have settled it.
+    pub fn relaying(mut self, target: RelayTarget, topic: &TopicTemplate) -> MqttSinkRuntime {
+        // The topic is known before publishing when it is fixed or the
+        // record's own topic; other templates are not relayed.
+        let t = topic.to_string();
+        if t == "{stream}" {
+            self.relay = Some((target, None));
+        } else if !topic.uses_stream() && topic.fields().next().is_none() && !topic.uses_key() {
+            self.relay = Some((target, Some(t)));
+        }
+        self
     }
 }
 
@@ -214,18 +240,33 @@ impl Sink for MqttSinkRuntime {
     async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
         let mut handles = Vec::with_capacity(job.len());
         let mut faults = Vec::new();
+        let mut relayed = Vec::new();
         for (index, item) in job.items().enumerate() {
             let value = if self.raw && item.topic.is_some() {
                 RecordValue::Bytes(item.payload.clone())
             } else {
                 RecordValue::Json(item.value.to_json())
             };
+            let mut headers = Vec::new();
+            if let Some((target, fixed)) = &self.relay {
+                let topic = fixed.as_deref().or(item.topic.as_deref()).unwrap_or("");
+                let n = target
+                    .consumers
+                    .iter()
+                    .filter(|filters| filters.iter().any(|f| mqlink::topic::matches(f, topic)))
+                    .count();
+                if n > 0 {
+                    let (tag, rx) = target.relay.register(n);
+                    headers.push((PROPERTY.to_string(), tag));
+                    relayed.push((index, rx));
+                }
+            }
             let record = SinkRecord {
                 key: None,
                 value,
                 namespace: None,
                 stream: item.topic.as_ref().map(|t| t.to_string()),
-                headers: Vec::new(),
+                headers,
                 timestamp: None,
             };
             match self.sink.send(record).await {
@@ -237,6 +278,13 @@ impl Sink for MqttSinkRuntime {
             for (index, h) in handles {
                 if let Err(e) = h.await {
                     faults.push(classify(index, SinkError::Publish(e)).map_err(|e| e.to_string())?);
+                }
+            }
+            // Then every pipeline source that got a message settled it (a
+            // message the broker refused reaches none).
+            for (index, rx) in relayed {
+                if !faults.iter().any(|f| f.index == index) {
+                    let _ = rx.await;
                 }
             }
             faults.sort_by_key(|f| f.index);

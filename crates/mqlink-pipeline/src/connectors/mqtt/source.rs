@@ -278,9 +278,19 @@ pub async fn run_source(
     comp.set_state(State::Running);
     tracing::info!(component = %path, clients = ?source.clients().iter().map(|c| c.client_id().to_owned()).collect::<Vec<_>>(), "Subscribed.");
     while !out.stopping() {
+        // A stage's held records (a burst) are released on time even
+        // when nothing new arrives.
+        let due = out.deadline();
         let first = tokio::select! {
-            r = source.next() => r,
+            r = source.next() => Some(r),
             _ = out.stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(crate::transform::far_future)), if due.is_some() => None,
+        };
+        let Some(first) = first else {
+            if !out.flush_due(&comp).await {
+                break;
+            }
+            continue;
         };
         let Some(first) = first else {
             comp.set_error("every client of the source stopped");
@@ -289,7 +299,9 @@ pub async fn run_source(
         };
         let mut items = Vec::with_capacity(cfg.batch_size.min(1024));
         let mut acks = Vec::with_capacity(cfg.batch_size.min(1024));
-        let mut bad = take(first, &mut items, &mut acks, &path, bad_data, &comp);
+        let relay = out.relay.clone();
+        let relay = relay.as_deref();
+        let mut bad = take(first, &mut items, &mut acks, &path, bad_data, &comp, relay);
         // Whatever else has arrived, then (with batch_timeout_ms) what
         // arrives before the deadline.
         let deadline = tokio::time::Instant::now() + linger;
@@ -303,7 +315,11 @@ pub async fn run_source(
                     .flatten(),
             };
             match next {
-                Some(r) => bad = bad.or(take(r, &mut items, &mut acks, &path, bad_data, &comp)),
+                Some(r) => {
+                    bad = bad.or(take(
+                        r, &mut items, &mut acks, &path, bad_data, &comp, relay,
+                    ))
+                }
                 None => break,
             }
             if bad.is_some() {
@@ -334,12 +350,22 @@ pub async fn run_source(
 fn take(
     mut r: Record,
     items: &mut Vec<Item>,
-    acks: &mut Vec<mqlink::source::RecordAck>,
+    acks: &mut Vec<crate::connectors::Settle>,
     path: &str,
     bad_data: BadData,
     comp: &Component,
+    relay: Option<&crate::relay::Relay>,
 ) -> Option<String> {
     let ack = r.take_ack();
+    // A message a pipeline sink relayed through the embedded broker.
+    let relayed = relay.and_then(|relay| {
+        r.properties.as_ref().and_then(|p| {
+            p.user_properties
+                .iter()
+                .find(|(k, _)| k == crate::relay::PROPERTY)
+                .and_then(|(_, v)| relay.parse(v))
+        })
+    });
     match r.value {
         Ok(value) => {
             items.push(Item {
@@ -347,7 +373,7 @@ fn take(
                 payload: r.payload,
                 value,
             });
-            acks.extend(ack);
+            acks.push((ack, relayed));
             None
         }
         Err(e) => {
@@ -360,6 +386,9 @@ fn take(
             comp.set_error(format!("undecodable payload dropped: {e}"));
             if let Some(a) = ack {
                 a.ack();
+            }
+            if let (Some(relay), Some(id)) = (relay, relayed) {
+                relay.done(id);
             }
             None
         }
