@@ -146,6 +146,7 @@ impl EmbeddedBroker {
         Ok(EmbeddedBroker { addr, task, router })
     }
 
+    /// The address it listens on (the port chosen for `…:0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -172,8 +173,11 @@ impl EmbeddedBroker {
 /// What [`EmbeddedBroker::stats`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BrokerStats {
+    /// Sessions, connected or kept.
     pub sessions: usize,
+    /// Subscriptions of all sessions.
     pub subscriptions: usize,
+    /// Retained messages.
     pub retained: usize,
 }
 
