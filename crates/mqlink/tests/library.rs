@@ -74,12 +74,9 @@ async fn forward_acknowledges_upstream_only_after_the_far_broker_confirmed() {
         .await
         .unwrap();
     // The sink's session is up before the freeze.
-    downstream
-        .send(SinkRecord::json(json!("warm-up")))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let mut warm_up = SinkRecord::json(json!("warm-up"));
+    warm_up.stream = Some("warm-up".into());
+    downstream.send(warm_up).await.unwrap().await.unwrap();
     timeout(T, out.recv()).await.unwrap().unwrap().ack();
 
     far.pause();

@@ -146,7 +146,7 @@ impl Registry {
                 }
                 e => format!("schema registry {shown}: {e}"),
             })?;
-            let status = response.status();
+            let status = response.status().as_u16();
             let body = response
                 .body_mut()
                 .with_config()

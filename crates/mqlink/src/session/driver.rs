@@ -175,9 +175,7 @@ impl Driver {
             let error_text = match self.connect_once(broker).await {
                 Ok(conn) => {
                     last_connect_error = None;
-                    if let Some(first) = self.first.take() {
-                        let _ = first.send(Ok(()));
-                    }
+                    // `serve` answers `first` once the status says Connected.
                     let began = Instant::now();
                     match self.serve(conn, broker).await {
                         Ok(Closed::ByApplication) => break self.failed.take(),
@@ -718,6 +716,10 @@ impl Driver {
             broker: broker.to_string(),
             session_present,
         });
+        // `connect` returns only now, so its caller sees Connected.
+        if let Some(first) = self.first.take() {
+            let _ = first.send(Ok(()));
+        }
 
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
         // Requests that were sent but not answered go again, first.

@@ -236,7 +236,9 @@ impl SinkConfig {
 
 /// The function of [`SinkBuilder::message_fn`].
 #[derive(Clone)]
-pub(crate) struct MessageFn(Arc<dyn Fn(&SinkRecord) -> Result<Message, String> + Send + Sync>);
+pub(crate) struct MessageFn(Arc<MakeMessage>);
+
+type MakeMessage = dyn Fn(&SinkRecord) -> Result<Message, String> + Send + Sync;
 
 impl std::fmt::Debug for MessageFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -246,7 +248,9 @@ impl std::fmt::Debug for MessageFn {
 
 /// The function of [`SinkBuilder::retry_fn`] (a [`RetryStrategy`] is one).
 #[derive(Clone)]
-pub(crate) struct RetryFn(Arc<dyn Fn(u32, &PublishError) -> Option<Duration> + Send + Sync>);
+pub(crate) struct RetryFn(Arc<RetryDelay>);
+
+type RetryDelay = dyn Fn(u32, &PublishError) -> Option<Duration> + Send + Sync;
 
 impl RetryFn {
     fn delay(&self, attempt: u32, error: &PublishError) -> Option<Duration> {
@@ -318,6 +322,12 @@ pub enum FlushError {
 /// Completes when the broker confirmed the record.
 #[must_use = "a record is delivered when its handle completes; drop it only if flush() covers it"]
 pub struct DeliveryHandle(oneshot::Receiver<Result<Confirmed, PublishError>>);
+
+impl std::fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryHandle").finish_non_exhaustive()
+    }
+}
 
 impl std::future::Future for DeliveryHandle {
     type Output = Result<Confirmed, PublishError>;
@@ -441,13 +451,17 @@ impl SinkBuilder {
         self.config.parallelism = n;
         self
     }
-    /// Turns the crash-safe spool on (see [`SinkConfig::spool_dir`]).
+    /// Turns the crash-safe spool on: records are on disk in `dir` before
+    /// [`send`](MqttSink::send) returns, those not confirmed are published
+    /// again after a restart, and `send` waits while the spool holds more
+    /// than `max_bytes`.
     pub fn spool(mut self, dir: impl Into<std::path::PathBuf>, max_bytes: u64) -> Self {
         self.config.spool_dir = Some(dir.into());
         self.config.spool_max_bytes = max_bytes;
         self
     }
-    /// Keys from a value field for records that have none (see [`SinkConfig::key_field`]).
+    /// Keys from a value field for records that have none: the field's text
+    /// (strings as they are, numbers and booleans printed).
     pub fn key_field(mut self, field: impl Into<String>) -> Self {
         self.config.key_field = Some(field.into());
         self

@@ -742,8 +742,10 @@ impl Stream for MqttSource {
 /// source does.
 pub struct Batches {
     source: Option<MqttSource>,
-    next: Option<Pin<Box<dyn Future<Output = (MqttSource, Vec<Record>)> + Send>>>,
+    next: Option<NextBatch>,
 }
+
+type NextBatch = Pin<Box<dyn Future<Output = (MqttSource, Vec<Record>)> + Send>>;
 
 impl std::fmt::Debug for Batches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
