@@ -116,6 +116,8 @@ pub struct Publish {
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// The packets' names in the specification.
+#[allow(clippy::enum_variant_names)]
 pub enum AckKind {
     PubAck,
     PubRec,
