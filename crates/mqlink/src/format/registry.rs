@@ -334,6 +334,65 @@ mod tests {
         );
     }
 
+    /// https against a local TLS server (`openssl s_server -WWW` serving
+    /// the schema as a file): verified with the test CA, refused with the
+    /// system's roots.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn https_with_a_private_ca() {
+        let dir = tempfile_dir();
+        let certs = testkit::Certs::generate(&dir.join("certs"), "registry test CA");
+        std::fs::create_dir_all(dir.join("www/schemas/ids")).unwrap();
+        std::fs::write(dir.join("www/schemas/ids/5"), SCHEMA).unwrap();
+        let port = testkit::free_port();
+        let mut server = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-WWW",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+            ])
+            .arg(&certs.server_cert)
+            .arg("-key")
+            .arg(&certs.server_key)
+            .current_dir(dir.join("www"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let url = format!("https://localhost:{port}");
+        let trusted = Registry::new(&url).unwrap().ca_file(&certs.ca).unwrap();
+        let fetched = if up {
+            Some(trusted.fetch(5).await)
+        } else {
+            None
+        };
+        let untrusted = Registry::new(&url).unwrap().fetch(5).await;
+        let _ = server.kill();
+        let _ = server.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(up, "openssl s_server did not start");
+        fetched.unwrap().unwrap();
+        let e = untrusted.unwrap_err();
+        assert!(e.starts_with(&format!("schema registry {url}: ")), "{e}");
+        assert!(
+            e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+            "{e}"
+        );
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(testkit::unique_id("mqlink-registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn bad_urls() {
         for (url, why) in [
