@@ -21,8 +21,13 @@
 #      -> embedded broker -> MQTT source -> file + republish);
 #   5. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
 #      to mosquitto_pub, read by mosquitto_sub and mqlink sub at once
-#      (bench/latency.py; LAT_N, LAT_RATE change them).
-# Installs what it needs on Debian. N=... changes the message count.
+#      (bench/latency.py; LAT_N, LAT_RATE change them);
+#   6. bridges: the same queue republished to another topic, each message
+#      acknowledged upstream only after the broker confirmed its copy:
+#      `mqlink run` with an MQTT source and an MQTT sink, and the library's
+#      `crates/mqlink/examples/bridge.rs` (`MqttSink::forward`).
+# Installs what it needs on Debian. N=... changes the message count;
+# BENCH_ONLY=bridge runs only the bridges (6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -43,9 +48,11 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 cargo build --release -q -p mqlink-cli
-cargo build --release -q -p mqlink --example sink_bench
+cargo build --release -q -p mqlink --example sink_bench --example bridge
 MQLINK=$PWD/target/release/mqlink
 SINK_BENCH=$PWD/target/release/examples/sink_bench
+BRIDGE=$PWD/target/release/examples/bridge
+ONLY=${BENCH_ONLY:-}
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; kill -QUIT $(cat "$work/pgpid" 2>/dev/null) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/cpub" bench/cpub.c -lmosquitto
@@ -159,7 +166,38 @@ report() { # name "wall user sys"
   printf '%-44s %8s %8s %8s %12.0f\n' "$1" "$2" "$3" "$4" "$(awk -v n="$N" -v w="$2" 'BEGIN{print n/w}')"
   echo "$1 $2 $3 $4" >> "$work/results"
 }
+# A bridge pipeline: the queue of session $1 republished to bridged/<topic>.
+bridge_pipeline() { # $1 = client id
+  cat <<TOML
+[connections.near]
+broker = "mqtt://127.0.0.1:$port"
+client_id = "$1"
+clean_session = false
+[connections.far]
+broker = "mqtt://127.0.0.1:$port"
+[sources.in]
+type = "mqtt"
+connection = "near"
+topics = ["bench/$1"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "far"
+topic = "bridged/{stream}"
+format = "raw"
+TOML
+}
 for r in $(seq "$ROUNDS"); do
+  id="bp-$r-$$"; bridge_pipeline "$id" > "$work/$id.toml"
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # creates the session
+  "$MQLINK" pub -p "$port" -t "bench/$id" -q 1 -l < "$work/msgs" 2>/dev/null
+  set -- $(run_pipeline "$work/$id.toml")
+  report "bridge: mqlink run (mqtt -> mqtt), busy" "$1 $3 $4"
+  id="bl-$r-$$"; fill_queue "$id"
+  set -- $(timed "$BRIDGE" "mqtt://127.0.0.1:$port" "$id" "bench/$id" "mqtt://127.0.0.1:$port" "bridged/{stream}" "$N")
+  busy=$(sed -n 's/^bridged [0-9]* records in \([0-9.]*\) s.*/\1/p' "$work/err")
+  report "bridge: library (examples/bridge.rs), busy" "$busy $2 $3"
+  [ -n "$ONLY" ] && continue
   id="ms-$r-$$"; fill_queue "$id"
   report "drain: mosquitto_sub" "$(timed mosquitto_sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
   id="ml-$r-$$"; fill_queue "$id"
@@ -211,12 +249,12 @@ primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
 done
 # Latency: one stream at a steady rate, both subscribers at once.
 LAT_N=${LAT_N:-100000}; LAT_RATE=${LAT_RATE:-20000}
-python3 bench/latency.py "$port" "$LAT_N" "$LAT_RATE" "$MQLINK" > "$work/latency"
+[ -n "$ONLY" ] && BENCH_PAHO=0 || python3 bench/latency.py "$port" "$LAT_N" "$LAT_RATE" "$MQLINK" > "$work/latency"
 if [ "${BENCH_PAHO:-1}" = 1 ]; then
   report "publish: paho-mqtt (Python)" "$(timed python3 bench/paho_pub.py 127.0.0.1 "$port" bench/pub "$work/msgs")"
 fi
 echo
-cat "$work/latency"
+[ -n "$ONLY" ] || cat "$work/latency"
 # Best of the rounds for each run, and the ratios the targets are stated in.
 python3 - "$work/results" "$N" <<'PY'
 import sys, collections
@@ -227,6 +265,11 @@ for line in open(sys.argv[1]):
     if float(wall) < best[name][0]:
         best[name] = (float(wall), float(user), float(sys_))
 def g(k): return best[k]
+n = int(sys.argv[2])
+bp, bl = g("bridge: mqlink run (mqtt -> mqtt), busy"), g("bridge: library (examples/bridge.rs), busy")
+print(f"bridge  library / mqlink run: busy {bl[0]/bp[0]:.2f}x  ({n/bl[0]:,.0f} vs {n/bp[0]:,.0f} messages/s acknowledged after confirmation)")
+if "drain: mosquitto_sub" not in best:
+    sys.exit(0)
 ms, ml, mj = g("drain: mosquitto_sub"), g("drain: mqlink sub"), g("drain: mqlink sub --schema (typed JSON)")
 lp, mp = g("publish: libmosquitto (cpub), 1000 in flight"), g("publish: mqlink pub -l --max-inflight 1000")
 print(f"drain   mqlink sub / mosquitto_sub: wall {ml[0]/ms[0]:.2f}x, CPU {(ml[1]+ml[2])/max(ms[1]+ms[2],1e-9):.2f}x  (target: wall <= 1.00x)")

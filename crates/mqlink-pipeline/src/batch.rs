@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use mqlink::codec::ByteStr;
 use mqlink::format::Value;
 use mqlink::source::RecordAck;
+use mqlink::ByteStr;
 
 use crate::relay::Relay;
 

@@ -4,20 +4,28 @@
 
 use std::time::Duration;
 
-use crate::codec::DecodeError;
+pub use crate::codec::{DecodeError, EncodeError};
 use crate::options::{BrokerUrl, OptionsError};
 use crate::topic::TopicError;
 
 /// Why a broker refused a connection (CONNACK return / reason code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// Wrong user name or password.
     BadCredentials,
+    /// The client may not connect.
     NotAuthorized,
+    /// The broker does not speak this MQTT version.
     UnsupportedProtocol,
+    /// The client identifier is not accepted.
     ClientIdRejected,
+    /// The broker is unavailable or busy.
     ServerUnavailable,
+    /// The client is banned.
     Banned,
+    /// A quota is exceeded.
     QuotaExceeded,
+    /// Another code.
     Other(u8),
 }
 
@@ -59,25 +67,56 @@ impl std::fmt::Display for Refusal {
 /// A failed connection attempt to one broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The broker could not be reached.
     #[error("cannot reach {broker}: {error}")]
     Io {
+        /// The broker.
         broker: BrokerUrl,
+        /// The error.
         error: std::io::Error,
     },
+    /// TCP, TLS, WebSocket and CONNACK took longer than `connect_timeout`.
     #[error("connecting to {broker} timed out after {after:?}")]
-    Timeout { broker: BrokerUrl, after: Duration },
+    Timeout {
+        /// The broker.
+        broker: BrokerUrl,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The TLS handshake failed (certificate, name, protocol).
     #[error("TLS with {broker} failed: {reason}")]
-    Tls { broker: BrokerUrl, reason: String },
+    Tls {
+        /// The broker.
+        broker: BrokerUrl,
+        /// Why, as the broker or TLS put it.
+        reason: String,
+    },
+    /// The WebSocket upgrade failed.
     #[error("WebSocket handshake with {broker} failed: {reason}")]
-    WebSocket { broker: BrokerUrl, reason: String },
+    WebSocket {
+        /// The broker.
+        broker: BrokerUrl,
+        /// Why, as the broker or TLS put it.
+        reason: String,
+    },
+    /// The broker answered CONNACK with a refusal.
     #[error("{broker} refused the connection: {refusal}{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Refused {
+        /// The broker.
         broker: BrokerUrl,
+        /// The refusal.
         refusal: Refusal,
+        /// Why, as the broker or TLS put it.
         reason: Option<String>,
     },
+    /// The broker answered something that is not MQTT.
     #[error("{broker} broke the protocol: {reason}")]
-    Protocol { broker: BrokerUrl, reason: String },
+    Protocol {
+        /// The broker.
+        broker: BrokerUrl,
+        /// Why, as the broker or TLS put it.
+        reason: String,
+    },
 }
 
 impl ConnectError {
@@ -98,16 +137,27 @@ impl ConnectError {
 /// Why an established connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionLost {
+    /// The broker closed the connection.
     #[error("connection closed by the broker")]
     Closed,
+    /// Reading or writing failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The broker did not answer a ping in time.
     #[error("no answer to keep-alive ping within {0:?}")]
     KeepAliveTimeout(Duration),
+    /// The broker sent bytes that are not a valid packet.
     #[error("broker sent a malformed packet: {0}")]
     Decode(#[from] DecodeError),
+    /// The broker sent DISCONNECT.
     #[error("broker sent DISCONNECT (reason {code:#04x}{})", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Disconnected { code: u8, reason: Option<String> },
+    Disconnected {
+        /// The reason code.
+        code: u8,
+        /// Why, as the broker or TLS put it.
+        reason: Option<String>,
+    },
+    /// The broker broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
@@ -135,18 +185,25 @@ impl ConnectionLost {
 /// Errors of `connect`/`start`: bad options, or the session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The options cannot work.
     #[error(transparent)]
     Options(#[from] OptionsError),
+    /// The first connection attempt failed.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// A subscription was refused.
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
+    /// The source configuration cannot work.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    /// The sink configuration cannot work.
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    /// The session ended.
     #[error("the session stopped: {0}")]
     Stopped(String),
+    /// Called outside a Tokio runtime.
     #[error("no Tokio runtime: start sources, sinks and clients inside one (e.g. #[tokio::main])")]
     NoRuntime,
 }
@@ -166,43 +223,85 @@ impl Error {
 /// A publish that was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
+    /// The topic is not a valid topic name.
     #[error(transparent)]
     InvalidTopic(#[from] TopicError),
+    /// The publish is over the broker's or this client's maximum packet size.
     #[error("publish to {topic:?} is {size} bytes, over the maximum packet size {max}")]
     TooLarge {
+        /// The topic.
         topic: String,
+        /// Its size in bytes.
         size: usize,
+        /// The maximum.
         max: usize,
     },
+    /// The broker refused it (MQTT 5 reason code ≥ 0x80).
     #[error("the broker rejected the publish to {topic:?} with reason {code:#04x}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Rejected {
+        /// The topic.
         topic: String,
+        /// The reason code.
         code: u8,
+        /// Why, as the broker or TLS put it.
         reason: Option<String>,
     },
+    /// The QoS is over the broker's maximum QoS.
     #[error("publish to {topic:?} at QoS {qos} is over the broker's maximum QoS {max} (set downgrade_qos to publish at QoS {max} instead)")]
-    QosNotSupported { topic: String, qos: u8, max: u8 },
+    QosNotSupported {
+        /// The topic.
+        topic: String,
+        /// Its QoS.
+        qos: u8,
+        /// The maximum.
+        max: u8,
+    },
     /// RabbitMQ answers a QoS 2 publish with PUBACK: it took the message at
     /// QoS 1 (at least once), not exactly once.
     #[error("publish to {topic:?} at QoS 2 was answered with PUBACK: the broker does not support QoS 2 and took it at QoS 1 (at least once); publish at QoS 1")]
-    Qos2AnsweredWithPubAck { topic: String },
+    Qos2AnsweredWithPubAck {
+        /// The topic.
+        topic: String,
+    },
+    /// The broker does not support retained messages.
     #[error("publish to {topic:?} is retained, but the broker does not support retained messages")]
-    RetainNotSupported { topic: String },
+    RetainNotSupported {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic alias is over what the broker allows.
     #[error("publish to {topic:?} uses topic alias {alias}; the broker allows aliases 1..={max}")]
-    TopicAliasNotAllowed { topic: String, alias: u16, max: u16 },
+    TopicAliasNotAllowed {
+        /// The topic.
+        topic: String,
+        /// The alias.
+        alias: u16,
+        /// The maximum.
+        max: u16,
+    },
+    /// The broker closed the connection every time it was sent.
     #[error("the broker closed the connection right after each of the {times} times the publish to {topic:?} ({size} bytes, QoS {qos}{}) was sent; it will not take it (too large, or {} it does not support)", if *retain { ", retained" } else { "" }, if *qos == 2 { "QoS 2, which many brokers (NATS, RabbitMQ) do not support, or a flag" } else { "a QoS or retain flag" })]
     DroppedByBroker {
+        /// The topic.
         topic: String,
+        /// Its size in bytes.
         size: usize,
+        /// How many times.
         times: u32,
+        /// Its QoS.
         qos: u8,
+        /// Whether it was retained.
         retain: bool,
     },
+    /// MQTT cannot express it (a field too long).
     #[error("publish to {topic:?} cannot be sent: {error}")]
     Encode {
+        /// The topic.
         topic: String,
-        error: crate::codec::EncodeError,
+        /// The error.
+        error: EncodeError,
     },
+    /// The session stopped before the confirmation.
     #[error("the session stopped before the broker confirmed the publish: {0}")]
     Stopped(String),
 }
@@ -210,10 +309,18 @@ pub enum PublishError {
 /// A subscription that was not granted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
+    /// The filter is not a valid topic filter.
     #[error(transparent)]
     InvalidFilter(#[from] TopicError),
+    /// The broker refused it in the SUBACK.
     #[error("the broker refused the subscription to {filter:?}: {}", suback_reason(*code))]
-    Refused { filter: String, code: u8 },
+    Refused {
+        /// The filter.
+        filter: String,
+        /// The reason code.
+        code: u8,
+    },
+    /// The session stopped before the SUBACK.
     #[error("the session stopped before the broker answered: {0}")]
     Stopped(String),
 }

@@ -61,42 +61,49 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **A bridge that acknowledges upstream only after the far broker confirmed**
-//! (sends are pipelined; the PUBACKs upstream still leave in arrival order):
+//! **A bridge that acknowledges upstream only after the far broker confirmed.**
+//! [`MqttSink::forward`] pipelines the sends and acknowledges each record
+//! upstream once the far broker confirmed it; the PUBACKs upstream still
+//! leave in arrival order (`examples/bridge.rs` is this program with arguments):
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
 //! # let (near, far) = (format!("mqtt://{}", broker.local_addr()), format!("mqtt://{}", broker.local_addr()));
-//! use mqlink::{MqttSink, MqttSource, QoS, SinkRecord};
+//! use mqlink::{MqttSink, MqttSource, QoS};
 //!
 //! let mut upstream = MqttSource::builder()
 //!     .broker(&near)
 //!     .client_id("bridge-in")
-//!     .keep_session()
+//!     .keep_session() // what is not acknowledged yet is sent again after a restart
 //!     .topic("site-a/#", QoS::AtLeastOnce)
 //!     .start()
 //!     .await?;
 //! let downstream = MqttSink::builder().broker(&far).topic("central/{stream}").start().await?;
 //! # let p = MqttSink::builder().broker(&near).topic("site-a/x").start().await?;
-//! # for i in 0..3 { p.send(SinkRecord::json(serde_json::json!(i))).await?.await?; }
-//! for _ in 0..3 {
-//!     let Some(mut record) = upstream.next().await else { break };
-//!     let ack = record.take_ack();
-//!     let confirmed = downstream.send(SinkRecord::from(&record)).await?;
-//!     tokio::spawn(async move {
-//!         if confirmed.await.is_ok() {
-//!             ack.map(|a| a.ack()); // the far broker has it: acknowledge upstream
-//!         }
-//!     });
+//! # for i in 0..3 { p.send(mqlink::SinkRecord::json(serde_json::json!(i))).await?.await?; }
+//! # let mut n = 0;
+//! while let Some(mut record) = upstream.next().await {
+//!     // Acknowledged on site-a once central confirmed it; many in flight.
+//!     let _confirmed = downstream.forward(&mut record).await?;
+//! #   n += 1; if n == 3 { break }
 //! }
-//! downstream.flush(std::time::Duration::from_secs(10)).await?;
+//! # downstream.flush(std::time::Duration::from_secs(10)).await?;
+//! # assert_eq!(upstream.metrics().get("mqlink_source_unacknowledged"), Some(0));
 //! # Ok(()) }
 //! ```
 //!
+//! [`MqttSource`] is also a [`Stream`](futures_core::Stream) of records (and
+//! [`MqttSource::batches`] one of batches). A sink's messages can be made per
+//! record by a function of yours ([`SinkBuilder::message_fn`](sink::SinkBuilder::message_fn),
+//! Jet's `messageFn`), and so can its retries
+//! ([`SinkBuilder::retry_fn`](sink::SinkBuilder::retry_fn)); the session's
+//! reconnects follow a [`Backoff`] (`.reconnect(…)` on either builder).
+//!
 //! # Layout
-//! - [`codec`]: MQTT 3.1.1 and 5 packets, encoded and decoded without I/O.
+//! - `codec` (feature `codec`): MQTT 3.1.1 and 5 packets, encoded and
+//!   decoded without I/O, for tests, fuzzing and protocol tools.
 //! - [`topic`]: topic name and filter validation, matching, shared subscriptions.
 //! - [`options`]: connection options (brokers, TLS, session, reconnect policy).
 //! - [`session`]: the session layer: a driver task per connection, confirmed
@@ -104,13 +111,23 @@
 //! - [`format`](mod@format): payload formats (raw bytes, JSON with a typed schema, Avro).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
 //! - [`sink`]: records published with the broker's confirmation, topic templates.
-//! - [`broker`]: an embedded MQTT broker for first runs and development.
+//! - [`broker`] (feature `broker`, on by default): an embedded MQTT broker
+//!   for first runs and development.
 //! - [`error`]: typed errors for every layer.
 //! - [`secret`]: a string that is never printed.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "broker")]
 pub mod broker;
+// The wire-level layer, named after the MQTT specification's sections;
+// public only for tests, fuzzing and protocol tools.
+#[cfg(feature = "codec")]
+#[allow(missing_docs)]
 pub mod codec;
+#[cfg(not(feature = "codec"))]
+#[allow(dead_code, unreachable_pub)]
+mod codec;
 pub mod error;
 pub mod format;
 pub mod options;
@@ -121,6 +138,7 @@ pub mod source;
 pub mod topic;
 mod types;
 
+pub use codec::ByteStr;
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
 pub use options::{
     Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptions, Transport,
@@ -133,3 +151,8 @@ pub use session::{
 pub use sink::{DeliveryHandle, MqttSink, SinkRecord};
 pub use source::{MqttSource, Record};
 pub use types::{Protocol, QoS};
+
+/// The README's Rust programs, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

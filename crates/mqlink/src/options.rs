@@ -19,13 +19,18 @@ use crate::types::{Protocol, QoS};
 /// How bytes reach the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// MQTT over TCP (`mqtt://`, `tcp://`).
     Tcp,
+    /// MQTT over TLS (`mqtts://`, `ssl://`, `tls://`).
     Tls,
+    /// MQTT over WebSocket (`ws://`).
     Ws,
+    /// MQTT over WebSocket over TLS (`wss://`).
     Wss,
 }
 
 impl Transport {
+    /// The port used when the URL gives none: 1883, 8883, 80, 443.
     pub fn default_port(self) -> u16 {
         match self {
             Transport::Tcp => 1883,
@@ -34,6 +39,7 @@ impl Transport {
             Transport::Wss => 443,
         }
     }
+    /// Whether the transport is encrypted (`mqtts`, `wss`).
     pub fn is_tls(self) -> bool {
         matches!(self, Transport::Tls | Transport::Wss)
     }
@@ -45,8 +51,11 @@ impl Transport {
 /// `wss` (443). A bare `host` or `host:port` means `mqtt://`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
+    /// How bytes reach the broker (from the scheme).
     pub transport: Transport,
+    /// Host name or IP address (an IPv6 address without brackets).
     pub host: String,
+    /// TCP port (the transport's default when the URL gives none).
     pub port: u16,
     /// HTTP path for WebSocket transports (default `/mqtt`).
     pub path: String,
@@ -56,7 +65,9 @@ pub struct BrokerUrl {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid broker URL {url:?}: {reason}")]
 pub struct UrlError {
+    /// The URL, with any password replaced by `***`.
     pub url: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -173,9 +184,13 @@ pub struct TlsOptions {
 /// The message the broker publishes when this client disappears.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LastWill {
+    /// Topic of the will message (a topic name, no wildcards).
     pub topic: String,
+    /// Its payload.
     pub payload: Bytes,
+    /// Its QoS.
     pub qos: QoS,
+    /// Whether the broker retains it.
     pub retain: bool,
 }
 
@@ -185,8 +200,11 @@ pub struct LastWill {
 /// varied by ±`jitter`; `max_attempts` in a row, then give up (0 = never).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
+    /// The delay before the first retry.
     pub initial_interval: Duration,
+    /// Factor by which each delay grows (at least 1.0).
     pub multiplier: f64,
+    /// The longest delay.
     pub max_interval: Duration,
     /// Attempts in a row before giving up; 0 = forever.
     pub max_attempts: u32,
@@ -237,9 +255,13 @@ pub struct ConnectOptions {
     /// Client identifier; generated (`mqlink-…`) when absent. Required
     /// for a persistent session.
     pub client_id: Option<String>,
+    /// User name for the broker's authentication.
     pub username: Option<String>,
+    /// Password for the broker's authentication (never printed).
     pub password: Option<Secret>,
+    /// TLS settings for `mqtts://` and `wss://` brokers.
     pub tls: TlsOptions,
+    /// MQTT 3.1.1 or 5.
     pub protocol: Protocol,
     /// Keep-alive interval; zero disables it.
     pub keep_alive: Duration,
@@ -251,6 +273,7 @@ pub struct ConnectOptions {
     /// MQTT 5 session expiry in seconds. With `clean_session = false` it
     /// defaults to "never" (4294967295), as mosquitto_sub -c does.
     pub session_expiry_interval: Option<u32>,
+    /// The message the broker publishes when this client disappears.
     pub last_will: Option<LastWill>,
     /// Unconfirmed outgoing QoS 1/2 publishes at most (1..=65000).
     pub max_inflight: u16,
@@ -261,6 +284,7 @@ pub struct ConnectOptions {
     /// Incoming deliveries buffered for the application before the
     /// network driver stops reading (TCP back-pressure).
     pub incoming_buffer: usize,
+    /// How reconnects are paced, and when they give up.
     pub reconnect: ReconnectPolicy,
     /// A publish above the broker's maximum QoS (MQTT 5 CONNACK) is sent
     /// at that maximum instead of failing with
@@ -271,38 +295,61 @@ pub struct ConnectOptions {
 /// Options that cannot work; each names the option and the value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OptionsError {
+    /// A broker URL that cannot be used.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// No broker URL at all.
     #[error("no broker given")]
     NoBroker,
+    /// `clean_session = false` without a client id.
     #[error("client_id is required when clean_session is false (a persistent session is found again by its client id)")]
     PersistentSessionNeedsClientId,
+    /// A client id over MQTT's limit (its first 40 characters).
     #[error("client_id {0:?} is longer than 65535 bytes")]
     ClientIdTooLong(String),
+    /// The last will's topic is not a valid topic name.
     #[error("last will topic: {0}")]
     WillTopic(TopicError),
+    /// A string or binary field over MQTT's 65535 bytes.
     #[error("{what} is {len} bytes; MQTT allows at most 65535")]
-    TooLong { what: &'static str, len: usize },
+    TooLong {
+        /// Which field.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// `max_inflight` outside 1..=65000.
     #[error("max_inflight {0} is out of range 1..=65000")]
     MaxInflight(u32),
+    /// `receive_maximum` of 0.
     #[error("receive_maximum must be at least 1")]
     ReceiveMaximum,
+    /// A session expiry on MQTT 3.1.1.
     #[error("session_expiry_interval needs MQTT 5 (protocol = \"5\")")]
     SessionExpiryNeedsV5,
+    /// `max_packet_size` outside 64..=268435460.
     #[error("max_packet_size {0} is out of range 64..=268435460")]
     MaxPacketSize(u32),
+    /// A reconnect multiplier below 1.0 (or NaN).
     #[error("reconnect multiplier {0} must be at least 1.0")]
     Multiplier(String),
+    /// A TLS file that cannot be read or used.
     #[error("{what} {path:?} cannot be used: {reason}")]
     TlsFile {
+        /// Which option (`ca_file`, `client_cert`, `client_key`).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be used.
         reason: String,
     },
+    /// A client certificate without its key, or the other way round.
     #[error("client_cert and client_key go together; {0} is missing")]
     TlsPair(&'static str),
+    /// A TLS broker URL in a build without the `tls` feature.
     #[error("TLS support was not compiled in (feature \"tls\")")]
     TlsNotCompiled,
+    /// A WebSocket broker URL in a build without the `ws` feature.
     #[error("WebSocket support was not compiled in (feature \"ws\")")]
     WsNotCompiled,
 }
@@ -472,6 +519,8 @@ macro_rules! connection_setters {
         pub fn broker(self, url: &str) -> Self {
             self.with_connection(|b| b.broker(url))
         }
+        /// The client identifier (generated when not given; needed by
+        /// [`keep_session`](Self::keep_session) and `parallelism > 1`).
         pub fn client_id(self, id: impl Into<String>) -> Self {
             self.with_connection(|b| b.client_id(id))
         }
@@ -484,11 +533,19 @@ macro_rules! connection_setters {
         pub fn keep_session(self) -> Self {
             self.with_connection(|b| b.keep_session())
         }
+        /// MQTT 3.1.1 (the default) or 5.
         pub fn protocol(self, p: crate::Protocol) -> Self {
             self.with_connection(|b| b.protocol(p))
         }
+        /// TLS settings (CA file, client certificate) for `mqtts://` and `wss://` brokers.
         pub fn tls(self, tls: crate::TlsOptions) -> Self {
             self.with_connection(|b| b.tls(tls))
+        }
+        /// How reconnects are paced and when they give up (Jet's
+        /// `autoReconnect` with a retry strategy); by default forever,
+        /// from 0.5 s doubling to 30 s.
+        pub fn reconnect(self, policy: crate::Backoff) -> Self {
+            self.with_connection(|b| b.reconnect(policy))
         }
     };
 }
@@ -513,27 +570,33 @@ impl ConnectOptionsBuilder {
         }
         self
     }
+    /// The client identifier; generated when not given.
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.opts.client_id = Some(id.into());
         self
     }
+    /// User name and password (never printed).
     pub fn auth(mut self, username: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.opts.username = Some(username.into());
         self.opts.password = Some(password.into());
         self
     }
+    /// See [`ConnectOptions::tls`].
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.opts.tls = tls;
         self
     }
+    /// See [`ConnectOptions::protocol`].
     pub fn protocol(mut self, p: Protocol) -> Self {
         self.opts.protocol = p;
         self
     }
+    /// See [`ConnectOptions::keep_alive`].
     pub fn keep_alive(mut self, d: Duration) -> Self {
         self.opts.keep_alive = d;
         self
     }
+    /// See [`ConnectOptions::connect_timeout`].
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.opts.connect_timeout = d;
         self
@@ -543,30 +606,37 @@ impl ConnectOptionsBuilder {
         self.opts.clean_session = false;
         self
     }
+    /// See [`ConnectOptions::clean_session`].
     pub fn clean_session(mut self, clean: bool) -> Self {
         self.opts.clean_session = clean;
         self
     }
+    /// See [`ConnectOptions::session_expiry_interval`].
     pub fn session_expiry_interval(mut self, secs: u32) -> Self {
         self.opts.session_expiry_interval = Some(secs);
         self
     }
+    /// See [`ConnectOptions::last_will`].
     pub fn last_will(mut self, will: LastWill) -> Self {
         self.opts.last_will = Some(will);
         self
     }
+    /// See [`ConnectOptions::max_inflight`].
     pub fn max_inflight(mut self, n: u16) -> Self {
         self.opts.max_inflight = n;
         self
     }
+    /// See [`ConnectOptions::max_packet_size`].
     pub fn max_packet_size(mut self, n: u32) -> Self {
         self.opts.max_packet_size = n;
         self
     }
+    /// See [`ConnectOptions::receive_maximum`].
     pub fn receive_maximum(mut self, n: u16) -> Self {
         self.opts.receive_maximum = n;
         self
     }
+    /// See [`ConnectOptions::reconnect`].
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.opts.reconnect = policy;
         self
@@ -576,6 +646,7 @@ impl ConnectOptionsBuilder {
         self.opts.downgrade_qos = yes;
         self
     }
+    /// The options, or the first problem found.
     pub fn build(mut self) -> Result<ConnectOptions, OptionsError> {
         if !self.errors.is_empty() {
             return Err(self.errors.remove(0));

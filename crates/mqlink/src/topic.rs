@@ -11,22 +11,35 @@ use std::fmt;
 /// Why a topic name or filter was refused. Every variant names the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// An empty topic.
     #[error("the topic is empty")]
     Empty,
+    /// Over 65,535 bytes.
     #[error("topic {topic:?} is {len} bytes long; MQTT allows at most 65535")]
-    TooLong { topic: String, len: usize },
+    TooLong {
+        /// The topic (its start).
+        topic: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A NUL character in it.
     #[error("topic {0:?} contains a NUL character")]
     Nul(String),
+    /// A wildcard in a topic name.
     #[error(
         "topic name {0:?} contains a wildcard ('+' or '#'); wildcards belong in subscriptions only"
     )]
     WildcardInName(String),
+    /// A `$share/…` filter used as a topic name.
     #[error("topic name {0:?} is a shared subscription filter; publish to a plain topic")]
     SharedName(String),
+    /// '#' not alone at the end.
     #[error("filter {0:?}: '#' must be the last level and stand alone (as in \"a/#\")")]
     BadMultiLevel(String),
+    /// '+' not alone in its level.
     #[error("filter {0:?}: '+' must stand alone in its level (as in \"a/+/b\")")]
     BadSingleLevel(String),
+    /// A malformed `$share/<group>/<filter>`.
     #[error("shared subscription {0:?} must look like $share/<group>/<filter> with a non-empty group without '+', '#' or '/'")]
     BadShared(String),
 }
@@ -105,6 +118,7 @@ pub struct TopicFilter {
 }
 
 impl TopicFilter {
+    /// A validated filter (a `$share/group/` prefix is understood).
     pub fn new(filter: impl Into<String>) -> Result<Self, TopicError> {
         let full = filter.into();
         validate_filter(&full)?;
@@ -128,9 +142,12 @@ impl TopicFilter {
     pub fn filter(&self) -> &str {
         &self.full[self.inner_at..]
     }
+    /// The share group of a `$share/group/…` filter.
     pub fn share_group(&self) -> Option<&str> {
         (self.inner_at > 0).then(|| &self.full["$share/".len()..self.inner_at - 1])
     }
+    /// Whether a message on `topic` matches the filter (MQTT's rules:
+    /// `+` one level, `#` the rest, `$` topics only by explicit filters).
     pub fn matches(&self, topic: &str) -> bool {
         matches(self.filter(), topic)
     }

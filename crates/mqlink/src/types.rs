@@ -16,6 +16,7 @@ pub enum QoS {
 }
 
 impl QoS {
+    /// QoS 0, 1 or 2; `None` for anything else.
     pub fn from_u8(v: u8) -> Option<QoS> {
         match v {
             0 => Some(QoS::AtMostOnce),

@@ -197,11 +197,7 @@ async fn three_clients_in_a_shared_group_receive_each_message_once() {
     let per_client: Vec<u64> = source
         .clients()
         .iter()
-        .map(|c| {
-            c.stats()
-                .messages_received
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        .map(|c| c.stats().messages_received())
         .collect();
     assert!(
         per_client.iter().all(|&c| c > 0),

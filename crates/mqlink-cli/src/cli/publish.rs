@@ -293,7 +293,7 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     }
     // Exit 0 means exactly once for QoS 2: a clean session that the broker
     // lost between PUBREL and PUBCOMP cannot say that.
-    let maybe_twice = client.stats().qos2_maybe_duplicated.load(Ordering::Relaxed);
+    let maybe_twice = client.stats().qos2_maybe_duplicated();
     if maybe_twice > 0 {
         anyhow::bail!(
             "all {sent} messages were confirmed, but {maybe_twice} QoS 2 messages may have been delivered twice: the broker lost the session while they awaited PUBCOMP (use -c -i ID so that QoS 2 stays exactly once across reconnects)"

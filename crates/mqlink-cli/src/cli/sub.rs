@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mqlink::format::{AvroSchema, ColumnType, Format as Decode, Registry, Schema};
-use mqlink::source::{MqttSource, Record, SourceConfig};
+use mqlink::source::{MqttSource, Record};
 use mqlink::topic::{self, validate_filter, validate_topic_name};
-use mqlink::{Message, QoS, Status, Subscription};
+use mqlink::{Message, QoS, Status};
 
 use super::format::{Msg, Template};
 use super::output::{self, Format};
@@ -195,21 +195,18 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
     // batches are written.
     opts.receive_maximum = 65_535;
     // Overlapping -t filters deliver each message once (see mqlink::source).
-    let config = SourceConfig {
-        connection: opts,
-        subscriptions: args
-            .topics
-            .iter()
-            .map(|t| Subscription::new(t, args.qos))
-            .collect(),
-        format: decode,
-        dead_letter_topic: args.dead_letter_topic.clone(),
-        max_retries: 0,
-        batch_size: BATCH,
-        batch_timeout: Duration::ZERO,
-        parallelism: 1,
-        share_group: None,
-    };
+    let mut builder = MqttSource::builder()
+        .connection(opts)
+        .format(decode)
+        .max_retries(0)
+        .batch(BATCH, Duration::ZERO);
+    for t in &args.topics {
+        builder = builder.topic(t, args.qos);
+    }
+    if let Some(t) = &args.dead_letter_topic {
+        builder = builder.dead_letter_topic(t);
+    }
+    let config = builder.build();
     let timed_out = || {
         anyhow::Error::new(super::Exit {
             code: super::EXIT_TIMED_OUT,
@@ -218,12 +215,15 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
     };
     // -W bounds everything, connecting and subscribing included.
     let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
-    let started = match deadline {
-        Some(at) => match tokio::time::timeout_at(at, MqttSource::start(config)).await {
-            Ok(s) => s,
-            Err(_) => return Err(timed_out()),
-        },
-        None => MqttSource::start(config).await,
+    let started = match (config, deadline) {
+        (Err(e), _) => Err(mqlink::Error::from(e)),
+        (Ok(config), Some(at)) => {
+            match tokio::time::timeout_at(at, MqttSource::start(config)).await {
+                Ok(s) => s,
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        (Ok(config), None) => MqttSource::start(config).await,
     };
     let mut source = started.map_err(|e| super::start_error(e, protocol, args.conn.quiet))?;
     let client = source.clients()[0].clone();

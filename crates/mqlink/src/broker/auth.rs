@@ -39,15 +39,22 @@ impl std::fmt::Debug for Passwords {
 /// A password file that cannot be used; names the line.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordFileError {
+    /// The file cannot be read.
     #[error("{path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// A line is not `user:hash`.
     #[error("{path}:{line}: {reason}")]
     Line {
+        /// The file.
         path: String,
+        /// The line number (1-based).
         line: usize,
+        /// What is wrong with it.
         reason: &'static str,
     },
 }
@@ -110,6 +117,7 @@ impl Passwords {
         Ok(Passwords { users })
     }
 
+    /// Whether the file has no users.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

@@ -119,6 +119,7 @@ impl BrokerConfig {
 pub struct Listener {
     /// `HOST:PORT`; port 0 picks a free one.
     pub address: String,
+    /// TLS certificate and key files; `None`: plain TCP.
     pub tls: Option<ListenerTls>,
 }
 
@@ -226,7 +227,7 @@ impl EmbeddedBroker {
         Ok(broker)
     }
 
-    /// The first listener's address.
+    /// The first listener's address (the port chosen for `…:0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
     }
@@ -310,6 +311,7 @@ impl BrokerMonitor {
 /// An online subscriber whose queue is full (see [`BrokerMonitor::full_queues`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FullQueue {
+    /// The subscriber's client id.
     pub client_id: String,
     /// Messages queued for it (the limit).
     pub queued: usize,
@@ -320,8 +322,11 @@ pub struct FullQueue {
 /// What [`EmbeddedBroker::stats`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BrokerStats {
+    /// Sessions, connected or kept.
     pub sessions: usize,
+    /// Subscriptions of all sessions.
     pub subscriptions: usize,
+    /// Retained messages.
     pub retained: usize,
 }
 

@@ -16,8 +16,10 @@ mod properties;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use properties::{
+    AckProperties, DisconnectProperties, PropReader, PropWriter, SubscribeProperties,
+};
 pub use properties::{ConnAckProperties, ConnectProperties, PublishProperties};
-use properties::{PropReader, PropWriter};
 
 use crate::secret::Secret;
 use crate::types::{Protocol, QoS};
@@ -32,10 +34,12 @@ impl ByteStr {
         std::str::from_utf8(&b)?;
         Ok(ByteStr(b))
     }
+    /// The string.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks UTF-8 (`from_utf8`) or starts from a `&str`/`String`.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
+    /// The bytes, shared (no copy).
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
@@ -112,6 +116,8 @@ pub struct Publish {
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// The packets' names in the specification.
+#[allow(clippy::enum_variant_names)]
 pub enum AckKind {
     PubAck,
     PubRec,
@@ -131,14 +137,18 @@ pub struct Ack {
 /// Subscription options (MQTT 5 §3.8.3.1); on 3.1.1 only `qos` is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscribeOptions {
+    /// The highest QoS the broker may deliver at.
     pub qos: QoS,
+    /// Do not receive this client's own publishes (v5).
     pub no_local: bool,
+    /// Keep the retain flag of forwarded messages as published (v5).
     pub retain_as_published: bool,
     /// 0 = send retained on subscribe, 1 = only if new, 2 = never.
     pub retain_handling: u8,
 }
 
 impl SubscribeOptions {
+    /// Options with this QoS and MQTT's defaults otherwise.
     pub fn qos(qos: QoS) -> Self {
         SubscribeOptions {
             qos,
@@ -199,28 +209,50 @@ pub enum Packet {
     Disconnect(Disconnect),
 }
 
+/// Bytes that are not a valid MQTT packet (a protocol error of the peer).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The remaining length is longer than four bytes.
     #[error("malformed remaining length")]
     MalformedLength,
+    /// A packet over the maximum packet size.
     #[error("packet of {size} bytes is over the maximum packet size {max}")]
-    PacketTooLarge { size: usize, max: usize },
+    PacketTooLarge {
+        /// Its size.
+        size: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A packet type that is reserved, or not valid in this direction.
     #[error("packet type {0} is not valid here")]
     InvalidPacketType(u8),
+    /// Fixed-header flags the packet type does not allow.
     #[error("invalid flags {flags:#x} for packet type {packet_type}")]
-    InvalidFlags { packet_type: u8, flags: u8 },
+    InvalidFlags {
+        /// The packet type.
+        packet_type: u8,
+        /// The flags.
+        flags: u8,
+    },
+    /// The packet ended inside a field.
     #[error("packet ended early while reading {0}")]
     Truncated(&'static str),
+    /// A string that is not UTF-8.
     #[error("{0} is not valid UTF-8")]
     InvalidUtf8(&'static str),
+    /// QoS 3.
     #[error("invalid QoS 3")]
     InvalidQoS,
+    /// A property unknown, repeated, or not allowed in this packet.
     #[error("unknown or duplicate property {0:#x}")]
     InvalidProperty(u8),
+    /// A QoS 1/2 publish with packet identifier 0.
     #[error("QoS > 0 publish with packet identifier 0")]
     ZeroPacketId,
+    /// AUTH (enhanced authentication), which mqlink does not speak.
     #[error("the AUTH packet (enhanced authentication) is not supported")]
     AuthNotSupported,
+    /// Bytes after the last field.
     #[error("{0} bytes left over at the end of the packet")]
     TrailingBytes(usize),
 }
@@ -234,10 +266,20 @@ pub const MAX_FIELD_LENGTH: usize = 65_535;
 /// A packet MQTT cannot express; names the field.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum EncodeError {
+    /// A string or binary field over 65,535 bytes.
     #[error("{field} is {len} bytes; MQTT allows at most 65535")]
-    FieldTooLong { field: &'static str, len: usize },
+    FieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A packet over MQTT's 268,435,455 bytes.
     #[error("the packet would be {len} bytes after its header; MQTT allows at most 268435455")]
-    PacketTooLarge { len: usize },
+    PacketTooLarge {
+        /// Its length after the fixed header.
+        len: usize,
+    },
 }
 
 fn check_field(field: &'static str, v: &[u8]) -> Result<(), EncodeError> {
@@ -492,7 +534,8 @@ fn decode_body(first: u8, body: Bytes, protocol: Protocol) -> Result<Packet, Dec
             if v5 && !r.is_empty() {
                 ack.reason = r.u8("reason code")?;
                 if !r.is_empty() {
-                    ack.reason_string = properties::decode_reason_only(&mut r)?;
+                    ack.reason_string =
+                        AckProperties::decode(&mut PropReader::new(&mut r)?)?.reason_string;
                 }
             }
             Packet::Ack(ack)
@@ -502,7 +545,9 @@ fn decode_body(first: u8, body: Bytes, protocol: Protocol) -> Result<Packet, Dec
             let pkid = r.u16("packet identifier")?;
             let mut subscription_identifier = None;
             if v5 {
-                subscription_identifier = properties::decode_subscribe_props(&mut r)?;
+                subscription_identifier =
+                    SubscribeProperties::decode(&mut PropReader::new(&mut r)?)?
+                        .subscription_identifier;
             }
             let mut filters = Vec::new();
             while !r.is_empty() {
@@ -528,7 +573,7 @@ fn decode_body(first: u8, body: Bytes, protocol: Protocol) -> Result<Packet, Dec
             expect_flags(first, 0)?;
             let pkid = r.u16("packet identifier")?;
             let reason_string = if v5 {
-                properties::decode_reason_only(&mut r)?
+                AckProperties::decode(&mut PropReader::new(&mut r)?)?.reason_string
             } else {
                 None
             };
@@ -547,7 +592,7 @@ fn decode_body(first: u8, body: Bytes, protocol: Protocol) -> Result<Packet, Dec
             expect_flags(first, 2)?;
             let pkid = r.u16("packet identifier")?;
             if v5 {
-                properties::decode_reason_only(&mut r)?;
+                AckProperties::decode(&mut PropReader::new(&mut r)?)?;
             }
             let mut filters = Vec::new();
             while !r.is_empty() {
@@ -569,9 +614,9 @@ fn decode_body(first: u8, body: Bytes, protocol: Protocol) -> Result<Packet, Dec
             if v5 && !r.is_empty() {
                 d.reason = r.u8("reason code")?;
                 if !r.is_empty() {
-                    let (reason_string, expiry) = properties::decode_disconnect_props(&mut r)?;
-                    d.reason_string = reason_string;
-                    d.session_expiry_interval = expiry;
+                    let p = DisconnectProperties::decode(&mut PropReader::new(&mut r)?)?;
+                    d.reason_string = p.reason_string;
+                    d.session_expiry_interval = p.session_expiry_interval;
                 }
             }
             Packet::Disconnect(d)
@@ -757,9 +802,10 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             if v5 {
                 body.put_u8(a.reason);
                 let mut w = PropWriter::default();
-                if let Some(s) = &a.reason_string {
-                    w.string(0x1f, s);
+                AckProperties {
+                    reason_string: a.reason_string.clone(),
                 }
+                .encode(&mut w);
                 body.put_slice(&w.finish());
             }
             ack_first_byte(a.kind)
@@ -820,9 +866,10 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             body.put_u16(s.pkid);
             if v5 {
                 let mut w = PropWriter::default();
-                if let Some(id) = s.subscription_identifier {
-                    w.varint(0x0b, id);
+                SubscribeProperties {
+                    subscription_identifier: s.subscription_identifier,
                 }
+                .encode(&mut w);
                 body.put_slice(&w.finish());
             }
             for (filter, o) in &s.filters {
@@ -841,9 +888,10 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             body.put_u16(s.pkid);
             if v5 {
                 let mut w = PropWriter::default();
-                if let Some(r) = &s.reason_string {
-                    w.string(0x1f, r);
+                AckProperties {
+                    reason_string: s.reason_string.clone(),
                 }
+                .encode(&mut w);
                 body.put_slice(&w.finish());
             }
             body.put_slice(&s.codes);
@@ -873,12 +921,11 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             if v5 && (d.reason != 0 || d.session_expiry_interval.is_some()) {
                 body.put_u8(d.reason);
                 let mut w = PropWriter::default();
-                if let Some(e) = d.session_expiry_interval {
-                    w.u32(0x11, e);
+                DisconnectProperties {
+                    session_expiry_interval: d.session_expiry_interval,
+                    reason_string: d.reason_string.clone(),
                 }
-                if let Some(r) = &d.reason_string {
-                    w.string(0x1f, r);
-                }
+                .encode(&mut w);
                 body.put_slice(&w.finish());
             }
             0xe0

@@ -16,29 +16,51 @@ use super::{FormatError, Value};
 /// A parsed Avro schema.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AvroSchema {
+    /// `null`.
     Null,
+    /// `boolean`.
     Boolean,
+    /// `int` (32 bits, zig-zag).
     Int,
+    /// `long` (64 bits, zig-zag).
     Long,
+    /// `float`.
     Float,
+    /// `double`.
     Double,
+    /// `bytes`.
     Bytes,
+    /// `string`.
     String,
+    /// `long` with logical type `timestamp-millis`.
     TimestampMillis,
+    /// `long` with logical type `timestamp-micros`.
     TimestampMicros,
+    /// A record of named fields.
     Record {
+        /// Its name.
         name: String,
+        /// The fields, in order.
         fields: Vec<(Arc<str>, AvroSchema)>,
     },
+    /// One of the symbols.
     Enum {
+        /// Its name.
         name: String,
+        /// The symbols, in order.
         symbols: Vec<String>,
     },
+    /// Items of one schema.
     Array(Box<AvroSchema>),
+    /// String keys to values of one schema.
     Map(Box<AvroSchema>),
+    /// One of the schemas (by index).
     Union(Vec<AvroSchema>),
+    /// A fixed number of bytes.
     Fixed {
+        /// Its name.
         name: String,
+        /// The size in bytes.
         size: usize,
     },
 }

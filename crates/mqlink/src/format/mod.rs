@@ -22,12 +22,17 @@ pub use timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
 /// A column type of a schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColumnType {
+    /// Text.
     Text,
+    /// A 64-bit integer.
     BigInt,
+    /// A 64-bit float.
     Double,
+    /// A boolean.
     Boolean,
     /// RFC 3339 text or epoch milliseconds; kept as microseconds since the epoch.
     Timestamp,
+    /// Any JSON value, kept as JSON.
     Json,
     /// Base64 text in JSON.
     Bytea,
@@ -72,12 +77,14 @@ impl fmt::Display for ColumnType {
 /// except in the columns named in `not_null`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Schema {
+    /// The columns, in order.
     pub columns: Vec<(Arc<str>, ColumnType)>,
     /// Columns whose value must be present and not null (`"bigint not null"`).
     pub not_null: Vec<Arc<str>>,
 }
 
 impl Schema {
+    /// A schema of these columns, all nullable.
     pub fn new<N: Into<Arc<str>>>(columns: impl IntoIterator<Item = (N, ColumnType)>) -> Self {
         Schema {
             columns: columns.into_iter().map(|(n, t)| (n.into(), t)).collect(),
@@ -91,6 +98,7 @@ impl Schema {
         self
     }
 
+    /// Whether `column` is marked `not null`.
     pub fn is_not_null(&self, column: &str) -> bool {
         self.not_null.iter().any(|n| **n == *column)
     }
@@ -117,14 +125,21 @@ pub fn parse_column(s: &str) -> Result<(ColumnType, bool), String> {
 /// A decoded value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// No value (SQL NULL).
     Null,
+    /// Text.
     Text(String),
+    /// A 64-bit integer.
     BigInt(i64),
+    /// A 64-bit float.
     Double(f64),
+    /// A boolean.
     Boolean(bool),
     /// Microseconds since the Unix epoch, UTC.
     Timestamp(i64),
+    /// A JSON value.
     Json(serde_json::Value),
+    /// Bytes.
     Bytes(Bytes),
     /// Columns of a schema, in schema order.
     Row(Vec<(Arc<str>, Value)>),
@@ -155,13 +170,25 @@ impl PartialEq for MapFn {
 pub enum Format {
     /// The payload as bytes; with `include_topic`, a row of topic and payload
     /// (Laminar's `raw_bytes.include_topic`).
-    RawBytes { include_topic: bool },
+    RawBytes {
+        /// A row of `topic` and `payload` instead of the bytes alone.
+        include_topic: bool,
+    },
     /// JSON: any JSON value, or a row of the schema's columns.
-    Json { schema: Option<Schema> },
+    Json {
+        /// The columns to read; any JSON value without one.
+        schema: Option<Schema>,
+    },
     /// Avro binary with a fixed writer schema (a schema file).
-    Avro { schema: Arc<AvroSchema> },
+    Avro {
+        /// The writer schema.
+        schema: Arc<AvroSchema>,
+    },
     /// The Confluent wire format: schema id in the payload, schema from a registry.
-    AvroRegistry { registry: Arc<Registry> },
+    AvroRegistry {
+        /// Where schemas are fetched by id (and cached).
+        registry: Arc<Registry>,
+    },
     /// A function of the application's (Jet's `mapToItemFn`).
     Map(MapFn),
 }
@@ -177,27 +204,47 @@ impl Default for Format {
 /// Why a payload could not be decoded. Names the field where there is one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FormatError {
+    /// The payload is not JSON.
     #[error("payload is not valid JSON: {0}")]
     InvalidJson(String),
+    /// The schema needs a JSON object.
     #[error("payload is JSON {found}, but the schema needs an object")]
-    NotAnObject { found: &'static str },
+    NotAnObject {
+        /// What was found.
+        found: &'static str,
+    },
+    /// A NOT NULL field is missing.
     #[error("field {field:?} is missing (the column is NOT NULL)")]
-    Missing { field: String },
+    Missing {
+        /// The field.
+        field: String,
+    },
+    /// A NOT NULL field is null.
     #[error("field {field:?} is null (the column is NOT NULL)")]
-    Null { field: String },
+    Null {
+        /// The field.
+        field: String,
+    },
+    /// A field of the wrong type.
     #[error("field {field:?}: expected {expected}, found {found}")]
     WrongType {
+        /// The field.
         field: String,
+        /// The column type.
         expected: ColumnType,
+        /// What was found.
         found: String,
     },
+    /// The payload does not decode with the Avro schema.
     #[error("Avro: {0}")]
     Avro(String),
     /// The schema is not fetched yet (the source fetches it and decodes again).
     #[error("Avro schema id {0} is not loaded")]
     SchemaNotLoaded(u32),
+    /// The schema registry could not give the schema.
     #[error("{0}")]
     Registry(String),
+    /// The `map_to_item_fn` refused the message.
     #[error("map function: {0}")]
     Map(String),
 }
@@ -214,6 +261,7 @@ fn kind(v: &serde_json::Value) -> &'static str {
 }
 
 impl Format {
+    /// Decodes one payload (received on `topic`); never panics.
     pub fn decode(&self, topic: &str, payload: &Bytes) -> Result<Value, FormatError> {
         match self {
             Format::RawBytes {

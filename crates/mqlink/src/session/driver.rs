@@ -175,6 +175,7 @@ impl Driver {
             let error_text = match self.connect_once(broker).await {
                 Ok(conn) => {
                     last_connect_error = None;
+                    // `serve` answers `first` once the status says Connected.
                     let began = Instant::now();
                     match self.serve(conn, broker).await {
                         Ok(Closed::ByApplication) => break self.failed.take(),
@@ -715,7 +716,7 @@ impl Driver {
             broker: broker.to_string(),
             session_present,
         });
-        // After the status: whoever `connect` returns to sees it connected.
+        // `connect` returns only now, so its caller sees Connected.
         if let Some(first) = self.first.take() {
             let _ = first.send(Ok(()));
         }

@@ -17,7 +17,7 @@ mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -37,15 +37,20 @@ use state::Waiter;
 /// A message to publish.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
+    /// The topic name (no wildcards).
     pub topic: String,
+    /// The payload.
     pub payload: Bytes,
+    /// The QoS to publish at.
     pub qos: QoS,
+    /// Whether the broker keeps it for later subscribers.
     pub retain: bool,
     /// MQTT 5 properties; ignored on 3.1.1.
     pub properties: Option<PublishProperties>,
 }
 
 impl Message {
+    /// A message, not retained, without properties.
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS) -> Self {
         Message {
             topic: topic.into(),
@@ -55,10 +60,12 @@ impl Message {
             properties: None,
         }
     }
+    /// The message with its retain flag set to `retain`.
     pub fn retain(mut self, retain: bool) -> Self {
         self.retain = retain;
         self
     }
+    /// The message with MQTT 5 properties.
     pub fn properties(mut self, p: PublishProperties) -> Self {
         self.properties = Some(p);
         self
@@ -69,11 +76,14 @@ impl Message {
 /// retain-as-published, retain handling).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscription {
+    /// The topic filter (`a/+/c`, `a/#`, `$share/group/a/#`).
     pub filter: String,
+    /// QoS and the MQTT 5 subscription options.
     pub options: SubscribeOptions,
 }
 
 impl Subscription {
+    /// A subscription at `qos` with default options.
     pub fn new(filter: impl Into<String>, qos: QoS) -> Self {
         Subscription {
             filter: filter.into(),
@@ -85,51 +95,99 @@ impl Subscription {
 /// Where the session is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Before the first CONNACK.
     Connecting,
+    /// Connected to a broker.
     Connected {
+        /// The broker connected to.
         broker: String,
+        /// Whether the broker had kept this client's session.
         session_present: bool,
     },
     /// Lost or failed; reconnecting after a backoff.
     Reconnecting {
+        /// Why.
         error: String,
+        /// Attempts in a row so far.
         attempt: u32,
     },
     /// Over: closed by the application, or a fatal error.
     Stopped {
+        /// Why.
         error: Option<String>,
     },
 }
 
-/// Counters kept by the driver, readable at any time.
+/// Counters kept by the driver, readable at any time (read-only: the
+/// driver alone counts).
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub messages_received: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub publishes_sent: AtomicU64,
-    pub publishes_confirmed: AtomicU64,
-    pub reconnects: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) publishes_sent: AtomicU64,
+    pub(crate) publishes_confirmed: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) unacknowledged: AtomicU64,
+    pub(crate) oldest_unacknowledged_ms: AtomicU64,
+    pub(crate) qos2_maybe_duplicated: AtomicU64,
+}
+
+impl Stats {
+    /// PUBLISH packets received from the broker.
+    pub fn messages_received(&self) -> u64 {
+        self.messages_received.load(Ordering::Relaxed)
+    }
+    /// Payload bytes received.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+    /// PUBLISH packets sent (first sends, not resends).
+    pub fn publishes_sent(&self) -> u64 {
+        self.publishes_sent.load(Ordering::Relaxed)
+    }
+    /// QoS 1/2 publishes the broker confirmed (PUBACK/PUBCOMP).
+    pub fn publishes_confirmed(&self) -> u64 {
+        self.publishes_confirmed.load(Ordering::Relaxed)
+    }
+    /// Reconnects after the first connection.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
     /// Incoming QoS 1/2 messages not yet acknowledged to the broker.
-    pub unacknowledged: AtomicU64,
-    /// Arrival (ms since the Unix epoch) of the oldest of them; 0 if none.
-    pub oldest_unacknowledged_ms: AtomicU64,
+    pub fn unacknowledged(&self) -> u64 {
+        self.unacknowledged.load(Ordering::Relaxed)
+    }
+    /// Arrival (ms since the Unix epoch) of the oldest unacknowledged
+    /// message; 0 if none.
+    pub fn oldest_unacknowledged_ms(&self) -> u64 {
+        self.oldest_unacknowledged_ms.load(Ordering::Relaxed)
+    }
     /// QoS 2 publishes sent again after the broker lost the session between
     /// PUBREL and PUBCOMP: they may have been delivered twice.
-    pub qos2_maybe_duplicated: AtomicU64,
+    pub fn qos2_maybe_duplicated(&self) -> u64 {
+        self.qos2_maybe_duplicated.load(Ordering::Relaxed)
+    }
 }
 
 /// A received message. Acknowledge QoS 1/2 deliveries with [`Delivery::ack`]
 /// (or take the handle with [`Delivery::take_ack`]) once they are safe.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The topic it was published to.
     pub topic: ByteStr,
+    /// The payload as received.
     pub payload: Bytes,
+    /// The QoS it was delivered at.
     pub qos: QoS,
+    /// Whether it is a retained message.
     pub retain: bool,
+    /// Whether the broker marked it as a redelivery.
     pub dup: bool,
     /// The PUBLISH packet's id as the broker sent it (0 for QoS 0).
     pub packet_id: u16,
+    /// MQTT 5 properties, when there are any.
     pub properties: Option<Box<PublishProperties>>,
+    /// When it arrived.
     pub received_at: SystemTime,
     ack: Option<AckHandle>,
 }
@@ -159,6 +217,7 @@ pub struct AckHandle {
 }
 
 impl AckHandle {
+    /// Acknowledges the delivery (see [`Delivery::ack`]).
     pub fn ack(self) {
         let _ = self.tx.send(driver::AckMsg {
             epoch: self.epoch,
@@ -198,6 +257,10 @@ impl Incoming {
     /// Returns 0 once the session has stopped.
     pub async fn recv_many(&mut self, buf: &mut Vec<Delivery>, limit: usize) -> usize {
         self.rx.recv_many(buf, limit).await
+    }
+    /// Polls for the next delivery (for the source's `Stream`).
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -322,6 +385,7 @@ impl Client {
         &self.client_id
     }
 
+    /// The MQTT version of the session.
     pub fn protocol(&self) -> Protocol {
         self.protocol
     }
@@ -331,6 +395,7 @@ impl Client {
         self.status.clone()
     }
 
+    /// The session's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -412,6 +477,7 @@ impl Client {
         let _ = self.tx.send(Request::Fail(error)).await;
     }
 
+    /// Unsubscribes from `filters`, waiting for the UNSUBACK.
     pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<(), SubscribeError> {
         for f in &filters {
             validate_filter(f)?;

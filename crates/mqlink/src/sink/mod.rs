@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{Error, PublishError};
 use crate::options::ConnectOptions;
 use crate::session::{Client, Confirmed, Message, PublishToken};
+use crate::source::{Record, RecordAck};
 use crate::types::QoS;
 use crate::PublishProperties;
 pub use template::{TemplateError, TopicTemplate};
@@ -30,24 +31,44 @@ pub use template::{TemplateError, TopicTemplate};
 /// A record's value: JSON, or bytes passed through.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RecordValue {
+    /// A JSON value: fields for topic templates, JSON text as payload.
     Json(serde_json::Value),
+    /// Bytes, published as they are.
     Bytes(Bytes),
+}
+
+impl RecordValue {
+    /// The JSON value, if the record has one.
+    pub fn as_json(&self) -> Option<&serde_json::Value> {
+        match self {
+            RecordValue::Json(v) => Some(v),
+            RecordValue::Bytes(_) => None,
+        }
+    }
 }
 
 /// One record to publish (the shape the source's records and Airbyte's
 /// RECORD messages map to).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SinkRecord {
+    /// Routes the record to one of the `parallelism` clients (same key,
+    /// same client, same order); `{key}` in templates.
     pub key: Option<String>,
+    /// What is published.
     pub value: RecordValue,
+    /// `{namespace}` in templates (Airbyte's namespace).
     pub namespace: Option<String>,
+    /// `{stream}` in templates (Airbyte's stream; the source topic of a
+    /// record that came from an [`MqttSource`](crate::MqttSource)).
     pub stream: Option<String>,
     /// MQTT 5 user properties added to the publish.
     pub headers: Vec<(String, String)>,
+    /// When the record was made or received.
     pub timestamp: Option<SystemTime>,
 }
 
 impl SinkRecord {
+    /// A record with a JSON value.
     pub fn json(value: serde_json::Value) -> Self {
         SinkRecord {
             key: None,
@@ -58,12 +79,14 @@ impl SinkRecord {
             timestamp: None,
         }
     }
+    /// A record whose bytes are published as they are.
     pub fn bytes(value: impl Into<Bytes>) -> Self {
         SinkRecord {
             value: RecordValue::Bytes(value.into()),
             ..SinkRecord::json(serde_json::Value::Null)
         }
     }
+    /// The record with a key (see [`SinkRecord::key`]).
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -110,7 +133,9 @@ pub enum Serializer {
 /// The retain flag: fixed, or read per record from a boolean field.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Retain {
+    /// The same for every record.
     Fixed(bool),
+    /// This boolean field of the record's JSON value; a record without it fails.
     Field(String),
 }
 
@@ -120,21 +145,29 @@ pub enum Retain {
 /// of confirmations.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RetryStrategy {
+    /// A failed publish fails its record.
     None,
     /// Up to `attempts` more tries, `interval` apart.
     Fixed {
+        /// The wait before each retry.
         interval: Duration,
+        /// Retries at most.
         attempts: u32,
     },
     /// Up to `attempts` more tries, the wait growing by `multiplier` to `max`.
     Exponential {
+        /// The wait before the first retry.
         initial: Duration,
+        /// Factor by which each wait grows.
         multiplier: f64,
+        /// The longest wait.
         max: Duration,
+        /// Retries at most.
         attempts: u32,
     },
     /// Forever, `interval` apart.
     Indefinitely {
+        /// The wait before each retry.
         interval: Duration,
     },
 }
@@ -160,56 +193,118 @@ impl RetryStrategy {
     }
 }
 
-/// A sink configuration; build it with [`MqttSink::builder`].
+/// A sink configuration; build it with [`MqttSink::builder`] (the fields
+/// are set and checked only there).
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
-    pub connection: ConnectOptions,
-    pub topic: TopicTemplate,
-    pub qos: QoS,
-    pub retain: Retain,
+    pub(crate) connection: ConnectOptions,
+    pub(crate) topic: TopicTemplate,
+    pub(crate) qos: QoS,
+    pub(crate) retain: Retain,
     /// MQTT 5 properties on every publish (records' headers are added).
-    pub properties: Option<PublishProperties>,
-    pub serializer: Serializer,
+    pub(crate) properties: Option<PublishProperties>,
+    pub(crate) serializer: Serializer,
+    /// Makes the whole message per record instead of `topic`, `qos`,
+    /// `retain`, `properties` and `serializer`.
+    pub(crate) message_fn: Option<MessageFn>,
     /// Wait for each record's confirmation inside `send` (Airbyte's `publisher_sync`).
-    pub publisher_sync: bool,
+    pub(crate) publisher_sync: bool,
     /// Publishing clients, `<client_id>-0` …; records are routed by key.
-    pub parallelism: u16,
-    pub retry: RetryStrategy,
+    pub(crate) parallelism: u16,
+    /// The wait before retry `n` of a failed publish, or `None` to give up.
+    pub(crate) retry: Option<RetryFn>,
     /// The key serializer: a record without a key takes this field of its
     /// value, as text (strings as they are, numbers and booleans printed).
-    pub key_field: Option<String>,
+    pub(crate) key_field: Option<String>,
     /// Crash-safe spool: records are on disk before `send` returns, and
     /// those not confirmed are published again after a restart.
-    pub spool_dir: Option<std::path::PathBuf>,
+    pub(crate) spool_dir: Option<std::path::PathBuf>,
     /// `send` waits while the spool holds more than this.
-    pub spool_max_bytes: u64,
+    pub(crate) spool_max_bytes: u64,
+}
+
+impl SinkConfig {
+    /// The connection options.
+    pub fn connection(&self) -> &ConnectOptions {
+        &self.connection
+    }
+    /// The topic template (unused when a [`SinkBuilder::message_fn`] makes the messages).
+    pub fn topic(&self) -> &TopicTemplate {
+        &self.topic
+    }
+}
+
+/// The function of [`SinkBuilder::message_fn`].
+#[derive(Clone)]
+pub(crate) struct MessageFn(Arc<MakeMessage>);
+
+type MakeMessage = dyn Fn(&SinkRecord) -> Result<Message, String> + Send + Sync;
+
+impl std::fmt::Debug for MessageFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageFn(..)")
+    }
+}
+
+/// The function of [`SinkBuilder::retry_fn`] (a [`RetryStrategy`] is one).
+#[derive(Clone)]
+pub(crate) struct RetryFn(Arc<RetryDelay>);
+
+type RetryDelay = dyn Fn(u32, &PublishError) -> Option<Duration> + Send + Sync;
+
+impl RetryFn {
+    fn delay(&self, attempt: u32, error: &PublishError) -> Option<Duration> {
+        (self.0)(attempt, error)
+    }
+}
+
+impl std::fmt::Debug for RetryFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryFn(..)")
+    }
 }
 
 /// Why a record was not sent, or a sink could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SinkError {
+    /// The topic template is invalid, or cannot be rendered for this record.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The record lacks the boolean field of [`Retain::Field`].
     #[error("retain field {field:?} is missing or not a boolean")]
-    RetainField { field: String },
+    RetainField {
+        /// The field.
+        field: String,
+    },
+    /// The session would not take the publish.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// `parallelism` of 0.
     #[error("parallelism must be at least 1")]
     Parallelism,
+    /// The spool could not be written.
     #[error("spool: {0}")]
     Spool(String),
+    /// `parallelism > 1` without a client id.
     #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
     ParallelNeedsClientId,
+    /// The connection options cannot work.
     #[error("connection: {0}")]
     Options(String),
+    /// The [`SinkBuilder::message_fn`] refused the record.
+    #[error("message_fn: {0}")]
+    MessageFn(String),
 }
 
 /// `flush` did not see everything confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlushError {
+    /// Records were still unconfirmed when the timeout fired.
     #[error("flush timed out after {after:?}: {unconfirmed} records not confirmed yet{}", cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Timeout {
+        /// The timeout.
         after: Duration,
+        /// Records sent and not confirmed yet.
         unconfirmed: u64,
         /// What the sessions say: not connected, and why.
         cause: Option<String>,
@@ -217,6 +312,7 @@ pub enum FlushError {
     /// Records sent since the previous flush that failed.
     #[error("{failed} records sent since the previous flush were not confirmed by the broker{}", last_error.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
     Failed {
+        /// How many.
         failed: u64,
         /// The last of their errors.
         last_error: Option<String>,
@@ -226,6 +322,12 @@ pub enum FlushError {
 /// Completes when the broker confirmed the record.
 #[must_use = "a record is delivered when its handle completes; drop it only if flush() covers it"]
 pub struct DeliveryHandle(oneshot::Receiver<Result<Confirmed, PublishError>>);
+
+impl std::fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryHandle").finish_non_exhaustive()
+    }
+}
 
 impl std::future::Future for DeliveryHandle {
     type Output = Result<Confirmed, PublishError>;
@@ -249,6 +351,7 @@ pub const SINK_METRIC_NAMES: [&str; 6] = [
     "mqlink_sink_spool_records",
 ];
 
+/// A sink's counters (read-only; see [`SINK_METRIC_NAMES`]).
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
     published: AtomicU64,
@@ -267,6 +370,7 @@ impl SinkMetrics {
         self.spool_records.store(spool.records(), Relaxed);
     }
 
+    /// Every metric with its name, in [`SINK_METRIC_NAMES`] order.
     pub fn snapshot(&self) -> [(&'static str, u64); 6] {
         let (p, c, f) = (
             self.published.load(Relaxed),
@@ -282,6 +386,7 @@ impl SinkMetrics {
             (SINK_METRIC_NAMES[5], self.spool_records.load(Relaxed)),
         ]
     }
+    /// One metric by name.
     pub fn get(&self, name: &str) -> Option<u64> {
         self.snapshot()
             .into_iter()
@@ -313,45 +418,132 @@ impl SinkBuilder {
         }
         self
     }
+    /// The QoS of every publish [default: 1, at least once].
     pub fn qos(mut self, q: QoS) -> Self {
         self.config.qos = q;
         self
     }
+    /// The retain flag, fixed or per record [default: not retained].
     pub fn retain(mut self, r: Retain) -> Self {
         self.config.retain = r;
         self
     }
+    /// MQTT 5 properties on every publish (each record's headers are added
+    /// as user properties).
     pub fn properties(mut self, p: PublishProperties) -> Self {
         self.config.properties = Some(p);
         self
     }
+    /// How a record's value becomes the payload [default: JSON].
     pub fn serializer(mut self, s: Serializer) -> Self {
         self.config.serializer = s;
         self
     }
+    /// Each [`send`](MqttSink::send) waits for its own confirmation
+    /// (Airbyte's `publisher_sync`) instead of pipelining.
     pub fn publisher_sync(mut self, sync: bool) -> Self {
         self.config.publisher_sync = sync;
         self
     }
+    /// Publishing clients `<client_id>-0` …; records are routed by key so
+    /// that one key keeps its order [default: 1].
     pub fn parallelism(mut self, n: u16) -> Self {
         self.config.parallelism = n;
         self
     }
-    /// Turns the crash-safe spool on (see [`SinkConfig::spool_dir`]).
+    /// Turns the crash-safe spool on: records are on disk in `dir` before
+    /// [`send`](MqttSink::send) returns, those not confirmed are published
+    /// again after a restart, and `send` waits while the spool holds more
+    /// than `max_bytes`.
     pub fn spool(mut self, dir: impl Into<std::path::PathBuf>, max_bytes: u64) -> Self {
         self.config.spool_dir = Some(dir.into());
         self.config.spool_max_bytes = max_bytes;
         self
     }
-    /// Keys from a value field for records that have none (see [`SinkConfig::key_field`]).
+    /// Keys from a value field for records that have none: the field's text
+    /// (strings as they are, numbers and booleans printed).
     pub fn key_field(mut self, field: impl Into<String>) -> Self {
         self.config.key_field = Some(field.into());
         self
     }
+    /// Retries of failed publishes under a fixed policy (Jet's
+    /// `RetryStrategies`); the default is none. See [`retry_fn`](Self::retry_fn).
     pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
-        self.config.retry = r;
+        self.config.retry = match r {
+            RetryStrategy::None => None,
+            r => Some(RetryFn(Arc::new(move |n, _| r.delay(n)))),
+        };
         self
     }
+    /// Retries of failed publishes decided by a function of yours, as Jet's
+    /// `retryFn`: given the attempt (1 for the first retry) and the error,
+    /// the wait before retrying, or `None` to give up (the record's handle
+    /// then fails with that error). The record keeps its place in the order
+    /// of confirmations while it is retried; it is never reported delivered
+    /// without the broker's confirmation.
+    ///
+    /// ```
+    /// # fn f() -> Result<(), mqlink::sink::SinkError> {
+    /// use std::time::Duration;
+    /// use mqlink::{MqttSink, PublishError};
+    ///
+    /// let config = MqttSink::builder()
+    ///     .broker("mqtt://localhost")
+    ///     .topic("out")
+    ///     // A refusal by the broker (not authorized, quota) stays a refusal.
+    ///     .retry_fn(|attempt, error| match error {
+    ///         PublishError::Rejected { .. } => None,
+    ///         _ if attempt <= 5 => Some(Duration::from_millis(100) * attempt),
+    ///         _ => None,
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_fn(
+        mut self,
+        f: impl Fn(u32, &PublishError) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.retry = Some(RetryFn(Arc::new(f)));
+        self
+    }
+    /// Makes each record's message (topic, payload, QoS, retain, MQTT 5
+    /// properties) with a function of yours, as Jet's `messageFn`. It
+    /// replaces [`topic`](Self::topic), [`qos`](Self::qos),
+    /// [`retain`](Self::retain), [`properties`](Self::properties) and
+    /// [`serializer`](Self::serializer); an `Err` fails that record's
+    /// [`send`](MqttSink::send) with [`SinkError::MessageFn`]. Records are
+    /// still routed by key when `parallelism > 1`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+    /// # let url = format!("mqtt://{}", broker.local_addr());
+    /// use mqlink::{Message, MqttSink, QoS, SinkRecord};
+    /// use serde_json::json;
+    ///
+    /// let sink = MqttSink::builder()
+    ///     .broker(&url)
+    ///     .message_fn(|record| {
+    ///         let v = record.value.as_json().ok_or("not JSON")?;
+    ///         let device = v["device"].as_str().ok_or("no device")?;
+    ///         let alarm = v["t"].as_f64().is_some_and(|t| t > 80.0);
+    ///         let qos = if alarm { QoS::ExactlyOnce } else { QoS::AtMostOnce };
+    ///         Ok(Message::new(format!("devices/{device}/t"), v["t"].to_string(), qos).retain(true))
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// sink.send(SinkRecord::json(json!({"device": "d1", "t": 91.5}))).await?.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn message_fn(
+        mut self,
+        f: impl Fn(&SinkRecord) -> Result<Message, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.message_fn = Some(MessageFn(Arc::new(f)));
+        self
+    }
+    /// The configuration, or the first problem found.
     pub fn build(mut self) -> Result<SinkConfig, SinkError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -365,8 +557,14 @@ impl SinkBuilder {
         if self.config.parallelism > 1 && self.config.connection.client_id.is_none() {
             return Err(SinkError::ParallelNeedsClientId);
         }
+        self.config
+            .connection
+            .validate()
+            .map_err(|e| SinkError::Options(e.to_string()))?;
         Ok(self.config)
     }
+    /// Builds and starts the sink (see [`MqttSink::start`]). Not `async`
+    /// in what it does; it is for symmetry with [`SourceBuilder::start`](crate::source::SourceBuilder::start).
     pub async fn start(self) -> Result<MqttSink, Error> {
         MqttSink::start(self.build()?)
     }
@@ -379,6 +577,8 @@ struct Pending {
     retry: Option<(Client, Message)>,
     /// Spool sequence number, when the spool is on.
     seq: Option<u64>,
+    /// The source record's acknowledgement, given once this is confirmed.
+    upstream: Option<RecordAck>,
 }
 
 /// A spooled record on its way to a client.
@@ -387,6 +587,7 @@ struct Spooled {
     client: usize,
     msg: Message,
     done: oneshot::Sender<Result<Confirmed, PublishError>>,
+    upstream: Option<RecordAck>,
 }
 
 /// The spool, shared by `send` (append) and the tracker (confirm).
@@ -431,6 +632,7 @@ pub struct MqttSink {
 }
 
 impl MqttSink {
+    /// Starts building a sink, as Jet's `MqttSinks.builder()`.
     pub fn builder() -> SinkBuilder {
         SinkBuilder {
             config: SinkConfig {
@@ -440,9 +642,10 @@ impl MqttSink {
                 retain: Retain::Fixed(false),
                 properties: None,
                 serializer: Serializer::Json,
+                message_fn: None,
                 publisher_sync: false,
                 parallelism: 1,
-                retry: RetryStrategy::None,
+                retry: None,
                 key_field: None,
                 spool_dir: None,
                 spool_max_bytes: 1 << 30,
@@ -500,13 +703,14 @@ impl MqttSink {
                         client: 0,
                         msg,
                         done: tx,
+                        upstream: None,
                     });
                 }
                 tokio::spawn(publish_spooled(
                     queue_rx,
                     clients.clone(),
                     tracker.clone(),
-                    config.retry,
+                    config.retry.is_some(),
                 ));
                 Some(state)
             }
@@ -515,7 +719,7 @@ impl MqttSink {
             rx,
             done_tx,
             metrics.clone(),
-            config.retry,
+            config.retry.clone(),
             spool.clone(),
         ));
         Ok(MqttSink {
@@ -529,6 +733,7 @@ impl MqttSink {
         })
     }
 
+    /// The sink's metrics.
     pub fn metrics(&self) -> &SinkMetrics {
         &self.metrics
     }
@@ -538,13 +743,58 @@ impl MqttSink {
         self.metrics.clone()
     }
 
+    /// The publishing clients (one per `parallelism`).
     pub fn clients(&self) -> &[Client] {
         &self.clients
     }
 
     /// Renders, serializes and publishes `record`. Waits while the window
     /// is full. A record whose topic cannot be rendered fails alone.
-    pub async fn send(&self, mut record: SinkRecord) -> Result<DeliveryHandle, SinkError> {
+    pub async fn send(&self, record: SinkRecord) -> Result<DeliveryHandle, SinkError> {
+        let (client, msg) = self.prepare(record)?;
+        self.publish(client, msg, None).await.map_err(|(e, _)| e)
+    }
+
+    /// Publishes a source's record (as [`SinkRecord::from`] makes it) and
+    /// acknowledges it upstream once this sink's broker confirmed it: the
+    /// bridge's step. Sends are pipelined; acknowledgements follow the
+    /// confirmations in send order, so upstream they leave in arrival order.
+    /// A record that is never confirmed is never acknowledged, and holds
+    /// back the acknowledgements of every later record (the near broker
+    /// sends them again after a reconnect). On an `Err` the record keeps its
+    /// acknowledgement, for the caller to decide (retry, dead letter).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+    /// # let url = format!("mqtt://{}", broker.local_addr());
+    /// use mqlink::{MqttSink, MqttSource, QoS};
+    ///
+    /// let mut upstream = MqttSource::builder().broker(&url).topic("in/#", QoS::AtLeastOnce).start().await?;
+    /// let downstream = MqttSink::builder().broker(&url).topic("out/{stream}").start().await?;
+    /// # let p = MqttSink::builder().broker(&url).topic("in/x").start().await?;
+    /// # p.send(mqlink::SinkRecord::json(serde_json::json!(1))).await?.await?;
+    /// if let Some(mut record) = upstream.next().await {
+    ///     let confirmed = downstream.forward(&mut record).await?;
+    ///     confirmed.await?; // on "out/in/x", and acknowledged on "in/x"
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn forward(&self, record: &mut Record) -> Result<DeliveryHandle, SinkError> {
+        let (client, msg) = self.prepare(SinkRecord::from(&*record))?;
+        let upstream = record.take_ack();
+        match self.publish(client, msg, upstream).await {
+            Ok(h) => Ok(h),
+            Err((e, upstream)) => {
+                record.give_back_ack(upstream);
+                Err(e)
+            }
+        }
+    }
+
+    /// The client and message of a record: key, routing, message.
+    fn prepare(&self, mut record: SinkRecord) -> Result<(usize, Message), SinkError> {
         if let (None, Some(field), RecordValue::Json(v)) =
             (&record.key, &self.config.key_field, &record.value)
         {
@@ -556,6 +806,50 @@ impl MqttSink {
                 _ => None,
             };
         }
+        let client_idx = self.route(record.key.as_deref());
+        let msg = match &self.config.message_fn {
+            Some(f) => (f.0)(&record).map_err(SinkError::MessageFn)?,
+            None => self.message(record)?,
+        };
+        Ok((client_idx, msg))
+    }
+
+    /// Publishes through client `client_idx` (or the spool); an `Err`
+    /// gives the upstream acknowledgement back.
+    async fn publish(
+        &self,
+        client_idx: usize,
+        msg: Message,
+        upstream: Option<RecordAck>,
+    ) -> Result<DeliveryHandle, (SinkError, Option<RecordAck>)> {
+        if let Some(state) = &self.spool {
+            return self.spool_send(state, client_idx, msg, upstream).await;
+        }
+        let client = &self.clients[client_idx];
+        let retry = self
+            .config
+            .retry
+            .is_some()
+            .then(|| (client.clone(), msg.clone()));
+        let token = match client.publish(msg).await {
+            Ok(t) => t,
+            Err(e) => return Err((e.into(), upstream)),
+        };
+        self.metrics.published.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tracker.send(Pending {
+            token,
+            done: tx,
+            retry,
+            seq: None,
+            upstream,
+        });
+        Ok(self.settle(DeliveryHandle(rx)).await)
+    }
+
+    /// The message of a record: topic template, retain, properties and
+    /// headers, serializer.
+    fn message(&self, record: SinkRecord) -> Result<Message, SinkError> {
         let topic = self.config.topic.render(&record)?;
         let retain = match &self.config.retain {
             Retain::Fixed(r) => *r,
@@ -574,34 +868,17 @@ impl MqttSink {
                 .user_properties
                 .extend(record.headers.iter().cloned());
         }
-        let client_idx = self.route(record.key.as_deref());
-        let client = &self.clients[client_idx];
         let payload = match &self.config.serializer {
             Serializer::Template(t) => Bytes::from(t.render(&record)?),
             s => serialize(s, record.value),
         };
-        let msg = Message {
+        Ok(Message {
             topic,
             payload,
             qos: self.config.qos,
             retain,
             properties,
-        };
-        if let Some(state) = &self.spool {
-            return self.spool_send(state, client_idx, msg).await;
-        }
-        let retry =
-            (self.config.retry != RetryStrategy::None).then(|| (client.clone(), msg.clone()));
-        let token = client.publish(msg).await?;
-        self.metrics.published.fetch_add(1, Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tracker.send(Pending {
-            token,
-            done: tx,
-            retry,
-            seq: None,
-        });
-        Ok(self.settle(DeliveryHandle(rx)).await)
+        })
     }
 
     /// With the spool: on disk first (back-pressure at `spool_max_bytes`),
@@ -611,7 +888,8 @@ impl MqttSink {
         state: &Arc<SpoolState>,
         client: usize,
         msg: Message,
-    ) -> Result<DeliveryHandle, SinkError> {
+        upstream: Option<RecordAck>,
+    ) -> Result<DeliveryHandle, (SinkError, Option<RecordAck>)> {
         loop {
             let room = state.room.notified();
             if state.spool.lock().expect("spool lock").bytes() < state.max_bytes {
@@ -621,9 +899,10 @@ impl MqttSink {
         }
         let seq = {
             let mut spool = state.spool.lock().expect("spool lock");
-            let seq = spool
-                .append(&msg)
-                .map_err(|e| SinkError::Spool(e.to_string()))?;
+            let seq = match spool.append(&msg) {
+                Ok(seq) => seq,
+                Err(e) => return Err((SinkError::Spool(e.to_string()), upstream)),
+            };
             self.metrics.spool_usage(&spool);
             seq
         };
@@ -634,6 +913,7 @@ impl MqttSink {
             client,
             msg,
             done: tx,
+            upstream,
         });
         Ok(self.settle(DeliveryHandle(rx)).await)
     }
@@ -732,11 +1012,11 @@ async fn publish_spooled(
     mut rx: mpsc::UnboundedReceiver<Spooled>,
     clients: Vec<Client>,
     tracker: mpsc::UnboundedSender<Pending>,
-    strategy: RetryStrategy,
+    retries: bool,
 ) {
     while let Some(r) = rx.recv().await {
         let client = &clients[r.client.min(clients.len() - 1)];
-        let retry = (strategy != RetryStrategy::None).then(|| (client.clone(), r.msg.clone()));
+        let retry = retries.then(|| (client.clone(), r.msg.clone()));
         match client.publish(r.msg).await {
             Ok(token) => {
                 let _ = tracker.send(Pending {
@@ -744,6 +1024,7 @@ async fn publish_spooled(
                     done: r.done,
                     retry,
                     seq: Some(r.seq),
+                    upstream: r.upstream,
                 });
             }
             Err(e) => {
@@ -759,7 +1040,7 @@ async fn track(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     done: watch::Sender<u64>,
     metrics: Arc<SinkMetrics>,
-    strategy: RetryStrategy,
+    retry: Option<RetryFn>,
     spool: Option<Arc<SpoolState>>,
 ) {
     let mut n = 0u64;
@@ -770,9 +1051,9 @@ async fn track(
         let mut r = p.token.await;
         if let Some((client, msg)) = &p.retry {
             let mut attempt = 0;
-            while r.is_err() {
+            while let Err(e) = &r {
                 attempt += 1;
-                let Some(wait) = strategy.delay(attempt) else {
+                let Some(wait) = retry.as_ref().and_then(|f| f.delay(attempt, e)) else {
                     break;
                 };
                 tracing::warn!(topic = %msg.topic, attempt, error = ?r.as_ref().err(), "Publish failed; retrying.");
@@ -804,6 +1085,11 @@ async fn track(
                 metrics.spool_usage(&spool);
                 drop(spool);
                 state.room.notify_waiters();
+            }
+        }
+        if r.is_ok() {
+            if let Some(ack) = p.upstream {
+                ack.ack();
             }
         }
         let _ = p.done.send(r);

@@ -29,15 +29,35 @@ pub struct TopicTemplate {
 /// A template that cannot work, or a record it cannot render.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TemplateError {
+    /// The template cannot be parsed.
     #[error("topic template {template:?}: {reason}")]
-    Invalid { template: String, reason: String },
+    Invalid {
+        /// The template.
+        template: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The record lacks a field the template names.
     #[error("topic template {template:?}: the record has no {what}")]
-    Missing { template: String, what: String },
+    Missing {
+        /// The template.
+        template: String,
+        /// The missing field.
+        what: String,
+    },
+    /// The rendered topic is not a valid topic name.
     #[error("topic template {template:?} rendered an invalid topic: {error}")]
-    InvalidTopic { template: String, error: TopicError },
+    InvalidTopic {
+        /// The template.
+        template: String,
+        /// Why.
+        error: TopicError,
+    },
 }
 
 impl TopicTemplate {
+    /// A topic template: literal text and `{field}` placeholders; checked
+    /// as a topic name (no wildcards, no empty placeholders).
     pub fn parse(template: &str) -> Result<Self, TemplateError> {
         Self::parse_as(template, true)
     }

@@ -19,6 +19,7 @@ pub const SOURCE_METRIC_NAMES: [&str; 10] = [
     "mqlink_source_oldest_unacknowledged_age_seconds",
 ];
 
+/// A source's counters and gauges (read-only; see [`SOURCE_METRIC_NAMES`]).
 #[derive(Debug, Default)]
 pub struct SourceMetrics {
     messages_received: AtomicU64,
@@ -63,17 +64,14 @@ impl SourceMetrics {
             .iter()
             .all(|c| matches!(*c.status().borrow(), Status::Connected { .. }));
         self.connection_status.store(connected as u64, Relaxed);
-        let reconnects: u64 = clients
-            .iter()
-            .map(|c| c.stats().reconnects.load(Relaxed))
-            .sum();
+        let reconnects: u64 = clients.iter().map(|c| c.stats().reconnects()).sum();
         self.reconnect_attempts.store(reconnects, Relaxed);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let oldest = clients
             .iter()
-            .map(|c| c.stats().oldest_unacknowledged_ms.load(Relaxed))
+            .map(|c| c.stats().oldest_unacknowledged_ms())
             .filter(|&t| t > 0)
             .min();
         let age = oldest.map_or(0, |t| now_ms.saturating_sub(t) / 1000);

@@ -36,11 +36,15 @@
 
 mod metrics;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -59,48 +63,67 @@ pub use metrics::{SourceMetrics, SOURCE_METRIC_NAMES};
 /// A source configuration that cannot work; names the key and value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SourceError {
+    /// The connection options cannot work.
     #[error("connection: {0}")]
     Options(#[from] OptionsError),
+    /// A topic filter is invalid.
     #[error("topics: {0}")]
     Topic(TopicError),
+    /// No topic filter at all.
     #[error("topics: at least one topic filter is needed")]
     NoTopics,
+    /// The dead-letter topic is not a valid topic name.
     #[error("dead_letter_topic: {0}")]
     DeadLetterTopic(TopicError),
+    /// `parallelism` of 0.
     #[error("parallelism must be at least 1")]
     Parallelism,
+    /// A share group that cannot be part of `$share/<group>/<filter>`.
     #[error("share_group {0:?} must not be empty or contain '/', '+' or '#'")]
     ShareGroup(String),
+    /// `parallelism > 1` without a client id.
     #[error("parallelism > 1 needs a client_id to derive <client_id>-0 … from")]
     ParallelNeedsClientId,
+    /// `batch_size` of 0.
     #[error("batch_size must be at least 1")]
     BatchSize,
 }
 
-/// What a source needs; build it with [`MqttSource::builder`].
+/// What a source needs; build it with [`MqttSource::builder`] (the fields
+/// are set and checked only there).
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
-    pub connection: ConnectOptions,
-    pub subscriptions: Vec<Subscription>,
-    pub format: Format,
-    pub dead_letter_topic: Option<String>,
+    pub(crate) connection: ConnectOptions,
+    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) format: Format,
+    pub(crate) dead_letter_topic: Option<String>,
     /// Times [`MqttSource::retry`] hands a record back after a downstream
     /// failure before it is dead-lettered (Laminar's `max_retries`).
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
     /// Records per [`MqttSource::next_batch`] at most (Laminar's `batch_size`).
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// How long [`MqttSource::next_batch`] waits to fill a batch
     /// (`batch_timeout_ms`) [default: 0: it takes what has arrived]. The
     /// batch's messages are unacknowledged meanwhile: against a broker whose
     /// window is smaller than `batch_size`, every batch waits this long.
-    pub batch_timeout: Duration,
+    pub(crate) batch_timeout: Duration,
     /// Clients sharing the subscriptions (`parallelism`).
-    pub parallelism: u16,
+    pub(crate) parallelism: u16,
     /// Share group for `parallelism > 1` [default: the client id].
-    pub share_group: Option<String>,
+    pub(crate) share_group: Option<String>,
 }
 
 impl SourceConfig {
+    /// The connection options.
+    pub fn connection(&self) -> &ConnectOptions {
+        &self.connection
+    }
+    /// The topic filters asked for.
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.subscriptions
+    }
+
+    /// Checks the configuration without touching the network.
     pub fn validate(&self) -> Result<(), SourceError> {
         self.connection.validate()?;
         if self.subscriptions.is_empty() {
@@ -169,7 +192,6 @@ impl SourceConfig {
     }
 }
 
-/// Chained setters; problems surface in [`build`](Self::build).
 /// Builds an [`MqttSource`]: the connection (whole, with
 /// [`connection`](Self::connection), or piece by piece, Jet-style, with
 /// [`broker`](Self::broker), [`client_id`](Self::client_id),
@@ -197,6 +219,7 @@ impl SourceBuilder {
         self.config.subscriptions.push(s);
         self
     }
+    /// How payloads are decoded into [`Record::value`] [default: raw bytes].
     pub fn format(mut self, f: Format) -> Self {
         self.config.format = f;
         self
@@ -211,27 +234,42 @@ impl SourceBuilder {
         self.config.format = Format::Map(crate::format::MapFn(Arc::new(f)));
         self
     }
+    /// Where payloads that do not decode go (and records that exhausted
+    /// [`max_retries`](Self::max_retries)); acknowledged only once the
+    /// broker confirmed the dead letter. Without it they are yielded with
+    /// the error in [`Record::value`].
     pub fn dead_letter_topic(mut self, t: impl Into<String>) -> Self {
         self.config.dead_letter_topic = Some(t.into());
         self
     }
+    /// Times [`MqttSource::retry`] hands a record back before it is
+    /// dead-lettered (Laminar's `max_retries`) [default: 3].
     pub fn max_retries(mut self, n: u32) -> Self {
         self.config.max_retries = n;
         self
     }
+    /// Records per [`MqttSource::next_batch`] at most [default: 1000], and
+    /// how long it waits to fill one [default: 0: it takes what has
+    /// arrived]. The batch's messages are unacknowledged meanwhile: against
+    /// a broker whose window is smaller than `size`, every batch waits `timeout`.
     pub fn batch(mut self, size: usize, timeout: Duration) -> Self {
         self.config.batch_size = size;
         self.config.batch_timeout = timeout;
         self
     }
+    /// Clients sharing the subscriptions through `$share/<group>/…`
+    /// (`<client_id>-0` …) [default: 1].
     pub fn parallelism(mut self, n: u16) -> Self {
         self.config.parallelism = n;
         self
     }
+    /// The share group of `parallelism > 1` [default: the client id]; set
+    /// it alone to share the subscriptions with other processes.
     pub fn share_group(mut self, g: impl Into<String>) -> Self {
         self.config.share_group = Some(g.into());
         self
     }
+    /// The configuration, or the first problem found.
     pub fn build(mut self) -> Result<SourceConfig, SourceError> {
         if let Some(b) = self.connect.take() {
             self.config.connection = b.build()?;
@@ -248,14 +286,21 @@ impl SourceBuilder {
 /// A received message with its decoded value and acknowledgement.
 #[derive(Debug)]
 pub struct Record {
+    /// The topic it was published to.
     pub topic: ByteStr,
+    /// The payload as received.
     pub payload: Bytes,
+    /// The QoS it was delivered at.
     pub qos: QoS,
+    /// Whether it is a retained message (sent on subscribing).
     pub retain: bool,
+    /// Whether the broker marked it as a redelivery.
     pub dup: bool,
     /// The PUBLISH packet's id as the broker sent it (0 for QoS 0).
     pub packet_id: u16,
+    /// MQTT 5 properties, when there are any.
     pub properties: Option<Box<PublishProperties>>,
+    /// When it arrived.
     pub received_at: SystemTime,
     /// The decoded payload, or why it could not be decoded (only yielded
     /// when no dead-letter topic is configured).
@@ -282,6 +327,13 @@ impl Record {
             metrics: self.metrics.clone(),
         })
     }
+
+    /// Puts back an acknowledgement taken by [`take_ack`](Self::take_ack).
+    pub(crate) fn give_back_ack(&mut self, ack: Option<RecordAck>) {
+        if let Some(a) = ack {
+            self.ack = Some(a.ack);
+        }
+    }
 }
 
 /// The acknowledgement of one [`Record`].
@@ -292,6 +344,7 @@ pub struct RecordAck {
 }
 
 impl RecordAck {
+    /// Acknowledges the record (see [`Record::ack`]).
     pub fn ack(self) {
         self.ack.ack();
         self.metrics.unacknowledged_dec();
@@ -306,12 +359,22 @@ pub struct SourceMonitor {
 }
 
 impl SourceMonitor {
+    /// The source's metrics, refreshed.
     pub fn metrics(&self) -> &SourceMetrics {
         self.metrics.refresh(&self.clients);
         &self.metrics
     }
+    /// The source's clients.
     pub fn clients(&self) -> &[Client] {
         &self.clients
+    }
+}
+
+impl std::fmt::Debug for SourceMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceMonitor")
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
     }
 }
 
@@ -335,12 +398,18 @@ pub struct MqttSource {
     retries: std::collections::VecDeque<Record>,
     max_retries: u32,
     dead_letter_topic: Option<String>,
+    /// A delivery being processed for [`Stream::poll_next`] (dead letter or
+    /// schema fetch under way). The mutex is only ever used through
+    /// `get_mut`: it keeps `MqttSource` `Sync` around a future that is not.
+    processing: Option<std::sync::Mutex<Processing>>,
 }
+
+type Processing = Pin<Box<dyn Future<Output = Option<Record>> + Send>>;
 
 /// One client is read directly (no extra hop per message); several are
 /// merged through a channel fed by one task each.
 enum Inner {
-    Direct(Worker, Incoming),
+    Direct(Arc<Worker>, Incoming),
     Merged(mpsc::Receiver<Record>),
 }
 
@@ -355,6 +424,7 @@ struct Worker {
 }
 
 impl MqttSource {
+    /// Starts building a source, as Jet's `MqttSources.builder()`.
     pub fn builder() -> SourceBuilder {
         SourceBuilder {
             connect: None,
@@ -415,7 +485,7 @@ impl MqttSource {
                 metrics: metrics.clone(),
             };
             if config.parallelism == 1 {
-                direct = Some((worker, incoming, early));
+                direct = Some((Arc::new(worker), incoming, early));
             } else {
                 tasks.push(tokio::spawn(worker.run(early, incoming, tx.clone())));
             }
@@ -440,11 +510,16 @@ impl MqttSource {
             retries: Default::default(),
             max_retries: config.max_retries,
             dead_letter_topic: config.dead_letter_topic.clone(),
+            processing: None,
         })
     }
 
-    /// The next record; `None` once every client has stopped.
+    /// The next record; `None` once every client has stopped. (The same
+    /// as the [`Stream`] implementation, without needing `StreamExt`.)
     pub async fn next(&mut self) -> Option<Record> {
+        if let Some(r) = self.finish_processing().await {
+            return Some(r);
+        }
         if let Some(r) = self.retries.pop_front() {
             return Some(r);
         }
@@ -469,8 +544,18 @@ impl MqttSource {
         }
     }
 
+    /// The record of a delivery that [`Stream::poll_next`] began to process.
+    async fn finish_processing(&mut self) -> Option<Record> {
+        let p = self.processing.take()?;
+        let p = p.into_inner().unwrap_or_else(|e| e.into_inner());
+        p.await
+    }
+
     /// A record if one is ready without waiting.
     pub async fn try_next(&mut self) -> Option<Record> {
+        if let Some(r) = self.finish_processing().await {
+            return Some(r);
+        }
         if let Some(r) = self.retries.pop_front() {
             return Some(r);
         }
@@ -492,7 +577,8 @@ impl MqttSource {
     }
 
     /// Up to `batch_size` records, waiting at most `batch_timeout` after the
-    /// first one. Empty once every client has stopped.
+    /// first one (see [`SourceBuilder::batch`]). Empty once every client has
+    /// stopped.
     pub async fn next_batch(&mut self) -> Vec<Record> {
         let mut batch = Vec::with_capacity(self.batch_size);
         let Some(first) = self.next().await else {
@@ -555,6 +641,15 @@ impl MqttSource {
         Ok(())
     }
 
+    /// The batches of [`next_batch`](Self::next_batch) as a [`Stream`].
+    pub fn batches(self) -> Batches {
+        Batches {
+            source: Some(self),
+            next: None,
+        }
+    }
+
+    /// The source's metrics (see [`SOURCE_METRIC_NAMES`]).
     pub fn metrics(&self) -> &SourceMetrics {
         self.metrics.refresh(&self.clients);
         &self.metrics
@@ -569,6 +664,7 @@ impl MqttSource {
         }
     }
 
+    /// The source's clients (one per `parallelism`).
     pub fn clients(&self) -> &[Client] {
         &self.clients
     }
@@ -581,6 +677,115 @@ impl MqttSource {
         for t in self.tasks {
             t.abort();
         }
+    }
+}
+
+/// The records as a [`Stream`], for `StreamExt` combinators and `select!`:
+/// the same records, in the same order, as [`MqttSource::next`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let broker = mqlink::broker::EmbeddedBroker::start("127.0.0.1:0").await?;
+/// # let url = format!("mqtt://{}", broker.local_addr());
+/// use futures_util::StreamExt; // or tokio_stream::StreamExt
+/// use mqlink::{MqttSource, QoS};
+///
+/// let source = MqttSource::builder().broker(&url).topic("t/#", QoS::AtLeastOnce).start().await?;
+/// # let sink = mqlink::MqttSink::builder().broker(&url).topic("t/1").start().await?;
+/// # for i in 0..3 { sink.send(mqlink::SinkRecord::json(serde_json::json!(i))).await?.await?; }
+/// let mut first_three = source.take(3);
+/// while let Some(mut record) = first_three.next().await {
+///     record.ack();
+/// }
+/// # Ok(()) }
+/// ```
+impl Stream for MqttSource {
+    type Item = Record;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(p) = &mut this.processing {
+                let p = p.get_mut().unwrap_or_else(|e| e.into_inner());
+                let r = std::task::ready!(p.as_mut().poll(cx));
+                this.processing = None;
+                match r {
+                    Some(r) => return Poll::Ready(Some(r)),
+                    None => continue,
+                }
+            }
+            if let Some(r) = this.retries.pop_front() {
+                return Poll::Ready(Some(r));
+            }
+            let (worker, d) = match &mut this.inner {
+                Inner::Merged(rx) => return rx.poll_recv(cx),
+                Inner::Direct(worker, incoming) => match this.pending.pop_front() {
+                    Some(d) => (worker.clone(), d),
+                    None => match std::task::ready!(incoming.poll_recv(cx)) {
+                        Some(d) => (worker.clone(), d),
+                        None => return Poll::Ready(None),
+                    },
+                },
+            };
+            // Processing may wait (a dead letter's window, a schema fetch),
+            // so it is a future of its own that owns what it needs.
+            this.processing = Some(std::sync::Mutex::new(Box::pin(async move {
+                worker.process(d).await
+            })));
+        }
+    }
+}
+
+/// Batches of records as a [`Stream`], from [`MqttSource::batches`]: each
+/// item is what [`MqttSource::next_batch`] returns; the stream ends when the
+/// source does.
+pub struct Batches {
+    source: Option<MqttSource>,
+    next: Option<NextBatch>,
+}
+
+type NextBatch = Pin<Box<dyn Future<Output = (MqttSource, Vec<Record>)> + Send>>;
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batches {
+    /// The source, between batches (`None` while one is being collected):
+    /// for [`MqttSource::retry`] and the metrics.
+    pub fn source(&mut self) -> Option<&mut MqttSource> {
+        self.source.as_mut()
+    }
+}
+
+impl Stream for Batches {
+    type Item = Vec<Record>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<Record>>> {
+        let this = self.get_mut();
+        if this.next.is_none() {
+            let Some(mut source) = this.source.take() else {
+                return Poll::Ready(None);
+            };
+            this.next = Some(Box::pin(async move {
+                let batch = source.next_batch().await;
+                (source, batch)
+            }));
+        }
+        let next = this.next.as_mut().expect("set above");
+        let (source, batch) = std::task::ready!(next.as_mut().poll(cx));
+        this.next = None;
+        if batch.is_empty() {
+            // Every client has stopped; the source is dropped with the stream.
+            return Poll::Ready(None);
+        }
+        this.source = Some(source);
+        Poll::Ready(Some(batch))
     }
 }
 
