@@ -127,9 +127,9 @@ class Delivery:
 class Publisher:
     """Publishes with the broker's confirmation.
 
-    ``publish`` returns once the message is in the session's in-flight
-    window (``max_inflight`` unconfirmed messages; it waits only while the
-    window is full) and gives a :class:`Delivery`. ``flush(timeout)`` waits
+    ``publish`` returns at once with a :class:`Delivery`; it waits (GIL
+    released) only while ``max_inflight`` messages are unconfirmed and as
+    many more are queued behind them. ``flush(timeout)`` waits
     for every confirmation and raises :class:`~mqlink.errors.FlushTimeout`
     naming how many are missing. The session reconnects by itself and sends
     unconfirmed messages again.

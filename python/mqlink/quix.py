@@ -23,7 +23,8 @@ Where Quix's sink (3.28.1) goes wrong, this one does what its docs say:
   broker and the reason.
 
 ``add()`` hands the message to the session and returns; it waits (with the
-GIL released) only while ``max_inflight`` messages are unconfirmed.
+GIL released) only while ``max_inflight`` messages are unconfirmed and as
+many more are queued behind them.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class MQTTSink(_BaseSink):
     :param key_file: PEM private key of ``cert_file``.
     :param tls_insecure: skip certificate verification (tests only).
     :param tls_server_name: name to verify the certificate against.
-    :param max_inflight: unconfirmed messages at most; ``add()`` waits beyond.
+    :param max_inflight: unconfirmed messages at most; ``add()`` waits when
+        as many more are queued behind them.
     :param keep_alive: MQTT keep-alive, seconds.
     :param connect_timeout: seconds allowed for TCP, TLS and CONNACK.
     """
@@ -229,7 +231,7 @@ class MQTTSink(_BaseSink):
         partition: int,
         offset: int,
     ) -> None:
-        """Publishes one record; returns once it is in the in-flight window."""
+        """Publishes one record; returns once it is queued for the session."""
         publisher = self._publisher
         if publisher is None:
             raise RuntimeError("MQTTSink.add() before setup(): start the sink first")

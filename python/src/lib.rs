@@ -3,10 +3,11 @@
 //!
 //! - One Tokio runtime per process runs every session; Python threads only
 //!   hand messages over and wait, with the GIL released while they wait.
-//! - [`Publisher::publish`] returns as soon as the message is in the
-//!   session's in-flight window; it blocks (GIL released) only while the
-//!   window is full. Confirmations are counted by one tracker task per
-//!   publisher, in send order; `flush(timeout)` waits on that count.
+//! - [`Publisher::publish`] queues the message for the session's in-flight
+//!   window (a queue as long as the window) and returns; it blocks (GIL
+//!   released) only while window and queue are full. Confirmations are
+//!   counted by one tracker task per publisher, in send order;
+//!   `flush(timeout)` waits on that count.
 //! - [`Subscriber::next`] yields messages whose `ack()` the session turns
 //!   into PUBACK/PUBREC in arrival order.
 //!
@@ -15,7 +16,10 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -29,15 +33,16 @@ use mqlink::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, Notify};
 
-/// The process's runtime: two workers are plenty for many sessions (a
-/// session's driver is one task), and leave the Python thread its core.
+/// The process's runtime. One worker carries many sessions (a session's
+/// driver is one task) and costs less CPU than two trading wake-ups, which
+/// leaves the Python thread and a local broker their cores.
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("mqlink")
             .enable_all()
             .build()
@@ -288,7 +293,32 @@ struct Counts {
     failed_at_flush: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Publishes completed (confirmed or failed), in send order.
-    completed: watch::Sender<u64>,
+    completed: AtomicU64,
+    /// The lowest `completed` a waiter wants to be woken at (`u64::MAX`:
+    /// none): the tracker wakes waiters once per target reached, not per
+    /// confirmation.
+    wake_at: AtomicU64,
+    reached: Notify,
+}
+
+impl Counts {
+    /// Waits until `completed >= target`.
+    async fn reach(&self, target: u64) {
+        loop {
+            let notified = self.reached.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            self.wake_at.fetch_min(target, SeqCst);
+            if self.completed.load(SeqCst) >= target {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn completed(&self) -> u64 {
+        self.completed.load(SeqCst)
+    }
 }
 
 struct Pending {
@@ -296,27 +326,60 @@ struct Pending {
     slot: Option<Arc<Slot>>,
 }
 
-/// Awaits confirmations in send order and counts them.
-async fn track(mut rx: mpsc::UnboundedReceiver<Pending>, counts: Arc<Counts>) {
-    let mut n = 0u64;
-    while let Some(p) = rx.recv().await {
-        let r = p.token.await;
+impl Counts {
+    /// Records one publish's outcome (exactly once per publish).
+    fn complete(&self, r: Result<mqlink::Confirmed, PublishError>, slot: Option<Arc<Slot>>) {
         match &r {
             Ok(_) => {
-                counts.confirmed.fetch_add(1, Relaxed);
+                self.confirmed.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                *counts.last_error.lock().expect("not poisoned") = Some(e.to_string());
-                counts.failed.fetch_add(1, Relaxed);
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                self.failed.fetch_add(1, Relaxed);
             }
         }
-        if let Some(slot) = p.slot {
+        if let Some(slot) = slot {
             *slot.outcome.lock().expect("not poisoned") =
                 Some(r.map(|c| c.reason_code).map_err(|e| e.to_string()));
             slot.done.notify_all();
         }
-        n += 1;
-        counts.completed.send_replace(n);
+        let n = self.completed.fetch_add(1, SeqCst) + 1;
+        if n >= self.wake_at.load(SeqCst) {
+            self.wake_at.store(u64::MAX, SeqCst);
+            self.reached.notify_waiters();
+        }
+    }
+}
+
+/// Moves queued messages into the session's window, in order: waiting for
+/// a free slot here, inside the runtime, costs nothing, where a Python
+/// thread would pay a GIL release and a wake-up per message.
+async fn feed(
+    mut rx: mpsc::Receiver<(Message, Option<Arc<Slot>>)>,
+    client: Client,
+    tracker: mpsc::UnboundedSender<Pending>,
+    counts: Arc<Counts>,
+) {
+    while let Some((msg, slot)) = rx.recv().await {
+        match client.publish(msg).await {
+            Ok(token) => {
+                if let Err(mpsc::error::SendError(p)) = tracker.send(Pending { token, slot }) {
+                    counts.complete(
+                        Err(PublishError::Stopped("the publisher is closed".into())),
+                        p.slot,
+                    );
+                }
+            }
+            Err(e) => counts.complete(Err(e), slot),
+        }
+    }
+}
+
+/// Awaits confirmations in send order and counts them.
+async fn track(mut rx: mpsc::UnboundedReceiver<Pending>, counts: Arc<Counts>) {
+    while let Some(p) = rx.recv().await {
+        let r = p.token.await;
+        counts.complete(r, p.slot);
     }
 }
 
@@ -324,7 +387,9 @@ async fn track(mut rx: mpsc::UnboundedReceiver<Pending>, counts: Arc<Counts>) {
 #[pyclass(module = "mqlink._mqlink", frozen)]
 struct Publisher {
     client: Client,
-    tracker: mpsc::UnboundedSender<Pending>,
+    /// The session's in-flight window (`max_inflight`), also the queue's size.
+    window: usize,
+    queue: mpsc::Sender<(Message, Option<Arc<Slot>>)>,
     counts: Arc<Counts>,
 }
 
@@ -341,29 +406,34 @@ impl Publisher {
             .first()
             .map(ToString::to_string)
             .unwrap_or_default();
+        let window = usize::from(opts.max_inflight);
         let (client, _incoming) = wait(py, async { Client::connect(opts).await })
             .map_err(|e| error(py, "ConnectFailed", name_broker(&broker, e)))?;
-        let (completed, _) = watch::channel(0);
         let counts = Arc::new(Counts {
             published: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             failed_at_flush: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            completed,
+            completed: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            reached: Notify::new(),
         });
         let (tracker, rx) = mpsc::unbounded_channel();
         rt().spawn(track(rx, counts.clone()));
+        let (queue, rx) = mpsc::channel(window);
+        rt().spawn(feed(rx, client.clone(), tracker, counts.clone()));
         Ok(Publisher {
             client,
-            tracker,
+            window,
+            queue,
             counts,
         })
     }
 
-    /// Hands a message to the session: returns once it is in the in-flight
-    /// window (waiting, GIL released, while the window is full). With
-    /// `handle`, returns a `Delivery` that completes on PUBACK/PUBCOMP.
+    /// Queues a message for the session's window and returns (waiting, GIL
+    /// released, while window and queue are full). With `handle`, returns
+    /// a `Delivery` that completes on PUBACK/PUBCOMP.
     #[pyo3(signature = (topic, payload, qos=1, retain=false, properties=None, handle=true))]
     fn publish(
         &self,
@@ -380,18 +450,36 @@ impl Publisher {
         if let Some(p) = properties {
             msg = msg.properties(publish_properties(p)?);
         }
-        let token = wait(py, self.client.publish(msg)).map_err(|e| match e {
-            PublishError::Stopped(_) => error(py, "PublishFailed", e.to_string()),
-            _ => PyValueError::new_err(e.to_string()),
-        })?;
-        self.counts.published.fetch_add(1, Relaxed);
+        // Errors the caller must see at once; the rest (a packet too
+        // large for the broker) fail the message, reported by flush.
+        mqlink::topic::validate_topic_name(&msg.topic)
+            .map_err(|e| PyValueError::new_err(format!("topic {:?}: {e}", msg.topic)))?;
         let slot = handle.then(|| Arc::new(Slot::default()));
-        self.tracker
-            .send(Pending {
-                token,
-                slot: slot.clone(),
-            })
-            .map_err(|_| error(py, "PublishFailed", "the publisher is closed".into()))?;
+        let item = (msg, slot.clone());
+        let closed = || {
+            self.counts.published.fetch_sub(1, Relaxed);
+            error(py, "PublishFailed", "the publisher is closed".into())
+        };
+        // Counted first: `completed` never runs ahead of `published`.
+        self.counts.published.fetch_add(1, Relaxed);
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                // Window and queue full: wait (GIL released) until half the
+                // queue has moved on, not for one place at a time.
+                let half = (self.window / 2).max(1);
+                wait(py, async {
+                    let permits = self.queue.reserve_many(half).await?;
+                    let mut permits = permits;
+                    if let Some(p) = permits.next() {
+                        p.send(item);
+                    }
+                    Ok::<_, mpsc::error::SendError<()>>(())
+                })
+                .map_err(|_| closed())?;
+            }
+        }
         Ok(slot.map(|slot| Delivery { slot }))
     }
 
@@ -403,14 +491,13 @@ impl Publisher {
     fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = secs("timeout", timeout)?;
         let target = self.counts.published.load(Relaxed);
-        let mut completed = self.counts.completed.subscribe();
         let waited = wait(py, async {
-            tokio::time::timeout(timeout, completed.wait_for(|&c| c >= target))
+            tokio::time::timeout(timeout, self.counts.reach(target))
                 .await
                 .is_ok()
         });
         if !waited {
-            let unconfirmed = target.saturating_sub(*self.counts.completed.borrow());
+            let unconfirmed = target.saturating_sub(self.counts.completed());
             let cause = session_problem(&self.client)
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
@@ -464,7 +551,7 @@ impl Publisher {
         self.counts
             .published
             .load(Relaxed)
-            .saturating_sub(*self.counts.completed.borrow())
+            .saturating_sub(self.counts.completed())
     }
 
     /// `None` when connected, else what the session is doing and why.

@@ -102,8 +102,9 @@ def test_flush_timeout_fires_against_a_stopped_broker(mosquitto, collector, uid)
 
 
 def test_add_waits_only_for_the_in_flight_window(mosquitto, uid):
-    """With max_inflight=20 and the broker stopped, 20 adds return at once
-    and the 21st waits (GIL released: another thread keeps running)."""
+    """With max_inflight=20 and the broker stopped, 41 adds return at once
+    (20 in flight, one waiting for a place, 20 queued) and the 42nd waits,
+    with the GIL released: another thread keeps running."""
     import threading
 
     sink = make_sink(mosquitto, uid, max_inflight=20, mqtt_flush_timeout_seconds=0.2)
@@ -113,14 +114,14 @@ def test_add_waits_only_for_the_in_flight_window(mosquitto, uid):
     mosquitto.stop()
     try:
         t0 = time.monotonic()
-        for i in range(20):
+        for i in range(41):
             add(sink, {"i": i}, b"k", i)
         assert time.monotonic() - t0 < 0.5
         done = threading.Event()
         ticks = []
 
         def blocked_add():
-            add(sink, {"i": 20}, b"k", 20)
+            add(sink, {"i": 41}, b"k", 41)
             done.set()
 
         t = threading.Thread(target=blocked_add, daemon=True)
@@ -128,7 +129,7 @@ def test_add_waits_only_for_the_in_flight_window(mosquitto, uid):
         for _ in range(10):  # this thread runs while the other waits
             ticks.append(time.monotonic())
             time.sleep(0.02)
-        assert not done.is_set(), "the 21st add did not wait for the window"
+        assert not done.is_set(), "the 42nd add did not wait for the window"
         assert len(ticks) == 10
     finally:
         mosquitto.cont()
