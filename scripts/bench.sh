@@ -18,11 +18,35 @@
 #   5. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
 #      to mosquitto_pub, read by mosquitto_sub and mqlink sub at once
 #      (bench/latency.py; LAT_N, LAT_RATE change them).
+#   6. Quix Streams: N records through Quix's own MQTTSink (paho-mqtt) and
+#      through mqlink.quix.MQTTSink (python/), each counted at the broker by
+#      a mosquitto_sub (bench/quix_sink.py). On its own:
+#      `bash scripts/bench.sh python` (BENCH_PYTHON=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
 ROUNDS=${ROUNDS:-3}
+
+# Run 6: the Python sinks, in the test command's virtualenv (target/pyenv),
+# mqlink's package built in release mode.
+bench_python() {
+  local pyenv=target/pyenv
+  command -v mosquitto_sub >/dev/null || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  }
+  [ -x "$pyenv/bin/python" ] || python3 -m venv "$pyenv"
+  "$pyenv/bin/pip" install -q --disable-pip-version-check 'maturin>=1.5,<2' 'quixstreams==3.28.1' 'paho-mqtt>=2,<3'
+  PATH="$PWD/$pyenv/bin:$PATH" "$pyenv/bin/pip" install -q --disable-pip-version-check --no-build-isolation ./python
+  echo
+  echo "Quix Streams MQTTSink (paho-mqtt) vs mqlink.quix.MQTTSink: $N records, counted at the broker"
+  "$pyenv/bin/python" -W ignore bench/quix_sink.py --n "$N" --rounds "${QUIX_ROUNDS:-1}"
+}
+if [ "${1:-}" = python ]; then
+  bench_python
+  exit 0
+fi
 
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
@@ -232,3 +256,5 @@ if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
 PY
+[ "${BENCH_PYTHON:-1}" = 1 ] && bench_python
+exit 0

@@ -267,3 +267,53 @@ def test_refused_connection_is_a_clear_error(make_mosquitto, tmp_path, uid):
     add(ok, 1, b"k", 0)
     ok.flush()
     ok.close()
+
+
+def make_certs(d) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, cwd=d,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=mqlink test CA")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, cn in (("server", "localhost"), ("client", "quix-client")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={cn}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+            *(["-extfile", "san.cnf"] if name == "server" else []))
+    return {k: str(d / v) for k, v in
+            {"ca": "ca.pem", "cert": "server.pem", "key": "server.key",
+             "client_cert": "client.pem", "client_key": "client.key"}.items()}
+
+
+def test_tls_with_ca_and_client_certificate(make_mosquitto, collector, tmp_path, uid):
+    """Quix's sink has no CA option; this one takes ca_file, cert_file and
+    key_file (mutual TLS), and says why when verification fails."""
+    certs = make_certs(tmp_path)
+    broker = make_mosquitto(tls={
+        "cafile": certs["ca"], "certfile": certs["cert"], "keyfile": certs["key"],
+        "require_certificate": "true",
+    })
+    sink = MQTTSink(
+        client_id=f"tls-{uid}", server="127.0.0.1", port=broker.port, topic_root=uid,
+        ca_file=certs["ca"], cert_file=certs["client_cert"], key_file=certs["client_key"],
+    )
+    sink.setup()
+    for i in range(100):
+        add(sink, {"i": i}, b"k", i)
+    sink.flush()
+    sink.close()
+    # The system's CAs do not know the test CA: a clear error, not a hang.
+    untrusted = MQTTSink(
+        client_id=f"tls2-{uid}", server="127.0.0.1", port=broker.port, topic_root=uid,
+        cert_file=certs["client_cert"], key_file=certs["client_key"], connect_timeout=5,
+    )
+    with pytest.raises(ConnectFailed, match="(?i)certificate|tls"):
+        untrusted.setup()
+    with pytest.raises(ValueError, match="client_key"):
+        MQTTSink(client_id="x", server="127.0.0.1", port=broker.port, topic_root=uid,
+                 cert_file=certs["client_cert"]).setup()
