@@ -193,6 +193,8 @@ class MQTTSink(_BaseSink):
         self._topic_root = topic_root
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
+        # The default json.dumps runs in Rust (same bytes, several times faster).
+        self._json = value_serializer is json.dumps
         self._qos = qos
         self._flush_timeout = float(mqtt_flush_timeout_seconds)
         self._retain_fn = None if isinstance(retain, bool) else retain
@@ -237,16 +239,18 @@ class MQTTSink(_BaseSink):
             raise RuntimeError("MQTTSink.add() before setup(): start the sink first")
         retain_fn = self._retain_fn
         properties_fn = self._properties_fn
+        json_value = self._json
         try:
             publisher.publish(
                 f"{self._topic_root}/{self._key_serializer(key)}",
-                self._value_serializer(value),
+                value if json_value else self._value_serializer(value),
                 self._qos,
                 bool(retain_fn(value)) if retain_fn is not None else self._retain,
                 publish_properties(properties_fn(value))
                 if properties_fn is not None
                 else self._properties,
                 False,
+                json_value,
             )
         except PublishFailed as e:
             raise MqttPublishEnqueueFailed(str(e)) from None

@@ -14,6 +14,8 @@
 //! Errors raised here are the classes of `mqlink.errors`, looked up when
 //! raised, so Python code catches one hierarchy.
 
+mod json;
+
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{
@@ -434,7 +436,10 @@ impl Publisher {
     /// Queues a message for the session's window and returns (waiting, GIL
     /// released, while window and queue are full). With `handle`, returns
     /// a `Delivery` that completes on PUBACK/PUBCOMP.
-    #[pyo3(signature = (topic, payload, qos=1, retain=false, properties=None, handle=true))]
+    /// With `json`, `payload` is a value to serialize as `json.dumps(payload)`
+    /// would (in Rust for the common types).
+    #[pyo3(signature = (topic, payload, qos=1, retain=false, properties=None, handle=true, json=false))]
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         py: Python<'_>,
@@ -444,9 +449,14 @@ impl Publisher {
         retain: bool,
         properties: Option<&Bound<'_, PyDict>>,
         handle: bool,
+        json: bool,
     ) -> PyResult<Option<Delivery>> {
-        let mut msg =
-            Message::new(topic, payload_bytes(payload)?, self::qos("qos", qos)?).retain(retain);
+        let payload = if json {
+            json::dumps(payload)?
+        } else {
+            payload_bytes(payload)?
+        };
+        let mut msg = Message::new(topic, payload, self::qos("qos", qos)?).retain(retain);
         if let Some(p) = properties {
             msg = msg.properties(publish_properties(p)?);
         }
@@ -654,22 +664,27 @@ impl Subscriber {
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Received>> {
         let timeout = timeout.map(|t| secs("timeout", t)).transpose()?;
-        let mut guard = self.source.lock().expect("not poisoned");
-        let Some(source) = guard.as_mut() else {
+        // The lock is taken with the GIL released: a thread waiting for it
+        // must not hold the GIL the thread inside needs to return.
+        let got = py.allow_threads(|| {
+            let mut guard = self.source.lock().expect("not poisoned");
+            let source = guard.as_mut()?;
+            let _ctx = rt().enter();
+            Some(rt().block_on(async {
+                match timeout {
+                    Some(t) if t.is_zero() => Some(source.try_next().await),
+                    Some(t) => tokio::time::timeout(t, source.next()).await.ok(),
+                    None => Some(source.next().await),
+                }
+            }))
+        });
+        let Some(got) = got else {
             return Err(error(
                 py,
                 "SessionStopped",
                 "the subscriber is closed".into(),
             ));
         };
-        let got = wait(py, async {
-            match timeout {
-                Some(t) if t.is_zero() => Some(source.try_next().await),
-                Some(t) => tokio::time::timeout(t, source.next()).await.ok(),
-                None => Some(source.next().await),
-            }
-        });
-        drop(guard);
         match got {
             None | Some(None) if timeout.is_some_and(|t| t.is_zero()) => Ok(None),
             None => Ok(None),
@@ -704,7 +719,10 @@ impl Subscriber {
 
     /// Sends the acknowledgements given so far and DISCONNECT.
     fn close(&self, py: Python<'_>) {
-        let source = self.source.lock().expect("not poisoned").take();
+        // Ending the session first also ends a `next` waiting in another
+        // thread, which holds the source.
+        wait(py, self.client.disconnect());
+        let source = py.allow_threads(|| self.source.lock().expect("not poisoned").take());
         if let Some(s) = source {
             wait(py, s.close());
         }
@@ -760,8 +778,16 @@ impl Received {
     }
 }
 
+/// `json.dumps(value).encode()`, as the publisher's `json=True` does it
+/// (the tests compare the two).
+#[pyfunction]
+fn json_dumps(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyBytes>> {
+    Ok(PyBytes::new(py, &json::dumps(value)?).unbind())
+}
+
 #[pymodule]
 fn _mqlink(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(json_dumps, m)?)?;
     m.add_class::<Publisher>()?;
     m.add_class::<Delivery>()?;
     m.add_class::<Subscriber>()?;
