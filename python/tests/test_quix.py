@@ -349,3 +349,28 @@ def test_flush_from_another_thread_as_quix_revoke_does(mosquitto, collector, uid
     assert not worker.is_alive() and not errors
     assert len(got.wait_for(3000)) == 3000
     sink.close()
+
+
+def test_without_quixstreams_installed(mosquitto, uid):
+    """The sink works without quixstreams (a standalone BaseSink)."""
+    code = f"""
+import sys
+sys.modules["quixstreams"] = None  # import quixstreams -> ImportError
+from mqlink.quix import MQTTSink
+s = MQTTSink("c-{uid}", "127.0.0.1", {mosquitto.port}, "{uid}", tls_enabled=False)
+assert [c.__name__ for c in type(s).__mro__][1] == "_BaseSink"
+s.start()
+s.add(value={{"a": 1}}, key=b"k", timestamp=0, headers=[], topic="t", partition=0, offset=0)
+s.flush()
+s.close()
+failed = []
+bad = MQTTSink("c2", "127.0.0.1", 1, "r", tls_enabled=False,
+               on_client_connect_failure=failed.append)
+bad.start()
+assert len(failed) == 1 and "cannot reach" in str(failed[0]), failed
+print("ok")
+"""
+    import sys as _sys
+
+    out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
