@@ -51,7 +51,7 @@ cargo test --workspace --doc --no-fail-fast
 
 # The Python package (python/, PyO3 + maturin): built into a virtualenv with
 # quixstreams and paho-mqtt from PyPI, its pytest suite run against
-# Mosquitto. The first build takes about 3 minutes on 2 cores, later ones
+# Mosquitto. The first build takes about 4 minutes on 2 cores, later ones
 # seconds (python/target is kept).
 pyenv=target/pyenv
 [ -x "$pyenv/bin/python" ] || python3 -m venv "$pyenv"

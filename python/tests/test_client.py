@@ -136,9 +136,9 @@ def wait_lines(path: Path, pred, timeout: float = 60) -> list:
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_subscriber_ordered_acks_through_sigkill(mosquitto, uid, tmp_path, protocol):
     """A persistent-session subscriber acknowledges every message after
-    writing it, except message HOLD. SIGKILLed, then restarted: HOLD comes
-    again first (its acknowledgement was never sent, and those after it were
-    held back behind it), and every message is in the file: nothing lost."""
+    writing it, except message HOLD. SIGKILLed, then restarted: HOLD and
+    every message after it come again (their acknowledgements were held back
+    behind HOLD's), and every message is in the file: nothing lost."""
     n, hold = 2000, 300
     out = tmp_path / "received.txt"
     topic = f"{uid}/stream"
@@ -173,10 +173,15 @@ def test_subscriber_ordered_acks_through_sigkill(mosquitto, uid, tmp_path, proto
         w.send_signal(signal.SIGKILL)
         w.wait(10)
     second_run = lines[lines.index("START", 1) + 1 :]
-    assert second_run[0].split()[0] == str(hold), second_run[:5]
-    seen = {l.split()[0] for l in lines if l != "START"}
-    missing = [i for i in range(n) if str(i) not in seen]
-    assert not missing, f"lost: {missing[:20]}"
-    # In order within the second run, from HOLD on.
     values = [int(l.split()[0]) for l in second_run]
-    assert values == sorted(values)
+    # Acknowledgements given just before the kill may not have left yet, so
+    # the second run may start a little before HOLD, never after it; and
+    # everything the first run received after HOLD comes again: its
+    # acknowledgements were held back behind HOLD's.
+    assert values[0] <= hold, second_run[:5]
+    last_first = max(int(l) for l in first_run)
+    assert set(range(hold, last_first + 1)) <= set(values)
+    seen = {int(l.split()[0]) for l in lines if l != "START"}
+    missing = [i for i in range(n) if i not in seen]
+    assert not missing, f"lost: {missing[:20]}"
+    assert values == sorted(values), "out of order"
