@@ -15,23 +15,51 @@
 #      max_inflight_messages 1 and 10 (20,000 queued), and with no in-flight
 #      cap (max_inflight_messages 0: the whole backlog arrives before SUBACK,
 #      MQTT 3.1.1), mqlink sub vs mosquitto_sub;
-#   6. the embedded broker (`mqlink broker`, max_queued_messages 0 as the
+#   5. the embedded broker (`mqlink broker`, max_queued_messages 0 as the
 #      Mosquitto above): the same drain and publish with the same C clients,
 #      next to Mosquitto, and the quickstart pipeline unthrottled (generator
 #      -> embedded broker -> MQTT source -> file + republish);
-#   5. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
+#   6. latency: 100,000 QoS 1 messages at 20,000/s, each stamped when handed
 #      to mosquitto_pub, read by mosquitto_sub and mqlink sub at once
 #      (bench/latency.py; LAT_N, LAT_RATE change them);
-#   6. bridges: the same queue republished to another topic, each message
+#   7. bridges: the same queue republished to another topic, each message
 #      acknowledged upstream only after the broker confirmed its copy:
 #      `mqlink run` with an MQTT source and an MQTT sink, and the library's
-#      `crates/mqlink/examples/bridge.rs` (`MqttSink::forward`).
+#      `crates/mqlink/examples/bridge.rs` (`MqttSink::forward`);
+#   8. Quix Streams: N records through Quix's own MQTTSink (paho-mqtt) and
+#      through mqlink.quix.MQTTSink (python/), each counted at the broker
+#      (bench/quix_sink.py). On its own: `bash scripts/bench.sh python`
+#      (BENCH_PYTHON=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
-# BENCH_ONLY=bridge runs only the bridges (6).
+# BENCH_ONLY=bridge runs only the bridges (7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
 ROUNDS=${ROUNDS:-3}
+
+# Run 8: the Python sinks, in the test command's virtualenv (target/pyenv),
+# mqlink's package built in release mode.
+bench_python() {
+  local pyenv=target/pyenv
+  command -v mosquitto_sub >/dev/null || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  }
+  [ -x "$pyenv/bin/python" ] || python3 -m venv "$pyenv"
+  "$pyenv/bin/pip" install -q --disable-pip-version-check 'maturin>=1.5,<2' 'quixstreams==3.28.1' 'paho-mqtt>=2,<3'
+  PATH="$PWD/$pyenv/bin:$PATH" "$pyenv/bin/pip" install -q --disable-pip-version-check --no-build-isolation ./python
+  echo
+  echo "Quix Streams MQTTSink (paho-mqtt) vs mqlink.quix.MQTTSink: $N records"
+  echo "timed to the last PUBACK, checked against the broker's \$SYS count:"
+  "$pyenv/bin/python" -W ignore bench/quix_sink.py --n "$N" --rounds "${QUIX_ROUNDS:-1}" --count sys
+  echo
+  echo "timed until a mosquitto_sub (QoS 0) received every message (the broker routes each twice as much):"
+  "$pyenv/bin/python" -W ignore bench/quix_sink.py --n "$N" --rounds "${QUIX_ROUNDS:-1}" --count sub
+}
+if [ "${1:-}" = python ]; then
+  bench_python
+  exit 0
+fi
 
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
@@ -301,3 +329,5 @@ if "publish: paho-mqtt (Python)" in best:
     pp = g("publish: paho-mqtt (Python)")
     print(f"publish paho-mqtt / libmosquitto:   wall {pp[0]/lp[0]:.1f}x")
 PY
+[ "${BENCH_PYTHON:-1}" = 1 ] && bench_python
+exit 0
