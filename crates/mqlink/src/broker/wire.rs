@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::codec::properties::id;
 use crate::codec::{put_varint, ByteStr};
 use crate::types::{Protocol, QoS};
 use crate::PublishProperties;
@@ -136,28 +137,32 @@ pub(super) fn decode_connect(body: Bytes) -> Result<Connect, ConnectError> {
         let mut pr = r.props(p)?;
         while !pr.0.is_empty() {
             match pr.u8("property", p)? {
-                0x11 => props.session_expiry = Some(pr.u32("session expiry", p)?),
-                0x21 => match pr.u16("receive maximum", p)? {
+                id::SESSION_EXPIRY_INTERVAL => {
+                    props.session_expiry = Some(pr.u32("session expiry", p)?)
+                }
+                id::RECEIVE_MAXIMUM => match pr.u16("receive maximum", p)? {
                     0 => return Err(ConnectError::Malformed("receive maximum 0", p)),
                     n => props.receive_maximum = Some(n),
                 },
-                0x27 => match pr.u32("maximum packet size", p)? {
+                id::MAXIMUM_PACKET_SIZE => match pr.u32("maximum packet size", p)? {
                     0 => return Err(ConnectError::Malformed("maximum packet size 0", p)),
                     n => props.maximum_packet_size = Some(n),
                 },
-                0x22 => props.topic_alias_maximum = Some(pr.u16("topic alias maximum", p)?),
-                0x17 | 0x19 => {
+                id::TOPIC_ALIAS_MAXIMUM => {
+                    props.topic_alias_maximum = Some(pr.u16("topic alias maximum", p)?)
+                }
+                id::REQUEST_PROBLEM_INFORMATION | id::REQUEST_RESPONSE_INFORMATION => {
                     pr.u8("request information", p)?;
                 }
-                0x26 => {
+                id::USER_PROPERTY => {
                     pr.string("user property", p)?;
                     pr.string("user property", p)?;
                 }
-                0x15 => {
+                id::AUTHENTICATION_METHOD => {
                     props.auth_method =
                         Some(pr.string("authentication method", p)?.as_str().to_owned())
                 }
-                0x16 => {
+                id::AUTHENTICATION_DATA => {
                     pr.bin("authentication data", p)?;
                 }
                 _ => return Err(ConnectError::Malformed("CONNECT property", p)),
@@ -172,13 +177,23 @@ pub(super) fn decode_connect(body: Bytes) -> Result<Connect, ConnectError> {
             let mut pr = r.props(p)?;
             while !pr.0.is_empty() {
                 match pr.u8("will property", p)? {
-                    0x18 => delay = pr.u32("will delay", p)?,
-                    0x01 => wp.payload_format_indicator = Some(pr.u8("payload format", p)?),
-                    0x02 => wp.message_expiry_interval = Some(pr.u32("message expiry", p)?),
-                    0x03 => wp.content_type = Some(pr.string("content type", p)?.to_string()),
-                    0x08 => wp.response_topic = Some(pr.string("response topic", p)?.to_string()),
-                    0x09 => wp.correlation_data = Some(pr.bin("correlation data", p)?),
-                    0x26 => {
+                    id::WILL_DELAY_INTERVAL => delay = pr.u32("will delay", p)?,
+                    id::PAYLOAD_FORMAT_INDICATOR => {
+                        wp.payload_format_indicator = Some(pr.u8("payload format", p)?)
+                    }
+                    id::MESSAGE_EXPIRY_INTERVAL => {
+                        wp.message_expiry_interval = Some(pr.u32("message expiry", p)?)
+                    }
+                    id::CONTENT_TYPE => {
+                        wp.content_type = Some(pr.string("content type", p)?.to_string())
+                    }
+                    id::RESPONSE_TOPIC => {
+                        wp.response_topic = Some(pr.string("response topic", p)?.to_string())
+                    }
+                    id::CORRELATION_DATA => {
+                        wp.correlation_data = Some(pr.bin("correlation data", p)?)
+                    }
+                    id::USER_PROPERTY => {
                         let k = pr.string("user property", p)?.to_string();
                         let v = pr.string("user property", p)?.to_string();
                         wp.user_properties.push((k, v));
@@ -249,36 +264,36 @@ pub(super) fn encode_connack(c: &ConnAck, protocol: Protocol, out: &mut BytesMut
     if protocol == Protocol::V5 {
         let mut w = BytesMut::new();
         if let Some(v) = c.session_expiry {
-            w.put_u8(0x11);
+            w.put_u8(id::SESSION_EXPIRY_INTERVAL);
             w.put_u32(v);
         }
         if let Some(v) = c.receive_maximum {
-            w.put_u8(0x21);
+            w.put_u8(id::RECEIVE_MAXIMUM);
             w.put_u16(v);
         }
         if let Some(v) = c.maximum_qos {
-            w.put_u8(0x24);
+            w.put_u8(id::MAXIMUM_QOS);
             w.put_u8(v);
         }
         if let Some(v) = c.maximum_packet_size {
-            w.put_u8(0x27);
+            w.put_u8(id::MAXIMUM_PACKET_SIZE);
             w.put_u32(v);
         }
         if let Some(v) = &c.assigned_client_id {
-            w.put_u8(0x12);
+            w.put_u8(id::ASSIGNED_CLIENT_IDENTIFIER);
             w.put_u16(v.len() as u16);
             w.put_slice(v.as_bytes());
         }
         if let Some(v) = c.topic_alias_maximum {
-            w.put_u8(0x22);
+            w.put_u8(id::TOPIC_ALIAS_MAXIMUM);
             w.put_u16(v);
         }
         if let Some(v) = c.server_keep_alive {
-            w.put_u8(0x13);
+            w.put_u8(id::SERVER_KEEP_ALIVE);
             w.put_u16(v);
         }
         if let Some(v) = &c.reason {
-            w.put_u8(0x1f);
+            w.put_u8(id::REASON_STRING);
             w.put_u16(v.len() as u16);
             w.put_slice(v.as_bytes());
         }

@@ -12,7 +12,7 @@
 //! (65,535 bytes for a string or binary value, 268,435,455 for a packet),
 //! so no length is ever silently truncated on the wire.
 
-mod properties;
+pub(crate) mod properties;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
