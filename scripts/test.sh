@@ -43,6 +43,10 @@ fi
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
 
 cargo fmt --all -- --check
+# The binary as users build it: a plain build resolves features without
+# the dev-dependencies' (tests turn on mqlink's `codec` feature), so a use
+# of something private to mqlink fails here and not only in a user's build.
+cargo build -p mqlink-cli --quiet
 cargo fmt --manifest-path python/Cargo.toml -- --check
 # --no-fail-fast: a failing test binary does not hide the others' results.
 cargo test --workspace --all-targets --no-fail-fast

@@ -672,10 +672,42 @@ resources:
         &format!("{id}-reader"),
         "-v",
     ]);
+    let got = killed_while_the_far_broker_is_down(
+        &cfg,
+        &a,
+        &mut b,
+        &rx,
+        &format!("{id}/in/probe"),
+        &format!("{id}/in/d1"),
+        |l| l.contains("/out/probe "),
+    );
+    let want: Vec<String> = (0..300)
+        .map(|n| format!(r#"{id}/out/d1 {{"device":"d1","n":{n}}}"#))
+        .collect();
+    assert_eq!(got, want, "every message, once, in order");
+    kill(sub);
+}
+
+/// The kill test of a file that moves messages from broker A to broker B:
+/// `mqlink run cfg` is started (and a probe on `probe_topic` seen on `rx`),
+/// B is stopped, 300 messages `{"n": 0..300}` are published to `topic` on A,
+/// mqlink is killed (SIGKILL) while it holds them, B comes back, and a
+/// second run delivers them. Returns what arrived (probes left out, as
+/// `is_probe` tells them), after checking nothing else came and the second
+/// run stopped cleanly.
+fn killed_while_the_far_broker_is_down(
+    cfg: &Path,
+    a: &Mosquitto,
+    b: &mut Mosquitto,
+    rx: &Receiver<String>,
+    probe_topic: &str,
+    topic: &str,
+    is_probe: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let start = || {
         mqlink()
             .arg("run")
-            .arg(&cfg)
+            .arg(cfg)
             .arg("--quiet")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -683,23 +715,18 @@ resources:
             .unwrap()
     };
     let mut run = start();
-    wait_until(30, "a probe through the mapping", || {
+    wait_until(30, "a probe through the file", || {
         assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
-        publish(
-            a.port,
-            None,
-            &format!("{id}/in/probe"),
-            &[r#"{"n": -1}"#.to_string()],
-        );
+        publish(a.port, None, probe_topic, &[r#"{"n": -1}"#.to_string()]);
         rx.recv_timeout(Duration::from_millis(500)).is_ok()
     });
     while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
 
     b.stop();
     let lines: Vec<String> = (0..300).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
-    publish(a.port, None, &format!("{id}/in/d1"), &lines);
-    // mqlink has taken them from A (A's window allows it) and cannot
-    // deliver them: killed now, it must not have acknowledged any.
+    publish(a.port, None, topic, &lines);
+    // Taken from A (its window allows it) and not deliverable: killed
+    // now, mqlink must not have acknowledged any of them to A.
     std::thread::sleep(Duration::from_secs(1));
     signal(&run, "-KILL");
     run.wait().unwrap();
@@ -709,22 +736,18 @@ resources:
     while got.len() < lines.len() {
         let l = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("only {} of {} arrived", got.len(), lines.len()));
+            .unwrap_or_else(|_| panic!("only {} of {} arrived: {got:?}", got.len(), lines.len()));
         // A late probe may come too.
-        if !l.contains("/out/probe ") {
+        if !is_probe(&l) {
             got.push(l);
         }
     }
-    let want: Vec<String> = (0..300)
-        .map(|n| format!(r#"{id}/out/d1 {{"device":"d1","n":{n}}}"#))
-        .collect();
-    assert_eq!(got, want, "every message, once, in order");
     while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
-        assert!(l.contains("/out/probe "), "arrived twice: {l}");
+        assert!(is_probe(&l), "arrived twice: {l}");
     }
     signal(&run, "-TERM");
     assert!(wait_output(&mut run, 30).status.success());
-    kill(sub);
+    got
 }
 
 /// The rule engine on a real broker: a filter passes only errors (a
@@ -902,55 +925,16 @@ resources:
         "-i",
         &format!("{id}-reader"),
     ]);
-    let start = || {
-        mqlink()
-            .arg("run")
-            .arg(&cfg)
-            .arg("--quiet")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut run = start();
-    wait_until(30, "a probe through the chain", || {
-        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
-        publish(
-            a.port,
-            None,
-            &format!("{id}/in"),
-            &[r#"{"n": -1}"#.to_string()],
-        );
-        rx.recv_timeout(Duration::from_millis(500)).is_ok()
-    });
-    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
-
-    b.stop();
-    let lines: Vec<String> = (0..300).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
-    publish(a.port, None, &format!("{id}/in"), &lines);
-    // Taken from A, through the endpoint and the mapping, waiting at the
-    // write endpoint: killed now, none may be acknowledged to A.
-    std::thread::sleep(Duration::from_secs(1));
-    signal(&run, "-KILL");
-    run.wait().unwrap();
-    b.restart();
-    run = start();
-    let mut got = Vec::new();
-    while got.len() < lines.len() {
-        let l = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("only {} of {} arrived: {got:?}", got.len(), lines.len()));
-        // A late probe may come too.
-        if l != r#"{"n":-10}"# {
-            got.push(l);
-        }
-    }
+    let got = killed_while_the_far_broker_is_down(
+        &cfg,
+        &a,
+        &mut b,
+        &rx,
+        &format!("{id}/in"),
+        &format!("{id}/in"),
+        |l| l == r#"{"n":-10}"#,
+    );
     let want: Vec<String> = (0..300).map(|n| format!(r#"{{"n":{}}}"#, n * 10)).collect();
     assert_eq!(got, want, "every message, once, in order");
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
-        assert_eq!(l, r#"{"n":-10}"#, "arrived twice");
-    }
-    signal(&run, "-TERM");
-    assert!(wait_output(&mut run, 30).status.success());
     kill(sub);
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use jsonata_core::ast::AstNode;
 use jsonata_core::evaluator::{Context, Evaluator, EvaluatorOptions};
 use jsonata_core::value::JValue;
-use mqlink::codec::ByteStr;
+use mqlink::ByteStr;
 use mqlink::format::Value;
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
