@@ -15,8 +15,12 @@ use crate::cli::usage;
 /// `mqlink run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The pipeline file: TOML, or YAML when it ends in .yaml or .yml.
+    /// The pipeline file: TOML, or YAML when it ends in .yaml or .yml; a
+    /// YAML file with top-level `resources:` of `Cybus::` types is a Cybus
+    /// Connectware service commissioning file.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub cybus: CybusArgs,
     /// No live status, no periodic status lines, no summary; errors only.
     #[arg(short, long)]
     pub quiet: bool,
@@ -44,10 +48,57 @@ fn seconds(s: &str) -> Result<f64, String> {
 pub struct ValidateArgs {
     /// The pipeline file to check (nothing is connected to).
     pub file: PathBuf,
+    #[command(flatten)]
+    pub cybus: CybusArgs,
+}
+
+/// What a Cybus commissioning file needs from the command line.
+#[derive(Args, Debug)]
+pub struct CybusArgs {
+    /// A parameter of a commissioning file (repeatable); also read from
+    /// MQLINK_PARAM_<name>. Later ones win.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = param)]
+    pub params: Vec<(String, String)>,
+    /// Where the embedded broker listens — Connectware's internal broker
+    /// for commissioning files (loopback only) [default: embedded_broker.listen,
+    /// else 127.0.0.1 on a free port].
+    #[arg(long, value_name = "ADDR", value_parser = loopback)]
+    pub embedded_broker: Option<String>,
+}
+
+fn param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+fn loopback(s: &str) -> Result<String, String> {
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Ok(s.to_string()),
+        Ok(_) => Err(format!("{s:?} is not a loopback address: the embedded broker takes any client without a password")),
+        Err(_) => Err(format!("{s:?} is not an address like 127.0.0.1:1883")),
+    }
+}
+
+/// The pipeline of a file, with the command line's parameters.
+fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipeline::Pipeline> {
+    let mut p = mqlink_pipeline::load_with(file, &cybus.params).map_err(|e| {
+        // Errors name the file, once.
+        if e.path == file.display().to_string() {
+            usage(e.to_string())
+        } else {
+            usage(format!("{}: {e}", file.display()))
+        }
+    })?;
+    if let Some(l) = &cybus.embedded_broker {
+        p.embedded_broker.listen = Some(l.clone());
+    }
+    Ok(p)
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
-    let p = mqlink_pipeline::load(&args.file).map_err(|e| usage(e.to_string()))?;
+    let p = load(&args.file, &args.cybus)?;
     println!(
         "{}: valid: {} connection(s), {} source(s), {} sink(s)",
         args.file.display(),
@@ -62,7 +113,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let p = mqlink_pipeline::load(&args.file).map_err(|e| usage(e.to_string()))?;
+    let p = load(&args.file, &args.cybus)?;
     let display = Display::new(&args, p.run.status_interval);
     let tick_every = display.every;
     let mut live = display.clone_handle();

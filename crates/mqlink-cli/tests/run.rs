@@ -150,10 +150,15 @@ table = "t"
         text(&out.stderr)
     );
 
-    // Every shipped example is valid, and ids are derived per component.
+    // Every shipped example is valid, and ids are derived per component
+    // (the commissioning files of examples/cybus/ are checked by
+    // tests/cybus.rs and the pipeline crate's unit tests: they take --param).
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut n = 0;
     for e in std::fs::read_dir(&examples).unwrap().flatten() {
+        if e.path().is_dir() {
+            continue;
+        }
         let out = mqlink().arg("validate").arg(e.path()).output().unwrap();
         assert!(
             out.status.success(),
@@ -163,7 +168,7 @@ table = "t"
         );
         n += 1;
     }
-    assert!(n >= 4, "examples: {n}");
+    assert!(n >= 3, "examples: {n}");
     let out = mqlink()
         .arg("validate")
         .arg(examples.join("quickstart.toml"))

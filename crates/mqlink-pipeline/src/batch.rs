@@ -32,6 +32,9 @@ pub struct Batch {
     acks: Mutex<Vec<RecordAck>>,
     /// The source's count of records acknowledged after every sink confirmed.
     acknowledged: Arc<AtomicU64>,
+    /// Source records this batch carries out (a stage may have filtered or
+    /// combined some): what the source counts as acknowledged.
+    covers: u64,
     busy: Arc<BusyTime>,
 }
 
@@ -62,12 +65,19 @@ impl Batch {
     ) -> Batch {
         busy.first.get_or_init(Instant::now);
         Batch {
+            covers: items.len() as u64,
             items,
             pending: AtomicUsize::new(sinks),
             acks: Mutex::new(acks),
             acknowledged,
             busy,
         }
+    }
+
+    /// The number of source records this batch stands for.
+    pub fn covering(mut self, records: u64) -> Batch {
+        self.covers = records;
+        self
     }
 
     /// One sink has the whole batch safe; the last one acknowledges the
@@ -79,8 +89,7 @@ impl Batch {
             for a in acks {
                 a.ack();
             }
-            self.acknowledged
-                .fetch_add(self.items.len() as u64, Ordering::Relaxed);
+            self.acknowledged.fetch_add(self.covers, Ordering::Relaxed);
             if let Some(first) = self.busy.first.get() {
                 self.busy
                     .last_ack_us

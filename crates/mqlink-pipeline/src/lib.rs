@@ -7,6 +7,11 @@
 //!   TOML/YAML front end. Other front ends compile into the same spec.
 //! - [`connectors`]: each source and sink with its options next to its
 //!   runtime, and the registry that maps type names to them.
+//! - [`cybus`]: Cybus Connectware service commissioning files, compiled
+//!   into the same spec (`Cybus::Connection`, `Cybus::Endpoint`,
+//!   `Cybus::Mapping`, their rules).
+//! - [`transform`]: the per-record stage between a source and its sinks
+//!   (rules: transform, filter, collect, burst).
 //! - [`batch`]: records travelling from a source to its sinks, and the
 //!   fan-out acknowledgement.
 //! - [`sink`]: **the guarantee path** — one runner for every sink that owns
@@ -17,11 +22,13 @@
 
 pub mod batch;
 pub mod connectors;
+pub mod cybus;
 pub mod http;
 mod run;
 pub mod sink;
 pub mod spec;
 pub mod status;
+pub mod transform;
 
 pub use run::{run, Report, RunError, RunOptions, Stop};
-pub use spec::{load, parse, ConfigError, Pipeline};
+pub use spec::{load, load_with, parse, ConfigError, Pipeline};

@@ -259,23 +259,49 @@ pub async fn run(
             .cloned()
             .collect(),
     );
+    let subscribers_of_embedded: Arc<Vec<Arc<Component>>> = Arc::new(
+        p.sources
+            .iter()
+            .zip(&sources)
+            .filter(|((_, s), _)| match s {
+                SourceConfig::Mqtt(m) => {
+                    p.connection(&m.connection).is_some_and(|c| c.is_embedded())
+                }
+                SourceConfig::Generator(_) => false,
+            })
+            .map(|(_, c)| c.clone())
+            .collect(),
+    );
     for ((name, source), comp) in p.sources.iter().zip(sources) {
         components.push(comp.clone());
         let done = done_tx.clone();
         let path = format!("sources.{name}");
-        let out = Outputs {
-            senders: senders.remove(name).unwrap_or_default(),
-            stop: match source {
+        let out = Outputs::new(
+            senders.remove(name).unwrap_or_default(),
+            match source {
                 SourceConfig::Generator(_) => stop_gen_rx.clone(),
                 SourceConfig::Mqtt(_) => stop_rx.clone(),
             },
-            busy: busy.clone(),
-        };
+            busy.clone(),
+            p.transforms.get(name).map(|t| t.make()),
+        );
         match source {
             SourceConfig::Mqtt(m) => {
                 let options = options_for(&m.connection, name);
                 let m = m.clone();
+                // A source on another broker starts taking messages only
+                // once every source on the embedded broker has subscribed:
+                // what it forwards into the embedded broker must find its
+                // subscribers there (a broker drops a message nobody
+                // subscribed to, after acknowledging it).
+                let internal = subscribers_of_embedded.clone();
+                let from_outside = !p.connection(&m.connection).is_some_and(|c| c.is_embedded());
                 tokio::spawn(async move {
+                    if from_outside {
+                        while internal.iter().any(|c| c.state() == State::Starting) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
                     let _ = done.send(run_source(path, m, options, comp, out).await);
                 });
             }
@@ -438,7 +464,8 @@ pub async fn run(
             .map(|c| c.confirmed.load(Relaxed))
             .sum(),
         busy_seconds: busy.seconds(),
-        skipped: sinks().map(|c| c.skipped.load(Relaxed)).sum(),
+        // Sinks' record faults, and records a source's stage could not process.
+        skipped: registry.0.iter().map(|c| c.skipped.load(Relaxed)).sum(),
         unconfirmed,
         undelivered,
         shutdown_timeout: p.run.shutdown_timeout,

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mqlink::format::{parse_column, Schema};
@@ -26,6 +27,7 @@ use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use crate::connectors::postgres::PostgresSinkConfig;
 use crate::connectors::registry;
+use crate::transform::MakeTransform;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -54,6 +56,10 @@ pub struct Pipeline {
     pub http: Option<HttpConfig>,
     pub run: RunConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
+    /// Per-record stages between a source and its sinks, by source name
+    /// (the rules of a Cybus mapping); sources without one pass records on
+    /// unchanged.
+    pub transforms: BTreeMap<String, Arc<dyn MakeTransform>>,
 }
 
 #[derive(Deserialize)]
@@ -321,13 +327,30 @@ pub(crate) fn schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sc
 
 /// Reads and validates a pipeline file without connecting anywhere.
 pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    load_with(path, &[])
+}
+
+/// [`load`], also for Cybus commissioning files (a YAML file whose
+/// top-level `resources:` hold `Cybus::` types), whose parameters are
+/// `params` (`--param name=value`) or `MQLINK_PARAM_<name>`.
+pub fn load_with(path: &Path, params: &[(String, String)]) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
     let yaml = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     );
-    parse(&text, yaml, &|k| std::env::var(k).ok())
+    let env = |k: &str| std::env::var(k).ok();
+    if yaml && crate::cybus::is_commissioning_file(&text) {
+        return crate::cybus::parse(&text, params, &env);
+    }
+    if let Some((name, _)) = params.first() {
+        return Err(err(
+            format!("--param {name}"),
+            "parameters belong to Cybus commissioning files (YAML with top-level resources: of Cybus:: types); this is a pipeline file (use ${VAR} from the environment)",
+        ));
+    }
+    parse(&text, yaml, &env)
 }
 
 /// Parses pipeline text; `env` looks up `${VAR}`s.
@@ -342,6 +365,13 @@ pub fn parse(
         toml::from_str(text).map_err(|e| err("(file)", format!("invalid TOML: {e}")))?
     };
     interpolate(&mut tree, &mut String::new(), env)?;
+    from_tree(tree)
+}
+
+/// Builds the pipeline from its tree (the file's keys, strings already
+/// interpolated): what other front ends (Cybus commissioning files)
+/// compile into.
+pub fn from_tree(tree: Json) -> Result<Pipeline, ConfigError> {
     let raw: RawConfig = typed("", tree)?;
 
     let mut connections = BTreeMap::new();
@@ -497,6 +527,7 @@ pub fn parse(
         http,
         run,
         embedded_broker,
+        transforms: BTreeMap::new(),
     };
     pipeline.check_client_ids()?;
     Ok(pipeline)

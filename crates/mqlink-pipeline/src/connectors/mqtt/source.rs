@@ -278,9 +278,19 @@ pub async fn run_source(
     comp.set_state(State::Running);
     tracing::info!(component = %path, clients = ?source.clients().iter().map(|c| c.client_id().to_owned()).collect::<Vec<_>>(), "Subscribed.");
     while !out.stopping() {
+        // A stage's held records (a burst) are released on time even
+        // when nothing new arrives.
+        let due = out.deadline();
         let first = tokio::select! {
-            r = source.next() => r,
+            r = source.next() => Some(r),
             _ = out.stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(crate::transform::far_future)), if due.is_some() => None,
+        };
+        let Some(first) = first else {
+            if !out.flush_due(&comp).await {
+                break;
+            }
+            continue;
         };
         let Some(first) = first else {
             comp.set_error("every client of the source stopped");
@@ -334,7 +344,7 @@ pub async fn run_source(
 fn take(
     mut r: Record,
     items: &mut Vec<Item>,
-    acks: &mut Vec<mqlink::source::RecordAck>,
+    acks: &mut Vec<Option<mqlink::source::RecordAck>>,
     path: &str,
     bad_data: BadData,
     comp: &Component,
@@ -347,7 +357,7 @@ fn take(
                 payload: r.payload,
                 value,
             });
-            acks.extend(ack);
+            acks.push(ack);
             None
         }
         Err(e) => {

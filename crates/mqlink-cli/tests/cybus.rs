@@ -1,0 +1,582 @@
+//! Cybus Connectware service commissioning files run by `mqlink run` and
+//! checked by `mqlink validate`, against real Mosquitto instances started
+//! by the tests (TLS and passwords for the seed file, a restart of the far
+//! broker for the mapping).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use testkit::{free_port, unique_id, wait_until, Mosquitto, MosquittoConfig};
+
+/// The seed document's `mqtt-example.yml`
+/// (`shared/reference/cybus-connectware-mqtt.md`), byte for byte.
+const SEED: &str = r#"---
+description: MQTT Connection Test
+
+metadata:
+  name: MQTT Connection Test
+
+parameters:
+  mqttHost:
+    type: string
+    description: IP address or hostname of the MQTT broker
+
+  mqttUsername:
+    type: string
+    description: Username for MQTT authentication
+
+  mqttPassword:
+    type: string
+    description: Password for MQTT authentication
+
+resources:
+  mqttConnection:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection:
+        host: !ref mqttHost
+        port: 8883
+        scheme: mqtts
+        username: !ref mqttUsername
+        password: !ref mqttPassword
+        trustAllCertificates: false # choose true to allow self-signed certificates
+
+  temperatureEndpoint:
+    type: Cybus::Endpoint
+    properties:
+      protocol: Mqtt
+      connection: !ref mqttConnection
+      subscribe:
+        topic: factory/line1/temperature
+"#;
+
+/// A password that must never be printed.
+const SECRET: &str = "pw-cybus-3e9d-never-printed";
+
+fn mqlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
+    c.env_remove("MQLINK_PASSWORD").env_remove("MQLINK_LOG");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn wait_output(child: &mut Child, secs: u64) -> Output {
+    wait_until(secs, "mqlink run to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// Publishes lines at QoS 1 with `mqlink pub -l` (every one confirmed).
+fn publish(port: u16, auth: Option<(&str, &str)>, topic: &str, lines: &[String]) {
+    let mut cmd = mqlink();
+    cmd.args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"]);
+    if let Some((u, p)) = auth {
+        cmd.args(["-u", u]).env("MQLINK_PASSWORD", p);
+    }
+    let mut p = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(p.wait().unwrap().success(), "mqlink pub to {topic}");
+}
+
+/// `mqlink sub` with these arguments; its output lines arrive on the channel.
+fn subscribe(args: &[&str]) -> (Child, Receiver<String>) {
+    let mut sub = mqlink()
+        .arg("sub")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (sub, rx)
+}
+
+/// Waits until something accepts connections on `port` (the embedded broker).
+fn wait_listening(port: u16, run: &mut Child) {
+    wait_until(30, "the embedded broker to listen", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+fn kill(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn the_seed_file_validates_unchanged_and_runs_over_tls() {
+    let dir = testkit::TempDir::new().unwrap();
+    let seed = write(dir.path(), "mqtt-example.yml", SEED);
+    let out = mqlink()
+        .arg("validate")
+        .arg(&seed)
+        .args([
+            "--param",
+            "mqttHost=localhost",
+            "--param",
+            "mqttUsername=reader",
+        ])
+        .env("MQLINK_PARAM_mqttPassword", SECRET)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("sources.temperatureEndpoint: MQTT client id mqttconnectiontest-mqttConnection-temperatureEndpoint"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(SECRET) && !text(&out.stderr).contains(SECRET));
+
+    // The same file against a real broker: its port is a free one instead
+    // of 8883 (a fixed port would collide with parallel tests), nothing
+    // else changes; the broker's certificate is verified against the
+    // test's CA (trustAllCertificates: false).
+    let broker = Mosquitto::with(MosquittoConfig {
+        tls: true,
+        users: vec![("reader".into(), SECRET.into())],
+        ..Default::default()
+    });
+    let tls_port = broker.tls_port.unwrap();
+    let copy = write(
+        dir.path(),
+        "copy.yml",
+        &SEED.replace("port: 8883", &format!("port: {tls_port}")),
+    );
+    let internal = free_port();
+    let mut run = mqlink()
+        .arg("run")
+        .arg(&copy)
+        .args([
+            "--param",
+            "mqttHost=localhost",
+            "--param",
+            "mqttUsername=reader",
+        ])
+        .args([
+            "--embedded-broker",
+            &format!("127.0.0.1:{internal}"),
+            "--quiet",
+        ])
+        .env("MQLINK_PARAM_mqttPassword", SECRET)
+        .env("SSL_CERT_FILE", &broker.certs.as_ref().unwrap().ca)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(internal, &mut run);
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &internal.to_string(),
+        "-t",
+        "services/mqttconnectiontest/temperatureEndpoint",
+        "-q",
+        "1",
+    ]);
+    // The endpoint forwards once it and the subscriber are in place.
+    wait_until(30, "a probe through the endpoint", || {
+        publish(
+            broker.port,
+            Some(("reader", SECRET)),
+            "factory/line1/temperature",
+            &["probe".to_string()],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).is_ok()
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    let readings: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"value": {}.5, "seq": {i}}}"#, 20 + i % 7))
+        .collect();
+    publish(
+        broker.port,
+        Some(("reader", SECRET)),
+        "factory/line1/temperature",
+        &readings,
+    );
+    let mut got = Vec::new();
+    while got.len() < readings.len() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("readings on the internal topic");
+        if l != "probe" {
+            got.push(l);
+        }
+    }
+    assert_eq!(got, readings, "each once, in order, unmodified");
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains(SECRET));
+    kill(sub);
+}
+
+/// Machines publish to broker A; a subscribe endpoint per machine moves
+/// the readings to internal topics; a mapping with a named wildcard
+/// (`+machine`) and a transform rule sends them to a write endpoint on
+/// broker B. 10,000 messages arrive each once and in order per machine,
+/// while broker B is stopped and started again in the middle.
+#[test]
+fn a_mapping_with_a_wildcard_and_a_transform_survives_a_far_broker_restart() {
+    let a = Mosquitto::start();
+    let mut b = Mosquitto::with(MosquittoConfig {
+        persistence: true,
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("cy");
+    const MACHINES: usize = 4;
+    const PER: usize = 2500;
+    let mut file = format!(
+        r#"
+description: Machines to the enterprise broker
+metadata:
+  name: Line {id}
+  version: 1.0.0
+resources:
+  brokerA:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pa}, clean: false, clientId: {id}-a }}
+  brokerB:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {pb}, clean: false, clientId: {id}-b, reconnectPeriod: 200 }}
+  toEnterprise:
+    type: Cybus::Endpoint
+    properties:
+      protocol: Mqtt
+      connection: !ref brokerB
+      write: {{ topic: enterprise/{id}/temperature, qos: 2 }}
+  doubled:
+    type: Cybus::Mapping
+    properties:
+      mappings:
+        - subscribe:
+            topic: !sub '${{Cybus::MqttRoot}}/machines/+machine/temperature'
+          publish:
+            endpoint: !ref toEnterprise
+          rules:
+            - transform:
+                expression: '{{"machine": $context.vars.machine, "seq": seq, "value": value * 2}}'
+"#,
+        pa = a.port,
+        pb = b.port
+    );
+    for m in 0..MACHINES {
+        file += &format!(
+            r#"  machine{m}:
+    type: Cybus::Endpoint
+    properties:
+      protocol: Mqtt
+      connection: !ref brokerA
+      topic: machines/m{m}/temperature
+      subscribe: {{ topic: {id}/factory/m{m}/temperature, qos: 1 }}
+"#
+        );
+    }
+    let cfg = write(dir.path(), "line.yml", &file);
+    let check = mqlink().arg("validate").arg(&cfg).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &b.port.to_string(),
+        "-t",
+        &format!("enterprise/{id}/temperature"),
+        "-q",
+        "2",
+        "-c",
+        "-i",
+        &format!("{id}-reader"),
+    ]);
+    let mut run = mqlink()
+        .arg("run")
+        .arg(&cfg)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        30,
+        "a probe through endpoint, mapping and write endpoint",
+        || {
+            assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+            publish(
+                a.port,
+                None,
+                &format!("{id}/factory/m0/temperature"),
+                &[r#"{"seq": -1, "value": 0}"#.to_string()],
+            );
+            rx.recv_timeout(Duration::from_millis(500)).is_ok()
+        },
+    );
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    let port = a.port;
+    let topic = id.clone();
+    let publisher = std::thread::spawn(move || {
+        for chunk in 0..5 {
+            for m in 0..MACHINES {
+                let lines: Vec<String> = (chunk * PER / 5..(chunk + 1) * PER / 5)
+                    .map(|i| format!(r#"{{"seq": {i}, "value": {}}}"#, i % 100))
+                    .collect();
+                publish(
+                    port,
+                    None,
+                    &format!("{topic}/factory/m{m}/temperature"),
+                    &lines,
+                );
+            }
+        }
+    });
+    let mut per_machine: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut seen = 0;
+    let mut take = |until: usize, per_machine: &mut BTreeMap<String, Vec<i64>>| {
+        while seen < until {
+            let l = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("only {seen} of {until} arrived"));
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            let seq = v["seq"].as_i64().unwrap();
+            if seq < 0 {
+                continue;
+            }
+            assert_eq!(v["value"].as_i64().unwrap(), (seq % 100) * 2, "{l}");
+            per_machine
+                .entry(v["machine"].as_str().unwrap().to_string())
+                .or_default()
+                .push(seq);
+            seen += 1;
+        }
+    };
+    take(MACHINES * PER / 4, &mut per_machine);
+    // The far broker goes away mid-stream and comes back.
+    b.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    b.restart();
+    publisher.join().unwrap();
+    take(MACHINES * PER, &mut per_machine);
+    // Nothing more (no duplicate) arrives.
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a message arrived twice"
+    );
+    assert_eq!(per_machine.len(), MACHINES);
+    for (m, seqs) in &per_machine {
+        let want: Vec<i64> = (0..PER as i64).collect();
+        assert_eq!(seqs, &want, "machine {m}: each once, in order");
+    }
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    kill(sub);
+}
+
+/// Connectware delivers a message twice to a mapping subscribed to
+/// `factory/machine1/temperature` and `factory/#`; mqlink delivers once.
+#[test]
+fn overlapping_subscriptions_deliver_once() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("ov");
+    let cfg = write(
+        dir.path(),
+        "overlap.yml",
+        &format!(
+            r#"
+metadata: {{ name: Overlap {id} }}
+resources:
+  plant:
+    type: Cybus::Connection
+    properties:
+      protocol: Mqtt
+      connection: {{ host: 127.0.0.1, port: {port}, clientId: {id} }}
+  everything:
+    type: Cybus::Mapping
+    properties:
+      mappings:
+        - subscribe:
+            - {{ topic: {id}/factory/machine1/temperature, connection: !ref plant }}
+            - {{ topic: '{id}/factory/#', connection: !ref plant }}
+          publish: {{ topic: {id}/out, connection: !ref plant }}
+"#,
+            port = broker.port
+        ),
+    );
+    let (sub, rx) = subscribe(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{id}/out"),
+        "-q",
+        "1",
+    ]);
+    let mut run = mqlink()
+        .arg("run")
+        .arg(&cfg)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(30, "a probe through the mapping", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink run exited");
+        publish(
+            broker.port,
+            None,
+            &format!("{id}/factory/probe"),
+            &["probe".to_string()],
+        );
+        rx.recv_timeout(Duration::from_millis(500)).is_ok()
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    let one: Vec<String> = (0..50).map(|i| format!("m1-{i}")).collect();
+    let two: Vec<String> = (0..50).map(|i| format!("m2-{i}")).collect();
+    publish(
+        broker.port,
+        None,
+        &format!("{id}/factory/machine1/temperature"),
+        &one,
+    );
+    publish(
+        broker.port,
+        None,
+        &format!("{id}/factory/machine2/temperature"),
+        &two,
+    );
+    let mut got = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(3)) {
+        got.push(l);
+    }
+    let want: Vec<String> = one.iter().chain(&two).cloned().collect();
+    assert_eq!(got, want, "each message once");
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    kill(sub);
+}
+
+fn validate_error(dir: &Path, name: &str, body: &str, args: &[&str]) -> String {
+    let f = write(dir, name, body);
+    let out = mqlink()
+        .arg("validate")
+        .arg(&f)
+        .args(args)
+        .env("MQLINK_PARAM_mqttPassword", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let e = text(&out.stderr);
+    assert!(e.contains(name), "names the file: {e}");
+    assert!(!e.contains(SECRET), "{e}");
+    e
+}
+
+#[test]
+fn validate_names_the_resource_and_property_and_refuses_what_mqlink_cannot_run() {
+    let dir = testkit::TempDir::new().unwrap();
+    let p = ["--param", "mqttHost=h", "--param", "mqttUsername=u"];
+    let e = validate_error(dir.path(), "a.yml", SEED, &["--param", "mqttHost=h"]);
+    assert!(e.contains("parameters.mqttUsername: required (no default): give --param mqttUsername=VALUE or set MQLINK_PARAM_mqttUsername"), "{e}");
+    let e = validate_error(
+        dir.path(),
+        "b.yml",
+        &SEED.replace("port: 8883", "port: 70000"),
+        &p,
+    );
+    assert!(
+        e.contains(
+            "resources.mqttConnection.properties.connection.port: 70000 is not a port number"
+        ),
+        "{e}"
+    );
+    let e = validate_error(
+        dir.path(),
+        "c.yml",
+        &SEED.replace(
+            "topic: factory/line1/temperature",
+            "topic: factory/line1/temperature\n        retain: true",
+        ),
+        &p,
+    );
+    assert!(
+        e.contains("resources.temperatureEndpoint.properties.subscribe.retain: unknown property"),
+        "{e}"
+    );
+    let e = validate_error(
+        dir.path(),
+        "d.yml",
+        &format!("{SEED}\n  grafana:\n    type: Cybus::Container\n    properties:\n      image: grafana/grafana\n"),
+        &p,
+    );
+    assert!(
+        e.contains("resources.grafana.type: Cybus::Container is not supported: mqlink runs only the MQTT part"),
+        "{e}"
+    );
+    let rule = format!(
+        "{SEED}\n  m:\n    type: Cybus::Mapping\n    properties:\n      mappings:\n        - subscribe: {{ endpoint: !ref temperatureEndpoint }}\n          publish: {{ topic: out }}\n          rules:\n            - cov: {{ key: value }}\n"
+    );
+    let e = validate_error(dir.path(), "e.yml", &rule, &p);
+    assert!(
+        e.contains("resources.m.properties.mappings[0].rules[0].cov: the rule \"cov\" is not supported by mqlink (supported: transform, filter, collect, burst)"),
+        "{e}"
+    );
+    let toml = "[connections.c]\nbroker = \"embedded\"\n";
+    let e = validate_error(dir.path(), "f.toml", toml, &["--param", "x=1"]);
+    assert!(
+        e.contains("--param x: parameters belong to Cybus commissioning files"),
+        "{e}"
+    );
+}

@@ -1,0 +1,70 @@
+//! A per-record stage between a source and its sinks: the rules of a
+//! Cybus mapping today, SQL later. Front ends compile their rules into a
+//! [`Transform`]; the source hands each batch through it before the sinks
+//! see it ([`crate::connectors::Outputs::send`]), so the delivery guarantee
+//! stays with the one sink runner:
+//!
+//! - a record a filter removes counts as done: its message is acknowledged
+//!   with the rest of its batch (at once when nothing of the batch is left);
+//! - a record whose rule fails at run time is a **record fault**: logged,
+//!   counted on the source (`skipped`) and acknowledged, never a reason to
+//!   stop the pipeline;
+//! - a stage may hold records for a later output (a burst): the messages of
+//!   held records stay unacknowledged until the batch that carries them out
+//!   is confirmed by every sink.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::batch::Item;
+
+/// A record a rule could not process, and why.
+#[derive(Debug)]
+pub struct Fault {
+    /// The topic the record arrived on.
+    pub topic: Option<String>,
+    pub reason: String,
+}
+
+/// What one call of a stage produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Records for the sinks, in order.
+    pub items: Vec<Item>,
+    pub faults: Vec<Fault>,
+}
+
+/// A stage: called with each batch, in arrival order, from the source's
+/// task (never concurrently).
+pub trait Transform: Send {
+    /// Processes `items`; what is held for later is released by a later
+    /// call or by [`flush`](Self::flush).
+    fn apply(&mut self, items: Vec<Item>, now: Instant) -> Output;
+
+    /// How many input records are held for a later output: always the
+    /// most recent ones (their messages stay unacknowledged meanwhile).
+    fn held(&self) -> usize {
+        0
+    }
+
+    /// When held records are due without new input (a burst's interval).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Releases what is due at `now`.
+    fn flush(&mut self, _now: Instant) -> Output {
+        Output::default()
+    }
+}
+
+/// Makes a fresh stage for a run (a stage keeps state: caches, buffers).
+pub trait MakeTransform: Send + Sync + std::fmt::Debug {
+    fn make(&self) -> Box<dyn Transform>;
+}
+
+/// A time bound that never fires in practice: a day.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
