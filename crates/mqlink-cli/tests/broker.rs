@@ -141,7 +141,9 @@ async fn mqlink_broker_tls_listeners_with_mosquitto_and_mqlink_clients() {
     c.disconnect().await;
 
     // require_certificate: refused without a client certificate, let in with one.
-    let refused = Client::connect(tls_opts(mtls, &mutual.ca, None)).await.err();
+    let refused = Client::connect(tls_opts(mtls, &mutual.ca, None))
+        .await
+        .err();
     assert!(refused.is_some(), "no client certificate: let in");
     let (c, _inc) = Client::connect(tls_opts(mtls, &mutual.ca, Some(&mutual)))
         .await
