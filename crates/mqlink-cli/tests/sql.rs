@@ -518,3 +518,82 @@ fn unsupported_sql_is_refused_by_name() {
         "{out}"
     );
 }
+
+/// SIGKILL of `mqlink run` twice while a query streams into PostgreSQL:
+/// every message the WHERE keeps is exactly one row with its computed
+/// columns (the primary key absorbs redeliveries), none of the others.
+#[test]
+fn sigkill_twice_during_a_query_into_postgres_loses_nothing() {
+    let broker = Mosquitto::start();
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlkill");
+    let sql = format!(
+        r#"
+CREATE CONNECTION b FROM mqtt_source WITH (
+    broker = 'tcp://127.0.0.1:{port}', client_id = '{topic}',
+    clean_session = false, reconnect_interval = 0.2
+);
+CREATE TABLE readings (device_id TEXT, seq BIGINT, temperature DOUBLE, topic TEXT METADATA FROM 'topic')
+WITH (connector = 'mqtt_source', connection = 'b', topics = '["{topic}/+/telemetry"]', qos = 1, format = 'json');
+CREATE TABLE db WITH (connector = 'postgres', url = '{url}', table = 'kept', create_table = 'true',
+    primary_key = 'device_id, seq', batch_size = 500);
+INSERT INTO db
+SELECT device_id, seq, SPLIT_PART(topic, '/', 2) AS site, round(temperature * 10) AS tenths
+FROM readings WHERE seq % 3 <> 0;
+"#,
+        port = broker.port,
+        url = pg.url()
+    );
+    let file = write(dir.path(), "k.sql", &sql);
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    const N: usize = 30_000;
+    let port = broker.port;
+    let t = topic.clone();
+    let publisher = std::thread::spawn(move || {
+        let all: Vec<String> = (0..N)
+            .map(|i| {
+                format!(
+                    r#"{{"device_id":"d{}","seq":{i},"temperature":{}}}"#,
+                    i % 10,
+                    i as f64 / 100.0
+                )
+            })
+            .collect();
+        for chunk in all.chunks(3000) {
+            publish(port, &format!("{t}/plant-7/telemetry"), chunk);
+        }
+    });
+    let count = || {
+        pg.psql("SELECT count(*) FROM kept")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    let expected = (0..N).filter(|i| i % 3 != 0).count();
+    for kill in 1..=2 {
+        let at = kill * expected / 4;
+        wait_until(60, "rows to arrive", || count() >= at);
+        let st = Command::new("kill")
+            .args(["-KILL", &run.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        run.child.wait().unwrap();
+        run = start(&file, dir.path(), &[]);
+    }
+    publisher.join().unwrap();
+    wait_until(60, "every row", || count() >= expected);
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(count(), expected);
+    assert_eq!(pg.psql("SELECT count(*) FROM kept WHERE seq % 3 = 0"), "0");
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT seq) FROM kept"),
+        expected.to_string()
+    );
+    assert_eq!(
+        pg.psql("SELECT device_id || ',' || site || ',' || tenths FROM kept WHERE seq = 12346"),
+        "d6,plant-7,1235"
+    );
+}
