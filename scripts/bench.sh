@@ -75,7 +75,7 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
   python3 -m pip install -q 'paho-mqtt>=2,<3' || BENCH_PAHO=0
 fi
 
-cargo build --release -q -p mqlink-cli
+cargo build --release -q -p mqlink-cli --no-default-features  # no SQL run here yet: DataFusion builds long
 cargo build --release -q -p mqlink --example sink_bench --example bridge
 MQLINK=$PWD/target/release/mqlink
 SINK_BENCH=$PWD/target/release/examples/sink_bench

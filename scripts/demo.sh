@@ -11,7 +11,7 @@ if ! [ -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-cargo build --release -q -p mqlink-cli
+cargo build --release -q -p mqlink-cli --no-default-features  # no SQL run here yet: DataFusion builds long
 M=$PWD/target/release/mqlink
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT

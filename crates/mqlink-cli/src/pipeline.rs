@@ -17,7 +17,8 @@ use crate::cli::usage;
 pub struct RunArgs {
     /// The pipeline file: TOML, or YAML when it ends in .yaml or .yml; a
     /// YAML file with top-level `resources:` of `Cybus::` types is a Cybus
-    /// Connectware service commissioning file.
+    /// Connectware service commissioning file; SQL statements when it ends
+    /// in .sql.
     pub file: PathBuf,
     #[command(flatten)]
     pub cybus: CybusArgs,
@@ -83,6 +84,16 @@ fn loopback(s: &str) -> Result<String, String> {
 
 /// The pipeline of a file, with the command line's parameters.
 fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipeline::Pipeline> {
+    if let Some(p) = load_sql(file) {
+        if let Some((name, _)) = cybus.params.first() {
+            return Err(usage(format!("--param {name}: parameters belong to Cybus commissioning files; a .sql file takes ${{VAR}} from the environment")));
+        }
+        let mut p = p?;
+        if let Some(l) = &cybus.embedded_broker {
+            p.embedded_broker.listen = Some(l.clone());
+        }
+        return Ok(p);
+    }
     let mut p = mqlink_pipeline::load_with(file, &cybus.params).map_err(|e| {
         // Errors name the file, once.
         if e.path == file.display().to_string() {
@@ -95,6 +106,21 @@ fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipe
         p.embedded_broker.listen = Some(l.clone());
     }
     Ok(p)
+}
+
+/// A `.sql` file is SQL statements (feature `sql`); others TOML or YAML.
+fn load_sql(file: &std::path::Path) -> Option<anyhow::Result<mqlink_pipeline::Pipeline>> {
+    if file.extension()? != "sql" {
+        return None;
+    }
+    #[cfg(feature = "sql")]
+    let r = mqlink_sql::load(file).map_err(|e| usage(format!("{}: {e}", file.display())));
+    #[cfg(not(feature = "sql"))]
+    let r = Err(usage(format!(
+        "{}: SQL pipelines need mqlink built with the sql feature (cargo build --release -p mqlink-cli --features sql)",
+        file.display()
+    )));
+    Some(r)
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {

@@ -372,6 +372,16 @@ pub fn parse(
 /// interpolated): what other front ends (Cybus commissioning files)
 /// compile into.
 pub fn from_tree(tree: Json) -> Result<Pipeline, ConfigError> {
+    from_tree_with(tree, &BTreeMap::new())
+}
+
+/// [`from_tree`] for a front end whose stages change the columns of some
+/// sources' records (SQL queries): sinks reading those sources are checked
+/// against `stage_schemas` (by source name), not the source's own columns.
+pub fn from_tree_with(
+    tree: Json,
+    stage_schemas: &BTreeMap<String, Schema>,
+) -> Result<Pipeline, ConfigError> {
     let raw: RawConfig = typed("", tree)?;
 
     let mut connections = BTreeMap::new();
@@ -408,6 +418,21 @@ pub fn from_tree(tree: Json) -> Result<Pipeline, ConfigError> {
         sources.push((name, s));
     }
 
+    // What sinks see of each source: its columns after its stage.
+    let sink_view: Vec<(String, SourceConfig)> = sources
+        .iter()
+        .map(|(name, s)| match (s, stage_schemas.get(name)) {
+            (SourceConfig::Mqtt(m), Some(schema)) => {
+                let mut m = m.clone();
+                m.schema = Some(schema.clone());
+                m.decoder = mqlink::format::Format::Json {
+                    schema: Some(schema.clone()),
+                };
+                (name.clone(), SourceConfig::Mqtt(m))
+            }
+            _ => (name.clone(), s.clone()),
+        })
+        .collect();
     let mut sinks = Vec::new();
     for (name, v) in raw.sinks {
         let path = format!("sinks.{name}");
@@ -456,7 +481,7 @@ pub fn from_tree(tree: Json) -> Result<Pipeline, ConfigError> {
         let ctx = Context {
             path: &path,
             connections: &connections,
-            sources: &sources,
+            sources: &sink_view,
             inputs: &inputs,
         };
         let kind = (t.parse)(&ctx, body)?;
@@ -827,7 +852,7 @@ pub(crate) fn typed<T: DeserializeOwned>(prefix: &str, v: Json) -> Result<T, Con
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string; `$${` is a literal `${`.
-fn interpolate(
+pub fn interpolate(
     v: &mut Json,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,

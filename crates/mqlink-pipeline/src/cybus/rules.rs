@@ -16,8 +16,8 @@ use bytes::Bytes;
 use jsonata_core::ast::AstNode;
 use jsonata_core::evaluator::{Context, Evaluator, EvaluatorOptions};
 use jsonata_core::value::JValue;
-use mqlink::ByteStr;
 use mqlink::format::Value;
+use mqlink::ByteStr;
 use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 

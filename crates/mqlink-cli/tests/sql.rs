@@ -1,0 +1,599 @@
+//! `mqlink run file.sql` and `mqlink validate file.sql` as a user runs
+//! them: the example files, a real Mosquitto started by the test, results
+//! checked row for row against what the test computes itself, and every
+//! message acknowledged (a row the WHERE drops counts as done).
+#![cfg(feature = "sql")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use testkit::{unique_id, wait_until, Mosquitto};
+
+fn mqlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
+    c.env_remove("MQLINK_LOG");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/sql")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// A running `mqlink run`: its stdout and stderr lines as they come.
+struct Run {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    err_lines: Vec<String>,
+}
+
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    rx
+}
+
+fn start(file: &Path, dir: &Path, env: &[(&str, String)]) -> Run {
+    let mut c = mqlink();
+    c.arg("run").arg(file).current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    Run {
+        child,
+        stdout,
+        stderr,
+        err_lines: Vec::new(),
+    }
+}
+
+impl Run {
+    /// Waits for `n` "Subscribed." log lines (one per MQTT source).
+    fn wait_subscribed(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .err_lines
+            .iter()
+            .filter(|l| l.contains("Subscribed."))
+            .count()
+            < n
+        {
+            if let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                self.err_lines.push(l);
+            }
+            if Instant::now() > deadline || self.child.try_wait().unwrap().is_some() {
+                let _ = self.child.kill();
+                panic!("not subscribed:\n{}", self.err_lines.join("\n"));
+            }
+        }
+    }
+
+    /// `n` lines of standard output, as JSON.
+    fn rows(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while out.len() < n {
+            match self.stdout.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    out.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+                }
+                Err(_) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "{} of {n} rows: {out:?}\n{}",
+                        out.len(),
+                        self.err_lines.join("\n")
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        out
+    }
+
+    /// SIGTERM, then the exit status and the whole of stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        wait_until(30, "mqlink run to exit", || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            self.err_lines.push(l);
+        }
+        (self.child.wait().unwrap(), self.err_lines.join("\n"))
+    }
+}
+
+/// Publishes lines at QoS 1 with `mqlink pub -l` (each one confirmed).
+fn publish(port: u16, topic: &str, lines: &[String]) {
+    use std::io::Write;
+    let mut p = mqlink()
+        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(p.wait().unwrap().success());
+}
+
+/// The SQL of Laminar's documentation, as written (examples/sql/laminar.sql):
+/// three tables and a view, each row exactly as the statements say.
+#[test]
+fn the_laminar_reference_runs_as_written() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let sql = example("laminar.sql");
+    let file = write(dir.path(), "laminar.sql", &sql);
+    let mut run = start(
+        &file,
+        dir.path(),
+        &[
+            ("MQTT_BROKER", format!("tcp://127.0.0.1:{}", broker.port)),
+            ("MQTT_PASSWORD", "pw-laminar-never-printed".into()),
+        ],
+    );
+    run.wait_subscribed(3);
+
+    publish(
+        broker.port,
+        "sensors/s1/telemetry",
+        &[r#"{"device_id":"d1","timestamp":"2026-11-23T10:00:00Z","temperature":21.5,"humidity":40,"location":"hall"}"#.into()],
+    );
+    let rows = run.rows(1);
+    assert_eq!(
+        rows[0],
+        json!({"device_id":"d1","timestamp":"2026-11-23T10:00:00.000000Z","temperature":21.5,"humidity":40.0,"location":"hall"})
+    );
+    // A field that is missing is NULL; a status message on the second filter.
+    publish(
+        broker.port,
+        "devices/d2/status",
+        &[r#"{"device_id":"d2"}"#.into()],
+    );
+    assert_eq!(
+        run.rows(1)[0],
+        json!({"device_id":"d2","timestamp":null,"temperature":null,"humidity":null,"location":null})
+    );
+    // Raw bytes, with the topic; the timestamp is when the batch arrived.
+    let before = chrono_like_now();
+    publish(broker.port, "data/binary", &["\u{1}bin".into()]);
+    let raw = run.rows(1).remove(0);
+    assert_eq!(raw["topic"], "data/binary");
+    assert_eq!(raw["payload"], "AWJpbg==");
+    let ts = raw["timestamp"].as_str().unwrap();
+    assert!(ts.starts_with(&before[..10]), "{ts} {before}");
+
+    // The view: only anomalies, only its three columns, in order.
+    let temps = [20.0, 41.5, -12.0, 40.0, -10.0, 55.0, 0.0];
+    let readings: Vec<String> = temps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!(r#"{{"sensor_id":"s{i}","reading_time":"2026-11-23T10:00:0{i}Z","temperature":{t},"humidity":50,"pressure":1013}}"#))
+        .collect();
+    publish(broker.port, "sensors/s9/readings", &readings);
+    let alerts = run.rows(3);
+    let expected: Vec<Value> = temps
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t > 40.0 || **t < -10.0)
+        .map(|(i, t)| json!({"sensor_id": format!("s{i}"), "temperature": t, "reading_time": format!("2026-11-23T10:00:0{i}.000000Z")}))
+        .collect();
+    assert_eq!(alerts, expected);
+    assert!(
+        run.stdout.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing more"
+    );
+
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    // 1 + 1 + 1 + 7 messages, all acknowledged (4 dropped by the view's WHERE).
+    assert!(err.contains("10 records acknowledged"), "{err}");
+    assert!(!err.contains("pw-laminar-never-printed"), "{err}");
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .unwrap();
+    text(&out.stdout).trim().to_string()
+}
+
+/// The Arroyo dialect (examples/sql/arroyo.sql): INSERT INTO a file with a
+/// filter, arithmetic, CASE, CAST, string functions and the topic; every
+/// row exactly what the test computes, every message acknowledged.
+#[test]
+fn arroyo_insert_into_filters_and_projects_exactly() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("arroyo");
+    let sql =
+        example("arroyo.sql").replace("'sensors/+/telemetry'", &format!("'{topic}/+/telemetry'"));
+    let file = write(dir.path(), "arroyo.sql", &sql);
+    let mut run = start(&file, dir.path(), &[("MQTT_URL", broker.url())]);
+    run.wait_subscribed(1);
+    const N: usize = 2000;
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"device_id":"dev-{}","seq":{i},"temperature":{}}}"#,
+                i % 7,
+                (i % 45) as f64 + 0.5
+            )
+        })
+        .collect();
+    publish(broker.port, &format!("{topic}/kitchen/telemetry"), &lines);
+    let expected: Vec<Value> = (0..N)
+        .filter(|i| (i % 45) as f64 + 0.5 > 25.0)
+        .map(|i| {
+            let t = (i % 45) as f64 + 0.5;
+            json!({
+                "device_id": format!("dev-{}", i % 7),
+                "seq": i,
+                "room": "kitchen",
+                "fahrenheit": t * 9.0 / 5.0 + 32.0,
+                "level": if t > 35.0 { "critical" } else { "high" },
+                "tag": format!("DEV-{}-{i}", i % 7),
+            })
+        })
+        .collect();
+    let out = dir.path().join("out/hot.jsonl");
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until(60, "every row", || read().len() >= expected.len());
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(read(), expected);
+    assert!(err.contains(&format!("{N} records acknowledged")), "{err}");
+}
+
+/// UNION ALL of two source tables into one MQTT sink, through a view.
+#[test]
+fn union_all_of_two_tables_into_an_mqtt_sink() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let t = unique_id("union");
+    let sql = format!(
+        r#"
+CREATE CONNECTION b FROM mqtt WITH (url = '${{BROKER}}', client_prefix = '{t}');
+CREATE TABLE a (id BIGINT, v DOUBLE) WITH (connector = 'mqtt_source', connection = 'b', topics = '["{t}/a"]');
+CREATE TABLE c (id BIGINT, w DOUBLE) WITH (connector = 'mqtt_source', connection = 'b', topics = '["{t}/c"]');
+CREATE VIEW both_kinds AS
+  SELECT id, v AS value, 'a' AS kind FROM a WHERE v >= 0
+  UNION ALL
+  SELECT id, w * 10 AS value, 'c' AS kind FROM c;
+CREATE SINK out AS SELECT * FROM both_kinds WHERE id % 2 = 0
+WITH (connector = 'mqtt', connection = 'b', topic = '{t}/out/{{kind}}', qos = 'AtLeastOnce');
+"#
+    );
+    let file = write(dir.path(), "u.sql", &sql);
+    let check = mqlink()
+        .arg("validate")
+        .arg(&file)
+        .env("BROKER", broker.url())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let (mut sub, rx) = {
+        let mut s = Command::new("mosquitto_sub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                &format!("{t}/out/#"),
+                "-v",
+                "-q",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rx = lines_of(s.stdout.take().unwrap());
+        (s, rx)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut run = start(&file, dir.path(), &[("BROKER", broker.url())]);
+    run.wait_subscribed(2);
+    publish(
+        broker.port,
+        &format!("{t}/a"),
+        &(0..10)
+            .map(|i| format!(r#"{{"id":{i},"v":{}}}"#, i as f64 - 3.0))
+            .collect::<Vec<_>>(),
+    );
+    publish(
+        broker.port,
+        &format!("{t}/c"),
+        &(0..6)
+            .map(|i| format!(r#"{{"id":{i},"w":{i}.5}}"#))
+            .collect::<Vec<_>>(),
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 6 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(l);
+        }
+    }
+    let (status, err) = run.stop();
+    let _ = sub.kill();
+    assert!(status.success(), "{err}");
+    got.sort();
+    let mut expected: Vec<String> = (0..10)
+        .filter(|i| i % 2 == 0 && *i as f64 - 3.0 >= 0.0)
+        .map(|i| {
+            format!(
+                r#"{t}/out/a {{"id":{i},"value":{:?},"kind":"a"}}"#,
+                i as f64 - 3.0
+            )
+        })
+        .chain((0..6).filter(|i| i % 2 == 0).map(|i| {
+            format!(
+                r#"{t}/out/c {{"id":{i},"value":{:?},"kind":"c"}}"#,
+                (i as f64 + 0.5) * 10.0
+            )
+        }))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(err.contains("16 records acknowledged"), "{err}");
+}
+
+fn validate(sql: &str) -> (bool, String) {
+    let dir = testkit::TempDir::new().unwrap();
+    let file = write(dir.path(), "p.sql", sql);
+    let out = mqlink()
+        .arg("validate")
+        .arg(&file)
+        .env("PW", "pw-in-env-never-printed")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+const BASE: &str = "CREATE CONNECTION c FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:1883', password = '${PW}');
+CREATE TABLE t (id BIGINT, name TEXT, temp DOUBLE) WITH (connector = 'mqtt_source', connection = 'c', topics = '[\"a/#\"]', qos = 1);
+CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+";
+
+/// Errors name the statement, its line and the option; nothing secret.
+#[test]
+fn validate_names_statement_line_and_key() {
+    let ok = format!("{BASE}INSERT INTO f SELECT id, upper(name) AS name FROM t WHERE temp > 3;");
+    let (valid, out) = validate(&ok);
+    assert!(valid, "{out}");
+    assert!(
+        out.contains("valid: 1 connection(s), 1 source(s), 1 sink(s)"),
+        "{out}"
+    );
+
+    for (from, to, expect) in [
+        (
+            "qos = 1",
+            "qos = 3",
+            "line 2: CREATE TABLE t: qos: 3 is not a QoS",
+        ),
+        (
+            "qos = 1",
+            "qoss = 1",
+            "line 2: CREATE TABLE t: qoss: unknown option",
+        ),
+        (
+            "tcp://127.0.0.1:1883",
+            "http://x",
+            "line 1: CREATE CONNECTION c: broker: ",
+        ),
+        (
+            "'[\"a/#\"]'",
+            "'[\"a/#/b\"]'",
+            "line 2: CREATE TABLE t: topics[0]: ",
+        ),
+        (
+            "connection = 'c'",
+            "connection = 'd'",
+            "line 2: CREATE TABLE t: connection: no connection named \"d\"",
+        ),
+        (
+            "temp DOUBLE",
+            "temp DOUBLE, temp TEXT",
+            "line 2: CREATE TABLE t: temp: a second column",
+        ),
+        (
+            "name TEXT",
+            "name INTERVAL",
+            "line 2: CREATE TABLE t: name: column type INTERVAL is not supported",
+        ),
+        (
+            "connector = 'file'",
+            "connector = 's3'",
+            "line 3: CREATE TABLE f: connector: unknown connector \"s3\"",
+        ),
+    ] {
+        assert!(ok.contains(from), "{from}");
+        let (valid, out) = validate(&ok.replacen(from, to, 1));
+        assert!(!valid, "{to}: {out}");
+        assert!(out.contains(expect), "{to}: {out}");
+        assert!(!out.contains("pw-in-env-never-printed"), "{out}");
+    }
+    let (valid, out) = validate(&format!("{BASE}INSERT INTO f SELECT idd FROM t;"));
+    assert!(!valid);
+    assert!(
+        out.contains("line 4: INSERT INTO f: ") && out.contains("idd"),
+        "{out}"
+    );
+    let (_, out) = validate(&format!("{BASE}INSERT INTO g SELECT * FROM t;"));
+    assert!(
+        out.contains("line 4: INSERT INTO g: no sink table named \"g\""),
+        "{out}"
+    );
+    let (_, out) = validate(&format!(
+        "{BASE}INSERT INTO f SELECT * FROM t;\nCREATE TABLE oops (;"
+    ));
+    assert!(out.contains("line 5: "), "{out}");
+    let (_, out) =
+        validate("CREATE CONNECTION c FROM mqtt_source WITH (broker = '${MISSING_VAR}');");
+    assert!(
+        out.contains(
+            "line 1: CREATE CONNECTION c: broker: environment variable MISSING_VAR is not set"
+        ),
+        "{out}"
+    );
+}
+
+/// What a stream cannot compute is refused when validated, by name.
+#[test]
+fn unsupported_sql_is_refused_by_name() {
+    for (query, expect) in [
+        ("SELECT t.id FROM t JOIN t AS u ON t.id = u.id", "JOIN"),
+        (
+            "SELECT name, COUNT(*) AS n FROM t GROUP BY name",
+            "aggregate",
+        ),
+        ("SELECT * FROM t ORDER BY temp DESC LIMIT 3", "Top-N"),
+        ("SELECT * FROM t ORDER BY temp DESC", "ORDER BY"),
+        ("SELECT * FROM t LIMIT 3", "LIMIT"),
+        ("SELECT DISTINCT name FROM t", "DISTINCT"),
+        (
+            "SELECT id, row_number() OVER (ORDER BY id) FROM t",
+            "row_number",
+        ),
+    ] {
+        let (valid, out) = validate(&format!("{BASE}INSERT INTO f {query};"));
+        assert!(!valid, "{query}: {out}");
+        assert!(out.contains("line 4: INSERT INTO f: "), "{query}: {out}");
+        assert!(out.contains(expect), "{query}: {out}");
+    }
+    let (valid, out) = validate(&format!("{BASE}INSERT INTO f SELECT * FROM t;\nSELECT * FROM system.connector_status WHERE connector_name = 'mqtt_source';"));
+    assert!(!valid);
+    assert!(
+        out.contains("line 5: SELECT *: system tables describe a running pipeline"),
+        "{out}"
+    );
+}
+
+/// SIGKILL of `mqlink run` twice while a query streams into PostgreSQL:
+/// every message the WHERE keeps is exactly one row with its computed
+/// columns (the primary key absorbs redeliveries), none of the others.
+#[test]
+fn sigkill_twice_during_a_query_into_postgres_loses_nothing() {
+    let broker = Mosquitto::start();
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlkill");
+    let sql = format!(
+        r#"
+CREATE CONNECTION b FROM mqtt_source WITH (
+    broker = 'tcp://127.0.0.1:{port}', client_id = '{topic}',
+    clean_session = false, reconnect_interval = 0.2
+);
+CREATE TABLE readings (device_id TEXT, seq BIGINT, temperature DOUBLE, topic TEXT METADATA FROM 'topic')
+WITH (connector = 'mqtt_source', connection = 'b', topics = '["{topic}/+/telemetry"]', qos = 1, format = 'json');
+CREATE TABLE db WITH (connector = 'postgres', url = '{url}', table = 'kept', create_table = 'true',
+    primary_key = 'device_id, seq', batch_size = 500);
+INSERT INTO db
+SELECT device_id, seq, SPLIT_PART(topic, '/', 2) AS site, round(temperature * 10) AS tenths
+FROM readings WHERE seq % 3 <> 0;
+"#,
+        port = broker.port,
+        url = pg.url()
+    );
+    let file = write(dir.path(), "k.sql", &sql);
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    const N: usize = 30_000;
+    let port = broker.port;
+    let t = topic.clone();
+    let publisher = std::thread::spawn(move || {
+        let all: Vec<String> = (0..N)
+            .map(|i| {
+                format!(
+                    r#"{{"device_id":"d{}","seq":{i},"temperature":{}}}"#,
+                    i % 10,
+                    i as f64 / 100.0
+                )
+            })
+            .collect();
+        for chunk in all.chunks(3000) {
+            publish(port, &format!("{t}/plant-7/telemetry"), chunk);
+        }
+    });
+    let count = || {
+        pg.psql("SELECT count(*) FROM kept")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    let expected = (0..N).filter(|i| i % 3 != 0).count();
+    for kill in 1..=2 {
+        let at = kill * expected / 4;
+        wait_until(60, "rows to arrive", || count() >= at);
+        let st = Command::new("kill")
+            .args(["-KILL", &run.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        run.child.wait().unwrap();
+        run = start(&file, dir.path(), &[]);
+    }
+    publisher.join().unwrap();
+    wait_until(60, "every row", || count() >= expected);
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(count(), expected);
+    assert_eq!(pg.psql("SELECT count(*) FROM kept WHERE seq % 3 = 0"), "0");
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT seq) FROM kept"),
+        expected.to_string()
+    );
+    assert_eq!(
+        pg.psql("SELECT device_id || ',' || site || ',' || tenths FROM kept WHERE seq = 12346"),
+        "d6,plant-7,1235"
+    );
+}

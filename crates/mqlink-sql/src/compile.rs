@@ -1,0 +1,933 @@
+//! Statements → the pipeline spec. Connection and table options become
+//! the same keys a TOML file has (Laminar's names; Arroyo's and
+//! RisingWave's are aliases), so the connector registry parses and checks
+//! them exactly as for TOML; its errors are mapped back to the statement,
+//! line and option they came from.
+//!
+//! - `CREATE CONNECTION` → `[connections.NAME]`; a table may instead carry
+//!   the connection keys itself (Arroyo: `url`, `topic`, `type`).
+//! - `CREATE TABLE … WITH (connector = 'mqtt_source' | 'mqtt', type =
+//!   'source')` → `[sources.NAME]` with the columns as its schema;
+//!   `connector = 'mqtt_sink' | 'mqtt' (type = 'sink') | 'file' |
+//!   'postgres'` → a sink, written by `INSERT INTO`.
+//! - `CREATE SINK NAME FROM t | AS SELECT … WITH (…)` → a sink and its query.
+//! - Every query is planned (views inlined) into one stage per source
+//!   table it reads. A table or view nothing reads is printed to standard
+//!   output as JSON lines (what Arroyo's preview shows).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion_common::arrow::datatypes::{Field, SchemaRef};
+use datafusion_sql::sqlparser::ast::{DataType, Query, Statement};
+use mqlink::format::{ColumnType, Schema};
+use mqlink_pipeline::spec::{from_tree_with, interpolate};
+use mqlink_pipeline::{ConfigError, Pipeline};
+use serde_json::{json, Map, Value as Json};
+
+use crate::ddl::{Column, Located, Opt, Stmt};
+use crate::plan::{arrow_field, branches, column_type, schema_of, Branch, Catalog};
+use crate::stage::{ColSource, Input, SqlStage};
+use crate::SqlError;
+
+/// SQL option names → the pipeline file's, for connections.
+const CONNECTION_KEYS: &[(&str, &str)] = &[
+    ("broker", "broker"),
+    ("url", "broker"),
+    ("client_id", "client_id"),
+    ("client_prefix", "client_id"),
+    ("protocol", "protocol"),
+    ("clean_session", "clean_session"),
+    ("clean_start", "clean_session"),
+    ("session_expiry_interval", "session_expiry_interval"),
+    ("username", "username"),
+    ("password", "password"),
+    ("keep_alive", "keep_alive"),
+    ("connect_timeout", "connect_timeout"),
+    ("tls_ca_cert", "tls_ca_cert"),
+    ("tls.ca", "tls_ca_cert"),
+    ("tls_client_cert", "tls_client_cert"),
+    ("tls.cert", "tls_client_cert"),
+    ("tls_client_key", "tls_client_key"),
+    ("tls.key", "tls_client_key"),
+    ("tls_verify", "tls_verify"),
+    ("lwt_topic", "lwt_topic"),
+    ("lwt_payload", "lwt_payload"),
+    ("lwt_qos", "lwt_qos"),
+    ("lwt_retain", "lwt_retain"),
+    ("reconnect_interval", "reconnect_interval"),
+    ("max_reconnect_attempts", "max_reconnect_attempts"),
+    (
+        "reconnect_backoff_multiplier",
+        "reconnect_backoff_multiplier",
+    ),
+    ("max_inflight", "max_inflight"),
+];
+
+/// For MQTT sources.
+const SOURCE_KEYS: &[(&str, &str)] = &[
+    ("connection", "connection"),
+    ("topics", "topics"),
+    ("topic", "topics"),
+    ("qos", "qos"),
+    ("format", "format"),
+    ("raw_bytes.include_topic", "raw_bytes.include_topic"),
+    ("avro_schema", "avro_schema"),
+    ("schema_registry_url", "schema_registry_url"),
+    ("dead_letter_topic", "dead_letter_topic"),
+    ("bad_data", "bad_data"),
+    ("batch_size", "batch_size"),
+    ("batch_timeout_ms", "batch_timeout_ms"),
+    ("parallelism", "parallelism"),
+    ("share_group", "share_group"),
+];
+
+const MQTT_SINK_KEYS: &[(&str, &str)] = &[
+    ("connection", "connection"),
+    ("topic", "topic"),
+    ("qos", "qos"),
+    ("retain", "retain"),
+    ("sink.retain", "retain"),
+    ("format", "format"),
+    ("parallelism", "parallelism"),
+    ("dead_letter_topic", "dead_letter_topic"),
+];
+
+const FILE_SINK_KEYS: &[(&str, &str)] = &[("path", "path"), ("fsync", "fsync")];
+
+const POSTGRES_SINK_KEYS: &[(&str, &str)] = &[
+    ("url", "url"),
+    ("connection_string", "url"),
+    ("table", "table"),
+    ("table.name", "table"),
+    ("create_table", "create_table"),
+    ("primary_key", "primary_key"),
+    ("batch_size", "batch_size"),
+];
+
+/// Keys with a reason they are refused (accepting them would pretend).
+const REFUSED: &[(&str, &str)] = &[
+    ("max_retries", "not supported: a payload that does not decode is dead-lettered at once (decoding it again gives the same error)"),
+    ("value_schema_id", "not supported: with schema_registry_url the schema id is read from each message (Confluent wire format)"),
+];
+
+const BOOL_KEYS: &[&str] = &[
+    "clean_session",
+    "tls_verify",
+    "lwt_retain",
+    "retain",
+    "raw_bytes.include_topic",
+    "create_table",
+    "fsync",
+];
+
+const NUMBER_KEYS: &[&str] = &[
+    "qos",
+    "lwt_qos",
+    "keep_alive",
+    "session_expiry_interval",
+    "connect_timeout",
+    "reconnect_interval",
+    "max_reconnect_attempts",
+    "reconnect_backoff_multiplier",
+    "max_inflight",
+    "batch_size",
+    "batch_timeout_ms",
+    "parallelism",
+];
+
+/// Where a component of the pipeline came from, to locate its errors.
+struct Origin {
+    line: u64,
+    statement: String,
+    /// pipeline key → (SQL key, line).
+    keys: Vec<(String, String, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SinkType {
+    Mqtt,
+    File,
+    Postgres,
+}
+
+impl SinkType {
+    fn name(self) -> &'static str {
+        match self {
+            SinkType::Mqtt => "mqtt",
+            SinkType::File => "file",
+            SinkType::Postgres => "postgres",
+        }
+    }
+    fn keys(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            SinkType::Mqtt => MQTT_SINK_KEYS,
+            SinkType::File => FILE_SINK_KEYS,
+            SinkType::Postgres => POSTGRES_SINK_KEYS,
+        }
+    }
+}
+
+struct SourceTable {
+    name: String,
+    line: u64,
+    input: Input,
+    used: bool,
+}
+
+struct SinkDef {
+    name: String,
+    line: u64,
+    statement: String,
+    ty: SinkType,
+    options: Vec<Opt>,
+    /// The query writing to it and its line.
+    query: Option<(u64, Box<Query>)>,
+}
+
+struct Compiler<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+    tree: Map<String, Json>,
+    origins: HashMap<String, Origin>,
+    catalog: Catalog,
+    sources: Vec<SourceTable>,
+    sinks: Vec<SinkDef>,
+    /// Views in order: name, line, and whether something reads it.
+    views: Vec<(String, u64, Box<Query>, bool)>,
+}
+
+pub fn compile(
+    statements: Vec<Located>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let mut c = Compiler {
+        env,
+        tree: Map::new(),
+        origins: HashMap::new(),
+        catalog: Catalog::default(),
+        sources: Vec::new(),
+        sinks: Vec::new(),
+        views: Vec::new(),
+    };
+    for s in ["connections", "sources", "sinks"] {
+        c.tree.insert(s.into(), Json::Object(Map::new()));
+    }
+    for Located { line, stmt } in statements {
+        c.statement(line, stmt)?;
+    }
+    c.finish().map_err(Into::into)
+}
+
+impl Compiler<'_> {
+    fn statement(&mut self, line: u64, stmt: Stmt) -> Result<(), SqlError> {
+        match stmt {
+            Stmt::Connection {
+                name,
+                kind,
+                options,
+            } => {
+                let statement = format!("CREATE CONNECTION {name}");
+                if !matches!(kind.as_str(), "mqtt_source" | "mqtt_sink" | "mqtt") {
+                    return Err(SqlError::at(
+                        line,
+                        statement,
+                        None,
+                        format!(
+                            "unknown connection type {kind:?}: use mqtt_source, mqtt_sink or mqtt"
+                        ),
+                    ));
+                }
+                self.unique(line, &statement, &name)?;
+                let mut body = Map::new();
+                let mut origin = Origin {
+                    line,
+                    statement: statement.clone(),
+                    keys: Vec::new(),
+                };
+                for o in &options {
+                    let Some(key) = lookup(CONNECTION_KEYS, &o.key) else {
+                        return Err(self.unknown_key(&statement, o, &[CONNECTION_KEYS]));
+                    };
+                    self.put(&statement, &mut body, &mut origin, key, o)?;
+                }
+                self.insert("connections", &name, body, origin);
+            }
+            Stmt::Table {
+                name,
+                columns,
+                options,
+            } => self.table(line, name, columns, options)?,
+            Stmt::View { name, query } => {
+                let statement = format!("CREATE VIEW {name}");
+                self.unique(line, &statement, &name)?;
+                self.catalog
+                    .add_view(&name, &query)
+                    .map_err(|m| SqlError::at(line, &statement, None, m))?;
+                self.views.push((name, line, query, false));
+            }
+            Stmt::Insert { sink, query } => {
+                let statement = format!("INSERT INTO {sink}");
+                let Some(at) = self.sinks.iter().position(|s| s.name == sink) else {
+                    let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
+                    return Err(SqlError::at(line, statement, None, format!("no sink table named {sink:?} (sink tables so far: {}; create it first with CREATE TABLE {sink} (…) WITH (connector = 'mqtt_sink' | 'file' | 'postgres', …))", known.join(", "))));
+                };
+                let s = &mut self.sinks[at];
+                if let Some((l, _)) = &s.query {
+                    return Err(SqlError::at(line, statement, None, format!("{sink} is already written by the INSERT of line {l}; one query per sink (UNION ALL combines queries)")));
+                }
+                s.query = Some((line, query));
+            }
+            Stmt::Sink {
+                name,
+                query,
+                options,
+            } => {
+                let statement = format!("CREATE SINK {name}");
+                self.unique(line, &statement, &name)?;
+                let ty =
+                    sink_type(&options).map_err(|(k, m)| SqlError::at(line, &statement, k, m))?;
+                self.sinks.push(SinkDef {
+                    name,
+                    line,
+                    statement,
+                    ty,
+                    options,
+                    query: Some((line, query)),
+                });
+            }
+            Stmt::Other(s) => return Err(refuse_statement(line, &s)),
+        }
+        Ok(())
+    }
+
+    fn unique(&self, line: u64, statement: &str, name: &str) -> Result<(), SqlError> {
+        let taken = self.catalog.has(name)
+            || self.sinks.iter().any(|s| s.name == name)
+            || self.tree["connections"].get(name).is_some();
+        if taken {
+            return Err(SqlError::at(
+                line,
+                statement,
+                None,
+                format!("the name {name:?} is already used"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn table(
+        &mut self,
+        line: u64,
+        name: String,
+        columns: Vec<Column>,
+        options: Vec<Opt>,
+    ) -> Result<(), SqlError> {
+        let statement = format!("CREATE TABLE {name}");
+        self.unique(line, &statement, &name)?;
+        let get = |k: &str| options.iter().find(|o| o.key.eq_ignore_ascii_case(k));
+        let connector = match get("connector") {
+            None => return Err(SqlError::at(line, &statement, Some("connector"), "missing: say where the table's rows come from or go (connector = 'mqtt_source', 'mqtt_sink', 'mqtt' with type, 'file' or 'postgres')")),
+            Some(o) => o.value.as_str().unwrap_or_default().to_string(),
+        };
+        let source = match connector.as_str() {
+            "mqtt_source" => true,
+            "mqtt" => match get("type").and_then(|o| o.value.as_str()) {
+                Some("source") => true,
+                Some("sink") => false,
+                _ => {
+                    return Err(SqlError::at(
+                        get("type").map_or(line, |o| o.line),
+                        &statement,
+                        Some("type"),
+                        "connector = 'mqtt' needs type = 'source' or type = 'sink'",
+                    ))
+                }
+            },
+            _ => false,
+        };
+        if !source {
+            if !columns.is_empty() {
+                // A sink's columns are its query's; declared ones are a
+                // promise we check nothing against, so they are refused.
+                let c = &columns[0];
+                if c.metadata.is_some() {
+                    return Err(SqlError::at(
+                        c.line,
+                        &statement,
+                        Some(&c.name),
+                        "METADATA FROM goes with source tables",
+                    ));
+                }
+            }
+            let ty = sink_type(&options).map_err(|(k, m)| SqlError::at(line, &statement, k, m))?;
+            self.sinks.push(SinkDef {
+                name,
+                line,
+                statement,
+                ty,
+                options,
+                query: None,
+            });
+            return Ok(());
+        }
+        // A source: its connection, its options, its columns.
+        let mut body = Map::new();
+        let mut origin = Origin {
+            line,
+            statement: statement.clone(),
+            keys: Vec::new(),
+        };
+        let mut inline = Map::new();
+        let mut inline_origin = Origin {
+            line,
+            statement: statement.clone(),
+            keys: Vec::new(),
+        };
+        for o in &options {
+            let k = o.key.to_ascii_lowercase();
+            if k == "connector" || k == "type" {
+                continue;
+            }
+            if let Some(key) = lookup(SOURCE_KEYS, &k) {
+                self.put(&statement, &mut body, &mut origin, key, o)?;
+            } else if let Some(key) = lookup(CONNECTION_KEYS, &k) {
+                self.put(&statement, &mut inline, &mut inline_origin, key, o)?;
+            } else {
+                return Err(self.unknown_key(&statement, o, &[SOURCE_KEYS, CONNECTION_KEYS]));
+            }
+        }
+        self.connection_of(
+            line,
+            &statement,
+            &name,
+            &mut body,
+            &mut origin,
+            inline,
+            inline_origin,
+        )?;
+        body.insert("type".into(), json!("mqtt"));
+        let format = body
+            .get("format")
+            .and_then(Json::as_str)
+            .unwrap_or("json")
+            .to_string();
+        let raw = matches!(format.as_str(), "raw_bytes" | "raw");
+        if columns.is_empty() {
+            return Err(SqlError::at(line, &statement, None, "a source table needs columns: CREATE TABLE name (device_id TEXT, temperature DOUBLE, …)"));
+        }
+        let mut fields = Vec::new();
+        let mut sources = Vec::new();
+        let mut schema = Map::new();
+        for c in &columns {
+            let ty = column_type_of(&c.ty)
+                .map_err(|m| SqlError::at(c.line, &statement, Some(&c.name), m))?;
+            if fields.iter().any(|f: &Field| f.name() == &c.name) {
+                return Err(SqlError::at(
+                    c.line,
+                    &statement,
+                    Some(&c.name),
+                    "a second column with this name",
+                ));
+            }
+            fields.push(arrow_field(&c.name, ty));
+            let from = match (&c.metadata, raw) {
+                (Some(m), _) if m == "topic" => ColSource::Topic,
+                (Some(m), _) => {
+                    return Err(SqlError::at(
+                        c.line,
+                        &statement,
+                        Some(&c.name),
+                        format!("METADATA FROM {m:?}: a message's metadata is 'topic'"),
+                    ))
+                }
+                (None, true) => match (c.name.as_str(), ty) {
+                    ("topic", ColumnType::Text) => ColSource::Topic,
+                    ("payload", ColumnType::Bytea | ColumnType::Text) => ColSource::Payload(ty),
+                    (_, ColumnType::Timestamp) => ColSource::Arrival,
+                    _ => ColSource::Null(ty),
+                },
+                (None, false) => {
+                    let t = if c.not_null {
+                        format!("{ty} not null")
+                    } else {
+                        ty.to_string()
+                    };
+                    schema.insert(c.name.clone(), json!(t));
+                    ColSource::Field(schema.len() - 1, ty)
+                }
+            };
+            sources.push(from);
+        }
+        if !raw && format == "json" {
+            body.insert("schema".into(), Json::Object(schema));
+        }
+        let arrow = schema_of(fields);
+        self.catalog.add_table(&name, arrow.clone());
+        self.sources.push(SourceTable {
+            name: name.clone(),
+            line,
+            input: Input {
+                schema: arrow,
+                columns: sources,
+            },
+            used: false,
+        });
+        self.insert("sources", &name, body, origin);
+        Ok(())
+    }
+
+    /// `connection = 'name'`, or a connection of the table's own keys.
+    #[allow(clippy::too_many_arguments)]
+    fn connection_of(
+        &mut self,
+        line: u64,
+        statement: &str,
+        name: &str,
+        body: &mut Map<String, Json>,
+        origin: &mut Origin,
+        inline: Map<String, Json>,
+        inline_origin: Origin,
+    ) -> Result<(), SqlError> {
+        match (body.get("connection"), inline.is_empty()) {
+            (Some(_), false) => {
+                let (_, k, l) = &inline_origin.keys[0];
+                Err(SqlError::at(*l, statement, Some(k), "connection options go in the CREATE CONNECTION this table names with connection = …"))
+            }
+            (Some(_), true) => Ok(()),
+            (None, true) => Err(SqlError::at(line, statement, Some("connection"), "missing: name a CREATE CONNECTION (connection = 'name'), or give the broker here (url = 'tcp://host:1883')")),
+            (None, false) => {
+                let conn = format!("{name}_connection");
+                self.insert("connections", &conn, inline, inline_origin);
+                body.insert("connection".into(), json!(conn));
+                origin.keys.push(("connection".into(), "url".into(), line));
+                Ok(())
+            }
+        }
+    }
+
+    fn insert(&mut self, section: &str, name: &str, body: Map<String, Json>, origin: Origin) {
+        self.tree[section]
+            .as_object_mut()
+            .expect("sections are objects")
+            .insert(name.to_string(), Json::Object(body));
+        self.origins.insert(format!("{section}.{name}"), origin);
+    }
+
+    /// One option into a component's body, interpolated and typed.
+    fn put(
+        &self,
+        statement: &str,
+        body: &mut Map<String, Json>,
+        origin: &mut Origin,
+        key: &str,
+        o: &Opt,
+    ) -> Result<(), SqlError> {
+        if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == o.key) {
+            return Err(SqlError::at(o.line, statement, Some(&o.key), *why));
+        }
+        let mut v = o.value.clone();
+        interpolate(&mut v, &mut String::new(), self.env)
+            .map_err(|e| SqlError::at(o.line, statement, Some(&o.key), e.message))?;
+        let v = typed_value(key, v);
+        if origin.keys.iter().any(|(k, _, _)| k == key) {
+            return Err(SqlError::at(
+                o.line,
+                statement,
+                Some(&o.key),
+                "given twice (or with its alias)",
+            ));
+        }
+        origin.keys.push((key.to_string(), o.key.clone(), o.line));
+        match key.split_once('.') {
+            Some((outer, inner)) => {
+                let e = body.entry(outer.to_string()).or_insert_with(|| json!({}));
+                e[inner] = v;
+            }
+            None => {
+                body.insert(key.to_string(), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn unknown_key(&self, statement: &str, o: &Opt, lists: &[&[(&str, &str)]]) -> SqlError {
+        let mut known: Vec<&str> = lists
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, _)| *k))
+            .collect();
+        known.sort();
+        known.dedup();
+        if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == o.key) {
+            return SqlError::at(o.line, statement, Some(&o.key), *why);
+        }
+        SqlError::at(
+            o.line,
+            statement,
+            Some(&o.key),
+            format!("unknown option (known: {})", known.join(", ")),
+        )
+    }
+
+    /// Plans every query, builds the sinks, checks the whole through the
+    /// pipeline spec, and attaches the stages.
+    fn finish(mut self) -> Result<Pipeline, SqlError> {
+        let mut stages: BTreeMap<String, (Vec<Branch>, SchemaRef, u64)> = BTreeMap::new();
+        let sinks = std::mem::take(&mut self.sinks);
+        let mut built = Vec::new();
+        for s in &sinks {
+            let Some((qline, query)) = &s.query else {
+                return Err(SqlError::at(
+                    s.line,
+                    &s.statement,
+                    None,
+                    format!(
+                        "nothing writes to this sink: add INSERT INTO {} SELECT … FROM …",
+                        s.name
+                    ),
+                ));
+            };
+            let by = match s.statement.starts_with("CREATE SINK") {
+                true => s.statement.clone(),
+                false => format!("INSERT INTO {}", s.name),
+            };
+            let inputs = self.query(*qline, &by, query, &mut stages)?;
+            built.push((s, inputs));
+        }
+        // What nothing reads is shown on standard output.
+        let mut leaves = Vec::new();
+        let views = std::mem::take(&mut self.views);
+        for (name, line, query, _) in &views {
+            let read = views.iter().any(|(_, _, q, _)| reads(q, name))
+                || sinks
+                    .iter()
+                    .any(|s| s.query.as_ref().is_some_and(|(_, q)| reads(q, name)));
+            if !read {
+                leaves.extend(self.query(
+                    *line,
+                    &format!("CREATE VIEW {name}"),
+                    query,
+                    &mut stages,
+                )?);
+            }
+        }
+        for i in 0..self.sources.len() {
+            if !self.sources[i].used {
+                let (name, line) = (self.sources[i].name.clone(), self.sources[i].line);
+                let q = parse_query(&format!("SELECT * FROM {name}"));
+                leaves.extend(self.query(
+                    line,
+                    &format!("CREATE TABLE {name}"),
+                    &q,
+                    &mut stages,
+                )?);
+            }
+        }
+        for (s, inputs) in built {
+            let mut body = Map::new();
+            let mut origin = Origin {
+                line: s.line,
+                statement: s.statement.clone(),
+                keys: Vec::new(),
+            };
+            let mut inline = Map::new();
+            let mut inline_origin = Origin {
+                line: s.line,
+                statement: s.statement.clone(),
+                keys: Vec::new(),
+            };
+            for o in &s.options {
+                let k = o.key.to_ascii_lowercase();
+                if k == "connector" || k == "type" {
+                    continue;
+                }
+                if let Some(key) = lookup(s.ty.keys(), &k) {
+                    self.put(&s.statement, &mut body, &mut origin, key, o)?;
+                } else if let (SinkType::Mqtt, Some(key)) = (s.ty, lookup(CONNECTION_KEYS, &k)) {
+                    self.put(&s.statement, &mut inline, &mut inline_origin, key, o)?;
+                } else {
+                    let lists: &[&[(&str, &str)]] = match s.ty {
+                        SinkType::Mqtt => &[MQTT_SINK_KEYS, CONNECTION_KEYS],
+                        t => &[t.keys()],
+                    };
+                    return Err(self.unknown_key(&s.statement, o, lists));
+                }
+            }
+            if s.ty == SinkType::Mqtt {
+                self.connection_of(
+                    s.line,
+                    &s.statement,
+                    &s.name,
+                    &mut body,
+                    &mut origin,
+                    inline,
+                    inline_origin,
+                )?;
+            }
+            if let Some(pk) = body.get_mut("primary_key") {
+                if let Json::String(t) = pk {
+                    *pk = string_list(t);
+                }
+            }
+            body.insert("type".into(), json!(s.ty.name()));
+            body.insert("inputs".into(), json!(inputs));
+            origin
+                .keys
+                .push(("inputs".into(), "(its query)".into(), s.line));
+            self.insert("sinks", &s.name, body, origin);
+        }
+        if !leaves.is_empty() {
+            let mut name = "stdout".to_string();
+            while self.tree["sinks"].get(&name).is_some() || self.catalog.has(&name) {
+                name.push('_');
+            }
+            let mut seen = Vec::new();
+            leaves.retain(|l| {
+                let first = !seen.contains(l);
+                seen.push(l.clone());
+                first
+            });
+            let body = json!({ "type": "file", "path": "/dev/stdout", "inputs": leaves });
+            let origin = Origin {
+                line: 0,
+                statement: "(standard output)".into(),
+                keys: Vec::new(),
+            };
+            self.insert(
+                "sinks",
+                &name,
+                body.as_object().expect("object").clone(),
+                origin,
+            );
+        }
+
+        let schemas: BTreeMap<String, Schema> = stages
+            .iter()
+            .map(|(src, (_, out, _))| (src.clone(), pipeline_schema(out)))
+            .collect();
+        let mut p = from_tree_with(Json::Object(std::mem::take(&mut self.tree)), &schemas)
+            .map_err(|e| self.locate(e))?;
+        for (src, (branches, out, line)) in stages {
+            let table = self
+                .sources
+                .iter()
+                .find(|s| s.name == src)
+                .expect("planned from a source table");
+            let stage = SqlStage::new(table.input.clone(), &branches, &out)
+                .map_err(|m| SqlError::at(line, format!("the query reading {src}"), None, m))?;
+            p.transforms.insert(src, Arc::new(stage));
+        }
+        Ok(p)
+    }
+
+    /// Plans a query; returns the source tables it reads (its sink's inputs).
+    fn query(
+        &mut self,
+        line: u64,
+        statement: &str,
+        query: &Query,
+        stages: &mut BTreeMap<String, (Vec<Branch>, SchemaRef, u64)>,
+    ) -> Result<Vec<String>, SqlError> {
+        let plan = self
+            .catalog
+            .plan(query)
+            .map_err(|m| SqlError::at(line, statement, None, m))?;
+        let out: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let bs = branches(&plan).map_err(|m| SqlError::at(line, statement, None, m))?;
+        let mut inputs: Vec<String> = Vec::new();
+        for b in &bs {
+            if !inputs.contains(&b.source) {
+                inputs.push(b.source.clone());
+            }
+        }
+        for src in &inputs {
+            if let Some((_, _, other)) = stages.get(src) {
+                return Err(SqlError::at(line, statement, None, format!("{src} is already read by the query of line {other}; mqlink runs one query per source table so far (create a second table on the same topics, or combine the queries)")));
+            }
+            let mine: Vec<Branch> = bs.iter().filter(|b| &b.source == src).cloned().collect();
+            stages.insert(src.clone(), (mine, out.clone(), line));
+            if let Some(t) = self.sources.iter_mut().find(|t| &t.name == src) {
+                t.used = true;
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// A spec error, back at the statement and option it came from.
+    fn locate(&self, e: ConfigError) -> SqlError {
+        let mut parts = e.path.splitn(3, '.');
+        let (section, name, rest) = (parts.next(), parts.next(), parts.next());
+        if let (Some(section), Some(name)) = (section, name) {
+            // `name` may carry an index: sinks.x.inputs[0] → name "x".
+            let name = name.split('[').next().unwrap_or(name);
+            if let Some(o) = self.origins.get(&format!("{section}.{name}")) {
+                let rest = rest.unwrap_or("");
+                let head = rest.split(['.', '[']).next().unwrap_or("");
+                // raw_bytes.include_topic is one SQL key.
+                let found = o
+                    .keys
+                    .iter()
+                    .find(|(k, _, _)| k == rest)
+                    .or_else(|| o.keys.iter().find(|(k, _, _)| k == head));
+                return match found {
+                    Some((k, sql, line)) => {
+                        let tail = rest.strip_prefix(k.as_str()).unwrap_or("");
+                        SqlError::at(
+                            *line,
+                            &o.statement,
+                            Some(&format!("{sql}{tail}")),
+                            e.message,
+                        )
+                    }
+                    None if rest.is_empty() => SqlError::at(o.line, &o.statement, None, e.message),
+                    None => SqlError::at(o.line, &o.statement, Some(rest), e.message),
+                };
+            }
+        }
+        SqlError::at(0, "(file)", Some(&e.path), e.message)
+    }
+}
+
+fn lookup(keys: &[(&str, &'static str)], k: &str) -> Option<&'static str> {
+    keys.iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(k))
+        .map(|(_, t)| *t)
+}
+
+/// What a sink table writes to, from `connector` (and `type`).
+fn sink_type(options: &[Opt]) -> Result<SinkType, (Option<&'static str>, String)> {
+    let get = |k: &str| {
+        options
+            .iter()
+            .find(|o| o.key.eq_ignore_ascii_case(k))
+            .and_then(|o| o.value.as_str())
+    };
+    match get("connector") {
+        Some("mqtt_sink") => Ok(SinkType::Mqtt),
+        Some("mqtt") => match get("type") {
+            Some("sink") | None => Ok(SinkType::Mqtt),
+            Some(t) => Err((Some("type"), format!("{t:?}: a sink has type = 'sink'"))),
+        },
+        Some("file" | "filesystem") => Ok(SinkType::File),
+        Some("postgres" | "postgresql" | "jdbc") => Ok(SinkType::Postgres),
+        Some(other) => Err((
+            Some("connector"),
+            format!(
+                "unknown connector {other:?}: use mqtt_source, mqtt_sink, mqtt, file or postgres"
+            ),
+        )),
+        None => Err((
+            Some("connector"),
+            "missing: mqtt_sink, mqtt (type = 'sink'), file or postgres".into(),
+        )),
+    }
+}
+
+/// Strings of SQL options typed where the pipeline wants a boolean or a
+/// number (`'true'`, `'5'`), Arroyo's QoS names, a JSON list of topics.
+fn typed_value(key: &str, v: Json) -> Json {
+    let Json::String(s) = &v else {
+        return v;
+    };
+    let t = s.trim();
+    if BOOL_KEYS.contains(&key) {
+        match t.to_ascii_lowercase().as_str() {
+            "true" => return Json::Bool(true),
+            "false" => return Json::Bool(false),
+            _ => {}
+        }
+    }
+    if key == "qos" || key == "lwt_qos" {
+        match t {
+            "AtMostOnce" | "at_most_once" => return json!(0),
+            "AtLeastOnce" | "at_least_once" => return json!(1),
+            "ExactlyOnce" | "exactly_once" => return json!(2),
+            _ => {}
+        }
+    }
+    if NUMBER_KEYS.contains(&key) {
+        if let Ok(n @ Json::Number(_)) = serde_json::from_str::<Json>(t) {
+            return n;
+        }
+    }
+    if key == "topics" && t.starts_with('[') {
+        if let Ok(list @ Json::Array(_)) = serde_json::from_str::<Json>(t) {
+            return list;
+        }
+    }
+    v
+}
+
+/// `'["a", "b"]'` or `'a, b'`.
+fn string_list(t: &str) -> Json {
+    if let Ok(list @ Json::Array(_)) = serde_json::from_str::<Json>(t) {
+        return list;
+    }
+    Json::Array(
+        t.split(',')
+            .map(|s| json!(s.trim()))
+            .filter(|s| s != "")
+            .collect(),
+    )
+}
+
+/// A SQL column type as the pipeline's.
+fn column_type_of(ty: &DataType) -> Result<ColumnType, String> {
+    let s = ty.to_string().to_ascii_uppercase();
+    let base = s.split('(').next().unwrap_or(&s).trim();
+    Ok(match base {
+        "TEXT" | "VARCHAR" | "STRING" | "CHAR" | "CHARACTER VARYING" | "CHARACTER" => ColumnType::Text,
+        "BIGINT" | "INT" | "INTEGER" | "SMALLINT" | "TINYINT" | "INT2" | "INT4" | "INT8" | "INT64" => ColumnType::BigInt,
+        "FLOAT" | "DOUBLE" | "DOUBLE PRECISION" | "REAL" | "FLOAT4" | "FLOAT8" | "FLOAT64" | "DECIMAL" | "NUMERIC" => ColumnType::Double,
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "JSON" | "JSONB" => ColumnType::Json,
+        "BYTEA" | "BYTES" | "BINARY" | "VARBINARY" | "BLOB" => ColumnType::Bytea,
+        t if t.starts_with("TIMESTAMP") => ColumnType::Timestamp,
+        _ => return Err(format!("column type {s} is not supported: use TEXT, BIGINT, DOUBLE, BOOLEAN, TIMESTAMP, JSON or BYTEA")),
+    })
+}
+
+/// A query's output columns as the pipeline's schema.
+fn pipeline_schema(out: &SchemaRef) -> Schema {
+    Schema::new(
+        out.fields()
+            .iter()
+            .map(|f| (f.name().as_str(), column_type(f))),
+    )
+}
+
+/// Whether a query names a relation (views are read by later queries).
+fn reads(q: &Query, name: &str) -> bool {
+    // Relations are identifiers; a word match on the query's text is
+    // enough to decide whether a view is a leaf (a false "read" only
+    // keeps a view from standard output).
+    q.to_string()
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w == name)
+}
+
+fn parse_query(text: &str) -> Query {
+    use datafusion_sql::sqlparser::dialect::GenericDialect;
+    use datafusion_sql::sqlparser::parser::Parser;
+    *Parser::new(&GenericDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_query())
+        .expect("a table name makes a query")
+}
+
+/// Statements that are not part of a pipeline, named.
+fn refuse_statement(line: u64, s: &Statement) -> SqlError {
+    let text = s.to_string();
+    let first: String = text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = match s {
+        Statement::Query(_) if text.to_ascii_lowercase().contains("system.") => {
+            "system tables describe a running pipeline: read them with curl http://<http.listen>/status (mqlink query is not built yet)".to_string()
+        }
+        Statement::Query(_) => "a bare SELECT is a one-off query, not part of a pipeline: write CREATE VIEW name AS SELECT …, or INSERT INTO sink SELECT …".to_string(),
+        _ => "not a pipeline statement: use CREATE CONNECTION, CREATE TABLE, CREATE VIEW, INSERT INTO or CREATE SINK".to_string(),
+    };
+    SqlError::at(line, first, None, message)
+}
