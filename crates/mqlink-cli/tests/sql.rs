@@ -565,7 +565,11 @@ FROM readings WHERE seq % 3 <> 0;
             publish(port, &format!("{t}/plant-7/telemetry"), chunk);
         }
     });
+    // The sink creates the table when it opens: until then, no rows.
     let count = || {
+        if pg.psql("SELECT to_regclass('kept') IS NOT NULL") != "t" {
+            return 0;
+        }
         pg.psql("SELECT count(*) FROM kept")
             .parse::<usize>()
             .unwrap_or(0)
