@@ -14,46 +14,7 @@ use testkit::{free_port, unique_id, wait_until, Mosquitto, MosquittoConfig};
 
 /// The seed document's `mqtt-example.yml`
 /// (`shared/reference/cybus-connectware-mqtt.md`), byte for byte.
-const SEED: &str = r#"---
-description: MQTT Connection Test
-
-metadata:
-  name: MQTT Connection Test
-
-parameters:
-  mqttHost:
-    type: string
-    description: IP address or hostname of the MQTT broker
-
-  mqttUsername:
-    type: string
-    description: Username for MQTT authentication
-
-  mqttPassword:
-    type: string
-    description: Password for MQTT authentication
-
-resources:
-  mqttConnection:
-    type: Cybus::Connection
-    properties:
-      protocol: Mqtt
-      connection:
-        host: !ref mqttHost
-        port: 8883
-        scheme: mqtts
-        username: !ref mqttUsername
-        password: !ref mqttPassword
-        trustAllCertificates: false # choose true to allow self-signed certificates
-
-  temperatureEndpoint:
-    type: Cybus::Endpoint
-    properties:
-      protocol: Mqtt
-      connection: !ref mqttConnection
-      subscribe:
-        topic: factory/line1/temperature
-"#;
+const SEED: &str = include_str!("../../../examples/cybus/mqtt-example.yml");
 
 /// A password that must never be printed.
 const SECRET: &str = "pw-cybus-3e9d-never-printed";

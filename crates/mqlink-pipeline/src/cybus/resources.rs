@@ -255,23 +255,7 @@ impl Ctx<'_> {
             &["protocol", "connection", "agentName", "targetState"],
             path,
         )?;
-        match string(props.get("protocol"), &format!("{path}.protocol"))?.as_deref() {
-            Some("Mqtt" | "mqtt" | "MQTT") => {}
-            Some(other) => {
-                return Err(err(
-                    format!("{path}.protocol"),
-                    format!(
-                    "{other} is not supported: mqlink runs MQTT connections only (protocol: Mqtt)"
-                ),
-                ))
-            }
-            None => {
-                return Err(err(
-                    format!("{path}.protocol"),
-                    "missing (mqlink runs protocol: Mqtt)",
-                ))
-            }
-        }
+        require_mqtt(props, path, "connections")?;
         let cpath = format!("{path}.connection");
         let conn = object(props.get("connection").unwrap_or(&Json::Null), &cpath)?;
         only(
@@ -467,23 +451,7 @@ impl Ctx<'_> {
             ],
             path,
         )?;
-        match string(props.get("protocol"), &format!("{path}.protocol"))?.as_deref() {
-            Some("Mqtt" | "mqtt" | "MQTT") => {}
-            Some(other) => {
-                return Err(err(
-                    format!("{path}.protocol"),
-                    format!(
-                    "{other} is not supported: mqlink runs MQTT endpoints only (protocol: Mqtt)"
-                ),
-                ))
-            }
-            None => {
-                return Err(err(
-                    format!("{path}.protocol"),
-                    "missing (mqlink runs protocol: Mqtt)",
-                ))
-            }
-        }
+        require_mqtt(props, path, "endpoints")?;
         let conn = self
             .reference(
                 props.get("connection"),
@@ -786,4 +754,19 @@ fn pem_file(
             ),
         )
     })
+}
+
+/// `protocol: Mqtt`, or an error naming what mqlink runs (`connections`, `endpoints`).
+fn require_mqtt(props: &Map<String, Json>, path: &str, what: &str) -> Result<(), ConfigError> {
+    match string(props.get("protocol"), &format!("{path}.protocol"))?.as_deref() {
+        Some("Mqtt" | "mqtt" | "MQTT") => Ok(()),
+        Some(other) => Err(err(
+            format!("{path}.protocol"),
+            format!("{other} is not supported: mqlink runs MQTT {what} only (protocol: Mqtt)"),
+        )),
+        None => Err(err(
+            format!("{path}.protocol"),
+            "missing (mqlink runs protocol: Mqtt)",
+        )),
+    }
 }
