@@ -25,9 +25,11 @@ use mqlink_pipeline::spec::{from_tree_with, interpolate};
 use mqlink_pipeline::{ConfigError, Pipeline};
 use serde_json::{json, Map, Value as Json};
 
-use crate::ddl::{Column, Located, Opt, Stmt};
-use crate::plan::{arrow_field, branches, column_type, schema_of, Branch, Catalog};
+use crate::aggregate::{self, EventTime, WindowStage};
+use crate::ddl::{Column, Located, Opt, Stmt, Watermark};
+use crate::plan::{arrow_field, column_type, schema_of, Branch, Catalog};
 use crate::stage::{ColSource, Input, SqlStage};
+use crate::window::{lower, Lowered, Windowed};
 use crate::SqlError;
 
 /// SQL option names → the pipeline file's, for connections.
@@ -173,7 +175,26 @@ struct SourceTable {
     line: u64,
     input: Input,
     used: bool,
+    /// `WATERMARK FOR`: the column, the delay (µs), the line.
+    watermark: Option<(usize, i64, u64)>,
+    /// For windowed queries: `state_dir` and `checkpoint_interval`, with
+    /// their lines.
+    state_dir: Option<(std::path::PathBuf, u64)>,
+    checkpoint_interval: Option<(std::time::Duration, u64)>,
 }
+
+/// A query's part for one source table.
+struct Planned {
+    branches: Vec<Branch>,
+    out: SchemaRef,
+    line: u64,
+    statement: String,
+    window: Option<Box<Windowed>>,
+}
+
+/// Options of a source table that are the SQL front end's, not the
+/// connector's.
+const STAGE_KEYS: &[&str] = &["state_dir", "checkpoint_interval"];
 
 struct SinkDef {
     name: String,
@@ -255,8 +276,9 @@ impl Compiler<'_> {
             Stmt::Table {
                 name,
                 columns,
+                watermark,
                 options,
-            } => self.table(line, name, columns, options)?,
+            } => self.table(line, name, columns, watermark, options)?,
             Stmt::View { name, query } => {
                 let statement = format!("CREATE VIEW {name}");
                 self.unique(line, &statement, &name)?;
@@ -320,6 +342,7 @@ impl Compiler<'_> {
         line: u64,
         name: String,
         columns: Vec<Column>,
+        watermark: Option<Watermark>,
         options: Vec<Opt>,
     ) -> Result<(), SqlError> {
         let statement = format!("CREATE TABLE {name}");
@@ -346,6 +369,14 @@ impl Compiler<'_> {
             _ => false,
         };
         if !source {
+            if let Some(w) = &watermark {
+                return Err(SqlError::at(
+                    w.line,
+                    &statement,
+                    None,
+                    "WATERMARK FOR goes with source tables",
+                ));
+            }
             if !columns.is_empty() {
                 // A sink's columns are its query's; declared ones are a
                 // promise we check nothing against, so they are refused.
@@ -383,9 +414,23 @@ impl Compiler<'_> {
             statement: statement.clone(),
             keys: Vec::new(),
         };
+        let mut state_dir = None;
+        let mut checkpoint_interval = None;
         for o in &options {
             let k = o.key.to_ascii_lowercase();
             if k == "connector" || k == "type" {
+                continue;
+            }
+            if k == "state_dir" {
+                let v = self.text(&statement, o)?;
+                state_dir = Some((std::path::PathBuf::from(v), o.line));
+                continue;
+            }
+            if k == "checkpoint_interval" {
+                let v = self.text(&statement, o)?;
+                let d =
+                    duration(&v).map_err(|m| SqlError::at(o.line, &statement, Some(&o.key), m))?;
+                checkpoint_interval = Some((d, o.line));
                 continue;
             }
             if let Some(key) = lookup(SOURCE_KEYS, &k) {
@@ -461,6 +506,28 @@ impl Compiler<'_> {
         if !raw && format == "json" {
             body.insert("schema".into(), Json::Object(schema));
         }
+        let watermark = match watermark {
+            None => None,
+            Some(w) => {
+                let at = |m: String| SqlError::at(w.line, &statement, Some("WATERMARK FOR"), m);
+                let i = fields
+                    .iter()
+                    .position(|f| f.name() == &w.column)
+                    .ok_or_else(|| at(format!("no column named {:?}", w.column)))?;
+                if !matches!(
+                    fields[i].data_type(),
+                    datafusion_common::arrow::datatypes::DataType::Timestamp(..)
+                ) {
+                    return Err(at(format!(
+                        "{} is not a TIMESTAMP column: the event time is one",
+                        w.column
+                    )));
+                }
+                let delay = crate::window::watermark_delay(&self.catalog, &w.column, &w.expr)
+                    .map_err(at)?;
+                Some((i, delay, w.line))
+            }
+        };
         let arrow = schema_of(fields);
         self.catalog.add_table(&name, arrow.clone());
         self.sources.push(SourceTable {
@@ -471,6 +538,9 @@ impl Compiler<'_> {
                 columns: sources,
             },
             used: false,
+            watermark,
+            state_dir,
+            checkpoint_interval,
         });
         self.insert("sources", &name, body, origin);
         Ok(())
@@ -550,10 +620,30 @@ impl Compiler<'_> {
         Ok(())
     }
 
+    /// An option's value as text, `${VAR}`s replaced.
+    fn text(&self, statement: &str, o: &Opt) -> Result<String, SqlError> {
+        let mut v = o.value.clone();
+        interpolate(&mut v, &mut String::new(), self.env)
+            .map_err(|e| SqlError::at(o.line, statement, Some(&o.key), e.message))?;
+        Ok(match v {
+            Json::String(s) => s,
+            other => other.to_string(),
+        })
+    }
+
     fn unknown_key(&self, statement: &str, o: &Opt, lists: &[&[(&str, &str)]]) -> SqlError {
         let mut known: Vec<&str> = lists
             .iter()
             .flat_map(|l| l.iter().map(|(k, _)| *k))
+            .chain(
+                if lists.contains(&SOURCE_KEYS) {
+                    STAGE_KEYS
+                } else {
+                    &[]
+                }
+                .iter()
+                .copied(),
+            )
             .collect();
         known.sort();
         known.dedup();
@@ -571,7 +661,7 @@ impl Compiler<'_> {
     /// Plans every query, builds the sinks, checks the whole through the
     /// pipeline spec, and attaches the stages.
     fn finish(mut self) -> Result<Pipeline, SqlError> {
-        let mut stages: BTreeMap<String, (Vec<Branch>, SchemaRef, u64)> = BTreeMap::new();
+        let mut stages: BTreeMap<String, Planned> = BTreeMap::new();
         let sinks = std::mem::take(&mut self.sinks);
         let mut built = Vec::new();
         for s in &sinks {
@@ -700,23 +790,103 @@ impl Compiler<'_> {
             );
         }
 
+        for t in &self.sources {
+            if stages.get(&t.name).is_none_or(|s| s.window.is_none()) {
+                let opt = [
+                    ("state_dir", t.state_dir.as_ref().map(|s| s.1)),
+                    (
+                        "checkpoint_interval",
+                        t.checkpoint_interval.as_ref().map(|s| s.1),
+                    ),
+                ];
+                if let Some((k, Some(l))) = opt.into_iter().find(|(_, l)| l.is_some()) {
+                    return Err(SqlError::at(l, format!("CREATE TABLE {}", t.name), Some(k), "only a windowed query (GROUP BY a TUMBLE or HOP window) keeps state; no query reading this table has one"));
+                }
+            }
+        }
         let schemas: BTreeMap<String, Schema> = stages
             .iter()
-            .map(|(src, (_, out, _))| (src.clone(), pipeline_schema(out)))
+            .map(|(src, s)| (src.clone(), pipeline_schema(&s.out)))
             .collect();
         let mut p = from_tree_with(Json::Object(std::mem::take(&mut self.tree)), &schemas)
             .map_err(|e| self.locate(e))?;
-        for (src, (branches, out, line)) in stages {
+        for (src, planned) in stages {
+            let Planned {
+                branches,
+                out,
+                line,
+                statement,
+                window,
+            } = planned;
             let table = self
                 .sources
                 .iter()
                 .find(|s| s.name == src)
                 .expect("planned from a source table");
-            let stage = SqlStage::new(table.input.clone(), &branches, &out)
-                .map_err(|m| SqlError::at(line, format!("the query reading {src}"), None, m))?;
+            let Some(window) = window else {
+                let stage = SqlStage::new(table.input.clone(), &branches, &out)
+                    .map_err(|m| SqlError::at(line, format!("the query reading {src}"), None, m))?;
+                p.transforms.insert(src, Arc::new(stage));
+                continue;
+            };
+            let stage = self.window_stage(&p, table, *window, line, &statement)?;
             p.transforms.insert(src, Arc::new(stage));
         }
         Ok(p)
+    }
+
+    /// A windowed query's stage; its source must keep its session and
+    /// the table name where the state goes.
+    fn window_stage(
+        &self,
+        p: &Pipeline,
+        table: &SourceTable,
+        window: Windowed,
+        line: u64,
+        statement: &str,
+    ) -> Result<WindowStage, SqlError> {
+        let src = &table.name;
+        let table_stmt = format!("CREATE TABLE {src}");
+        let Some((dir, _)) = &table.state_dir else {
+            return Err(SqlError::at(table.line, &table_stmt, Some("state_dir"), format!("missing: the windowed query of line {line} keeps its windows in a state file under state_dir (state_dir = '/var/lib/mqlink')")));
+        };
+        if let Some((_, cfg)) = p.sources.iter().find(|(n, _)| n == src) {
+            if let mqlink_pipeline::spec::SourceConfig::Mqtt(m) = cfg {
+                if let Some(conn) = p.connections.get(&m.connection) {
+                    let o = self.origins.get(&format!("connections.{}", m.connection));
+                    let (cl, cs) = o.map_or((table.line, table_stmt.clone()), |o| {
+                        (o.line, o.statement.clone())
+                    });
+                    let why = format!("the windowed query of line {line} acknowledges messages at checkpoints, so it needs a persistent session (the broker keeps what is unacknowledged across a restart)");
+                    if conn.clean_session {
+                        return Err(SqlError::at(
+                            cl,
+                            cs,
+                            Some("clean_session"),
+                            format!("{why}: set clean_session = false (clean_start = 'false')"),
+                        ));
+                    }
+                    if conn.client_id.is_none() {
+                        return Err(SqlError::at(cl, cs, Some("client_id"), format!("{why}: set client_id (client_prefix) so that the session is found again")));
+                    }
+                }
+            }
+        }
+        let time = match (&window.time, table.watermark) {
+            (Some(_), _) => EventTime::Query,
+            (None, Some((i, _, _))) => EventTime::Column(i),
+            (None, None) => EventTime::Arrival,
+        };
+        let options = aggregate::Options {
+            time,
+            delay_us: table.watermark.map_or(0, |w| w.1),
+            state_file: dir.join(format!("{src}.window")),
+            checkpoint_interval: table
+                .checkpoint_interval
+                .map_or(aggregate::DEFAULT_INTERVAL, |c| c.0),
+        };
+        WindowStage::new(table.input.clone(), window, options)
+            .map_err(|m| SqlError::at(line, statement, None, m))
     }
 
     /// Plans a query; returns the source tables it reads (its sink's inputs).
@@ -725,14 +895,17 @@ impl Compiler<'_> {
         line: u64,
         statement: &str,
         query: &Query,
-        stages: &mut BTreeMap<String, (Vec<Branch>, SchemaRef, u64)>,
+        stages: &mut BTreeMap<String, Planned>,
     ) -> Result<Vec<String>, SqlError> {
         let plan = self
             .catalog
             .plan(query)
             .map_err(|m| SqlError::at(line, statement, None, m))?;
-        let out: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let bs = branches(&plan).map_err(|m| SqlError::at(line, statement, None, m))?;
+        let (bs, out, window) =
+            match lower(&plan).map_err(|m| SqlError::at(line, statement, None, m))? {
+                Lowered::Stateless(bs) => (bs, Arc::new(plan.schema().as_arrow().clone()), None),
+                Lowered::Windowed(w) => (vec![w.pre.clone()], w.out.clone(), Some(w)),
+            };
         let mut inputs: Vec<String> = Vec::new();
         for b in &bs {
             if !inputs.contains(&b.source) {
@@ -740,11 +913,20 @@ impl Compiler<'_> {
             }
         }
         for src in &inputs {
-            if let Some((_, _, other)) = stages.get(src) {
-                return Err(SqlError::at(line, statement, None, format!("{src} is already read by the query of line {other}; mqlink runs one query per source table so far (create a second table on the same topics, or combine the queries)")));
+            if let Some(other) = stages.get(src) {
+                return Err(SqlError::at(line, statement, None, format!("{src} is already read by the query of line {}; mqlink runs one query per source table so far (create a second table on the same topics, or combine the queries)", other.line)));
             }
             let mine: Vec<Branch> = bs.iter().filter(|b| &b.source == src).cloned().collect();
-            stages.insert(src.clone(), (mine, out.clone(), line));
+            stages.insert(
+                src.clone(),
+                Planned {
+                    branches: mine,
+                    out: out.clone(),
+                    line,
+                    statement: statement.to_string(),
+                    window: window.clone(),
+                },
+            );
             if let Some(t) = self.sources.iter_mut().find(|t| &t.name == src) {
                 t.used = true;
             }
@@ -930,4 +1112,28 @@ fn refuse_statement(line: u64, s: &Statement) -> SqlError {
         _ => "not a pipeline statement: use CREATE CONNECTION, CREATE TABLE, CREATE VIEW, INSERT INTO or CREATE SINK".to_string(),
     };
     SqlError::at(line, first, None, message)
+}
+
+/// `checkpoint_interval`: seconds (`10`, `0.5`) or with a unit (`'10 s'`,
+/// `'500 ms'`, `'1 minute'`).
+fn duration(v: &str) -> Result<std::time::Duration, String> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = (&t[..split], t[split..].trim().to_ascii_lowercase());
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration (10, '10 s', '500 ms', '1 minute')"))?;
+    let scale = match unit.as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "ms" | "millisecond" | "milliseconds" => 0.001,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        _ => return Err(format!("{v:?}: unknown unit {unit:?} (ms, s, minutes)")),
+    };
+    let secs = n * scale;
+    if !(0.01..=86_400.0).contains(&secs) {
+        return Err(format!("{v:?}: between 10 ms and a day"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }

@@ -32,6 +32,7 @@ pub enum Stmt {
     Table {
         name: String,
         columns: Vec<Column>,
+        watermark: Option<Watermark>,
         options: Vec<Opt>,
     },
     /// `CREATE VIEW name AS query`.
@@ -55,6 +56,15 @@ pub struct Opt {
     /// As written: `qos`, `tls.ca`, `raw_bytes.include_topic`.
     pub key: String,
     pub value: Json,
+    pub line: u64,
+}
+
+/// `WATERMARK FOR column AS expression` in a table's column list.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    pub column: String,
+    /// `ts - INTERVAL '5 seconds'`, or `ts`.
+    pub expr: datafusion_sql::sqlparser::ast::Expr,
     pub line: u64,
 }
 
@@ -170,9 +180,24 @@ fn connection(p: &mut Parser) -> Result<Stmt, ParserError> {
 fn table(p: &mut Parser) -> Result<Stmt, ParserError> {
     let name = name(p)?;
     let mut columns = Vec::new();
+    let mut watermark = None;
     if p.consume_token(&Token::LParen) && !p.consume_token(&Token::RParen) {
         loop {
-            columns.push(column(p)?);
+            if peek_word(p, "WATERMARK") {
+                let line = p.next_token().span.start.line;
+                if watermark.is_some() {
+                    return Err(ParserError::ParserError(
+                        "a second WATERMARK FOR: a table has one event time".into(),
+                    ));
+                }
+                p.expect_keyword(Keyword::FOR)?;
+                let column = p.parse_identifier()?.value;
+                p.expect_keyword(Keyword::AS)?;
+                let expr = p.parse_expr()?;
+                watermark = Some(Watermark { column, expr, line });
+            } else {
+                columns.push(column(p)?);
+            }
             if p.consume_token(&Token::RParen) {
                 break;
             }
@@ -188,18 +213,13 @@ fn table(p: &mut Parser) -> Result<Stmt, ParserError> {
     Ok(Stmt::Table {
         name,
         columns,
+        watermark,
         options,
     })
 }
 
 fn column(p: &mut Parser) -> Result<Column, ParserError> {
     let line = p.peek_token().span.start.line;
-    if peek_word(p, "WATERMARK") {
-        return p.expected(
-            "a column (WATERMARK FOR: windows are not supported yet)",
-            p.peek_token(),
-        );
-    }
     let name = p.parse_identifier()?.value;
     let ty = p.parse_data_type()?;
     let mut col = Column {

@@ -13,14 +13,19 @@
 //!   filters and projections; what a stream cannot run is refused by name.
 //! - [`stage`]: a program run on each batch of records as Arrow columns
 //!   (the pipeline's [`mqlink_pipeline::transform::Transform`]).
+//! - [`window`]: `TUMBLE`/`HOP` windows, and a windowed aggregate lowered
+//!   into steps before and after it; [`aggregate`]: its stage, with
+//!   watermarks, late rows and epoch checkpoints of its state.
 //!
 //! Acknowledgements stay the pipeline's: a record a filter removes counts
 //! as done, the others are acknowledged once every sink has them.
 
+pub mod aggregate;
 pub mod compile;
 pub mod ddl;
 pub mod plan;
 pub mod stage;
+pub mod window;
 
 use std::path::Path;
 

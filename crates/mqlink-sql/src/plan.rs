@@ -97,6 +97,9 @@ impl Default for Catalog {
             }
             functions.insert(f.name().to_string(), f);
         }
+        for f in crate::window::functions() {
+            functions.insert(f.name().to_string(), f);
+        }
         // Known so that a query using them plans to an aggregate that is
         // refused by name, instead of "unknown function".
         let mut aggregates = HashMap::new();
@@ -159,8 +162,10 @@ impl Catalog {
             ..ParserOptions::default()
         };
         let planner = SqlToRel::new_with_options(self, options);
+        let mut query = query.clone();
+        crate::window::rewrite(&mut query);
         let plan = planner
-            .sql_statement_to_plan(Statement::Query(Box::new(query.clone())))
+            .sql_statement_to_plan(Statement::Query(Box::new(query)))
             .map_err(|e| clean(e.to_string()))?;
         Analyzer::new()
             .execute_and_check(plan, &self.options, |_, _| {})

@@ -60,14 +60,14 @@ enum PStep {
 
 /// One branch, compiled; `clock` branches are compiled again per batch.
 #[derive(Debug, Clone)]
-struct Program {
+pub(crate) struct Program {
     branch: Branch,
     clock: bool,
     steps: Vec<PStep>,
 }
 
 impl Program {
-    fn compile(branch: &Branch, now: DateTime<Utc>) -> Result<Program, String> {
+    pub(crate) fn compile(branch: &Branch, now: DateTime<Utc>) -> Result<Program, String> {
         let mut clock = false;
         let mut steps = Vec::new();
         for s in &branch.steps {
@@ -142,6 +142,42 @@ impl Program {
         }
         Ok((batch, rows))
     }
+
+    /// A program that reads the clock, compiled again for `now`.
+    pub(crate) fn refresh(&mut self, now: DateTime<Utc>) -> Result<(), String> {
+        if self.clock {
+            *self = Program::compile(&self.branch, now)?;
+        }
+        Ok(())
+    }
+
+    /// Runs on a batch; when it fails as a whole, row by row: the parts
+    /// out (each with the input row of each of its rows, in order), and the
+    /// rows that failed with why.
+    pub(crate) fn run_rows(
+        &self,
+        batch: &RecordBatch,
+    ) -> (Vec<(RecordBatch, Vec<usize>)>, Vec<(usize, String)>) {
+        match self.run(batch.clone()) {
+            Ok((rows, from)) => {
+                let from = from.values().iter().map(|&i| i as usize).collect();
+                (vec![(rows, from)], Vec::new())
+            }
+            Err(_) => {
+                let (mut parts, mut failed) = (Vec::new(), Vec::new());
+                for i in 0..batch.num_rows() {
+                    match self.run(batch.slice(i, 1)) {
+                        Ok((rows, from)) => {
+                            let from = from.values().iter().map(|&j| j as usize + i).collect();
+                            parts.push((rows, from));
+                        }
+                        Err(reason) => failed.push((i, reason)),
+                    }
+                }
+                (parts, failed)
+            }
+        }
+    }
 }
 
 /// A batch of `cols` under `schema`, every column nullable (an expression
@@ -169,7 +205,7 @@ fn rebuild(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBa
 
 /// Now, as DataFusion's clock (chrono's own clock is a feature the rest
 /// of the tree does not build).
-fn wall_clock() -> DateTime<Utc> {
+pub(crate) fn wall_clock() -> DateTime<Utc> {
     let us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
@@ -232,39 +268,29 @@ impl Transform for Running {
             Ok(b) => b,
             Err(reason) => {
                 // Cannot happen for rows the source decoded; kept total.
-                out.faults = items
-                    .iter()
-                    .map(|i| Fault {
-                        topic: i.topic.as_ref().map(|t| t.to_string()),
-                        reason: reason.clone(),
-                    })
-                    .collect();
+                fault_all(&items, &reason, &mut out);
                 return out;
             }
         };
         for prog in &mut self.programs {
-            if prog.clock {
-                match Program::compile(&prog.branch, now) {
-                    Ok(p) => *prog = p,
-                    Err(reason) => {
-                        fault_all(&items, &reason, &mut out);
-                        continue;
-                    }
-                }
+            if let Err(reason) = prog.refresh(now) {
+                fault_all(&items, &reason, &mut out);
+                continue;
             }
-            match prog.run(batch.clone()) {
-                Ok((rows, from)) => emit(&self.names, &items, rows, &from, 0, &mut out),
-                // Some row does not compute: find which, row by row.
-                Err(_) => {
-                    for i in 0..batch.num_rows() {
-                        match prog.run(batch.slice(i, 1)) {
-                            Ok((rows, from)) => emit(&self.names, &items, rows, &from, i, &mut out),
-                            Err(reason) => out.faults.push(Fault {
-                                topic: items[i].topic.as_ref().map(|t| t.to_string()),
-                                reason,
-                            }),
-                        }
-                    }
+            let (parts, failed) = prog.run_rows(&batch);
+            // Failed rows come first: their order among the outputs is
+            // not a sink's concern (a fault is not a record).
+            for (i, reason) in failed {
+                out.faults.push(fault(Some(&items[i]), reason, false));
+            }
+            for (rows, from) in parts {
+                for (row, i) in records(&self.names, &rows).into_iter().zip(from) {
+                    let src = &items[i];
+                    out.items.push(Item {
+                        topic: src.topic.clone(),
+                        payload: src.payload.clone(),
+                        value: Value::Row(row),
+                    });
                 }
             }
         }
@@ -272,28 +298,33 @@ impl Transform for Running {
     }
 }
 
-fn fault_all(items: &[Item], reason: &str, out: &mut Output) {
-    out.faults.extend(items.iter().map(|i| Fault {
-        topic: i.topic.as_ref().map(|t| t.to_string()),
-        reason: reason.to_string(),
-    }));
+/// A record fault: of an input record, or of an output row (`None`).
+pub(crate) fn fault(item: Option<&Item>, reason: String, late: bool) -> Fault {
+    Fault {
+        topic: item.and_then(|i| i.topic.as_ref().map(|t| t.to_string())),
+        reason,
+        payload: item.map(|i| i.payload.clone()).unwrap_or_default(),
+        late,
+    }
 }
 
-/// Rows of `rows` as records; `from[j] + offset` is the input row of row `j`.
-fn emit(
-    names: &[Arc<str>],
-    items: &[Item],
-    rows: RecordBatch,
-    from: &UInt32Array,
-    offset: usize,
-    out: &mut Output,
-) {
+fn fault_all(items: &[Item], reason: &str, out: &mut Output) {
+    out.faults.extend(
+        items
+            .iter()
+            .map(|i| fault(Some(i), reason.to_string(), false)),
+    );
+}
+
+/// The rows of a batch as record values, named `names` (the query's
+/// output columns).
+pub(crate) fn records(names: &[Arc<str>], rows: &RecordBatch) -> Vec<Vec<(Arc<str>, Value)>> {
     let n = rows.num_rows();
-    if n == 0 {
-        return;
-    }
     let mut values: Vec<Vec<(Arc<str>, Value)>> =
         (0..n).map(|_| Vec::with_capacity(names.len())).collect();
+    if n == 0 {
+        return values;
+    }
     for (c, field) in rows.columns().iter().zip(rows.schema().fields()) {
         let json = field.metadata().get(JSON_TYPE.0).map(String::as_str) == Some(JSON_TYPE.1);
         let name = names
@@ -304,14 +335,7 @@ fn emit(
             row.push((name.clone(), v));
         }
     }
-    for (j, row) in values.into_iter().enumerate() {
-        let src = &items[from.value(j) as usize + offset];
-        out.items.push(Item {
-            topic: src.topic.clone(),
-            payload: src.payload.clone(),
-            value: Value::Row(row),
-        });
-    }
+    values
 }
 
 /// A column's values as record values.
@@ -443,7 +467,11 @@ fn field(item: &Item, i: usize) -> Option<&Value> {
 }
 
 /// The records of a batch as the source table's columns.
-fn to_batch(input: &Input, items: &[Item], now: DateTime<Utc>) -> Result<RecordBatch, String> {
+pub(crate) fn to_batch(
+    input: &Input,
+    items: &[Item],
+    now: DateTime<Utc>,
+) -> Result<RecordBatch, String> {
     let n = items.len();
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(input.columns.len());
     for (col, f) in input.columns.iter().zip(input.schema.fields()) {

@@ -1,0 +1,629 @@
+//! Windowed aggregates over event time: the window functions DataFusion
+//! plans (`TUMBLE`, `HOP` in Arroyo's and Flink's forms), and the lowering
+//! of `Projection/Filter → Aggregate → (stateless part)` into pre-steps
+//! (the source's filters and projections), an aggregate spec and
+//! post-steps (`HAVING`, the final projection) run over the aggregate's
+//! output when a window closes ([`crate::aggregate`]).
+//!
+//! - Arroyo: `SELECT TUMBLE(INTERVAL '1 minute') AS window, … GROUP BY
+//!   window` (and `HOP(slide, width)`): the event time is the table's
+//!   `WATERMARK FOR` column, else the arrival time.
+//! - Flink: `GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)` with `TUMBLE_START`
+//!   / `TUMBLE_END` (and `HOP(ts, slide, width)`, `HOP_START`, `HOP_END`):
+//!   the event time is `ts`. `TUMBLE_START(ts, i)` is rewritten, before
+//!   planning, to `window_start(TUMBLE(ts, i))`, so that it is an
+//!   expression of the group key (DataFusion refuses `ts` itself there).
+//!
+//! A window is a struct `{start, end}`; sinks get it as two columns
+//! `<name>_start` and `<name>_end` (timestamps), so a PostgreSQL sink can
+//! key its rows on the window.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion_common::arrow::array::{Array, ArrayRef, AsArray, StructArray};
+use datafusion_common::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use datafusion_common::tree_node::TreeNode;
+use datafusion_common::{DFSchema, ScalarValue};
+use datafusion_expr::{
+    ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
+};
+use datafusion_sql::sqlparser::ast::{
+    visit_expressions_mut, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, Ident, ObjectName, Query,
+};
+
+use datafusion_sql::planner::{PlannerContext, SqlToRel};
+use datafusion_sql::sqlparser::ast::BinaryOperator;
+
+use crate::plan::{branches, Branch, Catalog, Step};
+
+/// The type of a window: `{start, end}`.
+pub fn window_type() -> DataType {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), true),
+        Field::new("end", ts, true),
+    ]))
+}
+
+/// `tumble`, `hop`: planned as group keys, never evaluated (a window is
+/// the aggregate's to compute); `window_start`, `window_end`: a field of
+/// a window.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowFn {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WindowFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion_common::Result<DataType> {
+        Ok(match self.name {
+            "window_start" | "window_end" => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            _ => window_type(),
+        })
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion_common::Result<ColumnarValue> {
+        let field = match self.name {
+            "window_start" => "start",
+            "window_end" => "end",
+            other => {
+                return datafusion_common::plan_err!(
+                    "{}(…) is a window of a GROUP BY, not a value",
+                    other.to_ascii_uppercase()
+                )
+            }
+        };
+        let a = match args.args.first() {
+            Some(ColumnarValue::Array(a)) => a.clone(),
+            Some(ColumnarValue::Scalar(s)) => s.to_array()?,
+            None => return datafusion_common::plan_err!("{}(window) needs its window", self.name),
+        };
+        match a
+            .as_struct_opt()
+            .and_then(|s: &StructArray| s.column_by_name(field))
+        {
+            Some(c) => Ok(ColumnarValue::Array(c.clone())),
+            None => datafusion_common::plan_err!("{}: the argument is not a window", self.name),
+        }
+    }
+}
+
+/// The window functions, for the catalog.
+pub fn functions() -> Vec<Arc<ScalarUDF>> {
+    ["tumble", "hop", "window_start", "window_end"]
+        .into_iter()
+        .map(|name| {
+            Arc::new(ScalarUDF::new_from_impl(WindowFn {
+                name,
+                // Volatile: never folded into a constant by the simplifier.
+                signature: Signature::variadic_any(Volatility::Volatile),
+            }))
+        })
+        .collect()
+}
+
+/// Flink's `TUMBLE_START(ts, i)` → `window_start(TUMBLE(ts, i))` (and the
+/// `_END`, `HOP_` forms), in place.
+pub fn rewrite(query: &mut Query) {
+    let _ = visit_expressions_mut(query, |e| {
+        if let SqlExpr::Function(f) = e {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let (window, field) = match name.as_str() {
+                "tumble_start" => ("tumble", "window_start"),
+                "tumble_end" => ("tumble", "window_end"),
+                "hop_start" => ("hop", "window_start"),
+                "hop_end" => ("hop", "window_end"),
+                _ => return ControlFlow::<()>::Continue(()),
+            };
+            let mut inner = f.clone();
+            inner.name = ObjectName::from(vec![Ident::new(window)]);
+            let mut outer = f.clone();
+            outer.name = ObjectName::from(vec![Ident::new(field)]);
+            outer.args = FunctionArguments::List(FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                    SqlExpr::Function(inner),
+                ))],
+                clauses: Vec::new(),
+            });
+            *f = outer;
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+/// Where a window's rows are assigned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Windows {
+    /// Microseconds.
+    pub slide: i64,
+    pub width: i64,
+}
+
+/// More windows per row than this is refused (`HOP` with a tiny slide).
+pub const MAX_WINDOWS_PER_ROW: i64 = 1000;
+
+impl Windows {
+    /// The starts of the windows holding `t`, earliest first.
+    pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> {
+        let last = t.div_euclid(self.slide) * self.slide;
+        let first = last - (self.width - 1).div_euclid(self.slide) * self.slide;
+        let (slide, width) = (self.slide, self.width);
+        (0..)
+            .map(move |k| first + k * slide)
+            .take_while(move |s| *s <= last)
+            .filter(move |s| t < s + width)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AggKind {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+/// One aggregate of the query: its function and argument (over the
+/// aggregate's input).
+#[derive(Debug, Clone)]
+pub struct AggFn {
+    pub kind: AggKind,
+    pub arg: Expr,
+}
+
+/// A windowed aggregate, lowered.
+#[derive(Debug, Clone)]
+pub struct Windowed {
+    /// The one source table's filters and projections before it.
+    pub pre: Branch,
+    /// The aggregate's input rows.
+    pub input: Arc<DFSchema>,
+    pub windows: Windows,
+    /// Flink's form: the event time, over the input; Arroyo's: none (the
+    /// table's WATERMARK column, or the arrival time).
+    pub time: Option<Expr>,
+    /// Position of the window among the aggregate's group columns.
+    pub window_at: usize,
+    /// The other group keys, over the input, in their order.
+    pub keys: Vec<Expr>,
+    pub aggs: Vec<AggFn>,
+    /// The aggregate's output: group columns, then the aggregates.
+    pub output: Arc<DFSchema>,
+    /// HAVING and the final projection, over the output.
+    pub post: Vec<Step>,
+    /// What the query gives its sinks (windows as two columns).
+    pub out: SchemaRef,
+    /// The plan's text: a state file of another query is not restored.
+    pub fingerprint: String,
+}
+
+/// What a query lowers to.
+pub enum Lowered {
+    Stateless(Vec<Branch>),
+    Windowed(Box<Windowed>),
+}
+
+/// Lowers a planned query: a windowed aggregate on top, or stateless
+/// programs (which refuse aggregates inside, by name).
+pub fn lower(plan: &LogicalPlan) -> Result<Lowered, String> {
+    let mut post = Vec::new();
+    let Some(agg) = split(plan, &mut post)? else {
+        return branches(plan).map(Lowered::Stateless);
+    };
+    let datafusion_expr::logical_plan::Aggregate {
+        input,
+        group_expr,
+        aggr_expr,
+        schema,
+        ..
+    } = agg;
+    let mut window = None;
+    let mut keys = Vec::new();
+    for (i, g) in group_expr.iter().enumerate() {
+        if let Expr::GroupingSet(_) = g {
+            return Err("GROUPING SETS, ROLLUP, CUBE: not supported in a streaming query".into());
+        }
+        match window_of(g, input.schema())? {
+            Some(w) if window.is_some() => {
+                let _ = w;
+                return Err("GROUP BY has two windows (TUMBLE/HOP); a query has one".into());
+            }
+            Some(w) => window = Some((i, w)),
+            None => keys.push(g.clone()),
+        }
+    }
+    let Some((window_at, (windows, time))) = window else {
+        return Err("an aggregate (GROUP BY, COUNT, SUM, AVG, MIN, MAX) without a window is an updating result, which a stream of MQTT messages into sinks cannot express: group by a window, TUMBLE(INTERVAL '1 minute') AS window … GROUP BY window (or HOP(slide, width))".into());
+    };
+    let mut aggs = Vec::new();
+    for a in aggr_expr {
+        aggs.push(agg_fn(a)?);
+    }
+    let mut pre = branches(input)?;
+    if pre.len() != 1 {
+        let mut names: Vec<&str> = pre.iter().map(|b| b.source.as_str()).collect();
+        names.dedup();
+        return Err(format!(
+            "a windowed aggregate reads one source table (this one reads {}: UNION ALL of windowed queries is not supported)",
+            names.join(", ")
+        ));
+    }
+    let pre = pre.remove(0);
+    for e in steps_exprs(&pre.steps).chain(steps_exprs(&post)) {
+        if let Some(name) = window_call(e) {
+            return Err(format!(
+                "{}(…) outside GROUP BY: a window is a group key (GROUP BY window)",
+                name.to_ascii_uppercase()
+            ));
+        }
+    }
+    let out = flatten(&Arc::new(plan.schema().as_arrow().clone()));
+    Ok(Lowered::Windowed(Box::new(Windowed {
+        pre,
+        input: input.schema().clone(),
+        windows,
+        time,
+        window_at,
+        keys,
+        aggs,
+        output: schema.clone(),
+        post,
+        out,
+        fingerprint: plan.display_indent().to_string(),
+    })))
+}
+
+/// The Aggregate under projections and filters (and views), with those
+/// as steps over its output.
+fn split<'p>(
+    plan: &'p LogicalPlan,
+    post: &mut Vec<Step>,
+) -> Result<Option<&'p datafusion_expr::logical_plan::Aggregate>, String> {
+    Ok(match plan {
+        LogicalPlan::Aggregate(a) => Some(a),
+        LogicalPlan::Projection(p) => {
+            let found = split(&p.input, post)?;
+            if found.is_some() {
+                post.push(Step::Project(
+                    p.expr.clone(),
+                    p.input.schema().clone(),
+                    Arc::new(p.schema.as_arrow().clone()),
+                ));
+            }
+            found
+        }
+        LogicalPlan::Filter(f) => {
+            let found = split(&f.input, post)?;
+            if found.is_some() {
+                post.push(Step::Filter(f.predicate.clone(), f.input.schema().clone()));
+            }
+            found
+        }
+        LogicalPlan::SubqueryAlias(a) => split(&a.input, post)?,
+        LogicalPlan::TableScan(scan) => {
+            // A view: its plan is the source's, as long as the scan.
+            let Some(std::borrow::Cow::Borrowed(view)) = scan.source.get_logical_plan() else {
+                return Ok(None);
+            };
+            let found = split(view, post)?;
+            if found.is_some() {
+                let full = DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &scan.source.schema(),
+                )
+                .map_err(|e| e.to_string())?;
+                let full = Arc::new(full);
+                for f in &scan.filters {
+                    post.push(Step::Filter(f.clone(), full.clone()));
+                }
+                if let Some(cols) = &scan.projection {
+                    let exprs: Vec<Expr> = cols
+                        .iter()
+                        .map(|&i| Expr::Column(full.columns()[i].clone()))
+                        .collect();
+                    let schema = Arc::new(scan.projected_schema.as_arrow().clone());
+                    post.push(Step::Project(exprs, full.clone(), schema));
+                }
+            }
+            found
+        }
+        _ => None,
+    })
+}
+
+fn steps_exprs(steps: &[Step]) -> impl Iterator<Item = &Expr> {
+    steps.iter().flat_map(|s| match s {
+        Step::Filter(e, _) => std::slice::from_ref(e).iter(),
+        Step::Project(es, _, _) => es.iter(),
+        Step::Conform(_) => [].iter(),
+    })
+}
+
+/// `tumble` or `hop` called somewhere in `e`.
+fn window_call(e: &Expr) -> Option<&'static str> {
+    let mut found = None;
+    let _ = e.apply(|e| {
+        if let Expr::ScalarFunction(f) = e {
+            match f.name() {
+                "tumble" => found = Some("tumble"),
+                "hop" => found = Some("hop"),
+                _ => {}
+            }
+        }
+        Ok(if found.is_some() {
+            datafusion_common::tree_node::TreeNodeRecursion::Stop
+        } else {
+            datafusion_common::tree_node::TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// A group key that is a window: its sizes, and Flink's time argument.
+fn window_of(g: &Expr, input: &DFSchema) -> Result<Option<(Windows, Option<Expr>)>, String> {
+    let g = match g {
+        Expr::Alias(a) => a.expr.as_ref(),
+        g => g,
+    };
+    let Expr::ScalarFunction(f) = g else {
+        return Ok(None);
+    };
+    let name = f.name();
+    let sizes = match name {
+        "tumble" => 1,
+        "hop" => 2,
+        _ => return Ok(None),
+    };
+    let upper = name.to_ascii_uppercase();
+    let usage = if sizes == 1 {
+        "TUMBLE(INTERVAL '1 minute') or TUMBLE(ts, INTERVAL '1' MINUTE)"
+    } else {
+        "HOP(INTERVAL '10 seconds', INTERVAL '1 minute') (slide, width) or HOP(ts, slide, width)"
+    };
+    let args = &f.args;
+    let (time, sizes) = if args.len() == sizes {
+        (None, &args[..])
+    } else if args.len() == sizes + 1 {
+        let t = &args[0];
+        let ty = t.get_type(input).map_err(|e| format!("{upper}: {e}"))?;
+        if !matches!(ty, DataType::Timestamp(..)) {
+            return Err(format!(
+                "{upper}({t}, …): the event time must be a TIMESTAMP, not {ty}"
+            ));
+        }
+        (Some(t.clone()), &args[1..])
+    } else {
+        return Err(format!("{upper} takes {usage}"));
+    };
+    let mut us = Vec::new();
+    for a in sizes {
+        us.push(interval_us(a).map_err(|m| format!("{upper}: {m}; write {usage}"))?);
+    }
+    let windows = match us[..] {
+        [w] => Windows { slide: w, width: w },
+        [slide, width] => Windows { slide, width },
+        _ => unreachable!("one or two sizes"),
+    };
+    if windows.width < windows.slide {
+        return Err(format!(
+            "HOP: the width ({} s) is smaller than the slide ({} s): rows between windows would be lost",
+            windows.width as f64 / 1e6,
+            windows.slide as f64 / 1e6
+        ));
+    }
+    if windows.width / windows.slide > MAX_WINDOWS_PER_ROW {
+        return Err(format!(
+            "HOP: a row would be in {} windows (width / slide); at most {MAX_WINDOWS_PER_ROW}",
+            windows.width / windows.slide
+        ));
+    }
+    Ok(Some((windows, time)))
+}
+
+/// A positive interval literal in microseconds (months vary in length).
+pub fn interval_us(e: &Expr) -> Result<i64, String> {
+    let e = match e {
+        Expr::Cast(c) => c.expr.as_ref(),
+        e => e,
+    };
+    let us = match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) => {
+            if v.months != 0 {
+                return Err(format!("{e}: months and years have no fixed length"));
+            }
+            (v.days as i64 * 86_400_000_000).checked_add(v.nanoseconds / 1000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(v.days as i64 * 86_400_000_000 + v.milliseconds as i64 * 1000)
+        }
+        Expr::Literal(ScalarValue::IntervalYearMonth(Some(_)), _) => {
+            return Err(format!("{e}: months and years have no fixed length"))
+        }
+        other => return Err(format!("{other} is not an interval literal")),
+    };
+    match us {
+        Some(us) if us > 0 => Ok(us),
+        _ => Err(format!("{e}: the interval must be positive")),
+    }
+}
+
+/// The delay of `WATERMARK FOR ts AS ts - INTERVAL '5 seconds'` (µs), 0
+/// for `AS ts`.
+pub fn watermark_delay(catalog: &Catalog, column: &str, e: &SqlExpr) -> Result<i64, String> {
+    let is_column = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(i) if i.value == column);
+    match e {
+        e if is_column(e) => Ok(0),
+        SqlExpr::Nested(inner) => watermark_delay(catalog, column, inner),
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_column(left) => {
+            let x = SqlToRel::new(catalog)
+                .sql_to_expr((**right).clone(), &DFSchema::empty(), &mut PlannerContext::new())
+                .map_err(|e| e.to_string())?;
+            interval_us(&x)
+        }
+        other => Err(format!(
+            "{other}: write {column} - INTERVAL '5 seconds' (the event time minus how late a row may arrive) or {column}"
+        )),
+    }
+}
+
+fn agg_fn(e: &Expr) -> Result<AggFn, String> {
+    let inner = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(f) = inner else {
+        return Err(format!("{e}: not an aggregate"));
+    };
+    let name = f.func.name().to_ascii_lowercase();
+    let kind = match name.as_str() {
+        "count" => AggKind::Count,
+        "sum" => AggKind::Sum,
+        "avg" | "mean" => AggKind::Avg,
+        "min" => AggKind::Min,
+        "max" => AggKind::Max,
+        _ => {
+            return Err(format!(
+                "{}: not supported in a window (COUNT, SUM, AVG, MIN, MAX are)",
+                name.to_ascii_uppercase()
+            ))
+        }
+    };
+    let p = &f.params;
+    let upper = name.to_ascii_uppercase();
+    if p.distinct {
+        return Err(format!("{upper}(DISTINCT …): not supported in a window"));
+    }
+    if p.filter.is_some() {
+        return Err(format!(
+            "{upper}(…) FILTER (WHERE …): not supported; filter in WHERE"
+        ));
+    }
+    if !p.order_by.is_empty() {
+        return Err(format!("{upper}(… ORDER BY …): not supported"));
+    }
+    #[allow(deprecated)]
+    let arg = match p.args.as_slice() {
+        // COUNT(*): every row counts.
+        [Expr::Wildcard { .. }] if kind == AggKind::Count => {
+            Expr::Literal(ScalarValue::Int64(Some(1)), None)
+        }
+        [a] => a.clone(),
+        // COUNT(*) may come without an argument: every row counts.
+        [] if kind == AggKind::Count => Expr::Literal(ScalarValue::Int64(Some(1)), None),
+        _ => return Err(format!("{upper} takes one argument")),
+    };
+    Ok(AggFn { kind, arg })
+}
+
+/// A schema with each struct column `w` as `w_start`, `w_end` (its fields).
+pub fn flatten(schema: &SchemaRef) -> SchemaRef {
+    let mut fields = Vec::new();
+    for f in schema.fields() {
+        match f.data_type() {
+            DataType::Struct(children) => {
+                for c in children {
+                    fields.push(
+                        c.as_ref()
+                            .clone()
+                            .with_name(format!("{}_{}", f.name(), c.name()))
+                            .with_nullable(true),
+                    );
+                }
+            }
+            _ => fields.push(f.as_ref().clone()),
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// The columns of a batch, struct columns flattened as in [`flatten`].
+pub fn flatten_columns(columns: &[ArrayRef]) -> Vec<ArrayRef> {
+    let mut out = Vec::with_capacity(columns.len() + 1);
+    for c in columns {
+        match c.as_struct_opt() {
+            Some(s) => {
+                for child in s.columns() {
+                    // A NULL struct's fields are NULL.
+                    let child = match s.nulls() {
+                        Some(n) if n.null_count() > 0 => {
+                            let data = child
+                                .to_data()
+                                .into_builder()
+                                .nulls(Some(n.clone()))
+                                .build()
+                                .map(datafusion_common::arrow::array::make_array);
+                            data.unwrap_or_else(|_| child.clone())
+                        }
+                        _ => child.clone(),
+                    };
+                    out.push(child);
+                }
+            }
+            None => out.push(c.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starts(w: Windows, t: i64) -> Vec<i64> {
+        w.starts(t).collect()
+    }
+
+    #[test]
+    fn windows_of_a_time() {
+        let tumble = Windows {
+            slide: 10,
+            width: 10,
+        };
+        assert_eq!(starts(tumble, 0), [0]);
+        assert_eq!(starts(tumble, 9), [0]);
+        assert_eq!(starts(tumble, 10), [10]);
+        assert_eq!(starts(tumble, -1), [-10]);
+        let hop = Windows {
+            slide: 10,
+            width: 30,
+        };
+        assert_eq!(starts(hop, 25), [0, 10, 20]);
+        assert_eq!(starts(hop, 30), [10, 20, 30]);
+        let uneven = Windows {
+            slide: 10,
+            width: 25,
+        };
+        assert_eq!(starts(uneven, 24), [0, 10, 20]);
+        assert_eq!(starts(uneven, 25), [10, 20]);
+        // Brute force: every start k*slide with start <= t < start + width.
+        for (slide, width) in [(3, 7), (5, 5), (2, 9), (4, 12)] {
+            let w = Windows { slide, width };
+            for t in -40..40 {
+                let want: Vec<i64> = (-100..100)
+                    .map(|k| k * slide)
+                    .filter(|s| *s <= t && t < s + width)
+                    .collect();
+                assert_eq!(starts(w, t), want, "{slide} {width} {t}");
+            }
+        }
+    }
+}
