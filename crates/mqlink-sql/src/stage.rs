@@ -300,11 +300,14 @@ impl Transform for Running {
 
 /// A record fault: of an input record, or of an output row (`None`).
 pub(crate) fn fault(item: Option<&Item>, reason: String, late: bool) -> Fault {
-    Fault {
-        topic: item.and_then(|i| i.topic.as_ref().map(|t| t.to_string())),
-        reason,
-        payload: item.map(|i| i.payload.clone()).unwrap_or_default(),
-        late,
+    let f = match item {
+        Some(i) => Fault::of(i, reason),
+        None => Fault::new(None, reason),
+    };
+    if late {
+        f.late()
+    } else {
+        f
     }
 }
 
