@@ -683,3 +683,283 @@ fn rows_that_fail_go_to_the_dead_letter_topic() {
         .collect();
     assert_eq!(rows, expected);
 }
+
+/// One reading of the windowed tests: device, event time (ms), temperature.
+#[derive(Clone)]
+struct Reading {
+    dev: String,
+    ts: i64,
+    temp: f64,
+}
+
+impl Reading {
+    fn json(&self) -> String {
+        format!(
+            r#"{{"device_id":"{}","ts":{},"temperature":{:?}}}"#,
+            self.dev, self.ts, self.temp
+        )
+    }
+}
+
+/// 2026-11-23T10:00:00Z in ms.
+const T0_MS: i64 = 1_795_428_000_000;
+
+/// `n` readings every `step` ms over 4 devices, every 97th (after the
+/// first 300) 8 s in the past: behind the 2 s watermark, late.
+fn readings(n: usize, step: i64) -> Vec<Reading> {
+    (0..n)
+        .map(|i| {
+            let late = i > 300 && i % 97 == 50;
+            Reading {
+                dev: format!("d{}", i % 4),
+                ts: T0_MS + i as i64 * step - if late { 8000 } else { 0 },
+                temp: ((i * 37) % 400) as f64 / 10.0 - 10.0,
+            }
+        })
+        .collect()
+}
+
+/// What `TUMBLE(INTERVAL '<width> ms') … GROUP BY window, device_id` with
+/// a 2 s watermark gives, row by row as the stage reads them: per closed
+/// window and device `start_ms|device|count|avg|min|max`, sorted; and the
+/// late readings.
+fn window_reference(rs: &[Reading], width: i64) -> (Vec<String>, Vec<Reading>) {
+    let mut wm = i64::MIN;
+    let mut late = Vec::new();
+    let mut w: std::collections::BTreeMap<(i64, String), (i64, f64, f64, f64)> =
+        std::collections::BTreeMap::new();
+    for r in rs {
+        if r.ts < wm {
+            late.push(r.clone());
+            continue;
+        }
+        // The value as the source's JSON decoder reads the text (serde_json
+        // without float_roundtrip may be one ulp off the nearest double).
+        let temp: f64 = serde_json::from_str(&format!("{:?}", r.temp)).unwrap();
+        let r = &Reading { temp, ..r.clone() };
+        let s = r.ts.div_euclid(width) * width;
+        let a = w
+            .entry((s, r.dev.clone()))
+            .or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        a.0 += 1;
+        a.1 += r.temp;
+        a.2 = a.2.min(r.temp);
+        a.3 = a.3.max(r.temp);
+        wm = wm.max(r.ts - 2000);
+    }
+    let rows = w
+        .into_iter()
+        .filter(|((s, _), _)| s + width <= wm)
+        .map(|((s, d), (n, sum, lo, hi))| format!("{s}|{d}|{n}|{}|{lo}|{hi}", sum / n as f64))
+        .collect();
+    (rows, late)
+}
+
+/// The window table as `start_ms|device|count|avg|min|max` lines, sorted
+/// (floats parsed and printed as Rust does, to compare exactly).
+fn window_table(pg: &testkit::Postgres, table: &str) -> Vec<String> {
+    let text = pg.psql(&format!(
+        "SELECT (extract(epoch FROM window_start) * 1000)::bigint, device_id, n, mean, lo, hi FROM {table} \
+         WHERE window_end - window_start = interval '10 seconds'"
+    ));
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let x = |s: &str| s.parse::<f64>().unwrap_or_else(|e| panic!("{l}: {e}"));
+            format!(
+                "{}|{}|{}|{}|{}|{}",
+                f[0],
+                f[1],
+                f[2],
+                x(f[3]),
+                x(f[4]),
+                x(f[5])
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn window_sql(topic: &str, port: u16, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE readings (
+    device_id TEXT,
+    ts TIMESTAMP,
+    temperature DOUBLE,
+    WATERMARK FOR ts AS ts - INTERVAL '2 seconds'
+) WITH (
+    connector = 'mqtt', type = 'source', url = 'tcp://127.0.0.1:{port}',
+    client_prefix = '{topic}', clean_start = 'false', reconnect_interval = '0.2',
+    topic = '{topic}/in', qos = 'AtLeastOnce', format = 'json',
+    state_dir = 'state'{extra}
+);
+CREATE TABLE db WITH (connector = 'postgres', url = '{url}', table = 'win', create_table = 'true',
+    primary_key = 'window_start, device_id');
+INSERT INTO db
+SELECT TUMBLE(INTERVAL '10 seconds') AS window, device_id, COUNT(*) AS n, AVG(temperature) AS mean,
+       MIN(temperature) AS lo, MAX(temperature) AS hi
+FROM readings GROUP BY window, device_id;
+"#
+    )
+}
+
+/// A tumbling window into PostgreSQL over MQTT 3.1.1 (Mosquitto sends 20
+/// messages at a time until they are acknowledged: checkpoints after a
+/// pause keep it going): every window exactly as the test computes it,
+/// late readings on the dead-letter topic with their payload, every
+/// message acknowledged.
+#[test]
+fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
+    let broker = Mosquitto::start();
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlwin");
+    let sql = window_sql(
+        &topic,
+        broker.port,
+        &pg.url(),
+        &format!(", dead_letter_topic = '{topic}/late'"),
+    );
+    let file = write(dir.path(), "w.sql", &sql);
+    let check = mqlink().arg("validate").arg(&file).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    const N: usize = 800;
+    // 100 ms apart: 80 s of event time, 8 windows of 10 s.
+    let mut rs = readings(N, 100);
+    // The last one closes every window before it.
+    rs.push(Reading {
+        dev: "d0".into(),
+        ts: T0_MS + 200_000,
+        temp: 0.0,
+    });
+    let (expected, late) = window_reference(&rs, 10_000);
+    assert_eq!(expected.len(), 32);
+    assert_eq!(late.len(), 5);
+
+    let dlq = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{topic}/late"),
+        ])
+        .args(["-q", "1", "-C", &late.len().to_string(), "-W", "90"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
+    publish(broker.port, &format!("{topic}/in"), &lines);
+    let count = || {
+        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
+            return 0;
+        }
+        pg.psql("SELECT count(*) FROM win")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    wait_until(90, "every window", || count() >= expected.len());
+    let dead = dlq.wait_with_output().unwrap();
+    assert!(dead.status.success(), "dead letters did not arrive");
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(window_table(&pg, "win"), expected);
+    let dead: Vec<Value> = text(&dead.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let payloads: Vec<&str> = dead
+        .iter()
+        .map(|d| d["payload"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = late.iter().map(Reading::json).collect();
+    assert_eq!(payloads, want);
+    for d in &dead {
+        assert!(d["error"].as_str().unwrap().starts_with("late: "), "{d}");
+    }
+    // Every message acknowledged, the late ones too; none by a restart.
+    assert!(
+        err.contains(&format!("{} records acknowledged", rs.len())),
+        "{err}"
+    );
+    assert!(
+        dir.path().join("state/readings.window").exists(),
+        "no state file"
+    );
+}
+
+/// SIGKILL of `mqlink run` twice while a windowed query streams into
+/// PostgreSQL (MQTT 5, persistent session): after restarts onto the last
+/// checkpoint, the table holds exactly the reference's windows, one row
+/// each (a window emitted again carries the same key).
+#[test]
+fn sigkill_twice_during_a_windowed_query_gives_the_reference() {
+    let broker = Mosquitto::start();
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlwinkill");
+    let sql = window_sql(
+        &topic,
+        broker.port,
+        &pg.url(),
+        ", protocol = '5', checkpoint_interval = '300 ms'",
+    );
+    let file = write(dir.path(), "k.sql", &sql);
+    const N: usize = 24_000;
+    // 25 ms apart: 600 s of event time, 60 windows of 10 s, 4 devices.
+    let mut rs = readings(N, 25);
+    rs.push(Reading {
+        dev: "d0".into(),
+        ts: T0_MS + 1_000_000,
+        temp: 0.0,
+    });
+    let (expected, late) = window_reference(&rs, 10_000);
+    assert_eq!(expected.len(), 240);
+    assert!(late.len() > 200, "{}", late.len());
+
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    let port = broker.port;
+    let t = topic.clone();
+    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
+    let publisher = std::thread::spawn(move || {
+        for chunk in lines.chunks(1000) {
+            publish(port, &format!("{t}/in"), chunk);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let count = || {
+        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
+            return 0;
+        }
+        pg.psql("SELECT count(*) FROM win")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    for kill in 1..=2 {
+        let at = kill * expected.len() / 3;
+        wait_until(90, "windows to arrive", || count() >= at);
+        let st = Command::new("kill")
+            .args(["-KILL", &run.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        run.child.wait().unwrap();
+        // Killed in the middle: windows still to come, a state to restore.
+        let had = count();
+        assert!(had < expected.len(), "{had}");
+        assert!(dir.path().join("state/readings.window").exists());
+        run = start(&file, dir.path(), &[]);
+    }
+    publisher.join().unwrap();
+    wait_until(120, "every window", || count() >= expected.len());
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(window_table(&pg, "win"), expected);
+}

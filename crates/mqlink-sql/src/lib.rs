@@ -169,7 +169,11 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
 
     #[test]
     fn the_examples_compile() {
-        for (file, sources, sinks) in [("laminar.sql", 3, 1), ("arroyo.sql", 1, 1)] {
+        for (file, sources, sinks) in [
+            ("laminar.sql", 3, 1),
+            ("arroyo.sql", 1, 1),
+            ("arroyo-window.sql", 1, 1),
+        ] {
             let text = std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("../../examples/sql")

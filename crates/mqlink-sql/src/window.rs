@@ -159,13 +159,15 @@ pub const MAX_WINDOWS_PER_ROW: i64 = 1000;
 impl Windows {
     /// The starts of the windows holding `t`, earliest first.
     pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> {
-        let last = t.div_euclid(self.slide) * self.slide;
-        let first = last - (self.width - 1).div_euclid(self.slide) * self.slide;
+        // Saturating: an event time near the ends of i64 (a payload's
+        // number) must not overflow.
+        let last = t.div_euclid(self.slide).saturating_mul(self.slide);
+        let back = (self.width - 1).div_euclid(self.slide) * self.slide;
+        let first = last.saturating_sub(back);
         let (slide, width) = (self.slide, self.width);
-        (0..)
-            .map(move |k| first + k * slide)
-            .take_while(move |s| *s <= last)
-            .filter(move |s| t < s + width)
+        (0..=back / slide)
+            .map(move |k| first.saturating_add(k * slide))
+            .filter(move |s| *s <= last && t < s.saturating_add(width))
     }
 }
 
@@ -614,6 +616,9 @@ mod tests {
         };
         assert_eq!(starts(uneven, 24), [0, 10, 20]);
         assert_eq!(starts(uneven, 25), [10, 20]);
+        // The ends of time: no overflow.
+        assert_eq!(starts(hop, i64::MIN + 5).len(), 1);
+        assert!(starts(hop, i64::MAX).len() <= 3);
         // Brute force: every start k*slide with start <= t < start + width.
         for (slide, width) in [(3, 7), (5, 5), (2, 9), (4, 12)] {
             let w = Windows { slide, width };
