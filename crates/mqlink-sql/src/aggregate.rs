@@ -55,9 +55,9 @@ use crate::window::{flatten_columns, window_type, AggKind, Windowed};
 pub const HELD_MAX: usize = 16_384;
 
 /// A checkpoint is due after this long without input while records are
-/// held: an MQTT 3.1.1 broker's in-flight cap is unknown (Mosquitto's
-/// `max_inflight_messages` is 20), and it sends nothing more until some
-/// are acknowledged.
+/// held: an MQTT 3.1.1 broker's in-flight cap is not announced (a
+/// `max_inflight_messages` of 20, say), and a broker at its cap sends
+/// nothing more until some are acknowledged.
 pub const IDLE: Duration = Duration::from_millis(200);
 
 /// `checkpoint_interval` when not given.
