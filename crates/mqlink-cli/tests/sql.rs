@@ -121,6 +121,14 @@ impl Run {
         out
     }
 
+    /// The exit status of a run that ended by itself, and its stderr.
+    fn stop_exited(mut self) -> (std::process::ExitStatus, String) {
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            self.err_lines.push(l);
+        }
+        (self.child.wait().unwrap(), self.err_lines.join("\n"))
+    }
+
     /// SIGTERM, then the exit status and the whole of stderr.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
         let st = Command::new("kill")
@@ -896,6 +904,24 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
     assert!(
         dir.path().join("state/readings.window").exists(),
         "no state file"
+    );
+
+    // Another query on the same state: the source stops at once and names
+    // the file (mqlink run fails).
+    let other = write(
+        dir.path(),
+        "w.sql",
+        &sql.replace("MAX(temperature)", "SUM(temperature)"),
+    );
+    let mut run = start(&other, dir.path(), &[]);
+    wait_until(30, "mqlink run to stop", || {
+        run.child.try_wait().unwrap().is_some()
+    });
+    let (status, err) = run.stop_exited();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("state/readings.window") && err.contains("another query"),
+        "{err}"
     );
 }
 

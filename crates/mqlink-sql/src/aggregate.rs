@@ -873,6 +873,10 @@ impl Transform for Running {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if self.broken.is_some() {
+            // Fail at once (the checkpoint says why), not at the first message.
+            return Some(self.last_checkpoint);
+        }
         let mut due = None::<Instant>;
         let mut at = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
         if self.held > 0 {
@@ -901,10 +905,11 @@ impl Transform for Running {
     }
 
     fn checkpoint_due(&self, now: Instant) -> bool {
-        self.held > 0
-            && (now >= self.last_checkpoint + self.interval
-                || self.held >= HELD_MAX
-                || now >= self.last_input + IDLE)
+        self.broken.is_some()
+            || self.held > 0
+                && (now >= self.last_checkpoint + self.interval
+                    || self.held >= HELD_MAX
+                    || now >= self.last_input + IDLE)
     }
 
     fn checkpoint(&mut self) -> Result<(), String> {
@@ -1239,6 +1244,8 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         // Another query does not restore this state: it stops the pipeline.
         let q2 = TUMBLE.replace("MAX(temp) AS hi", "MAX(n) AS hi");
         let mut t = stage(dir.path(), &q2).make();
+        assert!(t.checkpoint_due(Instant::now()));
+        assert!(t.deadline().is_some_and(|d| d <= Instant::now()));
         let o = t.apply(all[..3].iter().map(item).collect(), Instant::now());
         assert!(o.items.is_empty() && o.faults.is_empty());
         assert_eq!(t.held(), 3);
