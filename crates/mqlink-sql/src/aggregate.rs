@@ -1213,6 +1213,24 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         assert_eq!(out, want);
     }
 
+    /// Arroyo's `window.start` / `window.end` of `TUMBLE(…) AS window`.
+    #[test]
+    fn window_fields_in_the_select_list() {
+        let dir = testkit::TempDir::new().unwrap();
+        let q = "SELECT TUMBLE(INTERVAL '10 seconds') AS window, window.start AS s, window.end AS e, COUNT(*) AS c \
+                 FROM t GROUP BY window HAVING window.start > TIMESTAMP '2000-01-01T00:00:00Z'";
+        let mut t = stage(dir.path(), q).make();
+        let all = rows(13, 500);
+        let (out, _, other) = run(t.as_mut(), &all, 14);
+        assert_eq!(other, 0);
+        assert!(out.len() > 10);
+        for r in &out {
+            let names: Vec<&str> = r.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(names, ["window_start", "window_end", "s", "e", "c"]);
+            assert_eq!((&r[0].1, &r[1].1), (&r[2].1, &r[3].1));
+        }
+    }
+
     /// A checkpoint, a new stage from the state file: the same results as
     /// one run without a break.
     #[test]

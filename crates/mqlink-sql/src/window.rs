@@ -30,8 +30,8 @@ use datafusion_expr::{
     Signature, Volatility,
 };
 use datafusion_sql::sqlparser::ast::{
-    visit_expressions_mut, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, ObjectName, Query,
+    visit_expressions_mut, Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, SelectItem, SetExpr,
 };
 
 use datafusion_sql::planner::{PlannerContext, SqlToRel};
@@ -116,8 +116,10 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
 }
 
 /// Flink's `TUMBLE_START(ts, i)` → `window_start(TUMBLE(ts, i))` (and the
-/// `_END`, `HOP_` forms), in place.
+/// `_END`, `HOP_` forms); Arroyo's `window.start` of a select item
+/// `TUMBLE(…) AS window` → `window_start(TUMBLE(…))`; in place.
 pub fn rewrite(query: &mut Query) {
+    fields(query);
     let _ = visit_expressions_mut(query, |e| {
         if let SqlExpr::Function(f) = e {
             let name = f.name.to_string().to_ascii_lowercase();
@@ -130,19 +132,71 @@ pub fn rewrite(query: &mut Query) {
             };
             let mut inner = f.clone();
             inner.name = ObjectName::from(vec![Ident::new(window)]);
-            let mut outer = f.clone();
-            outer.name = ObjectName::from(vec![Ident::new(field)]);
-            outer.args = FunctionArguments::List(FunctionArgumentList {
-                duplicate_treatment: None,
-                args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(
-                    SqlExpr::Function(inner),
-                ))],
-                clauses: Vec::new(),
-            });
-            *f = outer;
+            *f = call(f, field, SqlExpr::Function(inner));
         }
         ControlFlow::Continue(())
     });
+}
+
+/// `name(arg)`, the other parts of the call as in `like`.
+fn call(like: &Function, name: &str, arg: SqlExpr) -> Function {
+    let mut f = like.clone();
+    f.name = ObjectName::from(vec![Ident::new(name)]);
+    f.args = FunctionArguments::List(FunctionArgumentList {
+        duplicate_treatment: None,
+        args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))],
+        clauses: Vec::new(),
+    });
+    f
+}
+
+/// `alias.start` / `alias.end` of a window in the select list and HAVING
+/// of a query's SELECT.
+fn fields(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let windows: Vec<(String, Function)> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias {
+                expr: SqlExpr::Function(f),
+                alias,
+            } if matches!(
+                f.name.to_string().to_ascii_lowercase().as_str(),
+                "tumble" | "hop"
+            ) =>
+            {
+                Some((alias.value.clone(), f.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if windows.is_empty() {
+        return;
+    }
+    let mut replace = |e: &mut SqlExpr| {
+        if let SqlExpr::CompoundIdentifier(parts) = e {
+            if let [a, field] = parts.as_slice() {
+                let name = match field.value.to_ascii_lowercase().as_str() {
+                    "start" => "window_start",
+                    "end" => "window_end",
+                    _ => return ControlFlow::<()>::Continue(()),
+                };
+                if let Some((_, w)) = windows.iter().find(|(n, _)| *n == a.value) {
+                    *e = SqlExpr::Function(call(w, name, SqlExpr::Function(w.clone())));
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    for item in &mut select.projection {
+        let _ = visit_expressions_mut(item, &mut replace);
+    }
+    if let Some(h) = &mut select.having {
+        let _ = visit_expressions_mut(h, &mut replace);
+    }
 }
 
 /// Where a window's rows are assigned.
