@@ -1381,6 +1381,14 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
             "{e}"
         );
         assert!(e.contains("persistent session"), "{e}");
+        let e = err(
+            "clean_session = false",
+            "clean_session = false, protocol = '5', session_expiry_interval = 0",
+        );
+        assert!(
+            e.starts_with("line 1: CREATE CONNECTION c: session_expiry_interval: "),
+            "{e}"
+        );
         let e = err("client_id = 'w', ", "");
         assert!(
             e.starts_with("line 1: CREATE CONNECTION c: client_id: "),

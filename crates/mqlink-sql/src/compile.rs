@@ -866,6 +866,9 @@ impl Compiler<'_> {
                             format!("{why}: set clean_session = false (clean_start = 'false')"),
                         ));
                     }
+                    if conn.session_expiry_interval == Some(0) {
+                        return Err(SqlError::at(cl, cs, Some("session_expiry_interval"), format!("{why}: 0 ends the session when the connection drops; leave it out (MQTT 5 then keeps the session) or give the seconds a restart may take")));
+                    }
                     if conn.client_id.is_none() {
                         return Err(SqlError::at(cl, cs, Some("client_id"), format!("{why}: set client_id (client_prefix) so that the session is found again")));
                     }
