@@ -13,13 +13,18 @@
 //!   filters and projections; what a stream cannot run is refused by name.
 //! - [`stage`]: a program run on each batch of records as Arrow columns
 //!   (the pipeline's [`mqlink_pipeline::transform::Transform`]).
+//! - [`json`]: `->`, `->>` and the `json_get*` functions.
+//! - [`query`]: one-off queries over a running pipeline's system tables
+//!   (`mqlink query`, /query): planned by DataFusion, run over a snapshot.
 //!
 //! Acknowledgements stay the pipeline's: a record a filter removes counts
 //! as done, the others are acknowledged once every sink has them.
 
 pub mod compile;
 pub mod ddl;
+pub mod json;
 pub mod plan;
+pub mod query;
 pub mod stage;
 
 use std::path::Path;

@@ -146,7 +146,7 @@ impl Program {
 
 /// A batch of `cols` under `schema`, every column nullable (an expression
 /// may yield NULL where the plan did not expect it).
-fn rebuild(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch, String> {
+pub(crate) fn rebuild(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch, String> {
     let fields: Vec<_> = schema
         .fields()
         .iter()
@@ -315,7 +315,7 @@ fn emit(
 }
 
 /// A column's values as record values.
-fn column_values(c: &ArrayRef, json: bool) -> Vec<Value> {
+pub(crate) fn column_values(c: &ArrayRef, json: bool) -> Vec<Value> {
     let n = c.len();
     let nulls = |i: usize| c.is_null(i);
     match c.data_type() {
@@ -497,7 +497,7 @@ fn to_batch(input: &Input, items: &[Item], now: DateTime<Utc>) -> Result<RecordB
 
 /// One column of values of type `ty` (values of another type: NULL; the
 /// source's decoder already typed them).
-fn values<'a>(ty: ColumnType, vs: impl Iterator<Item = Option<&'a Value>>, n: usize) -> ArrayRef {
+pub(crate) fn values<'a>(ty: ColumnType, vs: impl Iterator<Item = Option<&'a Value>>, n: usize) -> ArrayRef {
     match ty {
         ColumnType::Text | ColumnType::Json => {
             let mut b = StringBuilder::with_capacity(n, n * 16);
