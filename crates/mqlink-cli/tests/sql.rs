@@ -601,3 +601,85 @@ FROM readings WHERE seq % 3 <> 0;
         "d6,plant-7,1235"
     );
 }
+
+/// Rows a query cannot compute go to the source's dead-letter topic with
+/// their payload and the reason, confirmed before their messages are
+/// acknowledged; the other rows go on.
+#[test]
+fn rows_that_fail_go_to_the_dead_letter_topic() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqldlq");
+    let sql = format!(
+        "CREATE TABLE t (seq BIGINT, code TEXT) WITH (connector = 'mqtt', type = 'source', url = '{}', topic = '{topic}/in', qos = 'AtLeastOnce', dead_letter_topic = '{topic}/dlq');
+         CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+         INSERT INTO f SELECT seq, CAST(code AS BIGINT) AS code FROM t;",
+        broker.url()
+    );
+    let file = write(dir.path(), "dlq.sql", &sql);
+    let dlq = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{topic}/dlq"),
+            "-q",
+            "1",
+            "-C",
+            "10",
+            "-W",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    // mosquitto_sub subscribed well before: it started first.
+    const N: usize = 100;
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            let code = if i % 10 == 3 {
+                "x".to_string()
+            } else {
+                i.to_string()
+            };
+            format!(r#"{{"seq":{i},"code":"{code}"}}"#)
+        })
+        .collect();
+    publish(broker.port, &format!("{topic}/in"), &lines);
+    let dead = dlq.wait_with_output().unwrap();
+    assert!(dead.status.success(), "dead letters did not arrive");
+    let dead: Vec<Value> = text(&dead.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 10);
+    for (k, d) in dead.iter().enumerate() {
+        let i = k * 10 + 3;
+        assert_eq!(d["original_topic"], format!("{topic}/in"));
+        assert_eq!(d["payload"], lines[i].as_str());
+        assert!(d["error"].as_str().unwrap().contains("Cannot cast"), "{d}");
+    }
+    let out = dir.path().join("out.jsonl");
+    wait_until(30, "90 rows", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 90
+    });
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert!(err.contains(&format!("{N} records acknowledged")), "{err}");
+    let rows: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<Value> = (0..N)
+        .filter(|i| i % 10 != 3)
+        .map(|i| json!({"seq": i, "code": i}))
+        .collect();
+    assert_eq!(rows, expected);
+}

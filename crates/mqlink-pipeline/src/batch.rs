@@ -41,6 +41,17 @@ pub struct Batch {
     /// this batch (see [`crate::relay`]).
     relayed: Option<(Arc<Relay>, Vec<u64>)>,
     busy: Arc<BusyTime>,
+    /// The source's count of batches every sink confirmed (checkpoints
+    /// wait for it).
+    progress: Option<Arc<Progress>>,
+}
+
+/// Batches of one source confirmed by every sink, and a wake-up for the
+/// one task (the source's) that waits for them.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub confirmed: AtomicU64,
+    pub notify: tokio::sync::Notify,
 }
 
 /// When the first record entered the pipeline, and the last acknowledgement
@@ -77,7 +88,14 @@ impl Batch {
             acks: Mutex::new(acks),
             acknowledged,
             busy,
+            progress: None,
         }
+    }
+
+    /// Counts the batch in `progress` once every sink confirmed it.
+    pub fn tracking(mut self, progress: Arc<Progress>) -> Batch {
+        self.progress = Some(progress);
+        self
     }
 
     /// Relayed messages this batch settles once confirmed.
@@ -113,6 +131,10 @@ impl Batch {
                 self.busy
                     .last_ack_us
                     .fetch_max(first.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            if let Some(p) = &self.progress {
+                p.confirmed.fetch_add(1, Ordering::AcqRel);
+                p.notify.notify_one();
             }
         }
     }

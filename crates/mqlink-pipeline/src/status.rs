@@ -23,6 +23,9 @@ pub const SINK_ERRORS: &str = "mqlink_sink_errors_total";
 /// Record faults without a dead-letter topic: acknowledged, not written.
 pub const SINK_SKIPPED: &str = "mqlink_sink_skipped_total";
 pub const SINK_DEAD_LETTERED: &str = "mqlink_sink_dead_lettered_total";
+pub const SOURCE_DEAD_LETTERED: &str = "mqlink_source_dead_lettered_total";
+/// Rows a windowed query received behind its watermark.
+pub const SOURCE_LATE: &str = "mqlink_source_late_rows_total";
 /// 1 while the component has made no progress for `run.stall_timeout`
 /// with work waiting.
 pub const STALLED: &str = "mqlink_component_stalled";
@@ -81,8 +84,11 @@ pub struct Component {
     pub record_faults: AtomicU64,
     /// Sink: record faults without a dead-letter topic, acknowledged unwritten.
     pub skipped: AtomicU64,
-    /// Sink: record faults published to its dead-letter topic.
+    /// Record faults published to the dead-letter topic (sink: its own;
+    /// source: a stage's faults and late rows).
     pub dead_lettered: AtomicU64,
+    /// Source: rows behind the watermark, not aggregated.
+    pub late: AtomicU64,
     /// Why the component is stalled, while it is (see `run.stall_timeout`).
     stalled: Mutex<Option<String>>,
     /// Non-MQTT sinks (PostgreSQL): whether the connection is up.
@@ -105,6 +111,7 @@ impl Component {
             record_faults: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             stalled: Mutex::new(None),
             connected: AtomicBool::new(false),
             mqtt: OnceLock::new(),
@@ -277,6 +284,13 @@ impl Component {
                     )),
                 }
                 out.push((SOURCE_ACKNOWLEDGED, self.confirmed.load(Relaxed)));
+                // A stage's dead letters count with the library's.
+                let staged = self.dead_lettered.load(Relaxed);
+                match out.iter_mut().find(|(n, _)| *n == SOURCE_DEAD_LETTERED) {
+                    Some((_, v)) => *v += staged,
+                    None => out.push((SOURCE_DEAD_LETTERED, staged)),
+                }
+                out.push((SOURCE_LATE, self.late.load(Relaxed)));
             }
             Kind::Sink => {
                 out.push((SINK_RECEIVED, self.records.load(Relaxed)));
@@ -320,6 +334,8 @@ impl Component {
             "unconfirmed": self.unconfirmed(),
             "errors": self.error_count(),
             "skipped": self.skipped.load(Relaxed),
+            "dead_lettered": self.dead_lettered.load(Relaxed),
+            "late": self.late.load(Relaxed),
             "stalled": self.stalled(),
             "last_error": self.last_error(),
             "clients": clients,

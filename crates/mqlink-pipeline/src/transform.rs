@@ -11,10 +11,20 @@
 //!   stop the pipeline;
 //! - a stage may hold records for a later output (a burst): the messages of
 //!   held records stay unacknowledged until the batch that carries them out
-//!   is confirmed by every sink.
+//!   is confirmed by every sink;
+//! - a stage with state (a window) holds every record it consumed since its
+//!   last checkpoint. When [`Transform::checkpoint_due`], the source waits
+//!   until every batch it sent is confirmed by every sink, the stage writes
+//!   its state ([`Transform::checkpoint`]), and only then are the held
+//!   messages acknowledged: a crash replays them onto the last state.
+//!
+//! Faults carry the message's payload: with a `dead_letter_topic` on the
+//! source they are published there (confirmed before the message is
+//! acknowledged), else logged and counted as skipped.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::batch::Item;
@@ -25,6 +35,37 @@ pub struct Fault {
     /// The topic the record arrived on.
     pub topic: Option<String>,
     pub reason: String,
+    /// The message's payload, for the source's dead-letter topic.
+    pub payload: Bytes,
+    /// A row behind the watermark (its window was emitted): counted as
+    /// late rather than failed.
+    pub late: bool,
+}
+
+impl Fault {
+    pub fn new(topic: Option<String>, reason: impl Into<String>) -> Fault {
+        Fault {
+            topic,
+            reason: reason.into(),
+            payload: Bytes::new(),
+            late: false,
+        }
+    }
+
+    /// The fault of `item`, with its topic and payload.
+    pub fn of(item: &Item, reason: impl Into<String>) -> Fault {
+        Fault {
+            topic: item.topic.as_ref().map(|t| t.to_string()),
+            payload: item.payload.clone(),
+            ..Fault::new(None, reason)
+        }
+    }
+
+    /// Marks a late row.
+    pub fn late(mut self) -> Fault {
+        self.late = true;
+        self
+    }
 }
 
 /// What one call of a stage produced.
@@ -56,6 +97,21 @@ pub trait Transform: Send {
     /// Releases what is due at `now`.
     fn flush(&mut self, _now: Instant) -> Output {
         Output::default()
+    }
+
+    /// A stage with state (windows): its state should be made durable
+    /// now (an interval passed, too many records held).
+    fn checkpoint_due(&self, _now: Instant) -> bool {
+        false
+    }
+
+    /// Called once every batch sent so far is confirmed by every sink:
+    /// writes the state durably. After `Ok`, [`held`](Self::held) counts
+    /// only what the state does not cover (0 for a window): the source
+    /// acknowledges the rest. `Err` is fatal: the source stops without
+    /// acknowledging them. Also called when the source stops.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        Ok(())
     }
 }
 

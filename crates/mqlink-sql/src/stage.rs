@@ -232,13 +232,7 @@ impl Transform for Running {
             Ok(b) => b,
             Err(reason) => {
                 // Cannot happen for rows the source decoded; kept total.
-                out.faults = items
-                    .iter()
-                    .map(|i| Fault {
-                        topic: i.topic.as_ref().map(|t| t.to_string()),
-                        reason: reason.clone(),
-                    })
-                    .collect();
+                out.faults = items.iter().map(|i| Fault::of(i, reason.clone())).collect();
                 return out;
             }
         };
@@ -259,10 +253,7 @@ impl Transform for Running {
                     for i in 0..batch.num_rows() {
                         match prog.run(batch.slice(i, 1)) {
                             Ok((rows, from)) => emit(&self.names, &items, rows, &from, i, &mut out),
-                            Err(reason) => out.faults.push(Fault {
-                                topic: items[i].topic.as_ref().map(|t| t.to_string()),
-                                reason,
-                            }),
+                            Err(reason) => out.faults.push(Fault::of(&items[i], reason)),
                         }
                     }
                 }
@@ -273,10 +264,8 @@ impl Transform for Running {
 }
 
 fn fault_all(items: &[Item], reason: &str, out: &mut Output) {
-    out.faults.extend(items.iter().map(|i| Fault {
-        topic: i.topic.as_ref().map(|t| t.to_string()),
-        reason: reason.to_string(),
-    }));
+    out.faults
+        .extend(items.iter().map(|i| Fault::of(i, reason.to_string())));
 }
 
 /// Rows of `rows` as records; `from[j] + offset` is the input row of row `j`.

@@ -13,14 +13,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mqlink::source::RecordAck;
+use mqlink::source::{dead_letter_message, RecordAck};
+use mqlink::{Client, Protocol, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::batch::{Batch, BusyTime, Item};
+use crate::batch::{Batch, BusyTime, Item, Progress};
 use crate::relay::Relay;
-use crate::status::Component;
-use crate::transform::{Output, Transform};
+use crate::status::{Component, State};
+use crate::transform::{Fault, Output, Transform};
 
 /// What settling a source record takes: its MQTT acknowledgement (none at
 /// QoS 0) and, for a message a pipeline sink relayed through the embedded
@@ -39,9 +40,21 @@ pub struct Outputs {
     pub stage: Option<Box<dyn Transform>>,
     /// Set for sources on the embedded broker: relayed messages to settle.
     pub relay: Option<Arc<Relay>>,
+    /// Set for MQTT sources with a `dead_letter_topic`: where the stage's
+    /// faults go.
+    pub dead_letter: Option<DeadLetter>,
     /// What settles the records handed to the stage and not yet carried
     /// out by a batch, in arrival order.
     pending: VecDeque<Settle>,
+    /// Batches sent, and how many of them every sink confirmed.
+    sent: u64,
+    progress: Arc<Progress>,
+}
+
+/// A source's dead-letter topic and the client that publishes to it.
+pub struct DeadLetter {
+    pub client: Client,
+    pub topic: String,
 }
 
 impl Outputs {
@@ -57,7 +70,10 @@ impl Outputs {
             busy,
             stage,
             relay: None,
+            dead_letter: None,
             pending: VecDeque::new(),
+            sent: 0,
+            progress: Arc::default(),
         }
     }
 
@@ -86,7 +102,8 @@ impl Outputs {
         self.settle(out, comp).await
     }
 
-    /// Releases what the stage holds that is due by now (a burst interval).
+    /// Releases what the stage holds that is due by now (a burst
+    /// interval), and checkpoints a stage whose checkpoint is due.
     pub async fn flush_due(&mut self, comp: &Component) -> bool {
         let Some(stage) = self.stage.as_mut() else {
             return true;
@@ -95,23 +112,126 @@ impl Outputs {
         self.settle(out, comp).await
     }
 
-    /// Faults are counted and logged; the acknowledgements of every record
-    /// the stage no longer holds go with the output batch.
+    /// Faults are dead-lettered (or logged and counted as skipped); the
+    /// acknowledgements of every record the stage no longer holds go with
+    /// the output batch; then a due checkpoint is taken.
     async fn settle(&mut self, out: Output, comp: &Component) -> bool {
-        for f in &out.faults {
-            tracing::error!(component = %comp.path(), topic = f.topic.as_deref().unwrap_or(""), error = %f.reason, "Record skipped: its rule failed; the message is acknowledged.");
-        }
-        if let Some(f) = out.faults.last() {
-            comp.record_faults
-                .fetch_add(out.faults.len() as u64, Ordering::Relaxed);
-            comp.skipped
-                .fetch_add(out.faults.len() as u64, Ordering::Relaxed);
-            comp.set_error(f.reason.clone());
+        if !out.faults.is_empty() && !self.faults(out.faults, comp).await {
+            return false;
         }
         let held = self.stage.as_ref().map_or(0, |s| s.held());
         let done = self.pending.len().saturating_sub(held);
         let settles: Vec<Settle> = self.pending.drain(..done).collect();
-        self.deliver(out.items, settles, done as u64, comp).await
+        if !self.deliver(out.items, settles, done as u64, comp).await {
+            return false;
+        }
+        let due = self
+            .stage
+            .as_ref()
+            .is_some_and(|s| s.checkpoint_due(Instant::now()));
+        !due || self.checkpoint(comp, true).await
+    }
+
+    /// Late rows and rule failures: to the dead-letter topic, confirmed
+    /// before their messages can be acknowledged; without one, logged and
+    /// counted as skipped. False when shutdown interrupted the wait.
+    async fn faults(&mut self, faults: Vec<Fault>, comp: &Component) -> bool {
+        let n = faults.len() as u64;
+        let late = faults.iter().filter(|f| f.late).count() as u64;
+        comp.late.fetch_add(late, Ordering::Relaxed);
+        comp.record_faults.fetch_add(n - late, Ordering::Relaxed);
+        if let Some(f) = faults.iter().rfind(|f| !f.late) {
+            comp.set_error(f.reason.clone());
+        }
+        let Some(dl) = &self.dead_letter else {
+            for f in &faults {
+                let topic = f.topic.as_deref().unwrap_or("");
+                if f.late {
+                    tracing::warn!(component = %comp.path(), topic, reason = %f.reason, "Late row dropped (set dead_letter_topic to keep late rows); the message is acknowledged.");
+                } else {
+                    tracing::error!(component = %comp.path(), topic, error = %f.reason, "Record skipped: its rule failed; the message is acknowledged.");
+                }
+            }
+            comp.skipped.fetch_add(n, Ordering::Relaxed);
+            return true;
+        };
+        let v5 = dl.client.protocol() == Protocol::V5;
+        let mut tokens = Vec::with_capacity(faults.len());
+        for f in &faults {
+            let topic = f.topic.as_deref().unwrap_or("");
+            let msg = dead_letter_message(
+                topic,
+                &f.payload,
+                QoS::AtLeastOnce,
+                None,
+                &dl.topic,
+                &f.reason,
+                v5,
+            );
+            tokens.push((f, dl.client.publish(msg).await));
+        }
+        for (f, token) in tokens {
+            let topic = f.topic.as_deref().unwrap_or("");
+            let confirmed = match token {
+                Ok(token) => {
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        r = token => r.map_err(|e| e.to_string()),
+                        _ = stop.wait_for(|s| *s) => return false,
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match confirmed {
+                Ok(_) => {
+                    tracing::warn!(component = %comp.path(), topic, reason = %f.reason, dead_letter_topic = %dl.topic, "Record dead-lettered.");
+                    comp.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(component = %comp.path(), topic, reason = %f.reason, error = %e, "Record skipped: the dead-letter topic did not take it; the message is acknowledged.");
+                    comp.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        true
+    }
+
+    /// A stage checkpoint: every batch sent so far confirmed by every sink,
+    /// then the stage's state written, then its held records acknowledged.
+    /// False when the state could not be written (the source fails) or,
+    /// with `interruptible`, when shutdown came first.
+    async fn checkpoint(&mut self, comp: &Component, interruptible: bool) -> bool {
+        let target = self.sent;
+        let mut stop = self.stop.clone();
+        while self.progress.confirmed.load(Ordering::Acquire) < target {
+            tokio::select! {
+                _ = self.progress.notify.notified() => {}
+                _ = stop.wait_for(|s| *s), if interruptible => return false,
+            }
+        }
+        let Some(stage) = self.stage.as_mut() else {
+            return true;
+        };
+        if let Err(e) = stage.checkpoint() {
+            tracing::error!(component = %comp.path(), error = %e, "Checkpoint failed: the source stops; what it held is not acknowledged and comes again after a restart.");
+            comp.set_error(format!("checkpoint: {e}"));
+            comp.set_state(State::Failed);
+            return false;
+        }
+        let held = stage.held();
+        let done = self.pending.len().saturating_sub(held);
+        let settles: Vec<Settle> = self.pending.drain(..done).collect();
+        self.deliver(Vec::new(), settles, done as u64, comp).await
+    }
+
+    /// The source stopped: its sinks are let finish, then a stage that
+    /// holds records takes a last checkpoint (so they are acknowledged
+    /// before the session closes).
+    pub async fn finish(&mut self, comp: &Component) {
+        self.senders.clear();
+        if self.stage.as_ref().is_some_and(|s| s.held() > 0) {
+            self.checkpoint(comp, false).await;
+        }
     }
 
     /// One batch to every sink; a batch without records (all filtered)
@@ -129,7 +249,8 @@ impl Outputs {
             acks.extend(a);
             relayed.extend(r);
         }
-        if items.is_empty() {
+        // Nothing to write (all filtered, a checkpoint), or no sink left.
+        if items.is_empty() || self.senders.is_empty() {
             for a in acks {
                 a.ack();
             }
@@ -150,8 +271,10 @@ impl Outputs {
                 self.busy.clone(),
             )
             .covering(covers)
-            .relaying(self.relay.clone(), relayed),
+            .relaying(self.relay.clone(), relayed)
+            .tracking(self.progress.clone()),
         );
+        self.sent += 1;
         for (tx, sink) in &self.senders {
             if tx.send(batch.clone()).await.is_err() {
                 return false;
@@ -206,4 +329,136 @@ pub mod registry {
             parse: super::postgres::parse,
         },
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use mqlink::format::Value;
+
+    use super::*;
+    use crate::status::Kind;
+
+    /// Holds every record until its checkpoint; one output row per call
+    /// (a window result).
+    struct Window {
+        held: usize,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Transform for Window {
+        fn apply(&mut self, items: Vec<Item>, _now: Instant) -> Output {
+            self.held += items.len();
+            Output {
+                items: vec![Item {
+                    topic: None,
+                    payload: bytes::Bytes::new(),
+                    value: Value::BigInt(self.held as i64),
+                }],
+                faults: Vec::new(),
+            }
+        }
+        fn held(&self) -> usize {
+            self.held
+        }
+        fn checkpoint_due(&self, _now: Instant) -> bool {
+            self.held >= 4
+        }
+        fn checkpoint(&mut self) -> Result<(), String> {
+            self.log.lock().unwrap().push("checkpoint".into());
+            self.held = 0;
+            Ok(())
+        }
+    }
+
+    fn items(n: usize) -> Vec<Item> {
+        (0..n)
+            .map(|i| Item {
+                topic: None,
+                payload: bytes::Bytes::new(),
+                value: Value::BigInt(i as i64),
+            })
+            .collect()
+    }
+
+    /// The held records are acknowledged only after the sink confirmed
+    /// every batch sent before the checkpoint, and after the state was
+    /// written.
+    #[tokio::test]
+    async fn a_checkpoint_waits_for_the_sinks_then_acknowledges() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = mpsc::channel::<Arc<Batch>>(8);
+        let sink = Component::new("out", Kind::Sink, "file");
+        let source = Component::new("in", Kind::Source, "mqtt");
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut out = Outputs::new(
+            vec![(tx, sink)],
+            stop,
+            Arc::default(),
+            Some(Box::new(Window {
+                held: 0,
+                log: log.clone(),
+            })),
+        );
+        let sink_log = log.clone();
+        let sink_task = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                // A slow sink: the checkpoint must wait for it.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                sink_log
+                    .lock()
+                    .unwrap()
+                    .push(format!("confirm {}", b.len()));
+                b.confirm();
+            }
+        });
+        assert!(out.send(items(2), Vec::new(), &source).await);
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
+        assert!(out.send(items(2), Vec::new(), &source).await);
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["confirm 1", "confirm 1", "checkpoint"]
+        );
+        // Held again, then released by the last checkpoint at stop.
+        assert!(out.send(items(1), Vec::new(), &source).await);
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 4);
+        out.finish(&source).await;
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 5);
+        sink_task.await.unwrap();
+        assert_eq!(log.lock().unwrap().last().unwrap(), "checkpoint");
+    }
+
+    /// A state that cannot be written fails the source; nothing held is
+    /// acknowledged.
+    #[tokio::test]
+    async fn a_failed_checkpoint_acknowledges_nothing() {
+        struct Broken;
+        impl Transform for Broken {
+            fn apply(&mut self, _: Vec<Item>, _: Instant) -> Output {
+                Output::default()
+            }
+            fn held(&self) -> usize {
+                usize::MAX
+            }
+            fn checkpoint_due(&self, _: Instant) -> bool {
+                true
+            }
+            fn checkpoint(&mut self) -> Result<(), String> {
+                Err("disk full".into())
+            }
+        }
+        let source = Component::new("in", Kind::Source, "mqtt");
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut out = Outputs::new(Vec::new(), stop, Arc::default(), Some(Box::new(Broken)));
+        assert!(!out.send(items(3), Vec::new(), &source).await);
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
+        assert_eq!(source.state(), State::Failed);
+        assert_eq!(
+            source.last_error().as_deref(),
+            Some("checkpoint: disk full")
+        );
+    }
 }

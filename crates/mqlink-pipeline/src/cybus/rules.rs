@@ -423,10 +423,10 @@ impl Running {
             Some(p) => match p.render(&ctx.vars) {
                 Ok(t) => t,
                 Err(e) => {
-                    out.faults.push(Fault {
-                        topic: Some(ctx.topic.clone()),
-                        reason: format!("publish topic: {e}"),
-                    });
+                    out.faults.push(Fault::new(
+                        Some(ctx.topic.clone()),
+                        format!("publish topic: {e}"),
+                    ));
                     return;
                 }
             },
@@ -450,10 +450,7 @@ impl Running {
         match self.chain(i + 1, value, &ctx, now) {
             Ok(Step::Out(v)) => self.emit(v, &ctx, out),
             Ok(_) => {}
-            Err(reason) => out.faults.push(Fault {
-                topic: Some(ctx.topic.clone()),
-                reason,
-            }),
+            Err(reason) => out.faults.push(Fault::new(Some(ctx.topic.clone()), reason)),
         }
     }
 
@@ -481,10 +478,9 @@ impl Transform for Running {
                             topic: Some(ByteStr::from(t)),
                             ..item
                         }),
-                        Err(e) => out.faults.push(Fault {
-                            topic: Some(topic),
-                            reason: format!("publish topic: {e}"),
-                        }),
+                        Err(e) => out
+                            .faults
+                            .push(Fault::of(&item, format!("publish topic: {e}"))),
                     },
                 }
                 continue;
@@ -492,20 +488,17 @@ impl Transform for Running {
             let value: Json = match serde_json::from_slice(&item.payload) {
                 Ok(v) => v,
                 Err(e) => {
-                    out.faults.push(Fault {
-                        topic: Some(topic),
-                        reason: format!("the payload is not JSON, which rules need: {e}"),
-                    });
+                    out.faults.push(Fault::of(
+                        &item,
+                        format!("the payload is not JSON, which rules need: {e}"),
+                    ));
                     continue;
                 }
             };
             match self.chain(0, value, &ctx, now) {
                 Ok(Step::Out(v)) => self.emit(v, &ctx, &mut out),
                 Ok(Step::Dropped | Step::Held) => {}
-                Err(reason) => out.faults.push(Fault {
-                    topic: Some(topic),
-                    reason,
-                }),
+                Err(reason) => out.faults.push(Fault::of(&item, reason)),
             }
         }
         out

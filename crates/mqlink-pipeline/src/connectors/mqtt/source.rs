@@ -273,6 +273,12 @@ pub async fn run_source(
             }
         }
     };
+    if let Some(topic) = &cfg.dead_letter_topic {
+        out.dead_letter = Some(crate::connectors::DeadLetter {
+            client: source.clients()[0].clone(),
+            topic: topic.clone(),
+        });
+    }
     let linger = Duration::from_millis(cfg.batch_timeout_ms);
     let _ = comp.mqtt.set(Mqtt::Source(source.monitor()));
     comp.set_state(State::Running);
@@ -340,6 +346,7 @@ pub async fn run_source(
             break;
         }
     }
+    out.finish(&comp).await;
     Some(source)
 }
 
