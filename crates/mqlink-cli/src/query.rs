@@ -49,7 +49,11 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     }
     let columns: Vec<String> = json["columns"]
         .as_array()
-        .map(|c| c.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
         .unwrap_or_default();
     let rows: Vec<Vec<Value>> = json["rows"]
         .as_array()
@@ -106,11 +110,8 @@ async fn post(addr: &str, sql: &str) -> std::io::Result<(u16, String)> {
 fn json_lines(columns: &[String], rows: &[Vec<Value>]) -> String {
     let mut out = String::new();
     for r in rows {
-        let obj: serde_json::Map<String, Value> = columns
-            .iter()
-            .cloned()
-            .zip(r.iter().cloned())
-            .collect();
+        let obj: serde_json::Map<String, Value> =
+            columns.iter().cloned().zip(r.iter().cloned()).collect();
         out.push_str(&Value::Object(obj).to_string());
         out.push('\n');
     }

@@ -84,7 +84,12 @@ FROM readings;
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
     let mut run = Running(
         mqlink()
-            .args(["run", "p.sql", "--http-listen", &format!("127.0.0.1:{http}")])
+            .args([
+                "run",
+                "p.sql",
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+            ])
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -105,15 +110,12 @@ FROM readings;
         r#"{"device_id":"d3","temperature":"19","meta":{"loc":{"room":"attic"}}}"#,
     ];
     let bytes: usize = messages.iter().map(|m| m.len()).sum();
-    mosquitto_pub_lines(
-        broker.port,
-        "q/dev/r",
-        1,
-        &messages.map(String::from),
-    );
+    mosquitto_pub_lines(broker.port, "q/dev/r", 1, &messages.map(String::from));
     wait_until(30, "every message acknowledged", || {
-        rows(http, "SELECT confirmed FROM system.connector_status WHERE name = 'readings'")
-            == [json!({"confirmed": 3})]
+        rows(
+            http,
+            "SELECT confirmed FROM system.connector_status WHERE name = 'readings'",
+        ) == [json!({"confirmed": 3})]
     });
     let written: Vec<Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
         .unwrap()
@@ -130,12 +132,25 @@ FROM readings;
 
     // The health check, as written: a table as psql prints it.
     let out = query(http, &[STATUS]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].contains(" connector_name | ") && lines[0].contains("reconnect_attempts"), "{table}");
-    assert!(lines[1].starts_with("----") && lines[1].contains("-+-"), "{table}");
-    assert!(lines[2].starts_with(" mqtt_source    | readings"), "{table}");
+    assert!(
+        lines[0].contains(" connector_name | ") && lines[0].contains("reconnect_attempts"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("----") && lines[1].contains("-+-"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with(" mqtt_source    | readings"),
+        "{table}"
+    );
     assert_eq!(lines[3], "(1 row)", "{table}");
     assert_eq!(lines[0].len(), lines[1].len(), "{table}");
 
@@ -163,7 +178,9 @@ FROM readings;
     let sink = rows(http, "SELECT connector_name, kind, status, records, confirmed FROM system.connector_status WHERE kind = 'sink'");
     assert_eq!(
         sink,
-        [json!({"connector_name":"file","kind":"sink","status":"running","records":2,"confirmed":2})]
+        [
+            json!({"connector_name":"file","kind":"sink","status":"running","records":2,"confirmed":2})
+        ]
     );
 
     // The troubleshooting query, as written: the record fault's ERROR.
@@ -173,20 +190,48 @@ FROM readings;
     assert_eq!(errors[0]["connector"], "mqtt_source");
     assert_eq!(errors[0]["name"], "readings");
     let msg = errors[0]["message"].as_str().unwrap();
-    assert!(msg.starts_with("Record skipped") && msg.contains("hot") && msg.contains("topic=q/dev/r"), "{msg}");
+    assert!(
+        msg.starts_with("Record skipped") && msg.contains("hot") && msg.contains("topic=q/dev/r"),
+        "{msg}"
+    );
     let out = query(http, &[LOGS]);
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("(1 row)\n"));
 
     // Laminar's metric names: the values of ours.
     let (_, m) = http_get(http, "/metrics").unwrap();
-    let ours = |name: &str| metric(&m, &format!("{name}{{component=\"readings\",type=\"mqtt\"}}"));
+    let ours = |name: &str| {
+        metric(
+            &m,
+            &format!("{name}{{component=\"readings\",type=\"mqtt\"}}"),
+        )
+    };
     let laminar = |name: &str| metric(&m, &format!("{name}{{source=\"readings\"}}"));
     for (alias, value, of) in [
-        ("laminar_mqtt_messages_received", 3, "mqlink_source_messages_received_total"),
-        ("laminar_mqtt_bytes_received", bytes as u64, "mqlink_source_bytes_received_total"),
-        ("laminar_mqtt_connection_status", 1, "mqlink_source_connection_status"),
-        ("laminar_mqtt_subscription_count", 1, "mqlink_source_subscriptions"),
-        ("laminar_mqtt_reconnect_attempts", 0, "mqlink_source_reconnect_attempts_total"),
+        (
+            "laminar_mqtt_messages_received",
+            3,
+            "mqlink_source_messages_received_total",
+        ),
+        (
+            "laminar_mqtt_bytes_received",
+            bytes as u64,
+            "mqlink_source_bytes_received_total",
+        ),
+        (
+            "laminar_mqtt_connection_status",
+            1,
+            "mqlink_source_connection_status",
+        ),
+        (
+            "laminar_mqtt_subscription_count",
+            1,
+            "mqlink_source_subscriptions",
+        ),
+        (
+            "laminar_mqtt_reconnect_attempts",
+            0,
+            "mqlink_source_reconnect_attempts_total",
+        ),
     ] {
         assert_eq!(laminar(alias), Some(value), "{alias}:\n{m}");
         assert_eq!(ours(of), Some(value), "{of}:\n{m}");
@@ -194,9 +239,16 @@ FROM readings;
 
     // The broker dies: the source is disconnected, then reconnects.
     broker.kill();
-    let scrape = || http_get(http, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    let scrape = || {
+        http_get(http, "/metrics")
+            .map(|(_, m)| m)
+            .unwrap_or_default()
+    };
     wait_until(30, "connection status 0", || {
-        metric(&scrape(), "laminar_mqtt_connection_status{source=\"readings\"}") == Some(0)
+        metric(
+            &scrape(),
+            "laminar_mqtt_connection_status{source=\"readings\"}",
+        ) == Some(0)
     });
     let down = rows(http, "SELECT status, connected FROM system.connector_status WHERE connector_name = 'mqtt_source'");
     assert_eq!(down, [json!({"status":"reconnecting","connected":false})]);
@@ -204,25 +256,48 @@ FROM readings;
     wait_until(30, "connected again", || {
         let m = scrape();
         metric(&m, "laminar_mqtt_connection_status{source=\"readings\"}") == Some(1)
-            && metric(&m, "laminar_mqtt_reconnect_attempts{source=\"readings\"}").is_some_and(|n| n >= 1)
+            && metric(&m, "laminar_mqtt_reconnect_attempts{source=\"readings\"}")
+                .is_some_and(|n| n >= 1)
     });
     let lost = rows(http, "SELECT level, name, message FROM system.connector_logs WHERE connector = 'mqtt_source' AND message LIKE 'Connection lost.%'");
-    assert!(!lost.is_empty() && lost[0]["level"] == "WARN" && lost[0]["name"] == "readings", "{lost:?}");
-    let n = rows(http, "SELECT reconnect_attempts FROM system.connector_status WHERE name = 'readings'");
+    assert!(
+        !lost.is_empty() && lost[0]["level"] == "WARN" && lost[0]["name"] == "readings",
+        "{lost:?}"
+    );
+    let n = rows(
+        http,
+        "SELECT reconnect_attempts FROM system.connector_status WHERE name = 'readings'",
+    );
     assert!(n[0]["reconnect_attempts"].as_u64().unwrap() >= 1, "{n:?}");
 
     // Errors: 400 naming the problem; `mqlink query` exits 1 with it.
-    let (code, body) = http_get(http, "/query?sql=SELECT+nope+FROM+system.connector_status").unwrap();
+    let (code, body) =
+        http_get(http, "/query?sql=SELECT+nope+FROM+system.connector_status").unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("nope"), "{body}");
-    let (code, body) = http_get(http, "/query?sql=SELECT%20COUNT(*)%20AS%20n%20FROM%20system.connector_status").unwrap();
-    assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"columns":["n"],"rows":[[2]]})));
+    let (code, body) = http_get(
+        http,
+        "/query?sql=SELECT%20COUNT(*)%20AS%20n%20FROM%20system.connector_status",
+    )
+    .unwrap();
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"columns":["n"],"rows":[[2]]}))
+    );
     let out = query(http, &["SELECT * FROM iot_telemetry"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no table named iot_telemetry") && err.contains("system.connector_status"), "{err}");
+    assert!(
+        err.contains("no table named iot_telemetry") && err.contains("system.connector_status"),
+        "{err}"
+    );
     let out = mqlink()
-        .args(["query", "--url", &format!("http://127.0.0.1:{}", free_port()), "SELECT 1"])
+        .args([
+            "query",
+            "--url",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "SELECT 1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

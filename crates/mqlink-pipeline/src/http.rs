@@ -85,7 +85,10 @@ async fn read_request(sock: &mut TcpStream) -> std::io::Result<Result<Request, (
                         )))
                     }
                     Err(_) => {
-                        return Ok(Err((400, format!("content-length {:?} is not a number\n", v.trim()))))
+                        return Ok(Err((
+                            400,
+                            format!("content-length {:?} is not a number\n", v.trim()),
+                        )))
                     }
                 }
             }
@@ -118,7 +121,11 @@ async fn answer(
             let r = match (req.method.as_str(), req.path.as_str()) {
                 ("GET" | "HEAD" | "POST", "/query") => run_query(&req, registry, query),
                 ("GET" | "HEAD", path) => route(path, registry),
-                _ => (405, "text/plain", "only GET, and POST to /query\n".to_string()),
+                _ => (
+                    405,
+                    "text/plain",
+                    "only GET, and POST to /query\n".to_string(),
+                ),
             };
             (req.method, r)
         }
@@ -210,10 +217,12 @@ fn percent_decode(s: &str) -> Result<String, String> {
                 let hex = s
                     .get(i + 1..i + 3)
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!(
+                    .ok_or_else(|| {
+                        format!(
                             "bad escape at byte {i}: {:?}",
                             String::from_utf8_lossy(&b[i..(i + 3).min(b.len())])
-                        ))?;
+                        )
+                    })?;
                 out.push(hex);
                 i += 2;
             }
@@ -273,20 +282,33 @@ mod tests {
         let (code, _, body) = run_query(&request("GET", "sql=SELECT+1", ""), &r, None);
         assert_eq!(code, 501);
         assert!(body.contains("built without SQL"), "{body}");
-        let echo: QueryHandler = std::sync::Arc::new(|sql: &str, tables: &[crate::status::SystemTable]| {
-            if sql == "bad" {
-                return Err("bad query".into());
-            }
-            Ok(serde_json::json!({"sql": sql, "tables": tables.iter().map(|t| t.name).collect::<Vec<_>>()}))
-        });
+        let echo: QueryHandler = std::sync::Arc::new(
+            |sql: &str, tables: &[crate::status::SystemTable]| {
+                if sql == "bad" {
+                    return Err("bad query".into());
+                }
+                Ok(
+                    serde_json::json!({"sql": sql, "tables": tables.iter().map(|t| t.name).collect::<Vec<_>>()}),
+                )
+            },
+        );
         let h = Some(&echo);
         let (code, _, body) = run_query(&request("GET", "x=1&sql=SELECT%20*%20FROM+t", ""), &r, h);
         assert_eq!(code, 200, "{body}");
         let j: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(j["sql"], "SELECT * FROM t");
-        assert_eq!(j["tables"], serde_json::json!(["system.connector_status", "system.connector_logs"]));
+        assert_eq!(
+            j["tables"],
+            serde_json::json!(["system.connector_status", "system.connector_logs"])
+        );
         let (code, _, body) = run_query(&request("POST", "", "SELECT 'é'"), &r, h);
-        assert_eq!((code, serde_json::from_str::<serde_json::Value>(&body).unwrap()["sql"].clone()), (200, "SELECT 'é'".into()));
+        assert_eq!(
+            (
+                code,
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["sql"].clone()
+            ),
+            (200, "SELECT 'é'".into())
+        );
         for (req, want) in [
             (request("POST", "", "bad"), "bad query"),
             (request("GET", "", ""), "no query"),

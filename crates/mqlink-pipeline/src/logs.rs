@@ -132,7 +132,8 @@ mod tests {
 
     #[test]
     fn events_are_kept_with_their_component_and_bounded() {
-        let subscriber = tracing_subscriber::registry().with(RecentLogs.with_filter(LevelFilter::INFO));
+        let subscriber =
+            tracing_subscriber::registry().with(RecentLogs.with_filter(LevelFilter::INFO));
         let marker = format!("marker-{}", std::process::id());
         tracing::subscriber::with_default(subscriber, || {
             tracing::debug!(component = "sources.t", "{marker} debug is not kept");
@@ -144,11 +145,17 @@ mod tests {
         });
         let all = recent();
         assert!(all.len() <= CAPACITY);
-        assert_eq!(all.last().unwrap().message, format!("filler n={}", CAPACITY + 4));
+        assert_eq!(
+            all.last().unwrap().message,
+            format!("filler n={}", CAPACITY + 4)
+        );
         // Other tests may log at the same time: look for ours.
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(RecentLogs.with_filter(LevelFilter::INFO)), || {
-            tracing::error!(component = %"sinks.k", error = %"mqtt://u:pw@h:1883 refused", "{marker} x.");
-        });
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(RecentLogs.with_filter(LevelFilter::INFO)),
+            || {
+                tracing::error!(component = %"sinks.k", error = %"mqtt://u:pw@h:1883 refused", "{marker} x.");
+            },
+        );
         let mine: Vec<LogEvent> = recent()
             .into_iter()
             .filter(|e| e.message.starts_with(&marker))
@@ -156,7 +163,11 @@ mod tests {
         assert_eq!(mine.len(), 1, "{mine:?}");
         assert_eq!(mine[0].level, "ERROR");
         assert_eq!(mine[0].component.as_deref(), Some("sinks.k"));
-        assert!(mine[0].message.contains("mqtt://u:***@h:1883"), "{}", mine[0].message);
+        assert!(
+            mine[0].message.contains("mqtt://u:***@h:1883"),
+            "{}",
+            mine[0].message
+        );
         assert!(!mine[0].message.contains("pw"), "{}", mine[0].message);
     }
 }

@@ -403,7 +403,7 @@ pub struct SystemTable {
 pub type QueryHandler =
     Arc<dyn Fn(&str, &[SystemTable]) -> Result<serde_json::Value, String> + Send + Sync>;
 
-const STATUS_COLUMNS: [(&str, ColumnType); 18] = [
+const STATUS_COLUMNS: [(&str, ColumnType); 19] = [
     ("connector_name", ColumnType::Text),
     ("name", ColumnType::Text),
     ("kind", ColumnType::Text),
@@ -417,6 +417,7 @@ const STATUS_COLUMNS: [(&str, ColumnType); 18] = [
     ("errors", ColumnType::BigInt),
     ("skipped", ColumnType::BigInt),
     ("dead_lettered", ColumnType::BigInt),
+    ("late", ColumnType::BigInt),
     ("subscription_count", ColumnType::BigInt),
     ("reconnect_attempts", ColumnType::BigInt),
     ("client_ids", ColumnType::Text),
@@ -484,6 +485,7 @@ impl Component {
             int(Some(self.error_count())),
             int(Some(self.skipped.load(Relaxed))),
             int(dead_lettered),
+            int((self.kind == Kind::Source).then(|| self.late.load(Relaxed))),
             int(subscriptions),
             int(reconnects),
             text((!ids.is_empty()).then(|| ids.join(","))),
@@ -524,7 +526,11 @@ impl Registry {
         }
         for (alias, ours) in LAMINAR_ALIASES {
             let mut lines = String::new();
-            for c in self.0.iter().filter(|c| c.connector_name() == "mqtt_source") {
+            for c in self
+                .0
+                .iter()
+                .filter(|c| c.connector_name() == "mqtt_source")
+            {
                 let v = c
                     .metrics()
                     .iter()
@@ -709,10 +715,19 @@ mod tests {
             "laminar_mqtt_subscription_count",
             "laminar_mqtt_reconnect_attempts",
         ] {
-            assert!(m.contains(&format!("{name}{{source=\"iot\"}} 0\n")), "{name}:\n{m}");
+            assert!(
+                m.contains(&format!("{name}{{source=\"iot\"}} 0\n")),
+                "{name}:\n{m}"
+            );
         }
-        assert!(m.contains("# TYPE laminar_mqtt_messages_received counter"), "{m}");
-        assert!(m.contains("# TYPE laminar_mqtt_connection_status gauge"), "{m}");
+        assert!(
+            m.contains("# TYPE laminar_mqtt_messages_received counter"),
+            "{m}"
+        );
+        assert!(
+            m.contains("# TYPE laminar_mqtt_connection_status gauge"),
+            "{m}"
+        );
         assert!(!m.contains("source=\"out\""), "{m}");
         let t = r.system_tables();
         assert_eq!(t[0].name, "system.connector_status");
@@ -721,7 +736,10 @@ mod tests {
             row[t[0].columns.iter().position(|(n, _)| *n == name).unwrap()].clone()
         };
         let (iot, out) = (&t[0].rows[0], &t[0].rows[1]);
-        assert_eq!(col(iot, "connector_name"), Value::Text("mqtt_source".into()));
+        assert_eq!(
+            col(iot, "connector_name"),
+            Value::Text("mqtt_source".into())
+        );
         assert_eq!(col(iot, "status"), Value::Text("connecting".into()));
         assert_eq!(col(iot, "connected"), Value::Boolean(false));
         assert_eq!(

@@ -76,7 +76,10 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
 }
 
 fn function(kind: Kind) -> Arc<ScalarUDF> {
-    let name = KINDS.iter().find(|(k, _)| *k == kind).map_or("", |(_, n)| n);
+    let name = KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("", |(_, n)| n);
     Arc::new(ScalarUDF::new_from_impl(JsonFn {
         kind,
         name,
@@ -387,7 +390,10 @@ mod tests {
         Arc::new(StringArray::from(vec![k; n]))
     }
     fn idx(i: i64, n: usize) -> ArrayRef {
-        Arc::new(datafusion_common::arrow::array::Int64Array::from(vec![i; n]))
+        Arc::new(datafusion_common::arrow::array::Int64Array::from(vec![
+            i;
+            n
+        ]))
     }
 
     fn strings(a: &ArrayRef) -> Vec<Option<String>> {
@@ -417,11 +423,25 @@ mod tests {
         };
         assert_eq!(
             strings(&run(Kind::Get, &DOCS, with(0))),
-            [Some("10".into()), None, None, None, None, Some("\"12\"".into())]
+            [
+                Some("10".into()),
+                None,
+                None,
+                None,
+                None,
+                Some("\"12\"".into())
+            ]
         );
         assert_eq!(
             strings(&run(Kind::AsText, &DOCS, with(1))),
-            [Some("x".into()), None, None, None, None, Some(r#"{"c":1}"#.into())]
+            [
+                Some("x".into()),
+                None,
+                None,
+                None,
+                None,
+                Some(r#"{"c":1}"#.into())
+            ]
         );
         assert_eq!(
             strings(&run(Kind::GetStr, &DOCS, with(1))),
@@ -434,12 +454,21 @@ mod tests {
         );
         assert_eq!(
             strings(&run(Kind::GetJson, &DOCS, with(-1))),
-            [Some("null".into()), None, None, None, None, Some(r#"{"c":1}"#.into())]
+            [
+                Some("null".into()),
+                None,
+                None,
+                None,
+                None,
+                Some(r#"{"c":1}"#.into())
+            ]
         );
         let ints = run(Kind::GetInt, &DOCS, with(0));
         let ints = ints.as_primitive::<Int64Type>();
         assert_eq!(
-            (0..n).map(|i| ints.is_valid(i).then(|| ints.value(i))).collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| ints.is_valid(i).then(|| ints.value(i)))
+                .collect::<Vec<_>>(),
             [Some(10), None, None, None, None, Some(12)]
         );
         let f = run(Kind::GetFloat, &DOCS, with(2));
@@ -454,14 +483,25 @@ mod tests {
         let len = run(Kind::Length, &DOCS, b());
         let len = len.as_primitive::<Int64Type>();
         assert_eq!(
-            (0..n).map(|i| len.is_valid(i).then(|| len.value(i))).collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| len.is_valid(i).then(|| len.value(i)))
+                .collect::<Vec<_>>(),
             [Some(5), Some(0), None, None, None, Some(2)]
         );
         let has = run(Kind::Contains, &DOCS, vec![key("n", n)]);
         let has = has.as_boolean();
         assert_eq!(
-            (0..n).map(|i| has.is_valid(i).then(|| has.value(i))).collect::<Vec<_>>(),
-            [Some(true), Some(false), None, None, Some(false), Some(false)]
+            (0..n)
+                .map(|i| has.is_valid(i).then(|| has.value(i)))
+                .collect::<Vec<_>>(),
+            [
+                Some(true),
+                Some(false),
+                None,
+                None,
+                Some(false),
+                Some(false)
+            ]
         );
         // Index 0 of an array at the top; a text key on an array is missing.
         assert_eq!(

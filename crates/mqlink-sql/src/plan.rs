@@ -86,7 +86,7 @@ pub struct Catalog {
     options: ConfigOptions,
     functions: HashMap<String, Arc<ScalarUDF>>,
     aggregates: HashMap<String, Arc<AggregateUDF>>,
-    /// `->` and `->>`.
+    /// SQL that DataFusion plans through extensions.
     planners: Vec<Arc<dyn ExprPlanner>>,
     /// `system.*` tables are readable (`mqlink query`), and nothing else.
     system: bool,
@@ -118,7 +118,11 @@ impl Default for Catalog {
             options: ConfigOptions::default(),
             functions,
             aggregates,
-            planners: vec![Arc::new(crate::json::JsonOperators)],
+            // `COUNT(*)` as `count(1)`; `->` and `->>`.
+            planners: vec![
+                Arc::new(datafusion_functions_aggregate::planner::AggregateFunctionPlanner),
+                Arc::new(crate::json::JsonOperators),
+            ],
             system: false,
         }
     }

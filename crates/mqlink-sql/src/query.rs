@@ -15,17 +15,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use datafusion_common::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use datafusion_common::arrow::compute::{
-    cast, concat_batches, filter_record_batch, lexsort_to_indices, take, SortColumn,
-    SortOptions,
+    cast, concat_batches, filter_record_batch, lexsort_to_indices, take, SortColumn, SortOptions,
 };
 use datafusion_common::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion_common::arrow::record_batch::RecordBatch;
 use datafusion_common::arrow::row::{RowConverter, SortField};
 use datafusion_common::{DFSchema, ScalarValue};
 use datafusion_expr::expr::AggregateFunction;
+use datafusion_expr::function::AccumulatorArgs;
 use datafusion_expr::logical_plan::{Distinct, FetchType, SkipType};
 use datafusion_expr::{Expr, LogicalPlan};
-use datafusion_expr::function::AccumulatorArgs;
 use datafusion_sql::sqlparser::ast::Statement;
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
@@ -71,7 +70,12 @@ pub fn query(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
     let mut batches = HashMap::new();
     let mut schemas = Vec::new();
     for t in tables {
-        let schema = schema_of(t.columns.iter().map(|(n, ty)| arrow_field(n, *ty)).collect());
+        let schema = schema_of(
+            t.columns
+                .iter()
+                .map(|(n, ty)| arrow_field(n, *ty))
+                .collect(),
+        );
         let n = t.rows.len();
         let cols = (0..t.columns.len())
             .map(|i| values(t.columns[i].1, t.rows.iter().map(|r| r.get(i)), n))
@@ -131,7 +135,12 @@ fn err(e: impl std::fmt::Display) -> String {
 
 impl Exec<'_> {
     /// Values of `e` over every row of `batch` (of `schema`).
-    fn eval(&self, e: &Expr, schema: &Arc<DFSchema>, batch: &RecordBatch) -> Result<ArrayRef, String> {
+    fn eval(
+        &self,
+        e: &Expr,
+        schema: &Arc<DFSchema>,
+        batch: &RecordBatch,
+    ) -> Result<ArrayRef, String> {
         physical(e, schema, self.now)?
             .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
@@ -143,15 +152,22 @@ impl Exec<'_> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.to_string();
-                let name = if name.contains('.') { name } else { format!("system.{name}") };
+                let name = if name.contains('.') {
+                    name
+                } else {
+                    format!("system.{name}")
+                };
                 let mut batch = self
                     .tables
                     .get(&name)
                     .cloned()
                     .ok_or_else(|| format!("no table named {name}"))?;
                 let full = Arc::new(
-                    DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())
-                        .map_err(err)?,
+                    DFSchema::try_from_qualified_schema(
+                        scan.table_name.clone(),
+                        &scan.source.schema(),
+                    )
+                    .map_err(err)?,
                 );
                 for f in &scan.filters {
                     batch = self.filter(f, &full, batch)?;
@@ -252,7 +268,12 @@ impl Exec<'_> {
             }
             other => Err(format!(
                 "{}: not supported by mqlink query",
-                other.display().to_string().split(':').next().unwrap_or("this")
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this")
             )),
         }
     }
@@ -281,7 +302,10 @@ impl Exec<'_> {
     ) -> Result<RecordBatch, String> {
         let in_schema = a.input.schema();
         let n = input.num_rows();
-        if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+        if a.group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
             return Err("GROUPING SETS, CUBE, ROLLUP: not supported by mqlink query".into());
         }
         let keys = a
@@ -331,7 +355,11 @@ impl Exec<'_> {
                 .collect::<Result<_, _>>()?;
             let args: Vec<ArrayRef> = exprs
                 .iter()
-                .map(|x| x.evaluate(&input).and_then(|v| v.into_array(n)).map_err(err))
+                .map(|x| {
+                    x.evaluate(&input)
+                        .and_then(|v| v.into_array(n))
+                        .map_err(err)
+                })
                 .collect::<Result<_, _>>()?;
             let field = a.schema.as_arrow().field(a.group_expr.len() + i);
             let return_field: FieldRef = Arc::new(field.clone());
@@ -500,7 +528,15 @@ mod tests {
         let j = to_json(&b);
         assert_eq!(
             j["columns"],
-            serde_json::json!(["connector_name", "name", "kind", "messages_received", "connected", "last_error", "doc"])
+            serde_json::json!([
+                "connector_name",
+                "name",
+                "kind",
+                "messages_received",
+                "connected",
+                "last_error",
+                "doc"
+            ])
         );
         assert_eq!(j["rows"][0][1], "iot");
         assert_eq!(j["rows"][1][5], "lost");
@@ -530,21 +566,32 @@ LIMIT 10;",
         );
         assert_eq!(
             rows("SELECT name FROM connector_status ORDER BY name LIMIT 2 OFFSET 1"),
-            vec![vec![serde_json::json!("out")], vec![serde_json::json!("raw")]]
+            vec![
+                vec![serde_json::json!("out")],
+                vec![serde_json::json!("raw")]
+            ]
         );
         // NULLs last ascending (DataFusion's default: NULLS LAST for ASC).
         assert_eq!(
             rows("SELECT last_error FROM system.connector_status ORDER BY last_error"),
-            [json("lost"), json("refused"), serde_json::Value::Null, serde_json::Value::Null]
-                .into_iter()
-                .map(|v| vec![v])
-                .collect::<Vec<_>>()
+            [
+                json("lost"),
+                json("refused"),
+                serde_json::Value::Null,
+                serde_json::Value::Null
+            ]
+            .into_iter()
+            .map(|v| vec![v])
+            .collect::<Vec<_>>()
         );
         assert_eq!(
             rows("SELECT DISTINCT kind FROM system.connector_status ORDER BY kind").len(),
             2
         );
-        assert_eq!(rows("SELECT 1 + 1 AS two"), vec![vec![serde_json::json!(2)]]);
+        assert_eq!(
+            rows("SELECT 1 + 1 AS two"),
+            vec![vec![serde_json::json!(2)]]
+        );
         assert_eq!(
             rows("SELECT name FROM system.connector_status WHERE kind = 'sink' UNION ALL SELECT 'x' ORDER BY 1").len(),
             3
@@ -582,10 +629,13 @@ LIMIT 10;",
             rows("SELECT COUNT(*), SUM(messages_received), MAX(name) FROM system.connector_status WHERE name = 'nope'"),
             vec![vec![0.into(), serde_json::Value::Null, serde_json::Value::Null]]
         );
-        assert!(rows("SELECT kind, COUNT(*) FROM system.connector_status WHERE name = 'nope' GROUP BY kind").is_empty());
+        assert!(rows(
+            "SELECT kind, COUNT(*) FROM system.connector_status WHERE name = 'nope' GROUP BY kind"
+        )
+        .is_empty());
         assert_eq!(
             rows("SELECT COUNT(DISTINCT kind), COUNT(last_error) FROM system.connector_status"),
-            vec![vec![2.into(), 2.into()]]
+            vec![vec![serde_json::json!(2), serde_json::json!(2)]]
         );
         // The reference's rate query, on the logs.
         assert_eq!(
@@ -609,15 +659,24 @@ LIMIT 10;",
                 serde_json::Value::Null,
             ]]
         );
-        let b = query("SELECT doc -> 'n' FROM system.connector_status LIMIT 1", &tables()).unwrap();
+        let b = query(
+            "SELECT doc -> 'n' FROM system.connector_status LIMIT 1",
+            &tables(),
+        )
+        .unwrap();
         assert_eq!(b.schema().field(0).name(), "doc -> 'n'");
-        assert!(error("SELECT json_get(1.5, 'a') FROM system.connector_status").contains("json_get"));
+        assert!(
+            error("SELECT json_get(1.5, 'a') FROM system.connector_status").contains("json_get")
+        );
     }
 
     #[test]
     fn errors_name_the_problem() {
         let e = error("SELECT * FROM iot_telemetry");
-        assert!(e.contains("no table named iot_telemetry") && e.contains("system.connector_logs"), "{e}");
+        assert!(
+            e.contains("no table named iot_telemetry") && e.contains("system.connector_logs"),
+            "{e}"
+        );
         let e = error("SELECT nope FROM system.connector_status");
         assert!(e.contains("nope"), "{e}");
         assert!(error("SELEC 1").starts_with("syntax: "));
@@ -625,12 +684,14 @@ LIMIT 10;",
         assert!(error("SELECT 1; SELECT 2").contains("one query"));
         let e = error("SELECT a.name FROM system.connector_status a JOIN system.connector_logs b ON a.name = b.message");
         assert!(e.contains("JOIN"), "{e}");
-        let e = error("SELECT name, row_number() OVER (ORDER BY name) FROM system.connector_status");
+        let e =
+            error("SELECT name, row_number() OVER (ORDER BY name) FROM system.connector_status");
         assert!(!e.is_empty());
         // A pipeline file still refuses system tables, pointing here.
         let mut c = Catalog::default();
         c.add_table("t", schema_of(vec![]));
-        let q = Parser::parse_sql(&GenericDialect {}, "SELECT * FROM system.connector_status").unwrap();
+        let q =
+            Parser::parse_sql(&GenericDialect {}, "SELECT * FROM system.connector_status").unwrap();
         let Statement::Query(q) = &q[0] else { panic!() };
         let e = c.plan(q).unwrap_err();
         assert!(e.contains("mqlink query"), "{e}");

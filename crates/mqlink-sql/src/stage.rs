@@ -146,7 +146,11 @@ impl Program {
 
 /// A batch of `cols` under `schema`, every column nullable (an expression
 /// may yield NULL where the plan did not expect it).
-pub(crate) fn rebuild(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch, String> {
+pub(crate) fn rebuild(
+    schema: &SchemaRef,
+    cols: Vec<ArrayRef>,
+    n: usize,
+) -> Result<RecordBatch, String> {
     let fields: Vec<_> = schema
         .fields()
         .iter()
@@ -486,7 +490,11 @@ fn to_batch(input: &Input, items: &[Item], now: DateTime<Utc>) -> Result<RecordB
 
 /// One column of values of type `ty` (values of another type: NULL; the
 /// source's decoder already typed them).
-pub(crate) fn values<'a>(ty: ColumnType, vs: impl Iterator<Item = Option<&'a Value>>, n: usize) -> ArrayRef {
+pub(crate) fn values<'a>(
+    ty: ColumnType,
+    vs: impl Iterator<Item = Option<&'a Value>>,
+    n: usize,
+) -> ArrayRef {
     match ty {
         ColumnType::Text | ColumnType::Json => {
             let mut b = StringBuilder::with_capacity(n, n * 16);
