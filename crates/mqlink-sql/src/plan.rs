@@ -226,7 +226,7 @@ impl ContextProvider for Catalog {
                 let mut known: Vec<&str> = self.tables.keys().map(String::as_str).collect();
                 known.sort();
                 datafusion_common::DataFusionError::Plan(format!(
-                    "no table named {name}: a running pipeline's queryable tables are {}",
+                    "no table named {name}: mqlink query reads a running pipeline's {} (a source table's rows go to its sinks; none are kept to query)",
                     known.join(" and ")
                 ))
             });
