@@ -412,6 +412,69 @@ mod tests {
         Some(r#"{"a": {"b": ["12", {"c": 1}]}}"#),
     ];
 
+    /// In a pipeline's query: TEXT and JSON columns, bad JSON is NULL (not
+    /// a record fault), `->` gives JSON to the sinks.
+    #[test]
+    fn in_a_pipeline_stage() {
+        use mqlink::format::Value;
+        use mqlink_pipeline::batch::Item;
+        let p = crate::parse(
+            "CREATE TABLE t (s TEXT, j JSON) WITH (connector = 'mqtt', type = 'source', url = 'tcp://h:1883', topic = 'a');
+             CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+             INSERT INTO f SELECT s ->> 'k' AS k, j -> 'a' -> 0 AS first, json_get_float(j, 'v') * 2 AS v FROM t WHERE json_contains(j, 'a') OR j IS NULL;",
+            &|_| None,
+        )
+        .unwrap();
+        let item = |s: Option<&str>, j: Option<serde_json::Value>| Item {
+            topic: Some("a".into()),
+            payload: bytes::Bytes::new(),
+            value: Value::Row(vec![
+                ("s".into(), s.map_or(Value::Null, |s| Value::Text(s.into()))),
+                ("j".into(), j.map_or(Value::Null, Value::Json)),
+            ]),
+        };
+        let out = p.transforms["t"].make().apply(
+            vec![
+                item(
+                    Some(r#"{"k": "x"}"#),
+                    Some(serde_json::json!({"a": [{"b": 1}], "v": 1.5})),
+                ),
+                item(
+                    Some("not json"),
+                    Some(serde_json::json!({"a": "text", "v": "2"})),
+                ),
+                item(Some("{"), Some(serde_json::json!({"no_a": 1}))),
+                item(None, None),
+            ],
+            tokio::time::Instant::now(),
+        );
+        assert!(
+            out.faults.is_empty(),
+            "{:?}",
+            out.faults.iter().map(|f| &f.reason).collect::<Vec<_>>()
+        );
+        let rows: Vec<Vec<Value>> = out
+            .items
+            .into_iter()
+            .map(|i| match i.value {
+                Value::Row(r) => r.into_iter().map(|(_, v)| v).collect(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    Value::Text("x".into()),
+                    Value::Json(serde_json::json!({"b": 1})),
+                    Value::Double(3.0)
+                ],
+                vec![Value::Null, Value::Null, Value::Double(4.0)],
+                vec![Value::Null, Value::Null, Value::Null],
+            ]
+        );
+    }
+
     #[test]
     fn paths_types_and_bad_json() {
         let n = DOCS.len();
