@@ -163,9 +163,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         until_idle: args.until_idle.map(Duration::from_secs_f64),
         on_tick: Some(Box::new(move |r: &Registry| live.show(r))),
         tick_every,
-        // /query over the system tables, evaluated by DataFusion.
+        // /query over the system tables, evaluated by DataFusion (and the
+        // source tables' recent rows, kept only when /query is served).
         #[cfg(feature = "sql")]
-        query: Some(mqlink_sql::query::handler()),
+        query: p.http.is_some().then(mqlink_sql::query::handler),
         #[cfg(not(feature = "sql"))]
         query: None,
     };

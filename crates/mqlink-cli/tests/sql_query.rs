@@ -70,12 +70,12 @@ fn the_monitoring_queries_of_a_running_pipeline() {
     let http = free_port();
     let sql = format!(
         "CREATE CONNECTION mqtt_connection FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:{}', client_id = '{}', reconnect_interval = 0.2);
-CREATE TABLE readings (device_id TEXT, temperature TEXT, meta JSON) WITH (
+CREATE TABLE iot_telemetry (device_id TEXT, timestamp TIMESTAMP, temperature TEXT, meta JSON) WITH (
     connector = 'mqtt_source', connection = 'mqtt_connection', topics = '[\"q/+/r\"]', qos = 1, format = 'json');
 CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');
 INSERT INTO out SELECT device_id, CAST(temperature AS DOUBLE) AS temp,
     meta -> 'loc' ->> 'room' AS room, json_get_int(meta, 'n') AS n, meta -> 'loc' AS loc
-FROM readings;
+FROM iot_telemetry;
 ",
         broker.port,
         unique_id("query")
@@ -104,17 +104,29 @@ FROM readings;
 
     // Two readings and one whose temperature is no number: the query
     // cannot compute it (a record fault, logged as an ERROR).
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let messages = [
-        r#"{"device_id":"d1","temperature":"21.5","meta":{"loc":{"room":"hall"},"n":3}}"#,
-        r#"{"device_id":"d2","temperature":"hot","meta":{"loc":{"room":"lab"},"n":4}}"#,
-        r#"{"device_id":"d3","temperature":"19","meta":{"loc":{"room":"attic"}}}"#,
+        format!(
+            r#"{{"device_id":"d1","timestamp":{},"temperature":"21.5","meta":{{"loc":{{"room":"hall"}},"n":3}}}}"#,
+            ms - 2000
+        ),
+        format!(
+            r#"{{"device_id":"d2","timestamp":{},"temperature":"hot","meta":{{"loc":{{"room":"lab"}},"n":4}}}}"#,
+            ms - 1000
+        ),
+        format!(
+            r#"{{"device_id":"d3","timestamp":{ms},"temperature":"19","meta":{{"loc":{{"room":"attic"}}}}}}"#
+        ),
     ];
     let bytes: usize = messages.iter().map(|m| m.len()).sum();
-    mosquitto_pub_lines(broker.port, "q/dev/r", 1, &messages.map(String::from));
+    mosquitto_pub_lines(broker.port, "q/dev/r", 1, &messages);
     wait_until(30, "every message acknowledged", || {
         rows(
             http,
-            "SELECT confirmed FROM system.connector_status WHERE name = 'readings'",
+            "SELECT confirmed FROM system.connector_status WHERE name = 'iot_telemetry'",
         ) == [json!({"confirmed": 3})]
     });
     let written: Vec<Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
@@ -148,7 +160,7 @@ FROM readings;
         "{table}"
     );
     assert!(
-        lines[2].starts_with(" mqtt_source    | readings"),
+        lines[2].starts_with(" mqtt_source    | iot_telemetry"),
         "{table}"
     );
     assert_eq!(lines[3], "(1 row)", "{table}");
@@ -162,7 +174,7 @@ FROM readings;
     let s = &status[0];
     for (k, v) in [
         ("connector_name", json!("mqtt_source")),
-        ("name", json!("readings")),
+        ("name", json!("iot_telemetry")),
         ("kind", json!("source")),
         ("status", json!("running")),
         ("connected", json!(true)),
@@ -191,7 +203,7 @@ FROM readings;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["level"], "ERROR");
     assert_eq!(errors[0]["connector"], "mqtt_source");
-    assert_eq!(errors[0]["name"], "readings");
+    assert_eq!(errors[0]["name"], "iot_telemetry");
     let msg = errors[0]["message"].as_str().unwrap();
     assert!(
         msg.starts_with("Record skipped") && msg.contains("hot") && msg.contains("topic=q/dev/r"),
@@ -200,15 +212,35 @@ FROM readings;
     let out = query(http, &[LOGS]);
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("(1 row)\n"));
 
+    // The rate query, as written: over the source table's recent rows.
+    let rate = rows(
+        http,
+        "SELECT 
+    COUNT(*) as messages_per_minute,
+    MIN(timestamp) as window_start,
+    MAX(timestamp) as window_end
+FROM iot_telemetry
+WHERE timestamp > NOW() - INTERVAL '1 minute';",
+    );
+    assert_eq!(rate.len(), 1, "{rate:?}");
+    assert_eq!(rate[0]["messages_per_minute"], 3, "{rate:?}");
+    let (start, end) = (
+        rate[0]["window_start"].as_str().unwrap(),
+        rate[0]["window_end"].as_str().unwrap(),
+    );
+    assert!(start < end && start.ends_with('Z'), "{rate:?}");
+    let devices = rows(http, "SELECT device_id, meta -> 'loc' ->> 'room' AS room FROM iot_telemetry WHERE json_get_int(meta, 'n') > 3");
+    assert_eq!(devices, [json!({"device_id":"d2","room":"lab"})]);
+
     // Laminar's metric names: the values of ours.
     let (_, m) = http_get(http, "/metrics").unwrap();
     let ours = |name: &str| {
         metric(
             &m,
-            &format!("{name}{{component=\"readings\",type=\"mqtt\"}}"),
+            &format!("{name}{{component=\"iot_telemetry\",type=\"mqtt\"}}"),
         )
     };
-    let laminar = |name: &str| metric(&m, &format!("{name}{{source=\"readings\"}}"));
+    let laminar = |name: &str| metric(&m, &format!("{name}{{source=\"iot_telemetry\"}}"));
     for (alias, value, of) in [
         (
             "laminar_mqtt_messages_received",
@@ -250,7 +282,7 @@ FROM readings;
     wait_until(30, "connection status 0", || {
         metric(
             &scrape(),
-            "laminar_mqtt_connection_status{source=\"readings\"}",
+            "laminar_mqtt_connection_status{source=\"iot_telemetry\"}",
         ) == Some(0)
     });
     let down = rows(http, "SELECT status, connected FROM system.connector_status WHERE connector_name = 'mqtt_source'");
@@ -258,18 +290,24 @@ FROM readings;
     broker.restart();
     wait_until(30, "connected again", || {
         let m = scrape();
-        metric(&m, "laminar_mqtt_connection_status{source=\"readings\"}") == Some(1)
-            && metric(&m, "laminar_mqtt_reconnect_attempts{source=\"readings\"}")
-                .is_some_and(|n| n >= 1)
+        metric(
+            &m,
+            "laminar_mqtt_connection_status{source=\"iot_telemetry\"}",
+        ) == Some(1)
+            && metric(
+                &m,
+                "laminar_mqtt_reconnect_attempts{source=\"iot_telemetry\"}",
+            )
+            .is_some_and(|n| n >= 1)
     });
     let lost = rows(http, "SELECT level, name, message FROM system.connector_logs WHERE connector = 'mqtt_source' AND message LIKE 'Connection lost.%'");
     assert!(
-        !lost.is_empty() && lost[0]["level"] == "WARN" && lost[0]["name"] == "readings",
+        !lost.is_empty() && lost[0]["level"] == "WARN" && lost[0]["name"] == "iot_telemetry",
         "{lost:?}"
     );
     let n = rows(
         http,
-        "SELECT reconnect_attempts FROM system.connector_status WHERE name = 'readings'",
+        "SELECT reconnect_attempts FROM system.connector_status WHERE name = 'iot_telemetry'",
     );
     assert!(n[0]["reconnect_attempts"].as_u64().unwrap() >= 1, "{n:?}");
 
@@ -287,11 +325,12 @@ FROM readings;
         (code, serde_json::from_str::<Value>(&body).unwrap()),
         (200, json!({"columns":["n"],"rows":[[2]]}))
     );
-    let out = query(http, &["SELECT * FROM iot_telemetry"]);
+    let out = query(http, &["SELECT * FROM mqtt_raw"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no table named iot_telemetry") && err.contains("system.connector_status"),
+        err.contains("no table named mqtt_raw")
+            && err.contains("iot_telemetry, system.connector_logs, system.connector_status"),
         "{err}"
     );
     let out = mqlink()

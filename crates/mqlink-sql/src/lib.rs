@@ -14,8 +14,9 @@
 //! - [`stage`]: a program run on each batch of records as Arrow columns
 //!   (the pipeline's [`mqlink_pipeline::transform::Transform`]).
 //! - [`json`]: `->`, `->>` and the `json_get*` functions.
-//! - [`query`]: one-off queries over a running pipeline's system tables
-//!   (`mqlink query`, /query): planned by DataFusion, run over a snapshot.
+//! - [`query`]: one-off queries over a running pipeline's system tables and
+//!   its source tables' recent rows (`mqlink query`, /query): planned by
+//!   DataFusion, run over a snapshot.
 //!
 //! Acknowledgements stay the pipeline's: a record a filter removes counts
 //! as done, the others are acknowledged once every sink has them.

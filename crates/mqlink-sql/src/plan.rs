@@ -217,17 +217,22 @@ impl ContextProvider for Catalog {
         name: TableReference,
     ) -> datafusion_common::Result<Arc<dyn TableSource>> {
         if self.system {
-            // `system.connector_status`, or `connector_status` alone.
-            let full = match name.schema() {
-                Some(s) => format!("{s}.{}", name.table()),
-                None => format!("system.{}", name.table()),
+            // `system.connector_status` (or `connector_status` alone), and
+            // source tables by name.
+            let found = match name.schema() {
+                Some(s) => self.tables.get(&format!("{s}.{}", name.table())),
+                None => self
+                    .tables
+                    .get(name.table())
+                    .or_else(|| self.tables.get(&format!("system.{}", name.table()))),
             };
-            return self.tables.get(&full).cloned().ok_or_else(|| {
+            return found.cloned().ok_or_else(|| {
                 let mut known: Vec<&str> = self.tables.keys().map(String::as_str).collect();
                 known.sort();
                 datafusion_common::DataFusionError::Plan(format!(
-                    "no table named {name}: mqlink query reads a running pipeline's {} (a source table's rows go to its sinks; none are kept to query)",
-                    known.join(" and ")
+                    "no table named {name}: mqlink query reads {} (and a source table once a query of the pipeline has read rows of it: its last {} rows)",
+                    known.join(", "),
+                    crate::query::RECENT_ROWS
                 ))
             });
         }

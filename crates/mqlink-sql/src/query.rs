@@ -1,16 +1,17 @@
 //! One-off queries over a running pipeline's system tables
-//! (`system.connector_status`, `system.connector_logs`): what `mqlink
-//! query` sends to /query. DataFusion plans the SELECT (types, functions,
+//! (`system.connector_status`, `system.connector_logs`) and its source
+//! tables' recent rows: what `mqlink query` sends to /query. DataFusion plans the SELECT (types, functions,
 //! the JSON operators); the plan is run here over the tables' rows as Arrow
 //! batches — filters and projections with DataFusion's physical
 //! expressions, ORDER BY with Arrow's `lexsort_to_indices`, LIMIT/OFFSET,
 //! DISTINCT, UNION ALL, and COUNT/SUM/MIN/MAX/AVG (… GROUP BY) with
 //! DataFusion's own accumulators — without DataFusion's execution engine
 //! (its build time on 2 cores). The tables are small (a row per component,
-//! the last 1,000 log events), so each operator takes its whole input.
+//! the last 1,000 log events, the last 10,000 rows of a source), so each
+//! operator takes its whole input.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use datafusion_common::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
@@ -33,8 +34,71 @@ use mqlink_pipeline::status::{QueryHandler, SystemTable};
 use crate::plan::{arrow_field, physical, schema_of, Catalog, JSON_TYPE};
 use crate::stage::{column_values, rebuild, values};
 
-/// The handler a running pipeline's /query calls.
+/// Rows of each source table kept for ad-hoc queries (`SELECT COUNT(*)
+/// FROM iot_telemetry WHERE …`): the most recent, as its query's stage saw
+/// them.
+pub const RECENT_ROWS: usize = 10_000;
+
+/// Recent batches by source table; `None` until a /query handler exists
+/// (a pipeline without one keeps nothing).
+static RECENT: Mutex<Option<HashMap<String, VecDeque<RecordBatch>>>> = Mutex::new(None);
+
+/// Keeps a batch of a source table's rows (Arrow columns are shared, not
+/// copied), dropping the oldest beyond [`RECENT_ROWS`].
+pub(crate) fn remember(table: &str, batch: &RecordBatch) {
+    let Ok(mut recent) = RECENT.lock() else {
+        return;
+    };
+    let Some(recent) = recent.as_mut() else {
+        return;
+    };
+    if !recent.contains_key(table) {
+        recent.insert(table.to_string(), VecDeque::new());
+    }
+    let Some(q) = recent.get_mut(table) else {
+        return;
+    };
+    q.push_back(batch.clone());
+    let mut total: usize = q.iter().map(RecordBatch::num_rows).sum();
+    while total > RECENT_ROWS {
+        let Some(front) = q.pop_front() else { break };
+        let n = front.num_rows();
+        if total - n < RECENT_ROWS {
+            // Keep the newest rows of the oldest batch.
+            let keep = RECENT_ROWS - (total - n);
+            q.push_front(front.slice(n - keep, keep));
+            break;
+        }
+        total -= n;
+    }
+}
+
+/// The recent rows of each source table, one batch each.
+fn recent_tables() -> Vec<(String, RecordBatch)> {
+    let Ok(recent) = RECENT.lock() else {
+        return Vec::new();
+    };
+    let Some(recent) = recent.as_ref() else {
+        return Vec::new();
+    };
+    recent
+        .iter()
+        .filter_map(|(name, q)| {
+            let first = q.front()?;
+            let all: Vec<RecordBatch> = q.iter().cloned().collect();
+            concat_batches(&first.schema(), &all)
+                .ok()
+                .map(|b| (name.clone(), b))
+        })
+        .collect()
+}
+
+/// The handler a running pipeline's /query calls; from now on the source
+/// tables' recent rows are kept for it.
 pub fn handler() -> QueryHandler {
+    if let Ok(mut recent) = RECENT.lock() {
+        recent.get_or_insert_with(HashMap::new);
+    }
     Arc::new(|sql: &str, tables: &[SystemTable]| {
         // DataFusion is not ours: a panic in it is an error of this query,
         // not the end of the HTTP task.
@@ -81,8 +145,16 @@ pub fn query(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
             .map(|i| values(t.columns[i].1, t.rows.iter().map(|r| r.get(i)), n))
             .collect();
         batches.insert(t.name.to_string(), rebuild(&schema, cols, n)?);
-        schemas.push((t.name, schema));
+        schemas.push((t.name.to_string(), schema));
     }
+    for (name, b) in recent_tables() {
+        schemas.push((name.clone(), b.schema()));
+        batches.insert(name, b);
+    }
+    let schemas: Vec<(&str, SchemaRef)> = schemas
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.clone()))
+        .collect();
     let plan = Catalog::system_tables(&schemas).plan(&q)?;
     Exec {
         tables: &batches,
@@ -151,11 +223,11 @@ impl Exec<'_> {
         let out_schema = || Arc::new(plan.schema().as_arrow().clone()) as SchemaRef;
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let name = scan.table_name.to_string();
-                let name = if name.contains('.') {
-                    name
-                } else {
-                    format!("system.{name}")
+                let t = scan.table_name.table();
+                let name = match scan.table_name.schema() {
+                    Some(s) => format!("{s}.{t}"),
+                    None if self.tables.contains_key(t) => t.to_string(),
+                    None => format!("system.{t}"),
                 };
                 let mut batch = self
                     .tables
@@ -695,6 +767,58 @@ LIMIT 10;",
         let Statement::Query(q) = &q[0] else { panic!() };
         let e = c.plan(q).unwrap_err();
         assert!(e.contains("mqlink query"), "{e}");
+    }
+
+    /// A source table read by a query keeps its last rows for queries
+    /// (the reference's rate query), bounded.
+    #[test]
+    fn recent_rows_of_a_source_table() {
+        use mqlink_pipeline::batch::Item;
+        let _ = handler();
+        let p = crate::parse(
+            "CREATE TABLE recent_unit_t (id BIGINT, ts TIMESTAMP) WITH (connector = 'mqtt', type = 'source', url = 'tcp://h:1883', topic = 'a');
+             CREATE TABLE f WITH (connector = 'file', path = 'x.jsonl');
+             INSERT INTO f SELECT id FROM recent_unit_t WHERE id > 100;",
+            &|_| None,
+        )
+        .unwrap();
+        let mut stage = p.transforms["recent_unit_t"].make();
+        let now = super::now().timestamp_micros();
+        for chunk in 0..3 {
+            let items = (chunk * 5000..(chunk + 1) * 5000)
+                .map(|id| Item {
+                    topic: Some("a".into()),
+                    payload: bytes::Bytes::new(),
+                    value: Value::Row(vec![
+                        ("id".into(), Value::BigInt(id)),
+                        // The last ten are from now, the others two minutes old.
+                        (
+                            "ts".into(),
+                            Value::Timestamp(if id >= 14_990 { now } else { now - 120_000_000 }),
+                        ),
+                    ]),
+                })
+                .collect();
+            stage.apply(items, tokio::time::Instant::now());
+        }
+        assert_eq!(
+            rows("SELECT COUNT(*), MIN(id), MAX(id) FROM recent_unit_t"),
+            vec![vec![
+                serde_json::json!(RECENT_ROWS),
+                5000.into(),
+                14_999.into()
+            ]]
+        );
+        let r = rows(
+            "SELECT
+    COUNT(*) as messages_per_minute,
+    MIN(ts) as window_start,
+    MAX(ts) as window_end
+FROM recent_unit_t
+WHERE ts > NOW() - INTERVAL '1 minute';",
+        );
+        assert_eq!(r[0][0], serde_json::json!(10));
+        assert_eq!(r[0][1], r[0][2]);
     }
 
     /// Query text is user input: no mutation of a valid query panics (or hangs).

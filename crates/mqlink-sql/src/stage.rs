@@ -240,6 +240,10 @@ impl Transform for Running {
                 return out;
             }
         };
+        // Kept for `mqlink query … FROM table` (only while /query is served).
+        if let Some(p) = self.programs.first() {
+            crate::query::remember(&p.branch.source, &batch);
+        }
         for prog in &mut self.programs {
             if prog.clock {
                 match Program::compile(&prog.branch, now) {
