@@ -29,9 +29,16 @@
 #   8. Quix Streams: N records through Quix's own MQTTSink (paho-mqtt) and
 #      through mqlink.quix.MQTTSink (python/), each counted at the broker
 #      (bench/quix_sink.py). On its own: `bash scripts/bench.sh python`
-#      (BENCH_PYTHON=0 skips it).
+#      (BENCH_PYTHON=0 skips it);
+#   9. SQL pipelines (`mqlink run file.sql`, built with DataFusion in the
+#      bench-sql profile: release without LTO): the same queue through
+#      `SELECT … WHERE` into a JSON-lines file, and through a 1-minute
+#      tumbling window (WATERMARK on the readings' ts, checkpoints under a
+#      state_dir) into a file, each message acknowledged end to end; busy
+#      time and peak RSS (BENCH_SQL=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
-# BENCH_ONLY=bridge runs only the bridges (7).
+# BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
+# pipelines (9) next to a mosquitto_sub drain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -75,12 +82,19 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
   python3 -m pip install -q 'paho-mqtt>=2,<3' || BENCH_PAHO=0
 fi
 
-cargo build --release -q -p mqlink-cli --no-default-features  # no SQL run here yet: DataFusion builds long
-cargo build --release -q -p mqlink --example sink_bench --example bridge
-MQLINK=$PWD/target/release/mqlink
-SINK_BENCH=$PWD/target/release/examples/sink_bench
-BRIDGE=$PWD/target/release/examples/bridge
 ONLY=${BENCH_ONLY:-}
+if [ "$ONLY" != sql ]; then
+  cargo build --release -q -p mqlink-cli --no-default-features  # the SQL runs use the bench-sql build below
+  cargo build --release -q -p mqlink --example sink_bench --example bridge
+fi
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+MQLINK=$TARGET/release/mqlink
+if [ "${BENCH_SQL:-1}" = 1 ]; then
+  cargo build --profile bench-sql -q -p mqlink-cli
+  MQLINK_SQL=$TARGET/bench-sql/mqlink
+fi
+SINK_BENCH=$TARGET/release/examples/sink_bench
+BRIDGE=$TARGET/release/examples/bridge
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; kill -QUIT $(cat "$work/pgpid" 2>/dev/null) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/cpub" bench/cpub.c -lmosquitto
@@ -107,8 +121,10 @@ done
 # The embedded broker on its own, set up as the Mosquitto above.
 eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 printf 'listener %s 127.0.0.1\nmax_queued_messages 0\n' "$eport" > "$work/mqlink-broker.conf"
-"$MQLINK" broker -c "$work/mqlink-broker.conf" 2>/dev/null & echo $! >> "$work/pid"
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$eport) 2>/dev/null && break; sleep 0.1; done
+if [ "$ONLY" != sql ]; then
+  "$MQLINK" broker -c "$work/mqlink-broker.conf" 2>/dev/null & echo $! >> "$work/pid"
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$eport) 2>/dev/null && break; sleep 0.1; done
+fi
 # The quickstart, unthrottled and without its HTTP port.
 sed -e 's/^rate = 20000 .*/rate = 0/' -e "s/^count = 100000/count = $N/" -e '/^\[http\]/,$d' \
   -e "s#out/telemetry.jsonl#$work/quickstart.jsonl#" examples/quickstart.toml > "$work/quickstart.toml"
@@ -178,6 +194,45 @@ timed() {
   echo "$out"
 }
 
+# SQL pipeline files over the same queue: $1 = client id, $2 = query.
+sql_pipeline() {
+  cat <<SQL
+CREATE CONNECTION b FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:$port', client_id = '$1', clean_session = 'false');
+CREATE TABLE telemetry (device_id TEXT, seq BIGINT, ts TIMESTAMP, temperature DOUBLE, humidity DOUBLE, site TEXT, ok BOOLEAN,
+  WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
+WITH (connector = 'mqtt_source', connection = 'b', topics = '["bench/$1"]', qos = '1'$3);
+CREATE TABLE out WITH (connector = 'file', path = '$work/$1.jsonl');
+INSERT INTO out $2;
+SQL
+}
+# Runs an SQL pipeline until idle; prints "busy_seconds wall user sys peak_rss_kb".
+run_sql() { # $1 = pipeline file
+  local out busy
+  out=$( { TIMEFORMAT='%R %U %S'; time /usr/bin/time -f '%M' -o "$work/rss" "$MQLINK_SQL" run "$1" --until-idle 0.3 >/dev/null 2>"$work/err"; } 2>&1 ) || { cat "$work/err" >&2; return 1; }
+  busy=$(sed -n 's/.* acknowledged in \([0-9.]*\) s .*/\1/p' "$work/err")
+  echo "$busy $out $(tail -1 "$work/rss")"
+}
+bench_sql_round() { # $1 = round
+  local id round=$1
+  id="sq-$round-$$"; sql_pipeline "$id" "SELECT device_id, seq, temperature, humidity FROM telemetry WHERE ok AND temperature >= 20.5" > "$work/$id.sql"
+  "$MQLINK_SQL" run "$work/$id.sql" --until-idle 0.2 >/dev/null 2>&1   # creates the session
+  fill_queue "$id"; rm -f "$work/$id.jsonl"
+  set -- $(run_sql "$work/$id.sql")
+  [ "$(wc -l < "$work/$id.jsonl")" -eq $((N * 45 / 50)) ] || { echo "SELECT wrote $(wc -l < "$work/$id.jsonl") rows" >&2; exit 1; }
+  report "sql: SELECT ... WHERE -> file, busy" "$1 $3 $4"
+  echo "sql: SELECT ... WHERE -> file $5" >> "$work/rss_results"
+  id="sw-$round-$$"
+  sql_pipeline "$id" "SELECT TUMBLE(INTERVAL '1 minute') AS window, device_id, COUNT(*) AS n, AVG(temperature) AS avg_t, MAX(temperature) AS max_t FROM telemetry GROUP BY window, device_id" \
+    ", state_dir = '$work/state-$id', checkpoint_interval = '10 s'" > "$work/$id.sql"
+  "$MQLINK_SQL" run "$work/$id.sql" --until-idle 0.2 >/dev/null 2>&1
+  fill_queue "$id"; rm -f "$work/$id.jsonl"
+  set -- $(run_sql "$work/$id.sql")
+  # 100 devices; the windows the watermark has passed are written.
+  [ "$(wc -l < "$work/$id.jsonl")" -ge 100 ] || { echo "the window query wrote $(wc -l < "$work/$id.jsonl") rows" >&2; exit 1; }
+  report "sql: 1-minute tumbling window -> file, busy" "$1 $3 $4"
+  echo "sql: 1-minute tumbling window -> file $5" >> "$work/rss_results"
+}
+
 fill_queue() { # $1 = client id [$2 = port, $3 = message file]
   local p=${2:-$port} f=${3:-$work/msgs}
   mosquitto_sub -p "$p" -t "bench/$1" -q 1 -c -i "$1" -W 1 >/dev/null 2>&1 || true
@@ -216,6 +271,7 @@ format = "raw"
 TOML
 }
 for r in $(seq "$ROUNDS"); do
+  if [ "$ONLY" != sql ]; then
   id="bp-$r-$$"; bridge_pipeline "$id" > "$work/$id.toml"
   "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # creates the session
   "$MQLINK" pub -p "$port" -t "bench/$id" -q 1 -l < "$work/msgs" 2>/dev/null
@@ -225,9 +281,12 @@ for r in $(seq "$ROUNDS"); do
   set -- $(timed "$BRIDGE" "mqtt://127.0.0.1:$port" "$id" "bench/$id" "mqtt://127.0.0.1:$port" "bridged/{stream}" "$N")
   busy=$(sed -n 's/^bridged [0-9]* records in \([0-9.]*\) s.*/\1/p' "$work/err")
   report "bridge: library (examples/bridge.rs), busy" "$busy $2 $3"
-  [ -n "$ONLY" ] && continue
+  fi
+  [ -n "$ONLY" ] && [ "$ONLY" != sql ] && continue
   id="ms-$r-$$"; fill_queue "$id"
   report "drain: mosquitto_sub" "$(timed mosquitto_sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
+  [ "${BENCH_SQL:-1}" = 1 ] && bench_sql_round "$r"
+  [ -n "$ONLY" ] && continue
   id="ml-$r-$$"; fill_queue "$id"
   report "drain: mqlink sub" "$(timed "$MQLINK" sub -p "$port" -t "bench/$id" -q 1 -c -i "$id" -C "$N")"
   id="mj-$r-$$"; fill_queue "$id"
@@ -284,7 +343,8 @@ fi
 echo
 [ -n "$ONLY" ] || cat "$work/latency"
 # Best of the rounds for each run, and the ratios the targets are stated in.
-python3 - "$work/results" "$N" <<'PY'
+touch "$work/rss_results"
+python3 - "$work/results" "$N" "$work/rss_results" <<'PY'
 import sys, collections
 best = collections.defaultdict(lambda: (1e9, 0, 0))
 for line in open(sys.argv[1]):
@@ -294,6 +354,19 @@ for line in open(sys.argv[1]):
         best[name] = (float(wall), float(user), float(sys_))
 def g(k): return best[k]
 n = int(sys.argv[2])
+rss = collections.defaultdict(int)
+for line in open(sys.argv[3]):
+    *name, kb = line.split()
+    rss[" ".join(name)] = max(rss[" ".join(name)], int(kb))
+if "sql: SELECT ... WHERE -> file, busy" in best:
+    ms = g("drain: mosquitto_sub")
+    for label, key in (("SELECT ... WHERE -> file", "sql: SELECT ... WHERE -> file"),
+                       ("1-minute tumbling window", "sql: 1-minute tumbling window -> file")):
+        b = g(key + ", busy")
+        print(f"sql {label:26} {n/b[0]:,.0f} messages/s acknowledged end to end, peak RSS {rss[key]/1024:.0f} MiB"
+              f"  (target: >= 150,000/s; mosquitto_sub drain alone: {n/ms[0]:,.0f}/s)")
+if "bridge: mqlink run (mqtt -> mqtt), busy" not in best:
+    sys.exit(0)
 bp, bl = g("bridge: mqlink run (mqtt -> mqtt), busy"), g("bridge: library (examples/bridge.rs), busy")
 print(f"bridge  library / mqlink run: busy {bl[0]/bp[0]:.2f}x  ({n/bl[0]:,.0f} vs {n/bp[0]:,.0f} messages/s acknowledged after confirmation)")
 if "drain: mosquitto_sub" not in best:
