@@ -5,11 +5,15 @@ mod airbyte;
 mod broker;
 mod cli;
 mod pipeline;
+mod query;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +43,8 @@ enum Command {
     Validate(pipeline::ValidateArgs),
     /// Run the embedded MQTT broker on its own (flags as mosquitto's), until SIGINT/SIGTERM.
     Broker(broker::BrokerArgs),
+    /// Query a running pipeline's system.connector_status and system.connector_logs (SQL).
+    Query(query::QueryArgs),
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -63,7 +69,7 @@ fn main() -> ExitCode {
         Command::Pub(a) => a.conn.debug,
         Command::Sub(a) => a.conn.debug,
         Command::Broker(a) => a.verbose,
-        Command::Airbyte(_) | Command::Run(_) | Command::Validate(_) => false,
+        Command::Airbyte(_) | Command::Run(_) | Command::Validate(_) | Command::Query(_) => false,
     };
     // Airbyte reads stdout as protocol messages: logs must not go there (they go to stderr).
     let is_airbyte = matches!(cli.command, Command::Airbyte(_));
@@ -86,16 +92,23 @@ fn main() -> ExitCode {
     } else {
         EnvFilter::try_from_env("MQLINK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level))
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    if json_logs {
-        logs.json().init();
+    let fmt = if json_logs {
+        fmt.json().boxed()
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    // A pipeline keeps its recent events for system.connector_logs, with
+    // its own filter: --quiet and MQLINK_LOG change the output, not the table.
+    let recent = matches!(cli.command, Command::Run(_))
+        .then(|| mqlink_pipeline::logs::RecentLogs.with_filter(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(recent)
+        .init();
 
     // A pipeline decodes, serializes and writes on both cores; pub and sub
     // are one stream each.
@@ -114,6 +127,7 @@ fn main() -> ExitCode {
             Command::Run(a) => pipeline::run(a).await,
             Command::Validate(a) => pipeline::validate(a),
             Command::Broker(a) => broker::run(a).await,
+            Command::Query(a) => query::run(a).await,
         }
     });
     match result {

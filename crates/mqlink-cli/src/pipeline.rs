@@ -32,6 +32,17 @@ pub struct RunArgs {
     /// nothing moved for SECS seconds: for demos, tests and benchmarks.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub until_idle: Option<f64>,
+    /// Serve /metrics, /health, /ready, /status and /query (`mqlink query`)
+    /// on this address, e.g. 127.0.0.1:9464 [default: the file's http.listen;
+    /// a .sql file has no other way to say it].
+    #[arg(long, value_name = "ADDR", value_parser = socket_address)]
+    pub http_listen: Option<String>,
+}
+
+fn socket_address(s: &str) -> Result<String, String> {
+    s.parse::<std::net::SocketAddr>()
+        .map(|_| s.to_string())
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464"))
 }
 
 /// A number of seconds between 0 and a day: no absurd value reaches a timer.
@@ -139,7 +150,12 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let p = load(&args.file, &args.cybus)?;
+    let mut p = load(&args.file, &args.cybus)?;
+    if let Some(listen) = &args.http_listen {
+        p.http = Some(mqlink_pipeline::spec::HttpConfig {
+            listen: listen.clone(),
+        });
+    }
     let display = Display::new(&args, p.run.status_interval);
     let tick_every = display.every;
     let mut live = display.clone_handle();
@@ -147,6 +163,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         until_idle: args.until_idle.map(Duration::from_secs_f64),
         on_tick: Some(Box::new(move |r: &Registry| live.show(r))),
         tick_every,
+        // /query over the system tables, evaluated by DataFusion (and the
+        // source tables' recent rows, kept only when /query is served).
+        #[cfg(feature = "sql")]
+        query: p.http.is_some().then(mqlink_sql::query::handler),
+        #[cfg(not(feature = "sql"))]
+        query: None,
     };
     let report = mqlink_pipeline::run(p, opts, crate::shutdown_signal()).await?;
     display.clear();

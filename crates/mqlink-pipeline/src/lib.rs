@@ -20,12 +20,15 @@
 //! - [`relay`]: acknowledgements carried through the embedded broker, so
 //!   a chain of hops acknowledges the first broker only after the last.
 //! - [`run()`]: `run(spec, options, shutdown) -> Report`.
-//! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status.
+//! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status,
+//!   and /query over the system tables (`system.connector_status`).
+//! - [`logs`]: recent log events for `system.connector_logs`.
 
 pub mod batch;
 pub mod connectors;
 pub mod cybus;
 pub mod http;
+pub mod logs;
 pub mod relay;
 mod run;
 pub mod sink;

@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// Called every `tick_every` with the components (a live status).
     pub on_tick: Option<OnTick>,
     pub tick_every: Duration,
+    /// Answers /query on `http.listen` (queries over the system tables);
+    /// without it /query says SQL was not built in.
+    pub query: Option<crate::status::QueryHandler>,
 }
 
 impl Default for RunOptions {
@@ -55,6 +58,7 @@ impl Default for RunOptions {
             until_idle: None,
             on_tick: None,
             tick_every: Duration::from_secs(1),
+            query: None,
         }
     }
 }
@@ -371,8 +375,8 @@ pub async fn run(
                 listen: h.listen.clone(),
                 source,
             })?;
-        tracing::info!(address = %h.listen, "Serving /metrics, /health, /ready and /status.");
-        tokio::spawn(http::serve(listener, registry.clone()));
+        tracing::info!(address = %h.listen, "Serving /metrics, /health, /ready, /status and /query.");
+        tokio::spawn(http::serve(listener, registry.clone(), opts.query.take()));
     }
 
     let mut tick = tokio::time::interval(opts.tick_every);

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use mqlink::format::{ColumnType, Value};
 use mqlink::sink::SinkMetrics;
 use mqlink::source::SourceMonitor;
 use mqlink::{Client, Status};
@@ -234,6 +235,42 @@ impl Component {
         }
     }
 
+    /// Whether the component reaches what it reads or writes: every MQTT
+    /// client connected, PostgreSQL connected; a file or generator always.
+    pub fn is_connected(&self) -> bool {
+        match self.mqtt.get() {
+            Some(_) => self
+                .clients()
+                .iter()
+                .all(|c| matches!(*c.status().borrow(), Status::Connected { .. })),
+            None if self.type_name == "mqtt" => false,
+            None => self.type_name != "postgres" || self.connected.load(Relaxed),
+        }
+    }
+
+    /// The connector's name in Laminar's terms (`system.connector_status`).
+    pub fn connector_name(&self) -> &'static str {
+        match (self.kind, self.type_name) {
+            (Kind::Source, "mqtt") => "mqtt_source",
+            (Kind::Sink, "mqtt") => "mqtt_sink",
+            (_, t) => t,
+        }
+    }
+
+    /// One word for what the component is doing: `connecting`, `running`,
+    /// `reconnecting` (a client or the database connection is down),
+    /// `stalled`, `finished`, `failed`.
+    pub fn status_word(&self) -> &'static str {
+        match self.state() {
+            State::Failed => "failed",
+            State::Finished => "finished",
+            State::Starting => "connecting",
+            State::Running if self.stalled().is_some() => "stalled",
+            State::Running if !self.is_connected() => "reconnecting",
+            State::Running => "running",
+        }
+    }
+
     /// (metric name, value) pairs of this component.
     pub fn metrics(&self) -> Vec<(&'static str, u64)> {
         let mut out = Vec::new();
@@ -262,14 +299,7 @@ impl Component {
                 out.push((SINK_SKIPPED, self.skipped.load(Relaxed)));
                 out.push((SINK_DEAD_LETTERED, self.dead_lettered.load(Relaxed)));
                 out.push((SINK_IN_FLIGHT, self.in_flight()));
-                let connected = match self.mqtt.get() {
-                    Some(_) => self
-                        .clients()
-                        .iter()
-                        .all(|c| matches!(*c.status().borrow(), Status::Connected { .. })),
-                    None => self.type_name == "file" || self.connected.load(Relaxed),
-                };
-                out.push((SINK_CONNECTION, connected as u64));
+                out.push((SINK_CONNECTION, self.is_connected() as u64));
                 if let Some(Mqtt::Sink(_, m)) = self.mqtt.get() {
                     for (name, v) in m.snapshot() {
                         if !out.iter().any(|(n, _)| *n == name) {
@@ -326,6 +356,145 @@ fn describe(s: &Status) -> String {
     }
 }
 
+/// Laminar's metric names (`laminar_mqtt_*`, label `source`): the same
+/// values as the library's source metrics they stand for.
+pub const LAMINAR_ALIASES: [(&str, &str); 5] = [
+    (
+        "laminar_mqtt_messages_received",
+        "mqlink_source_messages_received_total",
+    ),
+    (
+        "laminar_mqtt_bytes_received",
+        "mqlink_source_bytes_received_total",
+    ),
+    (
+        "laminar_mqtt_connection_status",
+        "mqlink_source_connection_status",
+    ),
+    (
+        "laminar_mqtt_subscription_count",
+        "mqlink_source_subscriptions",
+    ),
+    (
+        "laminar_mqtt_reconnect_attempts",
+        "mqlink_source_reconnect_attempts_total",
+    ),
+];
+const LAMINAR_COUNTERS: [&str; 3] = [
+    "laminar_mqtt_messages_received",
+    "laminar_mqtt_bytes_received",
+    "laminar_mqtt_reconnect_attempts",
+];
+
+/// A table of a running pipeline (`system.connector_status`,
+/// `system.connector_logs`), as rows of values: what /query evaluates a
+/// query over.
+#[derive(Clone, Debug)]
+pub struct SystemTable {
+    /// `system.connector_status`.
+    pub name: &'static str,
+    pub columns: Vec<(&'static str, ColumnType)>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Evaluates a query over a running pipeline's system tables: the rows as
+/// JSON (`{"columns": [...], "rows": [[...], ...]}`), or what is wrong with
+/// the query. Installed by the binary from `mqlink-sql`.
+pub type QueryHandler =
+    Arc<dyn Fn(&str, &[SystemTable]) -> Result<serde_json::Value, String> + Send + Sync>;
+
+const STATUS_COLUMNS: [(&str, ColumnType); 19] = [
+    ("connector_name", ColumnType::Text),
+    ("name", ColumnType::Text),
+    ("kind", ColumnType::Text),
+    ("status", ColumnType::Text),
+    ("connected", ColumnType::Boolean),
+    ("messages_received", ColumnType::BigInt),
+    ("bytes_received", ColumnType::BigInt),
+    ("records", ColumnType::BigInt),
+    ("confirmed", ColumnType::BigInt),
+    ("unconfirmed", ColumnType::BigInt),
+    ("errors", ColumnType::BigInt),
+    ("skipped", ColumnType::BigInt),
+    ("dead_lettered", ColumnType::BigInt),
+    ("late", ColumnType::BigInt),
+    ("subscription_count", ColumnType::BigInt),
+    ("reconnect_attempts", ColumnType::BigInt),
+    ("client_ids", ColumnType::Text),
+    ("stalled", ColumnType::Text),
+    ("last_error", ColumnType::Text),
+];
+
+const LOG_COLUMNS: [(&str, ColumnType); 5] = [
+    ("timestamp", ColumnType::Timestamp),
+    ("level", ColumnType::Text),
+    ("connector", ColumnType::Text),
+    ("name", ColumnType::Text),
+    ("message", ColumnType::Text),
+];
+
+impl Component {
+    /// This component's row of `system.connector_status` (columns as
+    /// [`STATUS_COLUMNS`]).
+    fn status_row(&self) -> Vec<Value> {
+        let metrics = self.metrics();
+        let metric = |name: &str| metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let int = |v: Option<u64>| v.map_or(Value::Null, |v| Value::BigInt(v as i64));
+        let text = |v: Option<String>| {
+            v.map_or(Value::Null, |s| {
+                Value::Text(mqlink::secret::redact(&s).into_owned())
+            })
+        };
+        let mqtt_source = matches!(self.mqtt.get(), Some(Mqtt::Source(_)));
+        let records = self.records.load(Relaxed);
+        let (received, bytes, subscriptions) = if mqtt_source {
+            (
+                metric("mqlink_source_messages_received_total"),
+                metric("mqlink_source_bytes_received_total"),
+                metric("mqlink_source_subscriptions"),
+            )
+        } else if self.connector_name() == "mqtt_source" {
+            (Some(0), Some(0), Some(0))
+        } else {
+            (Some(records), None, None)
+        };
+        let reconnects = (self.type_name == "mqtt")
+            .then(|| self.clients().iter().map(|c| c.stats().reconnects()).sum());
+        let dead_lettered = match self.kind {
+            Kind::Source => metric("mqlink_source_dead_lettered_total"),
+            Kind::Sink => Some(self.dead_lettered.load(Relaxed)),
+        };
+        let ids: Vec<&str> = self.clients().iter().map(|c| c.client_id()).collect();
+        vec![
+            Value::Text(self.connector_name().into()),
+            Value::Text(self.name.clone()),
+            Value::Text(
+                match self.kind {
+                    Kind::Source => "source",
+                    Kind::Sink => "sink",
+                }
+                .into(),
+            ),
+            Value::Text(self.status_word().into()),
+            Value::Boolean(self.is_connected()),
+            int(received),
+            int(bytes),
+            int(Some(records)),
+            int(Some(self.confirmed.load(Relaxed))),
+            int(Some(self.unconfirmed())),
+            int(Some(self.error_count())),
+            int(Some(self.skipped.load(Relaxed))),
+            int(dead_lettered),
+            int((self.kind == Kind::Source).then(|| self.late.load(Relaxed))),
+            int(subscriptions),
+            int(reconnects),
+            text((!ids.is_empty()).then(|| ids.join(","))),
+            text(self.stalled()),
+            text(self.last_error()),
+        ]
+    }
+}
+
 /// All components of a pipeline, and its embedded broker if it has one.
 #[derive(Clone, Default)]
 pub struct Registry(
@@ -355,6 +524,24 @@ impl Registry {
                 }
             }
         }
+        for (alias, ours) in LAMINAR_ALIASES {
+            let mut lines = String::new();
+            for c in self
+                .0
+                .iter()
+                .filter(|c| c.connector_name() == "mqtt_source")
+            {
+                let v = c
+                    .metrics()
+                    .iter()
+                    .find(|(n, _)| *n == ours)
+                    .map_or(0, |(_, v)| *v);
+                let _ = writeln!(lines, "{alias}{{source=\"{}\"}} {v}", c.name);
+            }
+            if !lines.is_empty() {
+                families.push((alias, lines));
+            }
+        }
         if let Some(b) = &self.1 {
             let stats = b.stats();
             for (name, v) in [
@@ -369,7 +556,7 @@ impl Registry {
         }
         let mut out = String::new();
         for (name, lines) in families {
-            let kind = if name.ends_with("_total") {
+            let kind = if name.ends_with("_total") || LAMINAR_COUNTERS.contains(&name) {
                 "counter"
             } else {
                 "gauge"
@@ -378,6 +565,48 @@ impl Registry {
             out.push_str(&lines);
         }
         out
+    }
+
+    /// `system.connector_status` (one row per source and sink) and
+    /// `system.connector_logs` (the events [`crate::logs::RecentLogs`]
+    /// kept, oldest first), as they are now.
+    pub fn system_tables(&self) -> Vec<SystemTable> {
+        let status = SystemTable {
+            name: "system.connector_status",
+            columns: STATUS_COLUMNS.to_vec(),
+            rows: self.0.iter().map(|c| c.status_row()).collect(),
+        };
+        // An event names its component, or the MQTT client of one.
+        let owner = |e: &crate::logs::LogEvent| {
+            self.0.iter().find(|c| {
+                e.component.as_deref().is_some_and(|p| p == c.path())
+                    || e.client_id
+                        .as_deref()
+                        .is_some_and(|id| c.clients().iter().any(|cl| cl.client_id() == id))
+            })
+        };
+        let logs = SystemTable {
+            name: "system.connector_logs",
+            columns: LOG_COLUMNS.to_vec(),
+            rows: crate::logs::recent()
+                .into_iter()
+                .map(|e| {
+                    let c = owner(&e);
+                    vec![
+                        Value::Timestamp(e.timestamp_us),
+                        Value::Text(e.level.into()),
+                        c.map_or(Value::Null, |c| Value::Text(c.connector_name().into())),
+                        match (c, &e.component) {
+                            (Some(c), _) => Value::Text(c.name.clone()),
+                            (None, Some(p)) => Value::Text(p.clone()),
+                            (None, None) => Value::Null,
+                        },
+                        Value::Text(e.message),
+                    ]
+                })
+                .collect(),
+        };
+        vec![status, logs]
     }
 
     /// Reasons the pipeline is not ready; empty when it is.
@@ -463,5 +692,66 @@ impl Registry {
                 line
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_tables_and_laminar_names_before_a_source_started() {
+        let src = Component::new("iot", Kind::Source, "mqtt");
+        let sink = Component::new("out", Kind::Sink, "file");
+        src.set_error("connect to mqtt://user:secret@h:1883 refused");
+        sink.set_state(State::Running);
+        sink.records.store(4, Relaxed);
+        let r = Registry(Arc::new(vec![src, sink]), None);
+        let m = r.prometheus();
+        for name in [
+            "laminar_mqtt_messages_received",
+            "laminar_mqtt_bytes_received",
+            "laminar_mqtt_connection_status",
+            "laminar_mqtt_subscription_count",
+            "laminar_mqtt_reconnect_attempts",
+        ] {
+            assert!(
+                m.contains(&format!("{name}{{source=\"iot\"}} 0\n")),
+                "{name}:\n{m}"
+            );
+        }
+        assert!(
+            m.contains("# TYPE laminar_mqtt_messages_received counter"),
+            "{m}"
+        );
+        assert!(
+            m.contains("# TYPE laminar_mqtt_connection_status gauge"),
+            "{m}"
+        );
+        assert!(!m.contains("source=\"out\""), "{m}");
+        let t = r.system_tables();
+        assert_eq!(t[0].name, "system.connector_status");
+        assert_eq!(t[0].columns.len(), t[0].rows[0].len());
+        let col = |row: &Vec<Value>, name: &str| {
+            row[t[0].columns.iter().position(|(n, _)| *n == name).unwrap()].clone()
+        };
+        let (iot, out) = (&t[0].rows[0], &t[0].rows[1]);
+        assert_eq!(
+            col(iot, "connector_name"),
+            Value::Text("mqtt_source".into())
+        );
+        assert_eq!(col(iot, "status"), Value::Text("connecting".into()));
+        assert_eq!(col(iot, "connected"), Value::Boolean(false));
+        assert_eq!(
+            col(iot, "last_error"),
+            Value::Text("connect to mqtt://user:***@h:1883 refused".into())
+        );
+        assert_eq!(col(out, "connector_name"), Value::Text("file".into()));
+        assert_eq!(col(out, "status"), Value::Text("running".into()));
+        assert_eq!(col(out, "messages_received"), Value::BigInt(4));
+        assert_eq!(col(out, "bytes_received"), Value::Null);
+        assert_eq!(col(out, "reconnect_attempts"), Value::Null);
+        assert_eq!(t[1].name, "system.connector_logs");
+        assert_eq!(t[1].columns[0], ("timestamp", ColumnType::Timestamp));
     }
 }

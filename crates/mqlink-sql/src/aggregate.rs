@@ -854,6 +854,8 @@ impl Transform for Running {
                 return out;
             }
         };
+        // Kept for `mqlink query … FROM table` (only while /query is served).
+        crate::query::remember(&self.plan.pre.source, &batch);
         let Some(c) = self.compiled.as_ref() else {
             return out;
         };

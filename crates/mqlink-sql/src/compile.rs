@@ -1109,7 +1109,7 @@ fn refuse_statement(line: u64, s: &Statement) -> SqlError {
         .join(" ");
     let message = match s {
         Statement::Query(_) if text.to_ascii_lowercase().contains("system.") => {
-            "system tables describe a running pipeline: read them with curl http://<http.listen>/status (mqlink query is not built yet)".to_string()
+            "system tables describe a running pipeline: query them with mqlink query 'SELECT …' (the pipeline's http.listen), not in a pipeline file".to_string()
         }
         Statement::Query(_) => "a bare SELECT is a one-off query, not part of a pipeline: write CREATE VIEW name AS SELECT …, or INSERT INTO sink SELECT …".to_string(),
         _ => "not a pipeline statement: use CREATE CONNECTION, CREATE TABLE, CREATE VIEW, INSERT INTO or CREATE SINK".to_string(),

@@ -16,6 +16,10 @@
 //! - [`window`]: `TUMBLE`/`HOP` windows, and a windowed aggregate lowered
 //!   into steps before and after it; [`aggregate`]: its stage, with
 //!   watermarks, late rows and epoch checkpoints of its state.
+//! - [`json`]: `->`, `->>` and the `json_get*` functions.
+//! - [`query`]: one-off queries over a running pipeline's system tables and
+//!   its source tables' recent rows (`mqlink query`, /query): planned by
+//!   DataFusion, run over a snapshot.
 //!
 //! Acknowledgements stay the pipeline's: a record a filter removes counts
 //! as done, the others are acknowledged once every sink has them.
@@ -23,7 +27,9 @@
 pub mod aggregate;
 pub mod compile;
 pub mod ddl;
+pub mod json;
 pub mod plan;
+pub mod query;
 pub mod stage;
 pub mod window;
 

@@ -18,7 +18,7 @@ use datafusion_common::tree_node::TreeNode;
 use datafusion_common::{DFSchema, TableReference};
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion_expr::planner::ContextProvider;
+use datafusion_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion_expr::simplify::SimplifyContext;
 use datafusion_expr::{
     AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
@@ -86,6 +86,10 @@ pub struct Catalog {
     options: ConfigOptions,
     functions: HashMap<String, Arc<ScalarUDF>>,
     aggregates: HashMap<String, Arc<AggregateUDF>>,
+    /// SQL that DataFusion plans through extensions.
+    planners: Vec<Arc<dyn ExprPlanner>>,
+    /// `system.*` tables are readable (`mqlink query`), and nothing else.
+    system: bool,
 }
 
 impl Default for Catalog {
@@ -98,6 +102,9 @@ impl Default for Catalog {
             functions.insert(f.name().to_string(), f);
         }
         for f in crate::window::functions() {
+            functions.insert(f.name().to_string(), f);
+        }
+        for f in crate::json::functions() {
             functions.insert(f.name().to_string(), f);
         }
         // Known so that a query using them plans to an aggregate that is
@@ -114,6 +121,12 @@ impl Default for Catalog {
             options: ConfigOptions::default(),
             functions,
             aggregates,
+            // `COUNT(*)` as `count(1)`; `->` and `->>`.
+            planners: vec![
+                Arc::new(datafusion_functions_aggregate::planner::AggregateFunctionPlanner),
+                Arc::new(crate::json::JsonOperators),
+            ],
+            system: false,
         }
     }
 }
@@ -138,6 +151,19 @@ impl TableSource for View {
 }
 
 impl Catalog {
+    /// A catalog of a running pipeline's system tables (`system.NAME`),
+    /// for `mqlink query`: only they are readable.
+    pub fn system_tables(tables: &[(&str, SchemaRef)]) -> Catalog {
+        let mut c = Catalog {
+            system: true,
+            ..Catalog::default()
+        };
+        for (name, schema) in tables {
+            c.add_table(name, schema.clone());
+        }
+        c
+    }
+
     pub fn add_table(&mut self, name: &str, schema: SchemaRef) {
         self.tables
             .insert(name.to_string(), Arc::new(Table(schema)));
@@ -195,9 +221,29 @@ impl ContextProvider for Catalog {
         &self,
         name: TableReference,
     ) -> datafusion_common::Result<Arc<dyn TableSource>> {
+        if self.system {
+            // `system.connector_status` (or `connector_status` alone), and
+            // source tables by name.
+            let found = match name.schema() {
+                Some(s) => self.tables.get(&format!("{s}.{}", name.table())),
+                None => self
+                    .tables
+                    .get(name.table())
+                    .or_else(|| self.tables.get(&format!("system.{}", name.table()))),
+            };
+            return found.cloned().ok_or_else(|| {
+                let mut known: Vec<&str> = self.tables.keys().map(String::as_str).collect();
+                known.sort();
+                datafusion_common::DataFusionError::Plan(format!(
+                    "no table named {name}: mqlink query reads {} (and a source table once a query of the pipeline has read rows of it: its last {} rows)",
+                    known.join(", "),
+                    crate::query::RECENT_ROWS
+                ))
+            });
+        }
         if name.schema() == Some("system") {
             return datafusion_common::plan_err!(
-                "{name} is a view of a running pipeline, not a stream: read it with curl http://<http.listen>/status"
+                "{name} is a view of a running pipeline, not a stream: query it with mqlink query 'SELECT … FROM {name}' (the pipeline's http.listen)"
             );
         }
         self.tables.get(name.table()).cloned().ok_or_else(|| {
@@ -209,6 +255,9 @@ impl ContextProvider for Catalog {
                 known.join(", ")
             ))
         })
+    }
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        &self.planners
     }
     fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
         self.functions.get(&name.to_ascii_lowercase()).cloned()

@@ -182,7 +182,11 @@ impl Program {
 
 /// A batch of `cols` under `schema`, every column nullable (an expression
 /// may yield NULL where the plan did not expect it).
-fn rebuild(schema: &SchemaRef, cols: Vec<ArrayRef>, n: usize) -> Result<RecordBatch, String> {
+pub(crate) fn rebuild(
+    schema: &SchemaRef,
+    cols: Vec<ArrayRef>,
+    n: usize,
+) -> Result<RecordBatch, String> {
     let fields: Vec<_> = schema
         .fields()
         .iter()
@@ -272,6 +276,10 @@ impl Transform for Running {
                 return out;
             }
         };
+        // Kept for `mqlink query … FROM table` (only while /query is served).
+        if let Some(p) = self.programs.first() {
+            crate::query::remember(&p.branch.source, &batch);
+        }
         for prog in &mut self.programs {
             if let Err(reason) = prog.refresh(now) {
                 fault_all(&items, &reason, &mut out);
@@ -342,7 +350,7 @@ pub(crate) fn records(names: &[Arc<str>], rows: &RecordBatch) -> Vec<Vec<(Arc<st
 }
 
 /// A column's values as record values.
-fn column_values(c: &ArrayRef, json: bool) -> Vec<Value> {
+pub(crate) fn column_values(c: &ArrayRef, json: bool) -> Vec<Value> {
     let n = c.len();
     let nulls = |i: usize| c.is_null(i);
     match c.data_type() {
@@ -528,7 +536,11 @@ pub(crate) fn to_batch(
 
 /// One column of values of type `ty` (values of another type: NULL; the
 /// source's decoder already typed them).
-fn values<'a>(ty: ColumnType, vs: impl Iterator<Item = Option<&'a Value>>, n: usize) -> ArrayRef {
+pub(crate) fn values<'a>(
+    ty: ColumnType,
+    vs: impl Iterator<Item = Option<&'a Value>>,
+    n: usize,
+) -> ArrayRef {
     match ty {
         ColumnType::Text | ColumnType::Json => {
             let mut b = StringBuilder::with_capacity(n, n * 16);

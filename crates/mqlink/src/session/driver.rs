@@ -202,10 +202,10 @@ impl Driver {
                             // What the broker says it will never accept ends
                             // the session with that reason, not a loop.
                             if let Some(why) = lost.unsupported() {
-                                error!(broker = %broker, error = %lost, "The broker does not support what this session asks for.");
+                                error!(client_id = %self.client_id, broker = %broker, error = %lost, "The broker does not support what this session asks for.");
                                 break Some(why);
                             }
-                            warn!(broker = %broker, error = %lost, "Connection lost.");
+                            warn!(client_id = %self.client_id, broker = %broker, error = %lost, "Connection lost.");
                             lost.to_string()
                         }
                     }
@@ -221,7 +221,7 @@ impl Driver {
                             // The caller of `connect` reports it.
                             debug!(broker = %broker, error = %e, "Connection failed.");
                         } else {
-                            error!(broker = %broker, error = %e, "Connection failed.");
+                            error!(client_id = %self.client_id, broker = %broker, error = %e, "Connection failed.");
                         }
                         let text = e.to_string();
                         if let Some(first) = self.first.take() {
@@ -229,7 +229,7 @@ impl Driver {
                         }
                         break Some(text);
                     }
-                    warn!(broker = %broker, error = %e, "Connection attempt failed.");
+                    warn!(client_id = %self.client_id, broker = %broker, error = %e, "Connection attempt failed.");
                     // The broker was away: earlier drops were not a publish's doing.
                     self.out.not_dropped();
                     broker_idx += 1;
@@ -246,7 +246,7 @@ impl Driver {
             let max = self.opts.reconnect.max_attempts;
             if max > 0 && attempt > max {
                 let text = format!("gave up after {max} reconnect attempts: {error_text}");
-                error!(attempts = max, error = %error_text, "Giving up reconnecting.");
+                error!(client_id = %self.client_id, attempts = max, error = %error_text, "Giving up reconnecting.");
                 if let (Some(first), Some(e)) = (self.first.take(), last_connect_error.take()) {
                     let _ = first.send(Err(e));
                 }
