@@ -57,8 +57,13 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 }
 
 fn start(file: &Path, dir: &Path, env: &[(&str, String)]) -> Run {
+    start_with(file, dir, env, &[])
+}
+
+/// `mqlink run file` with more arguments.
+fn start_with(file: &Path, dir: &Path, env: &[(&str, String)], args: &[&str]) -> Run {
     let mut c = mqlink();
-    c.arg("run").arg(file).current_dir(dir);
+    c.arg("run").arg(file).args(args).current_dir(dir);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -858,7 +863,9 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut run = start(&file, dir.path(), &[]);
+    let http = testkit::free_port();
+    let listen = format!("127.0.0.1:{http}");
+    let mut run = start_with(&file, dir.path(), &[], &["--http-listen", &listen]);
     run.wait_subscribed(1);
     let lines: Vec<String> = rs.iter().map(Reading::json).collect();
     publish(broker.port, &format!("{topic}/in"), &lines);
@@ -873,6 +880,26 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
     wait_until(90, "every window", || count() >= expected.len());
     let dead = dlq.wait_with_output().unwrap();
     assert!(dead.status.success(), "dead letters did not arrive");
+    // Counted: Laminar's status table (mqlink query), the source's metric.
+    let status = mqlink()
+        .args(["query", "--url", &format!("http://{listen}"), "--json"])
+        .arg("SELECT late, dead_lettered FROM system.connector_status WHERE kind = 'source'")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let n = late.len();
+    assert_eq!(
+        serde_json::from_str::<Value>(text(&status.stdout).trim()).unwrap(),
+        json!({"late": n, "dead_lettered": n})
+    );
+    let (_, metrics) = testkit::http_get(http, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mqlink_source_late_rows_total{")
+                && l.ends_with(&format!(" {n}"))),
+        "{metrics}"
+    );
     let (status, err) = run.stop();
     assert!(status.success(), "{err}");
     assert_eq!(window_table(&pg, "win"), expected);
@@ -889,8 +916,7 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
     for d in &dead {
         assert!(d["error"].as_str().unwrap().starts_with("late: "), "{d}");
     }
-    // Counted: one log line each (the source's late counter is in its
-    // status and metrics, which a SQL file cannot serve yet).
+    // Logged, one line each.
     let logged = err
         .lines()
         .filter(|l| l.contains("Record dead-lettered.") && l.contains("late: event time"))
