@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use crate::plan::{physical, Branch};
 use crate::stage::{fault, records, to_batch, wall_clock, Input, Program};
-use crate::window::{flatten_columns, window_type, AggKind, Windowed};
+use crate::window::{flatten_columns, window_fields, AggKind, Windowed};
 
 /// Held records that make a checkpoint due: well below half the receive
 /// window the source announces (65,535 over MQTT 5), so the broker never
@@ -433,8 +433,20 @@ impl State {
             Err(e) => return Err(format!("state file {}: {e}", path.display())),
         };
         let bad = |m: String| format!("state file {}: {m}", path.display());
-        let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|e| bad(e.to_string()))?;
+        // Arrow's reader trusts its input (a damaged file can make it
+        // panic): the checksum goes first.
+        let ipc = match bytes.strip_prefix(STATE_MAGIC) {
+            Some(rest) if rest.len() >= 8 => {
+                let (sum, ipc) = rest.split_at(8);
+                if sum != fnv1a(ipc).to_le_bytes() {
+                    return Err(bad("damaged (checksum mismatch)".into()));
+                }
+                ipc.to_vec()
+            }
+            _ => return Err(bad("not a state file of mqlink's windows".into())),
+        };
+        let reader =
+            FileReader::try_new(std::io::Cursor::new(ipc), None).map_err(|e| bad(e.to_string()))?;
         let meta = reader.schema().metadata().clone();
         if meta.get(META_QUERY) != Some(&plan.fingerprint) {
             return Err(bad(
@@ -453,8 +465,19 @@ impl State {
             windows: BTreeMap::new(),
         };
         let nkeys = c.key_types.len();
+        let width = 1
+            + nkeys
+            + plan
+                .aggs
+                .iter()
+                .zip(&c.arg_types)
+                .map(|(a, t)| Acc::state_types(a.kind, t).len())
+                .sum::<usize>();
         for batch in reader {
             let batch = batch.map_err(|e| bad(e.to_string()))?;
+            if batch.num_columns() != width {
+                return Err(bad(format!("{} columns, not {width}", batch.num_columns())));
+            }
             let starts = batch
                 .column(0)
                 .as_primitive_opt::<datafusion_common::arrow::datatypes::Int64Type>()
@@ -487,7 +510,11 @@ impl State {
     /// directory (a crash leaves the old state or the new one).
     fn save(&self, path: &Path, plan: &Windowed, c: &Compiled) -> Result<(), String> {
         let bad = |e: std::io::Error| format!("state file {}: {e}", path.display());
-        let bytes = self.to_ipc(plan, c)?;
+        let ipc = self.to_ipc(plan, c)?;
+        let mut bytes = Vec::with_capacity(STATE_MAGIC.len() + 8 + ipc.len());
+        bytes.extend_from_slice(STATE_MAGIC);
+        bytes.extend_from_slice(&fnv1a(&ipc).to_le_bytes());
+        bytes.extend_from_slice(&ipc);
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(bad)?;
         let tmp = path.with_extension("tmp");
@@ -501,6 +528,16 @@ impl State {
             .map_err(bad)?;
         Ok(())
     }
+}
+
+/// A state file: this, the FNV-1a checksum of the rest (8 bytes, little
+/// endian), an Arrow IPC file.
+const STATE_MAGIC: &[u8] = b"mqlink-window-state-1\n";
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Scalars of one type as a column.
@@ -586,11 +623,8 @@ impl Running {
                         rows.iter().map(|r| r.0.saturating_add(width)),
                     )
                     .with_timezone("UTC");
-                    let DataType::Struct(fields) = window_type() else {
-                        unreachable!("a window is a struct")
-                    };
                     let s = StructArray::try_new(
-                        fields,
+                        window_fields(),
                         vec![Arc::new(start) as ArrayRef, Arc::new(end)],
                         None,
                     )
@@ -1271,6 +1305,36 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         assert_eq!(t.held(), 3);
         let e = t.checkpoint().unwrap_err();
         assert!(e.contains("t.window") && e.contains("another query"), "{e}");
+    }
+
+    /// A damaged state file stops the source, named; no panic (the
+    /// checksum is checked before Arrow reads it).
+    #[test]
+    fn a_damaged_state_file_is_named() {
+        let dir = testkit::TempDir::new().unwrap();
+        let make = stage(dir.path(), TUMBLE);
+        let mut t = make.make();
+        run(t.as_mut(), &rows(15, 300), 16);
+        t.checkpoint().unwrap();
+        let file = dir.path().join("t.window");
+        let good = std::fs::read(&file).unwrap();
+        let mut rng = fastrand::Rng::with_seed(17);
+        for _ in 0..200 {
+            let mut b = good.clone();
+            match rng.u8(..3) {
+                0 => b.truncate(rng.usize(..b.len())),
+                1 => {
+                    let at = rng.usize(..b.len());
+                    b[at] ^= 1 << rng.u8(..8);
+                }
+                _ => b = (0..rng.usize(..64)).map(|_| rng.u8(..)).collect(),
+            }
+            std::fs::write(&file, &b).unwrap();
+            let mut t = make.make();
+            assert!(t.checkpoint_due(Instant::now()));
+            let e = t.checkpoint().unwrap_err();
+            assert!(e.contains("t.window"), "{e}");
+        }
     }
 
     /// Checkpoints fall due by time without input, by count, by interval.

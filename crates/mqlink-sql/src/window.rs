@@ -39,13 +39,18 @@ use datafusion_sql::sqlparser::ast::BinaryOperator;
 
 use crate::plan::{branches, Branch, Catalog, Step};
 
-/// The type of a window: `{start, end}`.
-pub fn window_type() -> DataType {
+/// The fields of a window: `start`, `end`.
+pub fn window_fields() -> Fields {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    DataType::Struct(Fields::from(vec![
+    Fields::from(vec![
         Field::new("start", ts.clone(), true),
         Field::new("end", ts, true),
-    ]))
+    ])
+}
+
+/// The type of a window: `{start, end}`.
+pub fn window_type() -> DataType {
+    DataType::Struct(window_fields())
 }
 
 /// `tumble`, `hop`: planned as group keys, never evaluated (a window is
@@ -295,8 +300,7 @@ pub fn lower(plan: &LogicalPlan) -> Result<Lowered, String> {
             return Err("GROUPING SETS, ROLLUP, CUBE: not supported in a streaming query".into());
         }
         match window_of(g, input.schema())? {
-            Some(w) if window.is_some() => {
-                let _ = w;
+            Some(_) if window.is_some() => {
                 return Err("GROUP BY has two windows (TUMBLE/HOP); a query has one".into());
             }
             Some(w) => window = Some((i, w)),
@@ -473,7 +477,7 @@ fn window_of(g: &Expr, input: &DFSchema) -> Result<Option<(Windows, Option<Expr>
     let windows = match us[..] {
         [w] => Windows { slide: w, width: w },
         [slide, width] => Windows { slide, width },
-        _ => unreachable!("one or two sizes"),
+        _ => return Err(format!("{upper} takes {usage}")),
     };
     if windows.width < windows.slide {
         return Err(format!(
