@@ -200,7 +200,7 @@ sql_pipeline() {
 CREATE CONNECTION b FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:$port', client_id = '$1', clean_session = 'false');
 CREATE TABLE telemetry (device_id TEXT, seq BIGINT, ts TIMESTAMP, temperature DOUBLE, humidity DOUBLE, site TEXT, ok BOOLEAN,
   WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
-WITH (connector = 'mqtt_source', connection = 'b', topics = '["bench/$1"]', qos = '1'$3);
+WITH (connector = 'mqtt_source', connection = 'b', topics = '["bench/$1"]', qos = '1'${3:-});
 CREATE TABLE out WITH (connector = 'file', path = '$work/$1.jsonl');
 INSERT INTO out $2;
 SQL
@@ -209,6 +209,7 @@ SQL
 run_sql() { # $1 = pipeline file
   local out busy
   out=$( { TIMEFORMAT='%R %U %S'; time /usr/bin/time -f '%M' -o "$work/rss" "$MQLINK_SQL" run "$1" --until-idle 0.3 >/dev/null 2>"$work/err"; } 2>&1 ) || { cat "$work/err" >&2; return 1; }
+  grep -q " $N records acknowledged" "$work/err" || { echo "$1: not every message acknowledged:" >&2; cat "$work/err" >&2; return 1; }
   busy=$(sed -n 's/.* acknowledged in \([0-9.]*\) s .*/\1/p' "$work/err")
   echo "$busy $out $(tail -1 "$work/rss")"
 }
@@ -227,8 +228,9 @@ bench_sql_round() { # $1 = round
   "$MQLINK_SQL" run "$work/$id.sql" --until-idle 0.2 >/dev/null 2>&1
   fill_queue "$id"; rm -f "$work/$id.jsonl"
   set -- $(run_sql "$work/$id.sql")
-  # 100 devices; the windows the watermark has passed are written.
-  [ "$(wc -l < "$work/$id.jsonl")" -ge 100 ] || { echo "the window query wrote $(wc -l < "$work/$id.jsonl") rows" >&2; exit 1; }
+  # 100 devices, 4 minutes of readings (ts: one per ms), the last window
+  # still open: 300 rows.
+  [ "$(wc -l < "$work/$id.jsonl")" -eq 300 ] || { echo "the window query wrote $(wc -l < "$work/$id.jsonl") rows" >&2; exit 1; }
   report "sql: 1-minute tumbling window -> file, busy" "$1 $3 $4"
   echo "sql: 1-minute tumbling window -> file $5" >> "$work/rss_results"
 }
