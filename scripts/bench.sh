@@ -228,7 +228,7 @@ bench_sql_round() { # $1 = round
   "$MQLINK_SQL" run "$work/$id.sql" --until-idle 0.2 >/dev/null 2>&1
   fill_queue "$id"; rm -f "$work/$id.jsonl"
   set -- $(run_sql "$work/$id.sql")
-  # 100 devices, 4 minutes of readings (ts: one per ms), the last window
+  # 100 devices, 200 s of readings (ts: one per ms) over 4 windows, the last
   # still open: 300 rows.
   [ "$(wc -l < "$work/$id.jsonl")" -eq 300 ] || { echo "the window query wrote $(wc -l < "$work/$id.jsonl") rows" >&2; exit 1; }
   report "sql: 1-minute tumbling window -> file, busy" "$1 $3 $4"
