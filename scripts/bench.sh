@@ -28,7 +28,7 @@
 #      `crates/mqlink/examples/bridge.rs` (`MqttSink::forward`);
 #   8. Quix Streams: N records through Quix's own MQTTSink (paho-mqtt) and
 #      through mqlink.quix.MQTTSink (python/), each counted at the broker
-#      (bench/quix_sink.py). On its own: `bash scripts/bench.sh python`
+#      (bench/quix_sink.py): Mosquitto, then the embedded broker. On its own: `bash scripts/bench.sh python`
 #      (BENCH_PYTHON=0 skips it);
 #   9. SQL pipelines (`mqlink run file.sql`, built with DataFusion in the
 #      bench-sql profile: release without LTO): the same queue through
@@ -62,6 +62,20 @@ bench_python() {
   echo
   echo "timed until a mosquitto_sub (QoS 0) received every message (the broker routes each twice as much):"
   "$pyenv/bin/python" -W ignore bench/quix_sink.py --n "$N" --rounds "${QUIX_ROUNDS:-1}" --count sub
+  # Against Mosquitto the broker is the bottleneck for mqlink's sink (one
+  # core busy); the same sinks through the embedded broker (`mqlink
+  # broker`, no $SYS: counted by the subscriber).
+  cargo build --release -q -p mqlink-cli --no-default-features
+  local bport bdir
+  bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  bdir=$(mktemp -d)
+  printf 'listener %s 127.0.0.1\nmax_queued_messages 0\n' "$bport" > "$bdir/broker.conf"
+  "${CARGO_TARGET_DIR:-$PWD/target}/release/mqlink" broker -c "$bdir/broker.conf" 2>/dev/null & local bpid=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
+  echo
+  echo "the same through mqlink's embedded broker (mqlink broker), timed until a mosquitto_sub (QoS 0) received every message:"
+  "$pyenv/bin/python" -W ignore bench/quix_sink.py --n "$N" --rounds "${QUIX_ROUNDS:-1}" --count sub --port "$bport" || true
+  kill "$bpid"; rm -rf "$bdir"
 }
 if [ "${1:-}" = python ]; then
   bench_python
