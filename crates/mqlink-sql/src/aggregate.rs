@@ -46,7 +46,7 @@ use mqlink_pipeline::transform::{MakeTransform, Output, Transform};
 use tokio::time::Instant;
 
 use crate::plan::{physical, Branch};
-use crate::stage::{fault, records, to_batch, wall_clock, Input, Program};
+use crate::stage::{fault, rebuild, records, to_batch, wall_clock, Input, Program};
 use crate::window::{flatten_columns, window_fields, AggKind, Windowed};
 
 /// Held records that make a checkpoint due: well below half the receive
@@ -641,24 +641,7 @@ impl Running {
                 };
                 cols.push(col);
             }
-            let fields: Vec<Field> = c
-                .output
-                .fields()
-                .iter()
-                .zip(&cols)
-                .map(|(f, c)| {
-                    f.as_ref()
-                        .clone()
-                        .with_data_type(c.data_type().clone())
-                        .with_nullable(true)
-                })
-                .collect();
-            RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                cols,
-                &RecordBatchOptions::new().with_row_count(Some(n)),
-            )
-            .map_err(|e| e.to_string())
+            rebuild(&c.output, cols, n)
         })();
         let batch = match result {
             Ok(b) => b,
