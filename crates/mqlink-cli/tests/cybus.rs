@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use testkit::{free_port, unique_id, wait_until, Mosquitto, MosquittoConfig};
+use testkit::{mosquitto_sub, signal, wait_output, write};
 
 /// The seed document's `mqtt-example.yml`
 /// (`shared/reference/cybus-connectware-mqtt.md`), byte for byte.
@@ -27,39 +28,6 @@ fn mqlink() -> Command {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-fn wait_output(child: &mut Child, secs: u64) -> Output {
-    wait_until(secs, "mqlink run to exit", || {
-        child.try_wait().unwrap().is_some()
-    });
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    Output {
-        status: child.wait().unwrap(),
-        stdout: Vec::new(),
-        stderr: stderr.into_bytes(),
-    }
 }
 
 /// Publishes lines at QoS 1 with `mqlink pub -l` (every one confirmed).
@@ -87,24 +55,6 @@ fn publish(port: u16, auth: Option<(&str, &str)>, topic: &str, lines: &[String])
 fn subscribe(args: &[&str]) -> (Child, Receiver<String>) {
     let mut sub = mqlink()
         .arg("sub")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    (sub, rx)
-}
-
-/// `mosquitto_sub` with these arguments; its output lines arrive on the channel.
-fn mosquitto_sub(args: &[&str]) -> (Child, Receiver<String>) {
-    let mut sub = Command::new("mosquitto_sub")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -3,11 +3,12 @@
 //! are real (SIGKILL of mqlink, a broker stopped and restarted, SIGTERM).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testkit::{free_port, http_get, unique_id, wait_until, Mosquitto, MosquittoConfig, Postgres};
+use testkit::{mosquitto_sub, signal, wait_output, write};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -17,12 +18,6 @@ fn mqlink() -> Command {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
 }
 
 fn start(file: &Path, dir: &Path, extra: &[&str]) -> Child {
@@ -36,14 +31,6 @@ fn start(file: &Path, dir: &Path, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -70,25 +57,6 @@ fn publish(port: u16, topic: &str, lines: &[String]) {
         }
     }
     assert!(p.wait().unwrap().success());
-}
-
-/// `mosquitto_sub` with these arguments: an independent subscriber whose
-/// output lines arrive on the channel.
-fn mosquitto_sub(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut sub = Command::new("mosquitto_sub")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    (sub, rx)
 }
 
 /// A password that must never be printed.
@@ -385,25 +353,6 @@ fn wait_ready(http: u16, run: &mut Child) {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_output(child: &mut Child, secs: u64) -> Output {
-    wait_until(secs, "mqlink run to exit", || {
-        child.try_wait().unwrap().is_some()
-    });
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    Output {
-        status: child.wait().unwrap(),
-        stdout: Vec::new(),
-        stderr: stderr.into_bytes(),
     }
 }
 

@@ -4,13 +4,13 @@
 //! message acknowledged (a row the WHERE drops counts as done).
 #![cfg(feature = "sql")]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testkit::{lines_of, write};
 use testkit::{unique_id, wait_until, Mosquitto};
 
 fn mqlink() -> Command {
@@ -32,28 +32,12 @@ fn example(name: &str) -> String {
     .unwrap()
 }
 
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
 /// A running `mqlink run`: its stdout and stderr lines as they come.
 struct Run {
     child: Child,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
     err_lines: Vec<String>,
-}
-
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    rx
 }
 
 fn start(file: &Path, dir: &Path, env: &[(&str, String)]) -> Run {

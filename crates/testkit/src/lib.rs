@@ -2,10 +2,11 @@
 //! with its own config and data directory, killed on drop. Certificates are
 //! made per test with the `openssl` command.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
@@ -1171,4 +1172,64 @@ fn install_aedes(here: &Path) -> Result<(), Unavailable> {
         )));
     }
     Ok(())
+}
+
+/// Writes `body` to `dir/name`; the path.
+pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// Sends `sig` (`-KILL`, `-TERM`, `-STOP`, …) to `child` with kill(1).
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits up to `secs` for `child` (stderr piped) to exit: its status and
+/// stderr.
+pub fn wait_output(child: &mut Child, secs: u64) -> Output {
+    wait_until(secs, "the process to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// The lines of `r` as they come, on a channel (read by a thread).
+pub fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    rx
+}
+
+/// `mosquitto_sub` with these arguments: an independent subscriber whose
+/// output lines arrive on the channel.
+pub fn mosquitto_sub(args: &[&str]) -> (Child, Receiver<String>) {
+    let mut sub = Command::new("mosquitto_sub")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(sub.stdout.take().unwrap());
+    (sub, rx)
 }
