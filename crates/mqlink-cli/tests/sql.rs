@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::{lines_of, write};
-use testkit::{unique_id, wait_until, Mosquitto};
+use testkit::{unique_id, wait_until, Mosquitto, MosquittoConfig};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -1028,4 +1028,56 @@ fn sigkill_twice_during_a_windowed_query_gives_the_reference() {
         extra.is_empty() && missing.is_empty(),
         "in the table, not the reference: {extra:?}\nin the reference, not the table: {missing:?}"
     );
+}
+
+/// A windowed query holds acknowledgements until its checkpoints; against
+/// a broker set up as deployments are (a small in-flight window over MQTT
+/// 3.1.1, QoS capped at 1, a packet size limit) it must still move
+/// (checkpoints free the window) and give the reference's windows.
+#[test]
+fn windowed_query_against_a_capped_broker_is_exact() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec![
+            "max_inflight_messages 5".into(),
+            "max_qos 1".into(),
+            "max_packet_size 4096".into(),
+        ],
+        ..Default::default()
+    });
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlwincap");
+    let file = write(
+        dir.path(),
+        "w.sql",
+        &window_sql(&topic, broker.port, &pg.url(), ""),
+    );
+    let mut rs = readings(200, 100);
+    rs.push(Reading {
+        dev: "d0".into(),
+        ts: T0_MS + 200_000,
+        temp: 0.0,
+    });
+    let (expected, late) = window_reference(&rs, 10_000);
+    assert_eq!((expected.len(), late.len()), (8, 0));
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
+    publish(broker.port, &format!("{topic}/in"), &lines);
+    let count = || {
+        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
+            return 0;
+        }
+        pg.psql("SELECT count(*) FROM win")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    wait_until(90, "every window", || count() >= expected.len());
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} records acknowledged", rs.len())),
+        "{err}"
+    );
+    assert_eq!(window_table(&pg, "win"), expected);
 }
