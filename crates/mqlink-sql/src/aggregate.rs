@@ -656,19 +656,10 @@ impl Running {
             out.faults.push(fault(None, reason, false));
         }
         for (rows, _) in parts {
-            let cols = flatten_columns(rows.columns());
-            let fields: Vec<Field> = self
-                .plan
-                .out
-                .fields()
-                .iter()
-                .zip(&cols)
-                .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-                .collect();
-            let flat = RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                cols,
-                &RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+            let flat = rebuild(
+                &self.plan.out,
+                flatten_columns(rows.columns()),
+                rows.num_rows(),
             );
             match flat {
                 Ok(flat) => {
@@ -680,7 +671,7 @@ impl Running {
                         });
                     }
                 }
-                Err(e) => out.faults.push(fault(None, e.to_string(), false)),
+                Err(e) => out.faults.push(fault(None, e, false)),
             }
         }
     }

@@ -63,16 +63,7 @@ struct JsonFn {
 
 /// The JSON functions, to register by name.
 pub fn functions() -> Vec<Arc<ScalarUDF>> {
-    KINDS
-        .iter()
-        .map(|&(kind, name)| {
-            Arc::new(ScalarUDF::new_from_impl(JsonFn {
-                kind,
-                name,
-                signature: Signature::user_defined(Volatility::Immutable),
-            }))
-        })
-        .collect()
+    KINDS.iter().map(|&(kind, _)| function(kind)).collect()
 }
 
 fn function(kind: Kind) -> Arc<ScalarUDF> {

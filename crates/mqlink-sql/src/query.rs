@@ -32,16 +32,22 @@ use datafusion_sql::sqlparser::parser::Parser;
 use mqlink_pipeline::status::{QueryHandler, SystemTable};
 
 use crate::plan::{arrow_field, physical, schema_of, Catalog, JSON_TYPE};
-use crate::stage::{column_values, rebuild, values};
+use crate::stage::{column_values, rebuild, values, wall_clock};
 
 /// Rows of each source table kept for ad-hoc queries (`SELECT COUNT(*)
 /// FROM iot_telemetry WHERE …`): the most recent, as its query's stage saw
 /// them.
 pub const RECENT_ROWS: usize = 10_000;
 
-/// Recent batches by source table; `None` until a /query handler exists
-/// (a pipeline without one keeps nothing).
-static RECENT: Mutex<Option<HashMap<String, VecDeque<RecordBatch>>>> = Mutex::new(None);
+/// Recent batches by source table, with their row count; `None` until a
+/// /query handler exists (a pipeline without one keeps nothing).
+static RECENT: Mutex<Option<HashMap<String, Recent>>> = Mutex::new(None);
+
+#[derive(Default)]
+struct Recent {
+    rows: usize,
+    batches: VecDeque<RecordBatch>,
+}
 
 /// Keeps a batch of a source table's rows (Arrow columns are shared, not
 /// copied), dropping the oldest beyond [`RECENT_ROWS`].
@@ -52,24 +58,25 @@ pub(crate) fn remember(table: &str, batch: &RecordBatch) {
     let Some(recent) = recent.as_mut() else {
         return;
     };
-    if !recent.contains_key(table) {
-        recent.insert(table.to_string(), VecDeque::new());
-    }
-    let Some(q) = recent.get_mut(table) else {
-        return;
+    let q = match recent.get_mut(table) {
+        Some(q) => q,
+        None => recent.entry(table.to_string()).or_default(),
     };
-    q.push_back(batch.clone());
-    let mut total: usize = q.iter().map(RecordBatch::num_rows).sum();
-    while total > RECENT_ROWS {
-        let Some(front) = q.pop_front() else { break };
+    q.batches.push_back(batch.clone());
+    q.rows += batch.num_rows();
+    while q.rows > RECENT_ROWS {
+        let Some(front) = q.batches.pop_front() else {
+            break;
+        };
         let n = front.num_rows();
-        if total - n < RECENT_ROWS {
+        if q.rows - n < RECENT_ROWS {
             // Keep the newest rows of the oldest batch.
-            let keep = RECENT_ROWS - (total - n);
-            q.push_front(front.slice(n - keep, keep));
+            let keep = RECENT_ROWS - (q.rows - n);
+            q.batches.push_front(front.slice(n - keep, keep));
+            q.rows = RECENT_ROWS;
             break;
         }
-        total -= n;
+        q.rows -= n;
     }
 }
 
@@ -84,8 +91,8 @@ fn recent_tables() -> Vec<(String, RecordBatch)> {
     recent
         .iter()
         .filter_map(|(name, q)| {
-            let first = q.front()?;
-            let all: Vec<RecordBatch> = q.iter().cloned().collect();
+            let first = q.batches.front()?;
+            let all: Vec<RecordBatch> = q.batches.iter().cloned().collect();
             concat_batches(&first.schema(), &all)
                 .ok()
                 .map(|b| (name.clone(), b))
@@ -158,7 +165,7 @@ pub fn query(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
     let plan = Catalog::system_tables(&schemas).plan(&q)?;
     Exec {
         tables: &batches,
-        now: now(),
+        now: wall_clock(),
     }
     .run(&plan)
 }
@@ -168,13 +175,6 @@ fn syntax(e: String) -> String {
     e.strip_prefix("sql parser error: ")
         .map(|s| format!("syntax: {s}"))
         .unwrap_or(e)
-}
-
-fn now() -> DateTime<Utc> {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 /// `{"columns": ["a", …], "rows": [[1, …], …]}`: timestamps as RFC 3339
@@ -783,7 +783,7 @@ LIMIT 10;",
         )
         .unwrap();
         let mut stage = p.transforms["recent_unit_t"].make();
-        let now = super::now().timestamp_micros();
+        let now = crate::stage::wall_clock().timestamp_micros();
         for chunk in 0..3 {
             let items = (chunk * 5000..(chunk + 1) * 5000)
                 .map(|id| Item {

@@ -119,10 +119,8 @@ impl Outputs {
         if !out.faults.is_empty() && !self.faults(out.faults, comp).await {
             return false;
         }
-        let held = self.stage.as_ref().map_or(0, |s| s.held());
-        let done = self.pending.len().saturating_sub(held);
-        let settles: Vec<Settle> = self.pending.drain(..done).collect();
-        if !self.deliver(out.items, settles, done as u64, comp).await {
+        let (settles, done) = self.released();
+        if !self.deliver(out.items, settles, done, comp).await {
             return false;
         }
         let due = self
@@ -218,10 +216,16 @@ impl Outputs {
             comp.set_state(State::Failed);
             return false;
         }
-        let held = stage.held();
+        let (settles, done) = self.released();
+        self.deliver(Vec::new(), settles, done, comp).await
+    }
+
+    /// What settles the records the stage no longer holds (the oldest
+    /// pending ones), and how many they are.
+    fn released(&mut self) -> (Vec<Settle>, u64) {
+        let held = self.stage.as_ref().map_or(0, |s| s.held());
         let done = self.pending.len().saturating_sub(held);
-        let settles: Vec<Settle> = self.pending.drain(..done).collect();
-        self.deliver(Vec::new(), settles, done as u64, comp).await
+        (self.pending.drain(..done).collect(), done as u64)
     }
 
     /// The source stopped: its sinks are let finish, then a stage that
@@ -262,19 +266,21 @@ impl Outputs {
             comp.confirmed.fetch_add(covers, Ordering::Relaxed);
             return true;
         }
-        let batch = Arc::new(
-            Batch::new(
-                items,
-                acks,
-                self.senders.len(),
-                comp.confirmed.clone(),
-                self.busy.clone(),
-            )
-            .covering(covers)
-            .relaying(self.relay.clone(), relayed)
-            .tracking(self.progress.clone()),
-        );
-        self.sent += 1;
+        let mut batch = Batch::new(
+            items,
+            acks,
+            self.senders.len(),
+            comp.confirmed.clone(),
+            self.busy.clone(),
+        )
+        .covering(covers)
+        .relaying(self.relay.clone(), relayed);
+        // Only a stage's checkpoint waits for the batches sent before it.
+        if self.stage.is_some() {
+            batch = batch.tracking(self.progress.clone());
+            self.sent += 1;
+        }
+        let batch = Arc::new(batch);
         for (tx, sink) in &self.senders {
             if tx.send(batch.clone()).await.is_err() {
                 return false;
