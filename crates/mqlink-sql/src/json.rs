@@ -324,7 +324,7 @@ fn keys_at(path: &[ArrayRef], i: usize) -> Option<Vec<Key<'_>>> {
 }
 
 /// `->` and `->>`, planned as `json_get` and `json_as_text` (a chain
-/// `a -> 'b' -> 0` nests them).
+/// `a -> 'b' ->> 0` is one path: `json_as_text(a, 'b', 0)`).
 #[derive(Debug, Default)]
 pub struct JsonOperators;
 
@@ -345,10 +345,20 @@ impl ExprPlanner for JsonOperators {
             Expr::Alias(a) => *a.expr,
             e => e,
         };
+        // A chain (`a -> 'b' -> 0`) is one path: each row's JSON is parsed
+        // once, not once per step.
+        let args = match left {
+            Expr::ScalarFunction(f) if f.func.name() == "json_get" => {
+                let mut args = f.args;
+                args.push(expr.right);
+                args
+            }
+            left => vec![left, expr.right],
+        };
         Ok(PlannerResult::Planned(Expr::Alias(Alias::new(
             Expr::ScalarFunction(ScalarFunction {
                 func: function(kind),
-                args: vec![left, expr.right],
+                args,
             }),
             None::<&str>,
             name,
@@ -402,6 +412,56 @@ mod tests {
         Some(r#"[1, 2]"#),
         Some(r#"{"a": {"b": ["12", {"c": 1}]}}"#),
     ];
+
+    /// A chain of operators (planned as one path) gives what the nested
+    /// functions give, step by step.
+    #[test]
+    fn a_chain_is_the_nested_calls() {
+        use mqlink::format::Value;
+        use mqlink_pipeline::batch::Item;
+        let p = crate::parse(
+            "CREATE TABLE t (j JSON) WITH (connector = 'mqtt', type = 'source', url = 'tcp://h:1883', topic = 'a');
+             CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+             INSERT INTO f SELECT j -> 'a' -> 0 ->> 'b' AS x, json_as_text(json_get(json_get(j, 'a'), 0), 'b') AS y,
+                j -> 'a' -> -1 AS u, json_get(json_get(j, 'a'), -1) AS v FROM t;",
+            &|_| None,
+        )
+        .unwrap();
+        let items = [
+            serde_json::json!({"a": [{"b": 1}, {"b": "two"}]}),
+            serde_json::json!({"a": [{"b": {"c": [1]}}]}),
+            serde_json::json!({"a": "text"}),
+            serde_json::json!({"a": []}),
+            serde_json::json!([1]),
+        ]
+        .into_iter()
+        .map(|j| Item {
+            topic: Some("a".into()),
+            payload: bytes::Bytes::new(),
+            value: Value::Row(vec![("j".into(), Value::Json(j))]),
+        })
+        .collect();
+        let out = p.transforms["t"]
+            .make()
+            .apply(items, tokio::time::Instant::now());
+        assert!(out.faults.is_empty());
+        let rows: Vec<Vec<Value>> = out
+            .items
+            .into_iter()
+            .map(|i| match i.value {
+                Value::Row(r) => r.into_iter().map(|(_, v)| v).collect(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(rows.len(), 5);
+        for r in &rows {
+            assert_eq!((&r[0], &r[2]), (&r[1], &r[3]), "{r:?}");
+        }
+        assert_eq!(rows[0][0], Value::Text("1".into()));
+        assert_eq!(rows[0][2], Value::Json(serde_json::json!({"b": "two"})));
+        assert_eq!(rows[1][0], Value::Text(r#"{"c":[1]}"#.into()));
+        assert_eq!(rows[2][0], Value::Null);
+    }
 
     /// In a pipeline's query: TEXT and JSON columns, bad JSON is NULL (not
     /// a record fault), `->` gives JSON to the sinks.
