@@ -943,12 +943,9 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
 /// checkpoint, unacknowledged) and a window is open across that checkpoint:
 /// its first part comes back from the state file, its second part from the
 /// broker's redelivery; the second kill lets that window be emitted first,
-/// so it is emitted again after the restart with the same key. The kills
-/// stay out of the crash window docs/sql.md owns up to (right after a
-/// checkpoint's rename, before the broker has its acknowledgements: that
-/// epoch would count twice): the checkpoint before each kill is an idle one
-/// at least 300 ms old, and the held messages are too few and too recent
-/// for the next one.
+/// so it is emitted again after the restart with the same key. (A kill
+/// right after a checkpoint, before the broker has its acknowledgements,
+/// is `lost_acknowledgements` below.)
 #[test]
 fn sigkill_twice_during_a_windowed_query_gives_the_reference() {
     let broker = Mosquitto::start();
@@ -1080,4 +1077,116 @@ fn windowed_query_against_a_capped_broker_is_exact() {
         "{err}"
     );
     assert_eq!(window_table(&pg, "win"), expected);
+}
+
+/// The sum of a metric's series in /metrics.
+fn metric(http: u16, name: &str) -> u64 {
+    let (_, text) = testkit::http_get(http, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The crash window of a checkpoint: the state is written, then the
+/// acknowledgements never reach the broker (a proxy drops what mqlink
+/// sends), and mqlink is killed (`kill`) or its connection cut. The broker
+/// sends that epoch's messages again, DUP set, with their packet ids; the
+/// state holds them already, so they must count once: the table is the
+/// reference's.
+fn lost_acknowledgements(protocol: &str, kill: bool) {
+    let broker = Mosquitto::start();
+    let proxy = testkit::CutProxy::new(broker.port);
+    let pg = testkit::Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("sqlwinack");
+    let sql = window_sql(
+        &topic,
+        proxy.port,
+        &pg.url(),
+        &format!(", protocol = '{protocol}'"),
+    );
+    let file = write(dir.path(), "a.sql", &sql);
+    // 100 ms apart: 12 windows of 10 s; the epoch ends inside one.
+    let mut rs = readings(1_200, 100);
+    rs.push(Reading {
+        dev: "d0".into(),
+        ts: T0_MS + 200_000,
+        temp: 0.0,
+    });
+    let (expected, _) = window_reference(&rs, 10_000);
+    assert_eq!(expected.len(), 48);
+    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
+    let http = testkit::free_port();
+    let listen = format!("127.0.0.1:{http}");
+    let args = ["--http-listen", listen.as_str()];
+    let mut run = start_with(&file, dir.path(), &[], &args);
+    run.wait_subscribed(1);
+
+    proxy.mute_clients(true);
+    publish(broker.port, &format!("{topic}/in"), &lines[..550]);
+    // Everything the broker sent (all 550 over MQTT 5; its in-flight
+    // window of 20 over 3.1.1) checkpointed: the state file written after
+    // the last one arrived, and nothing newer.
+    let received = "mqlink_source_messages_received_total";
+    let mut seen = (0, Instant::now());
+    wait_until(30, "the messages to stop arriving", || {
+        let n = metric(http, received);
+        if n != seen.0 {
+            seen = (n, Instant::now());
+        }
+        n > 0 && seen.1.elapsed() > Duration::from_secs(1)
+    });
+    let in_state = seen.0;
+    eprintln!("{protocol}: {in_state} messages checkpointed, their acknowledgements dropped");
+    let state = dir.path().join("state/readings.window");
+    wait_until(30, "the checkpoint", || {
+        std::fs::metadata(&state)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_millis(300))
+    });
+    let run = if kill {
+        run.child.kill().unwrap();
+        run.child.wait().unwrap();
+        proxy.mute_clients(false);
+        let mut run = start_with(&file, dir.path(), &[], &args);
+        run.wait_subscribed(1);
+        run
+    } else {
+        proxy.mute_clients(false);
+        assert!(proxy.cut() > 0);
+        run
+    };
+    let skipped = "mqlink_source_redeliveries_skipped_total";
+    wait_until(30, "the redelivered epoch", || {
+        metric(http, skipped) >= in_state
+    });
+    publish(broker.port, &format!("{topic}/in"), &lines[550..]);
+    let count = || {
+        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
+            return 0;
+        }
+        pg.psql("SELECT count(*) FROM win")
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    wait_until(90, "every window", || count() >= expected.len());
+    assert_eq!(metric(http, skipped), in_state);
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("Redelivered messages the window state already holds"),
+        "{err}"
+    );
+    assert_eq!(window_table(&pg, "win"), expected);
+}
+
+#[test]
+fn sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
+    lost_acknowledgements("5", true);
+}
+
+#[test]
+fn a_cut_after_a_checkpoint_before_its_acknowledgements_counts_once() {
+    lost_acknowledgements("3.1.1", false);
 }

@@ -24,6 +24,19 @@ pub struct Item {
     /// The original payload (empty for generated records).
     pub payload: Bytes,
     pub value: Value,
+    /// The MQTT message it came from (QoS 1 and 2; none for QoS 0 and
+    /// generated records).
+    pub origin: Option<Origin>,
+}
+
+/// What identifies a message when the broker sends it again: a stage with
+/// state recognises a redelivery of what it already counted
+/// ([`crate::redelivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub packet_id: u16,
+    /// The broker marked it as a redelivery.
+    pub dup: bool,
 }
 
 #[derive(Debug)]

@@ -14,6 +14,8 @@
 //!   (rules: transform, filter, collect, burst).
 //! - [`batch`]: records travelling from a source to its sinks, and the
 //!   fan-out acknowledgement.
+//! - [`redelivery`]: how a stage with state (a window) recognises the
+//!   broker's redelivery of messages its last checkpoint already holds.
 //! - [`sink`]: **the guarantee path** — one runner for every sink that owns
 //!   confirmation, retry with backoff, dead letters, and the record-fault
 //!   vs fatal-fault distinction.
@@ -29,6 +31,7 @@ pub mod connectors;
 pub mod cybus;
 pub mod http;
 pub mod logs;
+pub mod redelivery;
 pub mod relay;
 mod run;
 pub mod sink;

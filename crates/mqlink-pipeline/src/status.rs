@@ -26,6 +26,9 @@ pub const SINK_DEAD_LETTERED: &str = "mqlink_sink_dead_lettered_total";
 pub const SOURCE_DEAD_LETTERED: &str = "mqlink_source_dead_lettered_total";
 /// Rows a windowed query received behind its watermark.
 pub const SOURCE_LATE: &str = "mqlink_source_late_rows_total";
+/// Messages the broker sent again that a window's state already held
+/// (see `redelivery`): acknowledged, not counted twice.
+pub const SOURCE_REDELIVERED: &str = "mqlink_source_redeliveries_skipped_total";
 /// 1 while the component has made no progress for `run.stall_timeout`
 /// with work waiting.
 pub const STALLED: &str = "mqlink_component_stalled";
@@ -89,6 +92,8 @@ pub struct Component {
     pub dead_lettered: AtomicU64,
     /// Source: rows behind the watermark, not aggregated.
     pub late: AtomicU64,
+    /// Source: redeliveries a stage's state already held.
+    pub redelivered: AtomicU64,
     /// Why the component is stalled, while it is (see `run.stall_timeout`).
     stalled: Mutex<Option<String>>,
     /// Non-MQTT sinks (PostgreSQL): whether the connection is up.
@@ -112,6 +117,7 @@ impl Component {
             skipped: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             late: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             stalled: Mutex::new(None),
             connected: AtomicBool::new(false),
             mqtt: OnceLock::new(),
@@ -291,6 +297,7 @@ impl Component {
                     None => out.push((SOURCE_DEAD_LETTERED, staged)),
                 }
                 out.push((SOURCE_LATE, self.late.load(Relaxed)));
+                out.push((SOURCE_REDELIVERED, self.redelivered.load(Relaxed)));
             }
             Kind::Sink => {
                 out.push((SINK_RECEIVED, self.records.load(Relaxed)));

@@ -16,7 +16,9 @@
 //!   last checkpoint. When [`Transform::checkpoint_due`], the source waits
 //!   until every batch it sent is confirmed by every sink, the stage writes
 //!   its state ([`Transform::checkpoint`]), and only then are the held
-//!   messages acknowledged: a crash replays them onto the last state.
+//!   messages acknowledged: a crash replays them onto the last state, and
+//!   the stage recognises the redelivery of messages its last state holds
+//!   ([`crate::redelivery`]).
 //!
 //! Faults carry the message's payload: with a `dead_letter_topic` on the
 //! source they are published there (confirmed before the message is
@@ -74,6 +76,9 @@ pub struct Output {
     /// Records for the sinks, in order.
     pub items: Vec<Item>,
     pub faults: Vec<Fault>,
+    /// Input records dropped as the broker's redelivery of messages the
+    /// stage's state already holds ([`crate::redelivery`]).
+    pub redelivered: u64,
 }
 
 /// A stage: called with each batch, in arrival order, from the source's

@@ -42,6 +42,7 @@ use datafusion_expr::ExprSchemable;
 use datafusion_physical_expr::PhysicalExpr;
 use mqlink::format::Value;
 use mqlink_pipeline::batch::Item;
+use mqlink_pipeline::redelivery::Redeliveries;
 use mqlink_pipeline::transform::{MakeTransform, Output, Transform};
 use tokio::time::Instant;
 
@@ -200,6 +201,7 @@ impl MakeTransform for WindowStage {
             names: self.names.clone(),
             compiled: None,
             state: State::default(),
+            redeliveries: Redeliveries::default(),
             broken: None,
             held: 0,
             last_checkpoint: now,
@@ -213,8 +215,9 @@ impl MakeTransform for WindowStage {
         match restored {
             Ok((c, state)) => {
                 run.compiled = Some(c);
-                if let Some(state) = state {
+                if let Some((state, redeliveries)) = state {
                     run.state = state;
+                    run.redeliveries = redeliveries;
                 }
             }
             Err(e) => run.broken = Some(e),
@@ -425,8 +428,13 @@ impl State {
         Ok(buf)
     }
 
-    /// The state of the last checkpoint, if there is one.
-    fn load(path: &Path, plan: &Windowed, c: &Compiled) -> Result<Option<State>, String> {
+    /// The state of the last checkpoint and its epoch's redelivery log
+    /// ([`Redeliveries`]), if there is one.
+    fn load(
+        path: &Path,
+        plan: &Windowed,
+        c: &Compiled,
+    ) -> Result<Option<(State, Redeliveries)>, String> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -435,16 +443,27 @@ impl State {
         let bad = |m: String| format!("state file {}: {m}", path.display());
         // Arrow's reader trusts its input (a damaged file can make it
         // panic): the checksum goes first.
-        let ipc = match bytes.strip_prefix(STATE_MAGIC) {
-            Some(rest) if rest.len() >= 8 => {
-                let (sum, ipc) = rest.split_at(8);
-                if sum != fnv1a(ipc).to_le_bytes() {
+        let rest = match bytes.strip_prefix(STATE_MAGIC) {
+            Some(rest) if rest.len() >= 12 => {
+                let (sum, rest) = rest.split_at(8);
+                if sum != fnv1a(rest).to_le_bytes() {
                     return Err(bad("damaged (checksum mismatch)".into()));
                 }
-                ipc.to_vec()
+                rest
             }
             _ => return Err(bad("not a state file of mqlink's windows".into())),
         };
+        let (len, rest) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if len > rest.len() {
+            return Err(bad(format!(
+                "a redelivery log of {len} bytes in {}",
+                rest.len()
+            )));
+        }
+        let (log, ipc) = rest.split_at(len);
+        let redeliveries = Redeliveries::restore(log).map_err(bad)?;
+        let ipc = ipc.to_vec();
         let reader =
             FileReader::try_new(std::io::Cursor::new(ipc), None).map_err(|e| bad(e.to_string()))?;
         let meta = reader.schema().metadata().clone();
@@ -503,18 +522,30 @@ impl State {
                 g.rows.push((key, accs));
             }
         }
-        Ok(Some(state))
+        Ok(Some((state, redeliveries)))
     }
 
-    /// Writes the state: a temporary file, fsync, rename, fsync of the
-    /// directory (a crash leaves the old state or the new one).
-    fn save(&self, path: &Path, plan: &Windowed, c: &Compiled) -> Result<(), String> {
+    /// Writes the state with the epoch's redelivery `log`: a temporary
+    /// file, fsync, rename, fsync of the directory (a crash leaves the old
+    /// state or the new one).
+    fn save(&self, path: &Path, plan: &Windowed, c: &Compiled, log: &[u8]) -> Result<(), String> {
         let bad = |e: std::io::Error| format!("state file {}: {e}", path.display());
         let ipc = self.to_ipc(plan, c)?;
-        let mut bytes = Vec::with_capacity(STATE_MAGIC.len() + 8 + ipc.len());
+        let len = u32::try_from(log.len()).map_err(|_| {
+            format!(
+                "state file {}: a redelivery log of {} bytes",
+                path.display(),
+                log.len()
+            )
+        })?;
+        let mut rest = Vec::with_capacity(4 + log.len() + ipc.len());
+        rest.extend_from_slice(&len.to_le_bytes());
+        rest.extend_from_slice(log);
+        rest.extend_from_slice(&ipc);
+        let mut bytes = Vec::with_capacity(STATE_MAGIC.len() + 8 + rest.len());
         bytes.extend_from_slice(STATE_MAGIC);
-        bytes.extend_from_slice(&fnv1a(&ipc).to_le_bytes());
-        bytes.extend_from_slice(&ipc);
+        bytes.extend_from_slice(&fnv1a(&rest).to_le_bytes());
+        bytes.extend_from_slice(&rest);
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(bad)?;
         let tmp = path.with_extension("tmp");
@@ -531,8 +562,9 @@ impl State {
 }
 
 /// A state file: this, the FNV-1a checksum of the rest (8 bytes, little
-/// endian), an Arrow IPC file.
-const STATE_MAGIC: &[u8] = b"mqlink-window-state-1\n";
+/// endian), the length of the redelivery log (4 bytes, little endian), the
+/// log ([`Redeliveries::epoch_bytes`]), an Arrow IPC file.
+const STATE_MAGIC: &[u8] = b"mqlink-window-state-2\n";
 
 fn fnv1a(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
@@ -564,6 +596,8 @@ struct Running {
     names: Vec<Arc<str>>,
     compiled: Option<Compiled>,
     state: State,
+    /// The messages of this epoch and the last committed one.
+    redeliveries: Redeliveries,
     /// A state file that cannot be restored: nothing runs, the first
     /// checkpoint fails with this (the pipeline stops, nothing acknowledged).
     broken: Option<String>,
@@ -666,6 +700,7 @@ impl Running {
                     for row in records(&self.names, &flat) {
                         out.items.push(Item {
                             topic: None,
+                            origin: None,
                             payload: bytes::Bytes::new(),
                             value: Value::Row(row),
                         });
@@ -841,7 +876,15 @@ impl Transform for Running {
         let mut out = Output::default();
         self.held += items.len();
         self.last_input = now;
-        if items.is_empty() || self.broken.is_some() {
+        if self.broken.is_some() {
+            return out;
+        }
+        // Held like the others (acknowledged at the next checkpoint), not
+        // counted again.
+        let mut items = items;
+        items.retain(|i| self.redeliveries.admit(i));
+        out.redelivered = self.redeliveries.take_skipped();
+        if items.is_empty() {
             return out;
         }
         let wall = self.wall(now);
@@ -929,7 +972,13 @@ impl Transform for Running {
         let Some(c) = self.compiled.as_ref() else {
             return Err("the query did not compile".into());
         };
-        self.state.save(&self.state_file, &self.plan, c)?;
+        self.state.save(
+            &self.state_file,
+            &self.plan,
+            c,
+            &self.redeliveries.epoch_bytes(),
+        )?;
+        self.redeliveries.committed();
         self.held = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -981,6 +1030,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
     fn item(r: &Row) -> Item {
         Item {
             topic: Some("a/x".into()),
+            origin: None,
             payload: bytes::Bytes::from(format!("{r:?}")),
             value: Value::Row(vec![
                 ("dev".into(), r.dev.clone().map_or(Value::Null, Value::Text)),
@@ -1279,6 +1329,57 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         assert_eq!(t.held(), 3);
         let e = t.checkpoint().unwrap_err();
         assert!(e.contains("t.window") && e.contains("another query"), "{e}");
+    }
+
+    /// A crash after a checkpoint wrote the state and before the broker
+    /// had its acknowledgements: the broker sends the epoch's messages
+    /// again (DUP set, same packet ids) onto a state that holds them, then
+    /// those after the checkpoint. Each is counted once.
+    #[test]
+    fn a_redelivered_epoch_is_not_counted_twice() {
+        use mqlink_pipeline::batch::Origin;
+        let all = rows(21, 1500);
+        let whole = {
+            let other = testkit::TempDir::new().unwrap();
+            let mut t = stage(other.path(), TUMBLE).make();
+            run(t.as_mut(), &all, 22)
+        };
+        let sent = |from: usize, to: usize, dup: bool| -> Vec<Item> {
+            (from..to)
+                .map(|i| Item {
+                    origin: Some(Origin {
+                        packet_id: (i % 65_535 + 1) as u16,
+                        dup,
+                    }),
+                    ..item(&all[i])
+                })
+                .collect()
+        };
+        let dir = testkit::TempDir::new().unwrap();
+        let make = stage(dir.path(), TUMBLE);
+        let mut got = (Vec::new(), 0, 0);
+        let mut t = make.make();
+        collect(
+            t.apply(sent(0, 600, false), Instant::now()),
+            &mut got.0,
+            &mut got.1,
+            &mut got.2,
+        );
+        t.checkpoint().unwrap();
+        // After the checkpoint, lost with the process (its output too).
+        let _ = t.apply(sent(600, 700, false), Instant::now());
+        drop(t);
+        let mut t = make.make();
+        let o = t.apply(sent(0, 700, true), Instant::now());
+        assert_eq!(o.redelivered, 600);
+        collect(o, &mut got.0, &mut got.1, &mut got.2);
+        collect(
+            t.apply(sent(700, all.len(), false), Instant::now()),
+            &mut got.0,
+            &mut got.1,
+            &mut got.2,
+        );
+        assert_eq!(got, whole);
     }
 
     /// A damaged state file stops the source, named; no panic (the

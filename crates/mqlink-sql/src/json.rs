@@ -437,6 +437,7 @@ mod tests {
         .into_iter()
         .map(|j| Item {
             topic: Some("a".into()),
+            origin: None,
             payload: bytes::Bytes::new(),
             value: Value::Row(vec![("j".into(), Value::Json(j))]),
         })
@@ -478,6 +479,7 @@ mod tests {
         .unwrap();
         let item = |s: Option<&str>, j: Option<serde_json::Value>| Item {
             topic: Some("a".into()),
+            origin: None,
             payload: bytes::Bytes::new(),
             value: Value::Row(vec![
                 ("s".into(), s.map_or(Value::Null, |s| Value::Text(s.into()))),

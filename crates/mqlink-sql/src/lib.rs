@@ -145,6 +145,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
     fn item(topic: &str, id: i64, name: Option<&str>, temp: f64) -> Item {
         Item {
             topic: Some(topic.into()),
+            origin: None,
             payload: bytes::Bytes::new(),
             value: Value::Row(vec![
                 ("id".into(), Value::BigInt(id)),

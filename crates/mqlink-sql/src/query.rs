@@ -788,6 +788,7 @@ LIMIT 10;",
             let items = (chunk * 5000..(chunk + 1) * 5000)
                 .map(|id| Item {
                     topic: Some("a".into()),
+                    origin: None,
                     payload: bytes::Bytes::new(),
                     value: Value::Row(vec![
                         ("id".into(), Value::BigInt(id)),

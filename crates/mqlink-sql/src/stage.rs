@@ -296,6 +296,7 @@ impl Transform for Running {
                     let src = &items[i];
                     out.items.push(Item {
                         topic: src.topic.clone(),
+                        origin: None,
                         payload: src.payload.clone(),
                         value: Value::Row(row),
                     });

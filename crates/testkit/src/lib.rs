@@ -493,11 +493,14 @@ fn mosquitto_bin() -> PathBuf {
     "mosquitto".into()
 }
 
-/// A TCP proxy in front of a broker whose connections a test can cut.
+/// A TCP proxy in front of a broker whose connections a test can cut, or
+/// whose client-to-broker bytes it can drop (acknowledgements that never
+/// arrive, on connections that stay up).
 pub struct CutProxy {
     pub port: u16,
     conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    muted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CutProxy {
@@ -508,7 +511,8 @@ impl CutProxy {
         let port = listener.local_addr().unwrap().port();
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (c2, s2) = (conns.clone(), stop.clone());
+        let muted = Arc::new(AtomicBool::new(false));
+        let (c2, s2, m2) = (conns.clone(), stop.clone(), muted.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s2.load(Ordering::Relaxed) {
@@ -525,19 +529,46 @@ impl CutProxy {
                     g.push(client.try_clone().unwrap());
                     g.push(server.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (mut from, mut to, mute) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        Some(m2.clone()),
+                    ),
+                    (server, client, None),
                 ] {
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if mute.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                         let _ = from.shutdown(std::net::Shutdown::Both);
                     });
                 }
             }
         });
-        CutProxy { port, conns, stop }
+        CutProxy {
+            port,
+            conns,
+            stop,
+            muted,
+        }
+    }
+
+    /// While on, what clients send is read and dropped: the broker hears
+    /// nothing (no PUBACK, no PINGREQ) and the connections stay up.
+    pub fn mute_clients(&self, on: bool) {
+        self.muted.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

@@ -90,6 +90,7 @@ pub async fn run(cfg: GeneratorConfig, batch_size: usize, comp: Arc<Component>, 
         let items: Vec<Item> = (seq..seq + n)
             .map(|s| Item {
                 topic: None,
+                origin: None,
                 payload: Bytes::new(),
                 value: record(&names, s, cfg.devices, now_us),
             })

@@ -116,6 +116,11 @@ impl Outputs {
     /// acknowledgements of every record the stage no longer holds go with
     /// the output batch; then a due checkpoint is taken.
     async fn settle(&mut self, out: Output, comp: &Component) -> bool {
+        if out.redelivered > 0 {
+            comp.redelivered
+                .fetch_add(out.redelivered, Ordering::Relaxed);
+            tracing::info!(component = %comp.path(), messages = out.redelivered, "Redelivered messages the window state already holds: acknowledged, not counted again.");
+        }
         if !out.faults.is_empty() && !self.faults(out.faults, comp).await {
             return false;
         }
@@ -360,10 +365,11 @@ mod tests {
             Output {
                 items: vec![Item {
                     topic: None,
+                    origin: None,
                     payload: bytes::Bytes::new(),
                     value: Value::BigInt(self.held as i64),
                 }],
-                faults: Vec::new(),
+                ..Output::default()
             }
         }
         fn held(&self) -> usize {
@@ -383,6 +389,7 @@ mod tests {
         (0..n)
             .map(|i| Item {
                 topic: None,
+                origin: None,
                 payload: bytes::Bytes::new(),
                 value: Value::BigInt(i as i64),
             })

@@ -434,6 +434,7 @@ impl Running {
         let payload = serde_json::to_vec(&value).unwrap_or_default();
         out.items.push(Item {
             topic: Some(ByteStr::from(topic)),
+            origin: None,
             payload: Bytes::from(payload),
             value: Value::Json(value),
         });
@@ -579,6 +580,7 @@ mod tests {
     fn item(topic: &str, payload: &str) -> Item {
         Item {
             topic: Some(ByteStr::from(topic)),
+            origin: None,
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             value: Value::Null,
         }

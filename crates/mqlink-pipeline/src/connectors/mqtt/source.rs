@@ -14,7 +14,7 @@ use mqlink::{ConnectOptions, QoS};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use crate::batch::Item;
+use crate::batch::{Item, Origin};
 use crate::connectors::Outputs;
 use crate::spec::{
     batch_size, connection, err, json_format, one_u16, qos, qos1, schema, typed, ConfigError,
@@ -375,10 +375,15 @@ fn take(
     });
     match r.value {
         Ok(value) => {
+            let origin = (r.qos != QoS::AtMostOnce).then_some(Origin {
+                packet_id: r.packet_id,
+                dup: r.dup,
+            });
             items.push(Item {
                 topic: Some(r.topic),
                 payload: r.payload,
                 value,
+                origin,
             });
             acks.push((ack, relayed));
             None
