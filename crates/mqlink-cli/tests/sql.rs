@@ -563,14 +563,7 @@ FROM readings WHERE seq % 3 <> 0;
         }
     });
     // The sink creates the table when it opens: until then, no rows.
-    let count = || {
-        if pg.psql("SELECT to_regclass('kept') IS NOT NULL") != "t" {
-            return 0;
-        }
-        pg.psql("SELECT count(*) FROM kept")
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
+    let count = || pg.count("kept");
     let expected = (0..N).filter(|i| i % 3 != 0).count();
     for kill in 1..=2 {
         let at = kill * expected / 4;
@@ -853,14 +846,7 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
     run.wait_subscribed(1);
     let lines: Vec<String> = rs.iter().map(Reading::json).collect();
     publish(broker.port, &format!("{topic}/in"), &lines);
-    let count = || {
-        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
-            return 0;
-        }
-        pg.psql("SELECT count(*) FROM win")
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
+    let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
     let dead = dlq.wait_with_output().unwrap();
     assert!(dead.status.success(), "dead letters did not arrive");
@@ -977,14 +963,7 @@ fn sigkill_twice_during_a_windowed_query_gives_the_reference() {
             publish(broker.port, &format!("{topic}/in"), chunk);
         }
     };
-    let count = || {
-        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
-            return 0;
-        }
-        pg.psql("SELECT count(*) FROM win")
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
+    let count = || pg.count("win");
     let state = dir.path().join("state/readings.window");
     let age = || {
         std::fs::metadata(&state)
@@ -1061,14 +1040,7 @@ fn windowed_query_against_a_capped_broker_is_exact() {
     run.wait_subscribed(1);
     let lines: Vec<String> = rs.iter().map(Reading::json).collect();
     publish(broker.port, &format!("{topic}/in"), &lines);
-    let count = || {
-        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
-            return 0;
-        }
-        pg.psql("SELECT count(*) FROM win")
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
+    let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
     let (status, err) = run.stop();
     assert!(status.success(), "{err}");
@@ -1162,14 +1134,7 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
         metric(http, skipped) >= in_state
     });
     publish(broker.port, &format!("{topic}/in"), &lines[550..]);
-    let count = || {
-        if pg.psql("SELECT to_regclass('win') IS NOT NULL") != "t" {
-            return 0;
-        }
-        pg.psql("SELECT count(*) FROM win")
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
+    let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
     assert_eq!(metric(http, skipped), in_state);
     let (status, err) = run.stop();

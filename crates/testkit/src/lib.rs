@@ -796,6 +796,16 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The rows of `table`: 0 until a sink has created it.
+    pub fn count(&self, table: &str) -> usize {
+        if self.psql(&format!("SELECT to_regclass('{table}') IS NOT NULL")) != "t" {
+            return 0;
+        }
+        self.psql(&format!("SELECT count(*) FROM {table}"))
+            .parse()
+            .unwrap_or(0)
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
