@@ -33,6 +33,9 @@ pub mod query;
 pub mod stage;
 pub mod window;
 
+#[cfg(test)]
+mod tvf_tests;
+
 use std::path::Path;
 
 use mqlink_pipeline::{ConfigError, Pipeline};

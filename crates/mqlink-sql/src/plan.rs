@@ -189,7 +189,7 @@ impl Catalog {
         };
         let planner = SqlToRel::new_with_options(self, options);
         let mut query = query.clone();
-        crate::window::rewrite(&mut query);
+        crate::window::rewrite(&mut query)?;
         let plan = planner
             .sql_statement_to_plan(Statement::Query(Box::new(query)))
             .map_err(|e| clean(e.to_string()))?;
