@@ -38,7 +38,7 @@ use datafusion_sql::sqlparser::ast::{
 use datafusion_sql::planner::{PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::ast::BinaryOperator;
 
-use crate::plan::{branches, Branch, Catalog, Step};
+use crate::plan::{branches, scan_steps, Branch, Catalog, Step};
 
 /// The fields of a window: `start`, `end`.
 pub fn window_fields() -> Fields {
@@ -712,23 +712,7 @@ fn split<'p>(
             };
             let found = split(view, post)?;
             if found.is_some() {
-                let full = DFSchema::try_from_qualified_schema(
-                    scan.table_name.clone(),
-                    &scan.source.schema(),
-                )
-                .map_err(|e| e.to_string())?;
-                let full = Arc::new(full);
-                for f in &scan.filters {
-                    post.push(Step::Filter(f.clone(), full.clone()));
-                }
-                if let Some(cols) = &scan.projection {
-                    let exprs: Vec<Expr> = cols
-                        .iter()
-                        .map(|&i| Expr::Column(full.columns()[i].clone()))
-                        .collect();
-                    let schema = Arc::new(scan.projected_schema.as_arrow().clone());
-                    post.push(Step::Project(exprs, full.clone(), schema));
-                }
+                post.extend(scan_steps(scan)?);
             }
             found
         }
