@@ -13,7 +13,8 @@
 //!   filters and projections; what a stream cannot run is refused by name.
 //! - [`stage`]: a program run on each batch of records as Arrow columns
 //!   (the pipeline's [`mqlink_pipeline::transform::Transform`]).
-//! - [`window`]: `TUMBLE`/`HOP` windows, and a windowed aggregate lowered
+//! - [`window`]: `TUMBLE`/`HOP` windows (as group keys or as the window
+//!   TVFs of Flink and RisingWave), and a windowed aggregate lowered
 //!   into steps before and after it; [`aggregate`]: its stage, with
 //!   watermarks, late rows and epoch checkpoints of its state.
 //! - [`json`]: `->`, `->>` and the `json_get*` functions.

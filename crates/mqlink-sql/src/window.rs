@@ -13,6 +13,10 @@
 //!   the event time is `ts`. `TUMBLE_START(ts, i)` is rewritten, before
 //!   planning, to `window_start(TUMBLE(ts, i))`, so that it is an
 //!   expression of the group key (DataFusion refuses `ts` itself there).
+//! - Window TVFs: Flink's `FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), …))`
+//!   and RisingWave's `FROM TUMBLE(t, ts, …)` (`HOP` with slide, then
+//!   size), grouped by `window_start`, `window_end`: rewritten into
+//!   Flink's group window (`tvf`).
 //!
 //! A window is a struct `{start, end}`; sinks get it as two columns
 //! `<name>_start` and `<name>_end` (timestamps), so a PostgreSQL sink can
@@ -124,7 +128,7 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
 /// Flink's `TUMBLE_START(ts, i)` → `window_start(TUMBLE(ts, i))` (and the
 /// `_END`, `HOP_` forms); Arroyo's `window.start` of a select item
 /// `TUMBLE(…) AS window` → `window_start(TUMBLE(…))`; the window TVFs
-/// ([`tvf`]) → Flink's group window; in place. Errors name what is not
+/// (`tvf`) → Flink's group window; in place. Errors name what is not
 /// supported.
 pub fn rewrite(query: &mut Query) -> Result<(), String> {
     if let ControlFlow::Break(e) = VisitMut::visit(query, &mut Tvfs) {
@@ -215,7 +219,7 @@ fn fields(query: &mut Query) {
 /// are refused by name.
 pub const TVFS: &[&str] = &["tumble", "hop", "cumulate", "session"];
 
-/// Rewrites every SELECT reading a window TVF ([`tvf`]).
+/// Rewrites every SELECT reading a window TVF (`tvf`).
 struct Tvfs;
 
 impl VisitorMut for Tvfs {
