@@ -1155,3 +1155,50 @@ fn sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
 fn a_cut_after_a_checkpoint_before_its_acknowledgements_counts_once() {
     lost_acknowledgements("3.1.1", false);
 }
+
+/// Flink's window TVF into PostgreSQL over a real broker: the windows of
+/// the group-window reference, keyed on (window_start, device_id); the
+/// example file of the TVF form validates.
+#[test]
+fn flink_window_tvf_into_postgres_is_exact() {
+    let dir = testkit::TempDir::new().unwrap();
+    let example = write(
+        dir.path(),
+        "tvf-example.sql",
+        &example("flink-tvf-window.sql"),
+    );
+    let check = mqlink().arg("validate").arg(&example).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    let broker = Mosquitto::start();
+    let pg = testkit::Postgres::start();
+    let topic = unique_id("sqltvf");
+    let sql = window_sql(&topic, broker.port, &pg.url(), "");
+    let (tables, _) = sql.split_once("INSERT INTO db").unwrap();
+    let sql = format!(
+        "{tables}INSERT INTO db
+SELECT window_start, window_end, device_id, COUNT(*) AS n, AVG(temperature) AS mean,
+       MIN(temperature) AS lo, MAX(temperature) AS hi
+FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, device_id;
+"
+    );
+    let file = write(dir.path(), "tvf.sql", &sql);
+    let mut rs = readings(400, 100);
+    rs.push(Reading {
+        dev: "d0".into(),
+        ts: T0_MS + 200_000,
+        temp: 0.0,
+    });
+    let (expected, late) = window_reference(&rs, 10_000);
+    assert_eq!((expected.len(), late.len()), (16, 1));
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
+    publish(broker.port, &format!("{topic}/in"), &lines);
+    let count = || pg.count("win");
+    wait_until(90, "every window", || count() >= expected.len());
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(window_table(&pg, "win"), expected);
+}

@@ -8,7 +8,7 @@ use datafusion_sql::sqlparser::ast::{DataType, Query, Statement};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{Parser, ParserError};
-use datafusion_sql::sqlparser::tokenizer::Token;
+use datafusion_sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use serde_json::Value as Json;
 
 use crate::SqlError;
@@ -81,9 +81,10 @@ pub struct Column {
 /// Reads every statement of `text`.
 pub fn parse(text: &str) -> Result<Vec<Located>, SqlError> {
     let dialect = GenericDialect {};
-    let mut p = Parser::new(&dialect)
-        .try_with_sql(text)
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
         .map_err(|e| SqlError::syntax(0, e))?;
+    let mut p = Parser::new(&dialect).with_tokens_with_locations(table_arguments(tokens));
     let mut out = Vec::new();
     loop {
         while p.consume_token(&Token::SemiColon) {}
@@ -106,6 +107,41 @@ pub fn parse(text: &str) -> Result<Vec<Located>, SqlError> {
         }
     }
     Ok(out)
+}
+
+/// Flink's window TVFs take their table as `TUMBLE(TABLE t, …)` (or
+/// `DATA => TABLE t`), which sqlparser does not read: that `TABLE` is
+/// dropped, leaving RisingWave's `TUMBLE(t, …)`. The other tokens keep
+/// their lines and columns, for errors.
+fn table_arguments(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let at: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
+    let named = |i: usize, names: &[&str]| matches!(&tokens[i].token, Token::Word(w) if names.iter().any(|n| w.value.eq_ignore_ascii_case(n)));
+    let mut dropped = Vec::new();
+    for k in at.windows(4) {
+        let &[function, open, table, next] = k else {
+            continue;
+        };
+        let argument = match tokens[open].token {
+            Token::LParen => named(function, crate::window::TVFS),
+            Token::RArrow => named(function, &["data"]),
+            _ => false,
+        };
+        // `TABLE (SELECT …)` too, so that it is refused by name.
+        if argument
+            && matches!(&tokens[table].token, Token::Word(w) if w.keyword == Keyword::TABLE)
+            && matches!(tokens[next].token, Token::Word(_) | Token::LParen)
+        {
+            dropped.push(table);
+        }
+    }
+    tokens
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !dropped.contains(i))
+        .map(|(_, t)| t)
+        .collect()
 }
 
 fn statement(p: &mut Parser) -> Result<Stmt, ParserError> {

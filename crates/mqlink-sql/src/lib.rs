@@ -13,7 +13,8 @@
 //!   filters and projections; what a stream cannot run is refused by name.
 //! - [`stage`]: a program run on each batch of records as Arrow columns
 //!   (the pipeline's [`mqlink_pipeline::transform::Transform`]).
-//! - [`window`]: `TUMBLE`/`HOP` windows, and a windowed aggregate lowered
+//! - [`window`]: `TUMBLE`/`HOP` windows (as group keys or as the window
+//!   TVFs of Flink and RisingWave), and a windowed aggregate lowered
 //!   into steps before and after it; [`aggregate`]: its stage, with
 //!   watermarks, late rows and epoch checkpoints of its state.
 //! - [`json`]: `->`, `->>` and the `json_get*` functions.
@@ -32,6 +33,9 @@ pub mod plan;
 pub mod query;
 pub mod stage;
 pub mod window;
+
+#[cfg(test)]
+mod tvf_tests;
 
 use std::path::Path;
 
@@ -342,12 +346,17 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
     /// SQL text is user input: no mutation of a valid file panics.
     #[test]
     fn mutated_files_never_panic() {
-        let base =
-            format!("{BASE}INSERT INTO f SELECT id, upper(name) AS n FROM t WHERE temp > 3;");
-        let alphabet = b"()',;=.\"-_ \n0123456789abcxyzSELECTFROMWHERE*+/";
+        let bases = [
+            format!("{BASE}INSERT INTO f SELECT id, upper(name) AS n FROM t WHERE temp > 3;"),
+            // A window TVF: the TABLE arguments are dropped from the tokens.
+            format!("{BASE}INSERT INTO f SELECT window_start, w.window_end, name, COUNT(*) AS c \
+                FROM TABLE(HOP(DATA => TABLE t, TIMECOL => DESCRIPTOR(id), SLIDE => INTERVAL '1' MINUTE, SIZE => INTERVAL '5' MINUTE)) AS w \
+                GROUP BY window_start, window_end, name HAVING COUNT(*) > 1;"),
+        ];
+        let alphabet = b"()',;=.\"-_> \n0123456789abcxyzSELECTFROMWHERE*+/";
         let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..400 {
-            let mut b = base.as_bytes().to_vec();
+        for i in 0..800 {
+            let mut b = bases[i % bases.len()].as_bytes().to_vec();
             for _ in 0..rng.usize(1..5) {
                 let at = rng.usize(..b.len());
                 match rng.u8(..3) {

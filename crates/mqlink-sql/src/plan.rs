@@ -21,7 +21,7 @@ use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion_expr::simplify::SimplifyContext;
 use datafusion_expr::{
-    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
+    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableScan, TableSource, WindowUDF,
 };
 use datafusion_optimizer::analyzer::Analyzer;
 use datafusion_optimizer::simplify_expressions::ExprSimplifier;
@@ -189,7 +189,7 @@ impl Catalog {
         };
         let planner = SqlToRel::new_with_options(self, options);
         let mut query = query.clone();
-        crate::window::rewrite(&mut query);
+        crate::window::rewrite(&mut query)?;
         let plan = planner
             .sql_statement_to_plan(Statement::Query(Box::new(query)))
             .map_err(|e| clean(e.to_string()))?;
@@ -321,27 +321,9 @@ pub fn branches(plan: &LogicalPlan) -> Result<Vec<Branch>, String> {
                     steps: Vec::new(),
                 }],
             };
-            let full = DFSchema::try_from_qualified_schema(
-                scan.table_name.clone(),
-                &scan.source.schema(),
-            )
-            .map_err(|e| e.to_string())?;
-            let full = Arc::new(full);
-            for f in &scan.filters {
-                for b in &mut out {
-                    b.steps.push(Step::Filter(f.clone(), full.clone()));
-                }
-            }
-            if let Some(cols) = &scan.projection {
-                let exprs: Vec<Expr> = cols
-                    .iter()
-                    .map(|&i| Expr::Column(full.columns()[i].clone()))
-                    .collect();
-                let schema = Arc::new(scan.projected_schema.as_arrow().clone());
-                for b in &mut out {
-                    b.steps
-                        .push(Step::Project(exprs.clone(), full.clone(), schema.clone()));
-                }
+            let steps = scan_steps(scan)?;
+            for b in &mut out {
+                b.steps.extend(steps.iter().cloned());
             }
             out
         }
@@ -393,6 +375,28 @@ pub fn branches(plan: &LogicalPlan) -> Result<Vec<Branch>, String> {
             ))
         }
     })
+}
+
+/// What a scan does to its table's (or view's) rows: the filters pushed
+/// into it, then its projection.
+pub fn scan_steps(scan: &TableScan) -> Result<Vec<Step>, String> {
+    let full = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())
+        .map_err(|e| e.to_string())?;
+    let full = Arc::new(full);
+    let mut steps: Vec<Step> = scan
+        .filters
+        .iter()
+        .map(|f| Step::Filter(f.clone(), full.clone()))
+        .collect();
+    if let Some(cols) = &scan.projection {
+        let exprs: Vec<Expr> = cols
+            .iter()
+            .map(|&i| Expr::Column(full.columns()[i].clone()))
+            .collect();
+        let schema = Arc::new(scan.projected_schema.as_arrow().clone());
+        steps.push(Step::Project(exprs, full, schema));
+    }
+    Ok(steps)
 }
 
 /// Whether an expression reads the clock (`now()`, `current_date`): such

@@ -217,7 +217,7 @@ pub(crate) fn wall_clock() -> DateTime<Utc> {
 }
 
 /// A query's stage for one source: made once per run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SqlStage {
     input: Input,
     programs: Vec<Program>,
@@ -245,23 +245,15 @@ impl SqlStage {
     }
 }
 
+/// Each run gets its own copy (a program re-planned for the clock changes
+/// only its copy).
 impl MakeTransform for SqlStage {
     fn make(&self) -> Box<dyn Transform> {
-        Box::new(Running {
-            input: self.input.clone(),
-            programs: self.programs.clone(),
-            names: self.names.clone(),
-        })
+        Box::new(self.clone())
     }
 }
 
-struct Running {
-    input: Input,
-    programs: Vec<Program>,
-    names: Vec<Arc<str>>,
-}
-
-impl Transform for Running {
+impl Transform for SqlStage {
     fn apply(&mut self, items: Vec<Item>, _now: tokio::time::Instant) -> Output {
         let mut out = Output::default();
         if items.is_empty() {

@@ -13,6 +13,10 @@
 //!   the event time is `ts`. `TUMBLE_START(ts, i)` is rewritten, before
 //!   planning, to `window_start(TUMBLE(ts, i))`, so that it is an
 //!   expression of the group key (DataFusion refuses `ts` itself there).
+//! - Window TVFs: Flink's `FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), …))`
+//!   and RisingWave's `FROM TUMBLE(t, ts, …)` (`HOP` with slide, then
+//!   size), grouped by `window_start`, `window_end`: rewritten into
+//!   Flink's group window (`tvf`).
 //!
 //! A window is a struct `{start, end}`; sinks get it as two columns
 //! `<name>_start` and `<name>_end` (timestamps), so a PostgreSQL sink can
@@ -30,14 +34,15 @@ use datafusion_expr::{
     Signature, Volatility,
 };
 use datafusion_sql::sqlparser::ast::{
-    visit_expressions_mut, Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, Query, SelectItem, SetExpr,
+    visit_expressions, visit_expressions_mut, Expr as SqlExpr, Function, FunctionArg,
+    FunctionArgExpr, FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName,
+    Query, Select, SelectItem, SetExpr, TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 
 use datafusion_sql::planner::{PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::ast::BinaryOperator;
 
-use crate::plan::{branches, Branch, Catalog, Step};
+use crate::plan::{branches, scan_steps, Branch, Catalog, Step};
 
 /// The fields of a window: `start`, `end`.
 pub fn window_fields() -> Fields {
@@ -122,8 +127,13 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
 
 /// Flink's `TUMBLE_START(ts, i)` → `window_start(TUMBLE(ts, i))` (and the
 /// `_END`, `HOP_` forms); Arroyo's `window.start` of a select item
-/// `TUMBLE(…) AS window` → `window_start(TUMBLE(…))`; in place.
-pub fn rewrite(query: &mut Query) {
+/// `TUMBLE(…) AS window` → `window_start(TUMBLE(…))`; the window TVFs
+/// (`tvf`) → Flink's group window; in place. Errors name what is not
+/// supported.
+pub fn rewrite(query: &mut Query) -> Result<(), String> {
+    if let ControlFlow::Break(e) = VisitMut::visit(query, &mut Tvfs) {
+        return Err(e);
+    }
     fields(query);
     let _ = visit_expressions_mut(query, |e| {
         if let SqlExpr::Function(f) = e {
@@ -141,6 +151,7 @@ pub fn rewrite(query: &mut Query) {
         }
         ControlFlow::Continue(())
     });
+    Ok(())
 }
 
 /// `name(arg)`, the other parts of the call as in `like`.
@@ -202,6 +213,329 @@ fn fields(query: &mut Query) {
     if let Some(h) = &mut select.having {
         let _ = visit_expressions_mut(h, &mut replace);
     }
+}
+
+/// The window table-valued functions, by name; `CUMULATE` and `SESSION`
+/// are refused by name.
+pub const TVFS: &[&str] = &["tumble", "hop", "cumulate", "session"];
+
+/// Rewrites every SELECT reading a window TVF (`tvf`).
+struct Tvfs;
+
+impl VisitorMut for Tvfs {
+    type Break = String;
+    fn post_visit_select(&mut self, select: &mut Select) -> ControlFlow<String> {
+        match tvf(select) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(e),
+        }
+    }
+}
+
+/// A window TVF of a FROM clause, read.
+struct Tvf {
+    /// The table (or view) it windows.
+    table: ObjectName,
+    alias: Option<TableAlias>,
+    /// `TUMBLE(ts, size)` or `HOP(ts, slide, size)`: Flink's group window.
+    window: Function,
+}
+
+/// Flink's `FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` and
+/// RisingWave's `FROM TUMBLE(t, ts, size)` (`HOP` with slide, then size)
+/// → `FROM t … GROUP BY TUMBLE(ts, size)`, its `window_start` /
+/// `window_end` → `window_start(TUMBLE(ts, size))` (named `window_start`
+/// in the select list). Their rows are windows only through a GROUP BY of
+/// `window_start`/`window_end`: a query without one is refused.
+fn tvf(select: &mut Select) -> Result<(), String> {
+    let tables = select.from.len();
+    let mut found = None;
+    for (i, from) in select.from.iter().enumerate() {
+        let joined = tables > 1 || !from.joins.is_empty();
+        let here = read_tvf(&from.relation)?;
+        for j in &from.joins {
+            if let Some(t) = read_tvf(&j.relation)? {
+                return Err(joined_tvf(&t));
+            }
+        }
+        match here {
+            Some(t) if joined => return Err(joined_tvf(&t)),
+            Some(t) => found = Some((i, t)),
+            None => {}
+        }
+    }
+    let Some((i, t)) = found else {
+        return Ok(());
+    };
+    let usage = format!(
+        "{} … GROUP BY window_start, window_end, …",
+        t.window.name.to_string().to_ascii_uppercase()
+    );
+    // `w.window_start` of `TABLE(TUMBLE(…)) AS w` (or of the table itself).
+    let qualifier = t
+        .alias
+        .as_ref()
+        .map_or_else(|| t.table.to_string(), |a| a.name.value.clone());
+    let field = |e: &SqlExpr| -> Option<String> {
+        let name = match e {
+            SqlExpr::Identifier(i) => &i.value,
+            SqlExpr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [q, i] if q.value == qualifier => &i.value,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let name = name.to_ascii_lowercase();
+        matches!(name.as_str(), "window_start" | "window_end" | "window_time").then_some(name)
+    };
+    if let Some(w) = &select.selection {
+        let mut used = None;
+        let _ = visit_expressions(w, |e| {
+            used = field(e);
+            if used.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if let Some(name) = used {
+            return Err(format!("{name} in WHERE: a row's window is the aggregate's; filter windows in HAVING ({usage})"));
+        }
+    }
+    let GroupByExpr::Expressions(keys, modifiers) = &select.group_by else {
+        return Err(format!(
+            "GROUP BY ALL over a window TVF: not supported; write {usage}"
+        ));
+    };
+    if !modifiers.is_empty() {
+        return Err(
+            "GROUP BY … WITH ROLLUP/CUBE/TOTALS: not supported in a streaming query".into(),
+        );
+    }
+    let mut grouped = Vec::new();
+    let mut window = false;
+    for k in keys {
+        match field(k) {
+            Some(name) if name == "window_time" => return Err(window_time()),
+            Some(_) if window => {}
+            Some(_) => {
+                window = true;
+                grouped.push(SqlExpr::Function(t.window.clone()));
+            }
+            None => grouped.push(k.clone()),
+        }
+    }
+    if !window {
+        return Err(format!(
+            "a window TVF is an aggregate's windows: group its rows by window_start, window_end ({usage}); rows of a TVF without GROUP BY window_start, window_end are not supported"
+        ));
+    }
+    select.group_by = GroupByExpr::Expressions(grouped, Vec::new());
+    // Columns of the window → fields of the group key.
+    let mut error = None;
+    let mut replace = |e: &mut SqlExpr| {
+        match field(e).as_deref() {
+            Some("window_time") => error = Some(window_time()),
+            Some(name) => {
+                *e = SqlExpr::Function(call(&t.window, name, SqlExpr::Function(t.window.clone())))
+            }
+            None => {}
+        }
+        ControlFlow::<()>::Continue(())
+    };
+    for item in &mut select.projection {
+        // A bare `window_start` keeps its name.
+        if let SelectItem::UnnamedExpr(e) = item {
+            if let Some(name) = field(e) {
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::new(name),
+                };
+            }
+        }
+        let _ = visit_expressions_mut(item, &mut replace);
+    }
+    if let Some(h) = &mut select.having {
+        let _ = visit_expressions_mut(h, &mut replace);
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    select.from[i].relation = TableFactor::Table {
+        name: t.table,
+        alias: t.alias,
+        args: None,
+        with_hints: Vec::new(),
+        version: None,
+        with_ordinality: false,
+        partitions: Vec::new(),
+        json_path: None,
+        sample: None,
+        index_hints: Vec::new(),
+    };
+    Ok(())
+}
+
+fn window_time() -> String {
+    "window_time (Flink's time attribute of a window): not supported; use window_end".into()
+}
+
+fn joined_tvf(t: &Tvf) -> String {
+    format!(
+        "{}(TABLE {}, …) joined with another table: a window TVF over a join is not supported (a window TVF reads one table or view)",
+        t.window.name.to_string().to_ascii_uppercase(),
+        t.table
+    )
+}
+
+/// The window TVF a FROM item calls, if any.
+fn read_tvf(relation: &TableFactor) -> Result<Option<Tvf>, String> {
+    let (name, args, alias) = match relation {
+        TableFactor::TableFunction {
+            expr: SqlExpr::Function(f),
+            alias,
+        } => {
+            let args = match &f.args {
+                FunctionArguments::List(l) => l.args.as_slice(),
+                _ => &[],
+            };
+            (&f.name, args, alias)
+        }
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } => (name, args.args.as_slice(), alias),
+        _ => return Ok(None),
+    };
+    let lower = name.to_string().to_ascii_lowercase();
+    let upper = lower.to_ascii_uppercase();
+    let params: &[&str] = match lower.as_str() {
+        "tumble" => &["data", "timecol", "size", "offset"],
+        "hop" => &["data", "timecol", "slide", "size", "offset"],
+        "cumulate" | "session" => {
+            return Err(format!(
+                "{upper}: this window TVF is not supported (TUMBLE and HOP are)"
+            ))
+        }
+        _ => return Ok(None),
+    };
+    let usage = if lower == "tumble" {
+        "TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) or TUMBLE(t, ts, INTERVAL '1 minute')"
+    } else {
+        "TABLE(HOP(TABLE t, DESCRIPTOR(ts), slide, size)) or HOP(t, ts, slide, size)"
+    };
+    let mut given: Vec<Option<&SqlExpr>> = vec![None; params.len()];
+    for (k, a) in args.iter().enumerate() {
+        let (at, e) = match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => (k, e),
+            FunctionArg::Named {
+                name,
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => match params
+                .iter()
+                .position(|p| name.value.eq_ignore_ascii_case(p))
+            {
+                Some(at) => (at, e),
+                None => {
+                    return Err(format!(
+                        "{upper}: no argument named {} ({} are); write {usage}",
+                        name.value,
+                        params.join(", ").to_ascii_uppercase()
+                    ))
+                }
+            },
+            other => return Err(format!("{upper}({other}): write {usage}")),
+        };
+        match given.get_mut(at) {
+            Some(slot @ None) => *slot = Some(e),
+            Some(Some(_)) => {
+                return Err(format!(
+                    "{upper}: {} is given twice",
+                    params[at].to_ascii_uppercase()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{upper} takes {} arguments; write {usage}",
+                    params.len() - 1
+                ))
+            }
+        }
+    }
+    if given[params.len() - 1].is_some() {
+        return Err(format!(
+            "{upper}: an OFFSET (windows not aligned to the epoch) is not supported"
+        ));
+    }
+    let mut need = Vec::new();
+    for (p, g) in params[..params.len() - 1].iter().zip(&given) {
+        match g {
+            Some(e) => need.push(*e),
+            None => {
+                return Err(format!(
+                    "{upper}: {} is missing; write {usage}",
+                    p.to_ascii_uppercase()
+                ))
+            }
+        }
+    }
+    let table = match need[0] {
+        SqlExpr::Identifier(i) => ObjectName::from(vec![i.clone()]),
+        SqlExpr::CompoundIdentifier(parts) => ObjectName::from(parts.clone()),
+        other => {
+            return Err(format!(
+                "{upper}({other}, …): a window TVF over a subquery is not supported; name a table or a view (CREATE VIEW)"
+            ))
+        }
+    };
+    // Flink's `DESCRIPTOR(ts)`, RisingWave's `ts`.
+    let time = match need[1] {
+        SqlExpr::Function(f) if f.name.to_string().eq_ignore_ascii_case("descriptor") => {
+            match &f.args {
+                FunctionArguments::List(l) if l.args.len() == 1 => match &l.args[0] {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e.clone(),
+                    other => {
+                        return Err(format!(
+                            "{upper}: DESCRIPTOR({other}): name the time column"
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(format!(
+                        "{upper}: DESCRIPTOR takes one column, the event time"
+                    ))
+                }
+            }
+        }
+        e => e.clone(),
+    };
+    let mut window_args = vec![time];
+    window_args.extend(need[2..].iter().map(|e| (*e).clone()));
+    let window = Function {
+        name: ObjectName::from(vec![Ident::new(upper.as_str())]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: window_args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: Vec::new(),
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    };
+    Ok(Some(Tvf {
+        table,
+        alias: alias.clone(),
+        window,
+    }))
 }
 
 /// Where a window's rows are assigned.
@@ -382,23 +716,7 @@ fn split<'p>(
             };
             let found = split(view, post)?;
             if found.is_some() {
-                let full = DFSchema::try_from_qualified_schema(
-                    scan.table_name.clone(),
-                    &scan.source.schema(),
-                )
-                .map_err(|e| e.to_string())?;
-                let full = Arc::new(full);
-                for f in &scan.filters {
-                    post.push(Step::Filter(f.clone(), full.clone()));
-                }
-                if let Some(cols) = &scan.projection {
-                    let exprs: Vec<Expr> = cols
-                        .iter()
-                        .map(|&i| Expr::Column(full.columns()[i].clone()))
-                        .collect();
-                    let schema = Arc::new(scan.projected_schema.as_arrow().clone());
-                    post.push(Step::Project(exprs, full.clone(), schema));
-                }
+                post.extend(scan_steps(scan)?);
             }
             found
         }
