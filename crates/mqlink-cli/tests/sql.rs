@@ -1036,19 +1036,33 @@ fn windowed_query_against_a_capped_broker_is_exact() {
     });
     let (expected, late) = window_reference(&rs, 10_000);
     assert_eq!((expected.len(), late.len()), (8, 0));
-    let mut run = start(&file, dir.path(), &[]);
+    windows_into_postgres(&file, dir.path(), broker.port, &topic, &pg, &rs, &expected);
+}
+
+/// Runs `file`, publishes `rs` to `<topic>/in`, waits for the windows in
+/// table `win`, stops mqlink: the table is `expected`, every message was
+/// acknowledged.
+fn windows_into_postgres(
+    file: &Path,
+    dir: &Path,
+    port: u16,
+    topic: &str,
+    pg: &testkit::Postgres,
+    rs: &[Reading],
+    expected: &[String],
+) {
+    let mut run = start(file, dir, &[]);
     run.wait_subscribed(1);
     let lines: Vec<String> = rs.iter().map(Reading::json).collect();
-    publish(broker.port, &format!("{topic}/in"), &lines);
-    let count = || pg.count("win");
-    wait_until(90, "every window", || count() >= expected.len());
+    publish(port, &format!("{topic}/in"), &lines);
+    wait_until(90, "every window", || pg.count("win") >= expected.len());
     let (status, err) = run.stop();
     assert!(status.success(), "{err}");
     assert!(
         err.contains(&format!("{} records acknowledged", rs.len())),
         "{err}"
     );
-    assert_eq!(window_table(&pg, "win"), expected);
+    assert_eq!(window_table(pg, "win"), expected);
 }
 
 /// The sum of a metric's series in /metrics.
@@ -1192,13 +1206,5 @@ GROUP BY window_start, window_end, device_id;
     });
     let (expected, late) = window_reference(&rs, 10_000);
     assert_eq!((expected.len(), late.len()), (16, 1));
-    let mut run = start(&file, dir.path(), &[]);
-    run.wait_subscribed(1);
-    let lines: Vec<String> = rs.iter().map(Reading::json).collect();
-    publish(broker.port, &format!("{topic}/in"), &lines);
-    let count = || pg.count("win");
-    wait_until(90, "every window", || count() >= expected.len());
-    let (status, err) = run.stop();
-    assert!(status.success(), "{err}");
-    assert_eq!(window_table(&pg, "win"), expected);
+    windows_into_postgres(&file, dir.path(), broker.port, &topic, &pg, &rs, &expected);
 }

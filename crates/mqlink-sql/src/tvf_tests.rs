@@ -69,6 +69,7 @@ fn run(dir: &std::path::Path, queries: &str, rows: &[Row]) -> Out {
             .iter()
             .map(|(dev, ts, n)| Item {
                 topic: Some("a/x".into()),
+                origin: None,
                 payload: bytes::Bytes::from(format!("{ts}")),
                 value: Value::Row(vec![
                     ("dev".into(), dev.clone().map_or(Value::Null, Value::Text)),
