@@ -294,7 +294,7 @@ fn sink(p: &mut Parser) -> Result<Stmt, ParserError> {
         q.parse_query()?
     } else {
         p.expect_keyword(Keyword::AS)?;
-        p.parse_query()?
+        query_before_options(p)?
     };
     p.expect_keyword(Keyword::WITH)?;
     let options = options(p)?;
@@ -303,6 +303,39 @@ fn sink(p: &mut Parser) -> Result<Stmt, ParserError> {
         query,
         options,
     })
+}
+
+/// The query of `CREATE SINK … AS query WITH (…)`: the tokens up to the
+/// statement's last `WITH (` outside parentheses. (Parsed in place,
+/// `GROUP BY x WITH (` would be read as MySQL's `WITH ROLLUP`.)
+fn query_before_options(p: &mut Parser) -> Result<Box<Query>, ParserError> {
+    let mut depth = 0usize;
+    let mut end = None;
+    for n in 0.. {
+        match p.peek_nth_token(n).token {
+            Token::SemiColon | Token::EOF => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w)
+                if w.keyword == Keyword::WITH
+                    && depth == 0
+                    && p.peek_nth_token(n + 1).token == Token::LParen =>
+            {
+                end = Some(n)
+            }
+            _ => {}
+        }
+    }
+    let Some(end) = end else {
+        return p.expected("WITH (…) after the sink's query", p.peek_token());
+    };
+    let mut tokens: Vec<TokenWithSpan> = (0..end).map(|_| p.next_token()).collect();
+    tokens.push(TokenWithSpan::wrap(Token::EOF));
+    let dialect = GenericDialect {};
+    let mut q = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let query = q.parse_query()?;
+    q.expect_token(&Token::EOF)?;
+    Ok(query)
 }
 
 fn name_of(p: &mut Parser) -> Result<String, ParserError> {

@@ -22,11 +22,16 @@ fn pipeline(
     dir: &std::path::Path,
     queries: &str,
 ) -> Result<mqlink_pipeline::Pipeline, ConfigError> {
+    // The file sink f, unless a CREATE SINK brings its own.
+    let f = match queries.contains("CREATE SINK") {
+        true => "",
+        false => "CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');",
+    };
     let sql = format!(
         "CREATE CONNECTION c FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:1883', client_id = 'w', clean_session = false);
 CREATE TABLE t (dev TEXT, ts TIMESTAMP, n BIGINT, WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
 WITH (connector = 'mqtt_source', connection = 'c', topics = '[\"a/#\"]', state_dir = '{}');
-CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+{f}
 {queries}",
         dir.display()
     );
@@ -228,6 +233,34 @@ fn risingwave_tumble_equals_flink_tumble() {
     );
     assert!(rw.len() > 20, "{}", rw.len());
     assert_eq!(rw, flink);
+}
+
+/// RisingWave's `CREATE SINK … AS query WITH (…)` over a window: the
+/// sink's `WITH (` after `GROUP BY …` is not read as MySQL's `WITH ROLLUP`,
+/// and the rows are those of `INSERT INTO`.
+#[test]
+fn create_sink_as_a_windowed_query() {
+    let all = rows(15, 1500);
+    let query =
+        "SELECT window_start, dev, COUNT(*) AS c FROM TUMBLE(t, ts, INTERVAL '10 seconds') \
+                 GROUP BY window_start, window_end, dev";
+    let dir = testkit::TempDir::new().unwrap();
+    let insert = run(dir.path(), &format!("INSERT INTO f {query};"), &all);
+    let dir = testkit::TempDir::new().unwrap();
+    let sink = run(
+        dir.path(),
+        &format!("CREATE SINK k AS {query} WITH (connector = 'file', path = 'k.jsonl');"),
+        &all,
+    );
+    assert!(insert.len() > 100, "{}", insert.len());
+    assert_eq!(sink, insert);
+    // A sink without its options is named as such.
+    let dir = testkit::TempDir::new().unwrap();
+    let e = pipeline(dir.path(), &format!("CREATE SINK k AS {query};")).unwrap_err();
+    assert!(
+        e.to_string().contains("WITH (…) after the sink's query"),
+        "{e}"
+    );
 }
 
 /// What is not supported is refused by name, at its statement and line.
