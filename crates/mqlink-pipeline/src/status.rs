@@ -159,11 +159,20 @@ impl Component {
 
     /// `sources.NAME` or `sinks.NAME`, as in the file.
     pub fn path(&self) -> String {
-        let k = match self.kind {
-            Kind::Source => "sources",
-            Kind::Sink => "sinks",
-        };
-        format!("{k}.{}", self.name)
+        format!("{}{}", self.section(), self.name)
+    }
+
+    /// Whether `p` is [`path`](Self::path) (without building it: log
+    /// events are matched against every component).
+    fn has_path(&self, p: &str) -> bool {
+        p.strip_prefix(self.section()) == Some(self.name.as_str())
+    }
+
+    fn section(&self) -> &'static str {
+        match self.kind {
+            Kind::Source => "sources.",
+            Kind::Sink => "sinks.",
+        }
     }
 
     fn clients(&self) -> &[Client] {
@@ -519,8 +528,10 @@ impl Registry {
     /// Prometheus text exposition format, one family per metric name.
     pub fn prometheus(&self) -> String {
         let mut families: Vec<(&'static str, String)> = Vec::new();
-        for c in self.0.iter() {
-            for (name, v) in c.metrics() {
+        // Each component's metrics read once (its own families and the aliases).
+        let snapshots: Vec<_> = self.0.iter().map(|c| (c, c.metrics())).collect();
+        for (c, metrics) in &snapshots {
+            for &(name, v) in metrics {
                 let line = format!(
                     "{name}{{component=\"{}\",type=\"{}\"}} {v}\n",
                     c.name, c.type_name
@@ -533,13 +544,11 @@ impl Registry {
         }
         for (alias, ours) in LAMINAR_ALIASES {
             let mut lines = String::new();
-            for c in self
-                .0
+            for (c, metrics) in snapshots
                 .iter()
-                .filter(|c| c.connector_name() == "mqtt_source")
+                .filter(|(c, _)| c.connector_name() == "mqtt_source")
             {
-                let v = c
-                    .metrics()
+                let v = metrics
                     .iter()
                     .find(|(n, _)| *n == ours)
                     .map_or(0, |(_, v)| *v);
@@ -586,7 +595,7 @@ impl Registry {
         // An event names its component, or the MQTT client of one.
         let owner = |e: &crate::logs::LogEvent| {
             self.0.iter().find(|c| {
-                e.component.as_deref().is_some_and(|p| p == c.path())
+                e.component.as_deref().is_some_and(|p| c.has_path(p))
                     || e.client_id
                         .as_deref()
                         .is_some_and(|id| c.clients().iter().any(|cl| cl.client_id() == id))

@@ -77,9 +77,13 @@ pub enum EventTime {
 
 /// A windowed query's stage for its source.
 #[derive(Debug)]
-pub struct WindowStage {
+pub struct WindowStage(Arc<Query>);
+
+/// The query, as every run of the stage shares it.
+#[derive(Debug)]
+struct Query {
     input: Input,
-    plan: Arc<Windowed>,
+    plan: Windowed,
     time: EventTime,
     /// Microseconds behind the largest event time.
     delay: i64,
@@ -106,17 +110,16 @@ impl WindowStage {
             .iter()
             .map(|f| Arc::from(f.name().as_str()))
             .collect();
-        let stage = WindowStage {
+        Compiled::new(&plan, wall_clock())?;
+        Ok(WindowStage(Arc::new(Query {
             input,
-            plan: Arc::new(plan),
+            plan,
             time: o.time,
             delay: o.delay_us,
             state_file: o.state_file,
             interval: o.checkpoint_interval,
             names,
-        };
-        Compiled::new(&stage.plan, wall_clock())?;
-        Ok(stage)
+        })))
     }
 }
 
@@ -191,14 +194,9 @@ impl MakeTransform for WindowStage {
     fn make(&self) -> Box<dyn Transform> {
         let now = Instant::now();
         let wall = wall_clock();
+        let q = &self.0;
         let mut run = Running {
-            input: self.input.clone(),
-            plan: self.plan.clone(),
-            time: self.time,
-            delay: self.delay,
-            state_file: self.state_file.clone(),
-            interval: self.interval,
-            names: self.names.clone(),
+            query: q.clone(),
             compiled: None,
             state: State::default(),
             redeliveries: Redeliveries::default(),
@@ -208,8 +206,8 @@ impl MakeTransform for WindowStage {
             last_input: now,
             base: (now, wall.timestamp_micros()),
         };
-        let restored = Compiled::new(&self.plan, wall).and_then(|c| {
-            let state = State::load(&self.state_file, &self.plan, &c)?;
+        let restored = Compiled::new(&q.plan, wall).and_then(|c| {
+            let state = State::load(&q.state_file, &q.plan, &c)?;
             Ok((c, state))
         });
         match restored {
@@ -587,13 +585,7 @@ fn column(vs: impl Iterator<Item = ScalarValue>, t: &DataType) -> Result<ArrayRe
 }
 
 struct Running {
-    input: Input,
-    plan: Arc<Windowed>,
-    time: EventTime,
-    delay: i64,
-    state_file: PathBuf,
-    interval: Duration,
-    names: Vec<Arc<str>>,
+    query: Arc<Query>,
     compiled: Option<Compiled>,
     state: State,
     /// The messages of this epoch and the last committed one.
@@ -621,7 +613,7 @@ impl Running {
     }
 
     fn arrival(&self) -> bool {
-        self.time == EventTime::Arrival
+        self.query.time == EventTime::Arrival
     }
 
     /// Emits the windows the watermark has passed, in order of their start.
@@ -629,7 +621,7 @@ impl Running {
         let (Some(wm), Some(c)) = (self.state.watermark, self.compiled.as_ref()) else {
             return;
         };
-        let width = self.plan.windows.width;
+        let width = self.query.plan.windows.width;
         // Windows with start + width <= wm are done.
         let open = self
             .state
@@ -646,10 +638,10 @@ impl Running {
         let n = rows.len();
         let result = (|| -> Result<RecordBatch, String> {
             let mut cols: Vec<ArrayRef> = Vec::new();
-            let nkeys = self.plan.keys.len();
+            let nkeys = self.query.plan.keys.len();
             let mut key = 0;
             for (i, f) in c.output.fields().iter().enumerate() {
-                let col = if i == self.plan.window_at {
+                let col = if i == self.query.plan.window_at {
                     let start =
                         TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0))
                             .with_timezone("UTC");
@@ -691,13 +683,13 @@ impl Running {
         }
         for (rows, _) in parts {
             let flat = rebuild(
-                &self.plan.out,
+                &self.query.plan.out,
                 flatten_columns(rows.columns()),
                 rows.num_rows(),
             );
             match flat {
                 Ok(flat) => {
-                    for row in records(&self.names, &flat) {
+                    for row in records(&self.query.names, &flat) {
                         out.items.push(Item {
                             topic: None,
                             origin: None,
@@ -739,14 +731,14 @@ impl Running {
                 v
             }
         };
-        let source_time = match self.time {
+        let source_time = match self.query.time {
             EventTime::Column(i) => timestamps(source.column(i)).ok(),
             _ => None,
         };
         for (range, ev) in evaluated {
             for (k, j) in range.clone().enumerate() {
                 let item = &items[from[j]];
-                let t = match self.time {
+                let t = match self.query.time {
                     EventTime::Arrival => Some(arrival),
                     EventTime::Column(_) => source_time
                         .as_ref()
@@ -787,12 +779,13 @@ impl Running {
                         continue;
                     }
                 };
-                for start in self.plan.windows.starts(t) {
+                for start in self.query.plan.windows.starts(t) {
                     let g = self.state.windows.entry(start).or_default();
                     let at = match g.index.get(&key) {
                         Some(&at) => at,
                         None => {
                             let accs = self
+                                .query
                                 .plan
                                 .aggs
                                 .iter()
@@ -808,7 +801,7 @@ impl Running {
                         acc.update(a, k);
                     }
                 }
-                let wm = t.saturating_sub(self.delay);
+                let wm = t.saturating_sub(self.query.delay);
                 if self.state.watermark.is_none_or(|w| wm > w) {
                     self.state.watermark = Some(wm);
                 }
@@ -897,7 +890,7 @@ impl Transform for Running {
                 return out;
             }
         }
-        let batch = match to_batch(&self.input, &items, wall_dt) {
+        let batch = match to_batch(&self.query.input, &items, wall_dt) {
             Ok(b) => b,
             Err(reason) => {
                 out.faults
@@ -906,7 +899,7 @@ impl Transform for Running {
             }
         };
         // Kept for `mqlink query … FROM table` (only while /query is served).
-        crate::query::remember(&self.plan.pre.source, &batch);
+        crate::query::remember(&self.query.plan.pre.source, &batch);
         let Some(c) = self.compiled.as_ref() else {
             return out;
         };
@@ -933,13 +926,13 @@ impl Transform for Running {
         let mut due = None::<Instant>;
         let mut at = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
         if self.held > 0 {
-            at(self.last_checkpoint + self.interval);
+            at(self.last_checkpoint + self.query.interval);
             at(self.last_input + IDLE);
         }
         // Arrival time: a window closes as the clock passes its end.
         if self.arrival() {
             if let Some(start) = self.state.windows.keys().next() {
-                at(self.instant_of(start.saturating_add(self.plan.windows.width)));
+                at(self.instant_of(start.saturating_add(self.query.plan.windows.width)));
             }
         }
         due
@@ -948,7 +941,7 @@ impl Transform for Running {
     fn flush(&mut self, now: Instant) -> Output {
         let mut out = Output::default();
         if self.arrival() && self.broken.is_none() {
-            let wm = self.wall(now).saturating_sub(self.delay);
+            let wm = self.wall(now).saturating_sub(self.query.delay);
             if self.state.watermark.is_none_or(|w| wm > w) {
                 self.state.watermark = Some(wm);
             }
@@ -960,7 +953,7 @@ impl Transform for Running {
     fn checkpoint_due(&self, now: Instant) -> bool {
         self.broken.is_some()
             || self.held > 0
-                && (now >= self.last_checkpoint + self.interval
+                && (now >= self.last_checkpoint + self.query.interval
                     || self.held >= HELD_MAX
                     || now >= self.last_input + IDLE)
     }
@@ -973,8 +966,8 @@ impl Transform for Running {
             return Err("the query did not compile".into());
         };
         self.state.save(
-            &self.state_file,
-            &self.plan,
+            &self.query.state_file,
+            &self.query.plan,
             c,
             &self.redeliveries.epoch_bytes(),
         )?;

@@ -850,28 +850,28 @@ impl Compiler<'_> {
         let Some((dir, _)) = &table.state_dir else {
             return Err(SqlError::at(table.line, &table_stmt, Some("state_dir"), format!("missing: the windowed query of line {line} keeps its windows in a state file under state_dir (state_dir = '/var/lib/mqlink')")));
         };
-        if let Some((_, cfg)) = p.sources.iter().find(|(n, _)| n == src) {
-            if let mqlink_pipeline::spec::SourceConfig::Mqtt(m) = cfg {
-                if let Some(conn) = p.connections.get(&m.connection) {
-                    let o = self.origins.get(&format!("connections.{}", m.connection));
-                    let (cl, cs) = o.map_or((table.line, table_stmt.clone()), |o| {
-                        (o.line, o.statement.clone())
-                    });
-                    let why = format!("the windowed query of line {line} acknowledges messages at checkpoints, so it needs a persistent session (the broker keeps what is unacknowledged across a restart)");
-                    if conn.clean_session {
-                        return Err(SqlError::at(
-                            cl,
-                            cs,
-                            Some("clean_session"),
-                            format!("{why}: set clean_session = false (clean_start = 'false')"),
-                        ));
-                    }
-                    if conn.session_expiry_interval == Some(0) {
-                        return Err(SqlError::at(cl, cs, Some("session_expiry_interval"), format!("{why}: 0 ends the session when the connection drops; leave it out (MQTT 5 then keeps the session) or give the seconds a restart may take")));
-                    }
-                    if conn.client_id.is_none() {
-                        return Err(SqlError::at(cl, cs, Some("client_id"), format!("{why}: set client_id (client_prefix) so that the session is found again")));
-                    }
+        if let Some((_, mqlink_pipeline::spec::SourceConfig::Mqtt(m))) =
+            p.sources.iter().find(|(n, _)| n == src)
+        {
+            if let Some(conn) = p.connections.get(&m.connection) {
+                let o = self.origins.get(&format!("connections.{}", m.connection));
+                let (cl, cs) = o.map_or((table.line, table_stmt.clone()), |o| {
+                    (o.line, o.statement.clone())
+                });
+                let why = format!("the windowed query of line {line} acknowledges messages at checkpoints, so it needs a persistent session (the broker keeps what is unacknowledged across a restart)");
+                if conn.clean_session {
+                    return Err(SqlError::at(
+                        cl,
+                        cs,
+                        Some("clean_session"),
+                        format!("{why}: set clean_session = false (clean_start = 'false')"),
+                    ));
+                }
+                if conn.session_expiry_interval == Some(0) {
+                    return Err(SqlError::at(cl, cs, Some("session_expiry_interval"), format!("{why}: 0 ends the session when the connection drops; leave it out (MQTT 5 then keeps the session) or give the seconds a restart may take")));
+                }
+                if conn.client_id.is_none() {
+                    return Err(SqlError::at(cl, cs, Some("client_id"), format!("{why}: set client_id (client_prefix) so that the session is found again")));
                 }
             }
         }

@@ -295,9 +295,9 @@ fn evaluate(kind: Kind, arrays: &[ArrayRef], n: usize) -> Result<ArrayRef> {
         }
         Kind::Contains => {
             let mut b = BooleanBuilder::with_capacity(n);
-            for i in 0..n {
+            for (i, j) in parsed.iter().enumerate() {
                 // NULL for what is not JSON; false for a path not there.
-                b.append_option(parsed[i].as_ref().and_then(|j| {
+                b.append_option(j.as_ref().and_then(|j| {
                     let keys = keys_at(&path, i)?;
                     Some(find(j, &keys).is_some())
                 }));
