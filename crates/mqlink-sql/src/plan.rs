@@ -359,6 +359,15 @@ pub fn branches(plan: &LogicalPlan) -> Result<Vec<Branch>, String> {
             }
             out
         }
+        // A windowed aggregate is lowered only at the top of a query (or a
+        // view): here it is under a UNION ALL or a subquery.
+        LogicalPlan::Aggregate(a)
+            if a.group_expr.iter().any(|g| {
+                matches!(crate::window::window_of(g, a.input.schema()), Ok(Some(_)))
+            }) =>
+        {
+            return Err("a windowed aggregate under UNION ALL (or inside another query) is not supported: give each windowed query a sink of its own (one INSERT INTO per sink)".into())
+        }
         LogicalPlan::Aggregate(_) => return Err("an aggregate (GROUP BY, COUNT, SUM, AVG, MIN, MAX) without a window is an updating result, which a stream of MQTT messages into sinks cannot express; only stateless queries (SELECT … WHERE …, UNION ALL) are supported so far".into()),
         LogicalPlan::Join(_) => return Err("JOIN: joins of streams are not supported".into()),
         LogicalPlan::Sort(_) => return Err("ORDER BY: a stream has no end to sort by (Top-N is not supported)".into()),

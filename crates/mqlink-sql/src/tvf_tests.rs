@@ -308,6 +308,11 @@ fn unsupported_tvf_forms_are_refused() {
             "SELECT window_start, COUNT(*) FROM HOP(t, ts, INTERVAL '1 minute') GROUP BY window_start".to_string(),
             "HOP: SIZE is missing",
         ),
+        (
+            format!("SELECT window_start, COUNT(*) AS c FROM {tumble} GROUP BY window_start, window_end \
+                     UNION ALL SELECT window_start, COUNT(*) AS c FROM HOP(t, ts, INTERVAL '1 minute', INTERVAL '2 minutes') GROUP BY window_start, window_end"),
+            "a windowed aggregate under UNION ALL (or inside another query) is not supported",
+        ),
     ];
     for (query, want) in cases {
         let dir = testkit::TempDir::new().unwrap();

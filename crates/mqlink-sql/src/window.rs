@@ -753,7 +753,10 @@ fn window_call(e: &Expr) -> Option<&'static str> {
 }
 
 /// A group key that is a window: its sizes, and Flink's time argument.
-fn window_of(g: &Expr, input: &DFSchema) -> Result<Option<(Windows, Option<Expr>)>, String> {
+pub(crate) fn window_of(
+    g: &Expr,
+    input: &DFSchema,
+) -> Result<Option<(Windows, Option<Expr>)>, String> {
     let g = match g {
         Expr::Alias(a) => a.expr.as_ref(),
         g => g,
