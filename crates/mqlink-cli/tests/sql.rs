@@ -1079,8 +1079,8 @@ fn metric(http: u16, name: &str) -> u64 {
 /// sends), and mqlink is killed (`kill`) or its connection cut. The broker
 /// sends that epoch's messages again, DUP set, with their packet ids; the
 /// state holds them already, so they must count once: the table is the
-/// reference's.
-fn lost_acknowledgements(protocol: &str, kill: bool) {
+/// reference's. `qos`: of the subscription and the publisher.
+fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
     let broker = Mosquitto::start();
     let proxy = testkit::CutProxy::new(broker.port);
     let pg = testkit::Postgres::start();
@@ -1091,6 +1091,10 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
         proxy.port,
         &pg.url(),
         &format!(", protocol = '{protocol}'"),
+    )
+    .replace(
+        "'AtLeastOnce'",
+        ["'AtMostOnce'", "'AtLeastOnce'", "'ExactlyOnce'"][qos as usize],
     );
     let file = write(dir.path(), "a.sql", &sql);
     // 100 ms apart: 12 windows of 10 s; the epoch ends inside one.
@@ -1110,7 +1114,10 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
     run.wait_subscribed(1);
 
     proxy.mute_clients(true);
-    publish(broker.port, &format!("{topic}/in"), &lines[..550]);
+    let publish = |lines: &[String]| {
+        testkit::mosquitto_pub_lines(broker.port, &format!("{topic}/in"), qos, lines)
+    };
+    publish(&lines[..550]);
     // Everything the broker sent (all 550 over MQTT 5; its in-flight
     // window of 20 over 3.1.1) checkpointed: the state file written after
     // the last one arrived, and nothing newer.
@@ -1124,7 +1131,7 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
         n > 0 && seen.1.elapsed() > Duration::from_secs(1)
     });
     let in_state = seen.0;
-    eprintln!("{protocol}: {in_state} messages checkpointed, their acknowledgements dropped");
+    eprintln!("MQTT {protocol}, QoS {qos}: {in_state} messages checkpointed, their acknowledgements dropped");
     let state = dir.path().join("state/readings.window");
     wait_until(30, "the checkpoint", || {
         std::fs::metadata(&state)
@@ -1147,7 +1154,7 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
     wait_until(30, "the redelivered epoch", || {
         metric(http, skipped) >= in_state
     });
-    publish(broker.port, &format!("{topic}/in"), &lines[550..]);
+    publish(&lines[550..]);
     let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
     assert_eq!(metric(http, skipped), in_state);
@@ -1162,12 +1169,19 @@ fn lost_acknowledgements(protocol: &str, kill: bool) {
 
 #[test]
 fn sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
-    lost_acknowledgements("5", true);
+    lost_acknowledgements("5", 1, true);
 }
 
 #[test]
 fn a_cut_after_a_checkpoint_before_its_acknowledgements_counts_once() {
-    lost_acknowledgements("3.1.1", false);
+    lost_acknowledgements("3.1.1", 1, false);
+}
+
+/// QoS 2: the lost acknowledgements are PUBRECs; the broker resends the
+/// PUBLISH (DUP set) of each.
+#[test]
+fn qos2_sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
+    lost_acknowledgements("5", 2, true);
 }
 
 /// Flink's window TVF into PostgreSQL over a real broker: the windows of
