@@ -1119,25 +1119,21 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
     };
     publish(&lines[..550]);
     // Everything the broker sent (all 550 over MQTT 5; its in-flight
-    // window of 20 over 3.1.1) checkpointed: the state file written after
-    // the last one arrived, and nothing newer.
+    // window of 20 over 3.1.1) arrived and is checkpointed: the source
+    // acknowledges what a window holds only once its state is written.
     let received = "mqlink_source_messages_received_total";
+    let acknowledged = "mqlink_source_records_acknowledged_total";
     let mut seen = (0, Instant::now());
-    wait_until(30, "the messages to stop arriving", || {
+    wait_until(30, "the messages checkpointed", || {
         let n = metric(http, received);
         if n != seen.0 {
             seen = (n, Instant::now());
         }
-        n > 0 && seen.1.elapsed() > Duration::from_secs(1)
+        n > 0 && seen.1.elapsed() > Duration::from_millis(500) && metric(http, acknowledged) == n
     });
     let in_state = seen.0;
     eprintln!("MQTT {protocol}, QoS {qos}: {in_state} messages checkpointed, their acknowledgements dropped");
-    let state = dir.path().join("state/readings.window");
-    wait_until(30, "the checkpoint", || {
-        std::fs::metadata(&state)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_millis(300))
-    });
+    assert!(dir.path().join("state/readings.window").exists());
     let run = if kill {
         run.child.kill().unwrap();
         run.child.wait().unwrap();
