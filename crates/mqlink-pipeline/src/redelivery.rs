@@ -6,7 +6,7 @@
 //! again, with their original packet ids and the DUP flag (MQTT 3.1.1 and
 //! 5.0, §4.4), onto a state that already holds them. So the stage keeps,
 //! and writes with its state, the identity of every message of its epoch:
-//! the packet id and a hash of topic and payload. A message with DUP set
+//! a hash of packet id, topic and payload. A message with DUP set
 //! whose identity is in the committed epoch or the current one is
 //! acknowledged with the current epoch and not counted again.
 //!
@@ -17,20 +17,22 @@
 //! RabbitMQ, mqlink's broker) reach an id again only 65,535 messages later.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::batch::Item;
 
-/// A message's identity: packet id, FNV-1a of topic and payload.
-type Id = (u16, u64);
+/// Message identities: FNV-1a of packet id, topic and payload, hashed
+/// once (the set takes them as they are).
+type Ids = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
 /// The bytes of one identity in [`Redeliveries::epoch_bytes`].
-const ID_BYTES: usize = 10;
+const ID_BYTES: usize = 8;
 
 /// The identities of the committed epoch and of the current one.
 #[derive(Debug, Default)]
 pub struct Redeliveries {
-    committed: HashSet<Id>,
-    current: HashSet<Id>,
+    committed: Ids,
+    current: Ids,
     skipped: u64,
 }
 
@@ -46,13 +48,7 @@ impl Redeliveries {
         }
         let committed = bytes
             .chunks_exact(ID_BYTES)
-            .map(|c| {
-                let (pkid, hash) = c.split_at(2);
-                (
-                    u16::from_le_bytes([pkid[0], pkid[1]]),
-                    u64::from_le_bytes(hash.try_into().expect("8 bytes")),
-                )
-            })
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
         Ok(Redeliveries {
             committed,
@@ -67,7 +63,14 @@ impl Redeliveries {
         let Some(o) = item.origin else {
             return true;
         };
-        let id = (o.packet_id, fingerprint(item));
+        let topic = item.topic.as_ref().map_or("", |t| t.as_str());
+        // NUL: a separator no topic holds.
+        let id = fnv1a(&[
+            &o.packet_id.to_le_bytes(),
+            topic.as_bytes(),
+            &[0],
+            &item.payload,
+        ]);
         let seen = o.dup && (self.current.contains(&id) || self.committed.contains(&id));
         self.current.insert(id);
         self.skipped += u64::from(seen);
@@ -76,12 +79,10 @@ impl Redeliveries {
 
     /// The current epoch's identities, to be written with the state.
     pub fn epoch_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.current.len() * ID_BYTES);
-        for (pkid, hash) in &self.current {
-            out.extend_from_slice(&pkid.to_le_bytes());
-            out.extend_from_slice(&hash.to_le_bytes());
-        }
-        out
+        self.current
+            .iter()
+            .flat_map(|id| id.to_le_bytes())
+            .collect()
     }
 
     /// The state holding [`epoch_bytes`](Self::epoch_bytes) is durable:
@@ -96,19 +97,33 @@ impl Redeliveries {
     }
 }
 
-/// FNV-1a of topic, a separator no topic holds (NUL), and payload: stable
-/// across builds and releases (the state file keeps it).
-fn fingerprint(item: &Item) -> u64 {
-    let topic = item
-        .topic
-        .as_ref()
-        .map_or(&[][..], |t| t.as_str().as_bytes());
-    [topic, &[0], &item.payload]
+/// FNV-1a (64 bits) of `parts` in a row: stable across builds and
+/// releases, for what state files keep (identities, checksums).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    parts
         .iter()
         .flat_map(|part| part.iter())
         .fold(0xcbf2_9ce4_8422_2325, |h, &x| {
             (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
         })
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use datafusion_expr::ExprSchemable;
 use datafusion_physical_expr::PhysicalExpr;
 use mqlink::format::Value;
 use mqlink_pipeline::batch::Item;
-use mqlink_pipeline::redelivery::Redeliveries;
+use mqlink_pipeline::redelivery::{fnv1a, Redeliveries};
 use mqlink_pipeline::transform::{MakeTransform, Output, Transform};
 use tokio::time::Instant;
 
@@ -444,7 +444,7 @@ impl State {
         let rest = match bytes.strip_prefix(STATE_MAGIC) {
             Some(rest) if rest.len() >= 12 => {
                 let (sum, rest) = rest.split_at(8);
-                if sum != fnv1a(rest).to_le_bytes() {
+                if sum != fnv1a(&[rest]).to_le_bytes() {
                     return Err(bad("damaged (checksum mismatch)".into()));
                 }
                 rest
@@ -542,7 +542,7 @@ impl State {
         rest.extend_from_slice(&ipc);
         let mut bytes = Vec::with_capacity(STATE_MAGIC.len() + 8 + rest.len());
         bytes.extend_from_slice(STATE_MAGIC);
-        bytes.extend_from_slice(&fnv1a(&rest).to_le_bytes());
+        bytes.extend_from_slice(&fnv1a(&[&rest]).to_le_bytes());
         bytes.extend_from_slice(&rest);
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(bad)?;
@@ -563,12 +563,6 @@ impl State {
 /// endian), the length of the redelivery log (4 bytes, little endian), the
 /// log ([`Redeliveries::epoch_bytes`]), an Arrow IPC file.
 const STATE_MAGIC: &[u8] = b"mqlink-window-state-2\n";
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// Scalars of one type as a column.
 fn column(vs: impl Iterator<Item = ScalarValue>, t: &DataType) -> Result<ArrayRef, String> {

@@ -356,18 +356,8 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         let alphabet = b"()',;=.\"-_> \n0123456789abcxyzSELECTFROMWHERE*+/";
         let mut rng = fastrand::Rng::with_seed(7);
         for i in 0..800 {
-            let mut b = bases[i % bases.len()].as_bytes().to_vec();
-            for _ in 0..rng.usize(1..5) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = alphabet[rng.usize(..alphabet.len())],
-                    1 => {
-                        b.remove(at);
-                    }
-                    _ => b.insert(at, alphabet[rng.usize(..alphabet.len())]),
-                }
-            }
-            let _ = compile(&String::from_utf8_lossy(&b));
+            let text = testkit::mutate(&mut rng, &bases[i % bases.len()], alphabet, 1..5);
+            let _ = compile(&text);
         }
     }
 }

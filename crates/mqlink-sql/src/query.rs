@@ -834,18 +834,7 @@ WHERE ts > NOW() - INTERVAL '1 minute';",
         let mut rng = fastrand::Rng::with_seed(12);
         let t = tables();
         for i in 0..600 {
-            let mut b = bases[i % bases.len()].as_bytes().to_vec();
-            for _ in 0..rng.usize(1..5) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = alphabet[rng.usize(..alphabet.len())],
-                    1 => {
-                        b.remove(at);
-                    }
-                    _ => b.insert(at, alphabet[rng.usize(..alphabet.len())]),
-                }
-            }
-            let sql = String::from_utf8_lossy(&b);
+            let sql = testkit::mutate(&mut rng, bases[i % bases.len()], alphabet, 1..5);
             let r = std::panic::catch_unwind(|| query(&sql, &t));
             assert!(r.is_ok(), "panicked on {sql:?}");
         }

@@ -11,6 +11,28 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+/// `base` with a few random edits (a byte replaced by one of `alphabet`,
+/// removed, or one inserted): user input for tests that no parser panics.
+pub fn mutate(
+    rng: &mut fastrand::Rng,
+    base: &str,
+    alphabet: &[u8],
+    edits: std::ops::Range<usize>,
+) -> String {
+    let mut b = base.as_bytes().to_vec();
+    for _ in 0..rng.usize(edits) {
+        let at = rng.usize(..b.len());
+        match rng.u8(..3) {
+            0 => b[at] = alphabet[rng.usize(..alphabet.len())],
+            1 => {
+                b.remove(at);
+            }
+            _ => b.insert(at, alphabet[rng.usize(..alphabet.len())]),
+        }
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -340,18 +340,7 @@ fn mutated_files_never_panic() {
     let mut rng = fastrand::Rng::with_seed(13);
     for base in [SEED, MAPPING] {
         for _ in 0..1500 {
-            let mut b = base.as_bytes().to_vec();
-            for _ in 0..rng.usize(1..6) {
-                let at = rng.usize(..b.len());
-                match rng.u8(..3) {
-                    0 => b[at] = alphabet[rng.usize(..alphabet.len())],
-                    1 => {
-                        b.remove(at);
-                    }
-                    _ => b.insert(at, alphabet[rng.usize(..alphabet.len())]),
-                }
-            }
-            let text = String::from_utf8_lossy(&b);
+            let text = testkit::mutate(&mut rng, base, alphabet, 1..6);
             if let Err(e) = parse(&text, &seed_params(), &no_env) {
                 assert!(!e.path.is_empty(), "{e}");
             }
