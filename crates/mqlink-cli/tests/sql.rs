@@ -714,6 +714,11 @@ fn readings(n: usize, step: i64) -> Vec<Reading> {
 /// window and device `start_ms|device|count|avg|min|max`, sorted; and the
 /// late readings.
 fn window_reference(rs: &[Reading], width: i64) -> (Vec<String>, Vec<Reading>) {
+    window_reference_delayed(rs, width, 2000)
+}
+
+/// The same with the watermark `delay` ms behind.
+fn window_reference_delayed(rs: &[Reading], width: i64, delay: i64) -> (Vec<String>, Vec<Reading>) {
     let mut wm = i64::MIN;
     let mut late = Vec::new();
     let mut w: std::collections::BTreeMap<(i64, String), (i64, f64, f64, f64)> =
@@ -735,7 +740,7 @@ fn window_reference(rs: &[Reading], width: i64) -> (Vec<String>, Vec<Reading>) {
         a.1 += r.temp;
         a.2 = a.2.min(r.temp);
         a.3 = a.3.max(r.temp);
-        wm = wm.max(r.ts - 2000);
+        wm = wm.max(r.ts - delay);
     }
     let rows = w
         .into_iter()
@@ -1079,8 +1084,11 @@ fn metric(http: u16, name: &str) -> u64 {
 /// sends), and mqlink is killed (`kill`) or its connection cut. The broker
 /// sends that epoch's messages again, DUP set, with their packet ids; the
 /// state holds them already, so they must count once: the table is the
-/// reference's. `qos`: of the subscription and the publisher.
-fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
+/// reference's. `qos`: of the subscription and the publisher;
+/// `parallelism`: clients of a shared subscription (packet ids are per
+/// client).
+fn lost_acknowledgements(protocol: &str, qos: u8, parallelism: u16, kill: bool) {
+    let delay = if parallelism > 1 { 60_000 } else { 2_000 };
     let broker = Mosquitto::start();
     let proxy = testkit::CutProxy::new(broker.port);
     let pg = testkit::Postgres::start();
@@ -1090,7 +1098,13 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
         &topic,
         proxy.port,
         &pg.url(),
-        &format!(", protocol = '{protocol}'"),
+        &format!(", protocol = '{protocol}', parallelism = '{parallelism}'"),
+    )
+    // Two clients' streams interleave: a reading may come after later
+    // ones, so the watermark allows a minute.
+    .replace(
+        "INTERVAL '2 seconds'",
+        &format!("INTERVAL '{} seconds'", delay / 1000),
     )
     .replace(
         "'AtLeastOnce'",
@@ -1104,7 +1118,7 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
         ts: T0_MS + 200_000,
         temp: 0.0,
     });
-    let (expected, _) = window_reference(&rs, 10_000);
+    let (expected, _) = window_reference_delayed(&rs, 10_000, delay);
     assert_eq!(expected.len(), 48);
     let lines: Vec<String> = rs.iter().map(Reading::json).collect();
     let http = testkit::free_port();
@@ -1132,7 +1146,7 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
         n > 0 && seen.1.elapsed() > Duration::from_millis(500) && metric(http, acknowledged) == n
     });
     let in_state = seen.0;
-    eprintln!("MQTT {protocol}, QoS {qos}: {in_state} messages checkpointed, their acknowledgements dropped");
+    eprintln!("MQTT {protocol}, QoS {qos}, {parallelism} client(s): {in_state} messages checkpointed, their acknowledgements dropped");
     assert!(dir.path().join("state/readings.window").exists());
     let run = if kill {
         run.child.kill().unwrap();
@@ -1150,7 +1164,15 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
     wait_until(30, "the redelivered epoch", || {
         metric(http, skipped) >= in_state
     });
-    publish(&lines[550..]);
+    // The last reading closes every window: sent once mqlink has all the
+    // others (over two clients it could overtake some, which would be late).
+    let last = lines.len() - 1;
+    publish(&lines[550..last]);
+    let seen_before = if kill { 0 } else { in_state as usize };
+    wait_until(60, "every reading but the last", || {
+        metric(http, received) as usize >= seen_before + last
+    });
+    publish(&lines[last..]);
     let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
     assert_eq!(metric(http, skipped), in_state);
@@ -1165,19 +1187,25 @@ fn lost_acknowledgements(protocol: &str, qos: u8, kill: bool) {
 
 #[test]
 fn sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
-    lost_acknowledgements("5", 1, true);
+    lost_acknowledgements("5", 1, 1, true);
 }
 
 #[test]
 fn a_cut_after_a_checkpoint_before_its_acknowledgements_counts_once() {
-    lost_acknowledgements("3.1.1", 1, false);
+    lost_acknowledgements("3.1.1", 1, 1, false);
 }
 
 /// QoS 2: the lost acknowledgements are PUBRECs; the broker resends the
 /// PUBLISH (DUP set) of each.
 #[test]
 fn qos2_sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
-    lost_acknowledgements("5", 2, true);
+    lost_acknowledgements("5", 2, 1, true);
+}
+
+/// Two clients on a shared subscription, each with its own packet ids.
+#[test]
+fn shared_subscription_sigkill_after_a_checkpoint_before_its_acknowledgements_counts_once() {
+    lost_acknowledgements("5", 1, 2, true);
 }
 
 /// Flink's window TVF into PostgreSQL over a real broker: the windows of
@@ -1217,4 +1245,108 @@ GROUP BY window_start, window_end, device_id;
     let (expected, late) = window_reference(&rs, 10_000);
     assert_eq!((expected.len(), late.len()), (16, 1));
     windows_into_postgres(&file, dir.path(), broker.port, &topic, &pg, &rs, &expected);
+}
+
+/// A dead-letter topic the broker refuses (an ACL, MQTT 5 answers the
+/// PUBLISH with PUBACK 0x87): the record is neither processed nor
+/// dead-lettered, so its message must not be acknowledged. The source
+/// stops; a run with a dead-letter topic the broker takes then gets that
+/// record again, and every good row reaches the file.
+#[test]
+fn a_refused_dead_letter_leaves_its_message_unacknowledged() {
+    let topic = unique_id("sqldlqacl");
+    let acl = testkit::TempDir::new().unwrap();
+    let acl_file = write(
+        acl.path(),
+        "acl",
+        &format!("topic readwrite {topic}/in\ntopic readwrite {topic}/taken\n"),
+    );
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec![format!("acl_file {}", acl_file.display())],
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let sql = |dlq: &str| {
+        format!(
+            "CREATE TABLE t (seq BIGINT, code TEXT) WITH (connector = 'mqtt', type = 'source', url = '{}', \
+             protocol = '5', client_prefix = '{topic}', clean_start = 'false', \
+             topic = '{topic}/in', qos = 'AtLeastOnce', dead_letter_topic = '{topic}/{dlq}');
+             CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
+             INSERT INTO f SELECT seq, CAST(code AS BIGINT) AS code FROM t;",
+            broker.url()
+        )
+    };
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let code = if i % 20 == 7 {
+                "x".to_string()
+            } else {
+                i.to_string()
+            };
+            format!(r#"{{"seq":{i},"code":"{code}"}}"#)
+        })
+        .collect();
+
+    // (Subscribed long before anything is dead-lettered there.)
+    let (dlq, dead) = testkit::mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{topic}/taken"),
+        "-q",
+        "1",
+        "-C",
+        "2",
+        "-W",
+        "90",
+    ]);
+
+    // The refused topic: the source fails at the first bad row.
+    let refused = write(dir.path(), "refused.sql", &sql("refused"));
+    let mut run = start(&refused, dir.path(), &[]);
+    run.wait_subscribed(1);
+    publish(broker.port, &format!("{topic}/in"), &lines);
+    wait_until(30, "mqlink run to stop", || {
+        run.child.try_wait().unwrap().is_some()
+    });
+    let (status, err) = run.stop_exited();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("The dead-letter topic did not take a record"),
+        "{err}"
+    );
+
+    // A topic the broker takes: the bad rows come again, the first one too.
+    let taken = write(dir.path(), "taken.sql", &sql("taken"));
+    let mut run = start(&taken, dir.path(), &[]);
+    run.wait_subscribed(1);
+    // MQTT 5: the payload as it was, the reason in user properties.
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            dead.recv_timeout(Duration::from_secs(60))
+                .expect("dead letters")
+        })
+        .collect();
+    let _ = dlq.wait_with_output();
+    assert_eq!(dead, [lines[7].as_str(), lines[27].as_str()]);
+    let out = dir.path().join("out.jsonl");
+    let seqs = || {
+        let mut s: Vec<i64> = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    wait_until(30, "every good row", || seqs().len() >= 38);
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+    let want: Vec<i64> = (0..40).filter(|i| i % 20 != 7).collect();
+    assert_eq!(seqs(), want);
 }

@@ -34,6 +34,9 @@ pub struct Item {
 /// ([`crate::redelivery`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
+    /// Which of the source's clients received it (packet ids are per
+    /// client session).
+    pub client: u16,
     pub packet_id: u16,
     /// The broker marked it as a redelivery.
     pub dup: bool,
@@ -64,6 +67,9 @@ pub struct Batch {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub confirmed: AtomicU64,
+    /// Batches dropped before every sink confirmed them (a sink gave up):
+    /// they never will be.
+    pub abandoned: AtomicU64,
     pub notify: tokio::sync::Notify,
 }
 
@@ -158,5 +164,14 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let (Some(p), false) = (&self.progress, *self.pending.get_mut() == 0) {
+            p.abandoned.fetch_add(1, Ordering::AcqRel);
+            p.notify.notify_one();
+        }
     }
 }

@@ -117,9 +117,21 @@ async fn answer(
     query: Option<&QueryHandler>,
 ) -> std::io::Result<()> {
     let (method, (code, ctype, body)) = match read_request(&mut sock).await? {
-        Ok(req) => {
+        Ok(mut req) => {
             let r = match (req.method.as_str(), req.path.as_str()) {
-                ("GET" | "HEAD" | "POST", "/query") => run_query(&req, registry, query),
+                // DataFusion's work, off the runtime the pipeline runs on.
+                ("GET" | "HEAD" | "POST", "/query") => {
+                    let (registry, query) = (registry.clone(), query.cloned());
+                    let req = Request {
+                        method: req.method.clone(),
+                        path: String::new(),
+                        query: std::mem::take(&mut req.query),
+                        body: std::mem::take(&mut req.body),
+                    };
+                    tokio::task::spawn_blocking(move || run_query(&req, &registry, query.as_ref()))
+                        .await
+                        .unwrap_or_else(|_| (500, "text/plain", "the query failed\n".to_string()))
+                }
                 ("GET" | "HEAD", path) => route(path, registry),
                 _ => (
                     405,
@@ -216,6 +228,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
             b'%' => {
                 let hex = s
                     .get(i + 1..i + 3)
+                    // (from_str_radix alone would take "+f")
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| {
                         format!(
@@ -331,6 +345,7 @@ mod tests {
         assert_eq!(percent_decode("%C3%A9").unwrap(), "é");
         assert!(percent_decode("%4").is_err());
         assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%+f").is_err());
         assert!(percent_decode("%ff").is_err());
         // A multi-byte character right after '%' is an error, not a panic.
         assert!(percent_decode("%é").is_err());

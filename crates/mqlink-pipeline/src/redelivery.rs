@@ -6,7 +6,8 @@
 //! again, with their original packet ids and the DUP flag (MQTT 3.1.1 and
 //! 5.0, §4.4), onto a state that already holds them. So the stage keeps,
 //! and writes with its state, the identity of every message of its epoch:
-//! a hash of packet id, topic and payload. A message with DUP set
+//! a hash of the receiving client, packet id, topic and payload. A
+//! message with DUP set
 //! whose identity is in the committed epoch or the current one is
 //! acknowledged with the current epoch and not counted again.
 //!
@@ -21,7 +22,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::batch::Item;
 
-/// Message identities: FNV-1a of packet id, topic and payload, hashed
+/// Message identities: FNV-1a of client, packet id, topic and payload, hashed
 /// once (the set takes them as they are).
 type Ids = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
@@ -33,7 +34,6 @@ const ID_BYTES: usize = 8;
 pub struct Redeliveries {
     committed: Ids,
     current: Ids,
-    skipped: u64,
 }
 
 impl Redeliveries {
@@ -66,6 +66,7 @@ impl Redeliveries {
         let topic = item.topic.as_ref().map_or("", |t| t.as_str());
         // NUL: a separator no topic holds.
         let id = fnv1a(&[
+            &o.client.to_le_bytes(),
             &o.packet_id.to_le_bytes(),
             topic.as_bytes(),
             &[0],
@@ -73,7 +74,6 @@ impl Redeliveries {
         ]);
         let seen = o.dup && (self.current.contains(&id) || self.committed.contains(&id));
         self.current.insert(id);
-        self.skipped += u64::from(seen);
         !seen
     }
 
@@ -89,11 +89,6 @@ impl Redeliveries {
     /// the current epoch is the committed one now.
     pub fn committed(&mut self) {
         self.committed = std::mem::take(&mut self.current);
-    }
-
-    /// Redeliveries recognised since the last call.
-    pub fn take_skipped(&mut self) -> u64 {
-        std::mem::take(&mut self.skipped)
     }
 }
 
@@ -138,6 +133,7 @@ mod tests {
             payload: payload.to_owned().into(),
             value: Value::Null,
             origin: Some(Origin {
+                client: 0,
                 packet_id: pkid,
                 dup,
             }),
@@ -154,12 +150,15 @@ mod tests {
 
         let mut r = Redeliveries::restore(&bytes).unwrap();
         // The broker resends both (their PUBACKs never arrived), then new ones.
-        assert!(!r.admit(&item(1, true, "a")));
-        assert!(!r.admit(&item(2, true, "b")));
-        assert!(r.admit(&item(3, false, "c")));
-        // A resend of a message the state does not hold is counted.
-        assert!(r.admit(&item(4, true, "d")));
-        assert_eq!(r.take_skipped(), 2);
+        let admitted = [
+            r.admit(&item(1, true, "a")),
+            r.admit(&item(2, true, "b")),
+            r.admit(&item(3, false, "c")),
+            // A resend of a message the state does not hold is counted.
+            r.admit(&item(4, true, "d")),
+        ];
+        assert_eq!(admitted, [false, false, true, true]);
+        assert_eq!(admitted.iter().filter(|a| !**a).count(), 2);
         // Skipped ones stay in the epoch: a second crash recognises them too.
         let again = Redeliveries::restore(&r.epoch_bytes()).unwrap();
         assert_eq!(again.committed.len(), 4);
@@ -174,6 +173,11 @@ mod tests {
         assert!(r.admit(&item(7, false, "a")));
         // DUP, same id, another payload: another message.
         assert!(r.admit(&item(7, true, "b")));
+        // The same packet id and message from another client of a shared
+        // subscription: another message (ids are per session).
+        let mut other = item(7, true, "a");
+        other.origin.as_mut().unwrap().client = 1;
+        assert!(r.admit(&other));
         // Within one epoch (a reconnect before the checkpoint).
         assert!(r.admit(&item(8, false, "x")));
         assert!(!r.admit(&item(8, true, "x")));

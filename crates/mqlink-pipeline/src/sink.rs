@@ -284,13 +284,9 @@ async fn dead_letter(
     comp: &Component,
     path: &str,
 ) -> Result<(), String> {
-    let v5 = d.client.protocol() == Protocol::V5;
-    let mut tokens = Vec::with_capacity(faults.len());
     let items: Vec<&Item> = job.items().collect();
-    for f in faults {
-        let Some(item) = items.get(f.index) else {
-            continue;
-        };
+    let letters = faults.iter().filter_map(|f| {
+        let item = items.get(f.index)?;
         let payload = if item.payload.is_empty() {
             let mut b = Vec::new();
             item.value.write_json(&mut b);
@@ -298,19 +294,40 @@ async fn dead_letter(
         } else {
             item.payload.clone()
         };
-        let from = item.topic.as_deref().unwrap_or("");
-        let msg = dead_letter_message(from, &payload, d.qos, None, &d.topic, &f.reason, v5);
-        tracing::warn!(component = %path, error = %f.reason, dead_letter_topic = %d.topic, "Record dead-lettered.");
+        Some((
+            item.topic.as_deref().unwrap_or(""),
+            payload,
+            f.reason.as_str(),
+        ))
+    });
+    publish_dead_letters(d, letters, comp, path).await
+}
+
+/// Publishes dead letters (the record's topic, its payload, the reason)
+/// and waits until the broker confirmed every one, counting them. The
+/// first that is not published or not confirmed is the error: its record
+/// must not be acknowledged. (The sink runner's and a source stage's.)
+pub async fn publish_dead_letters<'a>(
+    d: &DeadLetters,
+    letters: impl Iterator<Item = (&'a str, Bytes, &'a str)>,
+    comp: &Component,
+    path: &str,
+) -> Result<(), String> {
+    let v5 = d.client.protocol() == Protocol::V5;
+    let mut tokens = Vec::new();
+    for (from, payload, reason) in letters {
+        let msg = dead_letter_message(from, &payload, d.qos, None, &d.topic, reason, v5);
         let token = d
             .client
             .publish(msg)
             .await
             .map_err(|e| format!("dead letter to {:?} not published: {e}", d.topic))?;
-        tokens.push(token);
+        tokens.push((token, from, reason));
     }
-    for t in tokens {
+    for (t, from, reason) in tokens {
         t.await
             .map_err(|e| format!("dead letter to {:?} not confirmed: {e}", d.topic))?;
+        tracing::warn!(component = %path, topic = from, error = %reason, dead_letter_topic = %d.topic, "Record dead-lettered.");
         comp.dead_lettered.fetch_add(1, Relaxed);
     }
     Ok(())

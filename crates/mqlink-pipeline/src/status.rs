@@ -130,14 +130,16 @@ impl Component {
     pub fn state(&self) -> State {
         *self.state.lock().expect("state lock")
     }
+    /// The last error, as every status page shows it: credentials in
+    /// URLs are redacted here, once.
     pub fn set_error(&self, e: impl Into<String>) {
-        *self.last_error.lock().expect("error lock") = Some(e.into());
+        *self.last_error.lock().expect("error lock") = Some(redacted(e.into()));
     }
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("error lock").clone()
     }
     pub fn set_stalled(&self, why: Option<String>) {
-        *self.stalled.lock().expect("stall lock") = why;
+        *self.stalled.lock().expect("stall lock") = why.map(redacted);
     }
     pub fn stalled(&self) -> Option<String> {
         self.stalled.lock().expect("stall lock").clone()
@@ -352,6 +354,7 @@ impl Component {
             "skipped": self.skipped.load(Relaxed),
             "dead_lettered": self.dead_lettered.load(Relaxed),
             "late": self.late.load(Relaxed),
+            "redelivered": self.redelivered.load(Relaxed),
             "stalled": self.stalled(),
             "last_error": self.last_error(),
             "clients": clients,
@@ -369,6 +372,14 @@ fn describe(s: &Status) -> String {
         }
         Status::Stopped { error: Some(e) } => format!("stopped: {e}"),
         Status::Stopped { error: None } => "stopped".into(),
+    }
+}
+
+/// `s` with credentials in URLs redacted (allocating only when it has any).
+fn redacted(s: String) -> String {
+    match mqlink::secret::redact(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(r) => r,
     }
 }
 
@@ -456,11 +467,8 @@ impl Component {
         let metrics = self.metrics();
         let metric = |name: &str| metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let int = |v: Option<u64>| v.map_or(Value::Null, |v| Value::BigInt(v as i64));
-        let text = |v: Option<String>| {
-            v.map_or(Value::Null, |s| {
-                Value::Text(mqlink::secret::redact(&s).into_owned())
-            })
-        };
+        // (Errors and stall reasons are redacted when they are set.)
+        let text = |v: Option<String>| v.map_or(Value::Null, Value::Text);
         let mqtt_source = matches!(self.mqtt.get(), Some(Mqtt::Source(_)));
         let records = self.records.load(Relaxed);
         let (received, bytes, subscriptions) = if mqtt_source {
@@ -723,6 +731,10 @@ mod tests {
         sink.set_state(State::Running);
         sink.records.store(4, Relaxed);
         let r = Registry(Arc::new(vec![src, sink]), None);
+        // Redacted where it is set: /status, the live display and the
+        // tables all read it from there.
+        assert!(!r.0[0].status_json().to_string().contains("secret"));
+        assert!(!r.0[0].last_error().unwrap().contains("secret"));
         let m = r.prometheus();
         for name in [
             "laminar_mqtt_messages_received",

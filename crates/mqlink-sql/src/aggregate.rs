@@ -461,7 +461,6 @@ impl State {
         }
         let (log, ipc) = rest.split_at(len);
         let redeliveries = Redeliveries::restore(log).map_err(bad)?;
-        let ipc = ipc.to_vec();
         let reader =
             FileReader::try_new(std::io::Cursor::new(ipc), None).map_err(|e| bad(e.to_string()))?;
         let meta = reader.schema().metadata().clone();
@@ -868,9 +867,10 @@ impl Transform for Running {
         }
         // Held like the others (acknowledged at the next checkpoint), not
         // counted again.
+        let before = items.len();
         let mut items = items;
         items.retain(|i| self.redeliveries.admit(i));
-        out.redelivered = self.redeliveries.take_skipped();
+        out.redelivered = (before - items.len()) as u64;
         if items.is_empty() {
             return out;
         }
@@ -1335,6 +1335,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
             (from..to)
                 .map(|i| Item {
                     origin: Some(Origin {
+                        client: 0,
                         packet_id: (i % 65_535 + 1) as u16,
                         dup,
                     }),

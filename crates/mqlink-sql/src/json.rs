@@ -153,7 +153,8 @@ impl ScalarUDFImpl for JsonFn {
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let n = args.number_rows;
+        // Only scalars: one value, for every row.
+        let n = if scalar { 1 } else { args.number_rows };
         let out = evaluate(self.kind, &arrays, n)?;
         Ok(if scalar && out.len() == 1 {
             ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
@@ -380,6 +381,26 @@ fn written(e: &Expr) -> String {
 mod tests {
     use super::*;
     use datafusion_common::arrow::array::StringArray;
+
+    /// Literal arguments only (a call the planner did not fold): one
+    /// value, the same for each of the batch's rows.
+    #[test]
+    fn scalar_arguments_give_one_value_for_every_row() {
+        use datafusion_common::arrow::datatypes::Field;
+        let f = function(Kind::GetStr);
+        let text = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())));
+        let args = ScalarFunctionArgs {
+            args: vec![text(r#"{"a": "x"}"#), text("a")],
+            arg_fields: vec![Arc::new(Field::new("j", DataType::Utf8, true)); 2],
+            number_rows: 3,
+            return_field: Arc::new(Field::new("v", DataType::Utf8, true)),
+            config_options: Arc::default(),
+        };
+        match f.invoke_with_args(args).unwrap() {
+            ColumnarValue::Scalar(v) => assert_eq!(v, ScalarValue::Utf8(Some("x".into()))),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn run(kind: Kind, json: &[Option<&str>], path: Vec<ArrayRef>) -> ArrayRef {
         let mut args: Vec<ArrayRef> = vec![Arc::new(StringArray::from(json.to_vec()))];

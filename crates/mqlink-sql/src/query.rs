@@ -82,20 +82,23 @@ pub(crate) fn remember(table: &str, batch: &RecordBatch) {
 
 /// The recent rows of each source table, one batch each.
 fn recent_tables() -> Vec<(String, RecordBatch)> {
-    let Ok(recent) = RECENT.lock() else {
-        return Vec::new();
+    // Batches are shared columns: taken under the lock, joined outside it
+    // (the stages' `remember` waits for it on every batch).
+    let taken: Vec<(String, Vec<RecordBatch>)> = match RECENT.lock() {
+        Ok(recent) => recent
+            .iter()
+            .flatten()
+            .map(|(name, q)| (name.clone(), q.batches.iter().cloned().collect()))
+            .collect(),
+        Err(_) => return Vec::new(),
     };
-    let Some(recent) = recent.as_ref() else {
-        return Vec::new();
-    };
-    recent
-        .iter()
-        .filter_map(|(name, q)| {
-            let first = q.batches.front()?;
-            let all: Vec<RecordBatch> = q.batches.iter().cloned().collect();
+    taken
+        .into_iter()
+        .filter_map(|(name, all)| {
+            let first = all.first()?;
             concat_batches(&first.schema(), &all)
                 .ok()
-                .map(|b| (name.clone(), b))
+                .map(|b| (name, b))
         })
         .collect()
 }

@@ -309,6 +309,10 @@ fn unsupported_tvf_forms_are_refused() {
             "HOP: SIZE is missing",
         ),
         (
+            "SELECT window_start, COUNT(*) FROM TUMBLE(t, ts, INTERVAL '2000000000 days') GROUP BY window_start".to_string(),
+            "too long (at most 106,751,991 days)",
+        ),
+        (
             format!("SELECT window_start, COUNT(*) AS c FROM {tumble} GROUP BY window_start, window_end \
                      UNION ALL SELECT window_start, COUNT(*) AS c FROM HOP(t, ts, INTERVAL '1 minute', INTERVAL '2 minutes') GROUP BY window_start, window_end"),
             "a windowed aggregate under UNION ALL (or inside another query) is not supported",

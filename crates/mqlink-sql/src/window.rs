@@ -827,11 +827,13 @@ pub fn interval_us(e: &Expr) -> Result<i64, String> {
             if v.months != 0 {
                 return Err(format!("{e}: months and years have no fixed length"));
             }
-            (v.days as i64 * 86_400_000_000).checked_add(v.nanoseconds / 1000)
+            i64::from(v.days)
+                .checked_mul(86_400_000_000)
+                .and_then(|d| d.checked_add(v.nanoseconds / 1000))
         }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-            Some(v.days as i64 * 86_400_000_000 + v.milliseconds as i64 * 1000)
-        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => i64::from(v.days)
+            .checked_mul(86_400_000_000)
+            .and_then(|d| d.checked_add(i64::from(v.milliseconds) * 1000)),
         Expr::Literal(ScalarValue::IntervalYearMonth(Some(_)), _) => {
             return Err(format!("{e}: months and years have no fixed length"))
         }
@@ -839,7 +841,8 @@ pub fn interval_us(e: &Expr) -> Result<i64, String> {
     };
     match us {
         Some(us) if us > 0 => Ok(us),
-        _ => Err(format!("{e}: the interval must be positive")),
+        Some(_) => Err(format!("{e}: the interval must be positive")),
+        None => Err(format!("{e}: too long (at most 106,751,991 days)")),
     }
 }
 

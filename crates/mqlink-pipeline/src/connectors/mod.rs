@@ -13,8 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mqlink::source::{dead_letter_message, RecordAck};
-use mqlink::{Client, Protocol, QoS};
+use mqlink::source::RecordAck;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -42,19 +41,16 @@ pub struct Outputs {
     pub relay: Option<Arc<Relay>>,
     /// Set for MQTT sources with a `dead_letter_topic`: where the stage's
     /// faults go.
-    pub dead_letter: Option<DeadLetter>,
+    pub dead_letter: Option<crate::sink::DeadLetters>,
     /// What settles the records handed to the stage and not yet carried
     /// out by a batch, in arrival order.
     pending: VecDeque<Settle>,
     /// Batches sent, and how many of them every sink confirmed.
     sent: u64,
     progress: Arc<Progress>,
-}
-
-/// A source's dead-letter topic and the client that publishes to it.
-pub struct DeadLetter {
-    pub client: Client,
-    pub topic: String,
+    /// Faults whose dead letters were not confirmed (their messages stay
+    /// unacknowledged).
+    unsettled_faults: bool,
 }
 
 impl Outputs {
@@ -74,6 +70,7 @@ impl Outputs {
             pending: VecDeque::new(),
             sent: 0,
             progress: Arc::default(),
+            unsettled_faults: false,
         }
     }
 
@@ -137,7 +134,9 @@ impl Outputs {
 
     /// Late rows and rule failures: to the dead-letter topic, confirmed
     /// before their messages can be acknowledged; without one, logged and
-    /// counted as skipped. False when shutdown interrupted the wait.
+    /// counted as skipped. False when shutdown interrupted the wait or the
+    /// topic did not take one (the source fails): either way no later
+    /// checkpoint acknowledges their messages.
     async fn faults(&mut self, faults: Vec<Fault>, comp: &Component) -> bool {
         let n = faults.len() as u64;
         let late = faults.iter().filter(|f| f.late).count() as u64;
@@ -158,55 +157,44 @@ impl Outputs {
             comp.skipped.fetch_add(n, Ordering::Relaxed);
             return true;
         };
-        let v5 = dl.client.protocol() == Protocol::V5;
-        let mut tokens = Vec::with_capacity(faults.len());
-        for f in &faults {
+        let letters = faults.iter().map(|f| {
             let topic = f.topic.as_deref().unwrap_or("");
-            let msg = dead_letter_message(
-                topic,
-                &f.payload,
-                QoS::AtLeastOnce,
-                None,
-                &dl.topic,
-                &f.reason,
-                v5,
-            );
-            tokens.push((f, dl.client.publish(msg).await));
-        }
-        for (f, token) in tokens {
-            let topic = f.topic.as_deref().unwrap_or("");
-            let confirmed = match token {
-                Ok(token) => {
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        r = token => r.map_err(|e| e.to_string()),
-                        _ = stop.wait_for(|s| *s) => return false,
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match confirmed {
-                Ok(_) => {
-                    tracing::warn!(component = %comp.path(), topic, reason = %f.reason, dead_letter_topic = %dl.topic, "Record dead-lettered.");
-                    comp.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::error!(component = %comp.path(), topic, reason = %f.reason, error = %e, "Record skipped: the dead-letter topic did not take it; the message is acknowledged.");
-                    comp.skipped.fetch_add(1, Ordering::Relaxed);
-                }
+            (topic, f.payload.clone(), f.reason.as_str())
+        });
+        let path = comp.path();
+        let mut stop = self.stop.clone();
+        let published = tokio::select! {
+            r = crate::sink::publish_dead_letters(dl, letters, comp, &path) => r,
+            _ = stop.wait_for(|s| *s) => {
+                self.unsettled_faults = true;
+                return false;
             }
+        };
+        if let Err(e) = published {
+            // As in the sink runner: a record neither processed nor
+            // dead-lettered must not be acknowledged.
+            tracing::error!(component = %path, error = %e, "The dead-letter topic did not take a record: the source stops; its message is not acknowledged.");
+            comp.set_error(e);
+            comp.set_state(State::Failed);
+            self.unsettled_faults = true;
+            return false;
         }
         true
     }
 
     /// A stage checkpoint: every batch sent so far confirmed by every sink,
     /// then the stage's state written, then its held records acknowledged.
-    /// False when the state could not be written (the source fails) or,
-    /// with `interruptible`, when shutdown came first.
+    /// False when the state could not be written (the source fails), when
+    /// a sink gave up on a batch (it is never confirmed) or, with
+    /// `interruptible`, when shutdown came first.
     async fn checkpoint(&mut self, comp: &Component, interruptible: bool) -> bool {
         let target = self.sent;
         let mut stop = self.stop.clone();
         while self.progress.confirmed.load(Ordering::Acquire) < target {
+            if self.progress.abandoned.load(Ordering::Acquire) > 0 {
+                tracing::error!(component = %comp.path(), "No checkpoint: a sink stopped before confirming what the window emitted; nothing it held is acknowledged.");
+                return false;
+            }
             tokio::select! {
                 _ = self.progress.notify.notified() => {}
                 _ = stop.wait_for(|s| *s), if interruptible => return false,
@@ -238,7 +226,12 @@ impl Outputs {
     /// before the session closes).
     pub async fn finish(&mut self, comp: &Component) {
         self.senders.clear();
-        if self.stage.as_ref().is_some_and(|s| s.held() > 0) {
+        // After a failed checkpoint, or faults whose dead letters were not
+        // confirmed, nothing more is acknowledged.
+        if comp.state() != State::Failed
+            && !self.unsettled_faults
+            && self.stage.as_ref().is_some_and(|s| s.held() > 0)
+        {
             self.checkpoint(comp, false).await;
         }
     }
@@ -442,6 +435,45 @@ mod tests {
         assert_eq!(source.confirmed.load(Ordering::Relaxed), 5);
         sink_task.await.unwrap();
         assert_eq!(log.lock().unwrap().last().unwrap(), "checkpoint");
+    }
+
+    /// A sink that gives up drops a batch it never confirms: the
+    /// checkpoint, and the last one at stop, do not wait for it (forever),
+    /// and nothing held is acknowledged.
+    #[tokio::test]
+    async fn a_sink_that_gives_up_does_not_hang_the_checkpoint() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = mpsc::channel::<Arc<Batch>>(8);
+        let sink = Component::new("out", Kind::Sink, "file");
+        let source = Component::new("in", Kind::Source, "mqtt");
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut out = Outputs::new(
+            vec![(tx, sink)],
+            stop,
+            Arc::default(),
+            Some(Box::new(Window {
+                held: 0,
+                log: log.clone(),
+            })),
+        );
+        // The sink takes one batch, fails, and is gone.
+        let sink_task = tokio::spawn(async move {
+            drop(rx.recv().await);
+        });
+        assert!(out.send(items(2), Vec::new(), &source).await);
+        sink_task.await.unwrap();
+        let due = tokio::time::timeout(
+            Duration::from_secs(10),
+            out.send(items(2), Vec::new(), &source),
+        );
+        assert!(!due
+            .await
+            .expect("the checkpoint waited for a batch no sink has"));
+        tokio::time::timeout(Duration::from_secs(10), out.finish(&source))
+            .await
+            .expect("the last checkpoint waited for a batch no sink has");
+        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     }
 
     /// A state that cannot be written fails the source; nothing held is

@@ -418,24 +418,24 @@ impl Running {
     /// A record for the sinks: the value as the new payload, routed to
     /// the publish topic.
     fn emit(&self, value: Json, ctx: &Ctx, out: &mut Output) {
+        let payload = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
         let topic = match &self.stage.publish {
             None => ctx.topic.clone(),
             Some(p) => match p.render(&ctx.vars) {
                 Ok(t) => t,
                 Err(e) => {
-                    out.faults.push(Fault::new(
-                        Some(ctx.topic.clone()),
-                        format!("publish topic: {e}"),
-                    ));
+                    out.faults.push(Fault {
+                        payload,
+                        ..Fault::new(Some(ctx.topic.clone()), format!("publish topic: {e}"))
+                    });
                     return;
                 }
             },
         };
-        let payload = serde_json::to_vec(&value).unwrap_or_default();
         out.items.push(Item {
             topic: Some(ByteStr::from(topic)),
             origin: None,
-            payload: Bytes::from(payload),
+            payload,
             value: Value::Json(value),
         });
     }
@@ -448,10 +448,19 @@ impl Running {
             return;
         };
         let value = self.take_burst();
+        // The collected burst, for the dead letter if a later rule fails
+        // (none can without one).
+        let payload = match i + 1 < self.stage.rules.len() {
+            true => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+            false => Bytes::new(),
+        };
         match self.chain(i + 1, value, &ctx, now) {
             Ok(Step::Out(v)) => self.emit(v, &ctx, out),
             Ok(_) => {}
-            Err(reason) => out.faults.push(Fault::new(Some(ctx.topic.clone()), reason)),
+            Err(reason) => out.faults.push(Fault {
+                payload,
+                ..Fault::new(Some(ctx.topic.clone()), reason)
+            }),
         }
     }
 

@@ -298,6 +298,9 @@ pub struct Record {
     pub dup: bool,
     /// The PUBLISH packet's id as the broker sent it (0 for QoS 0).
     pub packet_id: u16,
+    /// Which of the source's clients received it (0 to `parallelism` − 1):
+    /// packet ids are per client session.
+    pub client: u16,
     /// MQTT 5 properties, when there are any.
     pub properties: Option<Box<PublishProperties>>,
     /// When it arrived.
@@ -415,6 +418,8 @@ enum Inner {
 
 struct Worker {
     client: Client,
+    /// Its place among the source's clients ([`Record::client`]).
+    index: u16,
     /// The filters asked for, when the broker may send more (merged
     /// filters, see the module docs); empty when it cannot.
     filters: Vec<TopicFilter>,
@@ -479,6 +484,7 @@ impl MqttSource {
             metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
             let worker = Worker {
                 client: client.clone(),
+                index: i,
                 filters: filters.clone(),
                 format: config.format.clone(),
                 dead_letter_topic: config.dead_letter_topic.clone(),
@@ -873,7 +879,7 @@ impl Worker {
             self.dead_letter(d, dlq, e).await;
             return None;
         }
-        Some(into_record(d, value, self.metrics.clone()))
+        Some(into_record(d, value, self.metrics.clone(), self.index))
     }
 
     /// Publishes the dead letter and acknowledges the original only once the
@@ -918,6 +924,7 @@ fn into_record(
     mut d: Delivery,
     value: Result<Value, FormatError>,
     metrics: Arc<SourceMetrics>,
+    client: u16,
 ) -> Record {
     let ack = d.take_ack();
     if ack.is_some() {
@@ -930,6 +937,7 @@ fn into_record(
         retain: d.retain,
         dup: d.dup,
         packet_id: d.packet_id,
+        client,
         properties: d.properties,
         received_at: d.received_at,
         value,

@@ -274,9 +274,10 @@ pub async fn run_source(
         }
     };
     if let Some(topic) = &cfg.dead_letter_topic {
-        out.dead_letter = Some(crate::connectors::DeadLetter {
+        out.dead_letter = Some(crate::sink::DeadLetters {
             client: source.clients()[0].clone(),
             topic: topic.clone(),
+            qos: QoS::AtLeastOnce,
         });
     }
     let linger = Duration::from_millis(cfg.batch_timeout_ms);
@@ -376,6 +377,7 @@ fn take(
     match r.value {
         Ok(value) => {
             let origin = (r.qos != QoS::AtMostOnce).then_some(Origin {
+                client: r.client,
                 packet_id: r.packet_id,
                 dup: r.dup,
             });
