@@ -389,25 +389,39 @@ mod tests {
             .collect()
     }
 
+    /// Outputs to one sink's channel through a [`Window`]; the source, the
+    /// log the stage writes, and the stop sender (to keep alive).
+    fn window_outputs() -> (
+        Outputs,
+        mpsc::Receiver<Arc<Batch>>,
+        Arc<Component>,
+        Arc<Mutex<Vec<String>>>,
+        watch::Sender<bool>,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<Arc<Batch>>(8);
+        let sink = Component::new("out", Kind::Sink, "file");
+        let (stop_tx, stop) = watch::channel(false);
+        let stage = Window {
+            held: 0,
+            log: log.clone(),
+        };
+        let out = Outputs::new(
+            vec![(tx, sink)],
+            stop,
+            Arc::default(),
+            Some(Box::new(stage)),
+        );
+        let source = Component::new("in", Kind::Source, "mqtt");
+        (out, rx, source, log, stop_tx)
+    }
+
     /// The held records are acknowledged only after the sink confirmed
     /// every batch sent before the checkpoint, and after the state was
     /// written.
     #[tokio::test]
     async fn a_checkpoint_waits_for_the_sinks_then_acknowledges() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = mpsc::channel::<Arc<Batch>>(8);
-        let sink = Component::new("out", Kind::Sink, "file");
-        let source = Component::new("in", Kind::Source, "mqtt");
-        let (_stop_tx, stop) = watch::channel(false);
-        let mut out = Outputs::new(
-            vec![(tx, sink)],
-            stop,
-            Arc::default(),
-            Some(Box::new(Window {
-                held: 0,
-                log: log.clone(),
-            })),
-        );
+        let (mut out, mut rx, source, log, _stop) = window_outputs();
         let sink_log = log.clone();
         let sink_task = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -442,20 +456,7 @@ mod tests {
     /// and nothing held is acknowledged.
     #[tokio::test]
     async fn a_sink_that_gives_up_does_not_hang_the_checkpoint() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = mpsc::channel::<Arc<Batch>>(8);
-        let sink = Component::new("out", Kind::Sink, "file");
-        let source = Component::new("in", Kind::Source, "mqtt");
-        let (_stop_tx, stop) = watch::channel(false);
-        let mut out = Outputs::new(
-            vec![(tx, sink)],
-            stop,
-            Arc::default(),
-            Some(Box::new(Window {
-                held: 0,
-                log: log.clone(),
-            })),
-        );
+        let (mut out, mut rx, source, log, _stop) = window_outputs();
         // The sink takes one batch, fails, and is gone.
         let sink_task = tokio::spawn(async move {
             drop(rx.recv().await);
