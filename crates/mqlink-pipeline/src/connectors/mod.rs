@@ -389,15 +389,17 @@ mod tests {
             .collect()
     }
 
-    /// Outputs to one sink's channel through a [`Window`]; the source, the
-    /// log the stage writes, and the stop sender (to keep alive).
-    fn window_outputs() -> (
+    type Fixture = (
         Outputs,
         mpsc::Receiver<Arc<Batch>>,
         Arc<Component>,
         Arc<Mutex<Vec<String>>>,
         watch::Sender<bool>,
-    ) {
+    );
+
+    /// Outputs to one sink's channel through a [`Window`]; the source, the
+    /// log the stage writes, and the stop sender (to keep alive).
+    fn window_outputs() -> Fixture {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(8);
         let sink = Component::new("out", Kind::Sink, "file");
