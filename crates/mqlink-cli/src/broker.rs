@@ -147,8 +147,9 @@ pub fn parse_config(text: &str, dir: &Path) -> anyhow::Result<FileConfig> {
                     v => number(v)?,
                 }
             }
-            // Not a Mosquitto key: keep-alive 0 is refused (3.1.1) or
-            // replaced by 60 s (5) unless this is true.
+            // Not a Mosquitto key: with `false`, keep-alive 0 is refused
+            // (3.1.1) or replaced by 60 s (5); allowed by default, as
+            // Mosquitto 2.0 with its defaults allows it.
             "allow_zero_keepalive" => c.broker.allow_zero_keep_alive = boolean(one()?)?,
             // Mosquitto's 0: no limit.
             "max_queued_messages" => {
@@ -215,7 +216,7 @@ mod tests {
     #[test]
     fn reads_mosquitto_conf_keys_and_names_bad_lines() {
         let c = parse_config(
-            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nallow_zero_keepalive true\nmax_connections -1\nmax_queued_messages 50\nmax_packet_size 1024\n",
+            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nallow_zero_keepalive false\nmax_connections -1\nmax_queued_messages 50\nmax_packet_size 1024\n",
             Path::new("."),
         )
         .unwrap();
@@ -223,7 +224,7 @@ mod tests {
         assert_eq!(c.listeners[0].port, 1884);
         assert_eq!(c.listeners[0].address.as_deref(), Some("0.0.0.0"));
         assert_eq!(c.broker.allow_anonymous, Some(true));
-        assert!(c.broker.allow_zero_keep_alive);
+        assert!(!c.broker.allow_zero_keep_alive);
         assert_eq!(c.broker.max_connections, usize::MAX);
         assert_eq!(c.broker.max_queued_messages, 50);
         assert_eq!(c.broker.max_packet_size, 1024);

@@ -434,3 +434,58 @@ fn inline_pem_test_topic_and_no_secret_in_messages() {
     assert_eq!(s["status"], "FAILED", "{s}");
     assert!(!all.contains("hunter2-pw"), "{all}");
 }
+
+/// AT_MOST_ONCE has no confirmation: the summary says "written", and the
+/// last records still reach the broker (the write ends with a DISCONNECT
+/// and waits for the broker to close, so nothing is cut off at exit).
+#[test]
+fn at_most_once_writes_every_record_and_claims_no_confirmation() {
+    let broker = Mosquitto::start();
+    let dir = broker.dir.path();
+    let cfg = config(dir, broker.port, json!({"message_qos": "AT_MOST_ONCE"}));
+    let cat = catalog(dir);
+    let port = broker.port.to_string();
+    let (mut sub, lines) = testkit::mosquitto_sub(&["-p", &port, "-t", "ab/#", "-q", "0"]);
+    // Subscribed once a retained probe comes back.
+    testkit::mosquitto_pub(&["-p", &port, "-t", "ab/probe", "-m", "p", "-r"]);
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).unwrap(), "p");
+    let n = 1_100;
+    let input: String = (0..n)
+        .map(|i| format!("{}\n", json!({"type": "RECORD", "record": {"stream": "events", "data": {"i": i}, "emitted_at": 1}})))
+        .collect();
+    for run in 0..5 {
+        let mut child = mqlink()
+            .args(["airbyte", "write", "--config"])
+            .arg(&cfg)
+            .arg("--catalog")
+            .arg(&cat)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "run {run}");
+        let logs = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            logs.contains(&format!(
+                "{n} records written to the broker (QoS 0: not confirmed)"
+            )),
+            "{logs}"
+        );
+        assert!(!logs.contains("confirmed by the broker"), "{logs}");
+        let mut got = 0;
+        while got < n {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(_) => got += 1,
+                Err(_) => panic!("run {run}: {got} of {n} records reached the subscriber"),
+            }
+        }
+    }
+    let _ = sub.kill();
+}

@@ -383,6 +383,35 @@ fn sigkill_while_draining_a_persistent_session_loses_nothing() {
     );
 }
 
+/// A resumed session's backlog arrives before the SUBACK (Mosquitto sends
+/// it first); `-C` may be satisfied by it, and ending then is a success,
+/// not a refused subscription.
+#[test]
+fn sub_count_met_before_the_suback_is_no_error() {
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let id = unique_id("early");
+    let topic = format!("early/{id}");
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-E",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    mqlink_pub_lines(broker.port, &topic, &lines);
+    for _ in 0..5 {
+        let out = run(&[
+            "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-C", "3",
+        ]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(text(&out.stdout).lines().count(), 3);
+        assert!(
+            !err.contains("ERROR"),
+            "an ERROR on a normal -C exit: {err}"
+        );
+    }
+}
+
 #[test]
 fn pub_rides_out_a_broker_restart() {
     let mut broker = Mosquitto::with(MosquittoConfig {

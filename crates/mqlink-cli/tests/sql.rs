@@ -228,6 +228,34 @@ fn the_laminar_reference_runs_as_written() {
     assert!(!err.contains("pw-laminar-never-printed"), "{err}");
 }
 
+/// Laminar's JSON table as printed: its lone JSON column receives the
+/// whole message, whatever JSON it is (object, array, scalar).
+#[test]
+fn a_lone_json_column_takes_the_whole_message() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("json");
+    let sql = format!(
+        "CREATE CONNECTION mqtt_connection FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:{}');\n\
+         CREATE TABLE mqtt_json (\n    payload JSON\n) WITH (\n    connector = 'mqtt_source',\n    \
+         connection = 'mqtt_connection',\n    topics = '[\"{topic}\"]',\n    format = 'json'\n);\n",
+        broker.port
+    );
+    let file = write(dir.path(), "json.sql", &sql);
+    let mut run = start(&file, dir.path(), &[]);
+    run.wait_subscribed(1);
+    let messages = [r#"{"a":1,"b":[1,2]}"#, "[1,2]", "42", r#""text""#, "null"];
+    publish(broker.port, &topic, &messages.map(String::from));
+    let rows = run.rows(messages.len());
+    let want: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"payload": serde_json::from_str::<Value>(m).unwrap()}))
+        .collect();
+    assert_eq!(rows, want);
+    let (status, err) = run.stop();
+    assert!(status.success(), "{err}");
+}
+
 fn chrono_like_now() -> String {
     let out = Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%S"])

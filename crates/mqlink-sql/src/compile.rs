@@ -503,7 +503,21 @@ impl Compiler<'_> {
             };
             sources.push(from);
         }
-        if !raw && format == "json" {
+        // Laminar: a table whose only column (beside metadata) is a JSON
+        // column receives the whole message in it, whatever JSON it is.
+        let lone_json = match sources
+            .iter()
+            .filter(|s| matches!(s, ColSource::Field(..)))
+            .count()
+        {
+            1 if format == "json" => sources
+                .iter()
+                .position(|s| matches!(s, ColSource::Field(_, ColumnType::Json))),
+            _ => None,
+        };
+        if let Some(i) = lone_json {
+            sources[i] = ColSource::Whole;
+        } else if !raw && format == "json" {
             body.insert("schema".into(), Json::Object(schema));
         }
         let watermark = match watermark {

@@ -42,6 +42,8 @@ pub enum ColSource {
     Arrival,
     /// A column the format cannot fill: NULL.
     Null(ColumnType),
+    /// The lone JSON column of a JSON table: the whole decoded message.
+    Whole,
 }
 
 /// A source table as Arrow columns.
@@ -510,6 +512,7 @@ pub(crate) fn to_batch(
                 Arc::new(b.finish())
             }
             ColSource::Null(ty) => values(*ty, items.iter().map(|_| None), n),
+            ColSource::Whole => values(ColumnType::Json, items.iter().map(|it| Some(&it.value)), n),
         };
         // The declared type (a timestamp's zone) is the schema's.
         let array = if array.data_type() != f.data_type() {

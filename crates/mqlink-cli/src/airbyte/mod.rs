@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use mqlink::secret::redact;
 use mqlink::sink::{DeliveryHandle, MqttSink, SinkRecord};
-use mqlink::{Client, Message, Status};
+use mqlink::{Client, Message, QoS, Status};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -268,7 +268,8 @@ async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::R
                 let namespace = r["namespace"].as_str().map(str::to_owned);
                 if !streams.contains(&(namespace.clone(), stream.to_owned())) {
                     anyhow::bail!(
-                        "line {line_no}: stream {stream:?} (namespace {namespace:?}) is not in the configured catalog"
+                        "line {line_no}: stream {} is not in the configured catalog",
+                        stream_name(namespace.as_deref(), stream)
                     );
                 }
                 let envelope = json!({
@@ -308,14 +309,30 @@ async fn write(config: &std::path::Path, catalog: &std::path::Path) -> anyhow::R
     }
     drop(state_tx);
     printer.await.context("state printer")??;
-    sink.flush(Duration::from_secs(cfg.connect_timeout.max(30)))
+    // close, not only flush: DISCONNECT and wait for the broker to close,
+    // so that the last QoS 0 records are read before the process exits.
+    sink.close(Duration::from_secs(cfg.connect_timeout.max(30)))
         .await
         .map_err(|e| transient(e.to_string()))?;
+    // QoS 0 has no confirmation: say only what is true of it.
+    let done = match cfg.qos {
+        QoS::AtMostOnce => "written to the broker (QoS 0: not confirmed)",
+        _ => "confirmed by the broker",
+    };
     log(
         "INFO",
-        format!("{records} records confirmed by the broker; {skipped} input lines skipped"),
+        format!("{records} records {done}; {skipped} input lines skipped"),
     );
     Ok(())
+}
+
+/// A stream as Airbyte users write it: `namespace.stream`, or the bare
+/// name when it has no namespace.
+fn stream_name(namespace: Option<&str>, stream: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns:?}.{stream:?}"),
+        None => format!("{stream:?} (no namespace)"),
+    }
 }
 
 /// Waits until `client` is connected; an unreachable broker is a transient

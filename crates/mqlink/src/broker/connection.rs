@@ -145,7 +145,8 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
             Some(cfg.server_keep_alive)
         }
         0 => {
-            // 3.1.1 cannot be told another keep-alive: refused, as Mosquitto does.
+            // 3.1.1 cannot be told another keep-alive: refused, as Mosquitto
+            // does when configured with a maximum keep-alive.
             refuse(&mut sock, protocol, 0x02, "keep-alive 0 is not allowed").await?;
             return Err(invalid("keep-alive 0"));
         }

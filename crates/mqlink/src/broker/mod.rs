@@ -65,9 +65,10 @@ pub struct BrokerConfig {
     pub receive_maximum: u16,
     /// A connection must send CONNECT within this [default: 10 s].
     pub connect_timeout: Duration,
-    /// Whether a client may ask for keep-alive 0 (no timeout). If not,
-    /// MQTT 5 clients are given `server_keep_alive` and MQTT 3.1.1 clients
-    /// are refused (CONNACK 0x02), as Mosquitto does [default: false].
+    /// Whether a client may ask for keep-alive 0 (no timeout), as Mosquitto
+    /// 2.0 with its defaults allows. If not, MQTT 5 clients are given
+    /// `server_keep_alive` and MQTT 3.1.1 clients are refused (CONNACK
+    /// 0x02), as Mosquitto does with a `max_keepalive` [default: true].
     pub allow_zero_keep_alive: bool,
     /// Keep-alive (seconds) given to MQTT 5 clients that ask for 0 [default: 60].
     pub server_keep_alive: u16,
@@ -93,7 +94,7 @@ impl Default for BrokerConfig {
             max_inflight_messages: 1000,
             receive_maximum: 1000,
             connect_timeout: Duration::from_secs(10),
-            allow_zero_keep_alive: false,
+            allow_zero_keep_alive: true,
             server_keep_alive: 60,
             topic_alias_maximum: 64,
             slow_subscriber_timeout: Duration::from_secs(60),

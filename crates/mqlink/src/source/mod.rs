@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::codec::ByteStr;
-use crate::error::Error;
+use crate::error::{Error, SubscribeError};
 use crate::format::{Format, FormatError, Value};
 use crate::options::{ConnectOptions, OptionsError};
 use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
@@ -826,6 +826,11 @@ async fn subscribe_reading(
     tokio::spawn(async move {
         match suback.await {
             Ok(_) => tracing::debug!("Subscribed (SUBACK after the first messages)."),
+            // The session ended first (`sub -C` done, or a fatal error its
+            // own status reports): no refusal to speak of.
+            Err(SubscribeError::Stopped(why)) => {
+                tracing::debug!(reason = %why, "Session over before the SUBACK.")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Subscription refused after messages arrived.");
                 client.fail(e.to_string()).await;
