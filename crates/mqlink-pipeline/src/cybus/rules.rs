@@ -228,6 +228,12 @@ pub fn parse_rules(v: &Json, path: &str) -> Result<Vec<Rule>, ConfigError> {
                 };
                 let ast = jsonata_core::parser::parse(expr)
                     .map_err(|e| err(format!("{p}.expression"), format!("invalid JSONata: {e}")))?;
+                if let Some(f) = unknown_functions(expr).first() {
+                    return Err(err(
+                        format!("{p}.expression"),
+                        format!("${f} is not a JSONata function (a misspelling? see the function library at docs.jsonata.org); every message would fail at run time"),
+                    ));
+                }
                 if name == "transform" {
                     Rule::Transform(Arc::new(ast))
                 } else {
@@ -559,6 +565,74 @@ fn eval(ast: &AstNode, value: &Json, ctx: &Ctx) -> Result<Option<Json>, String> 
         .map_err(|e| format!("JSONata result is not JSON: {e}"))
 }
 
+/// Functions an expression calls that neither JSONata nor the expression
+/// defines: JSONata looks names up only when it calls them, so a misspelt
+/// `$uppercas(x)` parses and then fails every message (T1006). A call is
+/// `$name(`; names bound by `:=`, function parameters and `$context` are
+/// the expression's own; string literals and comments are skipped.
+fn unknown_functions(expr: &str) -> Vec<String> {
+    let (mut called, mut bound) = (Vec::new(), vec!["context".to_string()]);
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = expr[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            }
+            b'$' => {
+                let start = i + 1;
+                let end = start
+                    + expr[start..]
+                        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .unwrap_or(expr.len() - start);
+                let name = &expr[start..end];
+                let rest = expr[end..].trim_start();
+                if !name.is_empty() {
+                    if rest.starts_with(":=") || in_parameter_list(&expr[..i]) {
+                        bound.push(name.to_string());
+                    } else if rest.starts_with('(') {
+                        called.push(name.to_string());
+                    }
+                }
+                i = end.max(i + 1);
+            }
+            _ => i += 1,
+        }
+    }
+    called.retain(|n| !bound.contains(n) && !is_builtin(n));
+    called.dedup();
+    called
+}
+
+/// Whether the text before a `$name` leaves it inside `function(` … `)`.
+fn in_parameter_list(before: &str) -> bool {
+    let open = before.rfind('(');
+    open.is_some_and(|o| {
+        !before[o..].contains(')') && {
+            let head = before[..o].trim_end();
+            head.ends_with("function") || head.ends_with('λ')
+        }
+    })
+}
+
+/// Whether `$name` is a function of JSONata's library (asked of the
+/// evaluator itself, so the list is the crate's).
+fn is_builtin(name: &str) -> bool {
+    let Ok(ast) = jsonata_core::parser::parse(&format!("${name}")) else {
+        return false;
+    };
+    let mut ev = Evaluator::with_options(Context::new(), EvaluatorOptions::default());
+    ev.evaluate(&ast, &JValue::Null)
+        .is_ok_and(|v| !v.is_undefined())
+}
+
 /// JSONata's boolean value of a result (`$boolean`).
 fn truthy(v: &Json) -> bool {
     match v {
@@ -631,6 +705,28 @@ mod tests {
         assert_eq!(o.faults.len(), 1);
         assert!(o.faults[0].reason.contains("not JSON"), "{:?}", o.faults);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn misspelt_functions_are_found_before_running() {
+        assert_eq!(unknown_functions("$uppercas(name)"), ["uppercas"]);
+        assert!(unknown_functions("$uppercase(name) & $string(1)").is_empty());
+        // The expression's own functions and parameters, and text in strings.
+        let own = "($f := function($x, $g) { $g($x) }; $f(1, $abs))";
+        assert!(
+            unknown_functions(own).is_empty(),
+            "{:?}",
+            unknown_functions(own)
+        );
+        assert!(unknown_functions(r#""$nope(" & '$nope('"#).is_empty());
+        assert!(unknown_functions("/* $nope( */ $number('1')").is_empty());
+        assert!(parse_rules(
+            &serde_json::json!([{"transform": {"expression": "{\"n\": $uppercas(name)}"}}]),
+            "rules"
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("$uppercas is not a JSONata function"));
     }
 
     #[test]
