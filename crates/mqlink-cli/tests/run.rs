@@ -2022,9 +2022,13 @@ listen = "127.0.0.1:{http}"
                 && body.contains("No space left")
         })
     });
-    assert_eq!(
-        metric(http, "mqlink_source_records_acknowledged_total"),
-        200
+    // Acknowledged: only what is in the file (a record or two may have
+    // fitted in the file's last page).
+    let acked = metric(http, "mqlink_source_records_acknowledged_total") as usize;
+    let written = lines(&out).len();
+    assert!(
+        acked >= 200 && acked <= written && written < 700,
+        "{acked} {written}"
     );
     signal(&run, "-KILL");
     let o = wait_output(&mut run, 30);
