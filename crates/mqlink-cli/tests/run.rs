@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testkit::{free_port, http_get, unique_id, wait_until, Mosquitto, MosquittoConfig, Postgres};
-use testkit::{mosquitto_sub, signal, wait_output, write};
+use testkit::{metric, mosquitto_sub, signal, wait_output, write};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -1664,13 +1664,37 @@ listen = "127.0.0.1:{http}"
     assert!(err.contains("40000 records acknowledged"), "{err}");
 }
 
-/// The sum of a metric's series in /metrics (0 when not served).
-fn metric(http: u16, name: &str) -> u64 {
-    let (_, text) = http_get(http, "/metrics").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// A pipeline from `{topic}/in` into a file sink at `out`: its file.
+fn file_pipeline(dir: &Path, port: u16, topic: &str, http: u16, out: &Path) -> std::path::PathBuf {
+    write(
+        dir,
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.file]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            out = out.display()
+        ),
+    )
+}
+
+/// Publishes readings `from..to` to `{topic}/in`.
+fn send(port: u16, topic: &str, from: usize, to: usize) {
+    let rows: Vec<String> = (from..to).map(reading).collect();
+    publish(port, &format!("{topic}/in"), &rows);
 }
 
 /// The `seq` of every line of these files; panics on a line that is not
@@ -1771,7 +1795,16 @@ stall_timeout = 1
 
     // The operator fixes the table: the retrying sink writes everything.
     pg.psql("ALTER TABLE t ALTER COLUMN extra SET DEFAULT 0");
-    wait_until(60, "every row", || count() == 2998);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count() != 2998 {
+        if std::time::Instant::now() > deadline {
+            let status = http_get(http, "/status");
+            let _ = run.kill();
+            let out = wait_output(&mut run, 10);
+            panic!("rows: {}; {status:?}\n{}", count(), text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     wait_until(30, "every message acknowledged", || {
         metric(http, acked) == 3000
     });
@@ -1870,44 +1903,19 @@ fn a_rotated_file_and_a_deleted_directory_lose_nothing() {
     let logs = dir.path().join("logs");
     let out = logs.join("out.jsonl");
     let rotated = dir.path().join("out.jsonl.1");
-    let cfg = write(
-        dir.path(),
-        "p.toml",
-        &format!(
-            r#"
-[connections.b]
-broker = "mqtt://127.0.0.1:{port}"
-client_id = "{topic}"
-[sources.in]
-type = "mqtt"
-connection = "b"
-topics = ["{topic}/in"]
-[sinks.file]
-type = "file"
-inputs = ["in"]
-path = "{out}"
-[http]
-listen = "127.0.0.1:{http}"
-"#,
-            port = broker.port,
-            out = out.display()
-        ),
-    );
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
     let mut run = start(&cfg, dir.path(), &[]);
     wait_ready(http, &mut run);
-    let send = |from: usize, to: usize| {
-        let rows: Vec<String> = (from..to).map(reading).collect();
-        publish(broker.port, &format!("{topic}/in"), &rows);
-    };
+    let send_seqs = |from, to| send(broker.port, &topic, from, to);
     let seq = |from: usize, to: usize| (from as i64..to as i64).collect::<Vec<_>>();
-    send(0, 100);
+    send_seqs(0, 100);
     wait_until(30, "the first lines", || lines(&out).len() == 100);
     std::fs::rename(&out, &rotated).unwrap();
-    send(100, 200);
+    send_seqs(100, 200);
     wait_until(30, "lines after the rename", || {
         lines(&rotated).len() + lines(&out).len() == 200
     });
-    send(200, 300);
+    send_seqs(200, 300);
     wait_until(30, "lines in a new file", || {
         lines(&rotated).len() + lines(&out).len() == 300
     });
@@ -1915,7 +1923,7 @@ listen = "127.0.0.1:{http}"
     assert!(lines(&out).len() >= 100, "a new file at the path");
 
     std::fs::remove_dir_all(&logs).unwrap();
-    send(300, 400);
+    send_seqs(300, 400);
     wait_until(30, "/ready naming the missing directory", || {
         http_get(http, "/ready").is_some_and(|(c, body)| {
             c == 503 && body.contains("sinks.file: writes failing") && body.contains("is gone")
@@ -1981,40 +1989,14 @@ fn a_full_disk_leaves_a_valid_file_with_each_record_once() {
     let http = free_port();
     let out = disk.0.join("out.jsonl");
     let filler = disk.0.join("filler");
-    let cfg = write(
-        dir.path(),
-        "p.toml",
-        &format!(
-            r#"
-[connections.b]
-broker = "mqtt://127.0.0.1:{port}"
-client_id = "{topic}"
-clean_session = false
-[sources.in]
-type = "mqtt"
-connection = "b"
-topics = ["{topic}/in"]
-[sinks.file]
-type = "file"
-inputs = ["in"]
-path = "{out}"
-[http]
-listen = "127.0.0.1:{http}"
-"#,
-            port = broker.port,
-            out = out.display()
-        ),
-    );
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
     let mut run = start(&cfg, dir.path(), &[]);
     wait_ready(http, &mut run);
-    let send = |from: usize, to: usize| {
-        let rows: Vec<String> = (from..to).map(reading).collect();
-        publish(broker.port, &format!("{topic}/in"), &rows);
-    };
-    send(0, 200);
+    let send_seqs = |from, to| send(broker.port, &topic, from, to);
+    send_seqs(0, 200);
     wait_until(30, "the first lines", || lines(&out).len() == 200);
     fill(&filler);
-    send(200, 700);
+    send_seqs(200, 700);
     wait_until(30, "/ready saying the disk is full", || {
         http_get(http, "/ready").is_some_and(|(c, body)| {
             c == 503
@@ -2059,29 +2041,7 @@ fn a_partial_last_line_is_cut_off_at_open() {
     let topic = unique_id("partial");
     let http = free_port();
     let out = write(dir.path(), "out.jsonl", "{\"seq\":-1}\n{\"seq\":-2,\"dev");
-    let cfg = write(
-        dir.path(),
-        "p.toml",
-        &format!(
-            r#"
-[connections.b]
-broker = "mqtt://127.0.0.1:{port}"
-client_id = "{topic}"
-[sources.in]
-type = "mqtt"
-connection = "b"
-topics = ["{topic}/in"]
-[sinks.file]
-type = "file"
-inputs = ["in"]
-path = "{out}"
-[http]
-listen = "127.0.0.1:{http}"
-"#,
-            port = broker.port,
-            out = out.display()
-        ),
-    );
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
     let mut run = start(&cfg, dir.path(), &[]);
     wait_ready(http, &mut run);
     assert_eq!(
@@ -2089,8 +2049,7 @@ listen = "127.0.0.1:{http}"
         11,
         "the line cut off"
     );
-    let rows: Vec<String> = (0..10).map(reading).collect();
-    publish(broker.port, &format!("{topic}/in"), &rows);
+    send(broker.port, &topic, 0, 10);
     wait_until(30, "the lines", || lines(&out).len() == 11);
     signal(&run, "-TERM");
     let o = wait_output(&mut run, 30);

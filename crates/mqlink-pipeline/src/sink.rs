@@ -27,7 +27,9 @@
 //!   passes (counted in `mqlink_sink_errors_total`, the reason in /status,
 //!   the sink named stalled by /ready), and no other job is written
 //!   meanwhile. A job of one waits for that evidence unconfirmed; when the
-//!   sink's input ends first, its refusal counts as the record's;
+//!   next job is not refused that way (or the sink's input ends first), it
+//!   is written once more (the next may have been written after the
+//!   destination was fixed), and a refusal then is the record's;
 //! - confirming batches, in order, once every record is written,
 //!   dead-lettered or skipped: the last sink to confirm a batch acknowledges
 //!   its messages to the broker ([`Batch::confirm`]).
@@ -283,11 +285,12 @@ async fn confirm<S: Sink>(
                 s.stall(job, &held_class, &faults[0].reason).await?;
                 continue;
             }
-            s.settle(first, first_faults).await?;
+            s.recheck(first).await?;
         }
         match class {
             Some(class) if job.len() > 1 => s.stall(job, &class, &faults[0].reason).await?,
             Some(class) => {
+                // Held: the next job tells (see `Settler::recheck`).
                 s.comp.set_error(format!(
                     "a record refused ({class}), waiting for the next to tell whether every record is: {}",
                     faults[0].reason
@@ -297,8 +300,8 @@ async fn confirm<S: Sink>(
             None => s.settle(job, faults).await?,
         }
     }
-    if let Some((job, faults, _)) = held {
-        s.settle(job, faults).await?;
+    if let Some((job, _, _)) = held {
+        s.recheck(job).await?;
     }
     Ok(())
 }
@@ -353,34 +356,59 @@ impl<S: Sink> Settler<S> {
     async fn stall(&self, job: Job, class: &str, reason: &str) -> Result<(), String> {
         let (comp, path) = (&self.comp, self.path.as_str());
         let mut sink = self.sink.lock().await;
-        let mut error = reason.to_string();
+        let mut reason = reason.to_string();
         let mut attempt = 0;
         loop {
             attempt += 1;
             comp.errors.fetch_add(1, Relaxed);
             comp.set_error(format!(
-                "every record of a batch refused ({class}), the destination's fault: {error}"
+                "every record of a batch refused ({class}), the destination's fault: {reason}"
             ));
-            tracing::warn!(component = %path, error = %error, class, attempt, records = job.len(), "Every record refused the same way: a fault of the destination, not of the records; nothing is confirmed, the batch is written again.");
+            tracing::warn!(component = %path, error = %reason, class, attempt, records = job.len(), "Every record refused the same way: a fault of the destination, not of the records; nothing is confirmed, the batch is written again.");
             if self.backoff.exhausted(attempt) {
-                return Err(format!("gave up after {attempt} attempts: {error}"));
+                return Err(format!("gave up after {attempt} attempts: {reason}"));
             }
             tokio::time::sleep(self.backoff.delay(attempt)).await;
-            let faults = match sink.write(&job).await {
-                Ok(confirmation) => confirmation.await?,
-                Err(WriteError::Fatal(e)) => return Err(e),
-                Err(WriteError::Retry(e)) => {
-                    error = e;
-                    continue;
-                }
-            };
+            let faults = self.write_again(&mut sink, &job).await?;
             if refused_whole(&job, &faults).as_deref() == Some(class) {
-                error = faults[0].reason.clone();
+                reason = faults[0].reason.clone();
                 continue;
             }
             drop(sink);
             tracing::info!(component = %path, attempts = attempt + 1, "Written after the destination refused every record.");
             return self.settle(job, faults).await;
+        }
+    }
+
+    /// A job of one was refused, the next job was not (or never came): it
+    /// is written once more — the next may have been written after the
+    /// destination was fixed — and what is refused again is the record's.
+    async fn recheck(&self, job: Job) -> Result<(), String> {
+        let mut sink = self.sink.lock().await;
+        let faults = self.write_again(&mut sink, &job).await?;
+        drop(sink);
+        self.settle(job, faults).await
+    }
+
+    /// Writes `job` until the sink takes it (retrying a destination that
+    /// is down, like the runner), and awaits its confirmation.
+    async fn write_again(&self, sink: &mut S, job: &Job) -> Result<Vec<RecordFault>, String> {
+        let mut attempt = 0;
+        loop {
+            match sink.write(job).await {
+                Ok(confirmation) => return confirmation.await,
+                Err(WriteError::Fatal(e)) => return Err(e),
+                Err(WriteError::Retry(e)) => {
+                    attempt += 1;
+                    self.comp.errors.fetch_add(1, Relaxed);
+                    self.comp.set_error(e.clone());
+                    tracing::warn!(component = %self.path, error = %e, attempt, records = job.len(), "Write failed; the batch is held and written again.");
+                    if self.backoff.exhausted(attempt) {
+                        return Err(format!("gave up after {attempt} attempts: {e}"));
+                    }
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+            }
         }
     }
 }
