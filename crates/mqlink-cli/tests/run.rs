@@ -1346,6 +1346,7 @@ listen = "127.0.0.1:{http}"
         }
     }
     publisher.join().unwrap();
+    eprintln!("randomized_faults_lose_nothing: faults {log:?}");
     // Every line of every file (rotated ones too) is JSON: no torn line.
     let in_files = || {
         let paths: Vec<_> = std::fs::read_dir(&files)
