@@ -181,11 +181,14 @@ fn whole_lines(file: &File, len: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-/// Cuts what a failed write left after the last confirmed length.
-fn cut_to(o: &OpenFile) -> std::io::Result<()> {
-    if o.file.metadata()?.len() != o.len {
+/// Cuts what a failed write left after the last confirmed length; a file
+/// another program truncated (copytruncate rotation) is taken as it is.
+fn cut_to(o: &mut OpenFile) -> std::io::Result<()> {
+    let len = o.file.metadata()?.len();
+    if len > o.len {
         o.file.set_len(o.len)?;
     }
+    o.len = o.len.min(len);
     Ok(())
 }
 
@@ -198,7 +201,13 @@ impl Sink for FileSink {
         if let Some(dir) = parent(&self.cfg.path) {
             std::fs::create_dir_all(dir).map_err(|e| WriteError::Fatal(self.file_err(e)))?;
         }
-        let file = open_file(&self.cfg.path).map_err(|e| WriteError::Fatal(self.file_err(e)))?;
+        // A full disk may be emptied; anything else (no permission) is fatal.
+        let file = open_file(&self.cfg.path).map_err(|e| match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                WriteError::Retry(self.file_err(e))
+            }
+            _ => WriteError::Fatal(self.file_err(e)),
+        })?;
         self.file = Some(file);
         Ok(())
     }
