@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testkit::{free_port, http_get, unique_id, wait_until, Mosquitto, MosquittoConfig, Postgres};
-use testkit::{mosquitto_sub, signal, wait_output, write};
+use testkit::{metric, mosquitto_sub, signal, wait_output, write};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -1186,11 +1186,13 @@ create_table = true
     );
 }
 
-/// A stream through a bridge and into PostgreSQL while a seeded schedule
-/// cuts connections, freezes brokers (SIGSTOP), kills and restarts
-/// PostgreSQL, and SIGKILLs `mqlink run`. At the end every published
-/// message is at the far broker at least once and in PostgreSQL exactly
-/// once. The seed is printed; `MQLINK_FAULT_SEED=N` replays a schedule.
+/// A stream through a bridge, into PostgreSQL and into a file while a
+/// seeded schedule cuts connections, freezes brokers (SIGSTOP), kills and
+/// restarts PostgreSQL, SIGKILLs `mqlink run`, adds a `NOT NULL` column
+/// (fixed a moment later), rotates the file and fills its disk. At the end
+/// every published message is at the far broker and in the files (JSON
+/// lines, no torn line) at least once and in PostgreSQL exactly once. The
+/// seed is printed; `MQLINK_FAULT_SEED=N` replays a schedule.
 #[test]
 fn randomized_faults_lose_nothing() {
     let seed: u64 = std::env::var("MQLINK_FAULT_SEED")
@@ -1205,6 +1207,10 @@ fn randomized_faults_lose_nothing() {
     let near_cut = testkit::CutProxy::new(near.port);
     let far_cut = testkit::CutProxy::new(far.port);
     let dir = testkit::TempDir::new().unwrap();
+    // The file sink writes on a small disk that a fault fills.
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "4m");
+    let files = dir.path().join("disk");
+    let out = files.join("out.jsonl");
     let topic = unique_id("faults");
     let http = free_port();
     let cfg = write(
@@ -1240,12 +1246,17 @@ url = "{url}"
 table = "readings"
 create_table = true
 primary_key = ["device_id", "seq"]
+[sinks.file]
+type = "file"
+inputs = ["telemetry"]
+path = "{out}"
 [http]
 listen = "127.0.0.1:{http}"
 "#,
             near_url = near_cut.url(),
             far_url = far_cut.url(),
-            url = pg.url()
+            url = pg.url(),
+            out = out.display()
         ),
     );
     let (mut sub, rx) = mosquitto_sub(&[
@@ -1281,8 +1292,9 @@ listen = "127.0.0.1:{http}"
     while std::time::Instant::now() < faults_until {
         std::thread::sleep(Duration::from_millis(rng.u64(800..2000)));
         collect(&mut far_seen);
-        let fault = rng.u8(..6);
+        let fault = rng.u8(..9);
         log.push(fault);
+        let n = log.len();
         match fault {
             0 => {
                 near_cut.cut();
@@ -1305,14 +1317,51 @@ listen = "127.0.0.1:{http}"
                 std::thread::sleep(Duration::from_millis(rng.u64(200..1500)));
                 pg.restart();
             }
-            _ => {
+            5 => {
                 let _ = run.kill();
                 let _ = run.wait();
                 run = start(&cfg, dir.path(), &["--quiet"]);
             }
+            6 => {
+                // Every row refused (23502) until the column has a default.
+                pg.psql(&format!("ALTER TABLE readings ADD COLUMN x{n} int NOT NULL DEFAULT 0; ALTER TABLE readings ALTER COLUMN x{n} DROP DEFAULT"));
+                std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
+                pg.psql(&format!(
+                    "ALTER TABLE readings ALTER COLUMN x{n} SET DEFAULT 0"
+                ));
+            }
+            7 => {
+                if out.exists() {
+                    std::fs::rename(&out, files.join(format!("out.jsonl.{n}"))).unwrap();
+                }
+            }
+            _ => {
+                if disk.is_some() {
+                    let filler = files.join("filler");
+                    fill(&filler);
+                    std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
+                    std::fs::remove_file(&filler).unwrap();
+                }
+            }
         }
     }
     publisher.join().unwrap();
+    eprintln!("randomized_faults_lose_nothing: faults {log:?}");
+    // Every line of every file (rotated ones too) is JSON: no torn line.
+    let in_files = || {
+        let paths: Vec<_> = std::fs::read_dir(&files)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("out.jsonl")
+            })
+            .collect();
+        let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        seqs_in(&paths).into_iter().collect::<BTreeSet<i64>>()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         collect(&mut far_seen);
@@ -1320,7 +1369,8 @@ listen = "127.0.0.1:{http}"
             .psql("SELECT count(*) FROM readings")
             .parse()
             .unwrap_or(0);
-        if (rows == N && far_seen.len() == N) || std::time::Instant::now() > deadline {
+        let done = rows == N && far_seen.len() == N && in_files().len() == N;
+        if done || std::time::Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -1342,6 +1392,11 @@ listen = "127.0.0.1:{http}"
         pg.psql("SELECT count(DISTINCT seq) FROM readings"),
         N.to_string(),
         "seed {seed}"
+    );
+    assert_eq!(
+        in_files().len(),
+        N,
+        "seed {seed}, faults {log:?}: in the files"
     );
     signal(&run, "-TERM");
     let out = wait_output(&mut run, 30);
@@ -1608,4 +1663,401 @@ listen = "127.0.0.1:{http}"
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("40000 records acknowledged"), "{err}");
+}
+
+/// A pipeline from `{topic}/in` into a file sink at `out`: its file.
+fn file_pipeline(dir: &Path, port: u16, topic: &str, http: u16, out: &Path) -> std::path::PathBuf {
+    write(
+        dir,
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.file]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            out = out.display()
+        ),
+    )
+}
+
+/// Publishes readings `from..to` to `{topic}/in`.
+fn send(port: u16, topic: &str, from: usize, to: usize) {
+    let rows: Vec<String> = (from..to).map(reading).collect();
+    publish(port, &format!("{topic}/in"), &rows);
+}
+
+/// The `seq` of every line of these files; panics on a line that is not
+/// a JSON object (a torn line).
+fn seqs_in(files: &[&Path]) -> Vec<i64> {
+    let mut seqs: Vec<i64> = files
+        .iter()
+        .flat_map(|f| lines(f))
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            v["seq"].as_i64().unwrap()
+        })
+        .collect();
+    seqs.sort();
+    seqs
+}
+
+/// A `NOT NULL` column added to the table mid-run (SQLSTATE 23502 for
+/// every row) is the destination's fault, not 2,000 bad records: nothing
+/// is skipped or acknowledged that PostgreSQL did not commit, the sink
+/// retries (counted in `mqlink_sink_errors_total`, named stalled by
+/// /ready) and, once the column has a default, writes everything. A row
+/// that violates a CHECK among rows that do not — alone in its batch, then
+/// with others — is still skipped alone.
+#[test]
+fn a_not_null_column_added_mid_run_stalls_the_sink_and_loses_nothing() {
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE t (device_id text, seq bigint, timestamp timestamptz, temperature double precision CHECK (temperature < 100), humidity double precision, PRIMARY KEY (device_id, seq))");
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("notnull");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/#"]
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "{url}"
+table = "t"
+batch_size = 200
+[http]
+listen = "127.0.0.1:{http}"
+[run]
+stall_timeout = 1
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    let count = || pg.count("t");
+    let bad = |i: usize| reading(i).replace("\"temperature\":21.5", "\"temperature\":1000");
+    // A bad row alone, then good ones; then a bad row among good ones.
+    publish(broker.port, &format!("{topic}/a"), &[bad(0)]);
+    let mut first: Vec<String> = (1..1000).map(reading).collect();
+    first[500] = bad(501);
+    publish(broker.port, &format!("{topic}/a"), &first);
+    let acked = "mqlink_source_records_acknowledged_total";
+    wait_until(60, "the first rows", || metric(http, acked) == 1000);
+    assert_eq!(count(), 998);
+    assert_eq!(metric(http, "mqlink_sink_skipped_total"), 2);
+
+    pg.psql("ALTER TABLE t ADD COLUMN extra int NOT NULL DEFAULT 0; ALTER TABLE t ALTER COLUMN extra DROP DEFAULT");
+    let second: Vec<String> = (1000..3000).map(reading).collect();
+    publish(broker.port, &format!("{topic}/a"), &second);
+    wait_until(60, "/ready naming the stalled sink", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503 && body.contains("sinks.db: stalled") && body.contains("23502")
+        })
+    });
+    assert!(metric(http, "mqlink_sink_errors_total") >= 1);
+    assert_eq!(metric(http, "mqlink_sink_skipped_total"), 2);
+    assert_eq!(
+        metric(http, acked),
+        1000,
+        "acknowledged only what was committed"
+    );
+    assert_eq!(count(), 998);
+    let (_, status) = http_get(http, "/status").unwrap();
+    assert!(
+        status.contains("23502") && status.contains("stalled"),
+        "{status}"
+    );
+
+    // The operator fixes the table: the retrying sink writes everything.
+    pg.psql("ALTER TABLE t ALTER COLUMN extra SET DEFAULT 0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count() != 2998 {
+        if std::time::Instant::now() > deadline {
+            let status = http_get(http, "/status");
+            let _ = run.kill();
+            let out = wait_output(&mut run, 10);
+            panic!("rows: {}; {status:?}\n{}", count(), text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until(30, "every message acknowledged", || {
+        metric(http, acked) == 3000
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT seq) FROM t WHERE seq >= 1000"),
+        "2000"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM t WHERE seq IN (0, 501)"), "0");
+    assert!(err.contains("Every record refused the same way"), "{err}");
+    assert!(err.contains("2 records were skipped"), "{err}");
+}
+
+/// A broker that refuses every publish of the sink (an ACL denying its
+/// topic: PUBACK 0x87 on MQTT 5) stalls the sink: nothing is skipped or
+/// acknowledged, the refusals are counted as errors and /ready says why.
+#[test]
+fn a_broker_refusing_every_publish_stalls_the_sink() {
+    let topic = unique_id("acl");
+    let acl_dir = testkit::TempDir::new().unwrap();
+    let acl = write(
+        acl_dir.path(),
+        "acl",
+        &format!("topic readwrite {topic}/in\ntopic read {topic}/out\n"),
+    );
+    let broker = Mosquitto::with(MosquittoConfig {
+        // Mosquitto's default queue limit: with testkit's "no limit" (0),
+        // Mosquitto 2.0 disconnects a client after each refused publish.
+        extra: vec![
+            format!("acl_file {}", acl.display()),
+            "max_queued_messages 1000".into(),
+        ],
+        ..Default::default()
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+protocol = "5"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "{topic}/out"
+[http]
+listen = "127.0.0.1:{http}"
+[run]
+stall_timeout = 1
+shutdown_timeout = 1
+"#,
+            port = broker.port
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    let rows: Vec<String> = (0..50).map(reading).collect();
+    publish(broker.port, &format!("{topic}/in"), &rows);
+    wait_until(30, "/ready naming the stalled sink", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503 && body.contains("sinks.out: stalled") && body.contains("0x87")
+        })
+    });
+    assert!(metric(http, "mqlink_sink_errors_total") >= 1);
+    assert_eq!(metric(http, "mqlink_sink_skipped_total"), 0);
+    assert_eq!(metric(http, "mqlink_source_records_acknowledged_total"), 0);
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(!err.contains("Record skipped"), "{err}");
+    assert!(err.contains("Every record refused the same way"), "{err}");
+}
+
+/// A file sink whose file is renamed away (rotated) goes on in a new file
+/// at the path; whose directory is deleted, waits (named by /ready) until
+/// the directory is back: every record written after either is in a file
+/// that exists, once.
+#[test]
+fn a_rotated_file_and_a_deleted_directory_lose_nothing() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("rotate");
+    let http = free_port();
+    let logs = dir.path().join("logs");
+    let out = logs.join("out.jsonl");
+    let rotated = dir.path().join("out.jsonl.1");
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    let send_seqs = |from, to| send(broker.port, &topic, from, to);
+    let seq = |from: usize, to: usize| (from as i64..to as i64).collect::<Vec<_>>();
+    send_seqs(0, 100);
+    wait_until(30, "the first lines", || lines(&out).len() == 100);
+    std::fs::rename(&out, &rotated).unwrap();
+    send_seqs(100, 200);
+    wait_until(30, "lines after the rename", || {
+        lines(&rotated).len() + lines(&out).len() == 200
+    });
+    send_seqs(200, 300);
+    wait_until(30, "lines in a new file", || {
+        lines(&rotated).len() + lines(&out).len() == 300
+    });
+    assert_eq!(seqs_in(&[&rotated, &out]), seq(0, 300));
+    assert!(lines(&out).len() >= 100, "a new file at the path");
+
+    std::fs::remove_dir_all(&logs).unwrap();
+    send_seqs(300, 400);
+    wait_until(30, "/ready naming the missing directory", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503 && body.contains("sinks.file: writes failing") && body.contains("is gone")
+        })
+    });
+    std::fs::create_dir(&logs).unwrap();
+    wait_until(60, "the lines in the new directory", || {
+        lines(&out).len() == 100
+    });
+    signal(&run, "-TERM");
+    let o = wait_output(&mut run, 30);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(seqs_in(&[&out]), seq(300, 400));
+}
+
+/// A tmpfs, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (with the reason printed)
+    /// where mounting is not permitted.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("SKIPPED: cannot mount a tmpfs: {}", text(&out.stderr));
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `path` with `path` until a write fails.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![b'x'; 4096];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(b"x").is_ok() {}
+}
+
+/// A full disk mid-run: the file sink says so (at ERROR, in /ready),
+/// confirms nothing, and after a SIGKILL and a restart with room the file
+/// is JSON lines with each record once (the partial job cut back).
+#[test]
+fn a_full_disk_leaves_a_valid_file_with_each_record_once() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "256k") else {
+        return;
+    };
+    let topic = unique_id("full");
+    let http = free_port();
+    let out = disk.0.join("out.jsonl");
+    let filler = disk.0.join("filler");
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    let send_seqs = |from, to| send(broker.port, &topic, from, to);
+    send_seqs(0, 200);
+    wait_until(30, "the first lines", || lines(&out).len() == 200);
+    fill(&filler);
+    send_seqs(200, 700);
+    wait_until(30, "/ready saying the disk is full", || {
+        http_get(http, "/ready").is_some_and(|(c, body)| {
+            c == 503
+                && body.contains("sinks.file: writes failing")
+                && body.contains("No space left")
+        })
+    });
+    // Acknowledged: only what is in the file (a record or two may have
+    // fitted in the file's last page).
+    let acked = metric(http, "mqlink_source_records_acknowledged_total") as usize;
+    let written = lines(&out).len();
+    assert!(
+        acked >= 200 && acked <= written && written < 700,
+        "{acked} {written}"
+    );
+    signal(&run, "-KILL");
+    let o = wait_output(&mut run, 30);
+    let err = text(&o.stderr);
+    assert!(err.contains("ERROR") && err.contains("Disk full"), "{err}");
+    assert_eq!(
+        err.matches("Disk full").count(),
+        1,
+        "once per episode: {err}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    wait_until(60, "every line", || lines(&out).len() >= 700);
+    signal(&run, "-TERM");
+    let o = wait_output(&mut run, 30);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(seqs_in(&[&out]), (0..700).collect::<Vec<i64>>());
+}
+
+/// A partial last line (a write cut short, never confirmed) is cut off
+/// when the file sink opens the file: the next record starts a line.
+#[test]
+fn a_partial_last_line_is_cut_off_at_open() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("partial");
+    let http = free_port();
+    let out = write(dir.path(), "out.jsonl", "{\"seq\":-1}\n{\"seq\":-2,\"dev");
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        11,
+        "the line cut off"
+    );
+    send(broker.port, &topic, 0, 10);
+    wait_until(30, "the lines", || lines(&out).len() == 11);
+    signal(&run, "-TERM");
+    let o = wait_output(&mut run, 30);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("partial last line"), "{err}");
+    let mut expected = vec![-1];
+    expected.extend(0..10);
+    assert_eq!(seqs_in(&[&out]), expected);
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{lines_of, write};
+use testkit::{lines_of, metric, write};
 use testkit::{unique_id, wait_until, Mosquitto, MosquittoConfig};
 
 fn mqlink() -> Command {
@@ -1096,15 +1096,6 @@ fn windows_into_postgres(
         "{err}"
     );
     assert_eq!(window_table(pg, "win"), expected);
-}
-
-/// The sum of a metric's series in /metrics.
-fn metric(http: u16, name: &str) -> u64 {
-    let (_, text) = testkit::http_get(http, "/metrics").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// The crash window of a checkpoint: the state is written, then the

@@ -16,6 +16,20 @@
 //!   with its reason; the rest of the batch goes on. A fatal fault (the
 //!   session gave up reconnecting, credentials refused, the table is gone)
 //!   never confirms: the component fails and the run ends non-zero;
+//! - the **systemic fault** rule: *a refusal is the record's own only when
+//!   a record written with it or right after it is not refused the same
+//!   way.* The destination reports the kind of each refusal
+//!   ([`RecordFault::class`]: a SQLSTATE, an MQTT reason code). When every
+//!   record of a job is refused with one class — a job of two or more, or a
+//!   job of one whose next job is refused the same way — the destination is
+//!   at fault (a `NOT NULL` column added, an ACL denying the topic): nothing
+//!   is confirmed, the job is written again with the back-off until it
+//!   passes (counted in `mqlink_sink_errors_total`, the reason in /status,
+//!   the sink named stalled by /ready), and no other job is written
+//!   meanwhile. A job of one waits for that evidence unconfirmed; when the
+//!   next job is not refused that way (or the sink's input ends first), it
+//!   is written once more (the next may have been written after the
+//!   destination was fixed), and a refusal then is the record's;
 //! - confirming batches, in order, once every record is written,
 //!   dead-lettered or skipped: the last sink to confirm a batch acknowledges
 //!   its messages to the broker ([`Batch::confirm`]).
@@ -61,6 +75,11 @@ pub struct RecordFault {
     /// The record's position in its job.
     pub index: usize,
     pub reason: String,
+    /// The kind of refusal, as the destination reported it (a SQLSTATE, an
+    /// MQTT reason code): when every record of a job gets the same class,
+    /// the destination is at fault (see the module doc). `None` for faults
+    /// the sink found in the record itself (a topic that does not render).
+    pub class: Option<String>,
 }
 
 /// Why a write (or opening the destination) failed as a whole.
@@ -157,13 +176,17 @@ pub async fn run<S: Sink>(
     comp.connected.store(true, Relaxed);
     comp.set_state(State::Running);
 
+    let max_records = sink.max_records();
+    let settler = Settler {
+        dead_letters: sink.dead_letters(),
+        comp: comp.clone(),
+        path: path.clone(),
+        backoff: backoff.clone(),
+        sink: Arc::new(tokio::sync::Mutex::new(sink)),
+    };
+    let sink = settler.sink.clone();
     let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(DEPTH);
-    let mut confirmer = tokio::spawn(confirm(
-        queue,
-        sink.dead_letters(),
-        comp.clone(),
-        path.clone(),
-    ));
+    let mut confirmer = tokio::spawn(confirm(queue, settler));
     // A confirmer that ended early hit a fatal fault: that is the outcome.
     let failed = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
         Ok(Ok(())) => Err("confirmations ended early".to_string()),
@@ -172,15 +195,16 @@ pub async fn run<S: Sink>(
     };
     loop {
         let job = tokio::select! {
-            job = next_job(&mut rx, sink.max_records()) => job,
+            job = next_job(&mut rx, max_records) => job,
             r = &mut confirmer => return failed(r),
         };
         let Some(job) = job else { break };
         comp.records.fetch_add(job.len() as u64, Relaxed);
         let mut attempt = 0;
         let confirmation = loop {
+            // Locked: a systemic fault holds every write (see `Settler::stall`).
             let written = tokio::select! {
-                w = sink.write(&job) => w,
+                w = async { sink.lock().await.write(&job).await } => w,
                 r = &mut confirmer => return failed(r),
             };
             match written {
@@ -219,7 +243,9 @@ pub async fn run<S: Sink>(
         Ok(Ok(())) => {}
         other => return failed(other),
     }
-    sink.close().await;
+    if let Ok(sink) = Arc::try_unwrap(sink) {
+        sink.into_inner().close().await;
+    }
     Ok(())
 }
 
@@ -241,19 +267,70 @@ async fn next_job(rx: &mut mpsc::Receiver<Arc<Batch>>, max: usize) -> Option<Job
     Some(Job { batches, len })
 }
 
-/// Awaits confirmations in order; settles record faults; confirms batches.
-async fn confirm(
+/// Awaits confirmations in order; settles record faults; confirms
+/// batches; holds jobs the destination refused as a whole (the module doc's
+/// systemic fault rule).
+async fn confirm<S: Sink>(
     mut queue: mpsc::Receiver<(Job, Confirmation)>,
+    s: Settler<S>,
+) -> Result<(), String> {
+    // A job of one refused with a class, waiting for the next job's outcome.
+    let mut held: Option<(Job, Vec<RecordFault>, String)> = None;
+    while let Some((job, confirmation)) = queue.recv().await {
+        let faults = confirmation.await?;
+        let class = refused_whole(&job, &faults);
+        if let Some((first, first_faults, held_class)) = held.take() {
+            if class.as_ref() == Some(&held_class) {
+                s.stall(first, &held_class, &first_faults[0].reason).await?;
+                s.stall(job, &held_class, &faults[0].reason).await?;
+                continue;
+            }
+            s.recheck(first).await?;
+        }
+        match class {
+            Some(class) if job.len() > 1 => s.stall(job, &class, &faults[0].reason).await?,
+            Some(class) => {
+                // Held: the next job tells (see `Settler::recheck`).
+                s.comp.set_error(format!(
+                    "a record refused ({class}), waiting for the next to tell whether every record is: {}",
+                    faults[0].reason
+                ));
+                held = Some((job, faults, class));
+            }
+            None => s.settle(job, faults).await?,
+        }
+    }
+    if let Some((job, _, _)) = held {
+        s.recheck(job).await?;
+    }
+    Ok(())
+}
+
+/// The class every record of `job` was refused with, if one was.
+fn refused_whole(job: &Job, faults: &[RecordFault]) -> Option<String> {
+    let class = faults.first()?.class.as_ref()?;
+    (faults.len() == job.len() && faults.iter().all(|f| f.class.as_ref() == Some(class)))
+        .then(|| class.clone())
+}
+
+/// What the confirmer needs to settle a job: where record faults go, and
+/// the sink itself to write a job again that the destination refused.
+struct Settler<S> {
     dead_letters: Option<DeadLetters>,
     comp: Arc<Component>,
     path: String,
-) -> Result<(), String> {
-    while let Some((job, confirmation)) = queue.recv().await {
-        let faults = confirmation.await?;
+    backoff: Backoff,
+    sink: Arc<tokio::sync::Mutex<S>>,
+}
+
+impl<S: Sink> Settler<S> {
+    /// Dead-letters or skips the job's record faults, then confirms it.
+    async fn settle(&self, job: Job, faults: Vec<RecordFault>) -> Result<(), String> {
+        let (comp, path) = (&self.comp, self.path.as_str());
         let mut skipped = 0u64;
         if !faults.is_empty() {
-            match &dead_letters {
-                Some(d) => dead_letter(d, &job, &faults, &comp, &path).await?,
+            match &self.dead_letters {
+                Some(d) => dead_letter(d, &job, &faults, comp, path).await?,
                 None => {
                     for f in &faults {
                         tracing::error!(component = %path, error = %f.reason, "Record skipped by this sink (set dead_letter_topic to keep such records); its message is acknowledged.");
@@ -270,8 +347,70 @@ async fn confirm(
         for b in job.batches {
             b.confirm();
         }
+        Ok(())
     }
-    Ok(())
+
+    /// The destination refused every record of `job` with `class`: writes
+    /// it again with the back-off, holding every other write, until it is
+    /// not refused that way any more; then settles it.
+    async fn stall(&self, job: Job, class: &str, reason: &str) -> Result<(), String> {
+        let (comp, path) = (&self.comp, self.path.as_str());
+        let mut sink = self.sink.lock().await;
+        let mut reason = reason.to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            comp.errors.fetch_add(1, Relaxed);
+            comp.set_error(format!(
+                "every record of a batch refused ({class}), the destination's fault: {reason}"
+            ));
+            tracing::warn!(component = %path, error = %reason, class, attempt, records = job.len(), "Every record refused the same way: a fault of the destination, not of the records; nothing is confirmed, the batch is written again.");
+            if self.backoff.exhausted(attempt) {
+                return Err(format!("gave up after {attempt} attempts: {reason}"));
+            }
+            tokio::time::sleep(self.backoff.delay(attempt)).await;
+            let faults = self.write_again(&mut sink, &job).await?;
+            if refused_whole(&job, &faults).as_deref() == Some(class) {
+                reason = faults[0].reason.clone();
+                continue;
+            }
+            drop(sink);
+            tracing::info!(component = %path, attempts = attempt + 1, "Written after the destination refused every record.");
+            return self.settle(job, faults).await;
+        }
+    }
+
+    /// A job of one was refused, the next job was not (or never came): it
+    /// is written once more — the next may have been written after the
+    /// destination was fixed — and what is refused again is the record's.
+    async fn recheck(&self, job: Job) -> Result<(), String> {
+        let mut sink = self.sink.lock().await;
+        let faults = self.write_again(&mut sink, &job).await?;
+        drop(sink);
+        self.settle(job, faults).await
+    }
+
+    /// Writes `job` until the sink takes it (retrying a destination that
+    /// is down, like the runner), and awaits its confirmation.
+    async fn write_again(&self, sink: &mut S, job: &Job) -> Result<Vec<RecordFault>, String> {
+        let mut attempt = 0;
+        loop {
+            match sink.write(job).await {
+                Ok(confirmation) => return confirmation.await,
+                Err(WriteError::Fatal(e)) => return Err(e),
+                Err(WriteError::Retry(e)) => {
+                    attempt += 1;
+                    self.comp.errors.fetch_add(1, Relaxed);
+                    self.comp.set_error(e.clone());
+                    tracing::warn!(component = %self.path, error = %e, attempt, records = job.len(), "Write failed; the batch is held and written again.");
+                    if self.backoff.exhausted(attempt) {
+                        return Err(format!("gave up after {attempt} attempts: {e}"));
+                    }
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+            }
+        }
+    }
 }
 
 /// Publishes each faulty record to the dead-letter topic and waits for the
@@ -341,5 +480,130 @@ pub fn write_backoff() -> Backoff {
         max_interval: Duration::from_secs(5),
         max_attempts: 0,
         jitter: 0.2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+
+    use mqlink::format::Value;
+
+    use super::*;
+    use crate::batch::BusyTime;
+    use crate::status::Kind;
+
+    /// Refuses a record whose value is `Null` (class "bad"), and every
+    /// record while `down` names a class.
+    struct Refusing {
+        down: Arc<Mutex<Option<String>>>,
+    }
+
+    impl Sink for Refusing {
+        fn max_records(&self) -> usize {
+            100
+        }
+        async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
+            let down = self.down.lock().unwrap().clone();
+            let faults = job
+                .items()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    let class = down
+                        .clone()
+                        .or((item.value == Value::Null).then(|| "bad".to_string()))?;
+                    Some(RecordFault {
+                        index,
+                        reason: format!("refused: {class}"),
+                        class: Some(class),
+                    })
+                })
+                .collect();
+            Ok(confirmed(faults))
+        }
+    }
+
+    fn batch(values: Vec<Value>, acked: &Arc<AtomicU64>) -> Arc<Batch> {
+        let items = values
+            .into_iter()
+            .map(|value| Item {
+                topic: None,
+                payload: Bytes::new(),
+                value,
+                origin: None,
+            })
+            .collect();
+        let busy = Arc::new(BusyTime::default());
+        Arc::new(Batch::new(items, Vec::new(), 1, acked.clone(), busy))
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn quick() -> Backoff {
+        Backoff {
+            initial_interval: Duration::from_millis(5),
+            max_interval: Duration::from_millis(20),
+            ..write_backoff()
+        }
+    }
+
+    /// A bad record alone in its job, then a good job: a record fault. A
+    /// bad one among good ones: a record fault.
+    #[tokio::test]
+    async fn a_refusal_the_next_records_do_not_share_is_the_records() {
+        let comp = Component::new("s", Kind::Sink, "test");
+        let down = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel(16);
+        let sink = Refusing { down: down.clone() };
+        let runner = tokio::spawn(run(sink, "sinks.s".into(), comp.clone(), quick(), rx));
+        let acked = Arc::new(AtomicU64::new(0));
+        tx.send(batch(vec![Value::Null], &acked)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(acked.load(Relaxed), 0, "held until the next job tells");
+        tx.send(batch(vec![Value::BigInt(1), Value::Null], &acked))
+            .await
+            .unwrap();
+        until("both confirmed", || acked.load(Relaxed) == 3).await;
+        assert_eq!(comp.skipped.load(Relaxed), 2);
+        assert_eq!(comp.errors.load(Relaxed), 0);
+        drop(tx);
+        runner.await.unwrap().unwrap();
+    }
+
+    /// Every record refused the same way (a job of one, then a job of
+    /// two): nothing confirmed, retried and counted, until the destination
+    /// takes them; nothing skipped.
+    #[tokio::test]
+    async fn a_refusal_every_record_shares_is_the_destinations() {
+        let comp = Component::new("s", Kind::Sink, "test");
+        let down = Arc::new(Mutex::new(Some("SQLSTATE 23502".to_string())));
+        let (tx, rx) = mpsc::channel(16);
+        let sink = Refusing { down: down.clone() };
+        let runner = tokio::spawn(run(sink, "sinks.s".into(), comp.clone(), quick(), rx));
+        let acked = Arc::new(AtomicU64::new(0));
+        tx.send(batch(vec![Value::BigInt(1)], &acked))
+            .await
+            .unwrap();
+        tx.send(batch(vec![Value::BigInt(2), Value::BigInt(3)], &acked))
+            .await
+            .unwrap();
+        until("retries", || comp.errors.load(Relaxed) >= 3).await;
+        assert_eq!(acked.load(Relaxed), 0);
+        assert!(comp.last_error().unwrap().contains("23502"));
+        *down.lock().unwrap() = None;
+        until("all confirmed", || acked.load(Relaxed) == 3).await;
+        assert_eq!(comp.skipped.load(Relaxed), 0);
+        assert_eq!(comp.record_faults.load(Relaxed), 0);
+        drop(tx);
+        runner.await.unwrap().unwrap();
     }
 }

@@ -214,6 +214,15 @@ impl Component {
                 self.last_error().unwrap_or_default()
             ));
         }
+        // Other sinks without a broker (a file): their writes are failing
+        // (a full disk, a deleted directory) and retried.
+        if self.kind == Kind::Sink && self.mqtt.get().is_none() && !self.connected.load(Relaxed) {
+            return Some(format!(
+                "{}: writes failing: {}",
+                self.path(),
+                self.last_error().unwrap_or_default()
+            ));
+        }
         for c in self.clients() {
             match &*c.status().borrow() {
                 Status::Connected { .. } => {}

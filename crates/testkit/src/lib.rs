@@ -886,6 +886,15 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The sum of a metric's series in `/metrics` on `http` (0 when not served).
+pub fn metric(http: u16, name: &str) -> u64 {
+    let (_, text) = http_get(http, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Polls `f` every 50 ms until it is true; panics with `what` after `secs`.
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -1,11 +1,22 @@
 //! JSON lines: one object per record, the record's fields at top level.
 //! A job is durable once its lines were written (in the kernel, so a crash
-//! of mqlink keeps them); with `fsync` also once they are on disk. A failed
-//! write is retried by the runner (a full disk may be emptied); a partly
-//! written job can then appear twice: at-least-once.
+//! of mqlink keeps them); with `fsync` also once they are on disk.
+//!
+//! The sink tells the truth about the file, as `tail -F` and log shippers
+//! do. After each write it checks that the lines are in a file that still
+//! has a name: an open file that was deleted (its directory removed) is
+//! dropped and the job written again, at the path, once the directory
+//! exists again (a restart creates it); a file renamed away (rotated) keeps
+//! the job just written, and the next job goes to a new file at the path.
+//! A failed write (a full disk) is cut back to the last confirmed length
+//! before the runner retries it, and a partial last line found at open (a
+//! write cut by a crash, never confirmed) is cut off: the file stays JSON
+//! lines with each record once.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
 use mqlink::format::Value;
 use serde::Deserialize;
@@ -18,7 +29,9 @@ use crate::spec::{typed, ConfigError, Context, SinkKind};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
-    /// One JSON object per line, appended; parent directories are created.
+    /// One JSON object per line, appended; parent directories are created
+    /// at start. Renamed away (rotated), a new file is made at the path;
+    /// its directory deleted, writes wait until it exists again.
     pub path: PathBuf,
     /// fsync after each batch, for power loss (a write() already survives
     /// a crash of mqlink) [default: false].
@@ -33,8 +46,19 @@ pub fn parse(ctx: &Context, body: Json) -> Result<SinkKind, ConfigError> {
 pub struct FileSink {
     cfg: FileSinkConfig,
     path: String,
-    file: Option<std::fs::File>,
+    file: Option<OpenFile>,
     buf: Vec<u8>,
+    /// In a full-disk episode (logged once when it starts and ends).
+    full: bool,
+}
+
+/// The file the sink writes, as it was when opened.
+struct OpenFile {
+    file: File,
+    /// Device and inode: whether the path still names this file.
+    id: (u64, u64),
+    /// Its length after the last confirmed write.
+    len: u64,
 }
 
 impl FileSink {
@@ -44,12 +68,128 @@ impl FileSink {
             path,
             file: None,
             buf: Vec::with_capacity(1 << 20),
+            full: false,
         }
     }
 
     fn file_err(&self, e: std::io::Error) -> String {
         format!("{}.path: {}: {e}", self.path, self.cfg.path.display())
     }
+
+    /// Writes `self.buf` to the file, then checks the file still has its
+    /// name; an error is retried by the runner, nothing confirmed.
+    fn write_buf(&mut self) -> Result<(), String> {
+        if self.file.is_none() {
+            if let Some(dir) = parent(&self.cfg.path).filter(|d| !d.is_dir()) {
+                return Err(format!(
+                    "{}.path: the directory {} is gone; writes wait until it exists again (a restart creates it)",
+                    self.path,
+                    dir.display()
+                ));
+            }
+            self.file = Some(open_file(&self.cfg.path).map_err(|e| self.file_err(e))?);
+            tracing::info!(component = %self.path, path = %self.cfg.path.display(), "Writing to a new file at the path.");
+        }
+        let o = self.file.as_mut().expect("opened above");
+        let fsync = self.cfg.fsync;
+        let written = cut_to(o)
+            .and_then(|_| o.file.write_all(&self.buf))
+            .and_then(|_| if fsync { o.file.sync_data() } else { Ok(()) })
+            .and_then(|_| o.file.metadata());
+        let meta = match written {
+            Ok(m) => m,
+            Err(e) => {
+                // What was written of the job is not confirmed: cut it off
+                // (if this fails too, before the next write).
+                let _ = cut_to(o);
+                self.disk_full(&e);
+                return Err(self.file_err(e));
+            }
+        };
+        if meta.nlink() == 0 {
+            self.file = None;
+            return Err(format!(
+                "{}.path: {} was deleted while open (with its directory?); the batch is written again to a new file",
+                self.path,
+                self.cfg.path.display()
+            ));
+        }
+        o.len = meta.len();
+        let renamed =
+            std::fs::metadata(&self.cfg.path).map_or(true, |m| (m.dev(), m.ino()) != o.id);
+        if renamed {
+            // The lines are in the renamed file; the next go to the path.
+            tracing::info!(component = %self.path, path = %self.cfg.path.display(), "The file was renamed away (rotated); a new one is made at the path.");
+            self.file = None;
+        }
+        if self.full {
+            self.full = false;
+            tracing::warn!(component = %self.path, path = %self.cfg.path.display(), "There is room on the disk again; writing.");
+        }
+        Ok(())
+    }
+
+    /// A full disk is said once per episode at ERROR (shown even with
+    /// `--quiet`); the runner's retries say the rest at WARN.
+    fn disk_full(&mut self, e: &std::io::Error) {
+        let full = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded);
+        if full && !self.full {
+            tracing::error!(component = %self.path, path = %self.cfg.path.display(), error = %e, "Disk full: nothing is confirmed until there is room; the batch is written again.");
+        }
+        self.full = full;
+    }
+}
+
+fn parent(p: &Path) -> Option<&Path> {
+    p.parent().filter(|d| !d.as_os_str().is_empty())
+}
+
+/// Opens (creating) the file for appending and cuts off a partial last
+/// line: a write cut short by a crash, never confirmed.
+fn open_file(path: &Path) -> std::io::Result<OpenFile> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let len = whole_lines(&file, meta.len())?;
+    if len < meta.len() {
+        file.set_len(len)?;
+        tracing::warn!(path = %path.display(), bytes = meta.len() - len, "Cut off a partial last line (a write cut short, never confirmed).");
+    }
+    Ok(OpenFile {
+        file,
+        id: (meta.dev(), meta.ino()),
+        len,
+    })
+}
+
+/// The length of the file's complete lines: up to its last newline.
+fn whole_lines(file: &File, len: u64) -> std::io::Result<u64> {
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if let Some(i) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Cuts what a failed write left after the last confirmed length; a file
+/// another program truncated (copytruncate rotation) is taken as it is.
+fn cut_to(o: &mut OpenFile) -> std::io::Result<()> {
+    let len = o.file.metadata()?.len();
+    if len > o.len {
+        o.file.set_len(o.len)?;
+    }
+    o.len = o.len.min(len);
+    Ok(())
 }
 
 impl Sink for FileSink {
@@ -58,14 +198,16 @@ impl Sink for FileSink {
     }
 
     async fn open(&mut self) -> Result<(), WriteError> {
-        if let Some(dir) = self.cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = parent(&self.cfg.path) {
             std::fs::create_dir_all(dir).map_err(|e| WriteError::Fatal(self.file_err(e)))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.cfg.path)
-            .map_err(|e| WriteError::Fatal(self.file_err(e)))?;
+        // A full disk may be emptied; anything else (no permission) is fatal.
+        let file = open_file(&self.cfg.path).map_err(|e| match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                WriteError::Retry(self.file_err(e))
+            }
+            _ => WriteError::Fatal(self.file_err(e)),
+        })?;
         self.file = Some(file);
         Ok(())
     }
@@ -75,18 +217,10 @@ impl Sink for FileSink {
         for item in job.items() {
             line(item, &mut self.buf);
         }
-        let Some(file) = self.file.as_mut() else {
-            return Err(WriteError::Fatal("the file is not open".into()));
-        };
-        let (buf, fsync) = (&self.buf, self.cfg.fsync);
         // The write (and fsync) may block for a while: off the async workers.
-        let r = tokio::task::block_in_place(|| {
-            file.write_all(buf)
-                .and_then(|_| if fsync { file.sync_data() } else { Ok(()) })
-        });
-        match r {
+        match tokio::task::block_in_place(|| self.write_buf()) {
             Ok(()) => Ok(confirmed(Vec::new())),
-            Err(e) => Err(WriteError::Retry(self.file_err(e))),
+            Err(e) => Err(WriteError::Retry(e)),
         }
     }
 }

@@ -411,6 +411,7 @@ impl PostgresSink {
                 faults.push(RecordFault {
                     index,
                     reason: format!("table {}: {}", self.cfg.table, describe(&e)),
+                    class: e.code().map(|c| format!("SQLSTATE {}", c.code())),
                 });
             }
         }

@@ -223,9 +223,18 @@ fn classify(index: usize, e: SinkError) -> Result<RecordFault, WriteError> {
             "the session stopped before the broker confirmed: {why}"
         ))),
         SinkError::Template(_) | SinkError::RetainField { .. } | SinkError::Publish(_) => {
+            // The broker's refusals have a class (its reason code); the
+            // record's own faults (a topic that does not render) do not.
+            let class = match &e {
+                SinkError::Publish(PublishError::Rejected { code, .. }) => {
+                    Some(format!("reason code {code:#04x}"))
+                }
+                _ => None,
+            };
             Ok(RecordFault {
                 index,
                 reason: e.to_string(),
+                class,
             })
         }
         other => Err(WriteError::Fatal(other.to_string())),
