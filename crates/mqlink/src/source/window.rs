@@ -83,7 +83,9 @@ impl Window {
     /// Classifies `unacked` (the clients' unacknowledged deliveries).
     pub(super) fn fill(&self, unacked: u64, v5: bool) -> Fill {
         let size = self.size.load(Relaxed);
-        if unacked > 0 && size > 0 && unacked >= size {
+        // On 3.1.1 a count above the observed window means it was not the
+        // window after all: observe on.
+        if unacked > 0 && size > 0 && (unacked == size || (v5 && unacked > size)) {
             return Fill::Full;
         }
         if v5 || unacked == 0 {
@@ -222,5 +224,58 @@ impl MqttSource {
         let w = &self.metrics.window;
         w.sample(self.unacked(), self.v5(), who);
         w.check_keeping_up(who);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt5_is_full_at_the_announced_receive_maximum() {
+        let w = Window::default();
+        w.announced(10, 2);
+        assert_eq!(w.fill(19, true), Fill::Room);
+        assert_eq!(w.fill(20, true), Fill::Full);
+        // No observation on MQTT 5.
+        assert_eq!(w.fill(3, true), Fill::Room);
+    }
+
+    #[test]
+    fn a_311_window_is_the_plateau_seen_three_times_and_a_higher_count_unlearns_it() {
+        let w = Window::default();
+        for n in [1, 5, 20, 20] {
+            w.sample(n, false, "c");
+        }
+        // Still rising or seen twice: not known yet, a full-looking count waits for the stall.
+        assert_eq!(w.size.load(Relaxed), 0);
+        assert_eq!(w.fill(20, false), Fill::Maybe);
+        assert_eq!(w.fill(12, false), Fill::Room);
+        w.sample(20, false, "c");
+        assert_eq!(w.size.load(Relaxed), 20);
+        assert_eq!(w.fill(20, false), Fill::Full);
+        assert_eq!(w.fill(19, false), Fill::Room);
+        // 25 in flight: 20 was not the window.
+        assert_eq!(w.fill(25, false), Fill::Maybe);
+        // A single message at a time never passes for a window.
+        let t = Window::default();
+        for _ in 0..5 {
+            t.sample(1, false, "c");
+        }
+        assert_eq!(t.size.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn time_at_a_full_window_ends_with_an_acknowledgement() {
+        let w = Window::default();
+        w.announced(4, 1);
+        w.sample(4, true, "c");
+        std::thread::sleep(Duration::from_millis(30));
+        w.acknowledged();
+        let ms = w.full_ms.load(Relaxed);
+        assert!((30..5_000).contains(&ms), "{ms}");
+        // Not full: an acknowledgement adds nothing.
+        w.acknowledged();
+        assert_eq!(w.full_ms.load(Relaxed), ms);
     }
 }
