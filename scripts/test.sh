@@ -9,6 +9,9 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The broker-limits test builds the libmosquitto publisher (bench/cpub.c).
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 # The pipeline tests start their own PostgreSQL (initdb into a temporary
 # directory, run as the postgres user through setpriv).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

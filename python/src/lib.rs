@@ -96,6 +96,7 @@ fn qos(what: &str, v: u8) -> PyResult<QoS> {
 /// by name: a typo must not be silently ignored.
 fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
     let mut o = ConnectOptions::default();
+    o.protocol_or_default(None);
     let mut tls = TlsOptions::default();
     for (k, v) in conn.iter() {
         let key: String = k.extract()?;
@@ -122,7 +123,7 @@ fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
             "password" => o.password = Some(Secret::new(v.extract::<String>().map_err(bad)?)),
             "protocol" => {
                 let p: String = v.str()?.to_string();
-                o.protocol = match p.as_str() {
+                let written = match p.as_str() {
                     "3.1.1" | "311" | "mqttv311" | "4" => Protocol::V311,
                     "5" | "5.0" | "mqttv5" => Protocol::V5,
                     other => {
@@ -130,7 +131,8 @@ fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
                             "protocol: {other:?} is not a supported MQTT version; use \"3.1.1\" or \"5\""
                         )))
                     }
-                }
+                };
+                o.protocol_or_default(Some(written));
             }
             "clean_session" => o.clean_session = v.extract().map_err(bad)?,
             "session_expiry_interval" => {

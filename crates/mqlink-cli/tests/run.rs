@@ -658,6 +658,8 @@ fn a_record_a_sink_cannot_route_is_dead_lettered() {
 [connections.b]
 broker = "mqtt://127.0.0.1:{port}"
 client_id = "{topic}"
+# The 3.1.1 dead letter: a JSON envelope (MQTT 5 uses user properties).
+protocol = "3.1.1"
 [sources.in]
 type = "mqtt"
 connection = "b"

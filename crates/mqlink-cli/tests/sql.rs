@@ -629,7 +629,7 @@ fn rows_that_fail_go_to_the_dead_letter_topic() {
     let dir = testkit::TempDir::new().unwrap();
     let topic = unique_id("sqldlq");
     let sql = format!(
-        "CREATE TABLE t (seq BIGINT, code TEXT) WITH (connector = 'mqtt', type = 'source', url = '{}', topic = '{topic}/in', qos = 'AtLeastOnce', dead_letter_topic = '{topic}/dlq');
+        "CREATE TABLE t (seq BIGINT, code TEXT) WITH (connector = 'mqtt', type = 'source', url = '{}', topic = '{topic}/in', qos = 'AtLeastOnce', dead_letter_topic = '{topic}/dlq', protocol = '3.1.1');
          CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
          INSERT INTO f SELECT seq, CAST(code AS BIGINT) AS code FROM t;",
         broker.url()
@@ -843,7 +843,8 @@ fn windowed_query_into_postgres_is_exact_and_late_rows_are_dead_lettered() {
         &topic,
         broker.port,
         &pg.url(),
-        &format!(", dead_letter_topic = '{topic}/late'"),
+        // The 3.1.1 dead letter: a JSON envelope (MQTT 5: user properties).
+        &format!(", dead_letter_topic = '{topic}/late', protocol = '3.1.1'"),
     );
     let file = write(dir.path(), "w.sql", &sql);
     let check = mqlink().arg("validate").arg(&file).output().unwrap();

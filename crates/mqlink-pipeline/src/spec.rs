@@ -90,7 +90,10 @@ pub struct ConnectionConfig {
     /// [default: `mqlink-<connection name>`]; each MQTT client gets
     /// `<client_id>-<component>` (and `-<i>` with parallelism).
     pub client_id: Option<String>,
-    /// `"3.1.1"` (or `"311"`) or `"5"` [default: 3.1.1].
+    /// `"3.1.1"` (or `"311"`) or `"5"` [default: MQTT 5, and 3.1.1 when
+    /// the broker refuses it (logged): MQTT 5 announces the window the
+    /// broker may send (Receive Maximum), 3.1.1 leaves it to the broker's
+    /// limits — see docs/guides/broker-limits.md].
     #[serde(default, deserialize_with = "string_or_number")]
     pub protocol: Option<String>,
     /// Start without the broker's stored session [default: true].
@@ -678,11 +681,12 @@ impl ConnectionConfig {
             let parsed: BrokerUrl = url.parse().map_err(|e| err(key, format!("{e}")))?;
             brokers.push(parsed);
         }
-        let protocol = match &self.protocol {
-            None => Protocol::V311,
-            Some(p) => p
-                .parse()
-                .map_err(|e: String| err(format!("{path}.protocol"), e))?,
+        let written: Option<Protocol> = match &self.protocol {
+            None => None,
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|e: String| err(format!("{path}.protocol"), e))?,
+            ),
         };
         // Bounded, so that no absurd number reaches a timer: keep-alive is
         // 16 bits on the wire, other waits are a day at most.
@@ -715,7 +719,7 @@ impl ConnectionConfig {
                 })
             }
         };
-        let opts = ConnectOptions {
+        let mut opts = ConnectOptions {
             brokers,
             client_id: Some(self.client_id_for("x", "y")),
             username: self.username.clone(),
@@ -727,7 +731,6 @@ impl ConnectionConfig {
                 insecure: !self.tls_verify,
                 server_name: None,
             },
-            protocol,
             keep_alive: secs("keep_alive", self.keep_alive.map(|v| v as f64), 60.0)?,
             connect_timeout: secs(
                 "connect_timeout",
@@ -754,6 +757,7 @@ impl ConnectionConfig {
             },
             ..ConnectOptions::default()
         };
+        opts.protocol_or_default(written);
         opts.validate().map_err(|e| err(path, e.to_string()))?;
         Ok(opts)
     }

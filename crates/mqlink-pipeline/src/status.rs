@@ -716,6 +716,14 @@ impl Registry {
                         .get("mqlink_source_oldest_unacknowledged_age_seconds")
                         .unwrap_or(0);
                     let _ = write!(line, "  lag {lag}s");
+                    // The broker's window, and how long it was full (no
+                    // message could come until the sinks confirmed).
+                    let get = |n| m.metrics().get(n).unwrap_or(0);
+                    let window = get("mqlink_source_window");
+                    if window > 0 {
+                        let full = get("mqlink_source_window_full_seconds_total");
+                        let _ = write!(line, "  window {window} full {full}s");
+                    }
                 }
                 if let Some(reason) = c.not_ready().filter(|_| c.state() != State::Failed) {
                     let _ = write!(line, "  ({})", reason.split_once(": ").map_or(reason.as_str(), |x| x.1));

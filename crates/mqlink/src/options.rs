@@ -261,8 +261,15 @@ pub struct ConnectOptions {
     pub password: Option<Secret>,
     /// TLS settings for `mqtts://` and `wss://` brokers.
     pub tls: TlsOptions,
-    /// MQTT 3.1.1 or 5.
+    /// MQTT 3.1.1 or 5 (see [`protocol_fallback`](Self::protocol_fallback)).
     pub protocol: Protocol,
+    /// The protocol was not written ([`ConnectOptions::protocol_or_default`]):
+    /// MQTT 5 is tried first and, when the broker refuses it (CONNACK
+    /// "unsupported protocol version", a hang-up, or no CONNACK within
+    /// `connect_timeout`) while it answers a 3.1.1 CONNECT, the session
+    /// speaks 3.1.1 from then on (logged once). After the first connection
+    /// the protocol stays what it was.
+    pub protocol_fallback: bool,
     /// Keep-alive interval; zero disables it.
     pub keep_alive: Duration,
     /// Time allowed for TCP, TLS, WebSocket and CONNACK together.
@@ -363,6 +370,7 @@ impl Default for ConnectOptions {
             password: None,
             tls: TlsOptions::default(),
             protocol: Protocol::V311,
+            protocol_fallback: false,
             keep_alive: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             clean_session: true,
@@ -390,6 +398,18 @@ impl ConnectOptions {
     /// Starts a builder in the style of Jet's `MqttSources.builder()`.
     pub fn builder() -> ConnectOptionsBuilder {
         ConnectOptionsBuilder::default()
+    }
+
+    /// The protocol as the user wrote it, or — `None` — the default of
+    /// pipelines, Cybus, Airbyte and Python: MQTT 5 where the broker speaks
+    /// it, else 3.1.1 ([`protocol_fallback`](Self::protocol_fallback)). MQTT 5
+    /// because its Receive Maximum sets the broker's window: on 3.1.1 the
+    /// broker's own limit applies (Mosquitto: 20 unacknowledged messages,
+    /// then a queue of 1,000, then drops), which a sink that confirms in
+    /// batches cannot keep up with (docs/guides/broker-limits.md).
+    pub fn protocol_or_default(&mut self, written: Option<Protocol>) {
+        self.protocol = written.unwrap_or(Protocol::V5);
+        self.protocol_fallback = written.is_none();
     }
 
     /// Checks the options without touching the network.
@@ -588,7 +608,7 @@ impl ConnectOptionsBuilder {
     }
     /// See [`ConnectOptions::protocol`].
     pub fn protocol(mut self, p: Protocol) -> Self {
-        self.opts.protocol = p;
+        self.opts.protocol_or_default(Some(p));
         self
     }
     /// See [`ConnectOptions::keep_alive`].

@@ -460,3 +460,91 @@ async fn failover_works_at_start() {
         Status::Connected { .. }
     ));
 }
+
+/// How a 3.1.1-only broker meets an MQTT 5 CONNECT.
+#[derive(Clone, Copy, Debug)]
+enum NoV5 {
+    /// Closes the connection (RabbitMQ 3.x).
+    HangUp,
+    /// Never answers (amqtt 0.12).
+    Silent,
+    /// A 3.1.1 CONNACK 0x01, unacceptable protocol version (Mosquitto 1.x).
+    Refuse311,
+    /// An MQTT 5 CONNACK 0x84, unsupported protocol version.
+    Refuse5,
+}
+
+/// Serves `n` connections as a broker that speaks only 3.1.1 would; the
+/// protocol level of each CONNECT.
+async fn serve_no_v5(l: TcpListener, how: NoV5, n: usize) -> Vec<u8> {
+    let mut levels = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        let (mut sock, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        // The protocol level follows "MQTT" in the CONNECT's variable header.
+        let level = loop {
+            let mut chunk = [0u8; 256];
+            let k = sock.read(&mut chunk).await.unwrap();
+            assert!(k > 0, "the client closed before its CONNECT");
+            buf.extend_from_slice(&chunk[..k]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"MQTT") {
+                if buf.len() > i + 4 {
+                    break buf[i + 4];
+                }
+            }
+        };
+        levels.push(level);
+        if level == 4 {
+            sock.write_all(&[0x20, 2, 0, 0]).await.unwrap();
+            kept.push(sock);
+            continue;
+        }
+        match how {
+            NoV5::HangUp => drop(sock),
+            NoV5::Silent => kept.push(sock),
+            NoV5::Refuse311 => sock.write_all(&[0x20, 2, 0, 1]).await.unwrap(),
+            NoV5::Refuse5 => sock.write_all(&[0x20, 3, 0, 0x84, 0]).await.unwrap(),
+        }
+    }
+    levels
+}
+
+/// The protocol not written: MQTT 5 first, then 3.1.1 from the same
+/// attempt when the broker refuses MQTT 5 in any of the ways brokers do.
+#[tokio::test]
+async fn an_unwritten_protocol_falls_back_to_311_when_the_broker_refuses_mqtt5() {
+    for how in [NoV5::HangUp, NoV5::Silent, NoV5::Refuse311, NoV5::Refuse5] {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(serve_no_v5(l, how, 2));
+        let mut o = opts(&url, Protocol::V311, true);
+        o.protocol_or_default(None);
+        o.connect_timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let (client, _incoming) = Client::connect(o)
+            .await
+            .unwrap_or_else(|e| panic!("{how:?}: {e}"));
+        assert_eq!(client.protocol(), Protocol::V311, "{how:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{how:?}");
+        assert_eq!(broker.await.unwrap(), [5, 4], "{how:?}");
+    }
+}
+
+/// A protocol written is honoured: no fallback from 5, no MQTT 5 attempt on 3.1.1.
+#[tokio::test]
+async fn a_written_protocol_is_honoured() {
+    let (l, url) = bind().await;
+    let broker = tokio::spawn(serve_no_v5(l, NoV5::Refuse5, 1));
+    let mut o = opts(&url, Protocol::V311, true);
+    o.protocol_or_default(Some(Protocol::V5));
+    let e = Client::connect(o).await.err().expect("MQTT 5 was refused");
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert_eq!(broker.await.unwrap(), [5]);
+    let (l, url) = bind().await;
+    let broker = tokio::spawn(serve_no_v5(l, NoV5::Refuse5, 1));
+    let mut o = opts(&url, Protocol::V5, true);
+    o.protocol_or_default(Some(Protocol::V311));
+    let (client, _incoming) = Client::connect(o).await.unwrap();
+    assert_eq!(client.protocol(), Protocol::V311);
+    assert_eq!(broker.await.unwrap(), [4]);
+}

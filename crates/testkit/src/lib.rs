@@ -275,6 +275,9 @@ pub struct MosquittoConfig {
     pub websockets: bool,
     /// Lines appended to the config as they are.
     pub extra: Vec<String>,
+    /// Mosquitto's own queue limits (`max_queued_messages 1000`: a slow
+    /// client's excess is dropped), as installed, instead of none.
+    pub queue_defaults: bool,
 }
 
 /// A Mosquitto broker process owned by a test.
@@ -365,7 +368,9 @@ impl Mosquitto {
             );
         }
         // No queue limits: tests and benchmarks queue 10^5 messages for offline sessions.
-        c += "max_queued_messages 0\nmax_queued_bytes 0\n";
+        if !cfg.queue_defaults {
+            c += "max_queued_messages 0\nmax_queued_bytes 0\n";
+        }
         c += &format!("log_dest file {}\n", self.log_path().display());
         c += "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
         if std::env::var_os("MQLINK_TEST_BROKER_DEBUG").is_some() {

@@ -37,7 +37,7 @@ pub fn spec() -> Value {
                 "clean_session": {"title": "Clean session", "type": "boolean", "default": true, "description": "Whether the client and server should remember state across restarts and reconnects."},
                 "message_retained": {"title": "Message retained", "type": "boolean", "default": false, "description": "Whether or not the publish message should be retained by the messaging engine."},
                 "message_qos": {"title": "Message QoS", "type": "string", "enum": ["AT_MOST_ONCE", "AT_LEAST_ONCE", "EXACTLY_ONCE"], "default": "AT_LEAST_ONCE", "description": "Quality of service used for each message to be delivered."},
-                "protocol_version": {"title": "MQTT version (mqlink)", "type": "string", "enum": ["3.1.1", "5"], "default": "3.1.1", "description": "MQTT protocol version."},
+                "protocol_version": {"title": "MQTT version (mqlink)", "type": "string", "enum": ["3.1.1", "5"], "description": "MQTT protocol version [default: 5, falling back to 3.1.1 when the broker refuses it]."},
                 "ca_file": {"title": "CA certificates file (mqlink)", "type": "string", "description": "CA certificates to verify the broker with (the PEM text, or a file path)."},
                 "client_cert": {"title": "Client certificate (mqlink)", "type": "string", "description": "Client certificate for mutual TLS (the PEM text, or a file path)."},
                 "client_key": {"title": "Client key (mqlink)", "type": "string", "airbyte_secret": true, "description": "PEM private key of the client certificate (the PEM text, or a file path)."},
@@ -64,7 +64,8 @@ pub struct AirbyteConfig {
     pub clean_session: bool,
     pub message_retained: bool,
     pub qos: QoS,
-    pub protocol: Protocol,
+    /// As written; `None`: MQTT 5 falling back to 3.1.1.
+    pub protocol: Option<Protocol>,
     pub ca_file: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
@@ -166,8 +167,8 @@ impl AirbyteConfig {
             }
         };
         let protocol = match get_str(v, "protocol_version")?.as_deref() {
-            None => Protocol::V311,
-            Some(p) => p.parse().map_err(|e| format!("protocol_version: {e}"))?,
+            None => None,
+            Some(p) => Some(p.parse().map_err(|e| format!("protocol_version: {e}"))?),
         };
         let max_inflight = get_u64(v, "max_inflight", 1000)?;
         Ok(AirbyteConfig {
@@ -226,13 +227,13 @@ impl AirbyteConfig {
                 client_key: self.client_key.clone().map(Into::into),
                 ..Default::default()
             },
-            protocol: self.protocol,
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             // A persistent session needs an id; without one, stay clean.
             clean_session: self.clean_session || self.client.is_none(),
             max_inflight: self.max_inflight,
             ..ConnectOptions::default()
         };
+        o.protocol_or_default(self.protocol);
         if !self.automatic_reconnect {
             o.reconnect.max_attempts = 1;
         }

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -346,19 +346,64 @@ impl Driver {
         true
     }
 
+    /// One attempt; with `protocol_fallback`, an MQTT 5 CONNECT the broker
+    /// refuses is followed at once by a 3.1.1 one, kept if it is answered.
     async fn connect_once(&mut self, broker: &BrokerUrl) -> Result<Conn, ConnectError> {
+        let (r, reached) = self.connect_timed(broker).await;
+        let refused_v5 = match &r {
+            Err(ConnectError::Refused { refusal, .. }) => *refusal == Refusal::UnsupportedProtocol,
+            // A 3.1.1 CONNACK read as MQTT 5, or a hang-up.
+            Err(ConnectError::Protocol { .. }) => true,
+            Err(ConnectError::Io { error, .. }) => {
+                reached && error.kind() != io::ErrorKind::TimedOut
+            }
+            // No answer to the CONNECT (amqtt 0.12), not an unreachable host.
+            Err(ConnectError::Timeout { .. }) => reached,
+            _ => false,
+        };
+        if !(self.opts.protocol_fallback && refused_v5) {
+            self.opts.protocol_fallback &= r.is_err();
+            return r;
+        }
+        self.opts.protocol = Protocol::V311;
+        match self.connect_timed(broker).await.0 {
+            Ok(conn) => {
+                let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+                warn!(%broker, refusal = %why, "The broker does not take MQTT 5; speaking MQTT 3.1.1 (set protocol = \"3.1.1\" / -V 311 to skip the attempt). On 3.1.1 the broker's own in-flight limit is the window (docs/guides/broker-limits.md).");
+                self.opts.protocol_fallback = false;
+                self.stats.fell_back.store(true, Ordering::Relaxed);
+                Ok(conn)
+            }
+            Err(_) => {
+                // The MQTT 5 error says more (the broker may just be down).
+                self.opts.protocol = Protocol::V5;
+                r
+            }
+        }
+    }
+
+    /// A handshake within `connect_timeout`, and whether the transport
+    /// (TCP, TLS, WebSocket) was up, so the CONNECT went out.
+    async fn connect_timed(&self, broker: &BrokerUrl) -> (Result<Conn, ConnectError>, bool) {
         let after = self.opts.connect_timeout;
-        match tokio::time::timeout(after, self.handshake(broker)).await {
+        let reached = AtomicBool::new(false);
+        let r = match tokio::time::timeout(after, self.handshake(broker, &reached)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
                 broker: broker.clone(),
                 after,
             }),
-        }
+        };
+        (r, reached.load(Ordering::Relaxed))
     }
 
-    async fn handshake(&self, broker: &BrokerUrl) -> Result<Conn, ConnectError> {
+    async fn handshake(
+        &self,
+        broker: &BrokerUrl,
+        reached: &AtomicBool,
+    ) -> Result<Conn, ConnectError> {
         let (mut rd, mut wr) = transport::connect(broker, self.tls.as_ref()).await?;
+        reached.store(true, Ordering::Relaxed);
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
         let connect = connect_packet(o, &self.client_id);

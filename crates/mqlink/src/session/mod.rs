@@ -130,6 +130,8 @@ pub struct Stats {
     pub(crate) unacknowledged: AtomicU64,
     pub(crate) oldest_unacknowledged_ms: AtomicU64,
     pub(crate) qos2_maybe_duplicated: AtomicU64,
+    /// The broker refused MQTT 5; the session speaks 3.1.1.
+    pub(crate) fell_back: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
@@ -387,6 +389,9 @@ impl Client {
 
     /// The MQTT version of the session.
     pub fn protocol(&self) -> Protocol {
+        if self.stats.fell_back.load(Ordering::Relaxed) {
+            return Protocol::V311;
+        }
         self.protocol
     }
 
@@ -415,10 +420,10 @@ impl Client {
             pkid: 0,
             properties: msg
                 .properties
-                .filter(|p| !p.is_empty() && self.protocol == Protocol::V5)
+                .filter(|p| !p.is_empty() && self.protocol() == Protocol::V5)
                 .map(Box::new),
         };
-        check_publish(&publish, self.protocol).map_err(|error| PublishError::Encode {
+        check_publish(&publish, self.protocol()).map_err(|error| PublishError::Encode {
             topic: publish.topic.to_string(),
             error,
         })?;

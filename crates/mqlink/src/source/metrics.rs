@@ -1,12 +1,14 @@
 //! Source metrics with fixed names (Laminar's `laminar_mqtt_*` set, and
-//! what mqlink adds: decode errors, dead letters, unacknowledged).
+//! what mqlink adds: decode errors, dead letters, unacknowledged, the
+//! broker's window).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::window::Window;
 use crate::session::{Client, Status};
 
 /// Metric names, as exported by `mqlink run` (Prometheus).
-pub const SOURCE_METRIC_NAMES: [&str; 10] = [
+pub const SOURCE_METRIC_NAMES: [&str; 12] = [
     "mqlink_source_messages_received_total",
     "mqlink_source_bytes_received_total",
     "mqlink_source_connection_status",
@@ -17,6 +19,11 @@ pub const SOURCE_METRIC_NAMES: [&str; 10] = [
     "mqlink_source_filtered_total",
     "mqlink_source_unacknowledged",
     "mqlink_source_oldest_unacknowledged_age_seconds",
+    // The broker's window (MQTT 5: announced; 3.1.1: observed; 0 unknown).
+    "mqlink_source_window",
+    // Time the window was full: no message could arrive until the sinks
+    // confirmed; on 3.1.1 the broker queues, then drops, meanwhile.
+    "mqlink_source_window_full_seconds_total",
 ];
 
 /// A source's counters and gauges (read-only; see [`SOURCE_METRIC_NAMES`]).
@@ -32,6 +39,14 @@ pub struct SourceMetrics {
     filtered: AtomicU64,
     unacknowledged: AtomicU64,
     oldest_unacknowledged_age_s: AtomicU64,
+    pub(super) window: Window,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SourceMetrics {
@@ -56,6 +71,7 @@ impl SourceMetrics {
     }
     pub(super) fn unacknowledged_dec(&self) {
         self.unacknowledged.fetch_sub(1, Relaxed);
+        self.window.acknowledged();
     }
 
     /// Reads connection status and reconnects from the clients.
@@ -66,9 +82,7 @@ impl SourceMetrics {
         self.connection_status.store(connected as u64, Relaxed);
         let reconnects: u64 = clients.iter().map(|c| c.stats().reconnects()).sum();
         self.reconnect_attempts.store(reconnects, Relaxed);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = now_ms();
         let oldest = clients
             .iter()
             .map(|c| c.stats().oldest_unacknowledged_ms())
@@ -79,7 +93,9 @@ impl SourceMetrics {
     }
 
     /// Every metric with its name, in [`SOURCE_METRIC_NAMES`] order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
+        let window = AtomicU64::new(self.window.size.load(Relaxed));
+        let full = AtomicU64::new(self.window.full_seconds());
         let v = [
             &self.messages_received,
             &self.bytes_received,
@@ -91,6 +107,8 @@ impl SourceMetrics {
             &self.filtered,
             &self.unacknowledged,
             &self.oldest_unacknowledged_age_s,
+            &window,
+            &full,
         ];
         std::array::from_fn(|i| (SOURCE_METRIC_NAMES[i], v[i].load(Relaxed)))
     }

@@ -35,6 +35,7 @@
 //!   letter. Without a dead-letter topic the record is yielded with the error.
 
 mod metrics;
+mod window;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -104,8 +105,11 @@ pub struct SourceConfig {
     pub(crate) batch_size: usize,
     /// How long [`MqttSource::next_batch`] waits to fill a batch
     /// (`batch_timeout_ms`) [default: 0: it takes what has arrived]. The
-    /// batch's messages are unacknowledged meanwhile: against a broker whose
-    /// window is smaller than `batch_size`, every batch waits this long.
+    /// batch's messages are unacknowledged meanwhile, and the broker sends
+    /// no more than its window (MQTT 5: the Receive Maximum announced;
+    /// 3.1.1: the broker's own limit, Mosquitto's `max_inflight_messages`
+    /// = 20, observed) before they are acknowledged: so a batch stops
+    /// waiting as soon as the window is full (see `next_before`).
     pub(crate) batch_timeout: Duration,
     /// Clients sharing the subscriptions (`parallelism`).
     pub(crate) parallelism: u16,
@@ -250,8 +254,10 @@ impl SourceBuilder {
     }
     /// Records per [`MqttSource::next_batch`] at most [default: 1000], and
     /// how long it waits to fill one [default: 0: it takes what has
-    /// arrived]. The batch's messages are unacknowledged meanwhile: against
-    /// a broker whose window is smaller than `size`, every batch waits `timeout`.
+    /// arrived]. The batch's messages are unacknowledged meanwhile; a batch
+    /// goes before `timeout` as soon as the broker's window is full, as
+    /// nothing more can arrive until it is acknowledged (on 3.1.1 the
+    /// window is observed: a count that stops growing at its highest).
     pub fn batch(mut self, size: usize, timeout: Duration) -> Self {
         self.config.batch_size = size;
         self.config.batch_timeout = timeout;
@@ -441,9 +447,8 @@ impl MqttSource {
                 max_retries: 3,
                 batch_size: 1000,
                 // Natural batching: what has arrived goes at once. A linger
-                // holds the batch's acknowledgements, so against a broker
-                // whose window is smaller than the batch every batch would
-                // wait the whole linger (RabbitMQ: 10 per linger).
+                // holds the batch's acknowledgements; it ends early when the
+                // broker's window is full (RabbitMQ: 10).
                 batch_timeout: Duration::ZERO,
                 parallelism: 1,
                 share_group: None,
@@ -496,6 +501,10 @@ impl MqttSource {
                 tasks.push(tokio::spawn(worker.run(early, incoming, tx.clone())));
             }
             clients.push(client);
+        }
+        if clients[0].protocol() == Protocol::V5 {
+            let rm = config.connection.receive_maximum;
+            metrics.window.announced(rm, clients.len());
         }
         let mut pending = std::collections::VecDeque::new();
         let inner = match direct {
@@ -603,11 +612,12 @@ impl MqttSource {
             if self.batch_timeout.is_zero() {
                 break;
             }
-            match tokio::time::timeout_at(deadline, self.next()).await {
-                Ok(Some(r)) => batch.push(r),
-                _ => break,
+            match self.next_before(deadline).await {
+                Some(r) => batch.push(r),
+                None => break,
             }
         }
+        self.batch_done();
         batch
     }
 

@@ -52,11 +52,19 @@ pub struct MqttSourceConfig {
     /// acknowledged) or `fail` (the source fails; the message is not
     /// acknowledged) [default: dead_letter with a dead_letter_topic, else drop].
     pub bad_data: Option<BadData>,
-    /// Records handed to the sinks at once at most [default: 1000].
+    /// Records handed to the sinks at once at most [default: 1000]; never
+    /// more than the broker's window (see `batch_timeout_ms`).
     #[serde(default = "batch_size")]
     pub batch_size: usize,
     /// How long a batch may wait for more records after its first
-    /// [default: 0: it takes what has arrived and goes].
+    /// [default: 0: it takes what has arrived and goes]. Its messages stay
+    /// unacknowledged meanwhile, and the broker sends at most its window of
+    /// unacknowledged messages (MQTT 5: the Receive Maximum mqlink
+    /// announces, 65535; 3.1.1: the broker's limit, Mosquitto's
+    /// `max_inflight_messages` = 20, observed): so the batch goes as soon as
+    /// that window is full instead of waiting for a message that cannot
+    /// come, and on 3.1.1 a batch is never larger than the window. Time at
+    /// a full window is `mqlink_source_window_full_seconds_total`.
     #[serde(default)]
     pub batch_timeout_ms: u64,
     /// Clients on a shared subscription [default: 1].
@@ -310,16 +318,13 @@ pub async fn run_source(
         let relay = relay.as_deref();
         let mut bad = take(first, &mut items, &mut acks, &path, bad_data, &comp, relay);
         // Whatever else has arrived, then (with batch_timeout_ms) what
-        // arrives before the deadline.
+        // arrives before the deadline — unless the broker's window is full.
         let deadline = tokio::time::Instant::now() + linger;
         while items.len() < cfg.batch_size {
             let next = match source.try_next().await {
                 Some(r) => Some(r),
                 None if linger.is_zero() => None,
-                None => tokio::time::timeout_at(deadline, source.next())
-                    .await
-                    .ok()
-                    .flatten(),
+                None => source.next_before(deadline).await,
             };
             match next {
                 Some(r) => {
@@ -342,6 +347,7 @@ pub async fn run_source(
             comp.set_state(State::Failed);
             break;
         }
+        source.batch_done();
         comp.records.fetch_add(items.len() as u64, Relaxed);
         if !out.send(items, acks, &comp).await {
             break;
