@@ -2,6 +2,7 @@
 //! and tests, with mosquitto's flags and a config file in mosquitto.conf's
 //! syntax (a subset: the keys [`parse_config`] names).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -199,7 +200,10 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     for (l, addr) in listeners.iter().zip(broker.local_addrs()) {
         let kind = if l.tls.is_some() { "TLS" } else { "TCP" };
         tracing::info!(address = %addr, kind, "mqlink broker listening.");
-        eprintln!("mqlink broker listening on {addr} ({kind})");
+        let _ = writeln!(
+            std::io::stderr(),
+            "mqlink broker listening on {addr} ({kind})"
+        );
     }
     stop.await;
     tracing::info!(

@@ -7,6 +7,7 @@ mod cli;
 mod pipeline;
 mod query;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -63,8 +64,19 @@ pub(crate) fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Out
     })
 }
 
+/// Whether an error is a write to a closed pipe.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // PEM text written to private files is removed whatever way we end
+    // short of SIGKILL (a signal ends a run through its normal return).
+    let _pem_files = mqlink_pipeline::pem::Cleanup;
     let debug = match &cli.command {
         Command::Pub(a) => a.conn.debug,
         Command::Sub(a) => a.conn.debug,
@@ -130,18 +142,27 @@ fn main() -> ExitCode {
             Command::Query(a) => query::run(a).await,
         }
     });
+    // The command is over: a task still busy (a component that never
+    // yielded) must not hold the exit after a signal.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head -1`): what it wanted was written.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // mosquitto's exit codes (27 timed out, CONNACK codes), its messages.
             if let Some(x) = e.downcast_ref::<cli::Exit>() {
                 if let Some(m) = &x.message {
-                    eprintln!("{}", mqlink::secret::redact(m));
+                    let _ = writeln!(std::io::stderr(), "{}", mqlink::secret::redact(m));
                 }
                 return ExitCode::from(x.code);
             }
             if !is_airbyte {
-                eprintln!("mqlink: {}", mqlink::secret::redact(&format!("{e:#}")));
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "mqlink: {}",
+                    mqlink::secret::redact(&format!("{e:#}"))
+                );
             }
             if e.downcast_ref::<cli::Usage>().is_some() {
                 ExitCode::from(2)

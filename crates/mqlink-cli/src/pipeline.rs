@@ -136,16 +136,20 @@ fn load_sql(file: &std::path::Path) -> Option<anyhow::Result<mqlink_pipeline::Pi
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     let p = load(&args.file, &args.cybus)?;
-    println!(
+    // A closed stdout (`| head -1`) is an error here, quiet in main.
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{}: valid: {} connection(s), {} source(s), {} sink(s)",
         args.file.display(),
         p.connections.len(),
         p.sources.len(),
         p.sinks.len()
-    );
+    )?;
     for (path, id) in p.client_ids() {
-        println!("  {path}: MQTT client id {id}");
+        writeln!(out, "  {path}: MQTT client id {id}")?;
     }
+    out.flush()?;
     Ok(())
 }
 

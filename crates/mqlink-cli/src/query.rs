@@ -3,6 +3,7 @@
 //! its /query on `http.listen` and printed as a table (as psql does) or as
 //! JSON lines.
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -68,7 +69,9 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     } else {
         table(&columns, &rows)
     };
-    print!("{out}");
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }
 

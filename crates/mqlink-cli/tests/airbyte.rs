@@ -489,3 +489,55 @@ fn at_most_once_writes_every_record_and_claims_no_confirmation() {
     }
     let _ = sub.kill();
 }
+
+/// A secret is never printed whatever its type: a password written as a
+/// number is a password (the pipeline files' rule), one written as a list
+/// is refused without being shown; a key without PEM armour is refused
+/// without being shown, and PEM text is written to files removed at exit.
+#[test]
+fn secrets_of_any_type_and_keys_without_armour_are_never_printed() {
+    let dir = testkit::TempDir::new().unwrap();
+    let tmp = testkit::TempDir::new().unwrap();
+    let port = testkit::free_port();
+    let run = |extra: Value| {
+        let cfg = config(dir.path(), port, extra);
+        let out = mqlink()
+            .args(["airbyte", "check", "--config"])
+            .arg(&cfg)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (
+            messages(&out.stdout).pop().unwrap()["connectionStatus"].clone(),
+            all,
+        )
+    };
+    for password in [
+        json!(84736251907u64),
+        json!([84736251907u64]),
+        json!({"p": 84736251907u64}),
+    ] {
+        let (s, all) = run(json!({ "username": "u", "password": password }));
+        assert_eq!(s["status"], "FAILED", "{s}");
+        assert!(!all.contains("84736251907"), "{all}");
+    }
+    let body = "TUlJRXZRSUJBREFOQmdrcWhraUc5dzBCQVFFRkFBU0NCS2N3Z2dTakFnRUFBb0lCQVFD";
+    let (s, all) = run(json!({"use_tls": true, "client_key": body}));
+    assert_eq!(s["status"], "FAILED", "{s}");
+    assert!(all.contains("client_key is neither a PEM block"), "{all}");
+    assert!(!all.contains(&body[..20]), "the key was echoed: {all}");
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+    let (s, all) = run(
+        json!({"use_tls": true, "client_key": pem, "ca_file": pem.replace("PRIVATE KEY", "CERTIFICATE")}),
+    );
+    assert_eq!(s["status"], "FAILED", "{s}");
+    assert!(!all.contains(&body[..20]), "the key was echoed: {all}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

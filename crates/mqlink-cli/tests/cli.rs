@@ -865,3 +865,50 @@ fn a_password_in_a_url_is_never_printed() {
         assert!(!all.contains("secretpw-77"), "{args:?}: {all}");
     }
 }
+
+/// A reader that goes away (`mqlink validate many.toml | head -1`) ends
+/// the command quietly: exit 0, no panic. The output is larger than a
+/// pipe's buffer, so mqlink is still writing when the pipe closes.
+#[test]
+fn a_closed_stdout_ends_validate_quietly() {
+    let dir = testkit::TempDir::new().unwrap();
+    let mut toml = String::from("[connections.c]\nbroker = \"mqtt://127.0.0.1:1883\"\n");
+    let n = 3_000;
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[sources.source_with_a_long_name_{i}]\ntype = \"mqtt\"\nconnection = \"c\"\ntopics = [\"a/{i}\"]\n"
+        ));
+    }
+    let inputs: Vec<String> = (0..n)
+        .map(|i| format!("\"source_with_a_long_name_{i}\""))
+        .collect();
+    toml.push_str(&format!(
+        "[sinks.f]\ntype = \"file\"\ninputs = [{}]\npath = \"x.jsonl\"\n",
+        inputs.join(", ")
+    ));
+    let file = testkit::write(dir.path(), "many.toml", &toml);
+    let mut child = mqlink()
+        .arg("validate")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe is closed.
+    assert!(first.contains("valid: 1 connection(s)"), "{first}");
+    let out = testkit::wait_output(&mut child, 60);
+    let err = text(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(141)),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}

@@ -849,3 +849,104 @@ resources:
     assert_eq!(got, want, "every message, once, in order");
     kill(sub);
 }
+
+/// Key material is never printed: a `clientPrivateKey` without PEM armour
+/// is refused without being echoed; PEM text is written to files 0600 in a
+/// private directory (0700) while the run lasts, removed when SIGTERM ends it.
+#[test]
+fn keys_are_never_echoed_and_their_files_are_private_and_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Mosquitto::with(MosquittoConfig {
+        tls: true,
+        require_certificate: true,
+        ..Default::default()
+    });
+    let certs = broker.certs.as_ref().unwrap();
+    let dir = testkit::TempDir::new().unwrap();
+    let tmp = testkit::TempDir::new().unwrap();
+    let pem = |p: &Path| serde_json::to_string(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let file = |ca: &str, cert: &str, key: &str| {
+        format!(
+            "metadata:\n  name: Keys Test\nresources:\n  conn:\n    type: Cybus::Connection\n    properties:\n      protocol: Mqtt\n      connection:\n        host: localhost\n        port: {}\n        scheme: mqtts\n        mutualAuthentication: true\n        caCert: {ca}\n        clientCert: {cert}\n        clientPrivateKey: {key}\n  ep:\n    type: Cybus::Endpoint\n    properties:\n      protocol: Mqtt\n      connection: !ref conn\n      subscribe:\n        topic: keys/test\n",
+            broker.tls_port.unwrap()
+        )
+    };
+    let body = "TUlJRXZRSUJBREFOQmdrcWhraUc5dzBCQVFFRkFBU0NCS2N3Z2dTakFnRUFBb0lCQVFD";
+    let bare = write(
+        dir.path(),
+        "bare.yml",
+        &file(&pem(&certs.ca), &pem(&certs.client_cert), body),
+    );
+    let out = mqlink()
+        .arg("validate")
+        .arg(&bare)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("clientPrivateKey is neither a PEM block")
+            && all.contains("nor a readable file"),
+        "{all}"
+    );
+    assert!(!all.contains(&body[..16]), "the key was echoed: {all}");
+    let temp_entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    assert!(
+        temp_entries().is_empty(),
+        "left after validate: {:?}",
+        temp_entries()
+    );
+
+    let inline = write(
+        dir.path(),
+        "inline.yml",
+        &file(
+            &pem(&certs.ca),
+            &pem(&certs.client_cert),
+            &pem(&certs.client_key),
+        ),
+    );
+    let internal = free_port();
+    let mut run = mqlink()
+        .arg("run")
+        .arg(&inline)
+        .args([
+            "--embedded-broker",
+            &format!("127.0.0.1:{internal}"),
+            "--quiet",
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(internal, &mut run);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dirs = temp_entries();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(mode(&dirs[0]), 0o700, "{dirs:?}");
+    let files: Vec<_> = std::fs::read_dir(&dirs[0])
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        temp_entries().is_empty(),
+        "left after the run: {:?}",
+        temp_entries()
+    );
+}

@@ -2063,3 +2063,146 @@ fn a_partial_last_line_is_cut_off_at_open() {
     expected.extend(0..10);
     assert_eq!(seqs_in(&[&out]), expected);
 }
+
+/// A pipeline reading 20,000 topics (as a plant's tag list gives them).
+fn many_topics(broker: &str, http: u16) -> String {
+    let topics: Vec<String> = (0..20_000)
+        .map(|i| format!("\"plant/line{}/tag{i}\"", i % 40))
+        .collect();
+    format!(
+        r#"
+[connections.b]
+broker = "{broker}"
+connect_timeout = 60
+[sources.s]
+type = "mqtt"
+connection = "b"
+topics = [{}]
+format = "raw_bytes"
+[sinks.f]
+type = "file"
+inputs = ["s"]
+path = "out.jsonl"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+        topics.join(", ")
+    )
+}
+
+/// 20,000 topics are subscribed and the source ready within seconds (the
+/// overlapping-filter cover compared every pair: minutes), and SIGTERM
+/// ends the run promptly.
+#[test]
+fn twenty_thousand_topics_are_ready_in_seconds() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &many_topics(&format!("mqtt://127.0.0.1:{}", broker.port), http),
+    );
+    let started = std::time::Instant::now();
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    let took = started.elapsed();
+    eprintln!("20,000 topics: ready after {took:?}");
+    assert!(took < Duration::from_secs(10), "ready after {took:?}");
+    let stopping = std::time::Instant::now();
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
+/// SIGTERM while a source is still starting (its broker accepted the
+/// connection and never answers) ends the run at once, exit 0.
+#[test]
+fn sigterm_while_starting_ends_the_run() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let dir = testkit::TempDir::new().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &many_topics(&format!("mqtt://127.0.0.1:{port}"), free_port()),
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    // Connected: the source is in its start, waiting for CONNACK.
+    accepted
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the source connects within seconds");
+    assert!(run.try_wait().unwrap().is_none());
+    let stopping = std::time::Instant::now();
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let took = stopping.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+}
+
+/// Durations and sizes far beyond any use, topic templates deeper than
+/// brokers take and keys given twice in YAML are refused when loaded,
+/// naming the key (and, for YAML, the line).
+#[test]
+fn absurd_values_deep_templates_and_duplicate_yaml_keys_are_refused() {
+    let dir = testkit::TempDir::new().unwrap();
+    let refused = |name: &str, body: &str| -> String {
+        let f = write(dir.path(), name, body);
+        let out = mqlink().arg("validate").arg(&f).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{name}: {}{err}",
+            text(&out.stdout)
+        );
+        err
+    };
+    let yaml = |source: &str, sink: &str| {
+        format!("connections:\n  c: {{ broker: \"mqtt://127.0.0.1:1883\" }}\nsources:\n  s: {{ type: mqtt, connection: c, topics: [\"a/#\"]{source} }}\nsinks:\n  out: {{ type: mqtt, connection: c, inputs: [s], topic: \"{sink}\" }}\n")
+    };
+    let e = refused(
+        "linger.yaml",
+        &yaml(", batch_timeout_ms: 18446744073709551615", "b/{device}"),
+    );
+    assert!(
+        e.contains(
+            "sources.s.batch_timeout_ms: 18446744073709551615 is more than the maximum, 86400000"
+        ),
+        "{e}"
+    );
+    let e = refused(
+        "batch.yaml",
+        &yaml(", batch_size: 1000000000000", "b/{device}"),
+    );
+    assert!(
+        e.contains("sources.s.batch_size: 1000000000000 is more than the maximum, 100000"),
+        "{e}"
+    );
+    let deep = format!("{}/{{device}}", vec!["l"; 1_000].join("/"));
+    let e = refused("deep.yaml", &yaml("", &deep));
+    assert!(
+        e.contains("sinks.out.topic") && e.contains("at most 201"),
+        "{e}"
+    );
+    let twice = "connections:\n  c: { broker: \"mqtt://127.0.0.1:1883\" }\nsources:\n  s: { type: mqtt, connection: c, topics: [\"a/#\"] }\n  s: { type: mqtt, connection: c, topics: [\"b/#\"] }\nsinks:\n  f: { type: file, inputs: [s], path: x }\n";
+    let e = refused("twice.yaml", twice);
+    assert!(
+        e.contains("twice.yaml") && e.contains("duplicate entry with key \"s\" at line 4"),
+        "{e}"
+    );
+}

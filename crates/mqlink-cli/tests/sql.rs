@@ -513,6 +513,63 @@ fn validate_names_statement_line_and_key() {
     );
 }
 
+/// Queries nested deeper than a planner's stack takes (long chains of
+/// `+`, `OR`, `AND`, `UNION ALL`, views of views) are refused with the
+/// limit, at once, instead of overflowing the stack.
+#[test]
+fn deep_queries_are_refused_quickly_naming_the_limit() {
+    let chain = |op: &str, n: usize| vec!["temp"; n].join(op);
+    let views: String = (1..=3_000)
+        .map(|i| format!("CREATE VIEW v{i} AS SELECT * FROM v{};\n", i - 1))
+        .collect();
+    let cases = [
+        ("5,000 +", format!("{BASE}INSERT INTO f SELECT {} AS x FROM t;", chain(" + ", 5_000))),
+        ("5,000 OR", format!("{BASE}INSERT INTO f SELECT id FROM t WHERE {};", chain(" > 1 OR ", 5_000) + " > 1")),
+        ("20,000 AND", format!("{BASE}INSERT INTO f SELECT id FROM t WHERE {};", chain(" > 1 AND ", 20_000) + " > 1")),
+        ("5,000 UNION ALL", format!("{BASE}INSERT INTO f {};", vec!["SELECT id FROM t"; 5_000].join(" UNION ALL "))),
+        ("3,000 views", format!("{BASE}CREATE VIEW v0 AS SELECT * FROM t;\n{views}INSERT INTO f SELECT * FROM v3000;")),
+        ("a bare SELECT", format!("{BASE}SELECT {} FROM t;", chain(" + ", 5_000))),
+    ];
+    for (what, sql) in cases {
+        let started = Instant::now();
+        let (valid, out) = validate(&sql);
+        let took = started.elapsed();
+        assert!(!valid, "{what}: {out}");
+        assert!(
+            out.contains("plans at most "),
+            "{what}: {}",
+            &out[..out.len().min(2000)]
+        );
+        assert!(
+            !out.contains("overflow") && !out.contains("panicked"),
+            "{what}: {out}"
+        );
+        // A second of work at most; the bound leaves room for a loaded machine.
+        assert!(took < Duration::from_secs(5), "{what}: {took:?}");
+        eprintln!("{what}: refused in {took:?}");
+    }
+    // Moderate depth still plans: 100 terms, 50 UNION ALLs, 20 views.
+    let views: String = (1..=20)
+        .map(|i| format!("CREATE VIEW v{i} AS SELECT * FROM v{};\n", i - 1))
+        .collect();
+    for sql in [
+        format!(
+            "{BASE}INSERT INTO f SELECT {} AS x FROM t;",
+            chain(" + ", 100)
+        ),
+        format!(
+            "{BASE}INSERT INTO f {};",
+            vec!["SELECT id FROM t"; 50].join(" UNION ALL ")
+        ),
+        format!(
+            "{BASE}CREATE VIEW v0 AS SELECT * FROM t;\n{views}INSERT INTO f SELECT * FROM v20;"
+        ),
+    ] {
+        let (valid, out) = validate(&sql);
+        assert!(valid, "{out}");
+    }
+}
+
 /// What a stream cannot compute is refused when validated, by name.
 #[test]
 fn unsupported_sql_is_refused_by_name() {

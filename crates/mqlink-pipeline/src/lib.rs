@@ -31,6 +31,7 @@ pub mod connectors;
 pub mod cybus;
 pub mod http;
 pub mod logs;
+pub mod pem;
 pub mod redelivery;
 pub mod relay;
 mod run;

@@ -47,6 +47,30 @@ pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> Config
     }
 }
 
+/// Refuses `value` of `key` above `max` (`unit` says what `max` counts):
+/// a duration or size far beyond any use would stall a run (a batch that
+/// waits forever) or take memory it cannot have, long after it loaded.
+pub(crate) fn at_most<T: PartialOrd + std::fmt::Display>(
+    path: &str,
+    key: &str,
+    value: T,
+    max: T,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(err(
+            format!("{path}.{key}"),
+            format!("{value} is more than the maximum, {max} {unit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Records in one batch at most (a source's, a PostgreSQL sink's).
+pub const MAX_BATCH_SIZE: usize = 100_000;
+/// A day in milliseconds: the longest a batch may wait for more records.
+pub const MAX_BATCH_TIMEOUT_MS: u64 = 86_400_000;
+
 /// The validated pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -275,13 +299,18 @@ pub(crate) fn json_format() -> String {
 /// A secret may be written as a number (`password = 987654321`); an error
 /// never shows the value.
 fn secret_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<Json>::deserialize(d)? {
+    secret_text(Option::<Json>::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// The text of a secret's value: a string, or a number or boolean written
+/// without quotes (`password = 1234`); anything else is refused without
+/// being shown, whatever its type.
+pub fn secret_text(v: Option<Json>) -> Result<Option<String>, &'static str> {
+    match v {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some(s)),
         Some(v @ (Json::Number(_) | Json::Bool(_))) => Ok(Some(v.to_string())),
-        Some(_) => Err(serde::de::Error::custom(
-            "expected a string (the value is not shown: it is a secret)",
-        )),
+        Some(_) => Err("expected a string (the value is not shown: it is a secret)"),
     }
 }
 
@@ -363,7 +392,11 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
     let mut tree: Json = if yaml {
-        serde_yaml::from_str(text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?
+        let invalid = |e: serde_yaml::Error| err("(file)", format!("invalid YAML: {e}"));
+        // A key given twice is an error, as in TOML: YAML's own mapping
+        // refuses it (with its line), a JSON map would keep the last.
+        serde_yaml::from_str::<serde_yaml::Value>(text).map_err(invalid)?;
+        serde_yaml::from_str(text).map_err(invalid)?
     } else {
         toml::from_str(text).map_err(|e| err("(file)", format!("invalid TOML: {e}")))?
     };

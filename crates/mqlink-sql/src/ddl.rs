@@ -94,6 +94,7 @@ pub fn parse(text: &str) -> Result<Vec<Located>, SqlError> {
         }
         let line = start.span.start.line;
         let stmt = statement(&mut p).map_err(|e| SqlError::syntax(line, e))?;
+        shallow(&stmt).map_err(|message| SqlError::Syntax { line, message })?;
         out.push(Located { line, stmt });
         let next = p.peek_token();
         if !matches!(next.token, Token::SemiColon | Token::EOF) {
@@ -107,6 +108,20 @@ pub fn parse(text: &str) -> Result<Vec<Located>, SqlError> {
         }
     }
     Ok(out)
+}
+
+/// Whether a statement is shallow enough for what walks it next.
+fn shallow(stmt: &Stmt) -> Result<(), String> {
+    match stmt {
+        Stmt::View { query, .. } | Stmt::Insert { query, .. } | Stmt::Sink { query, .. } => {
+            crate::depth::of_query(query, &|_: &str| Default::default()).map(|_| ())
+        }
+        Stmt::Table {
+            watermark: Some(w), ..
+        } => crate::depth::check_expr(&w.expr),
+        Stmt::Other(s) => crate::depth::check_statement(s),
+        Stmt::Connection { .. } | Stmt::Table { .. } => Ok(()),
+    }
 }
 
 /// Flink's window TVFs take their table as `TUMBLE(TABLE t, …)` (or

@@ -28,6 +28,7 @@
 pub mod aggregate;
 pub mod compile;
 pub mod ddl;
+pub mod depth;
 pub mod json;
 pub mod plan;
 pub mod query;
@@ -120,9 +121,17 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
 }
 
 /// Compiles SQL text; `env` looks up `${VAR}`s in option values.
-pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
-    let statements = ddl::parse(text)?;
-    compile::compile(statements, env)
+pub fn parse(
+    text: &str,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Pipeline, ConfigError> {
+    // Parsed, planned and dropped where deep trees fit (see [`depth`]).
+    depth::on_deep_stack(|| compile::compile(ddl::parse(text)?, env)).map_err(|message| {
+        ConfigError {
+            path: "SQL".into(),
+            message,
+        }
+    })?
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ pub struct Catalog {
     planners: Vec<Arc<dyn ExprPlanner>>,
     /// `system.*` tables are readable (`mqlink query`), and nothing else.
     system: bool,
+    /// How deep each view nests (see [`crate::depth`]).
+    view_depths: HashMap<String, crate::depth::Nesting>,
 }
 
 impl Default for Catalog {
@@ -127,6 +129,7 @@ impl Default for Catalog {
                 Arc::new(crate::json::JsonOperators),
             ],
             system: false,
+            view_depths: HashMap::new(),
         }
     }
 }
@@ -171,8 +174,9 @@ impl Catalog {
 
     /// Plans a view's query and makes it readable by later queries.
     pub fn add_view(&mut self, name: &str, query: &Query) -> Result<(), String> {
-        let plan = self.plan(query)?;
+        let (plan, depth) = self.plan_with_depth(query)?;
         self.tables.insert(name.to_string(), Arc::new(View(plan)));
+        self.view_depths.insert(name.to_string(), depth);
         Ok(())
     }
 
@@ -182,6 +186,18 @@ impl Catalog {
 
     /// The logical plan of a query, types coerced.
     pub fn plan(&self, query: &Query) -> Result<LogicalPlan, String> {
+        self.plan_with_depth(query).map(|(plan, _)| plan)
+    }
+
+    /// The plan and how deep the query nests, the views it reads included:
+    /// refused before DataFusion recurses over a tree too deep.
+    fn plan_with_depth(
+        &self,
+        query: &Query,
+    ) -> Result<(LogicalPlan, crate::depth::Nesting), String> {
+        let depth = crate::depth::of_query(query, &|name: &str| {
+            self.view_depths.get(name).copied().unwrap_or_default()
+        })?;
         // Names as written: JSON fields are case-sensitive (`deviceId`).
         let options = ParserOptions {
             enable_ident_normalization: false,
@@ -195,6 +211,7 @@ impl Catalog {
             .map_err(|e| clean(e.to_string()))?;
         Analyzer::new()
             .execute_and_check(plan, &self.options, |_, _| {})
+            .map(|plan| (plan, depth))
             .map_err(|e| clean(e.to_string()))
     }
 }

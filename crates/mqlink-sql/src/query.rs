@@ -118,10 +118,18 @@ pub fn handler() -> QueryHandler {
     })
 }
 
-/// Runs one SELECT over the tables.
+/// Runs one SELECT over the tables: parsed and planned where deep trees
+/// fit (see [`crate::depth`]).
 pub fn query(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
+    crate::depth::on_deep_stack(|| query_here(sql, tables))?
+}
+
+fn query_here(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
     let mut statements =
         Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| syntax(e.to_string()))?;
+    for s in &statements {
+        crate::depth::check_statement(s)?;
+    }
     let q = match (statements.pop(), statements.is_empty()) {
         (Some(Statement::Query(q)), true) => q,
         (None, _) => return Err("no query".into()),
@@ -591,6 +599,22 @@ mod tests {
 
     fn error(sql: &str) -> String {
         query(sql, &tables()).unwrap_err()
+    }
+
+    /// A query nested deeper than the planner takes is an error, not an
+    /// abort of the process (/query serves it on a runtime thread).
+    #[test]
+    fn deep_queries_are_errors() {
+        for n in [1_000, 20_000] {
+            let plus = format!("SELECT {} AS x", vec!["1"; n].join(" + "));
+            assert!(error(&plus).contains("plans at most 256"), "{n}");
+            let union = vec!["SELECT 1 AS x"; n].join(" UNION ALL ");
+            assert!(error(&union).contains("plans at most 256"), "{n}");
+        }
+        assert_eq!(
+            rows(&format!("SELECT {} AS x", vec!["1"; 100].join(" + ")))[0][0],
+            100
+        );
     }
 
     #[test]

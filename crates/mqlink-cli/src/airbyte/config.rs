@@ -110,24 +110,16 @@ fn pem_or_path(v: &Value, key: &str) -> Result<Option<String>, String> {
             ))
         }
     };
-    if !value.contains("-----BEGIN") {
-        return Ok(Some(value.clone()));
-    }
-    let path =
-        std::env::temp_dir().join(format!("mqlink-airbyte-{}-{key}.pem", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        f.write_all(value.as_bytes())
-    };
-    write().map_err(|e| format!("{key}: cannot write the PEM to {}: {e}", path.display()))?;
-    Ok(Some(path.display().to_string()))
+    mqlink_pipeline::pem::pem_or_path(value, key, &format!("airbyte-{key}"))
+        .map(|p| Some(p.display().to_string()))
+}
+
+/// A secret (`airbyte_secret` in the spec): the pipeline files' rule, so
+/// that its value is never shown whatever its type.
+fn get_secret(v: &Value, key: &str) -> Result<Option<Secret>, String> {
+    mqlink_pipeline::spec::secret_text(v.get(key).cloned())
+        .map(|s| s.map(Secret::new))
+        .map_err(|m| format!("{key}: {m}"))
 }
 
 impl AirbyteConfig {
@@ -176,7 +168,7 @@ impl AirbyteConfig {
             broker_port,
             use_tls: get_bool(v, "use_tls", false)?,
             username: get_str(v, "username")?,
-            password: get_str(v, "password")?.map(Secret::new),
+            password: get_secret(v, "password")?,
             topic_pattern,
             topic_test,
             // The spec says `client`; the original's code read `client_id`: accept both.

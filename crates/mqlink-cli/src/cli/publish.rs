@@ -1,6 +1,7 @@
 //! `mqlink pub`: publish messages and exit 0 only when the broker confirmed
 //! every one. With `-l`, each line of stdin is published as it arrives.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -277,7 +278,8 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
         tracing::warn!(unconfirmed = failed, "Interrupted.");
     }
     if args.stats || args.conn.debug {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "mqlink pub: {} messages confirmed in {secs:.3} s ({:.0} messages/s){}",
             sent - failed,
             (sent - failed) as f64 / secs.max(1e-9),

@@ -371,7 +371,7 @@ fn print(args: &SubArgs, template: Option<&Template>, d: &Record, buf: &mut Vec<
         let quiet = args.conn.quiet;
         t.render(&m, args.pretty, buf, &mut |e| {
             if !quiet {
-                eprintln!("{e}");
+                let _ = writeln!(std::io::stderr(), "{e}");
             }
         });
         if eol {

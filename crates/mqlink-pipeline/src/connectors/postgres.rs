@@ -80,6 +80,13 @@ impl PostgresSinkConfig {
         if self.batch_size == 0 {
             return Err(err(format!("{path}.batch_size"), "must be at least 1"));
         }
+        crate::spec::at_most(
+            path,
+            "batch_size",
+            self.batch_size,
+            crate::spec::MAX_BATCH_SIZE,
+            "rows",
+        )?;
         let schema_of = |n: &String| ctx.source(n).and_then(|s| s.schema());
         let first = schema_of(&inputs[0]);
         for (i, input) in inputs.iter().enumerate() {

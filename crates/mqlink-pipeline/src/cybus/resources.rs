@@ -723,7 +723,7 @@ impl Ctx<'_> {
 }
 
 /// A certificate or key: Connectware takes the PEM text itself, mqlink a
-/// file; PEM text is written to a private file, anything else is a path.
+/// file (see [`crate::pem`]).
 fn pem_file(
     v: &str,
     service: &str,
@@ -731,29 +731,9 @@ fn pem_file(
     key: &str,
     path: &str,
 ) -> Result<String, ConfigError> {
-    if !v.contains("-----BEGIN") {
-        return Ok(v.to_string());
-    }
-    let dir = std::env::temp_dir().join(format!("mqlink-cybus-{service}-{}", std::process::id()));
-    let write = || -> std::io::Result<String> {
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join(format!("{conn}-{key}.pem"));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        std::io::Write::write_all(&mut opts.open(&file)?, v.as_bytes())?;
-        Ok(file.display().to_string())
-    };
-    write().map_err(|e| {
-        err(
-            path,
-            format!(
-                "cannot write the PEM text to a file in {}: {e}",
-                dir.display()
-            ),
-        )
-    })
+    crate::pem::pem_or_path(v, key, &format!("{service}-{conn}-{key}"))
+        .map(|f| f.display().to_string())
+        .map_err(|m| err(path, m))
 }
 
 /// `protocol: Mqtt`, or an error naming what mqlink runs (`connections`, `endpoints`).

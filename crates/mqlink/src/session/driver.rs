@@ -514,17 +514,23 @@ impl Driver {
         }
         let mut granted = Vec::with_capacity(subs.len());
         let mut refused = None;
+        // By filter: a SUBSCRIBE of 20,000 filters is not 20,000 scans.
+        let mut at: std::collections::HashMap<String, usize> = self
+            .subscriptions
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (x.filter.clone(), i))
+            .collect();
         for (sub, &code) in subs.iter().zip(&s.codes) {
             match QoS::from_u8(code) {
                 Some(q) => {
                     granted.push(q);
-                    match self
-                        .subscriptions
-                        .iter_mut()
-                        .find(|x| x.filter == sub.filter)
-                    {
-                        Some(x) => *x = sub.clone(),
-                        None => self.subscriptions.push(sub.clone()),
+                    match at.get(&sub.filter) {
+                        Some(&i) => self.subscriptions[i] = sub.clone(),
+                        None => {
+                            at.insert(sub.filter.clone(), self.subscriptions.len());
+                            self.subscriptions.push(sub.clone());
+                        }
                     }
                     debug!(filter = %sub.filter, granted = %q, "Subscribed.");
                 }

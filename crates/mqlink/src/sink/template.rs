@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::{RecordValue, SinkRecord};
-use crate::topic::{validate_topic_name, TopicError};
+use crate::topic::{check_levels, validate_topic_name, TopicError, MAX_LEVELS};
 
 #[derive(Clone, Debug, PartialEq)]
 enum Part {
@@ -126,6 +126,32 @@ impl TopicTemplate {
         if parts.iter().all(|p| matches!(p, Part::Literal(_))) {
             validate_topic_name(template).map_err(|e| invalid(&e.to_string()))?;
         }
+        // Its literal text alone must leave room: placeholders only add.
+        let literal: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Literal(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect();
+        let (len, slashes) = (
+            literal.iter().map(|l| l.len()).sum::<usize>(),
+            literal
+                .iter()
+                .map(|l| l.matches('/').count())
+                .sum::<usize>(),
+        );
+        if len > 65_535 {
+            return Err(invalid(&format!(
+                "its text is {len} bytes; a topic is at most 65535"
+            )));
+        }
+        if slashes >= MAX_LEVELS {
+            return Err(invalid(&format!(
+                "{} levels; at most {MAX_LEVELS} (Mosquitto refuses deeper topics)",
+                slashes + 1
+            )));
+        }
         Ok(TopicTemplate {
             source: template.to_owned(),
             parts,
@@ -193,10 +219,12 @@ impl TopicTemplate {
             }
         }
         if self.topic {
-            validate_topic_name(&out).map_err(|error| TemplateError::InvalidTopic {
-                template: self.source.clone(),
-                error,
-            })?;
+            validate_topic_name(&out)
+                .and_then(|()| check_levels(&out))
+                .map_err(|error| TemplateError::InvalidTopic {
+                    template: self.source.clone(),
+                    error,
+                })?;
         }
         Ok(out)
     }

@@ -55,7 +55,7 @@ use crate::format::{Format, FormatError, Value};
 use crate::options::{ConnectOptions, OptionsError};
 use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
 use crate::topic::{
-    disjoint_cover, intersects, validate_filter, validate_topic_name, TopicError, TopicFilter,
+    disjoint_cover_groups, validate_filter, validate_topic_name, TopicError, TopicFilter,
 };
 use crate::types::{Protocol, QoS};
 use crate::PublishProperties;
@@ -170,19 +170,17 @@ impl SourceConfig {
             (None, n) if n > 1 => self.connection.client_id.clone(),
             _ => None,
         };
-        disjoint_cover(&filters)
+        disjoint_cover_groups(&filters)
             .into_iter()
-            .map(|f| {
-                let mut options = self
-                    .subscriptions
-                    .iter()
+            .map(|(f, members)| {
+                // The filters it covers are the only ones it intersects.
+                let covered = members.iter().map(|&i| &self.subscriptions[i]);
+                let mut options = covered
+                    .clone()
                     .find(|s| s.filter == f)
                     .map(|s| s.options)
                     .unwrap_or(crate::SubscribeOptions::qos(QoS::AtMostOnce));
-                options.qos = self
-                    .subscriptions
-                    .iter()
-                    .filter(|s| intersects(&f, &s.filter))
+                options.qos = covered
                     .map(|s| s.options.qos)
                     .max()
                     .unwrap_or(QoS::AtLeastOnce);
@@ -465,7 +463,10 @@ impl MqttSource {
             .iter()
             .map(|s| s.filter.clone())
             .collect();
-        let merged = disjoint_cover(&asked).iter().any(|f| !asked.contains(f));
+        // Local matching is needed only where a merge made a filter no one asked for.
+        let merged = disjoint_cover_groups(&asked)
+            .iter()
+            .any(|(f, m)| !m.iter().any(|&i| asked[i] == *f));
         let filters: Vec<TopicFilter> = if merged {
             asked
                 .into_iter()

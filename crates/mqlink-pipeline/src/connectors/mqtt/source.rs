@@ -17,8 +17,9 @@ use serde_json::Value as Json;
 use crate::batch::{Item, Origin};
 use crate::connectors::Outputs;
 use crate::spec::{
-    batch_size, connection, err, json_format, one_u16, qos, qos1, schema, typed, ConfigError,
-    ConnectionConfig, Context, OneOrMany, SourceConfig,
+    at_most, batch_size, connection, err, json_format, one_u16, qos, qos1, schema, typed,
+    ConfigError, ConnectionConfig, Context, OneOrMany, SourceConfig, MAX_BATCH_SIZE,
+    MAX_BATCH_TIMEOUT_MS,
 };
 use crate::status::{Component, Mqtt, State};
 
@@ -161,6 +162,20 @@ impl MqttSourceConfig {
         if self.batch_size == 0 {
             return Err(err(format!("{path}.batch_size"), "must be at least 1"));
         }
+        at_most(
+            path,
+            "batch_size",
+            self.batch_size,
+            MAX_BATCH_SIZE,
+            "records",
+        )?;
+        at_most(
+            path,
+            "batch_timeout_ms",
+            self.batch_timeout_ms,
+            MAX_BATCH_TIMEOUT_MS,
+            "ms (a day)",
+        )?;
         if self.parallelism == 0 {
             return Err(err(format!("{path}.parallelism"), "must be at least 1"));
         }
