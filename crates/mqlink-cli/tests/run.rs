@@ -1685,14 +1685,37 @@ fn sigkill_with_100000_in_the_buffer_and_postgres_down_delivers_each_once() {
     let all: Vec<String> = (0..N).map(reading).collect();
     // In chunks the broker's queue (1,000) can hold, each acknowledged
     // into the buffer before the next: the broker drops nothing whatever
-    // the machine's load, so what follows tests the buffer alone.
+    // the machine's load, so what follows tests the buffer alone. One
+    // `mqlink pub -l` takes the chunks as they are written.
+    let mut publisher = mqlink()
+        .args([
+            "pub",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{id}/a"),
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
     for (i, chunk) in all.chunks(1_000).enumerate() {
-        publish(broker.port, &format!("{id}/a"), chunk);
+        use std::io::Write;
+        stdin
+            .write_all((chunk.join("\n") + "\n").as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
         let want = ((i + 1) * 1_000) as u64;
         wait_until(60, "the chunk in the buffer", || {
             gauge(http, "mqlink_source_buffer_entries") >= want
         });
     }
+    drop(stdin);
+    assert!(publisher.wait().unwrap().success());
     assert!(gauge(http, "mqlink_source_buffer_bytes") > 5_000_000);
     signal(&run, "-KILL");
     run.wait().unwrap();
