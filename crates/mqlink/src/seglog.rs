@@ -340,7 +340,7 @@ fn read_entry(r: &mut impl Read, left: u64, buf: &mut Vec<u8>) -> io::Result<Opt
     r.read_exact(&mut head)?;
     let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-    if len < META || len > MAX_ENTRY || (HEAD + len) as u64 > left {
+    if !(META..=MAX_ENTRY).contains(&len) || (HEAD + len) as u64 > left {
         return Ok(None);
     }
     buf.resize(len, 0);

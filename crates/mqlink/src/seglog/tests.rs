@@ -12,7 +12,7 @@ fn entry(i: u32) -> Entry {
             payload: format!("payload {i}").into(),
             qos: QoS::AtLeastOnce,
             retain: false,
-            dup: i % 2 == 0,
+            dup: i.is_multiple_of(2),
             pkid: (i % 60_000 + 1) as u16,
             properties: Some(Box::new(PublishProperties {
                 content_type: Some("text/plain".into()),
