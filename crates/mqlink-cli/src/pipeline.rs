@@ -100,6 +100,7 @@ fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipe
             return Err(usage(format!("--param {name}: parameters belong to Cybus commissioning files; a .sql file takes ${{VAR}} from the environment")));
         }
         let mut p = p?;
+        p.state_dir_next_to(file);
         if let Some(l) = &cybus.embedded_broker {
             p.embedded_broker.listen = Some(l.clone());
         }
@@ -198,6 +199,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "  {} records acknowledged in {secs:.3} s from the first record to the last acknowledgement ({:.0} records/s)",
                 report.acknowledged,
                 report.acknowledged as f64 / secs.max(1e-9)
+            );
+        }
+        if report.buffered > 0 {
+            let _ = writeln!(
+                err,
+                "  {} messages wait in the local buffers (acknowledged to the broker, on disk); the next start delivers them first",
+                report.buffered
             );
         }
         if report.skipped > 0 {

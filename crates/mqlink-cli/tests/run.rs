@@ -2206,3 +2206,310 @@ fn absurd_values_deep_templates_and_duplicate_yaml_keys_are_refused() {
         "{e}"
     );
 }
+
+/// A pipeline from MQTT (3.1.1, the default) into PostgreSQL, as a user
+/// writes it, with `connection` and `source` lines added to those tables
+/// (the local buffer's settings are the defaults unless `source` says
+/// otherwise).
+fn pg_pipeline(
+    dir: &Path,
+    broker: u16,
+    pg: &Postgres,
+    id: &str,
+    http: u16,
+    connection: &str,
+    source: &str,
+) -> std::path::PathBuf {
+    write(
+        dir,
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{broker}"
+client_id = "{id}"
+clean_session = false
+{connection}
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{id}/#"]
+schema = {{ device_id = "text", seq = "bigint", timestamp = "timestamp", temperature = "double", humidity = "double" }}
+{source}
+[sinks.db]
+type = "postgres"
+inputs = ["telemetry"]
+url = "{url}"
+table = "readings"
+create_table = true
+primary_key = ["device_id", "seq"]
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            url = pg.url()
+        ),
+    )
+}
+
+/// Written out: the buffer tests are about MQTT 3.1.1, whatever the default.
+const RECONNECT: &str = "reconnect_interval = 0.2\nprotocol = \"3.1.1\"";
+
+/// Rows are exactly messages 0..n: none missing, none twice (the primary
+/// key would refuse a second copy; the count says none is missing).
+fn assert_exactly(pg: &Postgres, n: usize) {
+    assert_eq!(pg.count("readings"), n);
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT seq) FROM readings"),
+        n.to_string()
+    );
+    assert_eq!(
+        pg.psql("SELECT min(seq) || ',' || max(seq) FROM readings"),
+        format!("0,{}", n - 1)
+    );
+}
+
+/// The local buffer (on by default on MQTT 3.1.1): 100,000 messages are
+/// acknowledged into it while PostgreSQL is down (Mosquitto, with its
+/// default window of 20 and queue of 1,000, could hold only ~1,000), then
+/// `mqlink run` is SIGKILLed and a torn entry is written at the log's tail
+/// (half an entry, as a crash mid-write leaves it). With PostgreSQL back,
+/// the next run cuts the torn entry and delivers every message once.
+#[test]
+fn sigkill_with_100000_in_the_buffer_and_postgres_down_delivers_each_once() {
+    let broker = Mosquitto::start();
+    let mut pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("buf");
+    let http = free_port();
+    let cfg = pg_pipeline(dir.path(), broker.port, &pg, &id, http, RECONNECT, "");
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_ready(http, &mut run);
+    wait_until(30, "the table", || {
+        pg.psql("SELECT to_regclass('readings') IS NOT NULL") == "t"
+    });
+    pg.kill();
+    const N: usize = 100_000;
+    let all: Vec<String> = (0..N).map(reading).collect();
+    // In chunks the broker's queue (1,000) can hold, each acknowledged
+    // into the buffer before the next: the broker drops nothing whatever
+    // the machine's load, so what follows tests the buffer alone. One
+    // `mqlink pub -l` takes the chunks as they are written.
+    let mut publisher = mqlink()
+        .args([
+            "pub",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{id}/a"),
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    for (i, chunk) in all.chunks(1_000).enumerate() {
+        use std::io::Write;
+        stdin
+            .write_all((chunk.join("\n") + "\n").as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        let want = ((i + 1) * 1_000) as u64;
+        wait_until(60, "the chunk in the buffer", || {
+            metric(http, "mqlink_source_buffer_entries") >= want
+        });
+    }
+    drop(stdin);
+    assert!(publisher.wait().unwrap().success());
+    assert!(metric(http, "mqlink_source_buffer_bytes") > 5_000_000);
+    signal(&run, "-KILL");
+    run.wait().unwrap();
+    let logdir = dir
+        .path()
+        .join(format!("mqlink-state/buffer/{id}-telemetry"));
+    let mut segs: Vec<_> = std::fs::read_dir(&logdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().expect("a segment");
+    let first_bytes = std::fs::read(&segs[0]).unwrap();
+    let len = u32::from_le_bytes(first_bytes[..4].try_into().unwrap()) as usize;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+        f.write_all(&first_bytes[..(8 + len) / 2]).unwrap();
+    }
+    pg.restart();
+    let mut run = start(&cfg, dir.path(), &[]);
+    wait_until(120, "every row", || pg.count("readings") >= N);
+    wait_until(30, "the buffer drained", || {
+        metric(http, "mqlink_source_buffer_entries") == 0
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("torn or corrupt entry"), "{err}");
+    assert_exactly(&pg, N);
+}
+
+/// A full buffer (1 MiB, PostgreSQL down) stops acknowledging: the source
+/// takes nothing more, the messages in its session's window stay
+/// unacknowledged, `/ready` says why; nothing is dropped — with
+/// PostgreSQL back every message arrives, once.
+#[test]
+fn a_full_buffer_back_pressures_the_broker_and_drops_nothing() {
+    let broker = Mosquitto::start();
+    let mut pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("full");
+    let http = free_port();
+    let cfg = pg_pipeline(
+        dir.path(),
+        broker.port,
+        &pg,
+        &id,
+        http,
+        RECONNECT,
+        "buffer = { max_bytes = 1048576 }",
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    wait_until(30, "the table", || {
+        pg.psql("SELECT to_regclass('readings') IS NOT NULL") == "t"
+    });
+    pg.kill();
+    // ~1 KiB a message: the buffer holds ~1,100; 2,000 fill it and the
+    // session's window (Mosquitto 2.0 sends a 3.1.1 client far more than
+    // max_inflight_messages = 20 here), the rest waits at the broker.
+    const N: usize = 2_000;
+    let pad = "x".repeat(900);
+    let all: Vec<String> = (0..N)
+        .map(|i| reading(i).replace('}', &format!(r#","pad":"{pad}"}}"#)))
+        .collect();
+    let port = broker.port;
+    let topic = format!("{id}/a");
+    let publisher = std::thread::spawn(move || {
+        testkit::mosquitto_pub_lines(port, &topic, 1, &all);
+    });
+    let full = "sources.telemetry: local buffer full";
+    wait_until(60, "/ready: the buffer is full", || {
+        http_get(http, "/ready").is_some_and(|(c, b)| c == 503 && b.contains(full))
+    });
+    // What the source holds: entries in the buffer and messages in the
+    // session's window, unacknowledged. Both stay put while it is full.
+    let held = || {
+        let (_, why) = http_get(http, "/ready").unwrap();
+        let window: u64 = why
+            .split("the broker's window holds ")
+            .nth(1)
+            .and_then(|w| w.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{why}"));
+        (metric(http, "mqlink_source_buffer_entries"), window, why)
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (entries, window, why) = held();
+    assert!(
+        (500..N as u64).contains(&entries),
+        "{entries} entries: {why}"
+    );
+    assert!(window > 0, "the window is full: {why}");
+    assert!(entries + window <= N as u64, "{entries} + {window}: {why}");
+    assert!(metric(http, "mqlink_source_buffer_bytes") <= 2 * 1_048_576);
+    assert_eq!(metric(http, "mqlink_source_buffer_full"), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let (entries2, window2, why) = held();
+    assert_eq!(
+        (entries2, window2),
+        (entries, window),
+        "nothing more taken: {why}"
+    );
+    pg.restart();
+    publisher.join().unwrap();
+    wait_until(60, "every row", || pg.count("readings") >= N);
+    wait_until(20, "/ready 200 again", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    assert_exactly(&pg, N);
+}
+
+/// Issue 23's burst with the default configuration (on MQTT 3.1.1, written
+/// out whatever the default protocol is): 20,000 QoS 1 messages
+/// from `mosquitto_pub -l` as fast as it goes, against a Mosquitto with its
+/// defaults (window 20, queue 1,000), on MQTT 3.1.1 into PostgreSQL. Beside
+/// a live `mosquitto_sub -q 1` control: wherever the control gets every
+/// message, mqlink does; it never gets fewer than the control.
+#[test]
+fn a_burst_on_3_1_1_into_postgres_loses_nothing_by_default() {
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let id = unique_id("burst");
+    let http = free_port();
+    let cfg = pg_pipeline(
+        dir.path(),
+        broker.port,
+        &pg,
+        &id,
+        http,
+        r#"protocol = "3.1.1""#,
+        "",
+    );
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    let (mut control, rx) = mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{id}/#"),
+        "-t",
+        &format!("{id}-probe"),
+        "-q",
+        "1",
+    ]);
+    wait_until(30, "the table", || {
+        pg.psql("SELECT to_regclass('readings') IS NOT NULL") == "t"
+    });
+    // The control has subscribed once it gets a probe (on a topic mqlink
+    // does not read).
+    wait_until(30, "the control subscribed", || {
+        testkit::mosquitto_pub(&[
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("{id}-probe"),
+            "-m",
+            "probe",
+        ]);
+        rx.recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|l| l == "probe")
+    });
+    while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    const N: usize = 20_000;
+    let all: Vec<String> = (0..N).map(reading).collect();
+    testkit::mosquitto_pub_lines(broker.port, &format!("{id}/a"), 1, &all);
+    let mut got = 0;
+    while rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+        got += 1;
+    }
+    let _ = control.kill();
+    let _ = control.wait();
+    wait_until(60, "mqlink at least as many as the control", || {
+        pg.count("readings") >= got.min(N)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&run, "-TERM");
+    assert!(wait_output(&mut run, 30).status.success());
+    let rows = pg.count("readings");
+    eprintln!("burst of {N}: control {got}, mqlink {rows}");
+    assert!(rows >= got, "mqlink {rows} < control {got}");
+    if got == N {
+        assert_exactly(&pg, N);
+    }
+}

@@ -108,6 +108,9 @@ pub struct Report {
     pub unconfirmed: u64,
     /// Messages the embedded broker had accepted and not delivered when it stopped.
     pub undelivered: usize,
+    /// Messages left in the sources' local buffers: acknowledged to the
+    /// broker, safe on disk, and read first on the next start.
+    pub buffered: u64,
     pub shutdown_timeout: f64,
     /// A component that failed: `sinks.NAME: why`.
     pub failed: Option<String>,
@@ -330,6 +333,11 @@ pub async fn run(
         match source {
             SourceConfig::Mqtt(m) => {
                 let options = options_for(&m.connection, name);
+                let buffer = m.buffer_options(
+                    &p.run.state_dir(),
+                    options.client_id.as_deref().unwrap_or(name),
+                    p.connection(&m.connection).is_some_and(|c| c.is_embedded()),
+                );
                 let m = m.clone();
                 // A source on another broker starts taking messages only
                 // once every source on the embedded broker has subscribed:
@@ -346,7 +354,7 @@ pub async fn run(
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    let _ = done.send(run_source(path, m, options, comp, out).await);
+                    let _ = done.send(run_source(path, m, options, comp, out, buffer).await);
                 });
             }
             SourceConfig::Generator(g) => {
@@ -512,6 +520,7 @@ pub async fn run(
         skipped: registry.0.iter().map(|c| c.skipped.load(Relaxed)).sum(),
         unconfirmed,
         undelivered,
+        buffered: registry.0.iter().map(|c| c.buffered()).sum(),
         shutdown_timeout: p.run.shutdown_timeout,
         failed,
     })

@@ -249,7 +249,15 @@ pub struct RunConfig {
     /// before /ready turns 503 and a warning names it [default: 30].
     #[serde(default = "thirty")]
     pub stall_timeout: f64,
+    /// Where the pipeline keeps what must survive a restart: the MQTT
+    /// sources' local buffers, in `buffer/<client id>` [default:
+    /// `mqlink-state` next to the pipeline file, or in the working
+    /// directory for a pipeline not read from a file].
+    pub state_dir: Option<PathBuf>,
 }
+
+/// [`RunConfig::state_dir`]'s default name.
+pub const DEFAULT_STATE_DIR: &str = "mqlink-state";
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -257,7 +265,17 @@ impl Default for RunConfig {
             shutdown_timeout: 30.0,
             status_interval: 10.0,
             stall_timeout: 30.0,
+            state_dir: None,
         }
+    }
+}
+
+impl RunConfig {
+    /// The state directory (see [`state_dir`](Self::state_dir)).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
     }
 }
 
@@ -373,16 +391,18 @@ pub fn load_with(path: &Path, params: &[(String, String)]) -> Result<Pipeline, C
         Some("yaml" | "yml")
     );
     let env = |k: &str| std::env::var(k).ok();
-    if yaml && crate::cybus::is_commissioning_file(&text) {
-        return crate::cybus::parse(&text, params, &env);
-    }
-    if let Some((name, _)) = params.first() {
+    let mut p = if yaml && crate::cybus::is_commissioning_file(&text) {
+        crate::cybus::parse(&text, params, &env)?
+    } else if let Some((name, _)) = params.first() {
         return Err(err(
             format!("--param {name}"),
             "parameters belong to Cybus commissioning files (YAML with top-level resources: of Cybus:: types); this is a pipeline file (use ${VAR} from the environment)",
         ));
-    }
-    parse(&text, yaml, &env)
+    } else {
+        parse(&text, yaml, &env)?
+    };
+    p.state_dir_next_to(path);
+    Ok(p)
 }
 
 /// Parses pipeline text; `env` looks up `${VAR}`s.
@@ -666,6 +686,14 @@ impl Pipeline {
     }
 
     /// The connection named `name` (a name checked when the file was loaded).
+    /// Without `run.state_dir`: `mqlink-state` next to the pipeline file.
+    pub fn state_dir_next_to(&mut self, file: &Path) {
+        if self.run.state_dir.is_none() {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            self.run.state_dir = Some(dir.join(DEFAULT_STATE_DIR));
+        }
+    }
+
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.get(name)
     }

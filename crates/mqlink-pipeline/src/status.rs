@@ -204,6 +204,9 @@ impl Component {
                 None => format!("{}: starting", self.path()),
             });
         }
+        if let Some(why) = self.buffer_full() {
+            return Some(format!("{}: {why}", self.path()));
+        }
         if let Some(why) = self.stalled() {
             return Some(format!("{}: stalled: {why}", self.path()));
         }
@@ -239,6 +242,36 @@ impl Component {
         None
     }
 
+    /// Why a source's local buffer is full, when it is.
+    fn buffer_full(&self) -> Option<String> {
+        let Some(Mqtt::Source(m)) = self.mqtt.get() else {
+            return None;
+        };
+        let b = m.buffer().filter(|b| b.is_full())?;
+        let v = |name: &str| {
+            b.snapshot()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |x| x.1)
+        };
+        let window: u64 = m.clients().iter().map(|c| c.stats().unacknowledged()).sum();
+        Some(format!(
+            "local buffer full ({} entries, {} of buffer.max_bytes = {} bytes, oldest {} s): nothing more is acknowledged until the sinks confirm older entries; the broker's window holds {window} unacknowledged and its queue the rest",
+            b.entries(),
+            v("mqlink_source_buffer_bytes"),
+            v("mqlink_source_buffer_max_bytes"),
+            v("mqlink_source_buffer_oldest_entry_age_seconds"),
+        ))
+    }
+
+    /// Entries in a source's local buffer (0 without one).
+    pub fn buffered(&self) -> u64 {
+        match self.mqtt.get() {
+            Some(Mqtt::Source(m)) => m.buffer().map_or(0, |b| b.entries()),
+            _ => 0,
+        }
+    }
+
     fn in_flight(&self) -> u64 {
         self.records
             .load(Relaxed)
@@ -249,9 +282,11 @@ impl Component {
     /// the sink and not yet confirmed, its channel included (sink).
     pub fn unconfirmed(&self) -> u64 {
         match (self.kind, self.mqtt.get()) {
-            (Kind::Source, Some(Mqtt::Source(m))) => {
-                m.metrics().get("mqlink_source_unacknowledged").unwrap_or(0)
-            }
+            (Kind::Source, Some(Mqtt::Source(m))) => m
+                .metrics()
+                .get("mqlink_source_unacknowledged")
+                .unwrap_or(0)
+                .max(self.buffered()),
             (Kind::Sink, _) => self
                 .handed
                 .load(Relaxed)
@@ -303,7 +338,10 @@ impl Component {
         match self.kind {
             Kind::Source => {
                 match self.mqtt.get() {
-                    Some(Mqtt::Source(m)) => out.extend(m.metrics().snapshot()),
+                    Some(Mqtt::Source(m)) => {
+                        out.extend(m.metrics().snapshot());
+                        out.extend(m.buffer().map(|b| b.snapshot()).into_iter().flatten());
+                    }
                     _ => out.push((
                         "mqlink_source_messages_received_total",
                         self.records.load(Relaxed),
@@ -723,6 +761,9 @@ impl Registry {
                     if window > 0 {
                         let full = get("mqlink_source_window_full_seconds_total");
                         let _ = write!(line, "  window {window} full {full}s");
+                    }
+                    if let Some(b) = m.buffer() {
+                        let _ = write!(line, "  buffered {}", b.entries());
                     }
                 }
                 if let Some(reason) = c.not_ready().filter(|_| c.state() != State::Failed) {

@@ -203,6 +203,9 @@ pub enum Error {
     /// The session ended.
     #[error("the session stopped: {0}")]
     Stopped(String),
+    /// The source's local buffer cannot be opened, written or read.
+    #[error("local buffer: {0}")]
+    Buffer(String),
     /// Called outside a Tokio runtime.
     #[error("no Tokio runtime: start sources, sinks and clients inside one (e.g. #[tokio::main])")]
     NoRuntime,

@@ -132,6 +132,7 @@ pub mod error;
 pub mod format;
 pub mod options;
 pub mod secret;
+mod seglog;
 pub mod session;
 pub mod sink;
 pub mod source;

@@ -206,6 +206,22 @@ impl Delivery {
     pub fn take_ack(&mut self) -> Option<AckHandle> {
         self.ack.take()
     }
+
+    /// A delivery read back from the source's local buffer: acknowledged
+    /// to the broker already, so it has no handle of its own.
+    pub(crate) fn from_publish(p: crate::codec::Publish, received_at: SystemTime) -> Delivery {
+        Delivery {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            dup: p.dup,
+            packet_id: p.pkid,
+            properties: p.properties,
+            received_at,
+            ack: None,
+        }
+    }
 }
 
 /// Acknowledges one incoming message. Dropping it unacknowledged holds back

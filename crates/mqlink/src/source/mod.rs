@@ -34,6 +34,7 @@
 //!   on 3.1.1) and is acknowledged only once the broker confirmed the dead
 //!   letter. Without a dead-letter topic the record is yielded with the error.
 
+mod buffer;
 mod metrics;
 mod window;
 
@@ -59,6 +60,7 @@ use crate::topic::{
 };
 use crate::types::{Protocol, QoS};
 use crate::PublishProperties;
+pub use buffer::{BufferMetrics, BufferOptions, BufferWhen, BUFFER_METRIC_NAMES};
 pub use metrics::{SourceMetrics, SOURCE_METRIC_NAMES};
 
 /// A source configuration that cannot work; names the key and value.
@@ -115,6 +117,8 @@ pub struct SourceConfig {
     pub(crate) parallelism: u16,
     /// Share group for `parallelism > 1` [default: the client id].
     pub(crate) share_group: Option<String>,
+    /// The durable local buffer, when on ([`SourceBuilder::buffer`]).
+    pub(crate) buffer: Option<BufferOptions>,
 }
 
 impl SourceConfig {
@@ -273,6 +277,17 @@ impl SourceBuilder {
         self.config.share_group = Some(g.into());
         self
     }
+    /// Acknowledges each message once it is in a local log on disk (see
+    /// [`BufferOptions`]) and yields records from the log at the
+    /// application's pace; acknowledging a record confirms its entry.
+    /// Against a broker whose window is small (Mosquitto lets 20 messages
+    /// out per MQTT 3.1.1 client and drops what its queue cannot hold), a
+    /// slow consumer then loses nothing: the broker is acknowledged at disk
+    /// speed. [default: off]
+    pub fn buffer(mut self, options: BufferOptions) -> Self {
+        self.config.buffer = Some(options);
+        self
+    }
     /// The configuration, or the first problem found.
     pub fn build(mut self) -> Result<SourceConfig, SourceError> {
         if let Some(b) = self.connect.take() {
@@ -314,8 +329,25 @@ pub struct Record {
     pub value: Result<Value, FormatError>,
     /// How often [`MqttSource::retry`] handed this record back.
     pub attempts: u32,
-    ack: Option<AckHandle>,
+    ack: Option<Ack>,
     metrics: Arc<SourceMetrics>,
+}
+
+/// What acknowledging a record does: the session's PUBACK/PUBREC, or,
+/// with the local buffer, the confirmation of its log entry.
+#[derive(Debug)]
+pub(crate) enum Ack {
+    Session(AckHandle),
+    Log(buffer::LogAck),
+}
+
+impl Ack {
+    fn ack(self) {
+        match self {
+            Ack::Session(a) => a.ack(),
+            Ack::Log(a) => a.ack(),
+        }
+    }
 }
 
 impl Record {
@@ -346,7 +378,7 @@ impl Record {
 /// The acknowledgement of one [`Record`].
 #[derive(Debug)]
 pub struct RecordAck {
-    ack: AckHandle,
+    ack: Ack,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -363,6 +395,7 @@ impl RecordAck {
 pub struct SourceMonitor {
     clients: Vec<Client>,
     metrics: Arc<SourceMetrics>,
+    buffer: Option<Arc<BufferMetrics>>,
 }
 
 impl SourceMonitor {
@@ -374,6 +407,10 @@ impl SourceMonitor {
     /// The source's clients.
     pub fn clients(&self) -> &[Client] {
         &self.clients
+    }
+    /// The local buffer's metrics, when the source uses one.
+    pub fn buffer(&self) -> Option<&BufferMetrics> {
+        self.buffer.as_deref()
     }
 }
 
@@ -409,6 +446,8 @@ pub struct MqttSource {
     /// schema fetch under way). The mutex is only ever used through
     /// `get_mut`: it keeps `MqttSource` `Sync` around a future that is not.
     processing: Option<std::sync::Mutex<Processing>>,
+    /// The local buffer, when on.
+    buffer: Option<Arc<buffer::Shared>>,
 }
 
 type Processing = Pin<Box<dyn Future<Output = Option<Record>> + Send>>;
@@ -450,6 +489,7 @@ impl MqttSource {
                 batch_timeout: Duration::ZERO,
                 parallelism: 1,
                 share_group: None,
+                buffer: None,
             },
         }
     }
@@ -476,10 +516,20 @@ impl MqttSource {
             Vec::new()
         };
         let metrics = Arc::new(SourceMetrics::default());
+        // Opened before connecting: a log in use elsewhere fails the start
+        // before anything is acknowledged into it.
+        let mut opened = match &config.buffer {
+            Some(o) => Some(
+                buffer::Opened::open(o.clone())
+                    .await
+                    .map_err(|e| Error::Buffer(format!("{}: {e}", o.dir.display())))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(config.batch_size.max(1024));
         let mut clients = Vec::new();
-        let mut tasks = Vec::new();
-        let mut direct = None;
+        let mut sessions = Vec::new();
+        let mut workers = Vec::new();
         for i in 0..config.parallelism {
             let mut opts = config.connection.clone();
             if config.parallelism > 1 {
@@ -488,32 +538,48 @@ impl MqttSource {
             let (client, mut incoming) = Client::connect(opts).await?;
             let early = subscribe_reading(&client, &mut incoming, subs.clone()).await?;
             metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
-            let worker = Worker {
+            workers.push(Arc::new(Worker {
                 client: client.clone(),
                 index: i,
                 filters: filters.clone(),
                 format: config.format.clone(),
                 dead_letter_topic: config.dead_letter_topic.clone(),
                 metrics: metrics.clone(),
-            };
-            if config.parallelism == 1 {
-                direct = Some((Arc::new(worker), incoming, early));
-            } else {
-                tasks.push(tokio::spawn(worker.run(early, incoming, tx.clone())));
-            }
+            }));
+            sessions.push((early, incoming));
             clients.push(client);
         }
         if clients[0].protocol() == Protocol::V5 {
             let rm = config.connection.receive_maximum;
             metrics.window.announced(rm, clients.len());
         }
-        let mut pending = std::collections::VecDeque::new();
-        let inner = match direct {
-            Some((w, i, early)) => {
-                pending.extend(early);
-                Inner::Direct(w, i)
+        if let (Some(b), Some(o)) = (&opened, &config.buffer) {
+            let v5 = clients.iter().all(|c| c.protocol() == Protocol::V5);
+            if o.when == BufferWhen::V311 && v5 && !b.has_entries() {
+                tracing::debug!("MQTT 5: the broker honours our Receive Maximum; no local buffer.");
+                opened = None;
             }
-            None => Inner::Merged(rx),
+        }
+        let mut tasks = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut shared = None;
+        let inner = match opened {
+            Some(b) => {
+                shared = Some(b.shared());
+                tasks = b.start(sessions, workers, tx);
+                Inner::Merged(rx)
+            }
+            None if config.parallelism == 1 => {
+                let (early, incoming) = sessions.pop().expect("one session");
+                pending.extend(early);
+                Inner::Direct(workers.pop().expect("one worker"), incoming)
+            }
+            None => {
+                for (w, (early, incoming)) in workers.into_iter().zip(sessions) {
+                    tasks.push(tokio::spawn(w.run(early, incoming, tx.clone())));
+                }
+                Inner::Merged(rx)
+            }
         };
         Ok(MqttSource {
             clients,
@@ -527,6 +593,7 @@ impl MqttSource {
             max_retries: config.max_retries,
             dead_letter_topic: config.dead_letter_topic.clone(),
             processing: None,
+            buffer: shared,
         })
     }
 
@@ -678,6 +745,7 @@ impl MqttSource {
         SourceMonitor {
             clients: self.clients.clone(),
             metrics: self.metrics.clone(),
+            buffer: self.buffer.as_ref().map(|b| b.metrics().clone()),
         }
     }
 
@@ -693,6 +761,9 @@ impl MqttSource {
         }
         for t in self.tasks {
             t.abort();
+        }
+        if let Some(b) = &self.buffer {
+            b.close();
         }
     }
 }
@@ -852,7 +923,12 @@ async fn subscribe_reading(
 }
 
 impl Worker {
-    async fn run(self, early: Option<Delivery>, mut incoming: Incoming, tx: mpsc::Sender<Record>) {
+    async fn run(
+        self: Arc<Self>,
+        early: Option<Delivery>,
+        mut incoming: Incoming,
+        tx: mpsc::Sender<Record>,
+    ) {
         if let Some(d) = early {
             if let Some(record) = self.process(d).await {
                 if tx.send(record).await.is_err() {
@@ -872,11 +948,20 @@ impl Worker {
     /// Filters, decodes and dead-letters one delivery; `Some` for a record
     /// to hand to the application.
     async fn process(&self, mut d: Delivery) -> Option<Record> {
+        let ack = d.take_ack().map(Ack::Session);
+        self.process_acked(d, ack).await
+    }
+
+    /// [`process`](Self::process) with the acknowledgement apart (a
+    /// delivery read from the local buffer has its log entry's).
+    async fn process_acked(&self, d: Delivery, ack: Option<Ack>) -> Option<Record> {
         self.metrics.received(d.payload.len());
         if !self.filters.is_empty() && !self.filters.iter().any(|f| f.matches(&d.topic)) {
             // Brought in by a merged filter; nobody asked for it.
             self.metrics.filtered();
-            d.ack();
+            if let Some(a) = ack {
+                a.ack();
+            }
             return None;
         }
         let mut value = self.format.decode(&d.topic, &d.payload);
@@ -892,16 +977,16 @@ impl Worker {
             self.metrics.decode_error();
         }
         if let (Err(e), Some(dlq)) = (&value, &self.dead_letter_topic) {
-            self.dead_letter(d, dlq, e).await;
+            self.dead_letter(d, ack, dlq, e).await;
             return None;
         }
-        Some(into_record(d, value, self.metrics.clone(), self.index))
+        Some(into_record(d, ack, value, self.metrics.clone(), self.index))
     }
 
     /// Publishes the dead letter and acknowledges the original only once the
     /// broker confirmed it; a failed dead letter leaves the original
     /// unacknowledged, so the broker redelivers it.
-    async fn dead_letter(&self, mut d: Delivery, dlq: &str, error: &FormatError) {
+    async fn dead_letter(&self, d: Delivery, ack: Option<Ack>, dlq: &str, error: &FormatError) {
         let v5 = self.client.protocol() == Protocol::V5;
         let msg = dead_letter_message(
             &d.topic,
@@ -914,7 +999,6 @@ impl Worker {
         );
         match self.client.publish(msg).await {
             Ok(token) => {
-                let ack = d.take_ack();
                 let metrics = self.metrics.clone();
                 let topic = d.topic.to_string();
                 tokio::spawn(async move {
@@ -937,12 +1021,12 @@ impl Worker {
 }
 
 fn into_record(
-    mut d: Delivery,
+    d: Delivery,
+    ack: Option<Ack>,
     value: Result<Value, FormatError>,
     metrics: Arc<SourceMetrics>,
     client: u16,
 ) -> Record {
-    let ack = d.take_ack();
     if ack.is_some() {
         metrics.unacknowledged_inc();
     }

@@ -2,13 +2,13 @@
 //! options (Laminar's names) and its task.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mqlink::format::{AvroSchema, Format, Registry, Schema};
-use mqlink::source::{MqttSource, Record};
+use mqlink::source::{BufferOptions, BufferWhen, MqttSource, Record};
 use mqlink::topic::{validate_filter, validate_topic_name};
 use mqlink::{ConnectOptions, QoS};
 use serde::Deserialize;
@@ -73,9 +73,103 @@ pub struct MqttSourceConfig {
     pub parallelism: u16,
     /// Share group with parallelism [default: the client id].
     pub share_group: Option<String>,
+    /// The durable local buffer the source acknowledges into
+    /// (docs/guides/local-buffer.md).
+    #[serde(default)]
+    pub buffer: BufferConfig,
     /// How payloads are decoded, built when loaded.
     #[serde(skip)]
     pub decoder: Format,
+}
+
+/// `[sources.NAME.buffer]`: messages are acknowledged once in a local log
+/// on disk, and the sinks read them from there at their own pace.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// `auto` (on for MQTT 3.1.1 connections at QoS 1/2 to an external
+    /// broker, which may drop what its queue cannot hold; and while the
+    /// log holds entries of an earlier run), `always` or `off`
+    /// [default: auto].
+    #[serde(default)]
+    pub mode: BufferMode,
+    /// Bytes on disk at most; when full the source stops acknowledging
+    /// and the broker holds the rest [default: 1073741824 (1 GiB)].
+    #[serde(default = "buffer_max_bytes")]
+    pub max_bytes: u64,
+    /// `fdatasync` each batch before acknowledging it, so it survives a
+    /// power loss [default: false: a write() that survives a crash of
+    /// mqlink, and fdatasync every 200 ms].
+    #[serde(default)]
+    pub fsync: bool,
+    /// The log's directory [default: `<run.state_dir>/buffer/<client id>`].
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            mode: BufferMode::Auto,
+            max_bytes: buffer_max_bytes(),
+            fsync: false,
+            dir: None,
+        }
+    }
+}
+
+fn buffer_max_bytes() -> u64 {
+    BufferOptions::DEFAULT_MAX_BYTES
+}
+
+/// When the local buffer is used.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferMode {
+    #[default]
+    Auto,
+    Always,
+    Off,
+}
+
+impl MqttSourceConfig {
+    /// The buffer's options, or `None` when it is off; `state_dir` is the
+    /// pipeline's, `client_id` the source's session. `auto` leaves it off
+    /// on the embedded broker: it never drops, it holds its publishers back.
+    pub fn buffer_options(
+        &self,
+        state_dir: &Path,
+        client_id: &str,
+        embedded: bool,
+    ) -> Option<BufferOptions> {
+        let when = match self.buffer.mode {
+            BufferMode::Off => return None,
+            BufferMode::Auto if self.qos == QoS::AtMostOnce || embedded => return None,
+            BufferMode::Auto => BufferWhen::V311,
+            BufferMode::Always => BufferWhen::Always,
+        };
+        // One directory per session: the name is the client id, with what
+        // a file name cannot hold replaced.
+        let name: String = client_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(BufferOptions {
+            dir: self
+                .buffer
+                .dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("buffer").join(name)),
+            max_bytes: self.buffer.max_bytes,
+            fsync: self.buffer.fsync,
+            when,
+        })
+    }
 }
 
 /// What an undecodable payload does.
@@ -179,6 +273,15 @@ impl MqttSourceConfig {
         if self.parallelism == 0 {
             return Err(err(format!("{path}.parallelism"), "must be at least 1"));
         }
+        if self.buffer.max_bytes < 1 << 20 {
+            return Err(err(
+                format!("{path}.buffer.max_bytes"),
+                format!(
+                    "{} is below the minimum of 1048576 (1 MiB)",
+                    self.buffer.max_bytes
+                ),
+            ));
+        }
         if let Some(g) = &self.share_group {
             if g.is_empty() || g.contains(['/', '+', '#']) {
                 return Err(err(
@@ -252,6 +355,7 @@ pub async fn run_source(
     mut opts: ConnectOptions,
     comp: Arc<Component>,
     mut out: Outputs,
+    buffer: Option<BufferOptions>,
 ) -> Option<MqttSource> {
     let bad_data = cfg.bad_data();
     // The broker may send a full window; acknowledgements follow the sinks.
@@ -270,6 +374,9 @@ pub async fn run_source(
         }
         if let Some(g) = &cfg.share_group {
             b = b.share_group(g.clone());
+        }
+        if let Some(o) = &buffer {
+            b = b.buffer(o.clone());
         }
         let started = tokio::select! {
             r = b.start() => r,

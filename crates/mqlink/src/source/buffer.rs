@@ -1,0 +1,489 @@
+//! The source's durable local buffer: each delivery is appended to the
+//! segment log (`crate::seglog`) and acknowledged to the broker once its
+//! `write()` returned (and its `fdatasync`, with `fsync`); a reader feeds
+//! the application from the log at its own pace, and the log's confirmed
+//! position advances as the application acknowledges records.
+//!
+//! ```text
+//! Incoming ─► writer (per client): append batch ─► ack (arrival order)
+//!                                     │ written seq (watch)
+//!                       reader: log ─► decode ─► Record { ack: log seq } ─► application
+//! application acks ─► confirmed prefix ─► checkpoint (every 100 ms): `confirmed`, segments deleted
+//! ```
+//!
+//! The guarantee is "acknowledged once in the local log": a SIGKILL loses
+//! nothing the broker was told about (the kernel has the bytes), a power
+//! loss only with `fsync = true`. Entries after the confirmed position are
+//! read again after a restart, before new ones: a crash may duplicate
+//! records, never lose them. When the log holds `max_bytes`, the writers
+//! stop reading their sessions, so the broker's window fills and the
+//! broker holds the rest (back-pressure; nothing is dropped by mqlink).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::{Ack, Record, Worker};
+use crate::seglog::{now_ms, Entry, Log};
+use crate::session::{Delivery, Incoming};
+
+/// When the buffer is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferWhen {
+    /// On every connection.
+    Always,
+    /// On MQTT 3.1.1 connections, where the broker's window is its own
+    /// (Mosquitto: 20) and what does not fit is queued and then dropped
+    /// by the broker; and whenever the log still holds entries.
+    V311,
+}
+
+/// Where and how the local buffer keeps messages ([`super::SourceBuilder::buffer`]).
+#[derive(Clone, Debug)]
+pub struct BufferOptions {
+    /// The log's directory (one per source: it is locked while in use).
+    pub dir: PathBuf,
+    /// The log's size at most; when it is reached the source stops
+    /// acknowledging until the application confirmed older records
+    /// [default: 1 GiB].
+    pub max_bytes: u64,
+    /// `fdatasync` each appended batch before acknowledging it (survives
+    /// power loss; slower) [default: false: a `write()`, which survives a
+    /// crash of the process, and `fdatasync` every 200 ms].
+    pub fsync: bool,
+    /// When the buffer is used [default: [`BufferWhen::V311`]].
+    pub when: BufferWhen,
+}
+
+impl BufferOptions {
+    /// The default limit of [`max_bytes`](Self::max_bytes).
+    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+    /// The defaults, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        BufferOptions {
+            dir: dir.into(),
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            fsync: false,
+            when: BufferWhen::V311,
+        }
+    }
+}
+
+/// Buffer metric names, as exported by `mqlink run` (Prometheus).
+pub const BUFFER_METRIC_NAMES: [&str; 6] = [
+    "mqlink_source_buffer_bytes",
+    "mqlink_source_buffer_entries",
+    "mqlink_source_buffer_oldest_entry_age_seconds",
+    "mqlink_source_buffer_write_rate",
+    "mqlink_source_buffer_full",
+    "mqlink_source_buffer_max_bytes",
+];
+
+/// The buffer's gauges (see [`BUFFER_METRIC_NAMES`]).
+#[derive(Debug, Default)]
+pub struct BufferMetrics {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    oldest_ms: AtomicU64,
+    /// Entries written per second over the last second.
+    rate: AtomicU64,
+    full: AtomicU64,
+    max_bytes: AtomicU64,
+    written: AtomicU64,
+}
+
+impl BufferMetrics {
+    /// Every metric with its name, in [`BUFFER_METRIC_NAMES`] order.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let oldest = self.oldest_ms.load(Relaxed);
+        let age = match oldest {
+            0 => 0,
+            t => now_ms().saturating_sub(t) / 1000,
+        };
+        let v = [
+            self.bytes.load(Relaxed),
+            self.entries.load(Relaxed),
+            age,
+            self.rate.load(Relaxed),
+            self.full.load(Relaxed),
+            self.max_bytes.load(Relaxed),
+        ];
+        std::array::from_fn(|i| (BUFFER_METRIC_NAMES[i], v[i]))
+    }
+
+    /// Whether the buffer is at `max_bytes` (the source is not acknowledging).
+    pub fn is_full(&self) -> bool {
+        self.full.load(Relaxed) != 0
+    }
+
+    /// Entries written and not yet confirmed by the application.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Relaxed)
+    }
+}
+
+/// The log and the times of its entries.
+struct State {
+    log: Log,
+    /// (sequence, arrival ms) at most every 100 ms of arrivals: the oldest
+    /// unconfirmed entry's age without a time per entry in memory.
+    marks: VecDeque<(u64, u64)>,
+}
+
+/// The confirmed prefix of the application's acknowledgements.
+#[derive(Default)]
+struct Acked {
+    done: u64,
+    ahead: BTreeSet<u64>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    acked: Mutex<Acked>,
+    /// The sequence after the last written entry, for the reader.
+    written: watch::Sender<u64>,
+    room: Notify,
+    opts: BufferOptions,
+    metrics: Arc<BufferMetrics>,
+    failed: Mutex<Option<String>>,
+    writers: AtomicUsize,
+}
+
+/// The acknowledgement of a record read from the buffer: confirms its entry.
+pub(crate) struct LogAck {
+    seq: u64,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LogAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogAck({})", self.seq)
+    }
+}
+
+impl LogAck {
+    pub(crate) fn ack(self) {
+        let mut a = self.shared.acked.lock().expect("ack lock");
+        if self.seq == a.done {
+            a.done += 1;
+            while a.ahead.first() == Some(&a.done) {
+                a.ahead.pop_first();
+                a.done += 1;
+            }
+        } else if self.seq > a.done {
+            a.ahead.insert(self.seq);
+        }
+    }
+}
+
+/// An opened buffer, before its tasks start.
+pub(crate) struct Opened {
+    shared: Arc<Shared>,
+}
+
+impl Opened {
+    /// Opens the log (scanning it off the runtime's threads).
+    pub(crate) async fn open(opts: BufferOptions) -> io::Result<Opened> {
+        let (dir, max) = (opts.dir.clone(), opts.max_bytes);
+        let log = tokio::task::spawn_blocking(move || Log::open(&dir, max))
+            .await
+            .map_err(io::Error::other)??;
+        let confirmed = log.confirmed();
+        let metrics = Arc::new(BufferMetrics::default());
+        metrics.max_bytes.store(opts.max_bytes, Relaxed);
+        let (written, _) = watch::channel(log.next_seq());
+        let marks = VecDeque::from([(confirmed, now_ms())]);
+        if log.entries() > 0 {
+            tracing::info!(dir = %opts.dir.display(), entries = log.entries(), bytes = log.bytes(), torn_tails_cut = log.cut(), "Local buffer: entries left by the last run are read first.");
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { log, marks }),
+            acked: Mutex::new(Acked {
+                done: confirmed,
+                ahead: BTreeSet::new(),
+            }),
+            written,
+            room: Notify::new(),
+            opts,
+            metrics,
+            failed: Mutex::new(None),
+            writers: AtomicUsize::new(0),
+        });
+        shared.checkpoint()?;
+        Ok(Opened { shared })
+    }
+
+    /// Whether entries of an earlier run wait in the log.
+    pub(crate) fn has_entries(&self) -> bool {
+        self.shared.state.lock().expect("log lock").log.entries() > 0
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Starts a writer per session, the reader and the checkpoints; the
+    /// records go to `tx`.
+    pub(crate) fn start(
+        self,
+        sessions: Vec<(Option<Delivery>, Incoming)>,
+        workers: Vec<Arc<Worker>>,
+        tx: mpsc::Sender<Record>,
+    ) -> Vec<JoinHandle<()>> {
+        let shared = self.shared;
+        let mut tasks = Vec::new();
+        shared.writers.store(sessions.len(), Relaxed);
+        for (i, (early, incoming)) in sessions.into_iter().enumerate() {
+            tasks.push(tokio::spawn(write_loop(
+                shared.clone(),
+                i as u16,
+                early,
+                incoming,
+            )));
+        }
+        let start = shared.state.lock().expect("log lock").log.confirmed();
+        let replayed = *shared.written.borrow();
+        tasks.push(tokio::spawn(read_loop(
+            shared.clone(),
+            workers,
+            tx,
+            start,
+            replayed,
+        )));
+        tasks.push(tokio::spawn(checkpoints(shared)));
+        tasks
+    }
+}
+
+impl Shared {
+    pub(crate) fn metrics(&self) -> &Arc<BufferMetrics> {
+        &self.metrics
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) {
+        tracing::error!(dir = %self.opts.dir.display(), error = %e, "Local buffer failed; the source stops (nothing more is acknowledged).");
+        *self.failed.lock().expect("fail lock") = Some(e.to_string());
+        self.written.send_modify(|_| {});
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.lock().expect("fail lock").is_some()
+    }
+
+    fn is_full(&self) -> bool {
+        self.state.lock().expect("log lock").log.bytes() >= self.opts.max_bytes
+    }
+
+    /// Waits until the log is below `max_bytes`.
+    async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_full() {
+                self.metrics.full.store(0, Relaxed);
+                return;
+            }
+            if self.metrics.full.swap(1, Relaxed) == 0 {
+                tracing::warn!(dir = %self.opts.dir.display(), max_bytes = self.opts.max_bytes, "Local buffer full: the source stops acknowledging until the sinks catch up (the broker holds the rest).");
+            }
+            notified.await;
+        }
+    }
+
+    /// Appends one batch; the reader may read it once this returns.
+    fn append(&self, entries: &[Entry]) -> io::Result<()> {
+        let mut st = self.state.lock().expect("log lock");
+        let first = st.log.append(entries, self.opts.fsync)?;
+        let at = entries.first().map_or(0, |e| e.at_ms);
+        if st.marks.back().is_none_or(|m| at >= m.1 + 100) {
+            st.marks.push_back((first, at));
+        }
+        self.written.send_replace(st.log.next_seq());
+        self.metrics.bytes.store(st.log.bytes(), Relaxed);
+        self.metrics
+            .written
+            .fetch_add(entries.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Writes the confirmed prefix, deletes confirmed segments, refreshes
+    /// the gauges and wakes writers waiting for room.
+    fn checkpoint(&self) -> io::Result<()> {
+        let done = self.acked.lock().expect("ack lock").done;
+        let mut st = self.state.lock().expect("log lock");
+        st.log.confirm(done)?;
+        while st.marks.len() > 1 && st.marks[1].0 <= done {
+            st.marks.pop_front();
+        }
+        let entries = st.log.next_seq().saturating_sub(done);
+        let oldest = match (entries, st.marks.front()) {
+            (0, _) | (_, None) => 0,
+            (_, Some(m)) => m.1,
+        };
+        self.metrics.entries.store(entries, Relaxed);
+        self.metrics.oldest_ms.store(oldest, Relaxed);
+        self.metrics.bytes.store(st.log.bytes(), Relaxed);
+        if st.log.bytes() < self.opts.max_bytes {
+            self.room.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+fn entry(d: &Delivery, client: u16) -> Entry {
+    Entry {
+        at_ms: d
+            .received_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64),
+        client,
+        publish: crate::codec::Publish {
+            topic: d.topic.clone(),
+            payload: d.payload.clone(),
+            qos: d.qos,
+            retain: d.retain,
+            dup: d.dup,
+            pkid: d.packet_id,
+            properties: d.properties.clone(),
+        },
+    }
+}
+
+/// Appends what a session delivers, in batches, and acknowledges each
+/// batch once written; stops reading while the log is full.
+async fn write_loop(
+    shared: Arc<Shared>,
+    client: u16,
+    early: Option<Delivery>,
+    mut incoming: Incoming,
+) {
+    let mut batch: Vec<Delivery> = early.into_iter().collect();
+    while !shared.failed() {
+        shared.room().await;
+        if batch.is_empty() && incoming.recv_many(&mut batch, 512).await == 0 {
+            break;
+        }
+        let entries: Vec<Entry> = batch.iter().map(|d| entry(d, client)).collect();
+        // A write() into the page cache is done in place: the window's
+        // round trip is the source's speed. An fdatasync waits off the
+        // runtime's threads.
+        let written = if shared.opts.fsync {
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || s.append(&entries))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+        } else {
+            shared.append(&entries)
+        };
+        match written {
+            Ok(()) => batch.drain(..).for_each(|mut d| d.ack()),
+            Err(e) => shared.fail(e),
+        }
+    }
+    if shared.writers.fetch_sub(1, Relaxed) == 1 {
+        // The last session ended: the reader ends once it has read all.
+        shared.written.send_modify(|_| {});
+    }
+}
+
+/// Feeds the application from the log, entry by entry.
+async fn read_loop(
+    shared: Arc<Shared>,
+    workers: Vec<Arc<Worker>>,
+    tx: mpsc::Sender<Record>,
+    start: u64,
+    replayed: u64,
+) {
+    let mut written = shared.written.subscribe();
+    let mut reader = Some(shared.state.lock().expect("log lock").log.reader(start));
+    while !shared.failed() {
+        let limit = *written.borrow_and_update();
+        let mut r = reader.take().expect("the reader is back");
+        if r.seq() >= limit {
+            reader = Some(r);
+            if shared.writers.load(Relaxed) == 0 || written.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            let (mut got, mut bytes) = (Vec::new(), 0);
+            while got.len() < 256 && bytes < 1 << 20 {
+                match r.next(limit) {
+                    Ok(Some(e)) => {
+                        bytes += e.1.publish.payload.len();
+                        got.push(e);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (r, Err(e)),
+                }
+            }
+            (r, Ok(got))
+        })
+        .await;
+        let got = match read {
+            Ok((r, Ok(got))) => {
+                reader = Some(r);
+                got
+            }
+            Ok((_, Err(e))) => return shared.fail(e),
+            Err(e) => return shared.fail(e),
+        };
+        for (seq, e) in got {
+            let worker = &workers[(e.client as usize).min(workers.len() - 1)];
+            let at = UNIX_EPOCH + Duration::from_millis(e.at_ms);
+            let mut publish = e.publish;
+            // Read again after a restart: downstream de-duplication
+            // (an SQL window's redelivery check) sees it as redelivered.
+            publish.dup |= seq < replayed;
+            let d = Delivery::from_publish(publish, at.min(SystemTime::now()));
+            let ack = Ack::Log(LogAck {
+                seq,
+                shared: shared.clone(),
+            });
+            if let Some(record) = worker.process_acked(d, Some(ack)).await {
+                if tx.send(record).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Every 100 ms: the confirmed prefix to disk, the gauges, the write rate.
+async fn checkpoints(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut last, mut last_at) = (0u64, tokio::time::Instant::now());
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return shared.fail(e),
+            Err(e) => return shared.fail(e),
+        }
+        if last_at.elapsed() >= Duration::from_secs(1) {
+            let n = shared.metrics.written.load(Relaxed);
+            let rate = (n - last) as f64 / last_at.elapsed().as_secs_f64();
+            shared.metrics.rate.store(rate as u64, Relaxed);
+            (last, last_at) = (n, tokio::time::Instant::now());
+        }
+    }
+}
+
+impl Shared {
+    /// The last checkpoint, at close.
+    pub(crate) fn close(&self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "Local buffer: last checkpoint failed; confirmed entries will be read again.");
+        }
+    }
+}
