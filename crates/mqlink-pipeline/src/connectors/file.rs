@@ -18,7 +18,8 @@ use crate::spec::{typed, ConfigError, Context, SinkKind};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
-    /// One JSON object per line, appended; parent directories are created.
+    /// The file (required): one JSON object per line, appended; parent
+    /// directories are created.
     pub path: PathBuf,
     /// fsync after each batch, for power loss (a write() already survives
     /// a crash of mqlink) [default: false].
