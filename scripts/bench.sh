@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures mqlink next to the C clients, in one run, against one Mosquitto
-# on loopback (see docs/benchmarks.md):
+# on loopback (see docs/design/benchmarks.md):
 #   1. draining 200,000 queued QoS 1 messages (~110 bytes) from a persistent
 #      session: mqlink sub vs mosquitto_sub;
 #   2. publishing 200,000 QoS 1 messages, every PUBACK awaited: mqlink pub

@@ -1,5 +1,5 @@
 -- The SQL of Laminar's MQTT source documentation, as it is written there
--- (docs/sql.md says what each statement becomes). Only the broker's
+-- (docs/reference/sql.md says what each statement becomes). Only the broker's
 -- address and the password come from the environment:
 --
 --   MQTT_BROKER=tcp://localhost:1883 MQTT_PASSWORD=secret mqlink run examples/sql/laminar.sql

@@ -125,8 +125,10 @@ pub struct ConnectionConfig {
     pub clean_session: bool,
     /// MQTT 5 session expiry in seconds [default with clean_session = false: never].
     pub session_expiry_interval: Option<u32>,
+    /// User name sent in CONNECT [default: none].
     pub username: Option<String>,
-    /// Never printed: not in logs, errors or /status.
+    /// Password sent in CONNECT [default: none]; never printed: not in
+    /// logs, errors or /status.
     #[serde(default, deserialize_with = "secret")]
     pub password: Option<Secret>,
     /// Keep-alive in seconds [default: 60].
@@ -135,16 +137,23 @@ pub struct ConnectionConfig {
     pub connect_timeout: Option<u64>,
     /// CA certificate (PEM) to verify the broker with [default: the system's].
     pub tls_ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS [default: none].
     pub tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_client_cert` [default: none].
     pub tls_client_key: Option<PathBuf>,
     /// Verify the broker's certificate [default: true].
     #[serde(default = "yes")]
     pub tls_verify: bool,
+    /// Last will: the topic the broker publishes to when this client
+    /// disconnects without DISCONNECT [default: no will].
     pub lwt_topic: Option<String>,
+    /// The will's payload [default: empty].
     #[serde(default)]
     pub lwt_payload: String,
+    /// The will's QoS: 0, 1 or 2 [default: 1].
     #[serde(default = "qos1", deserialize_with = "qos")]
     pub lwt_qos: QoS,
+    /// The will is retained [default: false].
     #[serde(default)]
     pub lwt_retain: bool,
     /// First reconnect delay in seconds [default: 1].
@@ -232,7 +241,8 @@ impl SinkKind {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address for /metrics, /health, /ready and /status.
+    /// Address for /metrics, /health, /ready, /status and /query
+    /// (required in `[http]`; without `[http]` nothing is served).
     pub listen: String,
 }
 

@@ -157,3 +157,8 @@ pub use types::{Protocol, QoS};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The library guide's Rust programs, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guides/hazelcast-jet.md")]
+struct LibraryGuideDoctests;

@@ -7,7 +7,7 @@
 //! persistent session draining 100,000 queued QoS 1 messages through
 //! `MqttSource`, shared subscriptions where the broker has them, and what
 //! the broker lacks — which must end in an error within seconds, never a
-//! reconnect loop. `docs/interop.md` holds the matrix these tests measure,
+//! reconnect loop. `docs/design/interop.md` holds the matrix these tests measure,
 //! with mosquitto_pub/mosquitto_sub as the control.
 //!
 //! A broker that is not installed fails the test with the install hint

@@ -29,9 +29,10 @@ use crate::spec::{typed, ConfigError, Context, SinkKind};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
-    /// One JSON object per line, appended; parent directories are created
-    /// at start. Renamed away (rotated), a new file is made at the path;
-    /// its directory deleted, writes wait until it exists again.
+    /// The file (required): one JSON object per line, appended; parent
+    /// directories are created at start. Renamed away (rotated), a new
+    /// file is made at the path; its directory deleted, writes wait until
+    /// it exists again.
     pub path: PathBuf,
     /// fsync after each batch, for power loss (a write() already survives
     /// a crash of mqlink) [default: false].

@@ -37,12 +37,16 @@ pub struct PostgresSinkConfig {
     /// `postgres://user[:password]@host[:port]/database`; the password is never printed.
     #[serde(deserialize_with = "secret_required")]
     pub url: Secret,
+    /// The table rows are inserted into (required); its columns are the
+    /// inputs' schema's.
     pub table: String,
-    /// Create the table (if missing) with the input's schema as columns.
+    /// Create the table (if missing) with the input's schema as columns
+    /// [default: false].
     #[serde(default)]
     pub create_table: bool,
     /// Columns that identify a message: redelivered rows are ignored
-    /// (`ON CONFLICT DO NOTHING`), so a crash still gives one row each.
+    /// (`ON CONFLICT DO NOTHING`), so a crash still gives one row each
+    /// [default: none: every delivery is inserted].
     #[serde(default)]
     pub primary_key: Vec<String>,
     /// Rows per INSERT at most [default: 5000].

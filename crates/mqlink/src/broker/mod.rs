@@ -2,7 +2,7 @@
 //! and tests (`broker = "embedded"` in a pipeline file, or `mqlink broker`).
 //!
 //! It speaks MQTT 3.1.1 and 5 over TCP with the library's own codec. See
-//! docs/embedded-broker.md for what it implements and its limits.
+//! docs/design/embedded-broker.md for what it implements and its limits.
 //!
 //! # Layout
 //! - [`mod@self`]: [`EmbeddedBroker`] (the accept loop, the connection cap) and [`BrokerConfig`].

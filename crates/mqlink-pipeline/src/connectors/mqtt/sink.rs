@@ -28,6 +28,7 @@ use crate::status::{Component, Mqtt};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
+    /// The `[connections.NAME]` to publish through (required).
     pub connection: String,
     /// Topic template: `{field}`, `{a.b}`, `{stream}` (the source topic);
     /// checked against the inputs' schemas when loaded.
@@ -36,6 +37,7 @@ pub struct MqttSinkConfig {
     /// 0, 1 or 2 [default: 1].
     #[serde(default = "qos1", deserialize_with = "qos")]
     pub qos: QoS,
+    /// Publish with the retain flag [default: false].
     #[serde(default)]
     pub retain: bool,
     /// `json` (the record as a JSON object) or `raw` (the original payload

@@ -26,6 +26,7 @@ use crate::status::{Component, Mqtt, State};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
+    /// The `[connections.NAME]` to subscribe through (required).
     pub connection: String,
     /// Topic filters; overlapping filters still deliver each message once.
     pub topics: OneOrMany,
@@ -71,7 +72,9 @@ pub struct MqttSourceConfig {
     /// Clients on a shared subscription [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
-    /// Share group with parallelism [default: the client id].
+    /// Share group: the filters are subscribed as `$share/<group>/…` when
+    /// it is set (other processes with the same group share the messages)
+    /// or with parallelism > 1 [default: the client id].
     pub share_group: Option<String>,
     /// The durable local buffer the source acknowledges into
     /// (docs/guides/local-buffer.md).
@@ -191,6 +194,8 @@ pub fn parse_source(ctx: &Context, body: Json) -> Result<SourceConfig, ConfigErr
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawBytesOptions {
+    /// Records of `{topic, payload}` instead of the payload alone
+    /// [default: false].
     #[serde(default)]
     pub include_topic: bool,
 }
