@@ -2332,7 +2332,7 @@ fn sigkill_with_100000_in_the_buffer_and_postgres_down_delivers_each_once() {
     let mut segs: Vec<_> = std::fs::read_dir(&logdir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segs.sort();
     let last = segs.last().expect("a segment");

@@ -12,7 +12,9 @@
 //! duplicate what was confirmed since the last checkpoint, never lose
 //! anything.
 //!
-//! Entry layout: `u32 length (LE) | u32 CRC-32C of the rest (LE) |
+//! Segments are `<first sequence>.log` (spools of mqlink before this log
+//! had `.seg` files without checksums: `sink/spool.rs` moves their records
+//! in). Entry layout: `u32 length (LE) | u32 CRC-32C of the rest (LE) |
 //! u64 unix ms (LE) | u16 client (LE) | an MQTT 5 PUBLISH packet` (topic,
 //! QoS, retain, DUP, packet id, payload and properties, by the codec);
 //! `length` counts what follows the CRC. An entry cut short or failing its
@@ -110,7 +112,7 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let seq = name.strip_suffix(".seg")?.parse().ok()?;
+            let seq = name.strip_suffix(".log")?.parse().ok()?;
             Some((seq, e.path()))
         })
         .collect();
@@ -263,7 +265,7 @@ impl Log {
         if self.file.is_some() && !full {
             return Ok(());
         }
-        let path = self.dir.join(format!("{:020}.seg", self.next_seq));
+        let path = self.dir.join(format!("{:020}.log", self.next_seq));
         let f = OpenOptions::new()
             .create(true)
             .append(true)
