@@ -35,6 +35,19 @@ fn catalog(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// `mqlink airbyte write` with stdin and stdout piped.
+fn write(cfg: &std::path::Path, cat: &std::path::Path) -> std::process::Child {
+    mqlink()
+        .args(["airbyte", "write", "--config"])
+        .arg(cfg)
+        .arg("--catalog")
+        .arg(cat)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn messages(out: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(out)
         .lines()
@@ -160,15 +173,7 @@ fn write_round_trips_types_routes_streams_and_orders_states() {
         .recv_timeout(Duration::from_secs(10))
         .expect("subscriber ready");
     assert!(probe.starts_with("ab/probe "), "{probe}");
-    let mut child = mqlink()
-        .args(["airbyte", "write", "--config"])
-        .arg(&cfg)
-        .arg("--catalog")
-        .arg(&cat)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = write(&cfg, &cat);
     let mut stdin = child.stdin.take().unwrap();
     let out = line_reader(child.stdout.take().unwrap());
     let data = json!({"int": 1, "neg": -9007199254740993i64, "float": 1.5e300, "small": 1e-7, "s": "ü\"\\n\u{1F600}",
@@ -252,15 +257,7 @@ fn a_record_for_an_unknown_stream_is_a_fatal_error() {
     let dir = broker.dir.path();
     let cfg = config(dir, broker.port, json!({}));
     let cat = catalog(dir);
-    let mut child = mqlink()
-        .args(["airbyte", "write", "--config"])
-        .arg(&cfg)
-        .arg("--catalog")
-        .arg(&cat)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = write(&cfg, &cat);
     let r = json!({"type": "RECORD", "record": {"stream": "nope", "data": {}, "emitted_at": 1}});
     writeln!(child.stdin.take().unwrap(), "{r}").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -323,15 +320,7 @@ fn invalid_utf8_lines_are_skipped_not_fatal() {
     let dir = broker.dir.path();
     let cfg = config(dir, broker.port, json!({}));
     let cat = catalog(dir);
-    let mut child = mqlink()
-        .args(["airbyte", "write", "--config"])
-        .arg(&cfg)
-        .arg("--catalog")
-        .arg(&cat)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = write(&cfg, &cat);
     {
         let mut stdin = child.stdin.take().unwrap();
         let r = |i: u32| json!({"type": "RECORD", "record": {"stream": "events", "data": {"i": i}, "emitted_at": 1}});
@@ -454,15 +443,7 @@ fn at_most_once_writes_every_record_and_claims_no_confirmation() {
         .map(|i| format!("{}\n", json!({"type": "RECORD", "record": {"stream": "events", "data": {"i": i}, "emitted_at": 1}})))
         .collect();
     for run in 0..5 {
-        let mut child = mqlink()
-            .args(["airbyte", "write", "--config"])
-            .arg(&cfg)
-            .arg("--catalog")
-            .arg(&cat)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = write(&cfg, &cat);
         child
             .stdin
             .take()

@@ -589,17 +589,8 @@ impl Driver {
                         seq,
                     })
                 };
-                let d = Delivery {
-                    topic: p.topic,
-                    payload: p.payload,
-                    qos: p.qos,
-                    retain: p.retain,
-                    dup: p.dup,
-                    packet_id: p.pkid,
-                    properties: p.properties,
-                    received_at,
-                    ack,
-                };
+                let mut d = Delivery::from_publish(p, received_at);
+                d.ack = ack;
                 self.deliver(d);
             }
             Packet::Ack(a) if a.kind == AckKind::PubRel => {

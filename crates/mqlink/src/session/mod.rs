@@ -207,8 +207,9 @@ impl Delivery {
         self.ack.take()
     }
 
-    /// A delivery read back from the source's local buffer: acknowledged
-    /// to the broker already, so it has no handle of its own.
+    /// A delivery of `p`, without an acknowledgement handle: the driver
+    /// gives one to QoS 1/2 messages it reads; one read back from the
+    /// source's local buffer was acknowledged to the broker already.
     pub(crate) fn from_publish(p: crate::codec::Publish, received_at: SystemTime) -> Delivery {
         Delivery {
             topic: p.topic,
