@@ -160,6 +160,20 @@ def test_qos(mosquitto, collector, uid, qos):
     sink.close()
 
 
+def test_version_3_1_as_quix_lists_it(mosquitto, collector, uid):
+    # Quix's documentation lists "3.1": the sink speaks MQTT 3.1 itself.
+    got = collector(mosquitto.port, f"{uid}/#", qos=1)
+    sink = make_sink(mosquitto, uid, version="3.1", qos=1)
+    sink.setup()
+    for i in range(100):
+        add(sink, i, b"k", i)
+    sink.flush()
+    assert sorted(int(m.payload) for m in got.wait_for(100)) == list(range(100))
+    sink.close()
+    connects = [l for l in mosquitto.log().splitlines() if f" as quix-{uid} " in l]
+    assert connects and "(p1," in connects[0], connects
+
+
 def test_retain_callable(mosquitto, collector, uid):
     sink = make_sink(mosquitto, uid, retain=lambda v: v["keep"])
     sink.setup()

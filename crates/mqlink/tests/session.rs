@@ -1067,7 +1067,7 @@ async fn publishes_the_broker_cannot_take_fail_alone() {
                     .unwrap();
                 d.disconnect().await;
             }
-            Protocol::V311 => {
+            Protocol::V31 | Protocol::V311 => {
                 for e in [&e, &e2, &e3] {
                     assert!(
                         matches!(e, PublishError::DroppedByBroker { times: 3, .. }),

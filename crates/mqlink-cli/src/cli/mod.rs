@@ -259,7 +259,7 @@ pub struct ConnArgs {
     /// [default with -c: never]. Ignored with MQTT 3.1.1, as mosquitto does.
     #[arg(short = 'x', long = "session-expiry-interval", value_name = "SECONDS", value_parser = parse_session_expiry, allow_hyphen_values = true)]
     pub session_expiry: Option<u32>,
-    /// MQTT version: 311, 5, mqttv311 or mqttv5.
+    /// MQTT version: 31, 311, 5, mqttv31, mqttv311 or mqttv5.
     #[arg(short = 'V', long = "protocol-version", value_parser = parse_protocol, default_value = "311")]
     pub protocol: Protocol,
     /// User name.

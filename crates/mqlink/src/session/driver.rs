@@ -720,7 +720,7 @@ impl Driver {
             all,
             qos2: match self.opts.protocol {
                 Protocol::V5 => all,
-                Protocol::V311 => all.min(V311_QOS2_WINDOW),
+                Protocol::V31 | Protocol::V311 => all.min(V311_QOS2_WINDOW),
             },
         };
         let v5 = self.opts.protocol == Protocol::V5;
