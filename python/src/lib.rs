@@ -97,7 +97,10 @@ fn qos(what: &str, v: u8) -> PyResult<QoS> {
 fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
     let mut o = ConnectOptions::default();
     o.protocol_or_default(None);
-    let mut tls = TlsOptions::default();
+    let mut tls = TlsOptions {
+        keys: mqlink::options::TlsKeys::PYTHON,
+        ..Default::default()
+    };
     for (k, v) in conn.iter() {
         let key: String = k.extract()?;
         if v.is_none() {

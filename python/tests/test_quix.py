@@ -288,6 +288,19 @@ def test_refused_connection_is_a_clear_error(make_mosquitto, tmp_path, uid):
     ok.close()
 
 
+def test_quix_default_tls_against_a_plain_port_says_what_to_write(mosquitto, uid):
+    # Quix's MQTTSink has TLS on by default; the port here is plain MQTT.
+    failures = []
+    sink = MQTTSink(
+        client_id=f"quix-{uid}", server="127.0.0.1", port=mosquitto.port, topic_root=uid,
+        on_client_connect_failure=lambda e: failures.append(e),
+    )
+    sink.start()
+    assert len(failures) == 1
+    assert "does not seem to speak TLS" in str(failures[0]), failures[0]
+    assert "tls_enabled=False" in str(failures[0]), failures[0]
+
+
 def make_certs(d) -> dict:
     """A CA, a server certificate for 127.0.0.1 and a client certificate."""
 

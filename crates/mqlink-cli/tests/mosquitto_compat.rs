@@ -1208,6 +1208,20 @@ fn tls_flags_as_mosquitto_takes_them() {
         ]),
     ];
     compare("tls", &cases, &env);
+
+    // mqlink says, once and in the flag's own words, that nothing is verified.
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args(["sub", "-h", "127.0.0.1", "--insecure", "-C", "1", "-p"])
+        .arg(env.tls_port.unwrap().to_string())
+        .arg("--cafile")
+        .arg(&certs.ca)
+        .args(["-t", &format!("{}/a", env.t)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("TLS verification is off").count(), 1, "{err}");
+    assert!(err.contains("--insecure"), "{err}");
 }
 
 /// `-V mqttv31` speaks MQTT 3.1 itself (protocol name MQIsdp, level 3),

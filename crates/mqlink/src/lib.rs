@@ -142,7 +142,7 @@ mod types;
 pub use codec::ByteStr;
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
 pub use options::{
-    Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptions, Transport,
+    Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsKeys, TlsOptions, Transport,
 };
 pub use secret::Secret;
 pub use session::{

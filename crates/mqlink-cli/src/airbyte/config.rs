@@ -217,6 +217,7 @@ impl AirbyteConfig {
                 ca_file: self.ca_file.clone().map(Into::into),
                 client_cert: self.client_cert.clone().map(Into::into),
                 client_key: self.client_key.clone().map(Into::into),
+                keys: mqlink::options::TlsKeys::AIRBYTE,
                 ..Default::default()
             },
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),

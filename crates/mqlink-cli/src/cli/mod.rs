@@ -501,6 +501,7 @@ impl ConnArgs {
                 client_key: self.key.clone(),
                 insecure: self.insecure,
                 server_name: None,
+                keys: mqlink::options::TlsKeys::CLI,
             },
             protocol: self.protocol,
             keep_alive: self.keepalive,
@@ -530,7 +531,7 @@ impl ConnArgs {
                 mqlink::options::OptionsError::WillTopic(_) => "--will-topic",
                 mqlink::options::OptionsError::MaxInflight(_) => "--max-inflight",
                 mqlink::options::OptionsError::MaxPacketSize(_) => "--max-packet-size",
-                mqlink::options::OptionsError::TlsPair(_) => "--cert/--key",
+                mqlink::options::OptionsError::TlsPair(..) => "--cert/--key",
                 _ => "options",
             };
             let hint = if flag == "-c" {

@@ -407,10 +407,7 @@ impl Driver {
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
         let connect = connect_packet(o, &self.client_id);
-        let io_err = |error: io::Error| ConnectError::Io {
-            broker: broker.clone(),
-            error,
-        };
+        let io_err = |error: io::Error| transport::read_error(broker, self.tls.as_ref(), error);
         let mut buf = BytesMut::with_capacity(128);
         encode(&Packet::Connect(Box::new(connect)), o.protocol, &mut buf);
         wr.write_all(&buf).await.map_err(io_err)?;
