@@ -537,6 +537,9 @@ async fn wrong_password_and_refused_filter_are_typed_errors() {
             "{proto}: {e}"
         );
         assert!(!format!("{e} {e:?}").contains("wrong-pw"));
+        // What `fn main() -> Result<(), Box<dyn Error>>` prints is a sentence.
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(!format!("{e:?}").contains("Refused {"), "{e:?}");
         o.password = Some("right-pw".into());
         let (c, _) = Client::connect(o).await.unwrap();
         c.disconnect().await;
