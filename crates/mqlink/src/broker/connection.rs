@@ -14,8 +14,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout};
 
+use super::budget::Held;
 use super::router::{split_shared, Router, Waiting};
 use super::session::{Delivery, Inflight, Message, Offer, Session, SessionState};
+use super::shown::Shown;
+use super::tree::too_deep;
 use super::wire::{self, ConnAck, ConnectError};
 use crate::codec::{
     self, encode, encode_ack, encode_publish, publish_size, Ack, AckKind, ByteStr, DecodeError,
@@ -74,6 +77,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
     let cfg = &router.config;
     let max_packet = cfg.max_packet_size as usize;
     let mut buf = BytesMut::new();
+    let mut held = Held::new(router.incomplete.clone());
     // CONNECT within the connect timeout, and nothing else first.
     let body = timeout(cfg.connect_timeout, async {
         loop {
@@ -92,7 +96,9 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
                     return Ok(b);
                 }
             }
-            buf.reserve(READ_STEP);
+            if !make_room(&mut buf, &mut held) {
+                return Err(invalid("incomplete packets over max_incomplete_bytes"));
+            }
             if sock.read_buf(&mut buf).await? == 0 {
                 return Err(invalid("closed before CONNECT"));
             }
@@ -115,6 +121,15 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
     };
     let protocol = connect.protocol;
     let v5 = protocol == Protocol::V5;
+    if let Some(w) = &connect.will {
+        if validate_topic_name(&w.topic).is_err() || too_deep(&w.topic) {
+            // 0x90 Topic Name invalid; 3.1.1 has no code for it: closed.
+            if v5 {
+                refuse(&mut sock, protocol, 0x90, "invalid will topic").await?;
+            }
+            return Err(invalid("invalid will topic"));
+        }
+    }
     if connect.props.auth_method.is_some() {
         refuse(
             &mut sock,
@@ -126,7 +141,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         return Err(invalid("enhanced authentication"));
     }
     if !cfg.authenticate(connect.username.as_deref(), connect.password.as_deref()) {
-        tracing::info!(client_id = %connect.client_id, username = connect.username.as_deref().unwrap_or(""), "Embedded broker: authentication failed.");
+        tracing::info!(client_id = %Shown(&connect.client_id), username = %Shown(connect.username.as_deref().unwrap_or("")), "Embedded broker: authentication failed.");
         // Anonymous: not authorized (0x87 / 0x05); else bad user name or password.
         let code = match (v5, connect.username.is_some()) {
             (true, true) => 0x86,
@@ -188,6 +203,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         routing: None,
         expiry,
         connect_expiry: expiry,
+        held,
     };
     let ack = ConnAck {
         session_present: attached.present,
@@ -200,7 +216,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         ..Default::default()
     };
     wire::encode_connack(&ack, protocol, &mut conn.out);
-    tracing::debug!(%client_id, ?protocol, present = attached.present, "Embedded broker: client connected.");
+    tracing::debug!(client_id = %Shown(&client_id), ?protocol, present = attached.present, "Embedded broker: client connected.");
     conn.resend();
     let (end, sock) = conn.run(sock, buf, keep_alive, kick).await;
     let linger = !matches!(
@@ -209,11 +225,11 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
     );
     let will = match end {
         End::Disconnect(will) => {
-            tracing::debug!(%client_id, "Embedded broker: client disconnected.");
+            tracing::debug!(client_id = %Shown(&client_id), "Embedded broker: client disconnected.");
             connect.will.filter(|_| will)
         }
         End::Abnormal(why) => {
-            tracing::debug!(%client_id, why, "Embedded broker: connection lost.");
+            tracing::debug!(client_id = %Shown(&client_id), why, "Embedded broker: connection lost.");
             connect.will
         }
     };
@@ -225,6 +241,15 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         half_close(sock).await;
     }
     Ok(())
+}
+
+/// Room to read into (a buffer only grows with what a client sent),
+/// charged to the incomplete-packet budget; false when it is spent.
+fn make_room(buf: &mut BytesMut, held: &mut Held) -> bool {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_STEP);
+    }
+    held.resize(buf.capacity())
 }
 
 /// When the broker ends a connection, it half-closes and reads what the
@@ -274,6 +299,8 @@ struct Conn {
     /// Session expiry in seconds when this connection ends (DISCONNECT may change it).
     expiry: u32,
     connect_expiry: u32,
+    /// The read buffer's charge to `max_incomplete_bytes`.
+    held: Held,
 }
 
 /// A protocol error: DISCONNECT with `code` on MQTT 5, then close.
@@ -335,12 +362,12 @@ impl Conn {
         if !matches!(s.owner, Some((c, _)) if c == self.conn_id) {
             return;
         }
-        let full_before = s.queue.len() >= s.limit;
+        let full_before = s.is_full();
         let mut took = false;
         while self.out.len() < OUT_HIGH && s.inflight.len() < self.window {
             let d = match self.pending.pop_front() {
                 Some(d) => d,
-                None => match s.queue.pop_front() {
+                None => match s.pop() {
                     Some(d) => {
                         s.taken += 1;
                         took = true;
@@ -373,7 +400,7 @@ impl Conn {
         if let Some(max) = self.client_max_packet {
             if publish_size(&p, self.protocol) > max {
                 // [MQTT-3.1.2-25]: not sent, as if delivered.
-                tracing::debug!(client_id = %self.session.client_id, topic = %p.topic, max, "Embedded broker: message over the client's maximum packet size; not sent to it.");
+                tracing::debug!(client_id = %Shown(&self.session.client_id), topic = %Shown(&p.topic), max, "Embedded broker: message over the client's maximum packet size; not sent to it.");
                 return;
             }
         }
@@ -421,9 +448,6 @@ impl Conn {
             tokio::select! {
                 _ = kick.notified() => break End::Abnormal("taken over or disconnected by the broker"),
                 n = rd.read_buf(&mut buf), if !blocked => {
-                    if buf.capacity() - buf.len() < 1024 {
-                        buf.reserve(READ_STEP);
-                    }
                     match n {
                         Ok(0) => break End::Abnormal("closed without DISCONNECT"),
                         Ok(_) => last_read = Instant::now(),
@@ -445,9 +469,10 @@ impl Conn {
                     break End::Abnormal("keep-alive expired");
                 }
             }
-            // Make room to read into once the buffer is used up.
-            if buf.capacity() == buf.len() {
-                buf.reserve(READ_STEP);
+            if !make_room(&mut buf, &mut self.held) {
+                tracing::warn!(client_id = %Shown(&self.session.client_id), max_incomplete_bytes = self.router.incomplete.max(), "Embedded broker: incomplete packets of all connections at their limit; this one's is not taken (closed, MQTT 5: 0x97).");
+                self.disconnect(0x97);
+                break End::Abnormal("incomplete packets over max_incomplete_bytes");
             }
         };
         // What is left to send (a DISCONNECT, acknowledgements), briefly.
@@ -529,7 +554,9 @@ impl Conn {
                         SubscribeOptions::qos(opts.qos)
                     };
                     let valid = split_shared(&filter).is_some_and(|(g, f)| {
-                        validate_filter(f).is_ok() && !(g.is_some() && opts.no_local)
+                        validate_filter(f).is_ok()
+                            && !too_deep(f)
+                            && !(g.is_some() && opts.no_local)
                     }) && opts.retain_handling < 3;
                     if !valid {
                         codes.push(if self.v5() { 0x8F } else { 0x80 });
@@ -563,7 +590,8 @@ impl Conn {
                     .filters
                     .iter()
                     .map(|f| {
-                        if self.router.unsubscribe(&self.session, f) {
+                        // Too deep to have been subscribed.
+                        if !too_deep(f) && self.router.unsubscribe(&self.session, f) {
                             0x00
                         } else {
                             0x11
@@ -615,6 +643,9 @@ impl Conn {
         }
         if validate_topic_name(&p.topic).is_err() {
             return Err(Violation(0x90, "invalid topic name"));
+        }
+        if too_deep(&p.topic) {
+            return Err(Violation(0x90, "topic name over 200 levels"));
         }
         properties.subscription_identifiers.clear();
         let expires = properties
@@ -724,14 +755,20 @@ impl Conn {
                 Offer::Queued | Offer::Dropped => {}
                 Offer::Full(delivery, seen) => {
                     let kick = {
-                        let s = w.session.lock();
+                        let mut s = w.session.lock();
                         let idle_since = s.last_taken.max(w.since);
-                        (now.duration_since(idle_since) >= stall)
+                        let stalled = now.duration_since(idle_since) >= stall && !s.overflowed;
+                        s.overflowed |= stalled;
+                        stalled
                             .then(|| s.owner.as_ref().map(|(_, k)| k.clone()))
                             .flatten()
                     };
                     if let Some(k) = kick {
-                        tracing::warn!(client_id = %w.session.client_id, timeout = ?stall, "Embedded broker: a subscriber took nothing from its full queue; disconnected (max_queued_messages).");
+                        self.router
+                            .counters
+                            .slow_disconnects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(client_id = %Shown(&w.session.client_id), timeout = ?stall, "Embedded broker: a subscriber took nothing from its full queue; disconnected (max_queued_messages).");
                         k.notify_one();
                     }
                     still.push(Waiting {
@@ -766,13 +803,17 @@ async fn wait_for_room(waiting: Option<&[Waiting]>, stall: Duration) {
     notified.as_mut().enable();
     let idle_since = {
         let s = w.session.lock();
-        if s.taken != w.seen || s.owner.is_none() || s.closed || s.queue.len() < s.limit {
+        if s.taken != w.seen || s.owner.is_none() || s.closed || !s.is_full() {
             return;
         }
-        s.last_taken.max(w.since)
+        // Told to go already: wait for it to go offline.
+        (!s.overflowed).then(|| s.last_taken.max(w.since))
     };
-    tokio::select! {
-        _ = notified => {}
-        _ = sleep_until((idle_since + stall).into()) => {}
+    match idle_since {
+        Some(idle_since) => tokio::select! {
+            _ = notified => {}
+            _ = sleep_until((idle_since + stall).into()) => {}
+        },
+        None => notified.await,
     }
 }

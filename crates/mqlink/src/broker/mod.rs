@@ -26,9 +26,11 @@
 //! `max_packet_size` plus what it sends out (256 KiB of deliveries at a time).
 
 mod auth;
+mod budget;
 mod connection;
 mod router;
 mod session;
+mod shown;
 #[cfg(feature = "tls")]
 mod tls;
 mod tree;
@@ -37,6 +39,7 @@ mod wire;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +57,19 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Largest packet accepted and advertised in CONNACK [default: 16 MiB].
     pub max_packet_size: u32,
+    /// Bytes of packets not yet fully received, across all connections
+    /// (beyond 64 KiB each); a connection whose packet would take more is
+    /// closed (MQTT 5: DISCONNECT 0x97) [default: 256 MiB].
+    pub max_incomplete_bytes: usize,
     /// Messages a session queues beyond those in flight [default: 10,000].
     pub max_queued_messages: usize,
+    /// Bytes (topics and payloads) a session queues beyond those in
+    /// flight; one message is always let into an empty queue [default: 64 MiB].
+    pub max_queued_bytes: usize,
+    /// Subscribers whose full queue holds their publishers back; every
+    /// other one has QoS 0 dropped for it (counted) and is disconnected
+    /// by a QoS 1/2 message that does not fit [default: none].
+    pub hold_publishers_for: HoldPublishers,
     /// Deliveries in flight to one MQTT 3.1.1 client (MQTT 5 clients:
     /// their receive maximum, up to this) [default: 1000].
     pub max_inflight_messages: usize,
@@ -74,8 +88,8 @@ pub struct BrokerConfig {
     pub server_keep_alive: u16,
     /// Topic aliases a client may set (client → broker) [default: 64].
     pub topic_alias_maximum: u16,
-    /// A subscriber that takes nothing from its full queue for this long
-    /// is disconnected [default: 60 s].
+    /// A subscriber that holds publishers back (`hold_publishers_for`) and
+    /// takes nothing from its full queue for this long is disconnected [default: 60 s].
     pub slow_subscriber_timeout: Duration,
     /// Whether clients without a user name are let in [default: yes without
     /// a password file, no with one]. A non-loopback listener without a
@@ -90,7 +104,10 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_connections: 1024,
             max_packet_size: 16 << 20,
+            max_incomplete_bytes: 256 << 20,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 << 20,
+            hold_publishers_for: HoldPublishers::None,
             max_inflight_messages: 1000,
             receive_maximum: 1000,
             connect_timeout: Duration::from_secs(10),
@@ -101,6 +118,40 @@ impl Default for BrokerConfig {
             allow_anonymous: None,
             passwords: None,
         }
+    }
+}
+
+/// Which subscribers make publishers wait when their queue is full
+/// (see [`BrokerConfig::hold_publishers_for`]).
+#[derive(Clone, Default)]
+pub enum HoldPublishers {
+    /// None (as Mosquitto): one slow subscriber never holds anyone up.
+    #[default]
+    None,
+    /// Every subscriber: nothing is dropped, a stalled subscriber stalls
+    /// its publishers until `slow_subscriber_timeout`.
+    All,
+    /// Subscribers whose client id this accepts (a pipeline's own sources).
+    Matching(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl HoldPublishers {
+    fn holds(&self, client_id: &str) -> bool {
+        match self {
+            HoldPublishers::None => false,
+            HoldPublishers::All => true,
+            HoldPublishers::Matching(f) => f(client_id),
+        }
+    }
+}
+
+impl std::fmt::Debug for HoldPublishers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HoldPublishers::None => "None",
+            HoldPublishers::All => "All",
+            HoldPublishers::Matching(_) => "Matching(..)",
+        })
     }
 }
 
@@ -278,15 +329,20 @@ impl BrokerMonitor {
     /// See [`EmbeddedBroker::stats`].
     pub fn stats(&self) -> BrokerStats {
         let (sessions, subscriptions, retained) = self.0.counts();
+        let counters = &self.0.counters;
         BrokerStats {
             sessions,
             subscriptions,
             retained,
+            incomplete_bytes: self.0.incomplete.used(),
+            dropped_messages: counters.dropped.load(Ordering::Relaxed),
+            slow_disconnects: counters.slow_disconnects.load(Ordering::Relaxed),
         }
     }
 
-    /// Online sessions whose queue is full (`max_queued_messages`): their
-    /// publishers wait. Each with how long it has taken nothing.
+    /// Online sessions that hold publishers back and whose queue is full
+    /// (`max_queued_messages`, `max_queued_bytes`): their publishers wait.
+    /// Each with how long it has taken nothing.
     pub fn full_queues(&self) -> Vec<FullQueue> {
         let now = std::time::Instant::now();
         let mut full: Vec<FullQueue> = self
@@ -295,10 +351,10 @@ impl BrokerMonitor {
             .iter()
             .filter_map(|s| {
                 let st = s.lock();
-                (st.owner.is_some() && !st.closed && st.queue.len() >= st.limit).then(|| {
+                (st.owner.is_some() && !st.closed && st.limits.hold && st.is_full()).then(|| {
                     FullQueue {
                         client_id: s.client_id.clone(),
-                        queued: st.queue.len(),
+                        queued: st.queued(),
                         idle: now.duration_since(st.last_taken),
                     }
                 })
@@ -329,6 +385,12 @@ pub struct BrokerStats {
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,
+    /// Bytes of incomplete packets charged to `max_incomplete_bytes` now.
+    pub incomplete_bytes: usize,
+    /// Messages not queued for a subscriber because its queue was full, ever.
+    pub dropped_messages: u64,
+    /// Subscribers disconnected because a QoS 1/2 message did not fit their queue, ever.
+    pub slow_disconnects: u64,
 }
 
 impl Drop for EmbeddedBroker {

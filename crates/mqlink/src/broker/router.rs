@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::session::{Delivery, Message, Offer, Session};
+use super::budget::Budget;
+use super::session::{Counters, Delivery, Message, Offer, QueueLimits, Session};
+use super::shown::Shown;
 use super::tree::{Match, RetainedTree, SubTree, Subscriber};
 use super::wire::Will;
 use super::BrokerConfig;
@@ -26,6 +28,9 @@ pub(super) struct Router {
     pub config: BrokerConfig,
     state: Mutex<State>,
     next_key: AtomicU64,
+    pub counters: Arc<Counters>,
+    /// Incomplete packets across connections (`max_incomplete_bytes`).
+    pub incomplete: Arc<Budget>,
 }
 
 /// A session a connection took over or created.
@@ -43,26 +48,25 @@ pub(super) struct Waiting {
     pub since: Instant,
 }
 
-/// A filter split into its share group (if any) and the filter proper.
+/// A filter split into its share group (if any) and the filter proper;
+/// `None` for a malformed `$share/…` (topic.rs's parser, the one the
+/// client uses).
 pub(super) fn split_shared(filter: &str) -> Option<(Option<&str>, &str)> {
-    match filter.strip_prefix("$share/") {
+    match crate::topic::shared_parts(filter) {
         None => Some((None, filter)),
-        Some(rest) => {
-            let (group, f) = rest.split_once('/')?;
-            if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
-                return None;
-            }
-            Some((Some(group), f))
-        }
+        Some(Ok((group, f))) => Some((Some(group), f)),
+        Some(Err(())) => None,
     }
 }
 
 impl Router {
     pub fn new(config: BrokerConfig) -> Router {
         Router {
-            config,
             state: Mutex::default(),
             next_key: AtomicU64::new(1),
+            counters: Arc::default(),
+            incomplete: Arc::new(Budget::new(config.max_incomplete_bytes)),
+            config,
         }
     }
 
@@ -88,6 +92,7 @@ impl Router {
                         k.notify_one();
                     }
                     g.generation += 1;
+                    g.overflowed = false;
                     drop(g);
                     s.room.notify_waiters();
                     return Attached {
@@ -102,10 +107,16 @@ impl Router {
         if let Some(old) = old {
             self.discard(&old);
         }
+        let limits = QueueLimits {
+            messages: self.config.max_queued_messages.max(1),
+            bytes: self.config.max_queued_bytes,
+            hold: self.config.hold_publishers_for.holds(client_id),
+        };
         let session = Arc::new(Session::new(
             client_id.to_owned(),
             self.key(),
-            self.config.max_queued_messages,
+            limits,
+            self.counters.clone(),
         ));
         session.lock().owner = Some((conn, kick));
         let mut st = self.lock();
@@ -126,8 +137,8 @@ impl Router {
         let subs = {
             let mut g = s.lock();
             g.closed = true;
-            g.queue.clear();
-            g.inflight.clear();
+            g.clear_queue();
+            g.inflight = Default::default();
             if let Some((_, k)) = g.owner.take() {
                 k.notify_one();
             }
@@ -185,7 +196,7 @@ impl Router {
                         g.owner.is_none() && g.generation == generation
                     };
                     if expired {
-                        tracing::debug!(client_id = %s.client_id, "Embedded broker: session expired.");
+                        tracing::debug!(client_id = %Shown(&s.client_id), "Embedded broker: session expired.");
                         router.remove(&s);
                     }
                 });
@@ -239,7 +250,7 @@ impl Router {
     /// Routes a message nobody waits for (a will): where a queue is full, dropped.
     fn route_now(&self, msg: &Arc<Message>, what: &str) {
         for w in self.route(msg) {
-            tracing::warn!(client_id = %w.session.client_id, topic = %msg.topic, "Embedded broker: a subscriber's queue is full; {what} dropped for it.");
+            tracing::warn!(client_id = %Shown(&w.session.client_id), topic = %Shown(&msg.topic), "Embedded broker: a subscriber's queue is full; {what} dropped for it.");
         }
     }
 
