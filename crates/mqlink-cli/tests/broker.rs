@@ -37,9 +37,15 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// Starts `mqlink broker -c conf`; returns once it listens, with its log.
 fn start_broker_logged(conf: &std::path::Path) -> (std::process::Child, Log) {
+    start_broker_with(conf, &[])
+}
+
+/// Starts `mqlink broker -c conf ARGS`; returns once it listens, with its log.
+fn start_broker_with(conf: &std::path::Path, args: &[&str]) -> (std::process::Child, Log) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mqlink"))
         .args(["broker", "-c"])
         .arg(conf)
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -424,5 +430,44 @@ async fn mqlink_broker_deaf_subscribers_do_not_hold_up_a_canary() {
         stopping.contains("slow_disconnects=1") && !stopping.contains("dropped_messages=0"),
         "{stopping}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client id with a newline cannot forge a log line, and a 65 KB one is
+/// cut short: client strings are escaped and truncated in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqlink_broker_logs_client_ids_escaped_and_truncated() {
+    let dir = std::env::temp_dir().join(unique_id("mqlink-broker-forge"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("broker.conf"),
+        format!("listener {port} 127.0.0.1\n"),
+    )
+    .unwrap();
+    let (child, log) = start_broker_with(&dir.join("broker.conf"), &["-v"]);
+    let forged = "x\n2026-12-07T00:00:00.000000Z ERROR FORGED line";
+    let long = "L".repeat(65_000);
+    for id in [forged, &long] {
+        let mut sock = raw_client(port, id).await;
+        raw_send(&mut sock, &Packet::Disconnect(Default::default())).await;
+        let mut rest = Vec::new();
+        let _ = sock.read_to_end(&mut rest).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(child);
+    let log = log.lock().unwrap().join("\n");
+    assert!(
+        log.contains(r"client_id=x\n2026-12-07T00:00:00.000000Z ERROR FORGED line"),
+        "the id is logged, escaped:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-12-07T00:00:00.000000Z")),
+        "no forged line:\n{log}"
+    );
+    let longest = log.lines().map(str::len).max().unwrap();
+    assert!(log.contains("…(+64900 bytes)"), "{log}");
+    assert!(longest < 1_000, "a line of {longest} bytes");
     let _ = std::fs::remove_dir_all(dir);
 }
