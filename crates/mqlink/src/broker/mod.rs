@@ -12,18 +12,22 @@
 //! - `tree`: the subscription and retained-message topic trees.
 //! - `wire`: CONNECT and CONNACK as a broker reads and writes them.
 //! - `auth`: password files (mosquitto_passwd's format).
+//! - `budget`: the byte budget for incomplete packets across connections.
+//! - `shown`: client strings escaped and truncated for log lines.
 //!
 //! # Flow control and limits
 //! A publish is acknowledged once it is queued for every online matching
-//! session. While a subscriber's queue (`max_queued_messages`) is full, the
-//! publisher gets no acknowledgement and is not read from (back-pressure:
-//! nothing is lost because a subscriber is slow). A subscriber that has
-//! taken nothing from its full queue for `slow_subscriber_timeout` (it
-//! stopped reading, or stopped acknowledging) is disconnected, so one bad
-//! client cannot stall the others; its persistent session then queues up
-//! to the same limit and drops beyond it, as Mosquitto's
-//! `max_queued_messages` does. A connection buffers at most one packet of
-//! `max_packet_size` plus what it sends out (256 KiB of deliveries at a time).
+//! session, or dropped for it. A session's queue holds `max_queued_messages`
+//! and `max_queued_bytes`; beyond them QoS 0 is dropped for that session
+//! (counted) and a QoS 1/2 message that does not fit disconnects its
+//! subscriber, so one slow client never holds up the others (as
+//! Mosquitto). Subscribers named by `hold_publishers_for` (a pipeline's
+//! own) make publishers wait instead — no acknowledgement, nothing read —
+//! and are disconnected after `slow_subscriber_timeout` without progress.
+//! A connection buffers what it sends out (256 KiB of deliveries at a
+//! time) and at most one packet of `max_packet_size`, whose bytes beyond
+//! 64 KiB are charged to `max_incomplete_bytes` across all connections.
+//! Topic names and filters have at most 200 levels (the trees recurse per level).
 
 mod auth;
 mod budget;
