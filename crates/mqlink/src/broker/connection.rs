@@ -19,10 +19,11 @@ use super::router::{split_shared, Router, Waiting};
 use super::session::{Delivery, Inflight, Message, Offer, Session, SessionState};
 use super::shown::Shown;
 use super::tree::too_deep;
-use super::wire::{self, ConnAck, ConnectError};
+use super::wire::{self, ConnectError};
 use crate::codec::{
-    self, encode, encode_ack, encode_publish, publish_size, Ack, AckKind, ByteStr, DecodeError,
-    Disconnect, Packet, Publish, SubAck, SubscribeOptions, UnsubAck,
+    self, encode, encode_ack, encode_publish, publish_size, Ack, AckKind, ByteStr,
+    ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Publish, SubAck, SubscribeOptions,
+    UnsubAck,
 };
 use crate::topic::{validate_filter, validate_topic_name};
 use crate::types::{Protocol, QoS};
@@ -72,18 +73,18 @@ impl Io for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Serves one client connection until it ends.
-pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64) -> io::Result<()> {
-    let cfg = &router.config;
-    let max_packet = cfg.max_packet_size as usize;
-    let mut buf = BytesMut::new();
-    let mut held = Held::new(router.incomplete.clone());
-    // CONNECT within the connect timeout, and nothing else first.
-    let body = timeout(cfg.connect_timeout, async {
+/// Reads until a whole CONNECT is in `buf` (within the connect timeout).
+async fn read_connect<S: Io>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    held: &mut Held,
+    router: &Router,
+) -> io::Result<()> {
+    let max_packet = router.config.max_packet_size as usize;
+    let read = async {
         loop {
-            if let Some((h, len)) =
-                wire::fixed_header(&buf).map_err(|_| invalid("malformed length"))?
-            {
+            let header = codec::read_fixed_header(buf).map_err(|_| invalid("malformed length"))?;
+            if let Some((h, len)) = header {
                 if buf[0] != 0x10 {
                     return Err(invalid("first packet is not CONNECT"));
                 }
@@ -91,56 +92,69 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
                     return Err(invalid("CONNECT over the maximum packet size"));
                 }
                 if buf.len() >= h + len {
-                    let mut b = buf.split_to(h + len).freeze();
-                    b.advance(h);
-                    return Ok(b);
+                    return Ok(());
                 }
             }
-            if !make_room(&mut buf, &mut held) {
+            if !make_room(buf, held) {
                 return Err(invalid("incomplete packets over max_incomplete_bytes"));
             }
-            if sock.read_buf(&mut buf).await? == 0 {
+            if sock.read_buf(buf).await? == 0 {
                 return Err(invalid("closed before CONNECT"));
             }
         }
-    })
-    .await
-    .map_err(|_| invalid("no CONNECT within the connect timeout"))??;
-    let connect = match wire::decode_connect(body) {
+    };
+    timeout(router.config.connect_timeout, read)
+        .await
+        .map_err(|_| invalid("no CONNECT within the connect timeout"))?
+}
+
+/// Decodes the CONNECT in `buf` with the codec; a refusal is answered.
+async fn accept_connect<S: Io>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> io::Result<Connect> {
+    let connect = match wire::decode_connect(buf, max_packet) {
         Ok(c) => c,
         Err(ConnectError::UnsupportedLevel) => {
             // [MQTT-3.1.2-2]: 0x01 unacceptable protocol version, in 3.1.1's format.
             sock.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
             return Err(invalid("unsupported protocol level"));
         }
-        Err(ConnectError::Malformed(what, Protocol::V5)) => {
-            refuse(&mut sock, Protocol::V5, 0x81, what).await?;
-            return Err(invalid(what));
+        Err(ConnectError::AuthMethod(protocol)) => {
+            let why = "enhanced authentication is not supported";
+            refuse(sock, protocol, 0x8C, why).await?;
+            return Err(invalid(why));
         }
-        Err(ConnectError::Malformed(what, _)) => return Err(invalid(what)),
+        Err(ConnectError::Malformed(what, Protocol::V5)) => {
+            refuse(sock, Protocol::V5, 0x81, &what).await?;
+            return Err(invalid(&what));
+        }
+        Err(ConnectError::Malformed(what, _)) => return Err(invalid(&what)),
     };
-    let protocol = connect.protocol;
-    let v5 = protocol == Protocol::V5;
     if let Some(w) = &connect.will {
         if validate_topic_name(&w.topic).is_err() || too_deep(&w.topic) {
             // 0x90 Topic Name invalid; 3.1.1 has no code for it: closed.
-            if v5 {
-                refuse(&mut sock, protocol, 0x90, "invalid will topic").await?;
+            if connect.protocol == Protocol::V5 {
+                refuse(sock, connect.protocol, 0x90, "invalid will topic").await?;
             }
             return Err(invalid("invalid will topic"));
         }
     }
-    if connect.props.auth_method.is_some() {
-        refuse(
-            &mut sock,
-            protocol,
-            0x8C,
-            "enhanced authentication is not supported",
-        )
-        .await?;
-        return Err(invalid("enhanced authentication"));
-    }
-    if !cfg.authenticate(connect.username.as_deref(), connect.password.as_deref()) {
+    Ok(connect)
+}
+
+/// Serves one client connection until it ends.
+pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64) -> io::Result<()> {
+    let cfg = &router.config;
+    let mut buf = BytesMut::new();
+    let mut held = Held::new(router.incomplete.clone());
+    read_connect(&mut sock, &mut buf, &mut held, &router).await?;
+    let connect = accept_connect(&mut sock, &mut buf, cfg.max_packet_size as usize).await?;
+    let protocol = connect.protocol;
+    let v5 = protocol == Protocol::V5;
+    let password = connect.password.as_ref().map(|p| p.expose().as_bytes());
+    if !cfg.authenticate(connect.username.as_deref(), password) {
         tracing::info!(client_id = %Shown(&connect.client_id), username = %Shown(connect.username.as_deref().unwrap_or("")), "Embedded broker: authentication failed.");
         // Anonymous: not authorized (0x87 / 0x05); else bad user name or password.
         let code = match (v5, connect.username.is_some()) {
@@ -181,7 +195,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         connect.client_id.clone()
     };
     let expiry = match (v5, connect.clean_start) {
-        (true, _) => connect.props.session_expiry.unwrap_or(0),
+        (true, _) => connect.properties.session_expiry_interval.unwrap_or(0),
         (false, true) => 0,
         (false, false) => u32::MAX,
     };
@@ -193,11 +207,11 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         protocol,
         conn_id,
         out: BytesMut::new(),
-        window: match connect.props.receive_maximum {
+        window: match connect.properties.receive_maximum {
             Some(n) if v5 => (n as usize).min(cfg.max_inflight_messages),
             _ => cfg.max_inflight_messages,
         },
-        client_max_packet: connect.props.maximum_packet_size.map(|n| n as usize),
+        client_max_packet: connect.properties.maximum_packet_size.map(|n| n as usize),
         aliases: HashMap::new(),
         pending: VecDeque::new(),
         routing: None,
@@ -205,17 +219,15 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         connect_expiry: expiry,
         held,
     };
-    let ack = ConnAck {
-        session_present: attached.present,
-        code: 0,
+    let ack = ConnAckProperties {
         maximum_packet_size: Some(cfg.max_packet_size),
         receive_maximum: Some(cfg.receive_maximum),
-        assigned_client_id: assigned,
+        assigned_client_identifier: assigned,
         topic_alias_maximum: Some(cfg.topic_alias_maximum).filter(|n| *n > 0),
         server_keep_alive,
         ..Default::default()
     };
-    wire::encode_connack(&ack, protocol, &mut conn.out);
+    wire::encode_connack(attached.present, 0, ack, protocol, &mut conn.out);
     tracing::debug!(client_id = %Shown(&client_id), ?protocol, present = attached.present, "Embedded broker: client connected.");
     conn.resend();
     let (end, sock) = conn.run(sock, buf, keep_alive, kick).await;
@@ -226,11 +238,11 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
     let will = match end {
         End::Disconnect(will) => {
             tracing::debug!(client_id = %Shown(&client_id), "Embedded broker: client disconnected.");
-            connect.will.filter(|_| will)
+            connect.will.filter(|_| will).map(wire::Will::from)
         }
         End::Abnormal(why) => {
             tracing::debug!(client_id = %Shown(&client_id), why, "Embedded broker: connection lost.");
-            connect.will
+            connect.will.map(wire::Will::from)
         }
     };
     router.detach(&conn.session, conn_id, conn.expiry);
@@ -267,12 +279,11 @@ async fn half_close<S: Io>(mut sock: S) {
 /// CONNACK with a refusal.
 async fn refuse<S: Io>(sock: &mut S, protocol: Protocol, code: u8, reason: &str) -> io::Result<()> {
     let mut out = BytesMut::new();
-    let ack = ConnAck {
-        code,
-        reason: (protocol == Protocol::V5).then(|| reason.to_owned()),
+    let ack = ConnAckProperties {
+        reason_string: (protocol == Protocol::V5).then(|| reason.to_owned()),
         ..Default::default()
     };
-    wire::encode_connack(&ack, protocol, &mut out);
+    wire::encode_connack(false, code, ack, protocol, &mut out);
     sock.write_all(&out).await
 }
 
@@ -505,8 +516,8 @@ impl Conn {
     ) -> Result<Option<End>, Violation> {
         while self.routing.is_none() {
             // Checked before decoding: a declared length is never allocated.
-            match wire::fixed_header(buf) {
-                Err(()) => return Err(Violation(0x81, "malformed remaining length")),
+            match codec::read_fixed_header(buf) {
+                Err(_) => return Err(Violation(0x81, "malformed remaining length")),
                 Ok(None) => return Ok(None),
                 Ok(Some((h, len))) if h + len > max_packet => {
                     return Err(Violation(0x95, "packet over the maximum packet size"))
@@ -520,9 +531,11 @@ impl Conn {
                 Err(DecodeError::PacketTooLarge { .. }) => {
                     return Err(Violation(0x95, "packet over the maximum packet size"))
                 }
-                Err(DecodeError::InvalidPacketType(1)) => {
-                    return Err(Violation(0x82, "a second CONNECT"))
-                }
+                Err(
+                    DecodeError::InvalidPacketType(1)
+                    | DecodeError::UnsupportedProtocolLevel(_)
+                    | DecodeError::InvalidConnect(_),
+                ) => return Err(Violation(0x82, "a second CONNECT")),
                 Err(DecodeError::AuthNotSupported) => {
                     return Err(Violation(0x82, "AUTH is not supported"))
                 }
@@ -604,6 +617,7 @@ impl Conn {
                 }));
             }
             Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Connect(_) => return Err(Violation(0x82, "a second CONNECT")),
             Packet::Disconnect(d) => {
                 if let Some(e) = d.session_expiry_interval {
                     if self.connect_expiry == 0 && e != 0 {

@@ -10,7 +10,7 @@
 //! - `session`: what a client id keeps across connections: queue, in-flight deliveries, QoS 2 state.
 //! - `router`: sessions by client id, subscriptions and retained messages; routing a publish.
 //! - `tree`: the subscription and retained-message topic trees.
-//! - `wire`: CONNECT and CONNACK as a broker reads and writes them.
+//! - `wire`: CONNECT and CONNACK through the codec (its decoder is the only one), the will as kept.
 //! - `auth`: password files (mosquitto_passwd's format).
 //! - `budget`: the byte budget for incomplete packets across connections.
 //! - `shown`: client strings escaped and truncated for log lines.
