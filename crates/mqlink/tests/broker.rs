@@ -1306,3 +1306,50 @@ async fn half_sent_packets_stay_within_the_incomplete_byte_budget() {
     }
     assert_eq!(b.stats().incomplete_bytes, 0, "given back when they left");
 }
+
+/// Subscriptions are counted in bytes across sessions: beyond
+/// `max_subscription_bytes` a new one is refused (0x97 on MQTT 5, 0x80 on
+/// 3.1.1), and what a client's subscriptions took is given back when it
+/// leaves.
+#[tokio::test]
+async fn subscriptions_are_bounded_by_bytes_and_given_back() {
+    let _shared = SERIAL.read().await;
+    let config = BrokerConfig {
+        max_subscription_bytes: 100_000,
+        ..Default::default()
+    };
+    let b = EmbeddedBroker::start_with("127.0.0.1:0", config)
+        .await
+        .unwrap();
+    let addr = b.local_addr();
+    let (mut a, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    a.send(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: (0..400).map(|i| (format!("a/{i}/+"), qos1())).collect(),
+        subscription_identifier: None,
+    }))
+    .await;
+    let codes = match a.recv().await {
+        Packet::SubAck(s) => s.codes,
+        p => panic!("{p:?}"),
+    };
+    // Each counts 512 bytes and twice its 5 to 7: about 190 fit.
+    let granted = codes.iter().take_while(|c| **c == 1).count();
+    assert!((185..195).contains(&granted), "{granted} granted");
+    assert!(codes[granted..].iter().all(|c| *c == 0x97), "{codes:?}");
+    assert_eq!(b.stats().subscriptions, granted);
+    let long = format!("c/{}", "x".repeat(40));
+    let (mut c, _) = Raw::connect(addr, Protocol::V311, |_| {}).await;
+    assert_eq!(c.subscribed(&long, qos1(), None).await, 0x80);
+    a.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(a.closed().await, None);
+    for _ in 0..50 {
+        if b.stats().subscription_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = b.stats();
+    assert_eq!((stats.subscriptions, stats.subscription_bytes), (0, 0));
+    assert_eq!(c.subscribed(&long, qos1(), None).await, 1, "room again");
+}

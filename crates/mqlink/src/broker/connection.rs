@@ -576,7 +576,12 @@ impl Conn {
                         continue;
                     }
                     let id = s.subscription_identifier.filter(|_| self.v5());
-                    let retained = self.router.subscribe(&self.session, &filter, opts, id);
+                    let Ok(retained) = self.router.subscribe(&self.session, &filter, opts, id)
+                    else {
+                        // 0x97 Quota exceeded.
+                        codes.push(if self.v5() { 0x97 } else { 0x80 });
+                        continue;
+                    };
                     let now = Instant::now();
                     self.pending
                         .extend(retained.into_iter().filter(|m| !m.expired(now)).map(|msg| {

@@ -27,6 +27,7 @@
 //! A connection buffers what it sends out (256 KiB of deliveries at a
 //! time) and at most one packet of `max_packet_size`, whose bytes beyond
 //! 64 KiB are charged to `max_incomplete_bytes` across all connections.
+//! Subscriptions of all sessions are counted against `max_subscription_bytes`.
 //! Topic names and filters have at most 200 levels (the trees recurse per level).
 
 mod auth;
@@ -65,6 +66,10 @@ pub struct BrokerConfig {
     /// (beyond 64 KiB each); a connection whose packet would take more is
     /// closed (MQTT 5: DISCONNECT 0x97) [default: 256 MiB].
     pub max_incomplete_bytes: usize,
+    /// Subscriptions of all sessions, in bytes: each is counted as 512
+    /// bytes and twice its filter; a new one beyond this is refused
+    /// (SUBACK 0x97 on MQTT 5, 0x80 on 3.1.1) [default: 256 MiB].
+    pub max_subscription_bytes: usize,
     /// Messages a session queues beyond those in flight [default: 10,000].
     pub max_queued_messages: usize,
     /// Bytes (topics and payloads) a session queues beyond those in
@@ -109,6 +114,7 @@ impl Default for BrokerConfig {
             max_connections: 1024,
             max_packet_size: 16 << 20,
             max_incomplete_bytes: 256 << 20,
+            max_subscription_bytes: 256 << 20,
             max_queued_messages: 10_000,
             max_queued_bytes: 64 << 20,
             hold_publishers_for: HoldPublishers::None,
@@ -332,12 +338,13 @@ impl BrokerMonitor {
 
     /// See [`EmbeddedBroker::stats`].
     pub fn stats(&self) -> BrokerStats {
-        let (sessions, subscriptions, retained) = self.0.counts();
+        let (sessions, subscriptions, retained, subscription_bytes) = self.0.counts();
         let counters = &self.0.counters;
         BrokerStats {
             sessions,
             subscriptions,
             retained,
+            subscription_bytes,
             incomplete_bytes: self.0.incomplete.used(),
             dropped_messages: counters.dropped.load(Ordering::Relaxed),
             slow_disconnects: counters.slow_disconnects.load(Ordering::Relaxed),
@@ -389,6 +396,8 @@ pub struct BrokerStats {
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,
+    /// What the subscriptions are counted as against `max_subscription_bytes`.
+    pub subscription_bytes: usize,
     /// Bytes of incomplete packets charged to `max_incomplete_bytes` now.
     pub incomplete_bytes: usize,
     /// Messages not queued for a subscriber because its queue was full, ever.

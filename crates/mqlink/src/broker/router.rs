@@ -21,8 +21,21 @@ use crate::codec::SubscribeOptions;
 struct State {
     sessions: HashMap<String, Arc<Session>>,
     subs: SubTree,
+    /// What the subscriptions cost, by [`subscription_cost`].
+    sub_bytes: usize,
     retained: RetainedTree,
 }
+
+/// Bytes a subscription is counted as against `max_subscription_bytes`:
+/// the filter (kept by the session and, level by level, in the tree) and
+/// the bookkeeping around it (tree nodes, the subscriber entry).
+fn subscription_cost(filter: &str) -> usize {
+    512 + 2 * filter.len()
+}
+
+/// A subscription over `max_subscription_bytes`: SUBACK 0x97 (5) / 0x80 (3.1.1).
+#[derive(Debug)]
+pub(super) struct QuotaExceeded;
 
 pub(super) struct Router {
     pub config: BrokerConfig,
@@ -148,7 +161,9 @@ impl Router {
         let mut st = self.lock();
         for filter in &subs {
             if let Some((group, f)) = split_shared(filter) {
-                st.subs.remove(group, f, s.key);
+                if st.subs.remove(group, f, s.key) {
+                    st.sub_bytes -= subscription_cost(filter);
+                }
             }
         }
     }
@@ -305,25 +320,26 @@ impl Router {
             .collect()
     }
 
-    /// Subscribes; returns whether the subscription is new, and the
-    /// retained messages it should get (per retain handling).
+    /// Subscribes; returns the retained messages the subscription should
+    /// get (per retain handling), or a refusal when a new subscription
+    /// would take the subscriptions over `max_subscription_bytes`.
     pub fn subscribe(
         &self,
         s: &Arc<Session>,
         filter: &str,
         opts: SubscribeOptions,
         id: Option<u32>,
-    ) -> Vec<Arc<Message>> {
+    ) -> Result<Vec<Arc<Message>>, QuotaExceeded> {
         let Some((group, f)) = split_shared(filter) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        {
+        let kept_before = {
             let mut g = s.lock();
             if g.closed {
-                return Vec::new();
+                return Ok(Vec::new());
             }
-            g.subs.insert(filter.to_owned());
-        }
+            !g.subs.insert(filter.to_owned())
+        };
         let mut st = self.lock();
         let new = st.subs.insert(
             group,
@@ -334,11 +350,23 @@ impl Router {
                 id,
             },
         );
+        if new {
+            let cost = subscription_cost(filter);
+            if st.sub_bytes + cost > self.config.max_subscription_bytes {
+                st.subs.remove(group, f, s.key);
+                drop(st);
+                if !kept_before {
+                    s.lock().subs.remove(filter);
+                }
+                return Err(QuotaExceeded);
+            }
+            st.sub_bytes += cost;
+        }
         let mut retained = Vec::new();
         if group.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new)) {
             st.retained.matching(f, &mut retained);
         }
-        retained
+        Ok(retained)
     }
 
     /// Unsubscribes; true if the subscription existed.
@@ -347,7 +375,12 @@ impl Router {
             return false;
         };
         s.lock().subs.remove(filter);
-        self.lock().subs.remove(group, f, s.key)
+        let mut st = self.lock();
+        let removed = st.subs.remove(group, f, s.key);
+        if removed {
+            st.sub_bytes -= subscription_cost(filter);
+        }
+        removed
     }
 
     /// Sessions that exist (for `undelivered`).
@@ -355,9 +388,14 @@ impl Router {
         self.lock().sessions.values().cloned().collect()
     }
 
-    /// (sessions, subscriptions, retained messages).
-    pub fn counts(&self) -> (usize, usize, usize) {
+    /// (sessions, subscriptions, retained messages, subscription bytes).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
         let st = self.lock();
-        (st.sessions.len(), st.subs.len(), st.retained.len())
+        (
+            st.sessions.len(),
+            st.subs.len(),
+            st.retained.len(),
+            st.sub_bytes,
+        )
     }
 }
