@@ -13,6 +13,9 @@ import logging
 import sys
 import unittest
 
+# The suites are imported from the source tree: leave no __pycache__ in it.
+sys.dont_write_bytecode = True
+
 
 def main():
     suite_name, host, port, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
