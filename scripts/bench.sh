@@ -69,7 +69,7 @@ bench_python() {
   local bport bdir
   bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   bdir=$(mktemp -d)
-  printf 'listener %s 127.0.0.1\nmax_queued_messages 0\n' "$bport" > "$bdir/broker.conf"
+  printf 'listener %s 127.0.0.1\nmax_queued_messages 0\nmax_queued_bytes 0\n' "$bport" > "$bdir/broker.conf"
   "${CARGO_TARGET_DIR:-$PWD/target}/release/mqlink" broker -c "$bdir/broker.conf" 2>/dev/null & local bpid=$!
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
   echo
@@ -134,7 +134,7 @@ for w in 1 10 0; do
 done
 # The embedded broker on its own, set up as the Mosquitto above.
 eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'listener %s 127.0.0.1\nmax_queued_messages 0\n' "$eport" > "$work/mqlink-broker.conf"
+printf 'listener %s 127.0.0.1\nmax_queued_messages 0\nmax_queued_bytes 0\n' "$eport" > "$work/mqlink-broker.conf"
 if [ "$ONLY" != sql ]; then
   "$MQLINK" broker -c "$work/mqlink-broker.conf" 2>/dev/null & echo $! >> "$work/pid"
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$eport) 2>/dev/null && break; sleep 0.1; done

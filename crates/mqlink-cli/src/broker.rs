@@ -19,7 +19,7 @@ pub struct BrokerArgs {
     /// `keyfile`, `cafile`, `require_certificate` after one make it TLS),
     /// `allow_anonymous true|false`,
     /// `password_file PATH` (mosquitto_passwd's format), `max_connections N`,
-    /// `max_queued_messages N`, `max_packet_size BYTES`, `max_inflight_messages N`,
+    /// `max_queued_messages N`, `max_queued_bytes BYTES`, `max_packet_size BYTES`, `max_inflight_messages N`,
     /// `allow_zero_keepalive true|false`,
     /// one a line, `#` comments.
     #[arg(short, long, value_name = "CONFIG")]
@@ -159,6 +159,13 @@ pub fn parse_config(text: &str, dir: &Path) -> anyhow::Result<FileConfig> {
                     v => v,
                 }
             }
+            // Mosquitto's 0: no limit.
+            "max_queued_bytes" => {
+                c.broker.max_queued_bytes = match number(one()?)? {
+                    0 => usize::MAX,
+                    v => v,
+                }
+            }
             "max_inflight_messages" => c.broker.max_inflight_messages = number(one()?)?.max(1),
             "max_packet_size" => {
                 let v = number(one()?)?;
@@ -167,7 +174,7 @@ pub fn parse_config(text: &str, dir: &Path) -> anyhow::Result<FileConfig> {
                     .filter(|v| *v >= 20)
                     .with_context(|| format!("line {n}: max_packet_size: {v} is out of range"))?;
             }
-            other => anyhow::bail!("line {n}: unknown key {other:?} (this broker reads listener, certfile, keyfile, cafile, require_certificate, allow_anonymous, password_file, max_connections, max_queued_messages, max_inflight_messages, max_packet_size, allow_zero_keepalive)"),
+            other => anyhow::bail!("line {n}: unknown key {other:?} (this broker reads listener, certfile, keyfile, cafile, require_certificate, allow_anonymous, password_file, max_connections, max_queued_messages, max_queued_bytes, max_inflight_messages, max_packet_size, allow_zero_keepalive)"),
         }
     }
     for (l, n) in c.listeners.iter().zip(declared) {
@@ -206,8 +213,11 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
         );
     }
     stop.await;
+    let stats = broker.stats();
     tracing::info!(
         undelivered = broker.undelivered(),
+        dropped_messages = stats.dropped_messages,
+        slow_disconnects = stats.slow_disconnects,
         "mqlink broker stopping."
     );
     Ok(())
@@ -220,7 +230,7 @@ mod tests {
     #[test]
     fn reads_mosquitto_conf_keys_and_names_bad_lines() {
         let c = parse_config(
-            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nallow_zero_keepalive false\nmax_connections -1\nmax_queued_messages 50\nmax_packet_size 1024\n",
+            "# comment\nlistener 1884 0.0.0.0\nallow_anonymous true\nallow_zero_keepalive false\nmax_connections -1\nmax_queued_messages 50\nmax_queued_bytes 4096\nmax_packet_size 1024\n",
             Path::new("."),
         )
         .unwrap();
@@ -231,6 +241,7 @@ mod tests {
         assert!(!c.broker.allow_zero_keep_alive);
         assert_eq!(c.broker.max_connections, usize::MAX);
         assert_eq!(c.broker.max_queued_messages, 50);
+        assert_eq!(c.broker.max_queued_bytes, 4096);
         assert_eq!(c.broker.max_packet_size, 1024);
         let err = |t: &str| format!("{:#}", parse_config(t, Path::new(".")).unwrap_err());
         assert!(err("\nbind_address x").contains("line 2: unknown key \"bind_address\""));

@@ -162,6 +162,7 @@ pub async fn run(
         // a stalled sink holds the publishers back (and is reported as
         // stalled) instead of a clean session's queue being dropped.
         let config = mqlink::broker::BrokerConfig {
+            hold_publishers_for: mqlink::broker::HoldPublishers::All,
             slow_subscriber_timeout: Duration::from_secs(10 * 365 * 86_400),
             ..Default::default()
         };

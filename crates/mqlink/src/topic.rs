@@ -122,7 +122,7 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
 
 /// `Some(Ok((group, filter)))` for a well-formed `$share/…`, `Some(Err)` for a
 /// malformed one, `None` for an ordinary filter.
-fn shared_parts(filter: &str) -> Option<Result<(&str, &str), ()>> {
+pub(crate) fn shared_parts(filter: &str) -> Option<Result<(&str, &str), ()>> {
     let rest = filter.strip_prefix("$share/")?;
     Some(match rest.split_once('/') {
         Some((group, inner))

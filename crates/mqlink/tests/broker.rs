@@ -1177,3 +1177,179 @@ async fn receive_maximum_is_advertised_and_enforced() {
     p.send(&publish("rm/x", "m", QoS::ExactlyOnce, 4)).await;
     assert_eq!(p.closed().await, Some(0x93));
 }
+
+/// Filters and topic names over 200 levels are refused — a 13 KB filter
+/// (`a/` × 6,499 + `#`, which used to overflow the stack when its client
+/// left) and a 64 KB one — and the broker goes on; 200 levels are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_filters_and_topics_are_refused_without_a_crash() {
+    let _shared = SERIAL.read().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let deep13 = format!("{}#", "a/".repeat(6_499));
+    let deep64 = format!("{}#", "a/".repeat(32_766));
+    let shared = format!("$share/g/{deep13}");
+    for protocol in [Protocol::V311, Protocol::V5] {
+        for filter in [&deep13, &deep64, &shared] {
+            let (mut c, _) = Raw::connect(addr, protocol, |_| {}).await;
+            let refused = if protocol == Protocol::V5 { 0x8F } else { 0x80 };
+            assert_eq!(c.subscribed(filter, qos1(), None).await, refused);
+            c.send(&Packet::Unsubscribe(mqlink::codec::Unsubscribe {
+                pkid: 2,
+                filters: vec![filter.clone()],
+            }))
+            .await;
+            match c.recv().await {
+                Packet::UnsubAck(u) if protocol == Protocol::V5 => assert_eq!(u.codes, [0x11]),
+                Packet::UnsubAck(_) => {}
+                p => panic!("{p:?}"),
+            }
+            c.send(&Packet::Disconnect(Disconnect::default())).await;
+            assert_eq!(c.closed().await, None);
+        }
+    }
+    let levels = |n: usize| vec!["a"; n].join("/");
+    let (mut sub, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    let filter = format!("{}/#", levels(199));
+    assert_eq!(sub.subscribed(&filter, qos1(), None).await, 1);
+    let (mut publisher, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    let topic = levels(200);
+    publisher
+        .published(publish(&topic, "deep", QoS::AtLeastOnce, 9))
+        .await;
+    assert_eq!(sub.publish().await.topic.as_str(), topic);
+    publisher
+        .send(&publish(&levels(201), "x", QoS::AtMostOnce, 0))
+        .await;
+    assert_eq!(publisher.closed().await, Some(0x90), "topic name invalid");
+    sub.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(sub.closed().await, None);
+    for _ in 0..50 {
+        if b.stats().subscriptions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.stats().subscriptions,
+        0,
+        "every subscription left with its client"
+    );
+}
+
+/// 60 clients each send half of a 16 MiB PUBLISH and stop. Together they
+/// hold at most `max_incomplete_bytes` (256 MiB by default): those whose
+/// packet would take more are closed (DISCONNECT 0x97), the process grows
+/// by less than the budget and 64 MiB, and it is all given back when they
+/// leave. (Before the budget: 1 GB held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_packets_stay_within_the_incomplete_byte_budget() {
+    let _alone = SERIAL.write().await;
+    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let addr = b.local_addr();
+    let budget = BrokerConfig::default().max_incomplete_bytes;
+    let rss0 = rss_mib();
+    // A 16 MiB PUBLISH to "big": header, topic, then the first half of its payload.
+    let total = 16usize << 20;
+    let mut half = vec![0x30];
+    let mut remaining = total - 5;
+    for _ in 0..4 {
+        let more = if half.len() < 4 { 0x80 } else { 0 };
+        half.push((remaining & 0x7f) as u8 | more);
+        remaining >>= 7;
+    }
+    half.extend_from_slice(&[0, 3, b'b', b'i', b'g', 0]);
+    half.resize(total / 2, b'x');
+    let half = std::sync::Arc::new(half);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let (mut r, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+        let half = half.clone();
+        clients.spawn(async move {
+            let _ = r.sock.write_all(&half).await;
+            r
+        });
+    }
+    let mut raws = Vec::new();
+    while let Some(r) = timeout(Duration::from_secs(60), clients.join_next())
+        .await
+        .expect("every half written or refused within 60 s")
+    {
+        raws.push(r.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = b.stats().incomplete_bytes;
+    let grown = rss_mib().saturating_sub(rss0);
+    let mut refused = 0;
+    for r in &mut raws {
+        // A refused client got DISCONNECT 0x97 and EOF; the others, nothing yet.
+        let mut got = Vec::new();
+        let _ = timeout(Duration::from_millis(50), r.sock.read_to_end(&mut got)).await;
+        refused += got.starts_with(&[0xe0]) as usize;
+        if got.starts_with(&[0xe0]) {
+            assert_eq!(got.get(2), Some(&0x97), "quota exceeded: {got:?}");
+        }
+    }
+    eprintln!(
+        "held {} MiB of incomplete packets, {refused} of 60 refused, RSS grew by {grown} MiB",
+        held >> 20
+    );
+    assert!(held <= budget, "held {held} bytes");
+    assert!(refused > 0, "the budget refused some");
+    assert!(grown < (budget >> 20) + 64, "RSS grew by {grown} MiB");
+    drop(raws);
+    for _ in 0..100 {
+        if b.stats().incomplete_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.stats().incomplete_bytes, 0, "given back when they left");
+}
+
+/// Subscriptions are counted in bytes across sessions: beyond
+/// `max_subscription_bytes` a new one is refused (0x97 on MQTT 5, 0x80 on
+/// 3.1.1), and what a client's subscriptions took is given back when it
+/// leaves.
+#[tokio::test]
+async fn subscriptions_are_bounded_by_bytes_and_given_back() {
+    let _shared = SERIAL.read().await;
+    let config = BrokerConfig {
+        max_subscription_bytes: 100_000,
+        ..Default::default()
+    };
+    let b = EmbeddedBroker::start_with("127.0.0.1:0", config)
+        .await
+        .unwrap();
+    let addr = b.local_addr();
+    let (mut a, _) = Raw::connect(addr, Protocol::V5, |_| {}).await;
+    a.send(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: (0..400).map(|i| (format!("a/{i}/+"), qos1())).collect(),
+        subscription_identifier: None,
+    }))
+    .await;
+    let codes = match a.recv().await {
+        Packet::SubAck(s) => s.codes,
+        p => panic!("{p:?}"),
+    };
+    // Each counts 512 bytes and twice its 5 to 7: about 190 fit.
+    let granted = codes.iter().take_while(|c| **c == 1).count();
+    assert!((185..195).contains(&granted), "{granted} granted");
+    assert!(codes[granted..].iter().all(|c| *c == 0x97), "{codes:?}");
+    assert_eq!(b.stats().subscriptions, granted);
+    let long = format!("c/{}", "x".repeat(40));
+    let (mut c, _) = Raw::connect(addr, Protocol::V311, |_| {}).await;
+    assert_eq!(c.subscribed(&long, qos1(), None).await, 0x80);
+    a.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(a.closed().await, None);
+    for _ in 0..50 {
+        if b.stats().subscription_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = b.stats();
+    assert_eq!((stats.subscriptions, stats.subscription_bytes), (0, 0));
+    assert_eq!(c.subscribed(&long, qos1(), None).await, 1, "room again");
+}

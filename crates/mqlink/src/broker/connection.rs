@@ -14,12 +14,16 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout};
 
+use super::budget::Held;
 use super::router::{split_shared, Router, Waiting};
 use super::session::{Delivery, Inflight, Message, Offer, Session, SessionState};
-use super::wire::{self, ConnAck, ConnectError};
+use super::shown::Shown;
+use super::tree::too_deep;
+use super::wire::{self, ConnectError};
 use crate::codec::{
-    self, encode, encode_ack, encode_publish, publish_size, Ack, AckKind, ByteStr, DecodeError,
-    Disconnect, Packet, Publish, SubAck, SubscribeOptions, UnsubAck,
+    self, encode, encode_ack, encode_publish, publish_size, Ack, AckKind, ByteStr,
+    ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Publish, SubAck, SubscribeOptions,
+    UnsubAck,
 };
 use crate::topic::{validate_filter, validate_topic_name};
 use crate::types::{Protocol, QoS};
@@ -69,17 +73,18 @@ impl Io for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Serves one client connection until it ends.
-pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64) -> io::Result<()> {
-    let cfg = &router.config;
-    let max_packet = cfg.max_packet_size as usize;
-    let mut buf = BytesMut::new();
-    // CONNECT within the connect timeout, and nothing else first.
-    let body = timeout(cfg.connect_timeout, async {
+/// Reads until a whole CONNECT is in `buf` (within the connect timeout).
+async fn read_connect<S: Io>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    held: &mut Held,
+    router: &Router,
+) -> io::Result<()> {
+    let max_packet = router.config.max_packet_size as usize;
+    let read = async {
         loop {
-            if let Some((h, len)) =
-                wire::fixed_header(&buf).map_err(|_| invalid("malformed length"))?
-            {
+            let header = codec::read_fixed_header(buf).map_err(|_| invalid("malformed length"))?;
+            if let Some((h, len)) = header {
                 if buf[0] != 0x10 {
                     return Err(invalid("first packet is not CONNECT"));
                 }
@@ -87,46 +92,70 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
                     return Err(invalid("CONNECT over the maximum packet size"));
                 }
                 if buf.len() >= h + len {
-                    let mut b = buf.split_to(h + len).freeze();
-                    b.advance(h);
-                    return Ok(b);
+                    return Ok(());
                 }
             }
-            buf.reserve(READ_STEP);
-            if sock.read_buf(&mut buf).await? == 0 {
+            if !make_room(buf, held) {
+                return Err(invalid("incomplete packets over max_incomplete_bytes"));
+            }
+            if sock.read_buf(buf).await? == 0 {
                 return Err(invalid("closed before CONNECT"));
             }
         }
-    })
-    .await
-    .map_err(|_| invalid("no CONNECT within the connect timeout"))??;
-    let connect = match wire::decode_connect(body) {
+    };
+    timeout(router.config.connect_timeout, read)
+        .await
+        .map_err(|_| invalid("no CONNECT within the connect timeout"))?
+}
+
+/// Decodes the CONNECT in `buf` with the codec; a refusal is answered.
+async fn accept_connect<S: Io>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> io::Result<Connect> {
+    let connect = match wire::decode_connect(buf, max_packet) {
         Ok(c) => c,
         Err(ConnectError::UnsupportedLevel) => {
             // [MQTT-3.1.2-2]: 0x01 unacceptable protocol version, in 3.1.1's format.
             sock.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
             return Err(invalid("unsupported protocol level"));
         }
-        Err(ConnectError::Malformed(what, Protocol::V5)) => {
-            refuse(&mut sock, Protocol::V5, 0x81, what).await?;
-            return Err(invalid(what));
+        Err(ConnectError::AuthMethod(protocol)) => {
+            let why = "enhanced authentication is not supported";
+            refuse(sock, protocol, 0x8C, why).await?;
+            return Err(invalid(why));
         }
-        Err(ConnectError::Malformed(what, _)) => return Err(invalid(what)),
+        Err(ConnectError::Malformed(what, Protocol::V5)) => {
+            refuse(sock, Protocol::V5, 0x81, &what).await?;
+            return Err(invalid(&what));
+        }
+        Err(ConnectError::Malformed(what, _)) => return Err(invalid(&what)),
     };
+    if let Some(w) = &connect.will {
+        if validate_topic_name(&w.topic).is_err() || too_deep(&w.topic) {
+            // 0x90 Topic Name invalid; 3.1.1 has no code for it: closed.
+            if connect.protocol == Protocol::V5 {
+                refuse(sock, connect.protocol, 0x90, "invalid will topic").await?;
+            }
+            return Err(invalid("invalid will topic"));
+        }
+    }
+    Ok(connect)
+}
+
+/// Serves one client connection until it ends.
+pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64) -> io::Result<()> {
+    let cfg = &router.config;
+    let mut buf = BytesMut::new();
+    let mut held = Held::new(router.incomplete.clone());
+    read_connect(&mut sock, &mut buf, &mut held, &router).await?;
+    let connect = accept_connect(&mut sock, &mut buf, cfg.max_packet_size as usize).await?;
     let protocol = connect.protocol;
     let v5 = protocol == Protocol::V5;
-    if connect.props.auth_method.is_some() {
-        refuse(
-            &mut sock,
-            protocol,
-            0x8C,
-            "enhanced authentication is not supported",
-        )
-        .await?;
-        return Err(invalid("enhanced authentication"));
-    }
-    if !cfg.authenticate(connect.username.as_deref(), connect.password.as_deref()) {
-        tracing::info!(client_id = %connect.client_id, username = connect.username.as_deref().unwrap_or(""), "Embedded broker: authentication failed.");
+    let password = connect.password.as_ref().map(|p| p.expose().as_bytes());
+    if !cfg.authenticate(connect.username.as_deref(), password) {
+        tracing::info!(client_id = %Shown(&connect.client_id), username = %Shown(connect.username.as_deref().unwrap_or("")), "Embedded broker: authentication failed.");
         // Anonymous: not authorized (0x87 / 0x05); else bad user name or password.
         let code = match (v5, connect.username.is_some()) {
             (true, true) => 0x86,
@@ -166,7 +195,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         connect.client_id.clone()
     };
     let expiry = match (v5, connect.clean_start) {
-        (true, _) => connect.props.session_expiry.unwrap_or(0),
+        (true, _) => connect.properties.session_expiry_interval.unwrap_or(0),
         (false, true) => 0,
         (false, false) => u32::MAX,
     };
@@ -178,29 +207,28 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         protocol,
         conn_id,
         out: BytesMut::new(),
-        window: match connect.props.receive_maximum {
+        window: match connect.properties.receive_maximum {
             Some(n) if v5 => (n as usize).min(cfg.max_inflight_messages),
             _ => cfg.max_inflight_messages,
         },
-        client_max_packet: connect.props.maximum_packet_size.map(|n| n as usize),
+        client_max_packet: connect.properties.maximum_packet_size.map(|n| n as usize),
         aliases: HashMap::new(),
         pending: VecDeque::new(),
         routing: None,
         expiry,
         connect_expiry: expiry,
+        held,
     };
-    let ack = ConnAck {
-        session_present: attached.present,
-        code: 0,
+    let ack = ConnAckProperties {
         maximum_packet_size: Some(cfg.max_packet_size),
         receive_maximum: Some(cfg.receive_maximum),
-        assigned_client_id: assigned,
+        assigned_client_identifier: assigned,
         topic_alias_maximum: Some(cfg.topic_alias_maximum).filter(|n| *n > 0),
         server_keep_alive,
         ..Default::default()
     };
-    wire::encode_connack(&ack, protocol, &mut conn.out);
-    tracing::debug!(%client_id, ?protocol, present = attached.present, "Embedded broker: client connected.");
+    wire::encode_connack(attached.present, 0, ack, protocol, &mut conn.out);
+    tracing::debug!(client_id = %Shown(&client_id), ?protocol, present = attached.present, "Embedded broker: client connected.");
     conn.resend();
     let (end, sock) = conn.run(sock, buf, keep_alive, kick).await;
     let linger = !matches!(
@@ -209,12 +237,12 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
     );
     let will = match end {
         End::Disconnect(will) => {
-            tracing::debug!(%client_id, "Embedded broker: client disconnected.");
-            connect.will.filter(|_| will)
+            tracing::debug!(client_id = %Shown(&client_id), "Embedded broker: client disconnected.");
+            connect.will.filter(|_| will).map(wire::Will::from)
         }
         End::Abnormal(why) => {
-            tracing::debug!(%client_id, why, "Embedded broker: connection lost.");
-            connect.will
+            tracing::debug!(client_id = %Shown(&client_id), why, "Embedded broker: connection lost.");
+            connect.will.map(wire::Will::from)
         }
     };
     router.detach(&conn.session, conn_id, conn.expiry);
@@ -225,6 +253,15 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
         half_close(sock).await;
     }
     Ok(())
+}
+
+/// Room to read into (a buffer only grows with what a client sent),
+/// charged to the incomplete-packet budget; false when it is spent.
+fn make_room(buf: &mut BytesMut, held: &mut Held) -> bool {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_STEP);
+    }
+    held.resize(buf.capacity())
 }
 
 /// When the broker ends a connection, it half-closes and reads what the
@@ -242,12 +279,11 @@ async fn half_close<S: Io>(mut sock: S) {
 /// CONNACK with a refusal.
 async fn refuse<S: Io>(sock: &mut S, protocol: Protocol, code: u8, reason: &str) -> io::Result<()> {
     let mut out = BytesMut::new();
-    let ack = ConnAck {
-        code,
-        reason: (protocol == Protocol::V5).then(|| reason.to_owned()),
+    let ack = ConnAckProperties {
+        reason_string: (protocol == Protocol::V5).then(|| reason.to_owned()),
         ..Default::default()
     };
-    wire::encode_connack(&ack, protocol, &mut out);
+    wire::encode_connack(false, code, ack, protocol, &mut out);
     sock.write_all(&out).await
 }
 
@@ -274,6 +310,8 @@ struct Conn {
     /// Session expiry in seconds when this connection ends (DISCONNECT may change it).
     expiry: u32,
     connect_expiry: u32,
+    /// The read buffer's charge to `max_incomplete_bytes`.
+    held: Held,
 }
 
 /// A protocol error: DISCONNECT with `code` on MQTT 5, then close.
@@ -335,12 +373,12 @@ impl Conn {
         if !matches!(s.owner, Some((c, _)) if c == self.conn_id) {
             return;
         }
-        let full_before = s.queue.len() >= s.limit;
+        let full_before = s.is_full();
         let mut took = false;
         while self.out.len() < OUT_HIGH && s.inflight.len() < self.window {
             let d = match self.pending.pop_front() {
                 Some(d) => d,
-                None => match s.queue.pop_front() {
+                None => match s.pop() {
                     Some(d) => {
                         s.taken += 1;
                         took = true;
@@ -373,7 +411,7 @@ impl Conn {
         if let Some(max) = self.client_max_packet {
             if publish_size(&p, self.protocol) > max {
                 // [MQTT-3.1.2-25]: not sent, as if delivered.
-                tracing::debug!(client_id = %self.session.client_id, topic = %p.topic, max, "Embedded broker: message over the client's maximum packet size; not sent to it.");
+                tracing::debug!(client_id = %Shown(&self.session.client_id), topic = %Shown(&p.topic), max, "Embedded broker: message over the client's maximum packet size; not sent to it.");
                 return;
             }
         }
@@ -421,9 +459,6 @@ impl Conn {
             tokio::select! {
                 _ = kick.notified() => break End::Abnormal("taken over or disconnected by the broker"),
                 n = rd.read_buf(&mut buf), if !blocked => {
-                    if buf.capacity() - buf.len() < 1024 {
-                        buf.reserve(READ_STEP);
-                    }
                     match n {
                         Ok(0) => break End::Abnormal("closed without DISCONNECT"),
                         Ok(_) => last_read = Instant::now(),
@@ -445,9 +480,10 @@ impl Conn {
                     break End::Abnormal("keep-alive expired");
                 }
             }
-            // Make room to read into once the buffer is used up.
-            if buf.capacity() == buf.len() {
-                buf.reserve(READ_STEP);
+            if !make_room(&mut buf, &mut self.held) {
+                tracing::warn!(client_id = %Shown(&self.session.client_id), max_incomplete_bytes = self.router.incomplete.max(), "Embedded broker: incomplete packets of all connections at their limit; this one's is not taken (closed, MQTT 5: 0x97).");
+                self.disconnect(0x97);
+                break End::Abnormal("incomplete packets over max_incomplete_bytes");
             }
         };
         // What is left to send (a DISCONNECT, acknowledgements), briefly.
@@ -480,8 +516,8 @@ impl Conn {
     ) -> Result<Option<End>, Violation> {
         while self.routing.is_none() {
             // Checked before decoding: a declared length is never allocated.
-            match wire::fixed_header(buf) {
-                Err(()) => return Err(Violation(0x81, "malformed remaining length")),
+            match codec::read_fixed_header(buf) {
+                Err(_) => return Err(Violation(0x81, "malformed remaining length")),
                 Ok(None) => return Ok(None),
                 Ok(Some((h, len))) if h + len > max_packet => {
                     return Err(Violation(0x95, "packet over the maximum packet size"))
@@ -495,9 +531,11 @@ impl Conn {
                 Err(DecodeError::PacketTooLarge { .. }) => {
                     return Err(Violation(0x95, "packet over the maximum packet size"))
                 }
-                Err(DecodeError::InvalidPacketType(1)) => {
-                    return Err(Violation(0x82, "a second CONNECT"))
-                }
+                Err(
+                    DecodeError::InvalidPacketType(1)
+                    | DecodeError::UnsupportedProtocolLevel(_)
+                    | DecodeError::InvalidConnect(_),
+                ) => return Err(Violation(0x82, "a second CONNECT")),
                 Err(DecodeError::AuthNotSupported) => {
                     return Err(Violation(0x82, "AUTH is not supported"))
                 }
@@ -529,14 +567,21 @@ impl Conn {
                         SubscribeOptions::qos(opts.qos)
                     };
                     let valid = split_shared(&filter).is_some_and(|(g, f)| {
-                        validate_filter(f).is_ok() && !(g.is_some() && opts.no_local)
+                        validate_filter(f).is_ok()
+                            && !too_deep(f)
+                            && !(g.is_some() && opts.no_local)
                     }) && opts.retain_handling < 3;
                     if !valid {
                         codes.push(if self.v5() { 0x8F } else { 0x80 });
                         continue;
                     }
                     let id = s.subscription_identifier.filter(|_| self.v5());
-                    let retained = self.router.subscribe(&self.session, &filter, opts, id);
+                    let Ok(retained) = self.router.subscribe(&self.session, &filter, opts, id)
+                    else {
+                        // 0x97 Quota exceeded.
+                        codes.push(if self.v5() { 0x97 } else { 0x80 });
+                        continue;
+                    };
                     let now = Instant::now();
                     self.pending
                         .extend(retained.into_iter().filter(|m| !m.expired(now)).map(|msg| {
@@ -563,7 +608,8 @@ impl Conn {
                     .filters
                     .iter()
                     .map(|f| {
-                        if self.router.unsubscribe(&self.session, f) {
+                        // Too deep to have been subscribed.
+                        if !too_deep(f) && self.router.unsubscribe(&self.session, f) {
                             0x00
                         } else {
                             0x11
@@ -576,6 +622,7 @@ impl Conn {
                 }));
             }
             Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Connect(_) => return Err(Violation(0x82, "a second CONNECT")),
             Packet::Disconnect(d) => {
                 if let Some(e) = d.session_expiry_interval {
                     if self.connect_expiry == 0 && e != 0 {
@@ -615,6 +662,9 @@ impl Conn {
         }
         if validate_topic_name(&p.topic).is_err() {
             return Err(Violation(0x90, "invalid topic name"));
+        }
+        if too_deep(&p.topic) {
+            return Err(Violation(0x90, "topic name over 200 levels"));
         }
         properties.subscription_identifiers.clear();
         let expires = properties
@@ -724,14 +774,20 @@ impl Conn {
                 Offer::Queued | Offer::Dropped => {}
                 Offer::Full(delivery, seen) => {
                     let kick = {
-                        let s = w.session.lock();
+                        let mut s = w.session.lock();
                         let idle_since = s.last_taken.max(w.since);
-                        (now.duration_since(idle_since) >= stall)
+                        let stalled = now.duration_since(idle_since) >= stall && !s.overflowed;
+                        s.overflowed |= stalled;
+                        stalled
                             .then(|| s.owner.as_ref().map(|(_, k)| k.clone()))
                             .flatten()
                     };
                     if let Some(k) = kick {
-                        tracing::warn!(client_id = %w.session.client_id, timeout = ?stall, "Embedded broker: a subscriber took nothing from its full queue; disconnected (max_queued_messages).");
+                        self.router
+                            .counters
+                            .slow_disconnects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(client_id = %Shown(&w.session.client_id), timeout = ?stall, "Embedded broker: a subscriber took nothing from its full queue; disconnected (max_queued_messages).");
                         k.notify_one();
                     }
                     still.push(Waiting {
@@ -766,13 +822,17 @@ async fn wait_for_room(waiting: Option<&[Waiting]>, stall: Duration) {
     notified.as_mut().enable();
     let idle_since = {
         let s = w.session.lock();
-        if s.taken != w.seen || s.owner.is_none() || s.closed || s.queue.len() < s.limit {
+        if s.taken != w.seen || s.owner.is_none() || s.closed || !s.is_full() {
             return;
         }
-        s.last_taken.max(w.since)
+        // Told to go already: wait for it to go offline.
+        (!s.overflowed).then(|| s.last_taken.max(w.since))
     };
-    tokio::select! {
-        _ = notified => {}
-        _ = sleep_until((idle_since + stall).into()) => {}
+    match idle_since {
+        Some(idle_since) => tokio::select! {
+            _ = notified => {}
+            _ = sleep_until((idle_since + stall).into()) => {}
+        },
+        None => notified.await,
     }
 }

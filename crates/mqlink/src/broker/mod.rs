@@ -10,25 +10,32 @@
 //! - `session`: what a client id keeps across connections: queue, in-flight deliveries, QoS 2 state.
 //! - `router`: sessions by client id, subscriptions and retained messages; routing a publish.
 //! - `tree`: the subscription and retained-message topic trees.
-//! - `wire`: CONNECT and CONNACK as a broker reads and writes them.
+//! - `wire`: CONNECT and CONNACK through the codec (its decoder is the only one), the will as kept.
 //! - `auth`: password files (mosquitto_passwd's format).
+//! - `budget`: the byte budget for incomplete packets across connections.
+//! - `shown`: client strings escaped and truncated for log lines.
 //!
 //! # Flow control and limits
 //! A publish is acknowledged once it is queued for every online matching
-//! session. While a subscriber's queue (`max_queued_messages`) is full, the
-//! publisher gets no acknowledgement and is not read from (back-pressure:
-//! nothing is lost because a subscriber is slow). A subscriber that has
-//! taken nothing from its full queue for `slow_subscriber_timeout` (it
-//! stopped reading, or stopped acknowledging) is disconnected, so one bad
-//! client cannot stall the others; its persistent session then queues up
-//! to the same limit and drops beyond it, as Mosquitto's
-//! `max_queued_messages` does. A connection buffers at most one packet of
-//! `max_packet_size` plus what it sends out (256 KiB of deliveries at a time).
+//! session, or dropped for it. A session's queue holds `max_queued_messages`
+//! and `max_queued_bytes`; beyond them QoS 0 is dropped for that session
+//! (counted) and a QoS 1/2 message that does not fit disconnects its
+//! subscriber, so one slow client never holds up the others (as
+//! Mosquitto). Subscribers named by `hold_publishers_for` (a pipeline's
+//! own) make publishers wait instead — no acknowledgement, nothing read —
+//! and are disconnected after `slow_subscriber_timeout` without progress.
+//! A connection buffers what it sends out (256 KiB of deliveries at a
+//! time) and at most one packet of `max_packet_size`, whose bytes beyond
+//! 64 KiB are charged to `max_incomplete_bytes` across all connections.
+//! Subscriptions of all sessions are counted against `max_subscription_bytes`.
+//! Topic names and filters have at most 200 levels (the trees recurse per level).
 
 mod auth;
+mod budget;
 mod connection;
 mod router;
 mod session;
+mod shown;
 #[cfg(feature = "tls")]
 mod tls;
 mod tree;
@@ -37,6 +44,7 @@ mod wire;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +62,23 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Largest packet accepted and advertised in CONNACK [default: 16 MiB].
     pub max_packet_size: u32,
+    /// Bytes of packets not yet fully received, across all connections
+    /// (beyond 64 KiB each); a connection whose packet would take more is
+    /// closed (MQTT 5: DISCONNECT 0x97) [default: 256 MiB].
+    pub max_incomplete_bytes: usize,
+    /// Subscriptions of all sessions, in bytes: each is counted as 512
+    /// bytes and twice its filter; a new one beyond this is refused
+    /// (SUBACK 0x97 on MQTT 5, 0x80 on 3.1.1) [default: 256 MiB].
+    pub max_subscription_bytes: usize,
     /// Messages a session queues beyond those in flight [default: 10,000].
     pub max_queued_messages: usize,
+    /// Bytes (topics and payloads) a session queues beyond those in
+    /// flight; one message is always let into an empty queue [default: 64 MiB].
+    pub max_queued_bytes: usize,
+    /// Subscribers whose full queue holds their publishers back; every
+    /// other one has QoS 0 dropped for it (counted) and is disconnected
+    /// by a QoS 1/2 message that does not fit [default: none].
+    pub hold_publishers_for: HoldPublishers,
     /// Deliveries in flight to one MQTT 3.1.1 client (MQTT 5 clients:
     /// their receive maximum, up to this) [default: 1000].
     pub max_inflight_messages: usize,
@@ -74,8 +97,8 @@ pub struct BrokerConfig {
     pub server_keep_alive: u16,
     /// Topic aliases a client may set (client → broker) [default: 64].
     pub topic_alias_maximum: u16,
-    /// A subscriber that takes nothing from its full queue for this long
-    /// is disconnected [default: 60 s].
+    /// A subscriber that holds publishers back (`hold_publishers_for`) and
+    /// takes nothing from its full queue for this long is disconnected [default: 60 s].
     pub slow_subscriber_timeout: Duration,
     /// Whether clients without a user name are let in [default: yes without
     /// a password file, no with one]. A non-loopback listener without a
@@ -90,7 +113,11 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_connections: 1024,
             max_packet_size: 16 << 20,
+            max_incomplete_bytes: 256 << 20,
+            max_subscription_bytes: 256 << 20,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 << 20,
+            hold_publishers_for: HoldPublishers::None,
             max_inflight_messages: 1000,
             receive_maximum: 1000,
             connect_timeout: Duration::from_secs(10),
@@ -101,6 +128,40 @@ impl Default for BrokerConfig {
             allow_anonymous: None,
             passwords: None,
         }
+    }
+}
+
+/// Which subscribers make publishers wait when their queue is full
+/// (see [`BrokerConfig::hold_publishers_for`]).
+#[derive(Clone, Default)]
+pub enum HoldPublishers {
+    /// None (as Mosquitto): one slow subscriber never holds anyone up.
+    #[default]
+    None,
+    /// Every subscriber: nothing is dropped, a stalled subscriber stalls
+    /// its publishers until `slow_subscriber_timeout`.
+    All,
+    /// Subscribers whose client id this accepts (a pipeline's own sources).
+    Matching(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl HoldPublishers {
+    fn holds(&self, client_id: &str) -> bool {
+        match self {
+            HoldPublishers::None => false,
+            HoldPublishers::All => true,
+            HoldPublishers::Matching(f) => f(client_id),
+        }
+    }
+}
+
+impl std::fmt::Debug for HoldPublishers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HoldPublishers::None => "None",
+            HoldPublishers::All => "All",
+            HoldPublishers::Matching(_) => "Matching(..)",
+        })
     }
 }
 
@@ -277,16 +338,22 @@ impl BrokerMonitor {
 
     /// See [`EmbeddedBroker::stats`].
     pub fn stats(&self) -> BrokerStats {
-        let (sessions, subscriptions, retained) = self.0.counts();
+        let (sessions, subscriptions, retained, subscription_bytes) = self.0.counts();
+        let counters = &self.0.counters;
         BrokerStats {
             sessions,
             subscriptions,
             retained,
+            subscription_bytes,
+            incomplete_bytes: self.0.incomplete.used(),
+            dropped_messages: counters.dropped.load(Ordering::Relaxed),
+            slow_disconnects: counters.slow_disconnects.load(Ordering::Relaxed),
         }
     }
 
-    /// Online sessions whose queue is full (`max_queued_messages`): their
-    /// publishers wait. Each with how long it has taken nothing.
+    /// Online sessions that hold publishers back and whose queue is full
+    /// (`max_queued_messages`, `max_queued_bytes`): their publishers wait.
+    /// Each with how long it has taken nothing.
     pub fn full_queues(&self) -> Vec<FullQueue> {
         let now = std::time::Instant::now();
         let mut full: Vec<FullQueue> = self
@@ -295,10 +362,10 @@ impl BrokerMonitor {
             .iter()
             .filter_map(|s| {
                 let st = s.lock();
-                (st.owner.is_some() && !st.closed && st.queue.len() >= st.limit).then(|| {
+                (st.owner.is_some() && !st.closed && st.limits.hold && st.is_full()).then(|| {
                     FullQueue {
                         client_id: s.client_id.clone(),
-                        queued: st.queue.len(),
+                        queued: st.queued(),
                         idle: now.duration_since(st.last_taken),
                     }
                 })
@@ -329,6 +396,14 @@ pub struct BrokerStats {
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,
+    /// What the subscriptions are counted as against `max_subscription_bytes`.
+    pub subscription_bytes: usize,
+    /// Bytes of incomplete packets charged to `max_incomplete_bytes` now.
+    pub incomplete_bytes: usize,
+    /// Messages not queued for a subscriber because its queue was full, ever.
+    pub dropped_messages: u64,
+    /// Subscribers disconnected because a QoS 1/2 message did not fit their queue, ever.
+    pub slow_disconnects: u64,
 }
 
 impl Drop for EmbeddedBroker {

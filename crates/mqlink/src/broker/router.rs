@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::session::{Delivery, Message, Offer, Session};
+use super::budget::Budget;
+use super::session::{Counters, Delivery, Message, Offer, QueueLimits, Session};
+use super::shown::Shown;
 use super::tree::{Match, RetainedTree, SubTree, Subscriber};
 use super::wire::Will;
 use super::BrokerConfig;
@@ -19,13 +21,29 @@ use crate::codec::SubscribeOptions;
 struct State {
     sessions: HashMap<String, Arc<Session>>,
     subs: SubTree,
+    /// What the subscriptions cost, by [`subscription_cost`].
+    sub_bytes: usize,
     retained: RetainedTree,
 }
+
+/// Bytes a subscription is counted as against `max_subscription_bytes`:
+/// the filter (kept by the session and, level by level, in the tree) and
+/// the bookkeeping around it (tree nodes, the subscriber entry).
+fn subscription_cost(filter: &str) -> usize {
+    512 + 2 * filter.len()
+}
+
+/// A subscription over `max_subscription_bytes`: SUBACK 0x97 (5) / 0x80 (3.1.1).
+#[derive(Debug)]
+pub(super) struct QuotaExceeded;
 
 pub(super) struct Router {
     pub config: BrokerConfig,
     state: Mutex<State>,
     next_key: AtomicU64,
+    pub counters: Arc<Counters>,
+    /// Incomplete packets across connections (`max_incomplete_bytes`).
+    pub incomplete: Arc<Budget>,
 }
 
 /// A session a connection took over or created.
@@ -43,26 +61,25 @@ pub(super) struct Waiting {
     pub since: Instant,
 }
 
-/// A filter split into its share group (if any) and the filter proper.
+/// A filter split into its share group (if any) and the filter proper;
+/// `None` for a malformed `$share/…` (topic.rs's parser, the one the
+/// client uses).
 pub(super) fn split_shared(filter: &str) -> Option<(Option<&str>, &str)> {
-    match filter.strip_prefix("$share/") {
+    match crate::topic::shared_parts(filter) {
         None => Some((None, filter)),
-        Some(rest) => {
-            let (group, f) = rest.split_once('/')?;
-            if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
-                return None;
-            }
-            Some((Some(group), f))
-        }
+        Some(Ok((group, f))) => Some((Some(group), f)),
+        Some(Err(())) => None,
     }
 }
 
 impl Router {
     pub fn new(config: BrokerConfig) -> Router {
         Router {
-            config,
             state: Mutex::default(),
             next_key: AtomicU64::new(1),
+            counters: Arc::default(),
+            incomplete: Arc::new(Budget::new(config.max_incomplete_bytes)),
+            config,
         }
     }
 
@@ -88,6 +105,7 @@ impl Router {
                         k.notify_one();
                     }
                     g.generation += 1;
+                    g.overflowed = false;
                     drop(g);
                     s.room.notify_waiters();
                     return Attached {
@@ -102,10 +120,16 @@ impl Router {
         if let Some(old) = old {
             self.discard(&old);
         }
+        let limits = QueueLimits {
+            messages: self.config.max_queued_messages.max(1),
+            bytes: self.config.max_queued_bytes,
+            hold: self.config.hold_publishers_for.holds(client_id),
+        };
         let session = Arc::new(Session::new(
             client_id.to_owned(),
             self.key(),
-            self.config.max_queued_messages,
+            limits,
+            self.counters.clone(),
         ));
         session.lock().owner = Some((conn, kick));
         let mut st = self.lock();
@@ -126,8 +150,8 @@ impl Router {
         let subs = {
             let mut g = s.lock();
             g.closed = true;
-            g.queue.clear();
-            g.inflight.clear();
+            g.clear_queue();
+            g.inflight = Default::default();
             if let Some((_, k)) = g.owner.take() {
                 k.notify_one();
             }
@@ -137,7 +161,9 @@ impl Router {
         let mut st = self.lock();
         for filter in &subs {
             if let Some((group, f)) = split_shared(filter) {
-                st.subs.remove(group, f, s.key);
+                if st.subs.remove(group, f, s.key) {
+                    st.sub_bytes -= subscription_cost(filter);
+                }
             }
         }
     }
@@ -185,7 +211,7 @@ impl Router {
                         g.owner.is_none() && g.generation == generation
                     };
                     if expired {
-                        tracing::debug!(client_id = %s.client_id, "Embedded broker: session expired.");
+                        tracing::debug!(client_id = %Shown(&s.client_id), "Embedded broker: session expired.");
                         router.remove(&s);
                     }
                 });
@@ -239,7 +265,7 @@ impl Router {
     /// Routes a message nobody waits for (a will): where a queue is full, dropped.
     fn route_now(&self, msg: &Arc<Message>, what: &str) {
         for w in self.route(msg) {
-            tracing::warn!(client_id = %w.session.client_id, topic = %msg.topic, "Embedded broker: a subscriber's queue is full; {what} dropped for it.");
+            tracing::warn!(client_id = %Shown(&w.session.client_id), topic = %Shown(&msg.topic), "Embedded broker: a subscriber's queue is full; {what} dropped for it.");
         }
     }
 
@@ -294,25 +320,26 @@ impl Router {
             .collect()
     }
 
-    /// Subscribes; returns whether the subscription is new, and the
-    /// retained messages it should get (per retain handling).
+    /// Subscribes; returns the retained messages the subscription should
+    /// get (per retain handling), or a refusal when a new subscription
+    /// would take the subscriptions over `max_subscription_bytes`.
     pub fn subscribe(
         &self,
         s: &Arc<Session>,
         filter: &str,
         opts: SubscribeOptions,
         id: Option<u32>,
-    ) -> Vec<Arc<Message>> {
+    ) -> Result<Vec<Arc<Message>>, QuotaExceeded> {
         let Some((group, f)) = split_shared(filter) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        {
+        let kept_before = {
             let mut g = s.lock();
             if g.closed {
-                return Vec::new();
+                return Ok(Vec::new());
             }
-            g.subs.insert(filter.to_owned());
-        }
+            !g.subs.insert(filter.to_owned())
+        };
         let mut st = self.lock();
         let new = st.subs.insert(
             group,
@@ -323,11 +350,23 @@ impl Router {
                 id,
             },
         );
+        if new {
+            let cost = subscription_cost(filter);
+            if st.sub_bytes + cost > self.config.max_subscription_bytes {
+                st.subs.remove(group, f, s.key);
+                drop(st);
+                if !kept_before {
+                    s.lock().subs.remove(filter);
+                }
+                return Err(QuotaExceeded);
+            }
+            st.sub_bytes += cost;
+        }
         let mut retained = Vec::new();
         if group.is_none() && (opts.retain_handling == 0 || (opts.retain_handling == 1 && new)) {
             st.retained.matching(f, &mut retained);
         }
-        retained
+        Ok(retained)
     }
 
     /// Unsubscribes; true if the subscription existed.
@@ -336,7 +375,12 @@ impl Router {
             return false;
         };
         s.lock().subs.remove(filter);
-        self.lock().subs.remove(group, f, s.key)
+        let mut st = self.lock();
+        let removed = st.subs.remove(group, f, s.key);
+        if removed {
+            st.sub_bytes -= subscription_cost(filter);
+        }
+        removed
     }
 
     /// Sessions that exist (for `undelivered`).
@@ -344,9 +388,14 @@ impl Router {
         self.lock().sessions.values().cloned().collect()
     }
 
-    /// (sessions, subscriptions, retained messages).
-    pub fn counts(&self) -> (usize, usize, usize) {
+    /// (sessions, subscriptions, retained messages, subscription bytes).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
         let st = self.lock();
-        (st.sessions.len(), st.subs.len(), st.retained.len())
+        (
+            st.sessions.len(),
+            st.subs.len(),
+            st.retained.len(),
+            st.sub_bytes,
+        )
     }
 }

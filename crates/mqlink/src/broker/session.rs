@@ -5,15 +5,20 @@
 //! never held while a session's is.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::shown::Shown;
 use crate::codec::ByteStr;
 use crate::types::QoS;
 use crate::PublishProperties;
+
+/// Drops for one session are logged at most this often (with their count).
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A message as the broker accepted it, shared by every subscriber.
 #[derive(Debug)]
@@ -32,6 +37,11 @@ pub(super) struct Message {
 }
 
 impl Message {
+    /// Bytes a queued copy accounts for: topic, payload and bookkeeping.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
     pub fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
@@ -55,6 +65,25 @@ pub(super) struct Inflight {
     pub released: bool,
 }
 
+/// How much a session may queue, and what happens beyond it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+    /// A full queue makes its publishers wait (instead of dropping QoS 0
+    /// and disconnecting the subscriber at QoS 1/2).
+    pub hold: bool,
+}
+
+/// Broker-wide counts of what slow subscribers cost.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    /// Messages not queued for a session because its queue was full.
+    pub dropped: AtomicU64,
+    /// Subscribers disconnected because a QoS 1/2 message did not fit their queue.
+    pub slow_disconnects: AtomicU64,
+}
+
 pub(super) struct Session {
     pub client_id: String,
     /// Unique for the broker's lifetime (a new session under the same
@@ -65,11 +94,14 @@ pub(super) struct Session {
     pub ready: Notify,
     /// A full queue has room again, or the session went offline (waiting publishers).
     pub room: Notify,
+    counters: Arc<Counters>,
 }
 
 pub(super) struct SessionState {
-    pub queue: VecDeque<Delivery>,
-    pub limit: usize,
+    queue: VecDeque<Delivery>,
+    /// Bytes in `queue` (by [`Message::size`]).
+    queue_bytes: usize,
+    pub limits: QueueLimits,
     /// Deliveries taken off the queue, ever; publishers waiting for room watch it.
     pub taken: u64,
     pub last_taken: Instant,
@@ -86,25 +118,38 @@ pub(super) struct SessionState {
     pub subs: HashSet<String>,
     /// Removed from the router: queue nothing more.
     pub closed: bool,
+    /// This connection was told to go for a full queue (once per connection).
+    pub overflowed: bool,
+    /// Messages dropped for this session since the last log line about it.
+    dropped_unlogged: u64,
+    last_drop_log: Option<Instant>,
 }
 
 /// What happened to an offered delivery.
 pub(super) enum Offer {
     Queued,
-    /// Online and full: the publisher waits (`taken` as seen).
+    /// Online, full and holding publishers: the publisher waits (`taken` as seen).
     Full(Delivery, u64),
-    /// Offline and full (dropped for it, counted in the log), or gone.
+    /// Full (dropped for it and counted; at QoS 1/2 an online subscriber
+    /// is disconnected), or gone.
     Dropped,
 }
 
 impl Session {
-    pub fn new(client_id: String, key: u64, limit: usize) -> Session {
+    pub fn new(
+        client_id: String,
+        key: u64,
+        limits: QueueLimits,
+        counters: Arc<Counters>,
+    ) -> Session {
         Session {
             client_id,
             key,
+            counters,
             state: Mutex::new(SessionState {
                 queue: VecDeque::new(),
-                limit,
+                queue_bytes: 0,
+                limits,
                 taken: 0,
                 last_taken: Instant::now(),
                 owner: None,
@@ -114,6 +159,9 @@ impl Session {
                 next_pkid: 0,
                 subs: HashSet::new(),
                 closed: false,
+                overflowed: false,
+                dropped_unlogged: 0,
+                last_drop_log: None,
             }),
             ready: Notify::new(),
             room: Notify::new(),
@@ -130,23 +178,42 @@ impl Session {
         self.lock().owner.is_some()
     }
 
-    /// Queues a delivery unless the queue is full.
+    /// Queues a delivery unless the queue is full. Beyond it a session
+    /// that holds publishers makes them wait; any other drops the
+    /// message, and at QoS 1/2 an online subscriber is told to go (it is
+    /// not keeping up, and it would lose what it was promised).
     pub fn offer(&self, d: Delivery) -> Offer {
         let mut s = self.lock();
         if s.closed {
             return Offer::Dropped;
         }
-        if s.queue.len() < s.limit {
-            s.queue.push_back(d);
+        if s.has_room(d.msg.size()) {
+            s.push(d);
             drop(s);
             self.ready.notify_one();
             return Offer::Queued;
         }
-        if s.owner.is_none() {
-            tracing::warn!(client_id = %self.client_id, topic = %d.msg.topic, limit = s.limit, "Embedded broker: an offline session's queue is full; message dropped for it.");
-            return Offer::Dropped;
+        let online = s.owner.is_some();
+        if online && s.limits.hold {
+            return Offer::Full(d, s.taken);
         }
-        Offer::Full(d, s.taken)
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        s.dropped_unlogged += 1;
+        if online && d.qos != QoS::AtMostOnce && !s.overflowed {
+            s.overflowed = true;
+            s.dropped_unlogged = 0;
+            s.last_drop_log = Some(Instant::now());
+            self.counters
+                .slow_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client_id = %Shown(&self.client_id), queued = s.queue.len(), bytes = s.queue_bytes, "Embedded broker: a subscriber's queue is full (max_queued_messages / max_queued_bytes) for a QoS 1/2 message; disconnected.");
+            if let Some((_, kick)) = &s.owner {
+                kick.notify_one();
+            }
+        } else {
+            s.log_drops(&self.client_id);
+        }
+        Offer::Dropped
     }
 
     /// Messages accepted for this session and not delivered: queued, or
@@ -158,6 +225,53 @@ impl Session {
 }
 
 impl SessionState {
+    /// Whether a message of `size` bytes fits (one always fits an empty queue).
+    fn has_room(&self, size: usize) -> bool {
+        self.queue.is_empty()
+            || (self.queue.len() < self.limits.messages
+                && self.queue_bytes + size <= self.limits.bytes)
+    }
+
+    /// Whether the queue is at one of its limits.
+    pub fn is_full(&self) -> bool {
+        !self.queue.is_empty()
+            && (self.queue.len() >= self.limits.messages || self.queue_bytes >= self.limits.bytes)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn push(&mut self, d: Delivery) {
+        self.queue_bytes += d.msg.size();
+        self.queue.push_back(d);
+    }
+
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queue_bytes -= d.msg.size();
+        Some(d)
+    }
+
+    pub fn clear_queue(&mut self) {
+        self.queue = VecDeque::new();
+        self.queue_bytes = 0;
+    }
+
+    /// One line per session per [`DROP_LOG_INTERVAL`], with the count.
+    fn log_drops(&mut self, client_id: &str) {
+        let now = Instant::now();
+        if self
+            .last_drop_log
+            .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(client_id = %Shown(client_id), dropped = self.dropped_unlogged, online = self.owner.is_some(), "Embedded broker: a subscriber's queue is full (max_queued_messages / max_queued_bytes); messages dropped for it (logged at most every 10 s).");
+        self.dropped_unlogged = 0;
+        self.last_drop_log = Some(now);
+    }
+
     /// A packet id not in flight.
     pub fn next_pkid(&mut self) -> u16 {
         loop {

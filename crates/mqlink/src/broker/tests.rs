@@ -123,11 +123,18 @@ async fn a_persistent_session_keeps_what_was_not_acknowledged() {
     s.disconnect().await;
 }
 
-/// A subscriber that does not keep up slows the publisher down; no
-/// message is dropped, however far behind it falls.
+/// A subscriber that holds publishers back (a pipeline's own) and does
+/// not keep up slows the publisher down; no message is dropped, however
+/// far behind it falls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_holds_publishers_back_and_loses_nothing() {
-    let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
+    let config = BrokerConfig {
+        hold_publishers_for: HoldPublishers::Matching(Arc::new(|id| id == "slow")),
+        ..Default::default()
+    };
+    let b = EmbeddedBroker::start_with("127.0.0.1:0", config)
+        .await
+        .unwrap();
     let mut o = opts(b.local_addr(), "slow", Protocol::V5);
     o.receive_maximum = 100;
     let (s, mut inc) = Client::connect(o).await.unwrap();

@@ -2,12 +2,25 @@
 //! topic level. Matching a topic walks at most two branches per level
 //! (`+` and the level itself) plus `#`, so it costs the depth of the topic
 //! and the number of matches, not the number of subscriptions.
+//!
+//! Walks recurse once per level, so filters and topic names deeper than
+//! [`MAX_LEVELS`] are refused before they reach a tree: a 6,500-level
+//! filter must not overflow a stack when it is removed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::session::{Message, Session};
 use crate::codec::SubscribeOptions;
+
+/// Levels a topic name or filter may have (VerneMQ's `topic_max_depth`
+/// is the same idea, at 10 by default).
+pub(super) const MAX_LEVELS: usize = 200;
+
+/// Whether a topic name or filter has more than [`MAX_LEVELS`] levels.
+pub(super) fn too_deep(topic: &str) -> bool {
+    topic.bytes().filter(|b| *b == b'/').count() >= MAX_LEVELS
+}
 
 /// One client's subscription, as the tree keeps it.
 #[derive(Clone)]
@@ -123,10 +136,22 @@ impl SubTree {
     }
 }
 
+/// Gives a map's memory back once it is mostly empty (a root with
+/// 500,000 filters keeps its table after they leave otherwise).
+fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
+    }
+}
+
 fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, key: u64) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
-            None => node.subs.remove(&key).is_some(),
+            None => {
+                let removed = node.subs.remove(&key).is_some();
+                shrink(&mut node.subs);
+                removed
+            }
             Some(g) => {
                 let Some(grp) = node.shared.get_mut(g) else {
                     return false;
@@ -147,6 +172,7 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, key: u64) ->
     let removed = remove_at(child, rest, group, key);
     if child.is_empty() {
         node.children.remove(*first);
+        shrink(&mut node.children);
     }
     removed
 }
@@ -228,6 +254,7 @@ fn clear(node: &mut RNode, levels: &[&str]) -> bool {
     let cleared = clear(child, rest);
     if child.msg.is_none() && child.children.is_empty() {
         node.children.remove(*first);
+        shrink(&mut node.children);
     }
     cleared
 }
@@ -268,11 +295,21 @@ fn all(node: &RNode, out: &mut Vec<Arc<Message>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::session::QueueLimits;
     use crate::types::QoS;
 
     fn sub(key: u64) -> Subscriber {
         Subscriber {
-            session: Arc::new(Session::new(format!("c{key}"), key, 10)),
+            session: Arc::new(Session::new(
+                format!("c{key}"),
+                key,
+                QueueLimits {
+                    messages: 10,
+                    bytes: 1 << 20,
+                    hold: false,
+                },
+                Arc::default(),
+            )),
             opts: SubscribeOptions::qos(QoS::AtLeastOnce),
             id: None,
         }
@@ -376,5 +413,13 @@ mod tests {
         r.set("a/b", None);
         assert_eq!(find(&r, "a/+"), Vec::<String>::new());
         assert_eq!(r.len(), 4);
+    }
+
+    #[test]
+    fn levels_are_counted() {
+        let deep = |n: usize| vec!["a"; n].join("/");
+        assert!(!too_deep(&deep(MAX_LEVELS)));
+        assert!(too_deep(&deep(MAX_LEVELS + 1)));
+        assert!(too_deep(&"/".repeat(65_000)));
     }
 }

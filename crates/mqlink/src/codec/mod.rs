@@ -19,7 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use properties::{
     AckProperties, DisconnectProperties, PropReader, PropWriter, SubscribeProperties,
 };
-pub use properties::{ConnAckProperties, ConnectProperties, PublishProperties};
+pub use properties::{ConnAckProperties, ConnectProperties, PublishProperties, WillProperties};
 
 use crate::secret::Secret;
 use crate::types::{Protocol, QoS};
@@ -79,6 +79,8 @@ pub struct Will {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 only.
+    pub properties: WillProperties,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,9 +251,16 @@ pub enum DecodeError {
     /// A QoS 1/2 publish with packet identifier 0.
     #[error("QoS > 0 publish with packet identifier 0")]
     ZeroPacketId,
-    /// AUTH (enhanced authentication), which mqlink does not speak.
-    #[error("the AUTH packet (enhanced authentication) is not supported")]
+    /// AUTH (enhanced authentication), or a CONNECT asking for it, which
+    /// mqlink does not speak.
+    #[error("enhanced authentication (AUTH) is not supported")]
     AuthNotSupported,
+    /// A CONNECT for MQTT (or MQIsdp) at a protocol level other than 4 and 5.
+    #[error("unsupported MQTT protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+    /// A CONNECT that breaks a rule of its own (names the rule).
+    #[error("invalid CONNECT: {0}")]
+    InvalidConnect(&'static str),
     /// Bytes after the last field.
     #[error("{0} bytes left over at the end of the packet")]
     TrailingBytes(usize),
@@ -332,6 +341,20 @@ pub fn check_connect(c: &Connect) -> Result<(), EncodeError> {
     if let Some(w) = &c.will {
         check_field("will topic", w.topic.as_bytes())?;
         check_field("will payload", &w.payload)?;
+        let p = &w.properties;
+        check_field(
+            "will content type",
+            p.content_type.as_deref().unwrap_or("").as_bytes(),
+        )?;
+        check_field(
+            "will response topic",
+            p.response_topic.as_deref().unwrap_or("").as_bytes(),
+        )?;
+        check_field(
+            "will correlation data",
+            p.correlation_data.as_deref().unwrap_or(&[]),
+        )?;
+        check_user_properties(&p.user_properties)?;
     }
     check_field("user name", c.username.as_deref().unwrap_or("").as_bytes())?;
     if let Some(p) = &c.password {
@@ -368,8 +391,8 @@ pub fn decode(
     decode_body(first, body, protocol).map(Some)
 }
 
-/// Reads the fixed header; `Ok(None)` if incomplete.
-fn read_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+/// Reads the fixed header: (its length, the remaining length), `Ok(None)` if incomplete.
+pub(crate) fn read_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
     let mut len: usize = 0;
     for i in 0..4 {
         let Some(&b) = buf.get(1 + i) else {
@@ -635,26 +658,48 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         (b"MQTT", 4) => Protocol::V311,
         (b"MQTT", 5) => Protocol::V5,
         (b"MQIsdp", 3) => Protocol::V31,
-        _ => return Err(DecodeError::InvalidPacketType(1)),
+        (b"MQTT" | b"MQIsdp", level) => return Err(DecodeError::UnsupportedProtocolLevel(level)),
+        _ => return Err(DecodeError::InvalidConnect("protocol name")),
     };
     let flags = r.u8("connect flags")?;
+    // [MQTT-3.1.2-3] and, without a will, its QoS and retain flags 0 [MQTT-3.1.2-11/13/15].
+    if flags & 1 != 0 {
+        return Err(DecodeError::InvalidConnect("reserved connect flag"));
+    }
+    if flags & 4 == 0 && flags & 0x38 != 0 {
+        return Err(DecodeError::InvalidConnect("will flags without a will"));
+    }
     let keep_alive = r.u16("keep alive")?;
     let properties = if protocol == Protocol::V5 {
-        ConnectProperties::decode(&mut PropReader::new(r)?)?
+        let p = ConnectProperties::decode(&mut PropReader::new(r)?).map_err(|e| match e {
+            DecodeError::InvalidProperty(
+                properties::id::AUTHENTICATION_METHOD | properties::id::AUTHENTICATION_DATA,
+            ) => DecodeError::AuthNotSupported,
+            e => e,
+        })?;
+        if p.receive_maximum == Some(0) {
+            return Err(DecodeError::InvalidConnect("receive maximum 0"));
+        }
+        if p.maximum_packet_size == Some(0) {
+            return Err(DecodeError::InvalidConnect("maximum packet size 0"));
+        }
+        p
     } else {
         ConnectProperties::default()
     };
     let client_id = r.string("client identifier")?;
     let will = if flags & 4 != 0 {
-        if protocol == Protocol::V5 {
-            // Will properties are accepted and not kept.
-            PropReader::new(r)?.skip_all()?;
-        }
+        let properties = if protocol == Protocol::V5 {
+            WillProperties::decode(&mut PropReader::new(r)?)?
+        } else {
+            WillProperties::default()
+        };
         Some(Will {
             topic: r.string("will topic")?,
             payload: r.binary("will payload")?,
             qos: qos_from((flags >> 3) & 3)?,
             retain: flags & 0x20 != 0,
+            properties,
         })
     } else {
         None
@@ -664,6 +709,8 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     } else {
         None
     };
+    // Binary in MQTT; kept as text (bytes that are not UTF-8 are replaced,
+    // so they match no password from a file).
     let password = if flags & 0x40 != 0 {
         Some(Secret::new(
             String::from_utf8_lossy(&r.binary("password")?).into_owned(),
@@ -845,7 +892,9 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             put_str(&mut body, c.client_id.as_bytes());
             if let Some(w) = &c.will {
                 if v5 {
-                    body.put_u8(0);
+                    let mut props = PropWriter::default();
+                    w.properties.encode(&mut props);
+                    body.put_slice(&props.finish());
                 }
                 put_str(&mut body, w.topic.as_bytes());
                 put_str(&mut body, &w.payload);

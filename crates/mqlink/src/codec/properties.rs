@@ -110,11 +110,6 @@ impl PropReader {
         };
         Ok(Some((id, v)))
     }
-
-    pub(super) fn skip_all(&mut self) -> Result<(), DecodeError> {
-        while self.next()?.is_some() {}
-        Ok(())
-    }
 }
 
 /// Writes properties into a scratch buffer; `finish` prefixes the length.
@@ -324,6 +319,35 @@ packet_properties!(PublishProperties {
     content_type: CONTENT_TYPE,
 } ignore []);
 
+/// The properties of a CONNECT's last will (MQTT 5).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WillProperties {
+    /// Seconds the broker waits before publishing the will.
+    pub will_delay_interval: Option<u32>,
+    /// 1: the payload is UTF-8 text; 0: unspecified bytes.
+    pub payload_format_indicator: Option<u8>,
+    /// Seconds after which the will expires undelivered.
+    pub message_expiry_interval: Option<u32>,
+    /// MIME type of the payload.
+    pub content_type: Option<String>,
+    /// Where a response should go.
+    pub response_topic: Option<String>,
+    /// Ties a response to the will.
+    pub correlation_data: Option<Bytes>,
+    /// Name/value pairs, in order.
+    pub user_properties: Vec<(String, String)>,
+}
+
+packet_properties!(WillProperties {
+    will_delay_interval: WILL_DELAY_INTERVAL,
+    payload_format_indicator: PAYLOAD_FORMAT_INDICATOR,
+    message_expiry_interval: MESSAGE_EXPIRY_INTERVAL,
+    content_type: CONTENT_TYPE,
+    response_topic: RESPONSE_TOPIC,
+    correlation_data: CORRELATION_DATA,
+    user_properties: USER_PROPERTY,
+} ignore []);
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConnectProperties {
     pub session_expiry_interval: Option<u32>,
@@ -339,7 +363,7 @@ packet_properties!(ConnectProperties {
     maximum_packet_size: MAXIMUM_PACKET_SIZE,
     topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
     user_properties: USER_PROPERTY,
-} ignore [REQUEST_PROBLEM_INFORMATION, REQUEST_RESPONSE_INFORMATION, AUTHENTICATION_METHOD, AUTHENTICATION_DATA]);
+} ignore [REQUEST_PROBLEM_INFORMATION, REQUEST_RESPONSE_INFORMATION]);
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConnAckProperties {

@@ -121,6 +121,16 @@ fn control_packets_roundtrip() {
                 payload: Bytes::from_static(b"bye"),
                 qos: QoS::AtLeastOnce,
                 retain: true,
+                properties: if v5 {
+                    WillProperties {
+                        will_delay_interval: Some(5),
+                        content_type: Some("text/plain".into()),
+                        user_properties: vec![("k".into(), "v".into())],
+                        ..Default::default()
+                    }
+                } else {
+                    Default::default()
+                },
             }),
             properties: if v5 {
                 ConnectProperties {
@@ -234,6 +244,35 @@ fn malformed_inputs_are_errors() {
         ),
         (b"\x40\x03\x00\x01\x00", DecodeError::TrailingBytes(1)),
         (b"\x30\x05\x00\x09abc", DecodeError::Truncated("topic name")),
+        // CONNECT: what a broker answers with CONNACK 0x01, 0x8C, or closes on.
+        (
+            b"\x10\x07\x00\x04MQTT\x06",
+            DecodeError::UnsupportedProtocolLevel(6),
+        ),
+        (
+            b"\x10\x09\x00\x06MQIsdp\x04",
+            DecodeError::UnsupportedProtocolLevel(4),
+        ),
+        (
+            b"\x10\x07\x00\x04MQTX\x04",
+            DecodeError::InvalidConnect("protocol name"),
+        ),
+        (
+            b"\x10\x0c\x00\x04MQTT\x04\x01\x00\x3c\x00\x00",
+            DecodeError::InvalidConnect("reserved connect flag"),
+        ),
+        (
+            b"\x10\x0c\x00\x04MQTT\x04\x08\x00\x3c\x00\x00",
+            DecodeError::InvalidConnect("will flags without a will"),
+        ),
+        (
+            b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x04\x15\x00\x01x\x00\x00",
+            DecodeError::AuthNotSupported,
+        ),
+        (
+            b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x03\x21\x00\x00\x00\x00",
+            DecodeError::InvalidConnect("receive maximum 0"),
+        ),
     ];
     for (bytes, want) in cases {
         let mut b = BytesMut::from(*bytes);
@@ -368,6 +407,7 @@ fn field_lengths_are_checked_before_encoding() {
                 payload: Bytes::from(long.clone()),
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                properties: Default::default(),
             }),
             properties: ConnectProperties::default(),
         };

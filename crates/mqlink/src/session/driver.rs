@@ -945,6 +945,7 @@ fn connect_packet(o: &ConnectOptions, client_id: &str) -> Connect {
             payload: w.payload.clone(),
             qos: w.qos,
             retain: w.retain,
+            properties: Default::default(),
         }),
         properties: ConnectProperties {
             session_expiry_interval: o.effective_session_expiry(),
