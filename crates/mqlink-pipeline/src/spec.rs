@@ -22,11 +22,8 @@ use mqlink::format::{parse_column, Schema};
 use mqlink::topic::validate_topic_name;
 use mqlink::{Backoff, BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsOptions};
 
-use crate::connectors::file::FileSinkConfig;
-use crate::connectors::generator::GeneratorConfig;
-use crate::connectors::mqtt::{MqttSinkConfig, MqttSourceConfig};
-use crate::connectors::postgres::PostgresSinkConfig;
-use crate::connectors::registry;
+use crate::connectors::{self, Direction};
+pub use crate::connectors::{SinkSpecRef, SourceConfig};
 use crate::transform::MakeTransform;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -188,54 +185,12 @@ impl OneOrMany {
     }
 }
 
-/// A source (`[sources.NAME]`), by `type`.
-// Built once per component at load: the size difference does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    Mqtt(MqttSourceConfig),
-    Generator(GeneratorConfig),
-}
-
-impl SourceConfig {
-    /// The columns this source's records have, when it knows them.
-    pub fn schema(&self) -> Option<Schema> {
-        match self {
-            SourceConfig::Mqtt(m) => m.schema.clone(),
-            SourceConfig::Generator(_) => Some(crate::connectors::generator::schema()),
-        }
-    }
-
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceConfig::Mqtt(_) => "mqtt",
-            SourceConfig::Generator(_) => "generator",
-        }
-    }
-}
-
 /// A sink (`[sinks.NAME]`), by `type`; `inputs` name sources.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub inputs: Vec<String>,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    Mqtt(MqttSinkConfig),
-    File(FileSinkConfig),
-    Postgres(PostgresSinkConfig),
-}
-
-impl SinkKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkKind::Mqtt(_) => "mqtt",
-            SinkKind::File(_) => "file",
-            SinkKind::Postgres(_) => "postgres",
-        }
-    }
+    /// Its connector's config.
+    pub kind: SinkSpecRef,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -464,15 +419,9 @@ pub fn from_tree_with(
         let path = format!("sources.{name}");
         check_name(&path, &name)?;
         let (ty, body) = split_type(&path, v)?;
-        let Some(t) = registry::SOURCES
-            .iter()
-            .find(|t| t.names.contains(&ty.as_str()))
-        else {
-            let known: Vec<&str> = registry::SOURCES.iter().map(|t| t.names[0]).collect();
-            return Err(err(
-                format!("{path}.type"),
-                format!("unknown source type {ty:?}: use {}", known.join(" or ")),
-            ));
+        let t = connector_of(&path, &ty, Direction::Source)?;
+        let Some(t) = &t.source else {
+            unreachable!("found for its source direction")
         };
         let ctx = Context {
             path: &path,
@@ -487,16 +436,9 @@ pub fn from_tree_with(
     // What sinks see of each source: its columns after its stage.
     let sink_view: Vec<(String, SourceConfig)> = sources
         .iter()
-        .map(|(name, s)| match (s, stage_schemas.get(name)) {
-            (SourceConfig::Mqtt(m), Some(schema)) => {
-                let mut m = m.clone();
-                m.schema = Some(schema.clone());
-                m.decoder = mqlink::format::Format::Json {
-                    schema: Some(schema.clone()),
-                };
-                (name.clone(), SourceConfig::Mqtt(m))
-            }
-            _ => (name.clone(), s.clone()),
+        .map(|(name, s)| {
+            let staged = stage_schemas.get(name).and_then(|schema| s.staged(schema));
+            (name.clone(), staged.unwrap_or_else(|| s.clone()))
         })
         .collect();
     let mut sinks = Vec::new();
@@ -534,15 +476,9 @@ pub fn from_tree_with(
                 ));
             }
         }
-        let Some(t) = registry::SINKS
-            .iter()
-            .find(|t| t.names.contains(&ty.as_str()))
-        else {
-            let known: Vec<&str> = registry::SINKS.iter().map(|t| t.names[0]).collect();
-            return Err(err(
-                format!("{path}.type"),
-                format!("unknown sink type {ty:?}: use {}", known.join(", ")),
-            ));
+        let t = connector_of(&path, &ty, Direction::Sink)?;
+        let Some(t) = &t.sink else {
+            unreachable!("found for its sink direction")
         };
         let ctx = Context {
             path: &path,
@@ -640,18 +576,13 @@ impl Pipeline {
             }
         };
         for (name, s) in &self.sources {
-            if let SourceConfig::Mqtt(m) = s {
-                add(
-                    format!("sources.{name}"),
-                    &m.connection,
-                    name,
-                    m.parallelism,
-                );
+            if let Some((conn, n)) = s.connection() {
+                add(format!("sources.{name}"), conn, name, n);
             }
         }
         for (name, s) in &self.sinks {
-            if let SinkKind::Mqtt(m) = &s.kind {
-                add(format!("sinks.{name}"), &m.connection, name, m.parallelism);
+            if let Some((conn, n)) = s.kind.connection() {
+                add(format!("sinks.{name}"), conn, name, n);
             }
         }
         ids
@@ -882,6 +813,28 @@ impl Context<'_> {
     }
 }
 
+/// The connector a component's `type` names, or an error listing the
+/// registry's connectors of that direction.
+fn connector_of(
+    path: &str,
+    ty: &str,
+    d: Direction,
+) -> Result<&'static connectors::Connector, ConfigError> {
+    connectors::find(ty, d).ok_or_else(|| {
+        let what = match d {
+            Direction::Source => "source",
+            Direction::Sink => "sink",
+        };
+        err(
+            format!("{path}.type"),
+            format!(
+                "unknown {what} type {ty:?}: use {}",
+                connectors::one_of(&connectors::names(d))
+            ),
+        )
+    })
+}
+
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || !name
@@ -1014,6 +967,7 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::mqtt::MqttSourceConfig;
 
     const EXAMPLE: &str = r#"
 [connections.local]
@@ -1083,7 +1037,7 @@ listen = "127.0.0.1:9464"
         let c = &p.connections["local"];
         assert_eq!(c.password.as_ref().unwrap().expose(), "s3cret-pw");
         assert_eq!(c.username.as_deref(), Some(""));
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         let cols: Vec<&str> = m
@@ -1238,7 +1192,7 @@ topic = "b/{id}"
             &env,
         )
         .unwrap();
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         assert!(m.schema.as_ref().unwrap().is_not_null("seq"));
@@ -1257,7 +1211,7 @@ topic = "b/{id}"
             "bad_data = \"fail\"",
         );
         let p = parse(&fail, false, &env).unwrap();
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         assert_eq!(m.bad_data(), crate::connectors::mqtt::BadData::Fail);

@@ -864,11 +864,10 @@ impl Compiler<'_> {
         let Some((dir, _)) = &table.state_dir else {
             return Err(SqlError::at(table.line, &table_stmt, Some("state_dir"), format!("missing: the windowed query of line {line} keeps its windows in a state file under state_dir (state_dir = '/var/lib/mqlink')")));
         };
-        if let Some((_, mqlink_pipeline::spec::SourceConfig::Mqtt(m))) =
-            p.sources.iter().find(|(n, _)| n == src)
-        {
-            if let Some(conn) = p.connections.get(&m.connection) {
-                let o = self.origins.get(&format!("connections.{}", m.connection));
+        let connection = p.sources.iter().find(|(n, _)| n == src);
+        if let Some((name, _)) = connection.and_then(|(_, s)| s.connection()) {
+            if let Some(conn) = p.connections.get(name) {
+                let o = self.origins.get(&format!("connections.{name}"));
                 let (cl, cs) = o.map_or((table.line, table_stmt.clone()), |o| {
                     (o.line, o.statement.clone())
                 });
