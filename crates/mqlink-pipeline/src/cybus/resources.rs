@@ -26,6 +26,9 @@ use crate::transform::MakeTransform;
 /// The pipeline connection standing for Connectware's internal broker.
 pub const INTERNAL: &str = "_internal";
 
+/// The connector every Cybus endpoint and mapping compiles to.
+const MQTT: &str = crate::connectors::mqtt::CONNECTOR.name;
+
 /// What a file compiles to.
 pub struct Compiled {
     pub tree: Json,
@@ -498,12 +501,12 @@ impl Ctx<'_> {
                 let q = qos(s.get("qos"), &format!("{sp}.qos"))?.unwrap_or(1);
                 self.add_source(
                     &name,
-                    json!({ "type": "mqtt", "connection": component(&conn), "topics": [sub.filter], "qos": q, "format": "raw_bytes" }),
+                    json!({ "type": MQTT, "connection": component(&conn), "topics": [sub.filter], "qos": q, "format": "raw_bytes" }),
                     path,
                 )?;
                 self.add_sink(
                     &format!("{name}-internal"),
-                    json!({ "type": "mqtt", "inputs": [name], "connection": INTERNAL, "topic": internal, "format": "raw", "qos": internal_qos, "retain": retain }),
+                    json!({ "type": MQTT, "inputs": [name], "connection": INTERNAL, "topic": internal, "format": "raw", "qos": internal_qos, "retain": retain }),
                     path,
                 )?;
                 self.stage(&name, vec![sub], rules, None);
@@ -522,12 +525,12 @@ impl Ctx<'_> {
                 let set = format!("{internal}/set");
                 self.add_source(
                     &name,
-                    json!({ "type": "mqtt", "connection": INTERNAL, "topics": [set.clone()], "qos": internal_qos.max(1), "format": "raw_bytes" }),
+                    json!({ "type": MQTT, "connection": INTERNAL, "topics": [set.clone()], "qos": internal_qos.max(1), "format": "raw_bytes" }),
                     path,
                 )?;
                 self.add_sink(
                     &format!("{name}-write"),
-                    json!({ "type": "mqtt", "inputs": [name], "connection": component(&conn), "topic": topic, "format": "raw", "qos": q, "retain": r }),
+                    json!({ "type": MQTT, "inputs": [name], "connection": component(&conn), "topic": topic, "format": "raw", "qos": q, "retain": r }),
                     path,
                 )?;
                 self.stage(&name, vec![Subscription::parse(&set, None)], rules, None);
@@ -708,12 +711,12 @@ impl Ctx<'_> {
             };
             self.add_source(
                 &name,
-                json!({ "type": "mqtt", "connection": source_conn.unwrap_or_else(|| INTERNAL.into()), "topics": filters, "qos": source_qos, "format": "raw_bytes" }),
+                json!({ "type": MQTT, "connection": source_conn.unwrap_or_else(|| INTERNAL.into()), "topics": filters, "qos": source_qos, "format": "raw_bytes" }),
                 &ep,
             )?;
             self.add_sink(
                 &format!("{name}-publish"),
-                json!({ "type": "mqtt", "inputs": [name], "connection": pconn, "topic": "{stream}", "format": "raw", "qos": pq, "retain": retain }),
+                json!({ "type": MQTT, "inputs": [name], "connection": pconn, "topic": "{stream}", "format": "raw", "qos": pq, "retain": retain }),
                 &ep,
             )?;
             self.stage(&name, subscriptions, rules, Some(pattern));
