@@ -414,81 +414,8 @@ pub fn from_tree_with(
         connections.insert(name, c);
     }
 
-    let mut sources = Vec::new();
-    for (name, v) in raw.sources {
-        let path = format!("sources.{name}");
-        check_name(&path, &name)?;
-        let (ty, body) = split_type(&path, v)?;
-        let t = connector_of(&path, &ty, Direction::Source)?;
-        let Some(t) = &t.source else {
-            unreachable!("found for its source direction")
-        };
-        let ctx = Context {
-            path: &path,
-            connections: &connections,
-            sources: &sources,
-            inputs: &[],
-        };
-        let s = (t.parse)(&ctx, body)?;
-        sources.push((name, s));
-    }
-
-    // What sinks see of each source: its columns after its stage.
-    let sink_view: Vec<(String, SourceConfig)> = sources
-        .iter()
-        .map(|(name, s)| {
-            let staged = stage_schemas.get(name).and_then(|schema| s.staged(schema));
-            (name.clone(), staged.unwrap_or_else(|| s.clone()))
-        })
-        .collect();
-    let mut sinks = Vec::new();
-    for (name, v) in raw.sinks {
-        let path = format!("sinks.{name}");
-        check_name(&path, &name)?;
-        if sources.iter().any(|(n, _)| *n == name) {
-            return Err(err(
-                &path,
-                format!("the name {name:?} is already a source's; component names must be unique (client ids are derived from them)"),
-            ));
-        }
-        let (ty, mut body) = split_type(&path, v)?;
-        let inputs: Vec<String> = match body.as_object_mut().and_then(|o| o.remove("inputs")) {
-            None => {
-                return Err(err(
-                    format!("{path}.inputs"),
-                    "missing: name the sources this sink reads",
-                ))
-            }
-            Some(v) => typed(&format!("{path}.inputs"), v)?,
-        };
-        if inputs.is_empty() {
-            return Err(err(
-                format!("{path}.inputs"),
-                "must name at least one source",
-            ));
-        }
-        for (i, input) in inputs.iter().enumerate() {
-            if !sources.iter().any(|(n, _)| n == input) {
-                let known: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(err(
-                    format!("{path}.inputs[{i}]"),
-                    format!("no source named {input:?} (sources: {})", known.join(", ")),
-                ));
-            }
-        }
-        let t = connector_of(&path, &ty, Direction::Sink)?;
-        let Some(t) = &t.sink else {
-            unreachable!("found for its sink direction")
-        };
-        let ctx = Context {
-            path: &path,
-            connections: &connections,
-            sources: &sink_view,
-            inputs: &inputs,
-        };
-        let kind = (t.parse)(&ctx, body)?;
-        sinks.push((name, SinkConfig { inputs, kind }));
-    }
+    let sources = read_sources(raw.sources, &connections)?;
+    let sinks = read_sinks(raw.sinks, &connections, &sources, stage_schemas)?;
     for (name, _) in &sources {
         if !sinks.iter().any(|(_, s)| s.inputs.contains(name)) {
             return Err(err(
@@ -558,6 +485,110 @@ pub fn from_tree_with(
     };
     pipeline.check_client_ids()?;
     Ok(pipeline)
+}
+
+/// `[sources.*]`, each read by its connector.
+fn read_sources(
+    raw: BTreeMap<String, Json>,
+    connections: &BTreeMap<String, ConnectionConfig>,
+) -> Result<Vec<(String, SourceConfig)>, ConfigError> {
+    let mut sources = Vec::new();
+    for (name, v) in raw {
+        let path = format!("sources.{name}");
+        check_name(&path, &name)?;
+        let (ty, body) = split_type(&path, v)?;
+        let t = connector_of(&path, &ty, Direction::Source)?;
+        let Some(t) = &t.source else {
+            unreachable!("found for its source direction")
+        };
+        let ctx = Context {
+            path: &path,
+            connections,
+            sources: &sources,
+            inputs: &[],
+        };
+        let s = (t.parse)(&ctx, body)?;
+        sources.push((name, s));
+    }
+
+    Ok(sources)
+}
+
+/// `[sinks.*]`, each read by its connector and checked against what it
+/// sees of its inputs (their columns after a SQL stage).
+fn read_sinks(
+    raw: BTreeMap<String, Json>,
+    connections: &BTreeMap<String, ConnectionConfig>,
+    sources: &[(String, SourceConfig)],
+    stage_schemas: &BTreeMap<String, Schema>,
+) -> Result<Vec<(String, SinkConfig)>, ConfigError> {
+    // What sinks see of each source: its columns after its stage.
+    let sink_view: Vec<(String, SourceConfig)> = sources
+        .iter()
+        .map(|(name, s)| {
+            let staged = stage_schemas.get(name).and_then(|schema| s.staged(schema));
+            (name.clone(), staged.unwrap_or_else(|| s.clone()))
+        })
+        .collect();
+    let mut sinks = Vec::new();
+    for (name, v) in raw {
+        let path = format!("sinks.{name}");
+        check_name(&path, &name)?;
+        if sources.iter().any(|(n, _)| *n == name) {
+            return Err(err(
+                &path,
+                format!("the name {name:?} is already a source's; component names must be unique (client ids are derived from them)"),
+            ));
+        }
+        let (ty, mut body) = split_type(&path, v)?;
+        let inputs = sink_inputs(&path, &mut body, sources)?;
+        let t = connector_of(&path, &ty, Direction::Sink)?;
+        let Some(t) = &t.sink else {
+            unreachable!("found for its sink direction")
+        };
+        let ctx = Context {
+            path: &path,
+            connections,
+            sources: &sink_view,
+            inputs: &inputs,
+        };
+        let kind = (t.parse)(&ctx, body)?;
+        sinks.push((name, SinkConfig { inputs, kind }));
+    }
+    Ok(sinks)
+}
+
+/// Removes and checks a sink's `inputs`: at least one, each a source.
+fn sink_inputs(
+    path: &str,
+    body: &mut Json,
+    sources: &[(String, SourceConfig)],
+) -> Result<Vec<String>, ConfigError> {
+    let inputs: Vec<String> = match body.as_object_mut().and_then(|o| o.remove("inputs")) {
+        None => {
+            return Err(err(
+                format!("{path}.inputs"),
+                "missing: name the sources this sink reads",
+            ))
+        }
+        Some(v) => typed(&format!("{path}.inputs"), v)?,
+    };
+    if inputs.is_empty() {
+        return Err(err(
+            format!("{path}.inputs"),
+            "must name at least one source",
+        ));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        if !sources.iter().any(|(n, _)| n == input) {
+            let known: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(err(
+                format!("{path}.inputs[{i}]"),
+                format!("no source named {input:?} (sources: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(inputs)
 }
 
 impl Pipeline {
