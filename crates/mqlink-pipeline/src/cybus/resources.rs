@@ -135,6 +135,90 @@ pub fn compile(
     })
 }
 
+/// `Cybus::Connection` properties: only their names are checked here (an
+/// unknown one is an error naming it); values are read below with
+/// Connectware's leniency (numbers as strings, `null` as absent).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ConnectionResource {
+    /// `Mqtt` (the only protocol mqlink runs).
+    protocol: Option<Json>,
+    /// The broker: [`MqttConnection`].
+    connection: Option<Json>,
+    /// Connectware's agent: ignored (mqlink is the agent).
+    agent_name: Option<Json>,
+    /// Connectware's `enabled`/`disabled`: ignored.
+    target_state: Option<Json>,
+}
+
+/// `Cybus::Connection`'s `connection:` for `protocol: Mqtt`, in
+/// Connectware's names.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MqttConnection {
+    /// The broker's host name or address (required).
+    host: Option<Json>,
+    /// [default: the scheme's: 1883, 8883, 80, 443].
+    port: Option<Json>,
+    /// `mqtt`/`tcp`, `mqtts`/`tls`, `ws`, `wss` [default: mqtt].
+    scheme: Option<Json>,
+    username: Option<Json>,
+    /// Never shown in errors.
+    password: Option<Json>,
+    /// [default: `<service id>-<resource id>`].
+    client_id: Option<Json>,
+    /// Clean session [default: true, Connectware's].
+    clean: Option<Json>,
+    /// Keep-alive in seconds.
+    keepalive: Option<Json>,
+    /// Milliseconds to wait for CONNACK.
+    connect_timeout: Option<Json>,
+    /// Milliseconds before reconnecting.
+    reconnect_period: Option<Json>,
+    /// 4 (MQTT 3.1.1) or 5.
+    protocol_version: Option<Json>,
+    /// Send `clientCert` and `clientPrivateKey` [default: false].
+    mutual_authentication: Option<Json>,
+    /// PEM text or a file.
+    ca_cert: Option<Json>,
+    client_cert: Option<Json>,
+    client_private_key: Option<Json>,
+    /// Skip verifying the broker's certificate [default: false].
+    trust_all_certificates: Option<Json>,
+    /// Connectware's reconnect buffer, checked against its bounds and
+    /// otherwise unused (mqlink acknowledges only what it delivered).
+    message_buffer_window_ms: Option<Json>,
+    max_buffered_messages: Option<Json>,
+}
+
+impl MqttConnection {
+    fn cert(&self, key: &str) -> Option<&Json> {
+        match key {
+            "caCert" => self.ca_cert.as_ref(),
+            "clientCert" => self.client_cert.as_ref(),
+            _ => self.client_private_key.as_ref(),
+        }
+    }
+}
+
+/// A resource's properties as `T` (serde, `deny_unknown_fields`), with
+/// Connectware's wording for an unknown one: `PATH.KEY: unknown property
+/// (known: …)`.
+fn typed<T: serde::de::DeserializeOwned>(path: &str, v: Json) -> Result<T, ConfigError> {
+    crate::spec::typed(path, v).map_err(|mut e| {
+        if let Some(rest) = e.message.strip_prefix("unknown field `") {
+            let known: Vec<&str> = rest
+                .split('`')
+                .skip(1)
+                .filter(|s| !s.contains(',') && !s.contains(' ') && !s.is_empty())
+                .collect();
+            e.message = format!("unknown property (known: {})", known.join(", "));
+        }
+        e
+    })
+}
+
 /// Keys other than `known` are errors naming them.
 fn only(props: &Map<String, Json>, known: &[&str], path: &str) -> Result<(), ConfigError> {
     match props.keys().find(|k| !known.contains(&k.as_str())) {
@@ -253,43 +337,16 @@ impl Ctx<'_> {
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &["protocol", "connection", "agentName", "targetState"],
-            path,
-        )?;
+        let _: ConnectionResource = typed(path, Json::Object(props.clone()))?;
         require_mqtt(props, path, "connections")?;
         let cpath = format!("{path}.connection");
         let conn = object(props.get("connection").unwrap_or(&Json::Null), &cpath)?;
-        only(
-            conn,
-            &[
-                "host",
-                "port",
-                "scheme",
-                "username",
-                "password",
-                "clientId",
-                "clean",
-                "keepalive",
-                "connectTimeout",
-                "reconnectPeriod",
-                "protocolVersion",
-                "mutualAuthentication",
-                "caCert",
-                "clientCert",
-                "clientPrivateKey",
-                "trustAllCertificates",
-                "messageBufferWindowMs",
-                "maxBufferedMessages",
-            ],
-            &cpath,
-        )?;
+        let conn: MqttConnection = typed(&cpath, Json::Object(conn.clone()))?;
         let p = |k: &str| format!("{cpath}.{k}");
-        let host = string(conn.get("host"), &p("host"))?
+        let host = string(conn.host.as_ref(), &p("host"))?
             .filter(|h| !h.is_empty())
             .ok_or_else(|| err(p("host"), "missing: the broker's host name or address"))?;
-        let scheme = string(conn.get("scheme"), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
+        let scheme = string(conn.scheme.as_ref(), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
         let (url_scheme, default_port) = match scheme.as_str() {
             "mqtt" | "tcp" => ("mqtt", 1883),
             "mqtts" | "tls" => ("mqtts", 8883),
@@ -302,7 +359,7 @@ impl Ctx<'_> {
                 ))
             }
         };
-        let port = match conn.get("port") {
+        let port = match conn.port.as_ref() {
             None | Some(Json::Null) => default_port,
             Some(v) => v
                 .as_u64()
@@ -322,19 +379,19 @@ impl Ctx<'_> {
         );
         out.insert(
             "client_id".into(),
-            json!(string(conn.get("clientId"), &p("clientId"))?
+            json!(string(conn.client_id.as_ref(), &p("clientId"))?
                 .unwrap_or_else(|| format!("{}-{id}", self.service_id))),
         );
         // Connectware's default is a clean session (what arrives while
         // mqlink is stopped is then not kept: set clean: false).
         out.insert(
             "clean_session".into(),
-            json!(boolean(conn.get("clean"), &p("clean"))?.unwrap_or(true)),
+            json!(boolean(conn.clean.as_ref(), &p("clean"))?.unwrap_or(true)),
         );
-        if let Some(u) = string(conn.get("username"), &p("username"))? {
+        if let Some(u) = string(conn.username.as_ref(), &p("username"))? {
             out.insert("username".into(), json!(u));
         }
-        match conn.get("password") {
+        match conn.password.as_ref() {
             None | Some(Json::Null) => {}
             Some(v @ (Json::String(_) | Json::Number(_))) => {
                 out.insert("password".into(), v.clone());
@@ -346,11 +403,11 @@ impl Ctx<'_> {
                 ))
             }
         }
-        if let Some(k) = number(conn.get("keepalive"), &p("keepalive"), 65_535.0)? {
+        if let Some(k) = number(conn.keepalive.as_ref(), &p("keepalive"), 65_535.0)? {
             out.insert("keep_alive".into(), json!(k as u64));
         }
         if let Some(ms) = number(
-            conn.get("connectTimeout"),
+            conn.connect_timeout.as_ref(),
             &p("connectTimeout"),
             86_400_000.0,
         )? {
@@ -360,14 +417,14 @@ impl Ctx<'_> {
             );
         }
         if let Some(ms) = number(
-            conn.get("reconnectPeriod"),
+            conn.reconnect_period.as_ref(),
             &p("reconnectPeriod"),
             86_400_000.0,
         )? {
             out.insert("reconnect_interval".into(), json!(ms / 1000.0));
         }
-        match conn.get("protocolVersion").and_then(|v| v.as_u64()) {
-            None if conn.get("protocolVersion").is_none_or(|v| v.is_null()) => {}
+        match conn.protocol_version.as_ref().and_then(|v| v.as_u64()) {
+            None if conn.protocol_version.as_ref().is_none_or(|v| v.is_null()) => {}
             Some(4) => {
                 out.insert("protocol".into(), json!("3.1.1"));
             }
@@ -381,14 +438,17 @@ impl Ctx<'_> {
                 ))
             }
         }
-        let mutual =
-            boolean(conn.get("mutualAuthentication"), &p("mutualAuthentication"))?.unwrap_or(false);
+        let mutual = boolean(
+            conn.mutual_authentication.as_ref(),
+            &p("mutualAuthentication"),
+        )?
+        .unwrap_or(false);
         for (key, to) in [
             ("caCert", "tls_ca_cert"),
             ("clientCert", "tls_client_cert"),
             ("clientPrivateKey", "tls_client_key"),
         ] {
-            if let Some(v) = string(conn.get(key), &p(key))? {
+            if let Some(v) = string(conn.cert(key), &p(key))? {
                 if key != "caCert" && !mutual {
                     // Connectware sends client certificates only with mutualAuthentication.
                     continue;
@@ -399,19 +459,22 @@ impl Ctx<'_> {
                 );
             }
         }
-        if let Some(t) = boolean(conn.get("trustAllCertificates"), &p("trustAllCertificates"))? {
+        if let Some(t) = boolean(
+            conn.trust_all_certificates.as_ref(),
+            &p("trustAllCertificates"),
+        )? {
             out.insert("tls_verify".into(), json!(!t));
         }
         // Connectware's reconnect buffer: mqlink never acknowledges a message
         // before it is delivered, so there is no window to buffer for; the
         // values are checked against Connectware's bounds and otherwise unused.
         number(
-            conn.get("messageBufferWindowMs"),
+            conn.message_buffer_window_ms.as_ref(),
             &p("messageBufferWindowMs"),
             30_000.0,
         )?;
         number(
-            conn.get("maxBufferedMessages"),
+            conn.max_buffered_messages.as_ref(),
             &p("maxBufferedMessages"),
             300_000.0,
         )?;

@@ -115,6 +115,17 @@ fn errors_name_the_resource_and_property_path() {
         e.path,
         "resources.mqttConnection.properties.connection.scheme"
     );
+    // Connection properties are a serde struct: an unknown one is named
+    // with its path and Connectware's known names.
+    let e = with("port: 8883", "prot: 8883");
+    assert_eq!(
+        e.path,
+        "resources.mqttConnection.properties.connection.prot"
+    );
+    assert!(
+        e.message.starts_with("unknown property (known: host, port, scheme,"),
+        "{e}"
+    );
     let e = with("host: !ref mqttHost", "host: !ref mqttHots");
     assert_eq!(
         e.path,
