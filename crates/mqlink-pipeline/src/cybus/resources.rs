@@ -219,15 +219,125 @@ fn typed<T: serde::de::DeserializeOwned>(path: &str, v: Json) -> Result<T, Confi
     })
 }
 
-/// Keys other than `known` are errors naming them.
-fn only(props: &Map<String, Json>, known: &[&str], path: &str) -> Result<(), ConfigError> {
-    match props.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(err(
-            format!("{path}.{k}"),
-            format!("unknown property (known: {})", known.join(", ")),
-        )),
-        None => Ok(()),
-    }
+/// `props` has only the properties `T` declares: an unknown one is an
+/// error naming its path. (Values are read by the resource's code, with
+/// Connectware's leniency.)
+fn check<T: serde::de::DeserializeOwned>(
+    props: &Map<String, Json>,
+    path: &str,
+) -> Result<(), ConfigError> {
+    typed::<T>(path, Json::Object(props.clone())).map(drop)
+}
+
+/// A `Cybus::Endpoint`'s properties (`protocol: Mqtt`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct EndpointResource {
+    /// `Mqtt`.
+    protocol: Option<Json>,
+    /// `!ref` to its `Cybus::Connection` (required).
+    connection: Option<Json>,
+    /// [`EndpointSubscribe`]: messages from the connection's broker.
+    subscribe: Option<Json>,
+    /// [`EndpointWrite`]: messages to the connection's broker.
+    write: Option<Json>,
+    /// Refused: not an MQTT operation.
+    read: Option<Json>,
+    /// Its topic on the internal broker [default: the resource id].
+    topic: Option<Json>,
+    /// QoS on the internal broker [default: 1].
+    qos: Option<Json>,
+    /// Retain on the internal broker [default: false].
+    retain: Option<Json>,
+    /// Its rules (transform, filter, collect, burst).
+    rules: Option<Json>,
+    target_state: Option<Json>,
+    agent_name: Option<Json>,
+    /// Connectware's buffering: accepted, unused (nothing is acknowledged
+    /// before it is delivered).
+    buffering: Option<Json>,
+    input_buffering: Option<Json>,
+}
+
+/// An endpoint's `subscribe:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EndpointSubscribe {
+    /// The filter (required); `+name`/`#name` wildcards may be named.
+    topic: Option<Json>,
+    /// [default: 1].
+    qos: Option<Json>,
+}
+
+/// An endpoint's `write:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EndpointWrite {
+    /// The topic to publish to (required).
+    topic: Option<Json>,
+    /// [default: 1].
+    qos: Option<Json>,
+    /// [default: false].
+    retain: Option<Json>,
+}
+
+/// A `Cybus::Mapping`'s properties.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct MappingResource {
+    /// [`MappingEntry`]s (at least one).
+    mappings: Option<Json>,
+    target_state: Option<Json>,
+    agent_name: Option<Json>,
+    input_buffering: Option<Json>,
+}
+
+/// One entry of `mappings:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingEntry {
+    /// One [`MappingSubscribe`] or a list of them.
+    subscribe: Option<Json>,
+    /// [`MappingPublish`].
+    publish: Option<Json>,
+    /// Rules between them.
+    rules: Option<Json>,
+}
+
+/// A mapping entry's `subscribe:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingSubscribe {
+    /// `!ref` to a `Cybus::Endpoint` (or `topic`).
+    endpoint: Option<Json>,
+    /// A filter on the internal broker or `connection` (or `endpoint`).
+    topic: Option<Json>,
+    qos: Option<Json>,
+    /// `!ref` to a `Cybus::Connection` [default: the internal broker].
+    connection: Option<Json>,
+    /// The rules' `$context.label` (`{name}` takes a named wildcard).
+    label: Option<Json>,
+}
+
+/// A mapping entry's `publish:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingPublish {
+    /// `!ref` to a `Cybus::Endpoint` (or `topic`).
+    endpoint: Option<Json>,
+    /// A topic (may use the subscription's named wildcards).
+    topic: Option<Json>,
+    /// `!ref` to a `Cybus::Connection` [default: the internal broker].
+    connection: Option<Json>,
+    qos: Option<Json>,
+    retain: Option<Json>,
 }
 
 fn object<'a>(v: &'a Json, path: &str) -> Result<&'a Map<String, Json>, ConfigError> {
@@ -498,25 +608,7 @@ impl Ctx<'_> {
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &[
-                "protocol",
-                "connection",
-                "subscribe",
-                "write",
-                "read",
-                "topic",
-                "qos",
-                "retain",
-                "rules",
-                "targetState",
-                "agentName",
-                "buffering",
-                "inputBuffering",
-            ],
-            path,
-        )?;
+        check::<EndpointResource>(props, path)?;
         require_mqtt(props, path, "endpoints")?;
         let conn = self
             .reference(
@@ -551,7 +643,7 @@ impl Ctx<'_> {
             (Some(s), None) => {
                 let sp = format!("{path}.subscribe");
                 let s = object(s, &sp)?;
-                only(s, &["topic", "qos"], &sp)?;
+                check::<EndpointSubscribe>(s, &sp)?;
                 let topic = string(s.get("topic"), &format!("{sp}.topic"))?.ok_or_else(|| {
                     err(
                         format!("{sp}.topic"),
@@ -577,7 +669,7 @@ impl Ctx<'_> {
             (None, Some(w)) => {
                 let wp = format!("{path}.write");
                 let w = object(w, &wp)?;
-                only(w, &["topic", "qos", "retain"], &wp)?;
+                check::<EndpointWrite>(w, &wp)?;
                 let topic = string(w.get("topic"), &format!("{wp}.topic"))?.ok_or_else(|| {
                     err(format!("{wp}.topic"), "missing: the topic to publish to")
                 })?;
@@ -636,11 +728,7 @@ impl Ctx<'_> {
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &["mappings", "targetState", "agentName", "inputBuffering"],
-            path,
-        )?;
+        check::<MappingResource>(props, path)?;
         let mp = format!("{path}.mappings");
         let Some(Json::Array(entries)) = props.get("mappings") else {
             return Err(err(mp, "missing: a list of subscribe/publish entries"));
@@ -651,7 +739,7 @@ impl Ctx<'_> {
         for (i, entry) in entries.iter().enumerate() {
             let ep = format!("{mp}[{i}]");
             let e = object(entry, &ep)?;
-            only(e, &["subscribe", "publish", "rules"], &ep)?;
+            check::<MappingEntry>(e, &ep)?;
             let name = if entries.len() == 1 {
                 component(id)
             } else {
@@ -680,7 +768,7 @@ impl Ctx<'_> {
             let mut source_qos = 0;
             for (p, s) in subs {
                 let s = object(s, &p)?;
-                only(s, &["endpoint", "topic", "qos", "connection", "label"], &p)?;
+                check::<MappingSubscribe>(s, &p)?;
                 let topic = match (
                     s.get("endpoint"),
                     string(s.get("topic"), &format!("{p}.topic"))?,
@@ -717,11 +805,7 @@ impl Ctx<'_> {
 
             let pp = format!("{ep}.publish");
             let pubs = object(e.get("publish").unwrap_or(&Json::Null), &pp)?;
-            only(
-                pubs,
-                &["endpoint", "topic", "connection", "qos", "retain"],
-                &pp,
-            )?;
+            check::<MappingPublish>(pubs, &pp)?;
             let topic = match (
                 pubs.get("endpoint"),
                 string(pubs.get("topic"), &format!("{pp}.topic"))?,

@@ -123,7 +123,8 @@ fn errors_name_the_resource_and_property_path() {
         "resources.mqttConnection.properties.connection.prot"
     );
     assert!(
-        e.message.starts_with("unknown property (known: host, port, scheme,"),
+        e.message
+            .starts_with("unknown property (known: host, port, scheme,"),
         "{e}"
     );
     let e = with("host: !ref mqttHost", "host: !ref mqttHots");
