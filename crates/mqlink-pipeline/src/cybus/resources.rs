@@ -193,6 +193,41 @@ struct MqttConnection {
 }
 
 impl MqttConnection {
+    /// `scheme://host:port` from Connectware's host, scheme and port.
+    fn broker_url(&self, cpath: &str) -> Result<String, ConfigError> {
+        let p = |k: &str| format!("{cpath}.{k}");
+        let host = string(self.host.as_ref(), &p("host"))?
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| err(p("host"), "missing: the broker's host name or address"))?;
+        let scheme = string(self.scheme.as_ref(), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
+        let (url_scheme, default_port) = match scheme.as_str() {
+            "mqtt" | "tcp" => ("mqtt", 1883),
+            "mqtts" | "tls" => ("mqtts", 8883),
+            "ws" => ("ws", 80),
+            "wss" => ("wss", 443),
+            other => {
+                return Err(err(
+                    p("scheme"),
+                    format!("{other:?} is not a scheme: use mqtt, mqtts, tcp, tls, ws or wss"),
+                ))
+            }
+        };
+        let port = match self.port.as_ref() {
+            None | Some(Json::Null) => default_port,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err(p("port"), format!("{v} is not a port number")))?,
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(format!("{url_scheme}://{host}:{port}"))
+    }
+
     fn cert(&self, key: &str) -> Option<&Json> {
         match key {
             "caCert" => self.ca_cert.as_ref(),
@@ -453,40 +488,8 @@ impl Ctx<'_> {
         let conn = object(props.get("connection").unwrap_or(&Json::Null), &cpath)?;
         let conn: MqttConnection = typed(&cpath, Json::Object(conn.clone()))?;
         let p = |k: &str| format!("{cpath}.{k}");
-        let host = string(conn.host.as_ref(), &p("host"))?
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err(p("host"), "missing: the broker's host name or address"))?;
-        let scheme = string(conn.scheme.as_ref(), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
-        let (url_scheme, default_port) = match scheme.as_str() {
-            "mqtt" | "tcp" => ("mqtt", 1883),
-            "mqtts" | "tls" => ("mqtts", 8883),
-            "ws" => ("ws", 80),
-            "wss" => ("wss", 443),
-            other => {
-                return Err(err(
-                    p("scheme"),
-                    format!("{other:?} is not a scheme: use mqtt, mqtts, tcp, tls, ws or wss"),
-                ))
-            }
-        };
-        let port = match conn.port.as_ref() {
-            None | Some(Json::Null) => default_port,
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err(p("port"), format!("{v} is not a port number")))?,
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host
-        };
         let mut out = Map::new();
-        out.insert(
-            "broker".into(),
-            json!(format!("{url_scheme}://{host}:{port}")),
-        );
+        out.insert("broker".into(), json!(conn.broker_url(&cpath)?));
         out.insert(
             "client_id".into(),
             json!(string(conn.client_id.as_ref(), &p("clientId"))?
@@ -722,6 +725,71 @@ impl Ctx<'_> {
         );
     }
 
+    /// A mapping entry's subscriptions (one object or a list, all on one
+    /// connection): them, their filters, the connection, the highest QoS.
+    #[allow(clippy::type_complexity)]
+    fn mapping_subscriptions(
+        &self,
+        e: &Map<String, Json>,
+        ep: &str,
+    ) -> Result<(Vec<Subscription>, Vec<String>, Option<String>, u8), ConfigError> {
+        let sp = format!("{ep}.subscribe");
+        let subs: Vec<(String, &Json)> = match e.get("subscribe") {
+            Some(Json::Array(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(j, s)| (format!("{sp}[{j}]"), s))
+                .collect(),
+            Some(s @ Json::Object(_)) => vec![(sp.clone(), s)],
+            _ => {
+                return Err(err(
+                    sp,
+                    "missing: an endpoint or topic to subscribe to (or a list of them)",
+                ))
+            }
+        };
+        let mut subscriptions = Vec::new();
+        let mut filters = Vec::new();
+        let mut source_conn: Option<String> = None;
+        let mut source_qos = 0;
+        for (p, s) in subs {
+            let s = object(s, &p)?;
+            check::<MappingSubscribe>(s, &p)?;
+            let topic = match (
+                s.get("endpoint"),
+                string(s.get("topic"), &format!("{p}.topic"))?,
+            ) {
+                (Some(ep), None) => {
+                    let eid = self
+                        .reference(Some(ep), "Cybus::Endpoint", &format!("{p}.endpoint"))?
+                        .unwrap_or_default();
+                    self.internal_topic(&eid, &self.resources[&eid].1)
+                }
+                (None, Some(t)) => t,
+                _ => return Err(err(p, "give one of endpoint and topic")),
+            };
+            let conn = match self.reference(
+                s.get("connection"),
+                "Cybus::Connection",
+                &format!("{p}.connection"),
+            )? {
+                Some(c) => component(&c),
+                None => INTERNAL.to_string(),
+            };
+            if source_conn.as_ref().is_some_and(|c| *c != conn) {
+                return Err(err(format!("{p}.connection"), "the subscriptions of one mapping entry must use one connection in mqlink (split the entry)"));
+            }
+            source_conn = Some(conn);
+            let label = string(s.get("label"), &format!("{p}.label"))?;
+            let sub = Subscription::parse(&topic, label);
+            validate_filter(&sub.filter).map_err(|e| err(format!("{p}.topic"), e.to_string()))?;
+            source_qos = source_qos.max(qos(s.get("qos"), &format!("{p}.qos"))?.unwrap_or(1));
+            filters.push(sub.filter.clone());
+            subscriptions.push(sub);
+        }
+        Ok((subscriptions, filters, source_conn, source_qos))
+    }
+
     fn mapping(
         &mut self,
         id: &str,
@@ -746,62 +814,8 @@ impl Ctx<'_> {
                 format!("{}-{i}", component(id))
             };
 
-            // Subscriptions: one object or a list, all on one connection.
-            let sp = format!("{ep}.subscribe");
-            let subs: Vec<(String, &Json)> = match e.get("subscribe") {
-                Some(Json::Array(list)) if !list.is_empty() => list
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| (format!("{sp}[{j}]"), s))
-                    .collect(),
-                Some(s @ Json::Object(_)) => vec![(sp.clone(), s)],
-                _ => {
-                    return Err(err(
-                        sp,
-                        "missing: an endpoint or topic to subscribe to (or a list of them)",
-                    ))
-                }
-            };
-            let mut subscriptions = Vec::new();
-            let mut filters = Vec::new();
-            let mut source_conn: Option<String> = None;
-            let mut source_qos = 0;
-            for (p, s) in subs {
-                let s = object(s, &p)?;
-                check::<MappingSubscribe>(s, &p)?;
-                let topic = match (
-                    s.get("endpoint"),
-                    string(s.get("topic"), &format!("{p}.topic"))?,
-                ) {
-                    (Some(ep), None) => {
-                        let eid = self
-                            .reference(Some(ep), "Cybus::Endpoint", &format!("{p}.endpoint"))?
-                            .unwrap_or_default();
-                        self.internal_topic(&eid, &self.resources[&eid].1)
-                    }
-                    (None, Some(t)) => t,
-                    _ => return Err(err(p, "give one of endpoint and topic")),
-                };
-                let conn = match self.reference(
-                    s.get("connection"),
-                    "Cybus::Connection",
-                    &format!("{p}.connection"),
-                )? {
-                    Some(c) => component(&c),
-                    None => INTERNAL.to_string(),
-                };
-                if source_conn.as_ref().is_some_and(|c| *c != conn) {
-                    return Err(err(format!("{p}.connection"), "the subscriptions of one mapping entry must use one connection in mqlink (split the entry)"));
-                }
-                source_conn = Some(conn);
-                let label = string(s.get("label"), &format!("{p}.label"))?;
-                let sub = Subscription::parse(&topic, label);
-                validate_filter(&sub.filter)
-                    .map_err(|e| err(format!("{p}.topic"), e.to_string()))?;
-                source_qos = source_qos.max(qos(s.get("qos"), &format!("{p}.qos"))?.unwrap_or(1));
-                filters.push(sub.filter.clone());
-                subscriptions.push(sub);
-            }
+            let (subscriptions, filters, source_conn, source_qos) =
+                self.mapping_subscriptions(e, &ep)?;
 
             let pp = format!("{ep}.publish");
             let pubs = object(e.get("publish").unwrap_or(&Json::Null), &pp)?;

@@ -404,21 +404,19 @@ impl MqttSourceConfig {
     }
 }
 
-/// Runs until shutdown; returns the source, to be closed once the sinks
-/// have confirmed (closing sends the acknowledgements given so far).
-pub async fn run_source(
-    path: String,
-    cfg: MqttSourceConfig,
-    mut opts: ConnectOptions,
-    comp: Arc<Component>,
-    mut out: Outputs,
+/// Subscribes, retrying by the connection's reconnect policy; `None`
+/// when it gave up (the component failed) or shutdown came first.
+async fn start(
+    path: &str,
+    cfg: &MqttSourceConfig,
+    opts: &ConnectOptions,
+    comp: &Component,
+    out: &mut Outputs,
     buffer: Option<BufferOptions>,
 ) -> Option<MqttSource> {
     let bad_data = cfg.bad_data();
-    // The broker may send a full window; acknowledgements follow the sinks.
-    opts.receive_maximum = 65_535;
     let mut attempt = 0;
-    let mut source = loop {
+    loop {
         let mut b = MqttSource::builder()
             .connection(opts.clone())
             .format(cfg.decoder.clone())
@@ -440,7 +438,7 @@ pub async fn run_source(
             _ = out.stop.wait_for(|s| *s) => return None,
         };
         match started {
-            Ok(s) => break s,
+            Ok(s) => return Some(s),
             Err(e) => {
                 comp.set_error(e.to_string());
                 attempt += 1;
@@ -459,7 +457,23 @@ pub async fn run_source(
                 }
             }
         }
-    };
+    }
+}
+
+/// Runs until shutdown; returns the source, to be closed once the sinks
+/// have confirmed (closing sends the acknowledgements given so far).
+pub async fn run_source(
+    path: String,
+    cfg: MqttSourceConfig,
+    mut opts: ConnectOptions,
+    comp: Arc<Component>,
+    mut out: Outputs,
+    buffer: Option<BufferOptions>,
+) -> Option<MqttSource> {
+    let bad_data = cfg.bad_data();
+    // The broker may send a full window; acknowledgements follow the sinks.
+    opts.receive_maximum = 65_535;
+    let mut source = start(&path, &cfg, &opts, &comp, &mut out, buffer).await?;
     if let Some(topic) = &cfg.dead_letter_topic {
         out.dead_letter = Some(crate::sink::DeadLetters {
             client: source.clients()[0].clone(),
