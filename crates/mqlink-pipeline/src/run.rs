@@ -214,8 +214,10 @@ struct Wiring {
     sink_tasks: Vec<JoinHandle<()>>,
     failed_tx: mpsc::UnboundedSender<String>,
     failed_rx: mpsc::UnboundedReceiver<String>,
-    /// Finished sources, to close once their sinks drained.
-    done_tx: mpsc::UnboundedSender<Option<Closing>>,
+    /// Finished sources, to close once their sinks drained (the sender is
+    /// dropped once every source has its clone: the channel then ends
+    /// when the last source task does, even one that panicked).
+    done_tx: Option<mpsc::UnboundedSender<Option<Closing>>>,
     done_rx: mpsc::UnboundedReceiver<Option<Closing>>,
     finished: Vec<Option<Closing>>,
     /// Generated records stop first (with the embedded broker, before the
@@ -251,7 +253,7 @@ impl Wiring {
             sink_tasks: Vec::new(),
             failed_tx,
             failed_rx,
-            done_tx,
+            done_tx: Some(done_tx),
             done_rx,
             finished: Vec::new(),
             stop_generated: watch::Sender::new(false),
@@ -323,6 +325,10 @@ impl Wiring {
     /// acknowledging it); generated records once every subscriber did (a
     /// clean session subscribing late would miss the first ones).
     fn start_sources(&mut self, p: &Pipeline) {
+        // Dropped at the end: each source task holds its own clone.
+        let Some(done_tx) = self.done_tx.take() else {
+            return;
+        };
         let embedded = |s: &SourceConfig| {
             s.connection()
                 .is_some_and(|(c, _)| p.connection(c).is_some_and(|c| c.is_embedded()))
@@ -358,7 +364,7 @@ impl Wiring {
                 embedded: embedded(source),
                 state_dir: p.run.state_dir(),
             };
-            let (source, done) = (source.clone(), self.done_tx.clone());
+            let (source, done) = (source.clone(), done_tx.clone());
             let mut stop = self.stop.subscribe();
             tokio::spawn(async move {
                 tokio::select! {
