@@ -158,7 +158,7 @@ fn every_config_key_has_a_reference_row() {
 /// Every connector the registry holds has its page per direction, with a
 /// row for each key of its config struct (as its `Deserialize` declares
 /// them), and names each of its aliases; its SQL keys' spellings are in
-/// the SQL reference.
+/// the SQL reference and the metrics it exports in the metrics reference.
 #[test]
 fn every_registered_connector_has_its_reference_page() {
     use mqlink_pipeline::connectors::{Direction, REGISTRY};
@@ -182,6 +182,20 @@ fn every_registered_connector_has_its_reference_page() {
             let text = page(&rel);
             for a in aliases.iter().filter(|a| !text.contains(*a)) {
                 missing.push(format!("{rel}: does not name its alias {a:?}"));
+            }
+            let metrics = match d {
+                Direction::Source => c.source.as_ref().map_or(&[][..], |s| s.metrics),
+                Direction::Sink => c.sink.as_ref().map_or(&[][..], |s| s.metrics),
+            };
+            let reference = page("docs/reference/metrics.md");
+            for m in metrics
+                .iter()
+                .filter(|m| !reference.contains(&format!("`{m}`")))
+            {
+                missing.push(format!(
+                    "docs/reference/metrics.md: does not name {m} ({})",
+                    c.name
+                ));
             }
             for k in c.keys(d).iter().flat_map(|k| k.aliases) {
                 if !sql.contains(k) {
