@@ -155,7 +155,7 @@ fn usage_errors_exit_2_and_name_the_value() {
     for (args, needle) in [
         (vec!["sub", "-t", "a/#/b"], "\"a/#/b\""),
         (vec!["pub", "-t", "a/+", "-m", "x"], "\"a/+\""),
-        (vec!["sub", "-t", "a", "-V", "31"], "\"31\""),
+        (vec!["sub", "-t", "a", "-V", "6"], "\"6\""),
         (vec!["sub", "-t", "a", "-q", "3"], "\"3\""),
         (vec!["pub", "-t", "a"], "--message"),
         (vec!["sub", "-t", "a", "-c"], "-c"),

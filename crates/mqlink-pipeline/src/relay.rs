@@ -70,6 +70,14 @@ impl Relay {
     }
 }
 
+/// For a sink publishing into the embedded broker (MQTT 5): the pipeline
+/// sources there, by their filters; a message is confirmed once each
+/// source it reaches has settled it ([`crate::relay`]).
+pub struct RelayTarget {
+    pub relay: std::sync::Arc<Relay>,
+    pub consumers: Vec<Vec<String>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,21 +19,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqlink::broker::EmbeddedBroker;
-use mqlink::source::MqttSource;
-use mqlink::BrokerUrl;
+use mqlink::{BrokerUrl, ConnectOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::batch::BusyTime;
-use crate::connectors::file::FileSink;
-use crate::connectors::mqtt::sink::RelayTarget;
-use crate::connectors::mqtt::{run_source, MqttSinkRuntime};
-use crate::connectors::postgres::PostgresSink;
-use crate::connectors::{generator, Outputs, SinkInput};
+use crate::connectors::{Closing, SinkInput, SinkStart, SourceConfig, SourceStart};
 use crate::http;
-use crate::relay::Relay;
-use crate::sink::{self, write_backoff};
-use crate::spec::{Pipeline, SinkKind, SourceConfig};
+use crate::relay::{Relay, RelayTarget};
+use crate::sink::Outputs;
+use crate::spec::Pipeline;
 use crate::status::{Component, Kind, Registry, State};
 
 /// Called with the components every `tick_every` (a live status).
@@ -152,339 +147,424 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report, RunError> {
     let started = Instant::now();
-    let broker = if p.wants_embedded_broker() {
-        let listen = p
-            .embedded_broker
-            .listen
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:0".into());
-        // The pipeline's own subscribers are never cut off for being slow:
-        // a stalled sink holds the publishers back (and is reported as
-        // stalled) instead of a clean session's queue being dropped.
-        let config = mqlink::broker::BrokerConfig {
-            hold_publishers_for: mqlink::broker::HoldPublishers::All,
-            slow_subscriber_timeout: Duration::from_secs(10 * 365 * 86_400),
-            ..Default::default()
-        };
-        let b = EmbeddedBroker::start_with(&listen, config)
-            .await
-            .map_err(|source| RunError::EmbeddedBroker { listen, source })?;
-        tracing::info!(address = %b.local_addr(), "Embedded broker listening (for development: memory only).");
-        Some(b)
-    } else {
-        None
-    };
-    let embedded: Option<BrokerUrl> = broker
-        .as_ref()
-        .and_then(|b| format!("mqtt://{}", b.local_addr()).parse().ok());
+    let broker = embedded_broker(&p).await?;
+    let mut w = Wiring::new(&p, broker.as_ref());
+    w.start_sinks(&p);
+    w.start_sources(&p);
+    let registry = Registry(
+        Arc::new(std::mem::take(&mut w.components)),
+        broker.as_ref().map(|b| b.monitor()),
+    );
+    serve_http(&p, &registry, opts.query.take()).await?;
+    let stop = w.supervise(&p, &registry, &mut opts, shutdown).await;
+    let drained = w.drain(&p, &registry, broker, &stop).await;
+    Ok(report(&p, &registry, &w, stop, drained, started.elapsed()))
+}
 
-    // A component's session options (connection names were checked at load).
-    let options_for = |connection: &str, component: &str| {
-        p.connection(connection)
-            .map(|c| p.options_for(c, connection, component, embedded.as_ref()))
-            .unwrap_or_default()
+/// Starts the embedded broker when a connection asks for it.
+async fn embedded_broker(p: &Pipeline) -> Result<Option<EmbeddedBroker>, RunError> {
+    if !p.wants_embedded_broker() {
+        return Ok(None);
+    }
+    let listen = p
+        .embedded_broker
+        .listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    // The pipeline's own subscribers are never cut off for being slow:
+    // a stalled sink holds the publishers back (and is reported as
+    // stalled) instead of a clean session's queue being dropped.
+    let config = mqlink::broker::BrokerConfig {
+        hold_publishers_for: mqlink::broker::HoldPublishers::All,
+        slow_subscriber_timeout: Duration::from_secs(10 * 365 * 86_400),
+        ..Default::default()
     };
+    let b = EmbeddedBroker::start_with(&listen, config)
+        .await
+        .map_err(|source| RunError::EmbeddedBroker { listen, source })?;
+    tracing::info!(address = %b.local_addr(), "Embedded broker listening (for development: memory only).");
+    Ok(Some(b))
+}
 
-    // Generated records stop first (with the embedded broker, before the
-    // MQTT sources: what the broker accepted must reach them).
-    let (stop_gen_tx, stop_gen_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let busy = Arc::new(BusyTime::default());
-    let mut components = Vec::new();
-    let mut senders: HashMap<String, Vec<SinkInput>> = HashMap::new();
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
-    let mut sink_tasks: Vec<JoinHandle<()>> = Vec::new();
-    // Sinks that publish to the embedded broker: drained before it is.
-    let mut into_embedded: Vec<Arc<Component>> = Vec::new();
-
-    // Acknowledgements carried through the embedded broker: between MQTT 5
-    // sinks and sources on it (the tag is a user property).
-    let relayed = |connection: &str| {
-        p.connection(connection)
-            .is_some_and(|c| c.is_embedded() && c.options.protocol == mqlink::Protocol::V5)
+/// /metrics, /health, /ready, /status and /query on `http.listen`.
+async fn serve_http(
+    p: &Pipeline,
+    registry: &Registry,
+    query: Option<crate::status::QueryHandler>,
+) -> Result<(), RunError> {
+    let Some(h) = &p.http else {
+        return Ok(());
     };
-    // Sources that settle relayed messages: raw payloads only, which the
-    // library never dead-letters out of their sight (a decoding source's
-    // dead letters would never be settled).
-    let consumes = |m: &crate::connectors::mqtt::MqttSourceConfig| {
-        relayed(&m.connection) && matches!(m.decoder, mqlink::format::Format::RawBytes { .. })
-    };
-    let consumers: Vec<Vec<String>> = p
-        .sources
-        .iter()
-        .filter_map(|(_, s)| match s {
-            SourceConfig::Mqtt(m) if consumes(m) => Some(m.topics.to_vec()),
-            _ => None,
-        })
-        .collect();
-    let relay = (broker.is_some() && !consumers.is_empty()).then(|| Arc::new(Relay::default()));
+    let listener = http::bind(&h.listen)
+        .await
+        .map_err(|source| RunError::Http {
+            listen: h.listen.clone(),
+            source,
+        })?;
+    tracing::info!(address = %h.listen, "Serving /metrics, /health, /ready, /status and /query.");
+    tokio::spawn(http::serve(listener, registry.clone(), query));
+    Ok(())
+}
 
-    for (name, sink) in &p.sinks {
-        let comp = Component::new(name, Kind::Sink, sink.kind.type_name());
-        components.push(comp.clone());
-        let (tx, rx) = mpsc::channel(16);
-        for input in &sink.inputs {
-            senders
-                .entry(input.clone())
-                .or_default()
-                .push((tx.clone(), comp.clone()));
+/// What the phases of a run share: the components, the channels between
+/// them, and how they are told to stop.
+struct Wiring {
+    components: Vec<Arc<Component>>,
+    /// Each source's sinks' channels, by source name.
+    senders: HashMap<String, Vec<SinkInput>>,
+    sink_tasks: Vec<JoinHandle<()>>,
+    failed_tx: mpsc::UnboundedSender<String>,
+    failed_rx: mpsc::UnboundedReceiver<String>,
+    /// Finished sources, to close once their sinks drained (the sender is
+    /// dropped once every source has its clone: the channel then ends
+    /// when the last source task does, even one that panicked).
+    done_tx: Option<mpsc::UnboundedSender<Option<Closing>>>,
+    done_rx: mpsc::UnboundedReceiver<Option<Closing>>,
+    finished: Vec<Option<Closing>>,
+    /// Generated records stop first (with the embedded broker, before the
+    /// sources on it: what the broker accepted must reach them).
+    stop_generated: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    busy: Arc<BusyTime>,
+    /// Sinks publishing into the embedded broker: drained before it is.
+    into_embedded: Vec<Arc<Component>>,
+    /// Sources whose records are made here.
+    generated: Vec<Arc<Component>>,
+    /// Acknowledgements carried through the embedded broker (MQTT 5), and
+    /// the filters of the sources there that settle them.
+    relay: Option<Arc<Relay>>,
+    consumers: Vec<Vec<String>>,
+    embedded: Option<BrokerUrl>,
+}
+
+impl Wiring {
+    fn new(p: &Pipeline, broker: Option<&EmbeddedBroker>) -> Wiring {
+        let consumers: Vec<Vec<String>> = p
+            .sources
+            .iter()
+            .filter(|(_, s)| s.connection().is_some_and(|(c, _)| relayed(p, c)))
+            .filter_map(|(_, s)| s.settles_relayed())
+            .collect();
+        let relay = (broker.is_some() && !consumers.is_empty()).then(|| Arc::new(Relay::default()));
+        let (failed_tx, failed_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Wiring {
+            components: Vec::new(),
+            senders: HashMap::new(),
+            sink_tasks: Vec::new(),
+            failed_tx,
+            failed_rx,
+            done_tx: Some(done_tx),
+            done_rx,
+            finished: Vec::new(),
+            stop_generated: watch::Sender::new(false),
+            stop: watch::Sender::new(false),
+            busy: Arc::new(BusyTime::default()),
+            into_embedded: Vec::new(),
+            generated: Vec::new(),
+            relay,
+            consumers,
+            embedded: broker.and_then(|b| format!("mqtt://{}", b.local_addr()).parse().ok()),
         }
-        let path = format!("sinks.{name}");
-        let task: JoinHandle<Result<(), String>> = match &sink.kind {
-            SinkKind::Mqtt(m) => {
-                let conn = p.connection(&m.connection);
-                if conn.is_some_and(|c| c.is_embedded()) {
-                    into_embedded.push(comp.clone());
-                }
-                let options = options_for(&m.connection, name);
-                match MqttSinkRuntime::start(m, options, &comp) {
-                    Ok(s) => tokio::spawn(sink::run(
-                        match &relay {
-                            Some(r) if relayed(&m.connection) => s.relaying(
-                                RelayTarget {
-                                    relay: r.clone(),
-                                    consumers: consumers.clone(),
-                                },
-                                &m.topic,
-                            ),
-                            _ => s,
-                        },
-                        path.clone(),
-                        comp.clone(),
-                        write_backoff(),
-                        rx,
-                    )),
-                    Err(e) => tokio::spawn(std::future::ready(Err(e))),
-                }
-            }
-            SinkKind::File(f) => tokio::spawn(sink::run(
-                FileSink::new(path.clone(), f.clone()),
-                path.clone(),
-                comp.clone(),
-                write_backoff(),
-                rx,
-            )),
-            SinkKind::Postgres(pg) => tokio::spawn(sink::run(
-                PostgresSink::new(pg.clone()),
-                path.clone(),
-                comp.clone(),
-                write_backoff(),
-                rx,
-            )),
-        };
-        let failed = failed_tx.clone();
-        sink_tasks.push(tokio::spawn(async move {
-            let r = task.await.unwrap_or_else(|e| Err(format!("panicked: {e}")));
-            match r {
-                Ok(()) => comp.set_state(State::Finished),
-                Err(e) => {
-                    tracing::error!(component = %path, error = %e, "Sink failed; its batches stay unacknowledged.");
-                    comp.set_error(e.clone());
-                    comp.set_state(State::Failed);
-                    let _ = failed.send(format!("{path}: {e}"));
-                }
-            }
-        }));
     }
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Option<MqttSource>>();
-    let sources: Vec<Arc<Component>> = p
-        .sources
-        .iter()
-        .map(|(name, s)| Component::new(name, Kind::Source, s.type_name()))
-        .collect();
-    let subscribers: Arc<Vec<Arc<Component>>> = Arc::new(
-        sources
+    /// A component's session options, when it has a connection (its name
+    /// was checked at load).
+    fn options(
+        &self,
+        p: &Pipeline,
+        connection: Option<&str>,
+        component: &str,
+    ) -> Option<ConnectOptions> {
+        let name = connection?;
+        let c = p.connection(name)?;
+        Some(p.options_for(c, name, component, self.embedded.as_ref()))
+    }
+
+    /// Every sink's runner on its channel; a failed one ends the run.
+    fn start_sinks(&mut self, p: &Pipeline) {
+        for (name, sink) in &p.sinks {
+            let comp = Component::new(name, Kind::Sink, sink.kind.connector().name);
+            self.components.push(comp.clone());
+            let (tx, rx) = mpsc::channel(16);
+            for input in &sink.inputs {
+                let senders = self.senders.entry(input.clone()).or_default();
+                senders.push((tx.clone(), comp.clone()));
+            }
+            let connection = sink.kind.connection().map(|(c, _)| c);
+            if connection.is_some_and(|c| p.connection(c).is_some_and(|c| c.is_embedded())) {
+                self.into_embedded.push(comp.clone());
+            }
+            let relay = match (&self.relay, connection) {
+                (Some(r), Some(c)) if relayed(p, c) => Some(RelayTarget {
+                    relay: r.clone(),
+                    consumers: self.consumers.clone(),
+                }),
+                _ => None,
+            };
+            let path = format!("sinks.{name}");
+            let task = sink.kind.spawn(SinkStart {
+                path: path.clone(),
+                comp: comp.clone(),
+                rx,
+                options: self.options(p, connection, name),
+                relay,
+            });
+            self.sink_tasks.push(tokio::spawn(watch_sink(
+                task,
+                path,
+                comp,
+                self.failed_tx.clone(),
+            )));
+        }
+    }
+
+    /// Every source on its sinks' channels, through its stage. A source on
+    /// another broker starts taking messages once every source on the
+    /// embedded broker subscribed (what it forwards there must find its
+    /// subscribers: a broker drops a message nobody subscribed to, after
+    /// acknowledging it); generated records once every subscriber did (a
+    /// clean session subscribing late would miss the first ones).
+    fn start_sources(&mut self, p: &Pipeline) {
+        // Dropped at the end: each source task holds its own clone.
+        let Some(done_tx) = self.done_tx.take() else {
+            return;
+        };
+        let embedded = |s: &SourceConfig| {
+            s.connection()
+                .is_some_and(|(c, _)| p.connection(c).is_some_and(|c| c.is_embedded()))
+        };
+        let comps: Vec<Arc<Component>> = p
+            .sources
             .iter()
-            .filter(|c| c.type_name == "mqtt")
-            .cloned()
-            .collect(),
-    );
-    let subscribers_of_embedded: Arc<Vec<Arc<Component>>> = Arc::new(
-        p.sources
-            .iter()
-            .zip(&sources)
-            .filter(|((_, s), _)| match s {
-                SourceConfig::Mqtt(m) => {
-                    p.connection(&m.connection).is_some_and(|c| c.is_embedded())
+            .map(|(name, s)| Component::new(name, Kind::Source, s.connector().name))
+            .collect();
+        let on = |f: &dyn Fn(&SourceConfig) -> bool| -> Arc<Vec<Arc<Component>>> {
+            let on = p.sources.iter().zip(&comps).filter(|((_, s), _)| f(s));
+            Arc::new(on.map(|(_, c)| c.clone()).collect())
+        };
+        let subscribers = on(&|s| s.connection().is_some());
+        let subscribers_of_embedded = on(&|s| embedded(s));
+        for ((name, source), comp) in p.sources.iter().zip(comps) {
+            self.components.push(comp.clone());
+            let out = self.outputs(p, name, source);
+            let first = if source.generated() {
+                self.generated.push(comp.clone());
+                subscribers.clone()
+            } else if source.connection().is_some() && !embedded(source) {
+                subscribers_of_embedded.clone()
+            } else {
+                Arc::default()
+            };
+            let start = SourceStart {
+                path: format!("sources.{name}"),
+                name: name.clone(),
+                comp,
+                out,
+                options: self.options(p, source.connection().map(|(c, _)| c), name),
+                embedded: embedded(source),
+                state_dir: p.run.state_dir(),
+            };
+            let (source, done) = (source.clone(), done_tx.clone());
+            let mut stop = self.stop.subscribe();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = all_started(&first) => {}
+                    _ = stop.wait_for(|s| *s) => {}
                 }
-                SourceConfig::Generator(_) => false,
-            })
-            .map(|(_, c)| c.clone())
-            .collect(),
-    );
-    for ((name, source), comp) in p.sources.iter().zip(sources) {
-        components.push(comp.clone());
-        let done = done_tx.clone();
-        let path = format!("sources.{name}");
+                let _ = done.send(source.run(start).await);
+            });
+        }
+    }
+
+    /// Where a source's batches go: its stage (a Cybus mapping's rules, a
+    /// SQL query), then its sinks' channels.
+    fn outputs(&mut self, p: &Pipeline, name: &str, source: &SourceConfig) -> Outputs {
+        let stop = match source.generated() {
+            true => &self.stop_generated,
+            false => &self.stop,
+        };
         let mut out = Outputs::new(
-            senders.remove(name).unwrap_or_default(),
-            match source {
-                SourceConfig::Generator(_) => stop_gen_rx.clone(),
-                SourceConfig::Mqtt(_) => stop_rx.clone(),
-            },
-            busy.clone(),
+            self.senders.remove(name).unwrap_or_default(),
+            stop.subscribe(),
+            self.busy.clone(),
             p.transforms.get(name).map(|t| t.make()),
         );
-        if let SourceConfig::Mqtt(m) = source {
-            if consumes(m) {
-                out.relay = relay.clone();
-            }
+        let settles = source.settles_relayed().is_some()
+            && source.connection().is_some_and(|(c, _)| relayed(p, c));
+        if settles {
+            out.relay = self.relay.clone();
         }
-        match source {
-            SourceConfig::Mqtt(m) => {
-                let options = options_for(&m.connection, name);
-                let buffer = m.buffer_options(
-                    &p.run.state_dir(),
-                    options.client_id.as_deref().unwrap_or(name),
-                    p.connection(&m.connection).is_some_and(|c| c.is_embedded()),
-                );
-                let m = m.clone();
-                // A source on another broker starts taking messages only
-                // once every source on the embedded broker has subscribed:
-                // what it forwards into the embedded broker must find its
-                // subscribers there (a broker drops a message nobody
-                // subscribed to, after acknowledging it).
-                let internal = subscribers_of_embedded.clone();
-                let from_outside = !p.connection(&m.connection).is_some_and(|c| c.is_embedded());
-                tokio::spawn(async move {
-                    if from_outside {
-                        while internal.iter().any(|c| c.state() == State::Starting)
-                            && !out.stopping()
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+        out
+    }
+}
+
+/// Acknowledgements are relayed through the embedded broker between MQTT 5
+/// sinks and sources on it (the tag is a user property).
+fn relayed(p: &Pipeline, connection: &str) -> bool {
+    p.connection(connection)
+        .is_some_and(|c| c.is_embedded() && c.options.protocol == mqlink::Protocol::V5)
+}
+
+/// Waits until none of `comps` is still starting.
+async fn all_started(comps: &[Arc<Component>]) {
+    for c in comps {
+        c.until(|s| *s != State::Starting).await;
+    }
+}
+
+/// A sink's end: finished, or failed (which ends the run).
+async fn watch_sink(
+    task: JoinHandle<Result<(), String>>,
+    path: String,
+    comp: Arc<Component>,
+    failed: mpsc::UnboundedSender<String>,
+) {
+    let r = task.await.unwrap_or_else(|e| Err(format!("panicked: {e}")));
+    match r {
+        Ok(()) => comp.set_state(State::Finished),
+        Err(e) => {
+            tracing::error!(component = %path, error = %e, "Sink failed; its batches stay unacknowledged.");
+            comp.set_error(e.clone());
+            comp.set_state(State::Failed);
+            let _ = failed.send(format!("{path}: {e}"));
+        }
+    }
+}
+
+impl Wiring {
+    /// Until shutdown, every source done, idle, or a failure: the live
+    /// status, stall detection and the idle check meanwhile.
+    async fn supervise(
+        &mut self,
+        p: &Pipeline,
+        registry: &Registry,
+        opts: &mut RunOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Stop {
+        let mut tick = tokio::time::interval(opts.tick_every);
+        tick.tick().await;
+        let mut control = tokio::time::interval(Duration::from_millis(100));
+        let mut idle = Idle::default();
+        let mut stalls = Stalls::new(registry.0.len(), p.run.stall_timeout);
+        tokio::pin!(shutdown);
+        let stop = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Stop::Shutdown,
+                Some(s) = self.done_rx.recv() => {
+                    self.finished.push(s);
+                    if self.finished.len() == p.sources.len() {
+                        break Stop::SourcesDone;
+                    }
+                }
+                Some(e) = self.failed_rx.recv() => break Stop::Failed(e),
+                _ = tick.tick() => {
+                    if let Some(f) = opts.on_tick.as_mut() {
+                        f(registry);
+                    }
+                }
+                _ = control.tick() => {
+                    if let Some(c) = registry.0.iter().find(|c| c.state() == State::Failed) {
+                        break Stop::Failed(format!("{}: {}", c.path(), c.last_error().unwrap_or_default()));
+                    }
+                    stalls.check(registry);
+                    if let Some(secs) = opts.until_idle {
+                        if idle.reached(registry, &self.generated, secs) {
+                            break Stop::Idle;
                         }
                     }
-                    let _ = done.send(run_source(path, m, options, comp, out, buffer).await);
-                });
+                }
             }
-            SourceConfig::Generator(g) => {
-                let g = g.clone();
-                let subscribers = subscribers.clone();
-                tokio::spawn(async move {
-                    // Generated records are published only once every MQTT
-                    // source has subscribed: a clean session that subscribes
-                    // late would miss the first ones.
-                    while subscribers.iter().any(|c| c.state() == State::Starting) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    generator::run(g, 1000, comp, out).await;
-                    let _ = done.send(None);
-                });
-            }
-        }
-    }
-    drop(done_tx);
-    let registry = Registry(Arc::new(components), broker.as_ref().map(|b| b.monitor()));
-
-    if let Some(h) = &p.http {
-        let listener = http::bind(&h.listen)
-            .await
-            .map_err(|source| RunError::Http {
-                listen: h.listen.clone(),
-                source,
-            })?;
-        tracing::info!(address = %h.listen, "Serving /metrics, /health, /ready, /status and /query.");
-        tokio::spawn(http::serve(listener, registry.clone(), opts.query.take()));
+        };
+        let why = match &stop {
+            Stop::Shutdown => "shutdown asked for".to_string(),
+            Stop::SourcesDone => "every source is done".to_string(),
+            Stop::Idle => "idle".to_string(),
+            Stop::Failed(e) => format!("failed: {e}"),
+        };
+        tracing::info!(reason = %why, "Stopping: taking no new messages, draining what is in flight.");
+        stop
     }
 
-    let mut tick = tokio::time::interval(opts.tick_every);
-    tick.tick().await;
-    let mut control = tokio::time::interval(Duration::from_millis(100));
-    let mut finished: Vec<Option<MqttSource>> = Vec::new();
-    let mut idle = Idle::default();
-    let mut stalls = Stalls::new(registry.0.len(), p.run.stall_timeout);
-    tokio::pin!(shutdown);
-    let stop = loop {
-        tokio::select! {
-            _ = &mut shutdown => break Stop::Shutdown,
-            Some(s) = done_rx.recv() => {
-                finished.push(s);
-                if finished.len() == p.sources.len() {
-                    break Stop::SourcesDone;
-                }
+    /// Generated records stop; what the embedded broker accepted reaches
+    /// the sources; the sources stop, the sinks confirm, the sessions
+    /// close — within `run.shutdown_timeout`. Returns whether every sink
+    /// drained, and the embedded broker's undelivered messages.
+    async fn drain(
+        &mut self,
+        p: &Pipeline,
+        registry: &Registry,
+        broker: Option<EmbeddedBroker>,
+        stop: &Stop,
+    ) -> (bool, usize) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs_f64(p.run.shutdown_timeout);
+        self.stop_generated.send_replace(true);
+        let mut undelivered = 0;
+        if let Some(b) = &broker {
+            if !matches!(stop, Stop::Failed(_)) {
+                let _ = tokio::time::timeout_at(deadline, self.settle_embedded(b)).await;
             }
-            Some(e) = failed_rx.recv() => break Stop::Failed(e),
-            _ = tick.tick() => {
-                if let Some(f) = opts.on_tick.as_mut() {
-                    f(&registry);
-                }
-            }
-            _ = control.tick() => {
-                if let Some(c) = registry.0.iter().find(|c| c.state() == State::Failed) {
-                    break Stop::Failed(format!("{}: {}", c.path(), c.last_error().unwrap_or_default()));
-                }
-                stalls.check(&registry);
-                if let Some(secs) = opts.until_idle {
-                    if idle.reached(&registry, secs) {
-                        break Stop::Idle;
-                    }
-                }
+            undelivered = b.undelivered();
+        }
+        // Sources stop and drop their senders, so each sink's channel ends
+        // once it took every batch; the sinks confirm and finish.
+        self.stop.send_replace(true);
+        while self.finished.len() < p.sources.len() {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(s)) => self.finished.push(s),
+                _ => break,
             }
         }
-    };
-    let why = match &stop {
-        Stop::Shutdown => "shutdown asked for".to_string(),
-        Stop::SourcesDone => "every source is done".to_string(),
-        Stop::Idle => "idle".to_string(),
-        Stop::Failed(e) => format!("failed: {e}"),
-    };
-    tracing::info!(reason = %why, "Stopping: taking no new messages, draining what is in flight.");
+        let mut drained = true;
+        for t in std::mem::take(&mut self.sink_tasks) {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                drained = false;
+            }
+        }
+        // Acknowledgements given so far are written before DISCONNECT.
+        for close in std::mem::take(&mut self.finished).into_iter().flatten() {
+            close.await;
+        }
+        for c in registry.0.iter().filter(|c| c.state() == State::Running) {
+            c.set_state(State::Finished);
+        }
+        drop(broker);
+        (drained, undelivered)
+    }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(p.run.shutdown_timeout);
-    let _ = stop_gen_tx.send(true);
-    let mut undelivered = 0;
-    if let Some(b) = &broker {
-        // What the embedded broker accepted reaches the sources and is
-        // acknowledged (so confirmed by every sink) before they stop.
-        let failed = matches!(stop, Stop::Failed(_));
-        while !failed && tokio::time::Instant::now() < deadline {
-            // Generators first come to a stop (a batch may still be on its
-            // way into a sink's channel), then what the sinks were handed
-            // must be confirmed by the broker.
-            let generating = registry
-                .0
-                .iter()
-                .any(|c| c.type_name == "generator" && c.state() == State::Running);
-            let publishing = into_embedded
+    /// Generated records come to a stop (a batch may still be on its way
+    /// into a sink's channel), then what the sinks publishing into the
+    /// embedded broker were handed is confirmed and delivered to the
+    /// sources there — the broker's PUBACK to a publisher is a promise the
+    /// pipeline keeps.
+    async fn settle_embedded(&self, b: &EmbeddedBroker) {
+        for c in &self.generated {
+            c.until(|s| *s != State::Running).await;
+        }
+        // Counters, not states: nothing announces their change.
+        loop {
+            let publishing = self
+                .into_embedded
                 .iter()
                 .any(|c| c.state() == State::Running && c.unconfirmed() > 0);
-            if generating {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
             if !publishing && b.undelivered() == 0 {
-                break;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        undelivered = b.undelivered();
     }
+}
 
-    // Sources stop and drop their senders, so each sink's channel ends
-    // once it took every batch; the sinks confirm and finish.
-    let _ = stop_tx.send(true);
-    while finished.len() < p.sources.len() {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(s)) => finished.push(s),
-            _ => break,
-        }
-    }
-    let mut drained = true;
-    for t in sink_tasks {
-        if tokio::time::timeout_at(deadline, t).await.is_err() {
-            drained = false;
-        }
-    }
-    // Acknowledgements given so far are written before DISCONNECT.
-    for s in finished.into_iter().flatten() {
-        s.close().await;
-    }
-    for c in registry.0.iter().filter(|c| c.state() == State::Running) {
-        c.set_state(State::Finished);
-    }
-    drop(broker);
-
+/// What the run did, from the components' final counters.
+fn report(
+    p: &Pipeline,
+    registry: &Registry,
+    w: &Wiring,
+    stop: Stop,
+    (drained, undelivered): (bool, usize),
+    elapsed: Duration,
+) -> Report {
     let sinks = || registry.0.iter().filter(|c| c.kind == Kind::Sink);
     let mut unconfirmed: u64 = sinks()
         .filter(|c| c.state() != State::Failed)
@@ -504,9 +584,8 @@ pub async fn run(
             .find(|c| c.state() == State::Failed)
             .map(|c| format!("{}: {}", c.path(), c.last_error().unwrap_or_default())),
     };
-    let elapsed = started.elapsed();
     let mut prev = Vec::new();
-    Ok(Report {
+    Report {
         stop,
         elapsed,
         lines: registry.lines(&mut prev, elapsed.as_secs_f64()),
@@ -516,7 +595,7 @@ pub async fn run(
             .filter(|c| c.kind == Kind::Source)
             .map(|c| c.confirmed.load(Relaxed))
             .sum(),
-        busy_seconds: busy.seconds(),
+        busy_seconds: w.busy.seconds(),
         // Sinks' record faults, and records a source's stage could not process.
         skipped: registry.0.iter().map(|c| c.skipped.load(Relaxed)).sum(),
         unconfirmed,
@@ -524,7 +603,7 @@ pub async fn run(
         buffered: registry.0.iter().map(|c| c.buffered()).sum(),
         shutdown_timeout: p.run.shutdown_timeout,
         failed,
-    })
+    }
 }
 
 /// `until_idle`: every finite source done, nothing moving, nothing pending.
@@ -535,17 +614,16 @@ struct Idle {
 }
 
 impl Idle {
-    fn reached(&mut self, r: &Registry, after: Duration) -> bool {
+    fn reached(&mut self, r: &Registry, generated: &[Arc<Component>], after: Duration) -> bool {
         let moved: u64 =
             r.0.iter()
                 .map(|c| c.records.load(Relaxed) + c.confirmed.load(Relaxed))
                 .sum();
         // A component still starting (a source not subscribed yet) is not idle.
-        let settled = r.0.iter().all(|c| {
-            (c.type_name != "generator" || c.state() == State::Finished)
-                && c.state() != State::Starting
-                && c.unconfirmed() == 0
-        });
+        let settled = generated.iter().all(|c| c.state() == State::Finished)
+            && r.0
+                .iter()
+                .all(|c| c.state() != State::Starting && c.unconfirmed() == 0);
         if moved != self.last || !settled {
             self.last = moved;
             self.since = None;

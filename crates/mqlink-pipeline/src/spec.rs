@@ -24,11 +24,8 @@ use mqlink::{
     Backoff, BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsKeys, TlsOptions,
 };
 
-use crate::connectors::file::FileSinkConfig;
-use crate::connectors::generator::GeneratorConfig;
-use crate::connectors::mqtt::{MqttSinkConfig, MqttSourceConfig};
-use crate::connectors::postgres::PostgresSinkConfig;
-use crate::connectors::registry;
+use crate::connectors::{self, Direction};
+pub use crate::connectors::{SinkSpecRef, SourceConfig};
 use crate::transform::MakeTransform;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -190,54 +187,12 @@ impl OneOrMany {
     }
 }
 
-/// A source (`[sources.NAME]`), by `type`.
-// Built once per component at load: the size difference does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    Mqtt(MqttSourceConfig),
-    Generator(GeneratorConfig),
-}
-
-impl SourceConfig {
-    /// The columns this source's records have, when it knows them.
-    pub fn schema(&self) -> Option<Schema> {
-        match self {
-            SourceConfig::Mqtt(m) => m.schema.clone(),
-            SourceConfig::Generator(_) => Some(crate::connectors::generator::schema()),
-        }
-    }
-
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceConfig::Mqtt(_) => "mqtt",
-            SourceConfig::Generator(_) => "generator",
-        }
-    }
-}
-
 /// A sink (`[sinks.NAME]`), by `type`; `inputs` name sources.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub inputs: Vec<String>,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    Mqtt(MqttSinkConfig),
-    File(FileSinkConfig),
-    Postgres(PostgresSinkConfig),
-}
-
-impl SinkKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkKind::Mqtt(_) => "mqtt",
-            SinkKind::File(_) => "file",
-            SinkKind::Postgres(_) => "postgres",
-        }
-    }
+    /// Its connector's config.
+    pub kind: SinkSpecRef,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -461,100 +416,8 @@ pub fn from_tree_with(
         connections.insert(name, c);
     }
 
-    let mut sources = Vec::new();
-    for (name, v) in raw.sources {
-        let path = format!("sources.{name}");
-        check_name(&path, &name)?;
-        let (ty, body) = split_type(&path, v)?;
-        let Some(t) = registry::SOURCES
-            .iter()
-            .find(|t| t.names.contains(&ty.as_str()))
-        else {
-            let known: Vec<&str> = registry::SOURCES.iter().map(|t| t.names[0]).collect();
-            return Err(err(
-                format!("{path}.type"),
-                format!("unknown source type {ty:?}: use {}", known.join(" or ")),
-            ));
-        };
-        let ctx = Context {
-            path: &path,
-            connections: &connections,
-            sources: &sources,
-            inputs: &[],
-        };
-        let s = (t.parse)(&ctx, body)?;
-        sources.push((name, s));
-    }
-
-    // What sinks see of each source: its columns after its stage.
-    let sink_view: Vec<(String, SourceConfig)> = sources
-        .iter()
-        .map(|(name, s)| match (s, stage_schemas.get(name)) {
-            (SourceConfig::Mqtt(m), Some(schema)) => {
-                let mut m = m.clone();
-                m.schema = Some(schema.clone());
-                m.decoder = mqlink::format::Format::Json {
-                    schema: Some(schema.clone()),
-                };
-                (name.clone(), SourceConfig::Mqtt(m))
-            }
-            _ => (name.clone(), s.clone()),
-        })
-        .collect();
-    let mut sinks = Vec::new();
-    for (name, v) in raw.sinks {
-        let path = format!("sinks.{name}");
-        check_name(&path, &name)?;
-        if sources.iter().any(|(n, _)| *n == name) {
-            return Err(err(
-                &path,
-                format!("the name {name:?} is already a source's; component names must be unique (client ids are derived from them)"),
-            ));
-        }
-        let (ty, mut body) = split_type(&path, v)?;
-        let inputs: Vec<String> = match body.as_object_mut().and_then(|o| o.remove("inputs")) {
-            None => {
-                return Err(err(
-                    format!("{path}.inputs"),
-                    "missing: name the sources this sink reads",
-                ))
-            }
-            Some(v) => typed(&format!("{path}.inputs"), v)?,
-        };
-        if inputs.is_empty() {
-            return Err(err(
-                format!("{path}.inputs"),
-                "must name at least one source",
-            ));
-        }
-        for (i, input) in inputs.iter().enumerate() {
-            if !sources.iter().any(|(n, _)| n == input) {
-                let known: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(err(
-                    format!("{path}.inputs[{i}]"),
-                    format!("no source named {input:?} (sources: {})", known.join(", ")),
-                ));
-            }
-        }
-        let Some(t) = registry::SINKS
-            .iter()
-            .find(|t| t.names.contains(&ty.as_str()))
-        else {
-            let known: Vec<&str> = registry::SINKS.iter().map(|t| t.names[0]).collect();
-            return Err(err(
-                format!("{path}.type"),
-                format!("unknown sink type {ty:?}: use {}", known.join(", ")),
-            ));
-        };
-        let ctx = Context {
-            path: &path,
-            connections: &connections,
-            sources: &sink_view,
-            inputs: &inputs,
-        };
-        let kind = (t.parse)(&ctx, body)?;
-        sinks.push((name, SinkConfig { inputs, kind }));
-    }
+    let sources = read_sources(raw.sources, &connections)?;
+    let sinks = read_sinks(raw.sinks, &connections, &sources, stage_schemas)?;
     for (name, _) in &sources {
         if !sinks.iter().any(|(_, s)| s.inputs.contains(name)) {
             return Err(err(
@@ -626,6 +489,110 @@ pub fn from_tree_with(
     Ok(pipeline)
 }
 
+/// `[sources.*]`, each read by its connector.
+fn read_sources(
+    raw: BTreeMap<String, Json>,
+    connections: &BTreeMap<String, ConnectionConfig>,
+) -> Result<Vec<(String, SourceConfig)>, ConfigError> {
+    let mut sources = Vec::new();
+    for (name, v) in raw {
+        let path = format!("sources.{name}");
+        check_name(&path, &name)?;
+        let (ty, body) = split_type(&path, v)?;
+        let t = connector_of(&path, &ty, Direction::Source)?;
+        let Some(t) = &t.source else {
+            unreachable!("found for its source direction")
+        };
+        let ctx = Context {
+            path: &path,
+            connections,
+            sources: &sources,
+            inputs: &[],
+        };
+        let s = (t.parse)(&ctx, body)?;
+        sources.push((name, s));
+    }
+
+    Ok(sources)
+}
+
+/// `[sinks.*]`, each read by its connector and checked against what it
+/// sees of its inputs (their columns after a SQL stage).
+fn read_sinks(
+    raw: BTreeMap<String, Json>,
+    connections: &BTreeMap<String, ConnectionConfig>,
+    sources: &[(String, SourceConfig)],
+    stage_schemas: &BTreeMap<String, Schema>,
+) -> Result<Vec<(String, SinkConfig)>, ConfigError> {
+    // What sinks see of each source: its columns after its stage.
+    let sink_view: Vec<(String, SourceConfig)> = sources
+        .iter()
+        .map(|(name, s)| {
+            let staged = stage_schemas.get(name).and_then(|schema| s.staged(schema));
+            (name.clone(), staged.unwrap_or_else(|| s.clone()))
+        })
+        .collect();
+    let mut sinks = Vec::new();
+    for (name, v) in raw {
+        let path = format!("sinks.{name}");
+        check_name(&path, &name)?;
+        if sources.iter().any(|(n, _)| *n == name) {
+            return Err(err(
+                &path,
+                format!("the name {name:?} is already a source's; component names must be unique (client ids are derived from them)"),
+            ));
+        }
+        let (ty, mut body) = split_type(&path, v)?;
+        let inputs = sink_inputs(&path, &mut body, sources)?;
+        let t = connector_of(&path, &ty, Direction::Sink)?;
+        let Some(t) = &t.sink else {
+            unreachable!("found for its sink direction")
+        };
+        let ctx = Context {
+            path: &path,
+            connections,
+            sources: &sink_view,
+            inputs: &inputs,
+        };
+        let kind = (t.parse)(&ctx, body)?;
+        sinks.push((name, SinkConfig { inputs, kind }));
+    }
+    Ok(sinks)
+}
+
+/// Removes and checks a sink's `inputs`: at least one, each a source.
+fn sink_inputs(
+    path: &str,
+    body: &mut Json,
+    sources: &[(String, SourceConfig)],
+) -> Result<Vec<String>, ConfigError> {
+    let inputs: Vec<String> = match body.as_object_mut().and_then(|o| o.remove("inputs")) {
+        None => {
+            return Err(err(
+                format!("{path}.inputs"),
+                "missing: name the sources this sink reads",
+            ))
+        }
+        Some(v) => typed(&format!("{path}.inputs"), v)?,
+    };
+    if inputs.is_empty() {
+        return Err(err(
+            format!("{path}.inputs"),
+            "must name at least one source",
+        ));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        if !sources.iter().any(|(n, _)| n == input) {
+            let known: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(err(
+                format!("{path}.inputs[{i}]"),
+                format!("no source named {input:?} (sources: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(inputs)
+}
+
 impl Pipeline {
     /// Every MQTT client of the pipeline with its id: no two may share one
     /// on the same broker, or the broker would disconnect one for the other.
@@ -642,18 +609,13 @@ impl Pipeline {
             }
         };
         for (name, s) in &self.sources {
-            if let SourceConfig::Mqtt(m) = s {
-                add(
-                    format!("sources.{name}"),
-                    &m.connection,
-                    name,
-                    m.parallelism,
-                );
+            if let Some((conn, n)) = s.connection() {
+                add(format!("sources.{name}"), conn, name, n);
             }
         }
         for (name, s) in &self.sinks {
-            if let SinkKind::Mqtt(m) = &s.kind {
-                add(format!("sinks.{name}"), &m.connection, name, m.parallelism);
+            if let Some((conn, n)) = s.kind.connection() {
+                add(format!("sinks.{name}"), conn, name, n);
             }
         }
         ids
@@ -892,6 +854,28 @@ impl Context<'_> {
     }
 }
 
+/// The connector a component's `type` names, or an error listing the
+/// registry's connectors of that direction.
+fn connector_of(
+    path: &str,
+    ty: &str,
+    d: Direction,
+) -> Result<&'static connectors::Connector, ConfigError> {
+    connectors::find(ty, d).ok_or_else(|| {
+        let what = match d {
+            Direction::Source => "source",
+            Direction::Sink => "sink",
+        };
+        err(
+            format!("{path}.type"),
+            format!(
+                "unknown {what} type {ty:?}: use {}",
+                connectors::one_of(&connectors::names(d))
+            ),
+        )
+    })
+}
+
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || !name
@@ -1024,6 +1008,7 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::mqtt::MqttSourceConfig;
 
     const EXAMPLE: &str = r#"
 [connections.local]
@@ -1093,7 +1078,7 @@ listen = "127.0.0.1:9464"
         let c = &p.connections["local"];
         assert_eq!(c.password.as_ref().unwrap().expose(), "s3cret-pw");
         assert_eq!(c.username.as_deref(), Some(""));
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         let cols: Vec<&str> = m
@@ -1248,7 +1233,7 @@ topic = "b/{id}"
             &env,
         )
         .unwrap();
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         assert!(m.schema.as_ref().unwrap().is_not_null("seq"));
@@ -1267,7 +1252,7 @@ topic = "b/{id}"
             "bad_data = \"fail\"",
         );
         let p = parse(&fail, false, &env).unwrap();
-        let SourceConfig::Mqtt(m) = &p.sources[1].1 else {
+        let Some(m) = p.sources[1].1.get::<MqttSourceConfig>() else {
             panic!()
         };
         assert_eq!(m.bad_data(), crate::connectors::mqtt::BadData::Fail);

@@ -14,6 +14,9 @@ use mqlink::format::{ColumnType, Value};
 use mqlink::sink::SinkMetrics;
 use mqlink::source::SourceMonitor;
 use mqlink::{Client, Status};
+use tokio::sync::watch;
+
+use crate::connectors::{self, Reaches};
 
 /// Metric names the pipeline adds to the library's (labels: `component`, `type`).
 pub const SOURCE_ACKNOWLEDGED: &str = "mqlink_source_records_acknowledged_total";
@@ -71,7 +74,8 @@ pub struct Component {
     pub name: String,
     pub kind: Kind,
     pub type_name: &'static str,
-    state: Mutex<State>,
+    /// Watched by the run (start order, drain) instead of polled.
+    state: watch::Sender<State>,
     last_error: Mutex<Option<String>>,
     /// Source: records made or received; sink: records it took off its channel.
     pub records: AtomicU64,
@@ -107,7 +111,7 @@ impl Component {
             name: name.to_owned(),
             kind,
             type_name,
-            state: Mutex::new(State::Starting),
+            state: watch::Sender::new(State::Starting),
             last_error: Mutex::new(None),
             records: AtomicU64::new(0),
             handed: AtomicU64::new(0),
@@ -125,10 +129,27 @@ impl Component {
     }
 
     pub fn set_state(&self, s: State) {
-        *self.state.lock().expect("state lock") = s;
+        self.state.send_replace(s);
     }
     pub fn state(&self) -> State {
-        *self.state.lock().expect("state lock")
+        *self.state.borrow()
+    }
+    /// Waits until the state satisfies `f`.
+    pub async fn until(&self, f: impl FnMut(&State) -> bool) {
+        let mut rx = self.state.subscribe();
+        // The sender lives as long as `self`: never closed here.
+        let _ = rx.wait_for(f).await;
+    }
+
+    /// A source on a broker (Laminar's metric aliases are for these).
+    fn subscribes(&self) -> bool {
+        self.kind == Kind::Source && self.reaches() == Reaches::Broker
+    }
+
+    /// What its connector reaches (nothing known for a name outside the
+    /// registry, as in tests).
+    fn reaches(&self) -> Reaches {
+        connectors::named(self.type_name).map_or(Reaches::Nothing, |c| c.reaches)
     }
     /// The last error, as every status page shows it: credentials in
     /// URLs are redacted here, once.
@@ -210,9 +231,9 @@ impl Component {
         if let Some(why) = self.stalled() {
             return Some(format!("{}: stalled: {why}", self.path()));
         }
-        if self.type_name == "postgres" && !self.connected.load(Relaxed) {
+        if let (Reaches::Database(db), false) = (self.reaches(), self.connected.load(Relaxed)) {
             return Some(format!(
-                "{}: not connected to PostgreSQL: {}",
+                "{}: not connected to {db}: {}",
                 self.path(),
                 self.last_error().unwrap_or_default()
             ));
@@ -304,18 +325,22 @@ impl Component {
                 .clients()
                 .iter()
                 .all(|c| matches!(*c.status().borrow(), Status::Connected { .. })),
-            None if self.type_name == "mqtt" => false,
-            None => self.type_name != "postgres" || self.connected.load(Relaxed),
+            None => match self.reaches() {
+                Reaches::Broker => false,
+                Reaches::Database(_) => self.connected.load(Relaxed),
+                Reaches::Nothing => true,
+            },
         }
     }
 
     /// The connector's name in Laminar's terms (`system.connector_status`).
     pub fn connector_name(&self) -> &'static str {
-        match (self.kind, self.type_name) {
-            (Kind::Source, "mqtt") => "mqtt_source",
-            (Kind::Sink, "mqtt") => "mqtt_sink",
-            (_, t) => t,
-        }
+        let c = connectors::named(self.type_name);
+        let name = match self.kind {
+            Kind::Source => c.and_then(|c| c.source.as_ref()).map(|s| s.status_name),
+            Kind::Sink => c.and_then(|c| c.sink.as_ref()).map(|s| s.status_name),
+        };
+        name.unwrap_or(self.type_name)
     }
 
     /// One word for what the component is doing: `connecting`, `running`,
@@ -524,12 +549,12 @@ impl Component {
                 metric("mqlink_source_bytes_received_total"),
                 metric("mqlink_source_subscriptions"),
             )
-        } else if self.connector_name() == "mqtt_source" {
+        } else if self.subscribes() {
             (Some(0), Some(0), Some(0))
         } else {
             (Some(records), None, None)
         };
-        let reconnects = (self.type_name == "mqtt")
+        let reconnects = (self.reaches() == Reaches::Broker)
             .then(|| self.clients().iter().map(|c| c.stats().reconnects()).sum());
         let dead_lettered = match self.kind {
             Kind::Source => metric("mqlink_source_dead_lettered_total"),
@@ -599,10 +624,7 @@ impl Registry {
         }
         for (alias, ours) in LAMINAR_ALIASES {
             let mut lines = String::new();
-            for (c, metrics) in snapshots
-                .iter()
-                .filter(|(c, _)| c.connector_name() == "mqtt_source")
-            {
+            for (c, metrics) in snapshots.iter().filter(|(c, _)| c.subscribes()) {
                 let v = metrics
                     .iter()
                     .find(|(n, _)| *n == ours)

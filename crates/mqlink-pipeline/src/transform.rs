@@ -1,7 +1,7 @@
 //! A per-record stage between a source and its sinks: the rules of a
 //! Cybus mapping today, SQL later. Front ends compile their rules into a
 //! [`Transform`]; the source hands each batch through it before the sinks
-//! see it ([`crate::connectors::Outputs::send`]), so the delivery guarantee
+//! see it ([`crate::sink::Outputs::send`]), so the delivery guarantee
 //! stays with the one sink runner:
 //!
 //! - a record a filter removes counts as done: its message is acknowledged

@@ -155,6 +155,61 @@ fn every_config_key_has_a_reference_row() {
     );
 }
 
+/// Every connector the registry holds has its page per direction, with a
+/// row for each key of its config struct (as its `Deserialize` declares
+/// them), and names each of its aliases; its SQL keys' spellings are in
+/// the SQL reference and the metrics it exports in the metrics reference.
+#[test]
+fn every_registered_connector_has_its_reference_page() {
+    use mqlink_pipeline::connectors::{Direction, REGISTRY};
+    let sql = page("docs/reference/sql.md");
+    let mut missing = Vec::new();
+    for c in REGISTRY {
+        for (d, word) in [(Direction::Source, "source"), (Direction::Sink, "sink")] {
+            let aliases = match d {
+                Direction::Source => c.source.as_ref().map(|s| s.aliases),
+                Direction::Sink => c.sink.as_ref().map(|s| s.aliases),
+            };
+            let Some(aliases) = aliases else { continue };
+            let rel = format!("docs/reference/connectors/{}-{word}.md", c.name);
+            let keys: Vec<String> = c
+                .config_fields(d)
+                .iter()
+                .map(|k| k.to_string())
+                .chain(["type".to_string()])
+                .collect();
+            missing.extend(missing_rows(&rel, &keys));
+            let text = page(&rel);
+            for a in aliases.iter().filter(|a| !text.contains(*a)) {
+                missing.push(format!("{rel}: does not name its alias {a:?}"));
+            }
+            let metrics = match d {
+                Direction::Source => c.source.as_ref().map_or(&[][..], |s| s.metrics),
+                Direction::Sink => c.sink.as_ref().map_or(&[][..], |s| s.metrics),
+            };
+            let reference = page("docs/reference/metrics.md");
+            for m in metrics
+                .iter()
+                .filter(|m| !reference.contains(&format!("`{m}`")))
+            {
+                missing.push(format!(
+                    "docs/reference/metrics.md: does not name {m} ({})",
+                    c.name
+                ));
+            }
+            for k in c.keys(d).iter().flat_map(|k| k.aliases) {
+                if !sql.contains(k) {
+                    missing.push(format!(
+                        "docs/reference/sql.md: does not name the SQL key `{k}` of {}",
+                        c.name
+                    ));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
 /// Fixed names in the code (`"mqlink_…"`, `"laminar_…"` string literals
 /// under `crates/*/src`): metric names and dead-letter properties.
 fn fixed_names() -> BTreeSet<String> {

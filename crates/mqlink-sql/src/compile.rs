@@ -21,6 +21,7 @@ use std::sync::Arc;
 use datafusion_common::arrow::datatypes::{Field, SchemaRef};
 use datafusion_sql::sqlparser::ast::{DataType, Query, Statement};
 use mqlink::format::{ColumnType, Schema};
+use mqlink_pipeline::connectors::{self, Connector, Direction, Key, KeyType, Reaches};
 use mqlink_pipeline::spec::{from_tree_with, interpolate};
 use mqlink_pipeline::{ConfigError, Pipeline};
 use serde_json::{json, Map, Value as Json};
@@ -66,66 +67,17 @@ const CONNECTION_KEYS: &[(&str, &str)] = &[
     ("max_inflight", "max_inflight"),
 ];
 
-/// For MQTT sources.
-const SOURCE_KEYS: &[(&str, &str)] = &[
-    ("connection", "connection"),
-    ("topics", "topics"),
-    ("topic", "topics"),
-    ("qos", "qos"),
-    ("format", "format"),
-    ("raw_bytes.include_topic", "raw_bytes.include_topic"),
-    ("avro_schema", "avro_schema"),
-    ("schema_registry_url", "schema_registry_url"),
-    ("dead_letter_topic", "dead_letter_topic"),
-    ("bad_data", "bad_data"),
-    ("batch_size", "batch_size"),
-    ("batch_timeout_ms", "batch_timeout_ms"),
-    ("parallelism", "parallelism"),
-    ("share_group", "share_group"),
-];
-
-const MQTT_SINK_KEYS: &[(&str, &str)] = &[
-    ("connection", "connection"),
-    ("topic", "topic"),
-    ("qos", "qos"),
-    ("retain", "retain"),
-    ("sink.retain", "retain"),
-    ("format", "format"),
-    ("parallelism", "parallelism"),
-    ("dead_letter_topic", "dead_letter_topic"),
-];
-
-const FILE_SINK_KEYS: &[(&str, &str)] = &[("path", "path"), ("fsync", "fsync")];
-
-const POSTGRES_SINK_KEYS: &[(&str, &str)] = &[
-    ("url", "url"),
-    ("connection_string", "url"),
-    ("table", "table"),
-    ("table.name", "table"),
-    ("create_table", "create_table"),
-    ("primary_key", "primary_key"),
-    ("batch_size", "batch_size"),
-];
-
 /// Keys with a reason they are refused (accepting them would pretend).
 const REFUSED: &[(&str, &str)] = &[
     ("max_retries", "not supported: a payload that does not decode is dead-lettered at once (decoding it again gives the same error)"),
     ("value_schema_id", "not supported: with schema_registry_url the schema id is read from each message (Confluent wire format)"),
 ];
 
-const BOOL_KEYS: &[&str] = &[
-    "clean_session",
-    "tls_verify",
-    "lwt_retain",
-    "retain",
-    "raw_bytes.include_topic",
-    "create_table",
-    "fsync",
-];
+/// Connection keys typed from SQL's text (connectors' keys say their
+/// own types in the registry).
+const BOOL_KEYS: &[&str] = &["clean_session", "tls_verify", "lwt_retain"];
 
 const NUMBER_KEYS: &[&str] = &[
-    "qos",
-    "lwt_qos",
     "keep_alive",
     "session_expiry_interval",
     "connect_timeout",
@@ -133,9 +85,6 @@ const NUMBER_KEYS: &[&str] = &[
     "max_reconnect_attempts",
     "reconnect_backoff_multiplier",
     "max_inflight",
-    "batch_size",
-    "batch_timeout_ms",
-    "parallelism",
 ];
 
 /// Where a component of the pipeline came from, to locate its errors.
@@ -144,30 +93,6 @@ struct Origin {
     statement: String,
     /// pipeline key → (SQL key, line).
     keys: Vec<(String, String, u64)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum SinkType {
-    Mqtt,
-    File,
-    Postgres,
-}
-
-impl SinkType {
-    fn name(self) -> &'static str {
-        match self {
-            SinkType::Mqtt => "mqtt",
-            SinkType::File => "file",
-            SinkType::Postgres => "postgres",
-        }
-    }
-    fn keys(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            SinkType::Mqtt => MQTT_SINK_KEYS,
-            SinkType::File => FILE_SINK_KEYS,
-            SinkType::Postgres => POSTGRES_SINK_KEYS,
-        }
-    }
 }
 
 struct SourceTable {
@@ -200,7 +125,7 @@ struct SinkDef {
     name: String,
     line: u64,
     statement: String,
-    ty: SinkType,
+    ty: &'static Connector,
     options: Vec<Opt>,
     /// The query writing to it and its line.
     query: Option<(u64, Box<Query>)>,
@@ -248,13 +173,15 @@ impl Compiler<'_> {
                 options,
             } => {
                 let statement = format!("CREATE CONNECTION {name}");
-                if !matches!(kind.as_str(), "mqtt_source" | "mqtt_sink" | "mqtt") {
+                if !is_broker_connector(&kind) {
+                    let known = spellings(|c| c.reaches == Reaches::Broker);
                     return Err(SqlError::at(
                         line,
                         statement,
                         None,
                         format!(
-                            "unknown connection type {kind:?}: use mqtt_source, mqtt_sink or mqtt"
+                            "unknown connection type {kind:?}: use {}",
+                            connectors::one_of(&known)
                         ),
                     ));
                 }
@@ -266,8 +193,8 @@ impl Compiler<'_> {
                     keys: Vec::new(),
                 };
                 for o in &options {
-                    let Some(key) = lookup(CONNECTION_KEYS, &o.key) else {
-                        return Err(self.unknown_key(&statement, o, &[CONNECTION_KEYS]));
+                    let Some(key) = connection_key(&o.key) else {
+                        return Err(self.unknown_key(&statement, o, known_keys(&[], true, false)));
                     };
                     self.put(&statement, &mut body, &mut origin, key, o)?;
                 }
@@ -291,7 +218,8 @@ impl Compiler<'_> {
                 let statement = format!("INSERT INTO {sink}");
                 let Some(at) = self.sinks.iter().position(|s| s.name == sink) else {
                     let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
-                    return Err(SqlError::at(line, statement, None, format!("no sink table named {sink:?} (sink tables so far: {}; create it first with CREATE TABLE {sink} (…) WITH (connector = 'mqtt_sink' | 'file' | 'postgres', …))", known.join(", "))));
+                    let connectors = spellings(|c| c.sink.is_some()).join("' | '");
+                    return Err(SqlError::at(line, statement, None, format!("no sink table named {sink:?} (sink tables so far: {}; create it first with CREATE TABLE {sink} (…) WITH (connector = '{connectors}', …))", known.join(", "))));
                 };
                 let s = &mut self.sinks[at];
                 if let Some((l, _)) = &s.query {
@@ -349,12 +277,25 @@ impl Compiler<'_> {
         self.unique(line, &statement, &name)?;
         let get = |k: &str| options.iter().find(|o| o.key.eq_ignore_ascii_case(k));
         let connector = match get("connector") {
-            None => return Err(SqlError::at(line, &statement, Some("connector"), "missing: say where the table's rows come from or go (connector = 'mqtt_source', 'mqtt_sink', 'mqtt' with type, 'file' or 'postgres')")),
+            None => {
+                return Err(SqlError::at(
+                    line,
+                    &statement,
+                    Some("connector"),
+                    format!(
+                        "missing: say where the table's rows come from or go (connector = {})",
+                        connectors::one_of(&spellings(|_| true))
+                    ),
+                ))
+            }
             Some(o) => o.value.as_str().unwrap_or_default().to_string(),
         };
-        let source = match connector.as_str() {
-            "mqtt_source" => true,
-            "mqtt" => match get("type").and_then(|o| o.value.as_str()) {
+        let kind = get("type").and_then(|o| o.value.as_str());
+        let source = match (
+            connectors::find(&connector, Direction::Source),
+            connectors::find(&connector, Direction::Sink),
+        ) {
+            (Some(_), Some(_)) => match kind {
                 Some("source") => true,
                 Some("sink") => false,
                 _ => {
@@ -362,11 +303,12 @@ impl Compiler<'_> {
                         get("type").map_or(line, |o| o.line),
                         &statement,
                         Some("type"),
-                        "connector = 'mqtt' needs type = 'source' or type = 'sink'",
+                        format!("connector = '{connector}' needs type = 'source' or type = 'sink'"),
                     ))
                 }
             },
-            _ => false,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
         if !source {
             if let Some(w) = &watermark {
@@ -402,6 +344,11 @@ impl Compiler<'_> {
             return Ok(());
         }
         // A source: its connection, its options, its columns.
+        let c = connectors::find(&connector, Direction::Source).expect("a source, above");
+        if !c.source.as_ref().is_some_and(|s| s.sql_columns) {
+            return Err(SqlError::at(line, &statement, Some("connector"), format!("{connector:?} makes records of its own columns; a SQL source table's columns are decoded from messages (connector = {})", connectors::one_of(&spellings(|c| c.source.as_ref().is_some_and(|s| s.sql_columns))))));
+        }
+        let keys = c.keys(Direction::Source);
         let mut body = Map::new();
         let mut origin = Origin {
             line,
@@ -433,12 +380,12 @@ impl Compiler<'_> {
                 checkpoint_interval = Some((d, o.line));
                 continue;
             }
-            if let Some(key) = lookup(SOURCE_KEYS, &k) {
+            if let Some(key) = lookup(keys, &k) {
                 self.put(&statement, &mut body, &mut origin, key, o)?;
-            } else if let Some(key) = lookup(CONNECTION_KEYS, &k) {
+            } else if let Some(key) = connection_key(&k) {
                 self.put(&statement, &mut inline, &mut inline_origin, key, o)?;
             } else {
-                return Err(self.unknown_key(&statement, o, &[SOURCE_KEYS, CONNECTION_KEYS]));
+                return Err(self.unknown_key(&statement, o, known_keys(keys, true, true)));
             }
         }
         self.connection_of(
@@ -450,7 +397,7 @@ impl Compiler<'_> {
             inline,
             inline_origin,
         )?;
-        body.insert("type".into(), json!("mqtt"));
+        body.insert("type".into(), json!(c.name));
         let format = body
             .get("format")
             .and_then(Json::as_str)
@@ -603,7 +550,7 @@ impl Compiler<'_> {
         statement: &str,
         body: &mut Map<String, Json>,
         origin: &mut Origin,
-        key: &str,
+        (key, ty): (&str, KeyType),
         o: &Opt,
     ) -> Result<(), SqlError> {
         if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == o.key) {
@@ -612,7 +559,7 @@ impl Compiler<'_> {
         let mut v = o.value.clone();
         interpolate(&mut v, &mut String::new(), self.env)
             .map_err(|e| SqlError::at(o.line, statement, Some(&o.key), e.message))?;
-        let v = typed_value(key, v);
+        let v = typed_value(ty, v);
         if origin.keys.iter().any(|(k, _, _)| k == key) {
             return Err(SqlError::at(
                 o.line,
@@ -645,22 +592,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn unknown_key(&self, statement: &str, o: &Opt, lists: &[&[(&str, &str)]]) -> SqlError {
-        let mut known: Vec<&str> = lists
-            .iter()
-            .flat_map(|l| l.iter().map(|(k, _)| *k))
-            .chain(
-                if lists.contains(&SOURCE_KEYS) {
-                    STAGE_KEYS
-                } else {
-                    &[]
-                }
-                .iter()
-                .copied(),
-            )
-            .collect();
-        known.sort();
-        known.dedup();
+    fn unknown_key(&self, statement: &str, o: &Opt, known: Vec<&str>) -> SqlError {
         if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == o.key) {
             return SqlError::at(o.line, statement, Some(&o.key), *why);
         }
@@ -744,19 +676,18 @@ impl Compiler<'_> {
                 if k == "connector" || k == "type" {
                     continue;
                 }
-                if let Some(key) = lookup(s.ty.keys(), &k) {
+                let keys = s.ty.keys(Direction::Sink);
+                let inline_key = connection_key(&k).filter(|_| uses_connection(keys));
+                if let Some(key) = lookup(keys, &k) {
                     self.put(&s.statement, &mut body, &mut origin, key, o)?;
-                } else if let (SinkType::Mqtt, Some(key)) = (s.ty, lookup(CONNECTION_KEYS, &k)) {
+                } else if let Some(key) = inline_key {
                     self.put(&s.statement, &mut inline, &mut inline_origin, key, o)?;
                 } else {
-                    let lists: &[&[(&str, &str)]] = match s.ty {
-                        SinkType::Mqtt => &[MQTT_SINK_KEYS, CONNECTION_KEYS],
-                        t => &[t.keys()],
-                    };
-                    return Err(self.unknown_key(&s.statement, o, lists));
+                    let known = known_keys(keys, uses_connection(keys), false);
+                    return Err(self.unknown_key(&s.statement, o, known));
                 }
             }
-            if s.ty == SinkType::Mqtt {
+            if uses_connection(s.ty.keys(Direction::Sink)) {
                 self.connection_of(
                     s.line,
                     &s.statement,
@@ -767,12 +698,7 @@ impl Compiler<'_> {
                     inline_origin,
                 )?;
             }
-            if let Some(pk) = body.get_mut("primary_key") {
-                if let Json::String(t) = pk {
-                    *pk = string_list(t);
-                }
-            }
-            body.insert("type".into(), json!(s.ty.name()));
+            body.insert("type".into(), json!(s.ty.name));
             body.insert("inputs".into(), json!(inputs));
             origin
                 .keys
@@ -790,7 +716,8 @@ impl Compiler<'_> {
                 seen.push(l.clone());
                 first
             });
-            let body = json!({ "type": "file", "path": "/dev/stdout", "inputs": leaves });
+            let file = connectors::file::CONNECTOR.name;
+            let body = json!({ "type": file, "path": "/dev/stdout", "inputs": leaves });
             let origin = Origin {
                 line: 0,
                 statement: "(standard output)".into(),
@@ -864,11 +791,10 @@ impl Compiler<'_> {
         let Some((dir, _)) = &table.state_dir else {
             return Err(SqlError::at(table.line, &table_stmt, Some("state_dir"), format!("missing: the windowed query of line {line} keeps its windows in a state file under state_dir (state_dir = '/var/lib/mqlink')")));
         };
-        if let Some((_, mqlink_pipeline::spec::SourceConfig::Mqtt(m))) =
-            p.sources.iter().find(|(n, _)| n == src)
-        {
-            if let Some(conn) = p.connections.get(&m.connection) {
-                let o = self.origins.get(&format!("connections.{}", m.connection));
+        let connection = p.sources.iter().find(|(n, _)| n == src);
+        if let Some((name, _)) = connection.and_then(|(_, s)| s.connection()) {
+            if let Some(conn) = p.connections.get(name) {
+                let o = self.origins.get(&format!("connections.{name}"));
                 let (cl, cs) = o.map_or((table.line, table_stmt.clone()), |o| {
                     (o.line, o.statement.clone())
                 });
@@ -986,74 +912,149 @@ impl Compiler<'_> {
     }
 }
 
-fn lookup(keys: &[(&str, &'static str)], k: &str) -> Option<&'static str> {
+/// A connector's key by its name or a SQL spelling, with its type.
+fn lookup(keys: &'static [Key], k: &str) -> Option<(&'static str, KeyType)> {
     keys.iter()
-        .find(|(s, _)| s.eq_ignore_ascii_case(k))
-        .map(|(_, t)| *t)
+        .find(|key| {
+            std::iter::once(&key.name)
+                .chain(key.aliases)
+                .any(|n| n.eq_ignore_ascii_case(k))
+        })
+        .map(|key| (key.name, key.ty))
+}
+
+/// A connection profile's key by its SQL spelling, with its type.
+fn connection_key(k: &str) -> Option<(&'static str, KeyType)> {
+    let (_, key) = CONNECTION_KEYS
+        .iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(k))?;
+    let ty = if BOOL_KEYS.contains(key) {
+        KeyType::Bool
+    } else if *key == "lwt_qos" {
+        KeyType::Qos
+    } else if NUMBER_KEYS.contains(key) {
+        KeyType::Number
+    } else {
+        KeyType::Text
+    };
+    Some((key, ty))
+}
+
+/// Whether a connector's component names a connection (and so may carry
+/// the connection's keys inline, Arroyo's way).
+fn uses_connection(keys: &[Key]) -> bool {
+    keys.iter().any(|k| k.name == "connection")
+}
+
+/// A key's SQL spellings.
+fn spelled(k: &Key) -> impl Iterator<Item = &'static str> {
+    std::iter::once(k.name).chain(k.aliases.iter().copied())
+}
+
+/// What an unknown option's error lists: the connector's keys, the
+/// connection's, and for a source table the SQL front end's own.
+fn known_keys(keys: &'static [Key], connection: bool, source: bool) -> Vec<&'static str> {
+    let mut known: Vec<&str> = keys.iter().flat_map(spelled).collect();
+    if connection {
+        known.extend(CONNECTION_KEYS.iter().map(|(k, _)| *k));
+    }
+    if source {
+        known.extend(STAGE_KEYS);
+    }
+    known.sort();
+    known.dedup();
+    known
+}
+
+/// The names and aliases of the connectors `f` accepts, as `connector = '…'` takes them.
+fn spellings(f: impl Fn(&Connector) -> bool) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for c in connectors::REGISTRY.iter().filter(|c| f(c)) {
+        out.push(c.name);
+        for t in [
+            c.source.as_ref().map(|s| s.aliases),
+            c.sink.as_ref().map(|s| s.aliases),
+        ] {
+            out.extend(t.into_iter().flatten().copied());
+        }
+    }
+    out
+}
+
+/// `CREATE CONNECTION … WITH (type = '…')` names a connector on brokers.
+fn is_broker_connector(kind: &str) -> bool {
+    [Direction::Source, Direction::Sink]
+        .iter()
+        .filter_map(|d| connectors::find(kind, *d))
+        .any(|c| c.reaches == Reaches::Broker)
 }
 
 /// What a sink table writes to, from `connector` (and `type`).
-fn sink_type(options: &[Opt]) -> Result<SinkType, (Option<&'static str>, String)> {
+fn sink_type(options: &[Opt]) -> Result<&'static Connector, (Option<&'static str>, String)> {
     let get = |k: &str| {
         options
             .iter()
             .find(|o| o.key.eq_ignore_ascii_case(k))
             .and_then(|o| o.value.as_str())
     };
-    match get("connector") {
-        Some("mqtt_sink") => Ok(SinkType::Mqtt),
-        Some("mqtt") => match get("type") {
-            Some("sink") | None => Ok(SinkType::Mqtt),
-            Some(t) => Err((Some("type"), format!("{t:?}: a sink has type = 'sink'"))),
-        },
-        Some("file" | "filesystem") => Ok(SinkType::File),
-        Some("postgres" | "postgresql" | "jdbc") => Ok(SinkType::Postgres),
-        Some(other) => Err((
+    let Some(name) = get("connector") else {
+        let sinks = spellings(|c| c.sink.is_some());
+        return Err((
+            Some("connector"),
+            format!("missing: {}", connectors::one_of(&sinks)),
+        ));
+    };
+    let Some(c) = connectors::find(name, Direction::Sink) else {
+        let known = spellings(|_| true);
+        return Err((
             Some("connector"),
             format!(
-                "unknown connector {other:?}: use mqtt_source, mqtt_sink, mqtt, file or postgres"
+                "unknown connector {name:?}: use {}",
+                connectors::one_of(&known)
             ),
-        )),
-        None => Err((
-            Some("connector"),
-            "missing: mqtt_sink, mqtt (type = 'sink'), file or postgres".into(),
-        )),
+        ));
+    };
+    // A connector of both directions is told which by `type`.
+    match (connectors::find(name, Direction::Source), get("type")) {
+        (Some(_), Some(t)) if t != "sink" => {
+            Err((Some("type"), format!("{t:?}: a sink has type = 'sink'")))
+        }
+        _ => Ok(c),
     }
 }
 
 /// Strings of SQL options typed where the pipeline wants a boolean or a
-/// number (`'true'`, `'5'`), Arroyo's QoS names, a JSON list of topics.
-fn typed_value(key: &str, v: Json) -> Json {
+/// number (`'true'`, `'5'`), Arroyo's QoS names, a list.
+fn typed_value(ty: KeyType, v: Json) -> Json {
     let Json::String(s) = &v else {
         return v;
     };
     let t = s.trim();
-    if BOOL_KEYS.contains(&key) {
-        match t.to_ascii_lowercase().as_str() {
-            "true" => return Json::Bool(true),
-            "false" => return Json::Bool(false),
-            _ => {}
+    let typed = match ty {
+        KeyType::Text => None,
+        KeyType::Bool => match t.to_ascii_lowercase().as_str() {
+            "true" => Some(Json::Bool(true)),
+            "false" => Some(Json::Bool(false)),
+            _ => None,
+        },
+        KeyType::Qos => match t {
+            "AtMostOnce" | "at_most_once" => Some(json!(0)),
+            "AtLeastOnce" | "at_least_once" => Some(json!(1)),
+            "ExactlyOnce" | "exactly_once" => Some(json!(2)),
+            _ => number(t),
+        },
+        KeyType::Number => number(t),
+        KeyType::TextOrList if t.starts_with('[') => {
+            serde_json::from_str::<Json>(t).ok().filter(Json::is_array)
         }
-    }
-    if key == "qos" || key == "lwt_qos" {
-        match t {
-            "AtMostOnce" | "at_most_once" => return json!(0),
-            "AtLeastOnce" | "at_least_once" => return json!(1),
-            "ExactlyOnce" | "exactly_once" => return json!(2),
-            _ => {}
-        }
-    }
-    if NUMBER_KEYS.contains(&key) {
-        if let Ok(n @ Json::Number(_)) = serde_json::from_str::<Json>(t) {
-            return n;
-        }
-    }
-    if key == "topics" && t.starts_with('[') {
-        if let Ok(list @ Json::Array(_)) = serde_json::from_str::<Json>(t) {
-            return list;
-        }
-    }
-    v
+        KeyType::TextOrList => None,
+        KeyType::List => Some(string_list(t)),
+    };
+    typed.unwrap_or(v)
+}
+
+fn number(t: &str) -> Option<Json> {
+    serde_json::from_str::<Json>(t).ok().filter(Json::is_number)
 }
 
 /// `'["a", "b"]'` or `'a, b'`.

@@ -138,7 +138,8 @@ pub fn parse(
 mod tests {
     use mqlink::format::Value;
     use mqlink_pipeline::batch::Item;
-    use mqlink_pipeline::spec::SinkKind;
+    use mqlink_pipeline::connectors::mqtt::MqttSinkConfig;
+    use mqlink_pipeline::connectors::postgres::PostgresSinkConfig;
 
     use super::*;
 
@@ -302,7 +303,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
             c.tls_ca_cert.as_deref(),
             Some(std::path::Path::new("/ca.pem"))
         );
-        let SinkKind::Mqtt(m) = &p.sinks[0].1.kind else {
+        let Some(m) = p.sinks[0].1.kind.get::<MqttSinkConfig>() else {
             panic!()
         };
         assert!(m.retain);
@@ -330,7 +331,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
              INSERT INTO db SELECT id, SPLIT_PART(topic, '/', 2) AS dev, temp > 3 AS warm FROM t;"
         ).replace("CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');", ""))
         .unwrap();
-        let SinkKind::Postgres(pg) = &p.sinks[0].1.kind else {
+        let Some(pg) = p.sinks[0].1.kind.get::<PostgresSinkConfig>() else {
             panic!()
         };
         let cols: Vec<String> = pg

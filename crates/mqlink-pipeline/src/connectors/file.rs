@@ -22,9 +22,27 @@ use mqlink::format::Value;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use super::{
+    fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
+};
 use crate::batch::Item;
-use crate::sink::{confirmed, Confirmation, Job, Sink, WriteError};
-use crate::spec::{typed, ConfigError, Context, SinkKind};
+use crate::sink::{confirmed, write_backoff, Confirmation, Job, Sink, WriteError};
+use crate::spec::{typed, ConfigError, Context};
+
+pub const CONNECTOR: Connector = Connector {
+    name: "file",
+    source: None,
+    sink: Some(SinkType {
+        // Arroyo's name.
+        aliases: &["filesystem"],
+        status_name: "file",
+        keys: &[Key::text("path"), Key::of("fsync", KeyType::Bool)],
+        fields: fields_of::<FileSinkConfig>,
+        metrics: &[],
+        parse,
+    }),
+    reaches: Reaches::Nothing,
+};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -40,8 +58,28 @@ pub struct FileSinkConfig {
     pub fsync: bool,
 }
 
-pub fn parse(ctx: &Context, body: Json) -> Result<SinkKind, ConfigError> {
-    Ok(SinkKind::File(typed(ctx.path, body)?))
+pub fn parse(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
+    let f: FileSinkConfig = typed(ctx.path, body)?;
+    Ok(std::sync::Arc::new(f))
+}
+
+impl SinkSpec for FileSinkConfig {
+    fn connector(&self) -> &'static Connector {
+        &CONNECTOR
+    }
+    fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
+        let sink = FileSink::new(s.path.clone(), self.clone());
+        tokio::spawn(crate::sink::run(
+            sink,
+            s.path,
+            s.comp,
+            write_backoff(),
+            s.rx,
+        ))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 pub struct FileSink {

@@ -1,6 +1,8 @@
 //! Simulated sensors, for demos and benchmarks: records of `device_id`,
 //! `seq`, `timestamp`, `temperature` and `humidity` at a steady rate.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,10 +12,36 @@ use mqlink::format::{ColumnType, Schema, Value};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::Outputs;
+use super::{
+    fields_of, Closing, Connector, Key, KeyType, Reaches, Shape, SourceConfig, SourceSpec,
+    SourceStart, SourceType,
+};
 use crate::batch::Item;
-use crate::spec::{err, hundred, thousand, typed, ConfigError, Context, SourceConfig};
+use crate::sink::Outputs;
+use crate::spec::{err, hundred, thousand, typed, ConfigError, Context};
 use crate::status::{Component, State};
+
+pub const CONNECTOR: Connector = Connector {
+    name: "generator",
+    source: Some(SourceType {
+        aliases: &[],
+        status_name: "generator",
+        sql_columns: false,
+        keys: &[
+            Key::of("count", KeyType::Number),
+            Key::of("rate", KeyType::Number),
+            Key::of("devices", KeyType::Number),
+        ],
+        fields: fields_of::<GeneratorConfig>,
+        metrics: &[],
+        parse,
+    }),
+    sink: None,
+    reaches: Reaches::Nothing,
+};
+
+/// Records per batch the generator hands to its sinks.
+const BATCH: usize = 1000;
 
 /// Simulated sensors: device_id, seq, timestamp, temperature, humidity.
 #[derive(Deserialize, Debug, Clone)]
@@ -35,7 +63,32 @@ pub fn parse(ctx: &Context, body: Json) -> Result<SourceConfig, ConfigError> {
     if g.devices == 0 {
         return Err(err(format!("{}.devices", ctx.path), "must be at least 1"));
     }
-    Ok(SourceConfig::Generator(g))
+    Ok(Arc::new(g))
+}
+
+impl SourceSpec for GeneratorConfig {
+    fn connector(&self) -> &'static Connector {
+        &CONNECTOR
+    }
+    fn schema(&self) -> Option<Schema> {
+        Some(schema())
+    }
+    fn shape(&self) -> Shape {
+        Shape::Made(schema())
+    }
+    fn generated(&self) -> bool {
+        true
+    }
+    fn run(&self, s: SourceStart) -> Pin<Box<dyn Future<Output = Option<Closing>> + Send>> {
+        let cfg = self.clone();
+        Box::pin(async move {
+            run(cfg, BATCH, s.comp, s.out).await;
+            None
+        })
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// The columns of every generated record.

@@ -1,512 +1,398 @@
-//! The pipeline's sources and sinks: generator, MQTT (source and sink),
-//! file and PostgreSQL, each with its configuration next to its runtime.
-//! Sources hand batches to their sinks over bounded channels (the
-//! back-pressure path); sinks implement [`crate::sink::Sink`] and leave
-//! confirmation, retries and dead letters to its runner.
+//! The connectors, and the registry that is the only list of them.
+//!
+//! A connector is one module (`file.rs`, `postgres.rs`, `generator.rs`,
+//! `mqtt/`) with its typed config (serde, `deny_unknown_fields`, a doc
+//! comment per key, defaults in one place), its validation against the
+//! pipeline (connections, the inputs' columns), its runtime, and its
+//! [`Connector`] metadata: name, other systems' spellings, directions, the
+//! keys other front ends (SQL `WITH (…)`) may give and the metrics it
+//! exports. Every front end — TOML/YAML, SQL, Cybus files — resolves
+//! connectors through [`REGISTRY`], and the run drives them through
+//! [`SourceSpec`] and [`SinkSpec`] without knowing their kind.
+//!
+//! Adding a connector: a module with a `pub const CONNECTOR: Connector`,
+//! and its line in [`REGISTRY`] (docs/design/architecture.md).
 
 pub mod file;
 pub mod generator;
 pub mod mqtt;
 pub mod postgres;
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::any::Any;
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use mqlink::source::RecordAck;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use mqlink::format::Schema;
+use mqlink::ConnectOptions;
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::batch::{Batch, BusyTime, Item, Progress};
-use crate::relay::Relay;
-use crate::status::{Component, State};
-use crate::transform::{Fault, Output, Transform};
+use crate::batch::Batch;
+use crate::relay::RelayTarget;
+use crate::sink::Outputs;
+use crate::spec::{ConfigError, Context};
+use crate::status::Component;
 
-/// What settling a source record takes: its MQTT acknowledgement (none at
-/// QoS 0) and, for a message a pipeline sink relayed through the embedded
-/// broker, its relay id.
-pub type Settle = (Option<RecordAck>, Option<u64>);
+pub use crate::sink::outputs::{Settle, SinkInput};
 
-/// A sink's channel, and the sink (which counts what it was handed).
-pub type SinkInput = (mpsc::Sender<Arc<Batch>>, Arc<Component>);
+/// Every connector mqlink has: the only list. Front ends, `mqlink
+/// validate`'s errors and the reference-docs test read it.
+pub const REGISTRY: &[&Connector] = &[
+    &mqtt::CONNECTOR,
+    &generator::CONNECTOR,
+    &file::CONNECTOR,
+    &postgres::CONNECTOR,
+];
 
-/// Where a source's batches go: through the source's transform stage, if
-/// it has one, then one channel per sink reading it.
-pub struct Outputs {
-    pub senders: Vec<SinkInput>,
-    pub stop: watch::Receiver<bool>,
-    pub busy: Arc<BusyTime>,
-    pub stage: Option<Box<dyn Transform>>,
-    /// Set for sources on the embedded broker: relayed messages to settle.
-    pub relay: Option<Arc<Relay>>,
-    /// Set for MQTT sources with a `dead_letter_topic`: where the stage's
-    /// faults go.
-    pub dead_letter: Option<crate::sink::DeadLetters>,
-    /// What settles the records handed to the stage and not yet carried
-    /// out by a batch, in arrival order.
-    pending: VecDeque<Settle>,
-    /// Batches sent, and how many of them every sink confirmed.
-    sent: u64,
-    progress: Arc<Progress>,
-    /// Faults whose dead letters were not confirmed (their messages stay
-    /// unacknowledged).
-    unsettled_faults: bool,
+/// A connector's metadata and constructors.
+pub struct Connector {
+    /// Its name in pipeline files (`type = "…"`), /status and the `type`
+    /// label of metrics.
+    pub name: &'static str,
+    pub source: Option<SourceType>,
+    pub sink: Option<SinkType>,
+    /// What it reaches besides MQTT brokers, for /ready and /status.
+    pub reaches: Reaches,
 }
 
-impl Outputs {
-    pub fn new(
-        senders: Vec<SinkInput>,
-        stop: watch::Receiver<bool>,
-        busy: Arc<BusyTime>,
-        stage: Option<Box<dyn Transform>>,
-    ) -> Outputs {
-        Outputs {
-            senders,
-            stop,
-            busy,
-            stage,
-            relay: None,
-            dead_letter: None,
-            pending: VecDeque::new(),
-            sent: 0,
-            progress: Arc::default(),
-            unsettled_faults: false,
+/// What a connector's component must reach to be connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaches {
+    /// Nothing outside the process (a generator, a file).
+    Nothing,
+    /// MQTT brokers, through the clients it starts.
+    Broker,
+    /// A database (its name, as said in /ready), connected or not.
+    Database(&'static str),
+}
+
+/// Sources and sinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Source,
+    Sink,
+}
+
+/// A connector as a source.
+pub struct SourceType {
+    /// Other spellings of its name (Laminar's, Arroyo's), accepted in
+    /// `type = "…"` and SQL's `connector = '…'` for this direction.
+    pub aliases: &'static [&'static str],
+    /// Its name in Laminar's `system.connector_status`.
+    pub status_name: &'static str,
+    /// Its records are decoded by a schema: a SQL table's columns become
+    /// its `schema` key (a SQL source table).
+    pub sql_columns: bool,
+    /// The keys SQL's `WITH (…)` may give, with their SQL spellings.
+    pub keys: &'static [Key],
+    /// Every key of its config (`fields_of::<Config>`): the reference
+    /// page lists each.
+    pub fields: fn() -> &'static [&'static str],
+    /// Metrics this source exports beside the pipeline's own.
+    pub metrics: &'static [&'static str],
+    pub parse: fn(&Context, Json) -> Result<SourceConfig, ConfigError>,
+}
+
+/// A connector as a sink.
+pub struct SinkType {
+    pub aliases: &'static [&'static str],
+    pub status_name: &'static str,
+    pub keys: &'static [Key],
+    pub fields: fn() -> &'static [&'static str],
+    pub metrics: &'static [&'static str],
+    pub parse: fn(&Context, Json) -> Result<SinkSpecRef, ConfigError>,
+}
+
+/// A config key as front ends other than the pipeline file spell it.
+pub struct Key {
+    /// The key in a pipeline file (`a.b` for a key of a nested table).
+    pub name: &'static str,
+    /// Other spellings (Arroyo's, RisingWave's) in SQL `WITH (…)`.
+    pub aliases: &'static [&'static str],
+    pub ty: KeyType,
+}
+
+/// How a front end that has only text (SQL options) types a key's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    Text,
+    /// `'true'` / `'false'`.
+    Bool,
+    Number,
+    /// A number, or Arroyo's names (`AtLeastOnce`, `at_least_once`).
+    Qos,
+    /// Text, or a JSON list of strings (`'["a/#", "b/#"]'`).
+    TextOrList,
+    /// A JSON list, or names separated by commas (`'a, b'`).
+    List,
+}
+
+impl Key {
+    pub const fn text(name: &'static str) -> Key {
+        Key::of(name, KeyType::Text)
+    }
+    pub const fn of(name: &'static str, ty: KeyType) -> Key {
+        Key {
+            name,
+            aliases: &[],
+            ty,
         }
     }
-
-    /// Shutdown was asked for: take no new messages.
-    pub fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// When the stage has held records due without new input.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.stage.as_ref().and_then(|s| s.deadline())
-    }
-
-    /// Hands a batch (`acks`: one per item, or empty when no record has
-    /// anything to settle) to every sink, through the stage, waiting while a
-    /// sink is full. False when a sink is gone.
-    pub async fn send(&mut self, items: Vec<Item>, acks: Vec<Settle>, comp: &Component) -> bool {
-        let Some(stage) = self.stage.as_mut() else {
-            let n = items.len() as u64;
-            return self.deliver(items, acks, n, comp).await;
-        };
-        let (n, given) = (items.len(), acks.len());
-        self.pending.extend(acks);
-        self.pending.extend((given..n).map(|_| (None, None)));
-        let out = stage.apply(items, Instant::now());
-        self.settle(out, comp).await
-    }
-
-    /// Releases what the stage holds that is due by now (a burst
-    /// interval), and checkpoints a stage whose checkpoint is due.
-    pub async fn flush_due(&mut self, comp: &Component) -> bool {
-        let Some(stage) = self.stage.as_mut() else {
-            return true;
-        };
-        let out = stage.flush(Instant::now());
-        self.settle(out, comp).await
-    }
-
-    /// Faults are dead-lettered (or logged and counted as skipped); the
-    /// acknowledgements of every record the stage no longer holds go with
-    /// the output batch; then a due checkpoint is taken.
-    async fn settle(&mut self, out: Output, comp: &Component) -> bool {
-        if out.redelivered > 0 {
-            comp.redelivered
-                .fetch_add(out.redelivered, Ordering::Relaxed);
-            tracing::info!(component = %comp.path(), messages = out.redelivered, "Redelivered messages the window state already holds: acknowledged, not counted again.");
-        }
-        if !out.faults.is_empty() && !self.faults(out.faults, comp).await {
-            return false;
-        }
-        let (settles, done) = self.released();
-        if !self.deliver(out.items, settles, done, comp).await {
-            return false;
-        }
-        let due = self
-            .stage
-            .as_ref()
-            .is_some_and(|s| s.checkpoint_due(Instant::now()));
-        !due || self.checkpoint(comp, true).await
-    }
-
-    /// Late rows and rule failures: to the dead-letter topic, confirmed
-    /// before their messages can be acknowledged; without one, logged and
-    /// counted as skipped. False when shutdown interrupted the wait or the
-    /// topic did not take one (the source fails): either way no later
-    /// checkpoint acknowledges their messages.
-    async fn faults(&mut self, faults: Vec<Fault>, comp: &Component) -> bool {
-        let n = faults.len() as u64;
-        let late = faults.iter().filter(|f| f.late).count() as u64;
-        comp.late.fetch_add(late, Ordering::Relaxed);
-        comp.record_faults.fetch_add(n - late, Ordering::Relaxed);
-        if let Some(f) = faults.iter().rfind(|f| !f.late) {
-            comp.set_error(f.reason.clone());
-        }
-        let Some(dl) = &self.dead_letter else {
-            for f in &faults {
-                let topic = f.topic.as_deref().unwrap_or("");
-                if f.late {
-                    tracing::warn!(component = %comp.path(), topic, reason = %f.reason, "Late row dropped (set dead_letter_topic to keep late rows); the message is acknowledged.");
-                } else {
-                    tracing::error!(component = %comp.path(), topic, error = %f.reason, "Record skipped: its rule failed; the message is acknowledged.");
-                }
-            }
-            comp.skipped.fetch_add(n, Ordering::Relaxed);
-            return true;
-        };
-        let letters = faults.iter().map(|f| {
-            let topic = f.topic.as_deref().unwrap_or("");
-            (topic, f.payload.clone(), f.reason.as_str())
-        });
-        let path = comp.path();
-        let mut stop = self.stop.clone();
-        let published = tokio::select! {
-            r = crate::sink::publish_dead_letters(dl, letters, comp, &path) => r,
-            _ = stop.wait_for(|s| *s) => {
-                self.unsettled_faults = true;
-                return false;
-            }
-        };
-        if let Err(e) = published {
-            // As in the sink runner: a record neither processed nor
-            // dead-lettered must not be acknowledged.
-            tracing::error!(component = %path, error = %e, "The dead-letter topic did not take a record: the source stops; its message is not acknowledged.");
-            comp.set_error(e);
-            comp.set_state(State::Failed);
-            self.unsettled_faults = true;
-            return false;
-        }
-        true
-    }
-
-    /// A stage checkpoint: every batch sent so far confirmed by every sink,
-    /// then the stage's state written, then its held records acknowledged.
-    /// False when the state could not be written (the source fails), when
-    /// a sink gave up on a batch (it is never confirmed) or, with
-    /// `interruptible`, when shutdown came first.
-    async fn checkpoint(&mut self, comp: &Component, interruptible: bool) -> bool {
-        let target = self.sent;
-        let mut stop = self.stop.clone();
-        while self.progress.confirmed.load(Ordering::Acquire) < target {
-            if self.progress.abandoned.load(Ordering::Acquire) > 0 {
-                tracing::error!(component = %comp.path(), "No checkpoint: a sink stopped before confirming what the window emitted; nothing it held is acknowledged.");
-                return false;
-            }
-            tokio::select! {
-                _ = self.progress.notify.notified() => {}
-                _ = stop.wait_for(|s| *s), if interruptible => return false,
-            }
-        }
-        let Some(stage) = self.stage.as_mut() else {
-            return true;
-        };
-        if let Err(e) = stage.checkpoint() {
-            tracing::error!(component = %comp.path(), error = %e, "Checkpoint failed: the source stops; what it held is not acknowledged and comes again after a restart.");
-            comp.set_error(format!("checkpoint: {e}"));
-            comp.set_state(State::Failed);
-            return false;
-        }
-        let (settles, done) = self.released();
-        self.deliver(Vec::new(), settles, done, comp).await
-    }
-
-    /// What settles the records the stage no longer holds (the oldest
-    /// pending ones), and how many they are.
-    fn released(&mut self) -> (Vec<Settle>, u64) {
-        let held = self.stage.as_ref().map_or(0, |s| s.held());
-        let done = self.pending.len().saturating_sub(held);
-        (self.pending.drain(..done).collect(), done as u64)
-    }
-
-    /// The source stopped: its sinks are let finish, then a stage that
-    /// holds records takes a last checkpoint (so they are acknowledged
-    /// before the session closes).
-    pub async fn finish(&mut self, comp: &Component) {
-        self.senders.clear();
-        // After a failed checkpoint, or faults whose dead letters were not
-        // confirmed, nothing more is acknowledged.
-        if comp.state() != State::Failed
-            && !self.unsettled_faults
-            && self.stage.as_ref().is_some_and(|s| s.held() > 0)
-        {
-            self.checkpoint(comp, false).await;
-        }
-    }
-
-    /// One batch to every sink; a batch without records (all filtered)
-    /// is acknowledged at once.
-    async fn deliver(
-        &mut self,
-        items: Vec<Item>,
-        settles: Vec<Settle>,
-        covers: u64,
-        comp: &Component,
-    ) -> bool {
-        let mut acks = Vec::with_capacity(settles.len());
-        let mut relayed = Vec::new();
-        for (a, r) in settles {
-            acks.extend(a);
-            relayed.extend(r);
-        }
-        // Nothing to write (all filtered, a checkpoint), or no sink left.
-        if items.is_empty() || self.senders.is_empty() {
-            for a in acks {
-                a.ack();
-            }
-            if let Some(relay) = &self.relay {
-                for id in relayed {
-                    relay.done(id);
-                }
-            }
-            comp.confirmed.fetch_add(covers, Ordering::Relaxed);
-            return true;
-        }
-        let mut batch = Batch::new(
-            items,
-            acks,
-            self.senders.len(),
-            comp.confirmed.clone(),
-            self.busy.clone(),
-        )
-        .covering(covers)
-        .relaying(self.relay.clone(), relayed);
-        // Only a stage's checkpoint waits for the batches sent before it.
-        if self.stage.is_some() {
-            batch = batch.tracking(self.progress.clone());
-            self.sent += 1;
-        }
-        let batch = Arc::new(batch);
-        for (tx, sink) in &self.senders {
-            if tx.send(batch.clone()).await.is_err() {
-                return false;
-            }
-            sink.handed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        true
+    pub const fn alias(mut self, aliases: &'static [&'static str]) -> Key {
+        self.aliases = aliases;
+        self
     }
 }
 
-/// The connector registry: a type name in a pipeline file and how its
-/// options become a typed spec. Front ends (TOML/YAML, SQL, Cybus commissioning files)
-/// look connectors up here instead of matching names themselves.
-pub mod registry {
-    use serde_json::Value as Json;
-
-    use crate::spec::{ConfigError, Context, SinkKind, SourceConfig};
-
-    pub struct SourceType {
-        /// The name in files first, then accepted aliases.
-        pub names: &'static [&'static str],
-        pub parse: fn(&Context, Json) -> Result<SourceConfig, ConfigError>,
+impl Connector {
+    /// The keys of one direction.
+    pub fn keys(&self, d: Direction) -> &'static [Key] {
+        match d {
+            Direction::Source => self.source.as_ref().map_or(&[], |s| s.keys),
+            Direction::Sink => self.sink.as_ref().map_or(&[], |s| s.keys),
+        }
     }
 
-    pub struct SinkType {
-        pub names: &'static [&'static str],
-        pub parse: fn(&Context, Json) -> Result<SinkKind, ConfigError>,
+    /// Every key of its config for direction `d`.
+    pub fn config_fields(&self, d: Direction) -> &'static [&'static str] {
+        match d {
+            Direction::Source => self.source.as_ref().map_or(&[], |s| (s.fields)()),
+            Direction::Sink => self.sink.as_ref().map_or(&[], |s| (s.fields)()),
+        }
     }
 
-    pub const SOURCES: &[SourceType] = &[
-        SourceType {
-            names: &["mqtt"],
-            parse: super::mqtt::parse_source,
-        },
-        SourceType {
-            names: &["generator"],
-            parse: super::generator::parse,
-        },
-    ];
+    /// Its name or one of its aliases for direction `d`.
+    pub fn is_called(&self, name: &str, d: Direction) -> bool {
+        let aliases = match d {
+            Direction::Source => self.source.as_ref().map(|s| s.aliases),
+            Direction::Sink => self.sink.as_ref().map(|s| s.aliases),
+        };
+        aliases.is_some_and(|a| self.name == name || a.contains(&name))
+    }
+}
 
-    pub const SINKS: &[SinkType] = &[
-        SinkType {
-            names: &["mqtt"],
-            parse: super::mqtt::parse_sink,
-        },
-        SinkType {
-            names: &["file"],
-            parse: super::file::parse,
-        },
-        SinkType {
-            names: &["postgres", "postgresql"],
-            parse: super::postgres::parse,
-        },
-    ];
+/// The connector `name` (or an alias) names for direction `d`.
+pub fn find(name: &str, d: Direction) -> Option<&'static Connector> {
+    REGISTRY.iter().copied().find(|c| c.is_called(name, d))
+}
+
+/// The connector called `name` in files and /status.
+pub fn named(name: &str) -> Option<&'static Connector> {
+    REGISTRY.iter().copied().find(|c| c.name == name)
+}
+
+/// The names of direction `d`'s connectors, for errors ("use a, b or c").
+pub fn names(d: Direction) -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|c| has(c, d))
+        .map(|c| c.name)
+        .collect()
+}
+
+fn has(c: &Connector, d: Direction) -> bool {
+    match d {
+        Direction::Source => c.source.is_some(),
+        Direction::Sink => c.sink.is_some(),
+    }
+}
+
+/// `a, b or c`.
+pub fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// A loaded source: its validated config, driven by the run.
+pub type SourceConfig = Arc<dyn SourceSpec>;
+/// A loaded sink's connector config.
+pub type SinkSpecRef = Arc<dyn SinkSpec>;
+
+/// What a source's records carry, for checking a sink's topic template.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    /// Payload bytes only, no fields.
+    Payload,
+    /// `topic` and `payload` fields.
+    TopicAndPayload,
+    /// Decoded fields (columns, when known), the topic they came on and
+    /// their original payload.
+    Decoded(Option<Schema>),
+    /// Fields made here: no topic, no original payload.
+    Made(Schema),
+}
+
+/// A finished source to close once the sinks drained (closing sends the
+/// acknowledgements given so far).
+pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a source needs to run.
+pub struct SourceStart {
+    /// `sources.NAME`.
+    pub path: String,
+    pub name: String,
+    pub comp: Arc<Component>,
+    pub out: Outputs,
+    /// Its connection's session options, when it has a connection.
+    pub options: Option<ConnectOptions>,
+    /// Whether its connection is the embedded broker.
+    pub embedded: bool,
+    /// `run.state_dir`.
+    pub state_dir: PathBuf,
+}
+
+/// What a sink needs to run.
+pub struct SinkStart {
+    /// `sinks.NAME`.
+    pub path: String,
+    pub comp: Arc<Component>,
+    pub rx: mpsc::Receiver<Arc<Batch>>,
+    pub options: Option<ConnectOptions>,
+    /// Set for a sink publishing into the embedded broker where
+    /// acknowledgements are relayed.
+    pub relay: Option<RelayTarget>,
+}
+
+/// A source's config, as the run drives it.
+pub trait SourceSpec: Debug + Send + Sync + 'static {
+    fn connector(&self) -> &'static Connector;
+    /// The columns its records have, when it knows them.
+    fn schema(&self) -> Option<Schema>;
+    fn shape(&self) -> Shape;
+    /// The connection it subscribes through, and its clients' number.
+    fn connection(&self) -> Option<(&str, u16)> {
+        None
+    }
+    /// Its records are made here, not received: it starts once every
+    /// subscriber subscribed and stops first.
+    fn generated(&self) -> bool {
+        false
+    }
+    /// The filters of relayed messages it settles on a relaying connection
+    /// (only sources that never dead-letter out of the pipeline's sight).
+    fn settles_relayed(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// This source as a SQL stage's output of `schema` is seen by sinks.
+    fn staged(&self, _schema: &Schema) -> Option<SourceConfig> {
+        None
+    }
+    /// Runs until its records end or `out` says stop.
+    fn run(&self, start: SourceStart) -> Pin<Box<dyn Future<Output = Option<Closing>> + Send>>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A sink's config, as the run drives it.
+pub trait SinkSpec: Debug + Send + Sync + 'static {
+    fn connector(&self) -> &'static Connector;
+    /// The connection it publishes through, and its clients' number.
+    fn connection(&self) -> Option<(&str, u16)> {
+        None
+    }
+    /// Starts its runner (`crate::sink::run`) on its channel.
+    fn spawn(&self, start: SinkStart) -> JoinHandle<Result<(), String>>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl dyn SourceSpec {
+    /// The connector's own config type, for its module and tests.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref()
+    }
+}
+
+impl dyn SinkSpec {
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.as_any().downcast_ref()
+    }
+}
+
+/// The field names of a serde struct, as its `Deserialize` declares them.
+pub fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Probe(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Stop {
+            Stop
+        }
+    }
+    impl<'de> de::Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut p = Probe(None);
+    let _ = T::deserialize(&mut p);
+    p.0.unwrap_or(&[])
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    use mqlink::format::Value;
-
     use super::*;
-    use crate::status::Kind;
 
-    /// Holds every record until its checkpoint; one output row per call
-    /// (a window result).
-    struct Window {
-        held: usize,
-        log: Arc<Mutex<Vec<String>>>,
-    }
-
-    impl Transform for Window {
-        fn apply(&mut self, items: Vec<Item>, _now: Instant) -> Output {
-            self.held += items.len();
-            Output {
-                items: vec![Item {
-                    topic: None,
-                    origin: None,
-                    payload: bytes::Bytes::new(),
-                    value: Value::BigInt(self.held as i64),
-                }],
-                ..Output::default()
+    /// Every key a connector declares for other front ends is a key of
+    /// its config, and names are unique across directions.
+    #[test]
+    fn declared_keys_are_config_keys() {
+        let mut seen = Vec::new();
+        for c in REGISTRY {
+            for d in [Direction::Source, Direction::Sink] {
+                if !has(c, d) {
+                    continue;
+                }
+                let fields = c.config_fields(d);
+                for k in c.keys(d) {
+                    let top = k.name.split('.').next().unwrap_or_default();
+                    assert!(
+                        fields.contains(&top),
+                        "{} {d:?}: {} is not a key of its config ({fields:?})",
+                        c.name,
+                        k.name
+                    );
+                }
+                for n in std::iter::once(c.name).chain(match d {
+                    Direction::Source => c.source.as_ref().unwrap().aliases.iter().copied(),
+                    Direction::Sink => c.sink.as_ref().unwrap().aliases.iter().copied(),
+                }) {
+                    assert!(!seen.contains(&(n, d)) || n == c.name, "{n} twice");
+                    seen.push((n, d));
+                }
             }
         }
-        fn held(&self) -> usize {
-            self.held
-        }
-        fn checkpoint_due(&self, _now: Instant) -> bool {
-            self.held >= 4
-        }
-        fn checkpoint(&mut self) -> Result<(), String> {
-            self.log.lock().unwrap().push("checkpoint".into());
-            self.held = 0;
-            Ok(())
-        }
-    }
-
-    fn items(n: usize) -> Vec<Item> {
-        (0..n)
-            .map(|i| Item {
-                topic: None,
-                origin: None,
-                payload: bytes::Bytes::new(),
-                value: Value::BigInt(i as i64),
-            })
-            .collect()
-    }
-
-    type Fixture = (
-        Outputs,
-        mpsc::Receiver<Arc<Batch>>,
-        Arc<Component>,
-        Arc<Mutex<Vec<String>>>,
-        watch::Sender<bool>,
-    );
-
-    /// Outputs to one sink's channel through a [`Window`]; the source, the
-    /// log the stage writes, and the stop sender (to keep alive).
-    fn window_outputs() -> Fixture {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<Arc<Batch>>(8);
-        let sink = Component::new("out", Kind::Sink, "file");
-        let (stop_tx, stop) = watch::channel(false);
-        let stage = Window {
-            held: 0,
-            log: log.clone(),
-        };
-        let out = Outputs::new(
-            vec![(tx, sink)],
-            stop,
-            Arc::default(),
-            Some(Box::new(stage)),
-        );
-        let source = Component::new("in", Kind::Source, "mqtt");
-        (out, rx, source, log, stop_tx)
-    }
-
-    /// The held records are acknowledged only after the sink confirmed
-    /// every batch sent before the checkpoint, and after the state was
-    /// written.
-    #[tokio::test]
-    async fn a_checkpoint_waits_for_the_sinks_then_acknowledges() {
-        let (mut out, mut rx, source, log, _stop) = window_outputs();
-        let sink_log = log.clone();
-        let sink_task = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                // A slow sink: the checkpoint must wait for it.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                sink_log
-                    .lock()
-                    .unwrap()
-                    .push(format!("confirm {}", b.len()));
-                b.confirm();
-            }
-        });
-        assert!(out.send(items(2), Vec::new(), &source).await);
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
-        assert!(out.send(items(2), Vec::new(), &source).await);
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 4);
         assert_eq!(
-            *log.lock().unwrap(),
-            ["confirm 1", "confirm 1", "checkpoint"]
+            find("postgresql", Direction::Sink).unwrap().name,
+            "postgres"
         );
-        // Held again, then released by the last checkpoint at stop.
-        assert!(out.send(items(1), Vec::new(), &source).await);
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 4);
-        out.finish(&source).await;
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 5);
-        sink_task.await.unwrap();
-        assert_eq!(log.lock().unwrap().last().unwrap(), "checkpoint");
-    }
-
-    /// A sink that gives up drops a batch it never confirms: the
-    /// checkpoint, and the last one at stop, do not wait for it (forever),
-    /// and nothing held is acknowledged.
-    #[tokio::test]
-    async fn a_sink_that_gives_up_does_not_hang_the_checkpoint() {
-        let (mut out, mut rx, source, log, _stop) = window_outputs();
-        // The sink takes one batch, fails, and is gone.
-        let sink_task = tokio::spawn(async move {
-            drop(rx.recv().await);
-        });
-        assert!(out.send(items(2), Vec::new(), &source).await);
-        sink_task.await.unwrap();
-        let due = tokio::time::timeout(
-            Duration::from_secs(10),
-            out.send(items(2), Vec::new(), &source),
-        );
-        assert!(!due
-            .await
-            .expect("the checkpoint waited for a batch no sink has"));
-        tokio::time::timeout(Duration::from_secs(10), out.finish(&source))
-            .await
-            .expect("the last checkpoint waited for a batch no sink has");
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
-        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
-    }
-
-    /// A state that cannot be written fails the source; nothing held is
-    /// acknowledged.
-    #[tokio::test]
-    async fn a_failed_checkpoint_acknowledges_nothing() {
-        struct Broken;
-        impl Transform for Broken {
-            fn apply(&mut self, _: Vec<Item>, _: Instant) -> Output {
-                Output::default()
-            }
-            fn held(&self) -> usize {
-                usize::MAX
-            }
-            fn checkpoint_due(&self, _: Instant) -> bool {
-                true
-            }
-            fn checkpoint(&mut self) -> Result<(), String> {
-                Err("disk full".into())
-            }
-        }
-        let source = Component::new("in", Kind::Source, "mqtt");
-        let (_stop_tx, stop) = watch::channel(false);
-        let mut out = Outputs::new(Vec::new(), stop, Arc::default(), Some(Box::new(Broken)));
-        assert!(!out.send(items(3), Vec::new(), &source).await);
-        assert_eq!(source.confirmed.load(Ordering::Relaxed), 0);
-        assert_eq!(source.state(), State::Failed);
-        assert_eq!(
-            source.last_error().as_deref(),
-            Some("checkpoint: disk full")
-        );
+        assert!(find("mqtt_sink", Direction::Source).is_none());
     }
 }

@@ -27,9 +27,33 @@ use serde_json::Value as Json;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
+use super::{
+    fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
+};
 use crate::batch::Item;
-use crate::sink::{confirmed, Confirmation, Job, RecordFault, Sink, WriteError};
-use crate::spec::{err, pg_batch, secret_required, typed, ConfigError, Context, SinkKind};
+use crate::sink::{confirmed, write_backoff, Confirmation, Job, RecordFault, Sink, WriteError};
+use crate::spec::{err, pg_batch, secret_required, typed, ConfigError, Context};
+
+pub const CONNECTOR: Connector = Connector {
+    name: "postgres",
+    source: None,
+    sink: Some(SinkType {
+        // RisingWave's and Arroyo's (JDBC) names.
+        aliases: &["postgresql", "jdbc"],
+        status_name: "postgres",
+        keys: &[
+            Key::text("url").alias(&["connection_string"]),
+            Key::text("table").alias(&["table.name"]),
+            Key::of("create_table", KeyType::Bool),
+            Key::of("primary_key", KeyType::List),
+            Key::of("batch_size", KeyType::Number),
+        ],
+        fields: fields_of::<PostgresSinkConfig>,
+        metrics: &[crate::status::SINK_CONNECTION],
+        parse,
+    }),
+    reaches: Reaches::Database("PostgreSQL"),
+};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -57,10 +81,29 @@ pub struct PostgresSinkConfig {
     pub schema: Schema,
 }
 
-pub fn parse(ctx: &Context, body: Json) -> Result<SinkKind, ConfigError> {
+pub fn parse(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
     let mut p: PostgresSinkConfig = typed(ctx.path, body)?;
     p.schema = p.validate(ctx)?;
-    Ok(SinkKind::Postgres(p))
+    Ok(std::sync::Arc::new(p))
+}
+
+impl SinkSpec for PostgresSinkConfig {
+    fn connector(&self) -> &'static Connector {
+        &CONNECTOR
+    }
+    fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
+        let sink = PostgresSink::new(self.clone());
+        tokio::spawn(crate::sink::run(
+            sink,
+            s.path,
+            s.comp,
+            write_backoff(),
+            s.rx,
+        ))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl PostgresSinkConfig {

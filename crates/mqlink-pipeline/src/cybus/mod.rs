@@ -50,18 +50,9 @@ pub fn service_id(name: &str) -> String {
         .collect()
 }
 
-/// Reads a commissioning file; `params` are the `--param` values (later
-/// ones win), `env` looks up `MQLINK_PARAM_<name>`.
-pub fn parse(
-    text: &str,
-    params: &[(String, String)],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, ConfigError> {
-    let doc: Yaml =
-        serde_yaml::from_str(text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?;
-    let Yaml::Mapping(top) = &doc else {
-        return Err(err("(file)", "expected a commissioning file (description, metadata, parameters, definitions, resources)"));
-    };
+/// The file's top-level keys checked, and the service id its
+/// `metadata.name` makes.
+fn service_id_of(top: &serde_yaml::Mapping) -> Result<String, ConfigError> {
     for k in top.keys() {
         let key = yaml::key_string(k, "(file)")?;
         if ![
@@ -119,6 +110,22 @@ pub fn parse(
             format!("{name:?} has no letters or digits to make a service id of"),
         ));
     }
+    Ok(service_id)
+}
+
+/// Reads a commissioning file; `params` are the `--param` values (later
+/// ones win), `env` looks up `MQLINK_PARAM_<name>`.
+pub fn parse(
+    text: &str,
+    params: &[(String, String)],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let doc: Yaml =
+        serde_yaml::from_str(text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?;
+    let Yaml::Mapping(top) = &doc else {
+        return Err(err("(file)", "expected a commissioning file (description, metadata, parameters, definitions, resources)"));
+    };
+    let service_id = service_id_of(top)?;
 
     let Some(Yaml::Mapping(res)) = top.get("resources") else {
         return Err(err("resources", "expected a map of resources"));

@@ -26,6 +26,9 @@ use crate::transform::MakeTransform;
 /// The pipeline connection standing for Connectware's internal broker.
 pub const INTERNAL: &str = "_internal";
 
+/// The connector every Cybus endpoint and mapping compiles to.
+const MQTT: &str = crate::connectors::mqtt::CONNECTOR.name;
+
 /// What a file compiles to.
 pub struct Compiled {
     pub tree: Json,
@@ -132,15 +135,244 @@ pub fn compile(
     })
 }
 
-/// Keys other than `known` are errors naming them.
-fn only(props: &Map<String, Json>, known: &[&str], path: &str) -> Result<(), ConfigError> {
-    match props.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(err(
-            format!("{path}.{k}"),
-            format!("unknown property (known: {})", known.join(", ")),
-        )),
-        None => Ok(()),
+/// `Cybus::Connection` properties: only their names are checked here (an
+/// unknown one is an error naming it); values are read below with
+/// Connectware's leniency (numbers as strings, `null` as absent).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ConnectionResource {
+    /// `Mqtt` (the only protocol mqlink runs).
+    protocol: Option<Json>,
+    /// The broker: [`MqttConnection`].
+    connection: Option<Json>,
+    /// Connectware's agent: ignored (mqlink is the agent).
+    agent_name: Option<Json>,
+    /// Connectware's `enabled`/`disabled`: ignored.
+    target_state: Option<Json>,
+}
+
+/// `Cybus::Connection`'s `connection:` for `protocol: Mqtt`, in
+/// Connectware's names.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MqttConnection {
+    /// The broker's host name or address (required).
+    host: Option<Json>,
+    /// [default: the scheme's: 1883, 8883, 80, 443].
+    port: Option<Json>,
+    /// `mqtt`/`tcp`, `mqtts`/`tls`, `ws`, `wss` [default: mqtt].
+    scheme: Option<Json>,
+    username: Option<Json>,
+    /// Never shown in errors.
+    password: Option<Json>,
+    /// [default: `<service id>-<resource id>`].
+    client_id: Option<Json>,
+    /// Clean session [default: true, Connectware's].
+    clean: Option<Json>,
+    /// Keep-alive in seconds.
+    keepalive: Option<Json>,
+    /// Milliseconds to wait for CONNACK.
+    connect_timeout: Option<Json>,
+    /// Milliseconds before reconnecting.
+    reconnect_period: Option<Json>,
+    /// 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5.
+    protocol_version: Option<Json>,
+    /// Send `clientCert` and `clientPrivateKey` [default: false].
+    mutual_authentication: Option<Json>,
+    /// PEM text or a file.
+    ca_cert: Option<Json>,
+    client_cert: Option<Json>,
+    client_private_key: Option<Json>,
+    /// Skip verifying the broker's certificate [default: false].
+    trust_all_certificates: Option<Json>,
+    /// Connectware's reconnect buffer, checked against its bounds and
+    /// otherwise unused (mqlink acknowledges only what it delivered).
+    message_buffer_window_ms: Option<Json>,
+    max_buffered_messages: Option<Json>,
+}
+
+impl MqttConnection {
+    /// `scheme://host:port` from Connectware's host, scheme and port.
+    fn broker_url(&self, cpath: &str) -> Result<String, ConfigError> {
+        let p = |k: &str| format!("{cpath}.{k}");
+        let host = string(self.host.as_ref(), &p("host"))?
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| err(p("host"), "missing: the broker's host name or address"))?;
+        let scheme = string(self.scheme.as_ref(), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
+        let (url_scheme, default_port) = match scheme.as_str() {
+            "mqtt" | "tcp" => ("mqtt", 1883),
+            "mqtts" | "tls" => ("mqtts", 8883),
+            "ws" => ("ws", 80),
+            "wss" => ("wss", 443),
+            other => {
+                return Err(err(
+                    p("scheme"),
+                    format!("{other:?} is not a scheme: use mqtt, mqtts, tcp, tls, ws or wss"),
+                ))
+            }
+        };
+        let port = match self.port.as_ref() {
+            None | Some(Json::Null) => default_port,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err(p("port"), format!("{v} is not a port number")))?,
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(format!("{url_scheme}://{host}:{port}"))
     }
+
+    fn cert(&self, key: &str) -> Option<&Json> {
+        match key {
+            "caCert" => self.ca_cert.as_ref(),
+            "clientCert" => self.client_cert.as_ref(),
+            _ => self.client_private_key.as_ref(),
+        }
+    }
+}
+
+/// A resource's properties as `T` (serde, `deny_unknown_fields`), with
+/// Connectware's wording for an unknown one: `PATH.KEY: unknown property
+/// (known: …)`.
+fn typed<T: serde::de::DeserializeOwned>(path: &str, v: Json) -> Result<T, ConfigError> {
+    crate::spec::typed(path, v).map_err(|mut e| {
+        if let Some(rest) = e.message.strip_prefix("unknown field `") {
+            let known: Vec<&str> = rest
+                .split('`')
+                .skip(1)
+                .filter(|s| !s.contains(',') && !s.contains(' ') && !s.is_empty())
+                .collect();
+            e.message = format!("unknown property (known: {})", known.join(", "));
+        }
+        e
+    })
+}
+
+/// `props` has only the properties `T` declares: an unknown one is an
+/// error naming its path. (Values are read by the resource's code, with
+/// Connectware's leniency.)
+fn check<T: serde::de::DeserializeOwned>(
+    props: &Map<String, Json>,
+    path: &str,
+) -> Result<(), ConfigError> {
+    typed::<T>(path, Json::Object(props.clone())).map(drop)
+}
+
+/// A `Cybus::Endpoint`'s properties (`protocol: Mqtt`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct EndpointResource {
+    /// `Mqtt`.
+    protocol: Option<Json>,
+    /// `!ref` to its `Cybus::Connection` (required).
+    connection: Option<Json>,
+    /// [`EndpointSubscribe`]: messages from the connection's broker.
+    subscribe: Option<Json>,
+    /// [`EndpointWrite`]: messages to the connection's broker.
+    write: Option<Json>,
+    /// Refused: not an MQTT operation.
+    read: Option<Json>,
+    /// Its topic on the internal broker [default: the resource id].
+    topic: Option<Json>,
+    /// QoS on the internal broker [default: 1].
+    qos: Option<Json>,
+    /// Retain on the internal broker [default: false].
+    retain: Option<Json>,
+    /// Its rules (transform, filter, collect, burst).
+    rules: Option<Json>,
+    target_state: Option<Json>,
+    agent_name: Option<Json>,
+    /// Connectware's buffering: accepted, unused (nothing is acknowledged
+    /// before it is delivered).
+    buffering: Option<Json>,
+    input_buffering: Option<Json>,
+}
+
+/// An endpoint's `subscribe:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EndpointSubscribe {
+    /// The filter (required); `+name`/`#name` wildcards may be named.
+    topic: Option<Json>,
+    /// [default: 1].
+    qos: Option<Json>,
+}
+
+/// An endpoint's `write:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EndpointWrite {
+    /// The topic to publish to (required).
+    topic: Option<Json>,
+    /// [default: 1].
+    qos: Option<Json>,
+    /// [default: false].
+    retain: Option<Json>,
+}
+
+/// A `Cybus::Mapping`'s properties.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct MappingResource {
+    /// [`MappingEntry`]s (at least one).
+    mappings: Option<Json>,
+    target_state: Option<Json>,
+    agent_name: Option<Json>,
+    input_buffering: Option<Json>,
+}
+
+/// One entry of `mappings:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingEntry {
+    /// One [`MappingSubscribe`] or a list of them.
+    subscribe: Option<Json>,
+    /// [`MappingPublish`].
+    publish: Option<Json>,
+    /// Rules between them.
+    rules: Option<Json>,
+}
+
+/// A mapping entry's `subscribe:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingSubscribe {
+    /// `!ref` to a `Cybus::Endpoint` (or `topic`).
+    endpoint: Option<Json>,
+    /// A filter on the internal broker or `connection` (or `endpoint`).
+    topic: Option<Json>,
+    qos: Option<Json>,
+    /// `!ref` to a `Cybus::Connection` [default: the internal broker].
+    connection: Option<Json>,
+    /// The rules' `$context.label` (`{name}` takes a named wildcard).
+    label: Option<Json>,
+}
+
+/// A mapping entry's `publish:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MappingPublish {
+    /// `!ref` to a `Cybus::Endpoint` (or `topic`).
+    endpoint: Option<Json>,
+    /// A topic (may use the subscription's named wildcards).
+    topic: Option<Json>,
+    /// `!ref` to a `Cybus::Connection` [default: the internal broker].
+    connection: Option<Json>,
+    qos: Option<Json>,
+    retain: Option<Json>,
 }
 
 fn object<'a>(v: &'a Json, path: &str) -> Result<&'a Map<String, Json>, ConfigError> {
@@ -250,88 +482,29 @@ impl Ctx<'_> {
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &["protocol", "connection", "agentName", "targetState"],
-            path,
-        )?;
+        let _: ConnectionResource = typed(path, Json::Object(props.clone()))?;
         require_mqtt(props, path, "connections")?;
         let cpath = format!("{path}.connection");
         let conn = object(props.get("connection").unwrap_or(&Json::Null), &cpath)?;
-        only(
-            conn,
-            &[
-                "host",
-                "port",
-                "scheme",
-                "username",
-                "password",
-                "clientId",
-                "clean",
-                "keepalive",
-                "connectTimeout",
-                "reconnectPeriod",
-                "protocolVersion",
-                "mutualAuthentication",
-                "caCert",
-                "clientCert",
-                "clientPrivateKey",
-                "trustAllCertificates",
-                "messageBufferWindowMs",
-                "maxBufferedMessages",
-            ],
-            &cpath,
-        )?;
+        let conn: MqttConnection = typed(&cpath, Json::Object(conn.clone()))?;
         let p = |k: &str| format!("{cpath}.{k}");
-        let host = string(conn.get("host"), &p("host"))?
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err(p("host"), "missing: the broker's host name or address"))?;
-        let scheme = string(conn.get("scheme"), &p("scheme"))?.unwrap_or_else(|| "mqtt".into());
-        let (url_scheme, default_port) = match scheme.as_str() {
-            "mqtt" | "tcp" => ("mqtt", 1883),
-            "mqtts" | "tls" => ("mqtts", 8883),
-            "ws" => ("ws", 80),
-            "wss" => ("wss", 443),
-            other => {
-                return Err(err(
-                    p("scheme"),
-                    format!("{other:?} is not a scheme: use mqtt, mqtts, tcp, tls, ws or wss"),
-                ))
-            }
-        };
-        let port = match conn.get("port") {
-            None | Some(Json::Null) => default_port,
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err(p("port"), format!("{v} is not a port number")))?,
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host
-        };
         let mut out = Map::new();
-        out.insert(
-            "broker".into(),
-            json!(format!("{url_scheme}://{host}:{port}")),
-        );
+        out.insert("broker".into(), json!(conn.broker_url(&cpath)?));
         out.insert(
             "client_id".into(),
-            json!(string(conn.get("clientId"), &p("clientId"))?
+            json!(string(conn.client_id.as_ref(), &p("clientId"))?
                 .unwrap_or_else(|| format!("{}-{id}", self.service_id))),
         );
         // Connectware's default is a clean session (what arrives while
         // mqlink is stopped is then not kept: set clean: false).
         out.insert(
             "clean_session".into(),
-            json!(boolean(conn.get("clean"), &p("clean"))?.unwrap_or(true)),
+            json!(boolean(conn.clean.as_ref(), &p("clean"))?.unwrap_or(true)),
         );
-        if let Some(u) = string(conn.get("username"), &p("username"))? {
+        if let Some(u) = string(conn.username.as_ref(), &p("username"))? {
             out.insert("username".into(), json!(u));
         }
-        match conn.get("password") {
+        match conn.password.as_ref() {
             None | Some(Json::Null) => {}
             Some(v @ (Json::String(_) | Json::Number(_))) => {
                 out.insert("password".into(), v.clone());
@@ -343,11 +516,11 @@ impl Ctx<'_> {
                 ))
             }
         }
-        if let Some(k) = number(conn.get("keepalive"), &p("keepalive"), 65_535.0)? {
+        if let Some(k) = number(conn.keepalive.as_ref(), &p("keepalive"), 65_535.0)? {
             out.insert("keep_alive".into(), json!(k as u64));
         }
         if let Some(ms) = number(
-            conn.get("connectTimeout"),
+            conn.connect_timeout.as_ref(),
             &p("connectTimeout"),
             86_400_000.0,
         )? {
@@ -357,14 +530,14 @@ impl Ctx<'_> {
             );
         }
         if let Some(ms) = number(
-            conn.get("reconnectPeriod"),
+            conn.reconnect_period.as_ref(),
             &p("reconnectPeriod"),
             86_400_000.0,
         )? {
             out.insert("reconnect_interval".into(), json!(ms / 1000.0));
         }
-        match conn.get("protocolVersion").and_then(|v| v.as_u64()) {
-            None if conn.get("protocolVersion").is_none_or(|v| v.is_null()) => {}
+        match conn.protocol_version.as_ref().and_then(|v| v.as_u64()) {
+            None if conn.protocol_version.as_ref().is_none_or(|v| v.is_null()) => {}
             Some(3) => {
                 out.insert("protocol".into(), json!("3.1"));
             }
@@ -381,14 +554,17 @@ impl Ctx<'_> {
                 ))
             }
         }
-        let mutual =
-            boolean(conn.get("mutualAuthentication"), &p("mutualAuthentication"))?.unwrap_or(false);
+        let mutual = boolean(
+            conn.mutual_authentication.as_ref(),
+            &p("mutualAuthentication"),
+        )?
+        .unwrap_or(false);
         for (key, to) in [
             ("caCert", "tls_ca_cert"),
             ("clientCert", "tls_client_cert"),
             ("clientPrivateKey", "tls_client_key"),
         ] {
-            if let Some(v) = string(conn.get(key), &p(key))? {
+            if let Some(v) = string(conn.cert(key), &p(key))? {
                 if key != "caCert" && !mutual {
                     // Connectware sends client certificates only with mutualAuthentication.
                     continue;
@@ -399,19 +575,22 @@ impl Ctx<'_> {
                 );
             }
         }
-        if let Some(t) = boolean(conn.get("trustAllCertificates"), &p("trustAllCertificates"))? {
+        if let Some(t) = boolean(
+            conn.trust_all_certificates.as_ref(),
+            &p("trustAllCertificates"),
+        )? {
             out.insert("tls_verify".into(), json!(!t));
         }
         // Connectware's reconnect buffer: mqlink never acknowledges a message
         // before it is delivered, so there is no window to buffer for; the
         // values are checked against Connectware's bounds and otherwise unused.
         number(
-            conn.get("messageBufferWindowMs"),
+            conn.message_buffer_window_ms.as_ref(),
             &p("messageBufferWindowMs"),
             30_000.0,
         )?;
         number(
-            conn.get("maxBufferedMessages"),
+            conn.max_buffered_messages.as_ref(),
             &p("maxBufferedMessages"),
             300_000.0,
         )?;
@@ -435,25 +614,7 @@ impl Ctx<'_> {
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &[
-                "protocol",
-                "connection",
-                "subscribe",
-                "write",
-                "read",
-                "topic",
-                "qos",
-                "retain",
-                "rules",
-                "targetState",
-                "agentName",
-                "buffering",
-                "inputBuffering",
-            ],
-            path,
-        )?;
+        check::<EndpointResource>(props, path)?;
         require_mqtt(props, path, "endpoints")?;
         let conn = self
             .reference(
@@ -488,7 +649,7 @@ impl Ctx<'_> {
             (Some(s), None) => {
                 let sp = format!("{path}.subscribe");
                 let s = object(s, &sp)?;
-                only(s, &["topic", "qos"], &sp)?;
+                check::<EndpointSubscribe>(s, &sp)?;
                 let topic = string(s.get("topic"), &format!("{sp}.topic"))?.ok_or_else(|| {
                     err(
                         format!("{sp}.topic"),
@@ -501,12 +662,12 @@ impl Ctx<'_> {
                 let q = qos(s.get("qos"), &format!("{sp}.qos"))?.unwrap_or(1);
                 self.add_source(
                     &name,
-                    json!({ "type": "mqtt", "connection": component(&conn), "topics": [sub.filter], "qos": q, "format": "raw_bytes" }),
+                    json!({ "type": MQTT, "connection": component(&conn), "topics": [sub.filter], "qos": q, "format": "raw_bytes" }),
                     path,
                 )?;
                 self.add_sink(
                     &format!("{name}-internal"),
-                    json!({ "type": "mqtt", "inputs": [name], "connection": INTERNAL, "topic": internal, "format": "raw", "qos": internal_qos, "retain": retain }),
+                    json!({ "type": MQTT, "inputs": [name], "connection": INTERNAL, "topic": internal, "format": "raw", "qos": internal_qos, "retain": retain }),
                     path,
                 )?;
                 self.stage(&name, vec![sub], rules, None);
@@ -514,7 +675,7 @@ impl Ctx<'_> {
             (None, Some(w)) => {
                 let wp = format!("{path}.write");
                 let w = object(w, &wp)?;
-                only(w, &["topic", "qos", "retain"], &wp)?;
+                check::<EndpointWrite>(w, &wp)?;
                 let topic = string(w.get("topic"), &format!("{wp}.topic"))?.ok_or_else(|| {
                     err(format!("{wp}.topic"), "missing: the topic to publish to")
                 })?;
@@ -525,12 +686,12 @@ impl Ctx<'_> {
                 let set = format!("{internal}/set");
                 self.add_source(
                     &name,
-                    json!({ "type": "mqtt", "connection": INTERNAL, "topics": [set.clone()], "qos": internal_qos.max(1), "format": "raw_bytes" }),
+                    json!({ "type": MQTT, "connection": INTERNAL, "topics": [set.clone()], "qos": internal_qos.max(1), "format": "raw_bytes" }),
                     path,
                 )?;
                 self.add_sink(
                     &format!("{name}-write"),
-                    json!({ "type": "mqtt", "inputs": [name], "connection": component(&conn), "topic": topic, "format": "raw", "qos": q, "retain": r }),
+                    json!({ "type": MQTT, "inputs": [name], "connection": component(&conn), "topic": topic, "format": "raw", "qos": q, "retain": r }),
                     path,
                 )?;
                 self.stage(&name, vec![Subscription::parse(&set, None)], rules, None);
@@ -567,17 +728,78 @@ impl Ctx<'_> {
         );
     }
 
+    /// A mapping entry's subscriptions (one object or a list, all on one
+    /// connection): them, their filters, the connection, the highest QoS.
+    #[allow(clippy::type_complexity)]
+    fn mapping_subscriptions(
+        &self,
+        e: &Map<String, Json>,
+        ep: &str,
+    ) -> Result<(Vec<Subscription>, Vec<String>, Option<String>, u8), ConfigError> {
+        let sp = format!("{ep}.subscribe");
+        let subs: Vec<(String, &Json)> = match e.get("subscribe") {
+            Some(Json::Array(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(j, s)| (format!("{sp}[{j}]"), s))
+                .collect(),
+            Some(s @ Json::Object(_)) => vec![(sp.clone(), s)],
+            _ => {
+                return Err(err(
+                    sp,
+                    "missing: an endpoint or topic to subscribe to (or a list of them)",
+                ))
+            }
+        };
+        let mut subscriptions = Vec::new();
+        let mut filters = Vec::new();
+        let mut source_conn: Option<String> = None;
+        let mut source_qos = 0;
+        for (p, s) in subs {
+            let s = object(s, &p)?;
+            check::<MappingSubscribe>(s, &p)?;
+            let topic = match (
+                s.get("endpoint"),
+                string(s.get("topic"), &format!("{p}.topic"))?,
+            ) {
+                (Some(ep), None) => {
+                    let eid = self
+                        .reference(Some(ep), "Cybus::Endpoint", &format!("{p}.endpoint"))?
+                        .unwrap_or_default();
+                    self.internal_topic(&eid, &self.resources[&eid].1)
+                }
+                (None, Some(t)) => t,
+                _ => return Err(err(p, "give one of endpoint and topic")),
+            };
+            let conn = match self.reference(
+                s.get("connection"),
+                "Cybus::Connection",
+                &format!("{p}.connection"),
+            )? {
+                Some(c) => component(&c),
+                None => INTERNAL.to_string(),
+            };
+            if source_conn.as_ref().is_some_and(|c| *c != conn) {
+                return Err(err(format!("{p}.connection"), "the subscriptions of one mapping entry must use one connection in mqlink (split the entry)"));
+            }
+            source_conn = Some(conn);
+            let label = string(s.get("label"), &format!("{p}.label"))?;
+            let sub = Subscription::parse(&topic, label);
+            validate_filter(&sub.filter).map_err(|e| err(format!("{p}.topic"), e.to_string()))?;
+            source_qos = source_qos.max(qos(s.get("qos"), &format!("{p}.qos"))?.unwrap_or(1));
+            filters.push(sub.filter.clone());
+            subscriptions.push(sub);
+        }
+        Ok((subscriptions, filters, source_conn, source_qos))
+    }
+
     fn mapping(
         &mut self,
         id: &str,
         props: &Map<String, Json>,
         path: &str,
     ) -> Result<(), ConfigError> {
-        only(
-            props,
-            &["mappings", "targetState", "agentName", "inputBuffering"],
-            path,
-        )?;
+        check::<MappingResource>(props, path)?;
         let mp = format!("{path}.mappings");
         let Some(Json::Array(entries)) = props.get("mappings") else {
             return Err(err(mp, "missing: a list of subscribe/publish entries"));
@@ -588,77 +810,19 @@ impl Ctx<'_> {
         for (i, entry) in entries.iter().enumerate() {
             let ep = format!("{mp}[{i}]");
             let e = object(entry, &ep)?;
-            only(e, &["subscribe", "publish", "rules"], &ep)?;
+            check::<MappingEntry>(e, &ep)?;
             let name = if entries.len() == 1 {
                 component(id)
             } else {
                 format!("{}-{i}", component(id))
             };
 
-            // Subscriptions: one object or a list, all on one connection.
-            let sp = format!("{ep}.subscribe");
-            let subs: Vec<(String, &Json)> = match e.get("subscribe") {
-                Some(Json::Array(list)) if !list.is_empty() => list
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| (format!("{sp}[{j}]"), s))
-                    .collect(),
-                Some(s @ Json::Object(_)) => vec![(sp.clone(), s)],
-                _ => {
-                    return Err(err(
-                        sp,
-                        "missing: an endpoint or topic to subscribe to (or a list of them)",
-                    ))
-                }
-            };
-            let mut subscriptions = Vec::new();
-            let mut filters = Vec::new();
-            let mut source_conn: Option<String> = None;
-            let mut source_qos = 0;
-            for (p, s) in subs {
-                let s = object(s, &p)?;
-                only(s, &["endpoint", "topic", "qos", "connection", "label"], &p)?;
-                let topic = match (
-                    s.get("endpoint"),
-                    string(s.get("topic"), &format!("{p}.topic"))?,
-                ) {
-                    (Some(ep), None) => {
-                        let eid = self
-                            .reference(Some(ep), "Cybus::Endpoint", &format!("{p}.endpoint"))?
-                            .unwrap_or_default();
-                        self.internal_topic(&eid, &self.resources[&eid].1)
-                    }
-                    (None, Some(t)) => t,
-                    _ => return Err(err(p, "give one of endpoint and topic")),
-                };
-                let conn = match self.reference(
-                    s.get("connection"),
-                    "Cybus::Connection",
-                    &format!("{p}.connection"),
-                )? {
-                    Some(c) => component(&c),
-                    None => INTERNAL.to_string(),
-                };
-                if source_conn.as_ref().is_some_and(|c| *c != conn) {
-                    return Err(err(format!("{p}.connection"), "the subscriptions of one mapping entry must use one connection in mqlink (split the entry)"));
-                }
-                source_conn = Some(conn);
-                let label = string(s.get("label"), &format!("{p}.label"))?;
-                let sub = Subscription::parse(&topic, label);
-                validate_filter(&sub.filter)
-                    .map_err(|e| err(format!("{p}.topic"), e.to_string()))?;
-                source_qos = source_qos.max(qos(s.get("qos"), &format!("{p}.qos"))?.unwrap_or(1));
-                filters.push(sub.filter.clone());
-                subscriptions.push(sub);
-            }
+            let (subscriptions, filters, source_conn, source_qos) =
+                self.mapping_subscriptions(e, &ep)?;
 
             let pp = format!("{ep}.publish");
             let pubs = object(e.get("publish").unwrap_or(&Json::Null), &pp)?;
-            only(
-                pubs,
-                &["endpoint", "topic", "connection", "qos", "retain"],
-                &pp,
-            )?;
+            check::<MappingPublish>(pubs, &pp)?;
             let topic = match (
                 pubs.get("endpoint"),
                 string(pubs.get("topic"), &format!("{pp}.topic"))?,
@@ -711,12 +875,12 @@ impl Ctx<'_> {
             };
             self.add_source(
                 &name,
-                json!({ "type": "mqtt", "connection": source_conn.unwrap_or_else(|| INTERNAL.into()), "topics": filters, "qos": source_qos, "format": "raw_bytes" }),
+                json!({ "type": MQTT, "connection": source_conn.unwrap_or_else(|| INTERNAL.into()), "topics": filters, "qos": source_qos, "format": "raw_bytes" }),
                 &ep,
             )?;
             self.add_sink(
                 &format!("{name}-publish"),
-                json!({ "type": "mqtt", "inputs": [name], "connection": pconn, "topic": "{stream}", "format": "raw", "qos": pq, "retain": retain }),
+                json!({ "type": MQTT, "inputs": [name], "connection": pconn, "topic": "{stream}", "format": "raw", "qos": pq, "retain": retain }),
                 &ep,
             )?;
             self.stage(&name, subscriptions, rules, Some(pattern));

@@ -1,5 +1,5 @@
 use super::*;
-use crate::spec::{SinkKind, SourceConfig};
+use crate::connectors::mqtt::{MqttSinkConfig, MqttSourceConfig};
 
 /// The seed document's `mqtt-example.yml`, unchanged.
 const SEED: &str = include_str!("../../../../examples/cybus/mqtt-example.yml");
@@ -36,14 +36,14 @@ fn the_seed_file_compiles() {
     assert_eq!(c.password.as_ref().unwrap().expose(), "pw-never-shown-42");
     assert!(c.tls_verify);
     assert!(p.connections["_internal"].is_embedded());
-    let SourceConfig::Mqtt(s) = &p.sources[0].1 else {
+    let Some(s) = p.sources[0].1.get::<MqttSourceConfig>() else {
         panic!()
     };
     assert_eq!(p.sources[0].0, "temperatureEndpoint");
     assert_eq!(s.topics.to_vec(), ["factory/line1/temperature"]);
     let (name, sink) = &p.sinks[0];
     assert_eq!(name, "temperatureEndpoint-internal");
-    let SinkKind::Mqtt(m) = &sink.kind else {
+    let Some(m) = sink.kind.get::<MqttSinkConfig>() else {
         panic!()
     };
     assert_eq!(m.connection, "_internal");
@@ -114,6 +114,18 @@ fn errors_name_the_resource_and_property_path() {
     assert_eq!(
         e.path,
         "resources.mqttConnection.properties.connection.scheme"
+    );
+    // Connection properties are a serde struct: an unknown one is named
+    // with its path and Connectware's known names.
+    let e = with("port: 8883", "prot: 8883");
+    assert_eq!(
+        e.path,
+        "resources.mqttConnection.properties.connection.prot"
+    );
+    assert!(
+        e.message
+            .starts_with("unknown property (known: host, port, scheme,"),
+        "{e}"
     );
     let e = with("host: !ref mqttHost", "host: !ref mqttHots");
     assert_eq!(
@@ -252,13 +264,13 @@ fn mappings_compile_with_wildcards_rules_and_internal_topics() {
     let p = parse(&text, &[], &no_env).unwrap();
     let names: Vec<&str> = p.sources.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["celsius-0", "celsius-1", "enterprise", "machine"]);
-    let source = |n: &str| match &p.sources.iter().find(|(k, _)| k == n).unwrap().1 {
-        SourceConfig::Mqtt(m) => m.clone(),
-        _ => panic!(),
+    let source = |n: &str| {
+        let s = &p.sources.iter().find(|(k, _)| k == n).unwrap().1;
+        s.get::<MqttSourceConfig>().unwrap().clone()
     };
-    let sink = |n: &str| match &p.sinks.iter().find(|(k, _)| k == n).unwrap().1.kind {
-        SinkKind::Mqtt(m) => m.clone(),
-        _ => panic!(),
+    let sink = |n: &str| {
+        let s = &p.sinks.iter().find(|(k, _)| k == n).unwrap().1.kind;
+        s.get::<MqttSinkConfig>().unwrap().clone()
     };
     assert_eq!(
         source("celsius-0").topics.to_vec(),

@@ -17,11 +17,12 @@ use mqlink::{ConnectOptions, PublishError, QoS};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use crate::relay::{Relay, PROPERTY};
+use crate::connectors::{Connector, Shape, SinkSpec, SinkSpecRef, SinkStart};
+use crate::relay::{RelayTarget, PROPERTY};
+use crate::sink::write_backoff;
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{
-    connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig,
-    Context, SinkKind, SourceConfig,
+    connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig, Context,
 };
 use crate::status::{Component, Mqtt};
 
@@ -59,11 +60,36 @@ fn template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TopicTemplate, D::
     TopicTemplate::parse(&s).map_err(serde::de::Error::custom)
 }
 
-pub fn parse_sink(ctx: &Context, body: Json) -> Result<SinkKind, ConfigError> {
+pub fn parse_sink(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
     let m: MqttSinkConfig = typed(ctx.path, body)?;
     m.validate(ctx.path, ctx.connections)?;
     m.check_template(ctx)?;
-    Ok(SinkKind::Mqtt(m))
+    Ok(Arc::new(m))
+}
+
+impl SinkSpec for MqttSinkConfig {
+    fn connector(&self) -> &'static Connector {
+        &super::CONNECTOR
+    }
+    fn connection(&self) -> Option<(&str, u16)> {
+        Some((&self.connection, self.parallelism))
+    }
+    fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
+        let options = s.options.unwrap_or_default();
+        match MqttSinkRuntime::start(self, options, &s.comp) {
+            Ok(rt) => {
+                let rt = match s.relay {
+                    Some(target) => rt.relaying(target, &self.topic),
+                    None => rt,
+                };
+                tokio::spawn(crate::sink::run(rt, s.path, s.comp, write_backoff(), s.rx))
+            }
+            Err(e) => tokio::spawn(std::future::ready(Err(e))),
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl MqttSinkConfig {
@@ -102,32 +128,30 @@ impl MqttSinkConfig {
             let Some(source) = ctx.source(input) else {
                 continue;
             };
-            if t.uses_stream() && matches!(source, SourceConfig::Generator(_)) {
-                return Err(err(key, format!("{t}: {{stream}} is the topic a record arrived on, and records of sources.{input} (a generator) have none")));
+            let shape = source.shape();
+            if t.uses_stream() && matches!(shape, Shape::Made(_)) {
+                let name = source.connector().name;
+                return Err(err(key, format!("{t}: {{stream}} is the topic a record arrived on, and records of sources.{input} (a {name}) have none")));
             }
             let Some(field) = t.fields().next() else {
                 continue;
             };
             let field = field.join(".");
-            let raw = match source {
-                SourceConfig::Mqtt(m) => match &m.decoder {
-                    mqlink::format::Format::RawBytes { include_topic } => !include_topic,
-                    _ => self.format == "raw",
-                },
-                SourceConfig::Generator(_) => false,
+            let raw = match &shape {
+                Shape::Payload => true,
+                Shape::TopicAndPayload | Shape::Made(_) => false,
+                Shape::Decoded(_) => self.format == "raw",
             };
             if raw {
                 return Err(err(key, format!("{t}: {{{field}}}: records of sources.{input} are raw payload bytes without fields; only {{stream}} can be used")));
             }
-            let columns = match source {
-                SourceConfig::Mqtt(m) => match &m.decoder {
-                    mqlink::format::Format::RawBytes { .. } => Some(Schema::new([
-                        ("topic", ColumnType::Text),
-                        ("payload", ColumnType::Bytea),
-                    ])),
-                    _ => m.schema.clone(),
-                },
-                SourceConfig::Generator(_) => source.schema(),
+            let columns = match shape {
+                Shape::Payload | Shape::TopicAndPayload => Some(Schema::new([
+                    ("topic", ColumnType::Text),
+                    ("payload", ColumnType::Bytea),
+                ])),
+                Shape::Decoded(s) => s,
+                Shape::Made(s) => Some(s),
             };
             // Without a schema (any JSON) the fields cannot be known before
             // the records arrive.
@@ -157,14 +181,6 @@ pub struct MqttSinkRuntime {
     dead_letters: Option<DeadLetters>,
     /// With the topic when it is fixed (`None`: the record's own topic).
     relay: Option<(RelayTarget, Option<String>)>,
-}
-
-/// For a sink publishing into the embedded broker (MQTT 5): the pipeline
-/// sources there, by their filters; a message is confirmed once each
-/// source it reaches has settled it ([`crate::relay`]).
-pub struct RelayTarget {
-    pub relay: Arc<Relay>,
-    pub consumers: Vec<Vec<String>>,
 }
 
 impl MqttSinkRuntime {

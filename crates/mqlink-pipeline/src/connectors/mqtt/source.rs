@@ -2,7 +2,9 @@
 //! options (Laminar's names) and its task.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +17,11 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::batch::{Item, Origin};
-use crate::connectors::Outputs;
+use crate::connectors::{Closing, Connector, Shape, SourceConfig, SourceSpec, SourceStart};
+use crate::sink::Outputs;
 use crate::spec::{
     at_most, batch_size, connection, err, json_format, one_u16, qos, qos1, schema, typed,
-    ConfigError, ConnectionConfig, Context, OneOrMany, SourceConfig, MAX_BATCH_SIZE,
-    MAX_BATCH_TIMEOUT_MS,
+    ConfigError, ConnectionConfig, Context, OneOrMany, MAX_BATCH_SIZE, MAX_BATCH_TIMEOUT_MS,
 };
 use crate::status::{Component, Mqtt, State};
 
@@ -188,7 +190,57 @@ pub fn parse_source(ctx: &Context, body: Json) -> Result<SourceConfig, ConfigErr
     let mut m: MqttSourceConfig = typed(ctx.path, body)?;
     m.validate(ctx.path, ctx.connections)?;
     m.decoder = m.decoder(ctx.path)?;
-    Ok(SourceConfig::Mqtt(m))
+    Ok(Arc::new(m))
+}
+
+impl SourceSpec for MqttSourceConfig {
+    fn connector(&self) -> &'static Connector {
+        &super::CONNECTOR
+    }
+    fn schema(&self) -> Option<Schema> {
+        self.schema.clone()
+    }
+    fn shape(&self) -> Shape {
+        match &self.decoder {
+            Format::RawBytes {
+                include_topic: false,
+            } => Shape::Payload,
+            Format::RawBytes {
+                include_topic: true,
+            } => Shape::TopicAndPayload,
+            _ => Shape::Decoded(self.schema.clone()),
+        }
+    }
+    fn connection(&self) -> Option<(&str, u16)> {
+        Some((&self.connection, self.parallelism))
+    }
+    /// Raw payloads only: the library never dead-letters them out of the
+    /// pipeline's sight (a decoding source's dead letters would never be
+    /// settled).
+    fn settles_relayed(&self) -> Option<Vec<String>> {
+        matches!(self.decoder, Format::RawBytes { .. }).then(|| self.topics.to_vec())
+    }
+    fn staged(&self, schema: &Schema) -> Option<SourceConfig> {
+        let mut m = self.clone();
+        m.schema = Some(schema.clone());
+        m.decoder = Format::Json {
+            schema: Some(schema.clone()),
+        };
+        Some(Arc::new(m))
+    }
+    fn run(&self, s: SourceStart) -> Pin<Box<dyn Future<Output = Option<Closing>> + Send>> {
+        let options = s.options.unwrap_or_default();
+        let client_id = options.client_id.clone().unwrap_or_else(|| s.name.clone());
+        let buffer = self.buffer_options(&s.state_dir, &client_id, s.embedded);
+        let cfg = self.clone();
+        Box::pin(async move {
+            let source = run_source(s.path, cfg, options, s.comp, s.out, buffer).await?;
+            Some(Box::pin(async move { source.close().await }) as Closing)
+        })
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -352,21 +404,19 @@ impl MqttSourceConfig {
     }
 }
 
-/// Runs until shutdown; returns the source, to be closed once the sinks
-/// have confirmed (closing sends the acknowledgements given so far).
-pub async fn run_source(
-    path: String,
-    cfg: MqttSourceConfig,
-    mut opts: ConnectOptions,
-    comp: Arc<Component>,
-    mut out: Outputs,
+/// Subscribes, retrying by the connection's reconnect policy; `None`
+/// when it gave up (the component failed) or shutdown came first.
+async fn start(
+    path: &str,
+    cfg: &MqttSourceConfig,
+    opts: &ConnectOptions,
+    comp: &Component,
+    out: &mut Outputs,
     buffer: Option<BufferOptions>,
 ) -> Option<MqttSource> {
     let bad_data = cfg.bad_data();
-    // The broker may send a full window; acknowledgements follow the sinks.
-    opts.receive_maximum = 65_535;
     let mut attempt = 0;
-    let mut source = loop {
+    loop {
         let mut b = MqttSource::builder()
             .connection(opts.clone())
             .format(cfg.decoder.clone())
@@ -388,7 +438,7 @@ pub async fn run_source(
             _ = out.stop.wait_for(|s| *s) => return None,
         };
         match started {
-            Ok(s) => break s,
+            Ok(s) => return Some(s),
             Err(e) => {
                 comp.set_error(e.to_string());
                 attempt += 1;
@@ -407,7 +457,23 @@ pub async fn run_source(
                 }
             }
         }
-    };
+    }
+}
+
+/// Runs until shutdown; returns the source, to be closed once the sinks
+/// have confirmed (closing sends the acknowledgements given so far).
+pub async fn run_source(
+    path: String,
+    cfg: MqttSourceConfig,
+    mut opts: ConnectOptions,
+    comp: Arc<Component>,
+    mut out: Outputs,
+    buffer: Option<BufferOptions>,
+) -> Option<MqttSource> {
+    let bad_data = cfg.bad_data();
+    // The broker may send a full window; acknowledgements follow the sinks.
+    opts.receive_maximum = 65_535;
+    let mut source = start(&path, &cfg, &opts, &comp, &mut out, buffer).await?;
     if let Some(topic) = &cfg.dead_letter_topic {
         out.dead_letter = Some(crate::sink::DeadLetters {
             client: source.clients()[0].clone(),
@@ -491,7 +557,7 @@ pub async fn run_source(
 fn take(
     mut r: Record,
     items: &mut Vec<Item>,
-    acks: &mut Vec<crate::connectors::Settle>,
+    acks: &mut Vec<crate::sink::outputs::Settle>,
     path: &str,
     bad_data: BadData,
     comp: &Component,

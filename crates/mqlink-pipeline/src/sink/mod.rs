@@ -37,6 +37,8 @@
 //! Writes are pipelined: the next job is written while earlier ones wait
 //! for their confirmations (PUBACKs), in a second task.
 
+pub mod outputs;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -50,6 +52,8 @@ use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Item};
 use crate::status::{Component, State};
+
+pub use outputs::Outputs;
 
 /// Records handed to a sink in one write: whole batches, in arrival order.
 pub struct Job {
