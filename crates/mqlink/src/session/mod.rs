@@ -270,6 +270,23 @@ pub(crate) trait Journal: Send + Sync {
     fn fail(&self, error: &io::Error);
 }
 
+/// Runs a journaled session's driver on a thread of its own: its PUBACKs
+/// then wait for the OS to schedule that thread, as `mosquitto_sub`'s do,
+/// not for the application's tasks (decoding, sinks) to yield a worker;
+/// at a broker window of 20 that wait is the rate. An `fsync` per append
+/// blocks only this thread.
+fn run_on_own_thread(d: driver::Driver) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Buffer(format!("a runtime for the session: {e}")))?;
+    std::thread::Builder::new()
+        .name("mqlink-session".into())
+        .spawn(move || rt.block_on(d.run()))
+        .map_err(|e| Error::Buffer(format!("a thread for the session: {e}")))?;
+    Ok(())
+}
+
 /// Completes when the broker confirmed the publish (see [`Client::publish`]).
 #[must_use = "a publish is only known delivered when its token completes"]
 pub struct PublishToken(oneshot::Receiver<state::Outcome>);
@@ -408,6 +425,7 @@ impl Client {
         let stats = Arc::new(Stats::default());
         let window = Arc::new(Semaphore::new(opts.max_inflight as usize));
         let protocol = opts.protocol;
+        let journaled = journal.is_some();
         let d = driver::Driver::new(
             opts,
             client_id.to_string(),
@@ -420,7 +438,11 @@ impl Client {
             first_tx,
             journal,
         );
-        tokio::spawn(d.run());
+        if journaled {
+            run_on_own_thread(d)?;
+        } else {
+            tokio::spawn(d.run());
+        }
         Ok((
             Client {
                 tx: req_tx,
