@@ -107,7 +107,7 @@ ONLY=${BENCH_ONLY:-}
 [ "$ONLY" = limits ] && BENCH_SQL=0
 if [ "$ONLY" != sql ]; then
   cargo build --release -q -p mqlink-cli --no-default-features  # the SQL runs use the bench-sql build below
-  cargo build --release -q -p mqlink --example sink_bench --example bridge
+  [ "$ONLY" = limits ] || cargo build --release -q -p mqlink --example sink_bench --example bridge
 fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 MQLINK=$TARGET/release/mqlink
