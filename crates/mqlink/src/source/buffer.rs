@@ -213,8 +213,8 @@ impl Opened {
             log.sync_elsewhere();
             io::Result::Ok(log)
         })
-            .await
-            .map_err(io::Error::other)??;
+        .await
+        .map_err(io::Error::other)??;
         let confirmed = log.confirmed();
         let metrics = Arc::new(BufferMetrics::default());
         metrics.max_bytes.store(opts.max_bytes, Relaxed);

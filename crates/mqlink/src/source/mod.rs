@@ -571,7 +571,8 @@ impl MqttSource {
                 shared = Some(b.shared());
                 // A session that does not journal (MQTT 5 beside 3.1.1
                 // ones) is read directly, acknowledged end to end.
-                for (c, (w, (early, incoming))) in clients.iter().zip(workers.iter().zip(sessions)) {
+                for (c, (w, (early, incoming))) in clients.iter().zip(workers.iter().zip(sessions))
+                {
                     if !b.on(c.protocol()) {
                         tasks.push(tokio::spawn(w.clone().run(early, incoming, tx.clone())));
                     }
