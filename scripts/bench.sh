@@ -35,10 +35,17 @@
 #      `SELECT … WHERE` into a JSON-lines file, and through a 1-minute
 #      tumbling window (WATERMARK on the readings' ts, checkpoints under a
 #      state_dir) into a file, each message acknowledged end to end; busy
-#      time and peak RSS (BENCH_SQL=0 skips it).
+#      time and peak RSS (BENCH_SQL=0 skips it);
+#  10. broker limits: a burst from cpub at full speed into a Mosquitto with
+#      its default settings (20 in flight, 1,000 queued, then dropped),
+#      received live on MQTT 3.1.1 by mosquitto_sub -q 1, and by `mqlink
+#      run` into PostgreSQL with the local buffer (the default there) and
+#      without it; each consumer alone: messages received and the rate to
+#      the last one (BENCH_LIMITS=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
 # BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
-# pipelines (9) next to a mosquitto_sub drain.
+# pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
+# broker-limits bursts (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -97,9 +104,10 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 ONLY=${BENCH_ONLY:-}
+[ "$ONLY" = limits ] && BENCH_SQL=0
 if [ "$ONLY" != sql ]; then
   cargo build --release -q -p mqlink-cli --no-default-features  # the SQL runs use the bench-sql build below
-  cargo build --release -q -p mqlink --example sink_bench --example bridge
+  [ "$ONLY" = limits ] || cargo build --release -q -p mqlink --example sink_bench --example bridge
 fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 MQLINK=$TARGET/release/mqlink
@@ -249,6 +257,76 @@ bench_sql_round() { # $1 = round
   echo "sql: 1-minute tumbling window -> file $5" >> "$work/rss_results"
 }
 
+# Run 10: Mosquitto as installed (no limits set), a live consumer at a time.
+dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$dport" > "$work/mosquitto-defaults.conf"
+/usr/sbin/mosquitto -c "$work/mosquitto-defaults.conf" >/dev/null 2>&1 & echo $! >> "$work/pid"
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$dport) 2>/dev/null && break; sleep 0.1; done
+# Polls a count ($2...) until it reaches N or stays put for 2 s; prints
+# "count seconds" (from $1, a `date +%s.%N`, to the last growth).
+settle_count() {
+  local t0=$1 last=-1 at=$1 same=0 c now; shift
+  while :; do
+    c=$("$@"); now=$(date +%s.%N)
+    if [ "$c" != "$last" ]; then last=$c; at=$now; same=0; else same=$((same + 1)); fi
+    [ "$c" -ge "$N" ] || [ "$same" -ge 10 ] && break
+    sleep 0.2
+  done
+  echo "$last $(awk -v a="$at" -v b="$t0" 'BEGIN{printf "%.2f", a-b}')"
+}
+pg_count() { "$PGBIN/psql" -h 127.0.0.1 -p "$pgport" -U postgres -Atc "SELECT count(*) FROM $1" 2>/dev/null || echo 0; }
+# A 3.1.1 pipeline into a primary-key table, the buffer in a mode (auto: on).
+limits_pipeline() { # $1 = client id, $2 = table, $3 = buffer mode
+  cat <<TOML
+[run]
+state_dir = "$work/state-$1"
+[connections.b]
+broker = "mqtt://127.0.0.1:$dport"
+client_id = "$1"
+clean_session = false
+protocol = "3.1.1"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["bench/$1"]
+schema = { device_id = "text", seq = "bigint", ts = "timestamp", temperature = "double", humidity = "double", site = "text", ok = "boolean" }
+buffer = { mode = "$3" }
+[sinks.out]
+type = "postgres"
+inputs = ["telemetry"]
+url = "postgres://postgres@127.0.0.1:$pgport/postgres"
+table = "$2"
+create_table = true
+primary_key = ["device_id", "seq"]
+TOML
+}
+# One burst to one live consumer ($2: its count command), started as $1.
+limits_burst() { # $1 = name, $2... = count command
+  local name=$1 t0 got; shift
+  sleep 1   # subscribed (its session existed already: nothing is lost meanwhile but the queue's excess)
+  t0=$(date +%s.%N)
+  "$work/cpub" "$dport" "bench/$id" 1 "$work/msgs" 1000 0 >/dev/null
+  got=$(settle_count "$t0" "$@")
+  set -- $got
+  printf '%-44s %8s %8s %12.0f %10s\n' "$name" "$2" "-" "$(awk -v n="$1" -v w="$2" 'BEGIN{print n/w}')" "$1/$N"
+  echo "$name $1 $2" >> "$work/limits_results"
+}
+bench_limits_round() { # $1 = round
+  local r=$1 pid
+  id="ds-$r-$$"
+  mosquitto_sub -p "$dport" -t "bench/$id" -q 1 -c -i "$id" -W 1 >/dev/null 2>&1 || true
+  mosquitto_sub -p "$dport" -t "bench/$id" -q 1 -c -i "$id" > "$work/$id.out" 2>/dev/null & pid=$!
+  limits_burst "limits: mosquitto_sub -q 1" sh -c "wc -l < '$work/$id.out'"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  for mode in auto off; do
+    id="d$mode-$r-$$"; limits_pipeline "$id" "l_${mode}_$r" "$mode" > "$work/$id.toml"
+    "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # the session and the table
+    "$MQLINK" run "$work/$id.toml" 2>"$work/$id.err" & pid=$!
+    limits_burst "limits: mqlink run -> postgres, buffer $mode" pg_count "l_${mode}_$r"
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  done
+}
+
 fill_queue() { # $1 = client id [$2 = port, $3 = message file]
   local p=${2:-$port} f=${3:-$work/msgs}
   mosquitto_sub -p "$p" -t "bench/$1" -q 1 -c -i "$1" -W 1 >/dev/null 2>&1 || true
@@ -286,6 +364,27 @@ topic = "bridged/{stream}"
 format = "raw"
 TOML
 }
+if [ "${BENCH_LIMITS:-1}" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = limits ]; }; then
+  echo "broker limits: $N QoS 1 messages from cpub at full speed into Mosquitto with its defaults, MQTT 3.1.1, one live consumer at a time"
+  printf '%-44s %8s %8s %12s %10s\n' "run" "last s" "" "msgs/s" "received"
+  for r in $(seq "$ROUNDS"); do bench_limits_round "$r"; done
+  python3 - "$work/limits_results" "$N" <<'PY'
+import sys, collections
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    *name, got, secs = line.split()
+    runs[" ".join(name)].append((int(got), float(secs)))
+ms = runs["limits: mosquitto_sub -q 1"]
+rate = lambda rs: max(g / max(s, 1e-9) for g, s in rs)
+for mode in ("auto", "off"):
+    rs = runs[f"limits: mqlink run -> postgres, buffer {mode}"]
+    print(f"limits  buffer {'on ' if mode == 'auto' else 'off'} / mosquitto_sub: rate {rate(rs)/rate(ms):.2f}x (best of each),"
+          f" received {min(g for g, _ in rs):,}-{max(g for g, _ in rs):,} vs {min(g for g, _ in ms):,}-{max(g for g, _ in ms):,} of {int(sys.argv[2]):,}"
+          + ("  (target: >= 1.00x, no fewer received)" if mode == "auto" else ""))
+PY
+  echo
+fi
+[ "$ONLY" = limits ] && exit 0
 for r in $(seq "$ROUNDS"); do
   if [ "$ONLY" != sql ]; then
   id="bp-$r-$$"; bridge_pipeline "$id" > "$work/$id.toml"

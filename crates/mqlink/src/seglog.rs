@@ -71,6 +71,8 @@ pub(crate) struct Log {
     next_seq: u64,
     confirmed: u64,
     last_sync: Instant,
+    /// The owner syncs through [`Log::sync_handle`], off the appending path.
+    sync_elsewhere: bool,
     segment_bytes: u64,
     /// Entries cut off at open (torn or failing their CRC).
     cut: u64,
@@ -175,11 +177,12 @@ impl Log {
             next_seq,
             confirmed,
             last_sync: Instant::now(),
+            sync_elsewhere: false,
             segment_bytes: SEGMENT_BYTES.min(max_bytes / 4).max(4096),
             cut,
             _lock: lock,
         };
-        log.drop_confirmed_segments()?;
+        remove_files(log.take_confirmed_segments())?;
         Ok(log)
     }
 
@@ -243,7 +246,7 @@ impl Log {
         }
         let f = self.file.as_mut().expect("open segment");
         f.write_all(&buf)?;
-        if sync || self.last_sync.elapsed() >= SYNC_EVERY {
+        if sync || (!self.sync_elsewhere && self.last_sync.elapsed() >= SYNC_EVERY) {
             f.sync_data()?;
             self.last_sync = Instant::now();
         }
@@ -285,19 +288,41 @@ impl Log {
         Ok(())
     }
 
-    /// Everything before `seq` is confirmed: checkpoint, drop finished segments.
-    pub(crate) fn confirm(&mut self, seq: u64) -> io::Result<()> {
-        if seq <= self.confirmed {
-            return Ok(());
-        }
-        self.confirmed = seq.min(self.next_seq);
-        let tmp = self.dir.join("confirmed.tmp");
-        fs::write(&tmp, self.confirmed.to_string()).map_err(|e| io_err(&tmp, e))?;
-        fs::rename(&tmp, self.dir.join("confirmed")).map_err(|e| io_err(&tmp, e))?;
-        self.drop_confirmed_segments()
+    /// Appends without `sync` leave `fdatasync` to the owner, who calls it
+    /// on a [`sync_handle`](Self::sync_handle) (the source's buffer: so an
+    /// append, on the path to a PUBACK, never waits for the disk).
+    pub(crate) fn sync_elsewhere(&mut self) {
+        self.sync_elsewhere = true;
     }
 
-    fn drop_confirmed_segments(&mut self) -> io::Result<()> {
+    /// The segment being written, to `fdatasync` without holding the log.
+    pub(crate) fn sync_handle(&self) -> Option<io::Result<File>> {
+        self.file.as_ref().map(File::try_clone)
+    }
+
+    /// Everything before `seq` is confirmed: checkpoint, drop finished segments.
+    pub(crate) fn confirm(&mut self, seq: u64) -> io::Result<()> {
+        self.confirm_later(seq).write()
+    }
+
+    /// [`confirm`](Self::confirm), the files to be written by
+    /// [`Confirming::write`] without holding the log (later appends and
+    /// confirmations may come first; confirmations are written one at a
+    /// time, in order, by the caller).
+    pub(crate) fn confirm_later(&mut self, seq: u64) -> Confirming {
+        if seq <= self.confirmed {
+            return Confirming::default();
+        }
+        self.confirmed = seq.min(self.next_seq);
+        Confirming {
+            confirmed: Some((self.dir.clone(), self.confirmed)),
+            remove: self.take_confirmed_segments(),
+        }
+    }
+
+    /// Forgets fully confirmed segments; returns their files.
+    fn take_confirmed_segments(&mut self) -> Vec<PathBuf> {
+        let mut gone = Vec::new();
         while let Some(s) = self.segments.front() {
             if s.end_seq > self.confirmed {
                 break;
@@ -308,14 +333,46 @@ impl Log {
                 // its limit must not stay full once they are confirmed).
                 self.file = None;
             }
-            fs::remove_file(&s.path).or_else(|e| match e.kind() {
-                io::ErrorKind::NotFound => Ok(()),
-                _ => Err(io_err(&s.path, e)),
-            })?;
-            self.segments.pop_front();
+            let s = self.segments.pop_front().expect("front");
+            if s.bytes == 0 {
+                // Now: the next segment may get its name (`<next seq>.log`).
+                // Left behind, an empty file is an empty segment.
+                let _ = fs::remove_file(&s.path);
+            } else {
+                gone.push(s.path);
+            }
         }
-        Ok(())
+        gone
     }
+}
+
+/// A confirmation's files: the `confirmed` sequence and segments to delete.
+#[derive(Default)]
+pub(crate) struct Confirming {
+    confirmed: Option<(PathBuf, u64)>,
+    remove: Vec<PathBuf>,
+}
+
+impl Confirming {
+    /// Writes `confirmed` (by rename), then deletes the segments.
+    pub(crate) fn write(self) -> io::Result<()> {
+        if let Some((dir, seq)) = self.confirmed {
+            let tmp = dir.join("confirmed.tmp");
+            fs::write(&tmp, seq.to_string()).map_err(|e| io_err(&tmp, e))?;
+            fs::rename(&tmp, dir.join("confirmed")).map_err(|e| io_err(&tmp, e))?;
+        }
+        remove_files(self.remove)
+    }
+}
+
+fn remove_files(paths: Vec<PathBuf>) -> io::Result<()> {
+    for p in paths {
+        fs::remove_file(&p).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => Ok(()),
+            _ => Err(io_err(&p, e)),
+        })?;
+    }
+    Ok(())
 }
 
 /// Reads a segment once: (entries, bytes they take, file length).

@@ -7,6 +7,11 @@
 //! a QoS 0 delivery makes the driver stop reading (TCP back-pressure)
 //! while pings and acks keep flowing.
 //!
+//! With a journal (the source's local buffer), the deliveries of each read
+//! are appended to it instead, and their PUBACKs/PUBRECs written right after
+//! the append returned, in arrival order: the application reads them from
+//! the journal. A full journal pauses reading as a full channel does.
+//!
 //! Reading never pauses while a SUBACK or UNSUBACK is awaited: the
 //! application may be waiting for that reply before it reads anything, and
 //! a broker may send a whole backlog before it (Mosquitto without an
@@ -27,7 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use super::state::{InAcks, Limits, Outgoing, Quota, Waiter};
 use super::transport::{self, Reader, TlsSetup, Writer};
-use super::{AckHandle, Delivery, Request, Stats, Status, Subscription};
+use super::{AckHandle, Delivery, Journal, Request, Stats, Status, Subscription};
 use crate::codec::{
     decode, encode, encode_ack, AckKind, ConnAck, Connect, ConnectProperties, Disconnect, Packet,
     SubAck, Subscribe, Unsubscribe, Will,
@@ -115,6 +120,13 @@ pub(crate) struct Driver {
     stopping: bool,
     /// Why the application ended the session ([`Request::Fail`]).
     failed: Option<String>,
+    journal: Option<Arc<dyn Journal>>,
+    /// Whether this connection appends to `journal` (decided at CONNACK).
+    journaling: bool,
+    /// Deliveries read and not yet appended, in arrival order ...
+    journaled: Vec<Delivery>,
+    /// ... and the ack sequences of the QoS 1/2 ones among them.
+    journaled_acks: Vec<u64>,
 }
 
 impl Driver {
@@ -129,6 +141,7 @@ impl Driver {
         stats: Arc<Stats>,
         fail_fast: bool,
         first: oneshot::Sender<Result<(), ConnectError>>,
+        journal: Option<Arc<dyn Journal>>,
     ) -> Self {
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         Driver {
@@ -154,6 +167,10 @@ impl Driver {
             disconnect_reply: None,
             stopping: false,
             failed: None,
+            journal,
+            journaling: false,
+            journaled: Vec::new(),
+            journaled_acks: Vec::new(),
         }
     }
 
@@ -566,7 +583,7 @@ impl Driver {
                     .bytes_received
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 let received_at = SystemTime::now();
-                let ack = if p.qos == QoS::AtMostOnce {
+                let seq = if p.qos == QoS::AtMostOnce {
                     None
                 } else {
                     let ms = received_at
@@ -580,15 +597,20 @@ impl Driver {
                         return Ok(());
                     };
                     self.publish_ack_stats();
-                    Some(AckHandle {
+                    Some(seq)
+                };
+                let mut d = Delivery::from_publish(p, received_at);
+                if self.journaling {
+                    self.journaled.push(d);
+                    self.journaled_acks.extend(seq);
+                } else {
+                    d.ack = seq.map(|seq| AckHandle {
                         tx: self.acks_tx.clone(),
                         epoch: self.inc.epoch(),
                         seq,
-                    })
-                };
-                let mut d = Delivery::from_publish(p, received_at);
-                d.ack = ack;
-                self.deliver(d);
+                    });
+                    self.deliver(d);
+                }
             }
             Packet::Ack(a) if a.kind == AckKind::PubRel => {
                 self.inc.release(a.pkid);
@@ -671,6 +693,32 @@ impl Driver {
         }
     }
 
+    /// Appends the deliveries read so far to the journal and acknowledges
+    /// them, in arrival order; waits (keeps them) while the journal is full.
+    /// A failed append ends the session, unacknowledged.
+    fn flush_journal(&mut self, wbuf: &mut BytesMut) {
+        let Some(j) = self.journal.as_ref().filter(|_| !self.journaled.is_empty()) else {
+            return;
+        };
+        if j.is_full() {
+            return;
+        }
+        let appended = j.append(&self.journaled);
+        self.journaled.clear();
+        if let Err(e) = appended {
+            j.fail(&e);
+            self.failed = Some(format!("local buffer: {e}"));
+            self.stopping = true;
+            self.journaled_acks.clear();
+            return;
+        }
+        let epoch = self.inc.epoch();
+        for seq in self.journaled_acks.drain(..) {
+            self.inc.ack(epoch, seq, wbuf);
+        }
+        self.publish_ack_stats();
+    }
+
     /// Decodes buffered input. Returns `true` when reading must pause: the
     /// application has no room and the next packet is a QoS 0 PUBLISH (or
     /// the overflow reached its safety limit), and no SUBACK/UNSUBACK is
@@ -686,14 +734,18 @@ impl Driver {
             let next = rbuf.first().copied();
             let is_publish = next.is_some_and(|b| b >> 4 == 3);
             let is_qos0 = next.is_some_and(|b| b & 0x06 == 0);
-            let full = !self.overflow.is_empty() || self.deliveries.capacity() == 0;
-            if is_publish
-                && full
-                && self.ctrl_inflight.is_empty()
-                && !self.deliveries.is_closed()
-                && (is_qos0 || self.overflow.len() >= MAX_OVERFLOW)
-            {
-                return Ok(true);
+            if is_publish && self.ctrl_inflight.is_empty() {
+                let (full, held) = match &self.journal {
+                    Some(j) if self.journaling => (j.is_full(), self.journaled.len()),
+                    _ => (
+                        (!self.overflow.is_empty() || self.deliveries.capacity() == 0)
+                            && !self.deliveries.is_closed(),
+                        self.overflow.len(),
+                    ),
+                };
+                if full && (is_qos0 || held >= MAX_OVERFLOW) {
+                    return Ok(true);
+                }
             }
             match decode(rbuf, self.protocol(), max_in)? {
                 Some(p) => self.on_packet(p, wbuf, ping_sent)?,
@@ -746,6 +798,10 @@ impl Driver {
             .server_keep_alive
             .map_or(self.opts.keep_alive, |s| Duration::from_secs(s as u64));
         self.inc.new_epoch();
+        // What the last connection read and did not append is redelivered.
+        self.journaled.clear();
+        self.journaled_acks.clear();
+        self.journaling = self.journal.as_ref().is_some_and(|j| j.on(self.protocol()));
         if !session_present {
             self.inc.session_lost();
         }
@@ -796,6 +852,7 @@ impl Driver {
         let ka_sleep = tokio::time::sleep(far);
         // A second handle on the delivery channel, to wait for room without borrowing `self`.
         let room = self.deliveries.clone();
+        let journal = self.journal.clone().filter(|_| self.journaling);
         tokio::pin!(ka_sleep);
 
         let result: Result<Closed, ConnectionLost> = loop {
@@ -804,6 +861,9 @@ impl Driver {
                 Ok(p) => p,
                 Err(e) => break Err(e),
             };
+            self.flush_journal(&mut wbuf);
+            // Deliveries held or reading paused, for a full journal.
+            let journal_full = journal.is_some() && (paused || !self.journaled.is_empty());
             self.send_ctrl(&mut wbuf);
             self.out.send_queued(
                 quota,
@@ -867,7 +927,8 @@ impl Driver {
                         None => self.requests_open = false,
                     }
                 }
-                _ = room.reserve(), if paused || !self.overflow.is_empty() => {}
+                _ = room.reserve(), if !self.journaling && (paused || !self.overflow.is_empty()) => {}
+                _ = journal_room(journal.as_deref()), if journal_full => {}
                 _ = &mut ka_sleep, if !keep_alive.is_zero() => {
                     match ping_sent {
                         Some(_) if !paused => break Err(ConnectionLost::KeepAliveTimeout(keep_alive)),
@@ -885,6 +946,7 @@ impl Driver {
         match result {
             Ok(closed) => {
                 // Acknowledgements the application gave before closing, then DISCONNECT.
+                self.flush_journal(&mut wbuf);
                 while let Ok(a) = self.acks_rx.try_recv() {
                     self.inc.ack(a.epoch, a.seq, &mut wbuf);
                 }
@@ -955,6 +1017,14 @@ fn connect_packet(o: &ConnectOptions, client_id: &str) -> Connect {
             topic_alias_maximum: None,
             user_properties: Vec::new(),
         },
+    }
+}
+
+/// Completes when `journal` may have room; never without one.
+async fn journal_room(journal: Option<&dyn Journal>) {
+    match journal {
+        Some(j) => j.room().await,
+        None => std::future::pending().await,
     }
 }
 

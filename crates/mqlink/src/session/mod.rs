@@ -8,6 +8,8 @@
 //!   the socket for QoS 0).
 //! - Each incoming QoS 1/2 [`Delivery`] carries an [`AckHandle`]; PUBACK or
 //!   PUBREC is sent only after the application acknowledged, in arrival order.
+//!   A session with a [`Journal`] (the source's local buffer) instead appends
+//!   each read's deliveries to it and acknowledges them once it returned.
 //! - The driver reconnects with backoff, resends unconfirmed publishes (DUP
 //!   set, original order) and subscribes again when the broker lost the session.
 
@@ -16,6 +18,7 @@ mod state;
 mod transport;
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -252,6 +255,45 @@ impl AckHandle {
     }
 }
 
+/// Where a session writes what it receives before acknowledging it (the
+/// source's durable local buffer). The driver appends each read's
+/// deliveries and sends their PUBACK/PUBREC as soon as `append` returned,
+/// in its own task: the broker's window (20 messages on a default
+/// Mosquitto with 3.1.1) turns over at the speed of a `write()`, not of a
+/// round trip through the application's tasks.
+pub(crate) trait Journal: Send + Sync {
+    /// Whether a connection speaking `protocol` journals (decided per
+    /// connection, after CONNACK); one that does not delivers to
+    /// [`Incoming`] with acknowledgement handles.
+    fn on(&self, protocol: Protocol) -> bool;
+    /// Appends `batch` in arrival order; `Ok` once it survives a crash of
+    /// the process (and a power loss, when the journal syncs).
+    fn append(&self, batch: &[Delivery]) -> io::Result<()>;
+    /// Whether the journal is at its size limit: appending waits.
+    fn is_full(&self) -> bool;
+    /// Completes when the journal may have room again.
+    fn room(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// An append failed: the journal records why; the session ends.
+    fn fail(&self, error: &io::Error);
+}
+
+/// Runs a journaled session's driver on a thread of its own: its PUBACKs
+/// then wait for the OS to schedule that thread, as `mosquitto_sub`'s do,
+/// not for the application's tasks (decoding, sinks) to yield a worker;
+/// at a broker window of 20 that wait is the rate. An `fsync` per append
+/// blocks only this thread.
+fn run_on_own_thread(d: driver::Driver) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Buffer(format!("a runtime for the session: {e}")))?;
+    std::thread::Builder::new()
+        .name("mqlink-session".into())
+        .spawn(move || rt.block_on(d.run()))
+        .map_err(|e| Error::Buffer(format!("a thread for the session: {e}")))?;
+    Ok(())
+}
+
 /// Completes when the broker confirmed the publish (see [`Client::publish`]).
 #[must_use = "a publish is only known delivered when its token completes"]
 pub struct PublishToken(oneshot::Receiver<state::Outcome>);
@@ -343,7 +385,16 @@ impl Client {
     /// that fails returns its error (as mosquitto_pub and mosquitto_sub do);
     /// later losses are ridden out by reconnecting.
     pub async fn connect(opts: ConnectOptions) -> Result<(Client, Incoming), Error> {
-        let (client, incoming, first) = Self::spawn(opts, true)?;
+        Self::connect_journaled(opts, None).await
+    }
+
+    /// [`connect`](Self::connect), the session appending what it receives
+    /// to `journal` and acknowledging it there (see [`Journal`]).
+    pub(crate) async fn connect_journaled(
+        opts: ConnectOptions,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Result<(Client, Incoming), Error> {
+        let (client, incoming, first) = Self::spawn(opts, true, journal)?;
         match first.await {
             Ok(Ok(())) => Ok((client, incoming)),
             Ok(Err(e)) => Err(Error::Connect(e)),
@@ -354,13 +405,14 @@ impl Client {
     /// Starts a session without waiting: the driver keeps trying to
     /// connect under the reconnect policy, and publishes wait in the window.
     pub fn start(opts: ConnectOptions) -> Result<(Client, Incoming), Error> {
-        let (client, incoming, _) = Self::spawn(opts, false)?;
+        let (client, incoming, _) = Self::spawn(opts, false, None)?;
         Ok((client, incoming))
     }
 
     fn spawn(
         opts: ConnectOptions,
         fail_fast: bool,
+        journal: Option<Arc<dyn Journal>>,
     ) -> Result<(Client, Incoming, FirstConnect), Error> {
         // An error, not tokio's panic, when called outside a runtime.
         if tokio::runtime::Handle::try_current().is_err() {
@@ -381,6 +433,7 @@ impl Client {
         let stats = Arc::new(Stats::default());
         let window = Arc::new(Semaphore::new(opts.max_inflight as usize));
         let protocol = opts.protocol;
+        let journaled = journal.is_some();
         let d = driver::Driver::new(
             opts,
             client_id.to_string(),
@@ -391,8 +444,13 @@ impl Client {
             stats.clone(),
             fail_fast,
             first_tx,
+            journal,
         );
-        tokio::spawn(d.run());
+        if journaled {
+            run_on_own_thread(d)?;
+        } else {
+            tokio::spawn(d.run());
+        }
         Ok((
             Client {
                 tx: req_tx,

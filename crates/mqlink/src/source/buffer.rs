@@ -1,23 +1,29 @@
-//! The source's durable local buffer: each delivery is appended to the
-//! segment log (`crate::seglog`) and acknowledged to the broker once its
-//! `write()` returned (and its `fdatasync`, with `fsync`); a reader feeds
-//! the application from the log at its own pace, and the log's confirmed
-//! position advances as the application acknowledges records.
+//! The source's durable local buffer: each session's driver appends the
+//! deliveries of each read to the segment log (`crate::seglog`) and
+//! acknowledges them to the broker once the `write()` returned (and its
+//! `fdatasync`, with `fsync`), in its own task (a [`Journal`]); a reader
+//! feeds the application from the log at its own pace, and the log's
+//! confirmed position advances as the application acknowledges records.
 //!
 //! ```text
-//! Incoming ─► writer (per client): append batch ─► ack (arrival order)
-//!                                     │ written seq (watch)
-//!                       reader: log ─► decode ─► Record { ack: log seq } ─► application
+//! socket ─► driver (per client): decode a read ─► append batch ─► PUBACKs (arrival order)
+//!                                                    │ written seq (watch)
+//!                          reader: log ─► decode ─► Record { ack: log seq } ─► application
 //! application acks ─► confirmed prefix ─► checkpoint (every 100 ms): `confirmed`, segments deleted
 //! ```
+//!
+//! No task hop lies between reading a message and acknowledging it: on
+//! MQTT 3.1.1 the broker's window (Mosquitto: 20) turns over as fast as
+//! the driver reads and writes, as it does for `mosquitto_sub`.
 //!
 //! The guarantee is "acknowledged once in the local log": a SIGKILL loses
 //! nothing the broker was told about (the kernel has the bytes), a power
 //! loss only with `fsync = true`. Entries after the confirmed position are
 //! read again after a restart, before new ones: a crash may duplicate
-//! records, never lose them. When the log holds `max_bytes`, the writers
-//! stop reading their sessions, so the broker's window fills and the
-//! broker holds the rest (back-pressure; nothing is dropped by mqlink).
+//! records, never lose them. When the log holds `max_bytes`, the drivers
+//! stop appending and acknowledging (and reading, once a QoS 0 message is
+//! next), so the broker's window fills and the broker holds the rest
+//! (back-pressure; nothing is dropped by mqlink).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
@@ -30,8 +36,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{Ack, Record, Worker};
-use crate::seglog::{now_ms, Entry, Log};
-use crate::session::{Delivery, Incoming};
+use crate::seglog::{now_ms, Confirming, Entry, Log};
+use crate::session::{Delivery, Journal};
+use crate::types::Protocol;
 
 /// When the buffer is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +62,7 @@ pub struct BufferOptions {
     pub max_bytes: u64,
     /// `fdatasync` each appended batch before acknowledging it (survives
     /// power loss; slower) [default: false: a `write()`, which survives a
-    /// crash of the process, and `fdatasync` every 200 ms].
+    /// crash of the process, and `fdatasync` every 100 ms, off the acknowledging path].
     pub fsync: bool,
     /// When the buffer is used [default: [`BufferWhen::V311`]].
     pub when: BufferWhen,
@@ -154,6 +161,8 @@ pub(crate) struct Shared {
     metrics: Arc<BufferMetrics>,
     failed: Mutex<Option<String>>,
     writers: AtomicUsize,
+    /// Held while a checkpoint writes its files (one at a time, in order).
+    checkpointing: Mutex<()>,
 }
 
 /// The acknowledgement of a record read from the buffer: confirms its entry.
@@ -186,15 +195,26 @@ impl LogAck {
 /// An opened buffer, before its tasks start.
 pub(crate) struct Opened {
     shared: Arc<Shared>,
+    /// The sequence after the last entry of earlier runs: entries before
+    /// it are read again (marked redelivered).
+    replayed: u64,
+    /// Whether MQTT 5 connections journal too: always, or while the log
+    /// holds an earlier run's entries (read before anything new).
+    on_v5: bool,
 }
 
 impl Opened {
     /// Opens the log (scanning it off the runtime's threads).
     pub(crate) async fn open(opts: BufferOptions) -> io::Result<Opened> {
         let (dir, max) = (opts.dir.clone(), opts.max_bytes);
-        let log = tokio::task::spawn_blocking(move || Log::open(&dir, max))
-            .await
-            .map_err(io::Error::other)??;
+        let log = tokio::task::spawn_blocking(move || {
+            let mut log = Log::open(&dir, max)?;
+            // The checkpoints sync; an append on the way to a PUBACK does not wait.
+            log.sync_elsewhere();
+            io::Result::Ok(log)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let confirmed = log.confirmed();
         let metrics = Arc::new(BufferMetrics::default());
         metrics.max_bytes.store(opts.max_bytes, Relaxed);
@@ -215,50 +235,100 @@ impl Opened {
             metrics,
             failed: Mutex::new(None),
             writers: AtomicUsize::new(0),
+            checkpointing: Mutex::new(()),
         });
         shared.checkpoint()?;
-        Ok(Opened { shared })
+        let st = shared.state.lock().expect("log lock");
+        let (replayed, had) = (st.log.next_seq(), st.log.entries() > 0);
+        drop(st);
+        let on_v5 = had || shared.opts.when == BufferWhen::Always;
+        Ok(Opened {
+            shared,
+            replayed,
+            on_v5,
+        })
     }
 
-    /// Whether entries of an earlier run wait in the log.
-    pub(crate) fn has_entries(&self) -> bool {
-        self.shared.state.lock().expect("log lock").log.entries() > 0
+    /// The journal of the source's session `client` (its entries name it).
+    pub(crate) fn journal(&self, client: u16) -> Arc<dyn Journal> {
+        self.shared.writers.fetch_add(1, Relaxed);
+        Arc::new(SessionJournal {
+            shared: self.shared.clone(),
+            client,
+            on_v5: self.on_v5,
+        })
+    }
+
+    /// Whether a session speaking `protocol` appends to the log.
+    pub(crate) fn on(&self, protocol: Protocol) -> bool {
+        self.on_v5 || protocol == Protocol::V311
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
 
-    /// Starts a writer per session, the reader and the checkpoints; the
-    /// records go to `tx`.
+    /// Starts the reader and the checkpoints; the records go to `tx`.
     pub(crate) fn start(
         self,
-        sessions: Vec<(Option<Delivery>, Incoming)>,
         workers: Vec<Arc<Worker>>,
         tx: mpsc::Sender<Record>,
     ) -> Vec<JoinHandle<()>> {
         let shared = self.shared;
-        let mut tasks = Vec::new();
-        shared.writers.store(sessions.len(), Relaxed);
-        for (i, (early, incoming)) in sessions.into_iter().enumerate() {
-            tasks.push(tokio::spawn(write_loop(
-                shared.clone(),
-                i as u16,
-                early,
-                incoming,
-            )));
-        }
         let start = shared.state.lock().expect("log lock").log.confirmed();
-        let replayed = *shared.written.borrow();
-        tasks.push(tokio::spawn(read_loop(
-            shared.clone(),
-            workers,
-            tx,
-            start,
-            replayed,
-        )));
-        tasks.push(tokio::spawn(checkpoints(shared)));
-        tasks
+        vec![
+            tokio::spawn(read_loop(shared.clone(), workers, tx, start, self.replayed)),
+            tokio::spawn(checkpoints(shared)),
+        ]
+    }
+}
+
+/// One session's side of the buffer: its driver appends and acknowledges.
+struct SessionJournal {
+    shared: Arc<Shared>,
+    client: u16,
+    on_v5: bool,
+}
+
+impl Journal for SessionJournal {
+    fn on(&self, protocol: Protocol) -> bool {
+        self.on_v5 || protocol == Protocol::V311
+    }
+
+    fn append(&self, batch: &[Delivery]) -> io::Result<()> {
+        if self.shared.failed() {
+            return Err(io::Error::other("the local buffer failed earlier"));
+        }
+        let entries: Vec<Entry> = batch.iter().map(|d| entry(d, self.client)).collect();
+        self.shared.append(&entries)
+    }
+
+    fn is_full(&self) -> bool {
+        let full = self.shared.is_full();
+        let m = &self.shared.metrics;
+        if !full && m.full.load(Relaxed) != 0 {
+            m.full.store(0, Relaxed);
+        } else if full && m.full.swap(1, Relaxed) == 0 {
+            tracing::warn!(dir = %self.shared.opts.dir.display(), max_bytes = self.shared.opts.max_bytes, "Local buffer full: the source stops acknowledging until the sinks catch up (the broker holds the rest).");
+        }
+        full
+    }
+
+    fn room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.shared.room())
+    }
+
+    fn fail(&self, error: &io::Error) {
+        self.shared.fail(error);
+    }
+}
+
+impl Drop for SessionJournal {
+    fn drop(&mut self) {
+        if self.shared.writers.fetch_sub(1, Relaxed) == 1 {
+            // The last session ended: the reader ends once it has read all.
+            self.shared.written.send_modify(|_| {});
+        }
     }
 }
 
@@ -271,6 +341,7 @@ impl Shared {
         tracing::error!(dir = %self.opts.dir.display(), error = %e, "Local buffer failed; the source stops (nothing more is acknowledged).");
         *self.failed.lock().expect("fail lock") = Some(e.to_string());
         self.written.send_modify(|_| {});
+        self.room.notify_waiters();
     }
 
     fn failed(&self) -> bool {
@@ -281,18 +352,15 @@ impl Shared {
         self.state.lock().expect("log lock").log.bytes() >= self.opts.max_bytes
     }
 
-    /// Waits until the log is below `max_bytes`.
+    /// Waits until the log is below `max_bytes` (or has failed: the
+    /// driver then learns it from its next append).
     async fn room(&self) {
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.is_full() {
-                self.metrics.full.store(0, Relaxed);
+            if !self.is_full() || self.failed() {
                 return;
-            }
-            if self.metrics.full.swap(1, Relaxed) == 0 {
-                tracing::warn!(dir = %self.opts.dir.display(), max_bytes = self.opts.max_bytes, "Local buffer full: the source stops acknowledging until the sinks catch up (the broker holds the rest).");
             }
             notified.await;
         }
@@ -314,12 +382,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes the confirmed prefix, deletes confirmed segments, refreshes
-    /// the gauges and wakes writers waiting for room.
+    /// Writes the confirmed prefix, deletes confirmed segments, syncs the
+    /// segment being written, refreshes the gauges and wakes drivers
+    /// waiting for room. The files are written without holding the log:
+    /// the drivers append (and acknowledge) meanwhile.
     fn checkpoint(&self) -> io::Result<()> {
+        let _one = self.checkpointing.lock().expect("checkpoint lock");
         let done = self.acked.lock().expect("ack lock").done;
+        let (confirming, sync) = self.confirm(done);
+        confirming.write()?;
+        if let Some(f) = sync {
+            f?.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn confirm(&self, done: u64) -> (Confirming, Option<io::Result<std::fs::File>>) {
         let mut st = self.state.lock().expect("log lock");
-        st.log.confirm(done)?;
+        let confirming = st.log.confirm_later(done);
         while st.marks.len() > 1 && st.marks[1].0 <= done {
             st.marks.pop_front();
         }
@@ -334,7 +414,7 @@ impl Shared {
         if st.log.bytes() < self.opts.max_bytes {
             self.room.notify_waiters();
         }
-        Ok(())
+        (confirming, st.log.sync_handle())
     }
 }
 
@@ -354,43 +434,6 @@ fn entry(d: &Delivery, client: u16) -> Entry {
             pkid: d.packet_id,
             properties: d.properties.clone(),
         },
-    }
-}
-
-/// Appends what a session delivers, in batches, and acknowledges each
-/// batch once written; stops reading while the log is full.
-async fn write_loop(
-    shared: Arc<Shared>,
-    client: u16,
-    early: Option<Delivery>,
-    mut incoming: Incoming,
-) {
-    let mut batch: Vec<Delivery> = early.into_iter().collect();
-    while !shared.failed() {
-        shared.room().await;
-        if batch.is_empty() && incoming.recv_many(&mut batch, 512).await == 0 {
-            break;
-        }
-        let entries: Vec<Entry> = batch.iter().map(|d| entry(d, client)).collect();
-        // A write() into the page cache is done in place: the window's
-        // round trip is the source's speed. An fdatasync waits off the
-        // runtime's threads.
-        let written = if shared.opts.fsync {
-            let s = shared.clone();
-            tokio::task::spawn_blocking(move || s.append(&entries))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)))
-        } else {
-            shared.append(&entries)
-        };
-        match written {
-            Ok(()) => batch.drain(..).for_each(|mut d| d.ack()),
-            Err(e) => shared.fail(e),
-        }
-    }
-    if shared.writers.fetch_sub(1, Relaxed) == 1 {
-        // The last session ended: the reader ends once it has read all.
-        shared.written.send_modify(|_| {});
     }
 }
 

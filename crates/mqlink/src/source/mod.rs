@@ -518,7 +518,7 @@ impl MqttSource {
         let metrics = Arc::new(SourceMetrics::default());
         // Opened before connecting: a log in use elsewhere fails the start
         // before anything is acknowledged into it.
-        let mut opened = match &config.buffer {
+        let opened = match &config.buffer {
             Some(o) => Some(
                 buffer::Opened::open(o.clone())
                     .await
@@ -535,7 +535,9 @@ impl MqttSource {
             if config.parallelism > 1 {
                 opts.client_id = opts.client_id.map(|id| format!("{id}-{i}"));
             }
-            let (client, mut incoming) = Client::connect(opts).await?;
+            // The session appends to the buffer itself (no hop before its PUBACKs).
+            let journal = opened.as_ref().map(|b| b.journal(i));
+            let (client, mut incoming) = Client::connect_journaled(opts, journal).await?;
             let early = subscribe_reading(&client, &mut incoming, subs.clone()).await?;
             metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
             workers.push(Arc::new(Worker {
@@ -553,20 +555,29 @@ impl MqttSource {
             let rm = config.connection.receive_maximum;
             metrics.window.announced(rm, clients.len());
         }
-        if let (Some(b), Some(o)) = (&opened, &config.buffer) {
-            let v5 = clients.iter().all(|c| c.protocol() == Protocol::V5);
-            if o.when == BufferWhen::V311 && v5 && !b.has_entries() {
+        // The same rule as each session's (`Journal::on`).
+        let opened = opened.filter(|b| {
+            let on = clients.iter().any(|c| b.on(c.protocol()));
+            if !on {
                 tracing::debug!("MQTT 5: the broker honours our Receive Maximum; no local buffer.");
-                opened = None;
             }
-        }
+            on
+        });
         let mut tasks = Vec::new();
         let mut pending = std::collections::VecDeque::new();
         let mut shared = None;
         let inner = match opened {
             Some(b) => {
                 shared = Some(b.shared());
-                tasks = b.start(sessions, workers, tx);
+                // A session that does not journal (MQTT 5 beside 3.1.1
+                // ones) is read directly, acknowledged end to end.
+                for (c, (w, (early, incoming))) in clients.iter().zip(workers.iter().zip(sessions))
+                {
+                    if !b.on(c.protocol()) {
+                        tasks.push(tokio::spawn(w.clone().run(early, incoming, tx.clone())));
+                    }
+                }
+                tasks.extend(b.start(workers, tx));
                 Inner::Merged(rx)
             }
             None if config.parallelism == 1 => {

@@ -104,7 +104,7 @@ pub struct BufferConfig {
     pub max_bytes: u64,
     /// `fdatasync` each batch before acknowledging it, so it survives a
     /// power loss [default: false: a write() that survives a crash of
-    /// mqlink, and fdatasync every 200 ms].
+    /// mqlink, and fdatasync every 100 ms].
     #[serde(default)]
     pub fsync: bool,
     /// The log's directory [default: `<run.state_dir>/buffer/<client id>`].
