@@ -1693,6 +1693,66 @@ listen = "127.0.0.1:{http}"
     assert!(err.contains("40000 records acknowledged"), "{err}");
 }
 
+/// An outside client of a pipeline's embedded broker that subscribes to
+/// `#` and never reads its socket does not hold the pipeline up: it is
+/// disconnected when its queue is full, and every record arrives.
+#[test]
+fn a_deaf_outside_subscriber_does_not_stall_the_pipeline() {
+    use std::io::Write as _;
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("deaf");
+    let (pb, out) = (free_port(), dir.path().join("out.jsonl"));
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[embedded_broker]
+listen = "127.0.0.1:{pb}"
+[connections.local]
+broker = "embedded"
+client_id = "{topic}"
+[sources.gen]
+type = "generator"
+count = 60000
+rate = 15000
+[sinks.to_local]
+type = "mqtt"
+inputs = ["gen"]
+connection = "local"
+topic = "{topic}/{{device_id}}"
+[sources.in]
+type = "mqtt"
+connection = "local"
+topics = ["{topic}/#"]
+[sinks.file]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+"#,
+            out = out.display()
+        ),
+    );
+    let mut run = start(&cfg, dir.path(), &["--until-idle", "2"]);
+    // CONNECT (3.1.1, clean, id "deaf") and SUBSCRIBE # at QoS 1; then no reads.
+    let mut deaf = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", pb)) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    deaf.write_all(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04deaf")
+        .unwrap();
+    deaf.write_all(b"\x82\x06\x00\x01\x00\x01#\x01").unwrap();
+    let out_put = wait_output(&mut run, 90);
+    let err = text(&out_put.stderr);
+    assert!(out_put.status.success(), "{err}");
+    assert!(err.contains("120000 records acknowledged"), "{err}");
+    let lines = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(lines, 60000);
+    drop(deaf);
+}
+
 /// A pipeline from `{topic}/in` into a file sink at `out`: its file.
 fn file_pipeline(dir: &Path, port: u16, topic: &str, http: u16, out: &Path) -> std::path::PathBuf {
     write(

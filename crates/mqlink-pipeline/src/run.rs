@@ -171,11 +171,17 @@ async fn embedded_broker(p: &Pipeline) -> Result<Option<EmbeddedBroker>, RunErro
         .listen
         .clone()
         .unwrap_or_else(|| "127.0.0.1:0".into());
-    // The pipeline's own subscribers are never cut off for being slow:
-    // a stalled sink holds the publishers back (and is reported as
-    // stalled) instead of a clean session's queue being dropped.
+    // The pipeline's own subscribers are never cut off for being slow: a
+    // stalled sink holds the publishers back (and is reported as stalled)
+    // instead of a clean session's queue being dropped. Only they: an
+    // outside subscriber that stops reading is dropped for, then
+    // disconnected, as on Mosquitto, and never stalls the pipeline.
+    let own: std::collections::HashSet<String> =
+        p.client_ids().into_iter().map(|(_, id)| id).collect();
     let config = mqlink::broker::BrokerConfig {
-        hold_publishers_for: mqlink::broker::HoldPublishers::All,
+        hold_publishers_for: mqlink::broker::HoldPublishers::Matching(Arc::new(move |id| {
+            own.contains(id)
+        })),
         slow_subscriber_timeout: Duration::from_secs(10 * 365 * 86_400),
         ..Default::default()
     };

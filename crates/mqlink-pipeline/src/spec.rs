@@ -795,8 +795,11 @@ impl ConnectionConfig {
         };
         opts.protocol_or_default(written);
         opts.validate().map_err(|e| err(path, e.to_string()))?;
-        // The files are read now, so `validate` finds a missing or broken one.
-        opts.tls.check().map_err(|e| match &e {
+        // The files are read now, so `validate` finds a missing or broken
+        // one (when TLS is used: a connection reads them only then).
+        let tls = opts.brokers.iter().any(|b| b.transport.is_tls());
+        let checked = if tls { opts.tls.check() } else { Ok(()) };
+        checked.map_err(|e| match &e {
             mqlink::options::OptionsError::TlsFile { what, .. } => {
                 err(format!("{path}.{what}"), e.to_string())
             }
