@@ -30,7 +30,7 @@ use bytes::Bytes;
 use mqlink::source::RecordAck;
 use mqlink::{
     Client, ConnectOptions, Message, MqttSource, Protocol, PublishError, PublishProperties,
-    PublishToken, QoS, Secret, Status, TlsOptions,
+    PublishToken, QoS, Secret, TlsOptions,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -264,20 +264,8 @@ fn name_broker(broker: &str, e: impl std::fmt::Display) -> String {
 
 /// Why a session is not connected, if it is not.
 fn session_problem(client: &Client) -> Option<String> {
-    match &*client.status().borrow() {
-        Status::Connected { .. } => None,
-        Status::Connecting => Some("still connecting".into()),
-        Status::Reconnecting { error, attempt } => {
-            Some(format!("reconnecting (attempt {attempt}): {error}"))
-        }
-        Status::Stopped { error } => Some(format!(
-            "stopped{}",
-            error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        )),
-    }
+    let status = client.status().borrow().clone();
+    (!status.is_connected()).then(|| status.to_string())
 }
 
 /// The outcome of one publish, shared by the tracker (writer) and the

@@ -977,24 +977,10 @@ impl MqttSink {
 
     /// Why a session is not connected, if one is not.
     fn session_problem(&self) -> Option<String> {
-        self.clients
-            .iter()
-            .find_map(|c| match &*c.status().borrow() {
-                crate::Status::Connected { .. } => None,
-                crate::Status::Connecting => Some(format!("{}: still connecting", c.client_id())),
-                crate::Status::Reconnecting { error, attempt } => Some(format!(
-                    "{}: reconnecting (attempt {attempt}): {error}",
-                    c.client_id()
-                )),
-                crate::Status::Stopped { error } => Some(format!(
-                    "{}: stopped{}",
-                    c.client_id(),
-                    error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                )),
-            })
+        self.clients.iter().find_map(|c| {
+            let status = c.status().borrow().clone();
+            (!status.is_connected()).then(|| format!("{}: {status}", c.client_id()))
+        })
     }
 
     /// Flushes, then disconnects every client.
