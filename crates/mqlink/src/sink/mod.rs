@@ -9,6 +9,7 @@
 //! Many records are in flight at once (the session's window); with
 //! `publisher_sync` each `send` waits for its own confirmation.
 
+mod confirmations;
 mod spool;
 mod template;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, PublishError};
 use crate::options::ConnectOptions;
@@ -26,6 +27,7 @@ use crate::session::{Client, Confirmed, Message, PublishToken};
 use crate::source::{Record, RecordAck};
 use crate::types::QoS;
 use crate::PublishProperties;
+pub use confirmations::Confirmations;
 pub use template::{TemplateError, TopicTemplate};
 
 /// A record's value: JSON, or bytes passed through.
@@ -354,12 +356,7 @@ pub const SINK_METRIC_NAMES: [&str; 6] = [
 /// A sink's counters (read-only; see [`SINK_METRIC_NAMES`]).
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
-    published: AtomicU64,
-    confirmed: AtomicU64,
-    failed: AtomicU64,
-    /// `failed` when `flush` last looked: it reports only what is new.
-    failed_at_flush: AtomicU64,
-    last_error: std::sync::Mutex<Option<String>>,
+    confirmations: Confirmations,
     spool_bytes: AtomicU64,
     spool_records: AtomicU64,
 }
@@ -372,16 +369,12 @@ impl SinkMetrics {
 
     /// Every metric with its name, in [`SINK_METRIC_NAMES`] order.
     pub fn snapshot(&self) -> [(&'static str, u64); 6] {
-        let (p, c, f) = (
-            self.published.load(Relaxed),
-            self.confirmed.load(Relaxed),
-            self.failed.load(Relaxed),
-        );
+        let c = &self.confirmations;
         [
-            (SINK_METRIC_NAMES[0], p),
-            (SINK_METRIC_NAMES[1], c),
-            (SINK_METRIC_NAMES[2], f),
-            (SINK_METRIC_NAMES[3], p.saturating_sub(c + f)),
+            (SINK_METRIC_NAMES[0], c.published()),
+            (SINK_METRIC_NAMES[1], c.confirmed()),
+            (SINK_METRIC_NAMES[2], c.failed()),
+            (SINK_METRIC_NAMES[3], c.in_flight()),
             (SINK_METRIC_NAMES[4], self.spool_bytes.load(Relaxed)),
             (SINK_METRIC_NAMES[5], self.spool_records.load(Relaxed)),
         ]
@@ -625,7 +618,6 @@ pub struct MqttSink {
     clients: Vec<Client>,
     config: SinkConfig,
     tracker: mpsc::UnboundedSender<Pending>,
-    completed: watch::Receiver<u64>,
     metrics: Arc<SinkMetrics>,
     next_unkeyed: AtomicUsize,
     spool: Option<Arc<SpoolState>>,
@@ -675,7 +667,6 @@ impl MqttSink {
         }
         let metrics = Arc::new(SinkMetrics::default());
         let (tracker, rx) = mpsc::unbounded_channel();
-        let (done_tx, completed) = watch::channel(0u64);
         let spool = match &config.spool_dir {
             None => None,
             Some(dir) => {
@@ -697,7 +688,7 @@ impl MqttSink {
                 }
                 for (seq, msg) in pending {
                     let (tx, _rx) = oneshot::channel();
-                    metrics.published.fetch_add(1, Relaxed);
+                    metrics.confirmations.sent();
                     let _ = state.queue.send(Spooled {
                         seq,
                         client: 0,
@@ -711,13 +702,13 @@ impl MqttSink {
                     clients.clone(),
                     tracker.clone(),
                     config.retry.is_some(),
+                    metrics.clone(),
                 ));
                 Some(state)
             }
         };
         tokio::spawn(track(
             rx,
-            done_tx,
             metrics.clone(),
             config.retry.clone(),
             spool.clone(),
@@ -726,7 +717,6 @@ impl MqttSink {
             clients,
             config,
             tracker,
-            completed,
             metrics,
             next_unkeyed: AtomicUsize::new(0),
             spool,
@@ -835,7 +825,7 @@ impl MqttSink {
             Ok(t) => t,
             Err(e) => return Err((e.into(), upstream)),
         };
-        self.metrics.published.fetch_add(1, Relaxed);
+        self.metrics.confirmations.sent();
         let (tx, rx) = oneshot::channel();
         let _ = self.tracker.send(Pending {
             token,
@@ -906,7 +896,7 @@ impl MqttSink {
             self.metrics.spool_usage(&spool);
             seq
         };
-        self.metrics.published.fetch_add(1, Relaxed);
+        self.metrics.confirmations.sent();
         let (tx, rx) = oneshot::channel();
         let _ = state.queue.send(Spooled {
             seq,
@@ -952,27 +942,10 @@ impl MqttSink {
     /// (naming the last error), or on the timeout (naming why the sessions
     /// are not connected, when they are not).
     pub async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
-        let target = self.metrics.published.load(Relaxed);
-        let mut completed = self.completed.clone();
-        let waited = tokio::time::timeout(timeout, completed.wait_for(|&c| c >= target)).await;
-        match waited {
-            Ok(_) => {
-                let failed = self.metrics.failed.load(Relaxed);
-                let before = self.metrics.failed_at_flush.swap(failed, Relaxed);
-                match failed - before.min(failed) {
-                    0 => Ok(()),
-                    n => Err(FlushError::Failed {
-                        failed: n,
-                        last_error: self.metrics.last_error.lock().ok().and_then(|e| e.clone()),
-                    }),
-                }
-            }
-            Err(_) => Err(FlushError::Timeout {
-                after: timeout,
-                unconfirmed: target.saturating_sub(*self.completed.borrow()),
-                cause: self.session_problem(),
-            }),
-        }
+        let confirmations = &self.metrics.confirmations;
+        confirmations
+            .flush(timeout, || self.session_problem())
+            .await
     }
 
     /// Why a session is not connected, if one is not.
@@ -999,6 +972,7 @@ async fn publish_spooled(
     clients: Vec<Client>,
     tracker: mpsc::UnboundedSender<Pending>,
     retries: bool,
+    metrics: Arc<SinkMetrics>,
 ) {
     while let Some(r) = rx.recv().await {
         let client = &clients[r.client.min(clients.len() - 1)];
@@ -1013,8 +987,12 @@ async fn publish_spooled(
                     upstream: r.upstream,
                 });
             }
+            // The session is over: the record fails (and stays in the
+            // spool for the next start).
             Err(e) => {
-                let _ = r.done.send(Err(e));
+                let failed = Err(e);
+                let _ = r.done.send(failed.clone());
+                metrics.confirmations.record(&failed);
             }
         }
     }
@@ -1024,12 +1002,10 @@ async fn publish_spooled(
 /// strategy, and completes handles and counters.
 async fn track(
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    done: watch::Sender<u64>,
     metrics: Arc<SinkMetrics>,
     retry: Option<RetryFn>,
     spool: Option<Arc<SpoolState>>,
 ) {
-    let mut n = 0u64;
     // The spool checkpoint may only pass records that were confirmed: one
     // that failed because the session stopped is published again at restart.
     let mut blocked = false;
@@ -1050,17 +1026,6 @@ async fn track(
                 };
             }
         }
-        match &r {
-            Ok(_) => {
-                metrics.confirmed.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                if let Ok(mut last) = metrics.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
-                metrics.failed.fetch_add(1, Relaxed);
-            }
-        };
         if let (Some(state), Some(seq)) = (&spool, p.seq) {
             blocked |= matches!(r, Err(PublishError::Stopped(_)));
             if !blocked && (rx.is_empty() || seq % 256 == 0) {
@@ -1078,9 +1043,10 @@ async fn track(
                 ack.ack();
             }
         }
-        let _ = p.done.send(r);
-        n += 1;
-        done.send_replace(n);
+        // Counted last: a flush that returns has every handle and upstream
+        // acknowledgement given.
+        let _ = p.done.send(r.clone());
+        metrics.confirmations.record(&r);
     }
 }
 
