@@ -105,12 +105,14 @@
 //! - `codec` (feature `codec`): MQTT 3.1.1 and 5 packets, encoded and
 //!   decoded without I/O, for tests, fuzzing and protocol tools.
 //! - [`topic`]: topic name and filter validation, matching, shared subscriptions.
-//! - [`options`]: connection options (brokers, TLS, session, reconnect policy).
+//! - [`options`]: connection options (brokers, TLS, session), and
+//!   [`Backoff`], the one pacing of retries.
 //! - [`session`]: the session layer: a driver task per connection, confirmed
 //!   publishes, ordered acknowledgements, reconnects.
 //! - [`format`](mod@format): payload formats (raw bytes, JSON with a typed schema, Avro).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
-//! - [`sink`]: records published with the broker's confirmation, topic templates.
+//! - [`sink`]: records published with the broker's confirmation, topic
+//!   templates; [`sink::Confirmations`] counts and flushes any publisher's.
 //! - [`broker`] (feature `broker`, on by default): an embedded MQTT broker
 //!   for first runs and development.
 //! - [`error`]: typed errors for every layer.
@@ -141,9 +143,9 @@ mod types;
 
 pub use codec::ByteStr;
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
-pub use options::{
-    Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsOptions, Transport,
-};
+#[allow(deprecated)]
+pub use options::ReconnectPolicy;
+pub use options::{Backoff, BrokerUrl, ConnectOptions, LastWill, TlsOptions, Transport};
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,

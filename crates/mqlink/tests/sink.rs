@@ -277,25 +277,22 @@ async fn rejecting_once_broker() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_publish_is_retried_under_the_strategy() {
-    use mqlink::sink::RetryStrategy;
+    use mqlink::Backoff;
     for (strategy, ok) in [
-        (RetryStrategy::None, false),
-        (
-            RetryStrategy::Fixed {
-                interval: Duration::from_millis(20),
-                attempts: 3,
-            },
-            true,
-        ),
+        (None, false),
+        (Some(Backoff::fixed(Duration::from_millis(20), 3)), true),
     ] {
         let port = rejecting_once_broker().await;
-        let sink = MqttSink::builder()
+        let builder = MqttSink::builder()
             .connection(opts(&format!("mqtt://127.0.0.1:{port}")))
-            .topic("r/t")
-            .retry_strategy(strategy)
-            .start()
-            .await
-            .unwrap();
+            .topic("r/t");
+        let sink = match strategy.clone() {
+            Some(backoff) => builder.retry(backoff),
+            None => builder,
+        }
+        .start()
+        .await
+        .unwrap();
         let r = sink.send(SinkRecord::json(json!(1))).await.unwrap().await;
         assert_eq!(r.is_ok(), ok, "{strategy:?}: {r:?}");
         if let Err(e) = r {

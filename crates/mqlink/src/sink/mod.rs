@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, PublishError};
-use crate::options::ConnectOptions;
+use crate::options::{Backoff, ConnectOptions};
 use crate::session::{Client, Confirmed, Message, PublishToken};
 use crate::source::{Record, RecordAck};
 use crate::types::QoS;
@@ -141,10 +141,11 @@ pub enum Retain {
     Field(String),
 }
 
-/// What to do when the broker rejects a publish or the session gives up
-/// (Jet's `RetryStrategies`). A record is never reported delivered without
-/// the broker's confirmation; retries keep the record's place in the order
-/// of confirmations.
+/// The old spelling of the sink's retries, now a [`Backoff`]
+/// ([`SinkBuilder::retry`]): `Fixed` is [`Backoff::fixed`], `Exponential`
+/// [`Backoff::exponential`], `Indefinitely` [`Backoff::indefinitely`],
+/// `None` no `retry` at all.
+#[deprecated(since = "0.2.0", note = "use SinkBuilder::retry with a Backoff")]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RetryStrategy {
     /// A failed publish fails its record.
@@ -174,24 +175,28 @@ pub enum RetryStrategy {
     },
 }
 
+#[allow(deprecated)]
 impl RetryStrategy {
-    /// The wait before retry `n` (1-based), or `None` when out of tries.
-    pub fn delay(&self, n: u32) -> Option<Duration> {
-        match *self {
-            RetryStrategy::None => None,
-            RetryStrategy::Fixed { interval, attempts } => (n <= attempts).then_some(interval),
+    /// The same retries as a [`Backoff`]; `None` for no retries.
+    pub fn backoff(self) -> Option<Backoff> {
+        match self {
+            RetryStrategy::Fixed { attempts: 0, .. }
+            | RetryStrategy::Exponential { attempts: 0, .. }
+            | RetryStrategy::None => None,
+            RetryStrategy::Fixed { interval, attempts } => Some(Backoff::fixed(interval, attempts)),
             RetryStrategy::Exponential {
                 initial,
                 multiplier,
                 max,
                 attempts,
-            } => (n <= attempts).then(|| {
-                let secs = initial.as_secs_f64()
-                    * multiplier.max(1.0).powi(n.saturating_sub(1).min(64) as i32);
-                Duration::from_secs_f64(secs.min(max.as_secs_f64()))
-            }),
-            RetryStrategy::Indefinitely { interval } => Some(interval),
+            } => Some(Backoff::exponential(initial, multiplier, max, attempts)),
+            RetryStrategy::Indefinitely { interval } => Some(Backoff::indefinitely(interval)),
         }
+    }
+
+    /// The wait before retry `n` (1-based), or `None` when out of tries.
+    pub fn delay(&self, n: u32) -> Option<Duration> {
+        self.backoff().and_then(|b| b.retry_delay(n))
     }
 }
 
@@ -248,7 +253,7 @@ impl std::fmt::Debug for MessageFn {
     }
 }
 
-/// The function of [`SinkBuilder::retry_fn`] (a [`RetryStrategy`] is one).
+/// The function of [`SinkBuilder::retry_fn`] (a [`Backoff`] is one).
 #[derive(Clone)]
 pub(crate) struct RetryFn(Arc<RetryDelay>);
 
@@ -459,14 +464,23 @@ impl SinkBuilder {
         self.config.key_field = Some(field.into());
         self
     }
-    /// Retries of failed publishes under a fixed policy (Jet's
-    /// `RetryStrategies`); the default is none. See [`retry_fn`](Self::retry_fn).
-    pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
-        self.config.retry = match r {
-            RetryStrategy::None => None,
-            r => Some(RetryFn(Arc::new(move |n, _| r.delay(n)))),
-        };
+    /// Retries of failed publishes paced by `backoff` (Jet's
+    /// `RetryStrategies`: [`Backoff::fixed`], [`Backoff::exponential`],
+    /// [`Backoff::indefinitely`]); the default is none. See
+    /// [`retry_fn`](Self::retry_fn).
+    pub fn retry(mut self, backoff: Backoff) -> Self {
+        self.config.retry = Some(RetryFn(Arc::new(move |n, _| backoff.retry_delay(n))));
         self
+    }
+    /// The old spelling of [`retry`](Self::retry).
+    #[deprecated(since = "0.2.0", note = "use retry(Backoff::…)")]
+    #[allow(deprecated)]
+    pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
+        self.config.retry = None;
+        match r.backoff() {
+            Some(b) => self.retry(b),
+            None => self,
+        }
     }
     /// Retries of failed publishes decided by a function of yours, as Jet's
     /// `retryFn`: given the attempt (1 for the first retry) and the error,
@@ -1063,34 +1077,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delays() {
+    #[allow(deprecated)]
+    fn the_old_retry_strategies_are_backoffs() {
         let ms = Duration::from_millis;
-        assert_eq!(RetryStrategy::None.delay(1), None);
+        assert_eq!(RetryStrategy::None.backoff(), None);
+        let no_retries = RetryStrategy::Fixed {
+            interval: ms(10),
+            attempts: 0,
+        };
+        // 0 attempts was no retry, where a Backoff's 0 is forever.
+        assert_eq!(no_retries.backoff(), None);
         let f = RetryStrategy::Fixed {
             interval: ms(10),
             attempts: 2,
         };
-        assert_eq!(
-            (f.delay(1), f.delay(2), f.delay(3)),
-            (Some(ms(10)), Some(ms(10)), None)
-        );
+        assert_eq!(f.backoff(), Some(Backoff::fixed(ms(10), 2)));
+        assert_eq!((f.delay(2), f.delay(3)), (Some(ms(10)), None));
         let e = RetryStrategy::Exponential {
             initial: ms(10),
             multiplier: 2.0,
             max: ms(25),
             attempts: 5,
         };
-        let d: Vec<_> = (1..=6).map(|n| e.delay(n)).collect();
         assert_eq!(
-            d,
-            [
-                Some(ms(10)),
-                Some(ms(20)),
-                Some(ms(25)),
-                Some(ms(25)),
-                Some(ms(25)),
-                None
-            ]
+            e.backoff(),
+            Some(Backoff::exponential(ms(10), 2.0, ms(25), 5))
         );
         assert_eq!(
             RetryStrategy::Indefinitely { interval: ms(5) }.delay(1_000_000),

@@ -53,7 +53,7 @@ use tokio::task::JoinHandle;
 use crate::codec::ByteStr;
 use crate::error::{Error, SubscribeError};
 use crate::format::{Format, FormatError, Value};
-use crate::options::{ConnectOptions, OptionsError};
+use crate::options::{Backoff, ConnectOptions, OptionsError};
 use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
 use crate::topic::{
     disjoint_cover_groups, validate_filter, validate_topic_name, TopicError, TopicFilter,
@@ -1047,21 +1047,29 @@ fn into_record(
     }
 }
 
-/// Fetches a schema, trying three times: a registry that is briefly away
-/// should not send good messages to the dead-letter topic.
+/// Retries of a failed schema fetch: a registry that is briefly away should
+/// not send good messages to the dead-letter topic.
+const SCHEMA_FETCH: Backoff = Backoff::exponential(
+    Duration::from_millis(200),
+    2.0,
+    Duration::from_millis(800),
+    2,
+);
+
+/// Fetches a schema, retrying under [`SCHEMA_FETCH`].
 async fn fetch_schema(registry: &crate::format::Registry, id: u32) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 0..3u32 {
-        match registry.fetch(id).await {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(schema_id = id, error = %e, attempt, "Schema fetch failed.");
-                last = e;
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
+    let mut attempt = 0;
+    loop {
+        let Err(e) = registry.fetch(id).await else {
+            return Ok(());
+        };
+        attempt += 1;
+        tracing::warn!(schema_id = id, error = %e, attempt, "Schema fetch failed.");
+        let Some(wait) = SCHEMA_FETCH.retry_delay(attempt) else {
+            return Err(e);
+        };
+        tokio::time::sleep(wait).await;
     }
-    Err(last)
 }
 
 /// The dead letter: the original payload with topic and reason as user
