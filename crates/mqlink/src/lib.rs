@@ -113,6 +113,7 @@
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
 //! - [`sink`]: records published with the broker's confirmation, topic
 //!   templates; [`sink::Confirmations`] counts and flushes any publisher's.
+//! - [`dead_letter`]: building and publishing dead letters.
 //! - [`broker`] (feature `broker`, on by default): an embedded MQTT broker
 //!   for first runs and development.
 //! - [`error`]: typed errors for every layer.
@@ -130,6 +131,7 @@ pub mod codec;
 #[cfg(not(feature = "codec"))]
 #[allow(dead_code, unreachable_pub)]
 mod codec;
+pub mod dead_letter;
 pub mod error;
 pub mod format;
 pub mod options;
