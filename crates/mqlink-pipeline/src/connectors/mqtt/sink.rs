@@ -20,8 +20,8 @@ use serde_json::Value as Json;
 use crate::relay::{Relay, PROPERTY};
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{
-    connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig,
-    Context, SinkKind, SourceConfig,
+    connection, err, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig, Context, SinkFormat,
+    SinkKind, SourceConfig,
 };
 use crate::status::{Component, Mqtt};
 
@@ -42,8 +42,8 @@ pub struct MqttSinkConfig {
     pub retain: bool,
     /// `json` (the record as a JSON object) or `raw` (the original payload
     /// bytes of MQTT sources) [default: json].
-    #[serde(default = "json_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: SinkFormat,
     /// Clients publishing in parallel, per-key order kept [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
@@ -73,12 +73,6 @@ impl MqttSinkConfig {
         connections: &BTreeMap<String, ConnectionConfig>,
     ) -> Result<(), ConfigError> {
         connection(path, &self.connection, connections)?;
-        if !matches!(self.format.as_str(), "json" | "raw") {
-            return Err(err(
-                format!("{path}.format"),
-                format!("unknown format {:?}: use json or raw", self.format),
-            ));
-        }
         if self.parallelism == 0 {
             return Err(err(format!("{path}.parallelism"), "must be at least 1"));
         }
@@ -112,7 +106,7 @@ impl MqttSinkConfig {
             let raw = match source {
                 SourceConfig::Mqtt(m) => match &m.decoder {
                     mqlink::format::Format::RawBytes { include_topic } => !include_topic,
-                    _ => self.format == "raw",
+                    _ => self.format == SinkFormat::Raw,
                 },
                 SourceConfig::Generator(_) => false,
             };
@@ -197,7 +191,7 @@ impl MqttSinkRuntime {
         });
         Ok(MqttSinkRuntime {
             sink,
-            raw: cfg.format == "raw",
+            raw: cfg.format == SinkFormat::Raw,
             dead_letters,
             relay: None,
         })
