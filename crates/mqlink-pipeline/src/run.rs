@@ -206,7 +206,7 @@ pub async fn run(
     // library never dead-letters out of their sight (a decoding source's
     // dead letters would never be settled).
     let consumes = |m: &crate::connectors::mqtt::MqttSourceConfig| {
-        relayed(&m.connection) && matches!(m.decoder, mqlink::format::Format::RawBytes { .. })
+        relayed(&m.connection) && matches!(m.decoder, mqlink::format::Decoder::RawBytes { .. })
     };
     let consumers: Vec<Vec<String>> = p
         .sources

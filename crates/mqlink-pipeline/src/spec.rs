@@ -515,7 +515,7 @@ pub fn from_tree_with(
             (SourceConfig::Mqtt(m), Some(schema)) => {
                 let mut m = m.clone();
                 m.schema = Some(schema.clone());
-                m.decoder = mqlink::format::Format::Json {
+                m.decoder = mqlink::format::Decoder::Json {
                     schema: Some(schema.clone()),
                 };
                 (name.clone(), SourceConfig::Mqtt(m))

@@ -509,7 +509,7 @@ async fn qos2_through_cut_connections_gives_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
-    use mqlink::format::{ColumnType, Format, Schema};
+    use mqlink::format::{ColumnType, Decoder, Schema};
     use mqlink::source::MqttSource;
     let broker = Mosquitto::start();
     let root = unique_id("bridge");
@@ -517,7 +517,7 @@ async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
     let mut source = MqttSource::builder()
         .connection(opts(&broker.url()))
         .topic(format!("{root}/in/+"), QoS::AtLeastOnce)
-        .format(Format::Json {
+        .format(Decoder::Json {
             schema: Some(Schema::new([
                 ("n", ColumnType::BigInt),
                 ("ts", ColumnType::Timestamp),

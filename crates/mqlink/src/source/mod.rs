@@ -5,14 +5,14 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use mqlink::format::{ColumnType, Format, Schema};
+//! use mqlink::format::{ColumnType, Decoder, Schema};
 //! use mqlink::source::MqttSource;
 //! use mqlink::{ConnectOptions, QoS};
 //! let mut source = MqttSource::builder()
 //!     .connection(ConnectOptions::new("mqtt://localhost:1883")?)
 //!     .topic("sensors/+/telemetry", QoS::AtLeastOnce)
 //!     .topic("alerts/#", QoS::ExactlyOnce)
-//!     .format(Format::Json { schema: Some(Schema::new([("device_id", ColumnType::Text)])) })
+//!     .format(Decoder::Json { schema: Some(Schema::new([("device_id", ColumnType::Text)])) })
 //!     .dead_letter_topic("errors/telemetry")
 //!     .start()
 //!     .await?;
@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use crate::codec::ByteStr;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, SubscribeError};
-use crate::format::{Format, FormatError, Value};
+use crate::format::{Decoder, FormatError, Value};
 use crate::options::{Backoff, ConnectOptions, OptionsError};
 use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
 use crate::topic::{
@@ -98,7 +98,7 @@ pub enum SourceError {
 pub struct SourceConfig {
     pub(crate) connection: ConnectOptions,
     pub(crate) subscriptions: Vec<Subscription>,
-    pub(crate) format: Format,
+    pub(crate) format: Decoder,
     pub(crate) dead_letter_topic: Option<String>,
     /// Times [`MqttSource::retry`] hands a record back after a downstream
     /// failure before it is dead-lettered (Laminar's `max_retries`).
@@ -226,7 +226,7 @@ impl SourceBuilder {
         self
     }
     /// How payloads are decoded into [`Record::value`] [default: raw bytes].
-    pub fn format(mut self, f: Format) -> Self {
+    pub fn format(mut self, f: Decoder) -> Self {
         self.config.format = f;
         self
     }
@@ -237,7 +237,7 @@ impl SourceBuilder {
         mut self,
         f: impl Fn(&str, &Bytes) -> Result<Value, String> + Send + Sync + 'static,
     ) -> Self {
-        self.config.format = Format::Map(crate::format::MapFn(Arc::new(f)));
+        self.config.format = Decoder::Map(crate::format::MapFn(Arc::new(f)));
         self
     }
     /// Where payloads that do not decode go (and records that exhausted
@@ -465,7 +465,7 @@ struct Worker {
     /// The filters asked for, when the broker may send more (merged
     /// filters, see the module docs); empty when it cannot.
     filters: Vec<TopicFilter>,
-    format: Format,
+    format: Decoder,
     dead_letters: Option<DeadLetters>,
     metrics: Arc<SourceMetrics>,
 }
@@ -478,7 +478,7 @@ impl MqttSource {
             config: SourceConfig {
                 connection: ConnectOptions::default(),
                 subscriptions: Vec::new(),
-                format: Format::default(),
+                format: Decoder::default(),
                 dead_letter_topic: None,
                 max_retries: 3,
                 batch_size: 1000,
@@ -962,7 +962,7 @@ impl Worker {
             return None;
         }
         let mut value = self.format.decode(&d.topic, &d.payload);
-        if let (Err(FormatError::SchemaNotLoaded(id)), Format::AvroRegistry { registry }) =
+        if let (Err(FormatError::SchemaNotLoaded(id)), Decoder::AvroRegistry { registry }) =
             (&value, &self.format)
         {
             value = match fetch_schema(registry, *id).await {

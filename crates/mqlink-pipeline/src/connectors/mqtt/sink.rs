@@ -105,7 +105,7 @@ impl MqttSinkConfig {
             let field = field.join(".");
             let raw = match source {
                 SourceConfig::Mqtt(m) => match &m.decoder {
-                    mqlink::format::Format::RawBytes { include_topic } => !include_topic,
+                    mqlink::format::Decoder::RawBytes { include_topic } => !include_topic,
                     _ => self.format == SinkFormat::Raw,
                 },
                 SourceConfig::Generator(_) => false,
@@ -115,7 +115,7 @@ impl MqttSinkConfig {
             }
             let columns = match source {
                 SourceConfig::Mqtt(m) => match &m.decoder {
-                    mqlink::format::Format::RawBytes { .. } => Some(Schema::new([
+                    mqlink::format::Decoder::RawBytes { .. } => Some(Schema::new([
                         ("topic", ColumnType::Text),
                         ("payload", ColumnType::Bytea),
                     ])),

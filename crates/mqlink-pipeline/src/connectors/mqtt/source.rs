@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqlink::format::{AvroSchema, Format, Registry, Schema};
+use mqlink::format::{AvroSchema, Decoder, Registry, Schema};
 use mqlink::source::{BufferOptions, BufferWhen, MqttSource, Record};
 use mqlink::topic::{validate_filter, validate_topic_name};
 use mqlink::{ConnectOptions, QoS};
@@ -82,7 +82,7 @@ pub struct MqttSourceConfig {
     pub buffer: BufferConfig,
     /// How payloads are decoded, built when loaded.
     #[serde(skip)]
-    pub decoder: Format,
+    pub decoder: Decoder,
 }
 
 /// `[sources.NAME.buffer]`: messages are acknowledged once in a local log
@@ -309,9 +309,9 @@ impl MqttSourceConfig {
     }
 
     /// How payloads are decoded; reads the Avro schema file.
-    fn decoder(&self, path: &str) -> Result<Format, ConfigError> {
+    fn decoder(&self, path: &str) -> Result<Decoder, ConfigError> {
         Ok(match self.format.as_str() {
-            "raw_bytes" | "raw" => Format::RawBytes {
+            "raw_bytes" | "raw" => Decoder::RawBytes {
                 include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
             },
             "avro" => match (&self.avro_schema, &self.schema_registry_url) {
@@ -328,11 +328,11 @@ impl MqttSourceConfig {
                             format!("{}: {e}", file.display()),
                         )
                     })?;
-                    Format::Avro {
+                    Decoder::Avro {
                         schema: Arc::new(schema),
                     }
                 }
-                (None, Some(url)) => Format::AvroRegistry {
+                (None, Some(url)) => Decoder::AvroRegistry {
                     registry: Arc::new(
                         Registry::new(url)
                             .map_err(|e| err(format!("{path}.schema_registry_url"), e))?,
@@ -345,7 +345,7 @@ impl MqttSourceConfig {
                     ))
                 }
             },
-            _ => Format::Json {
+            _ => Decoder::Json {
                 schema: self.schema.clone(),
             },
         })
