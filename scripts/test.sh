@@ -64,7 +64,16 @@ pyenv=target/pyenv
 [ -x "$pyenv/bin/python" ] || python3 -m venv "$pyenv"
 "$pyenv/bin/pip" install -q --disable-pip-version-check \
   'maturin>=1.5,<2' pytest 'quixstreams==3.28.1' 'paho-mqtt>=2,<3'
-# maturin from the virtualenv builds it (no isolated build env: no download).
-PATH="$PWD/$pyenv/bin:$PATH" "$pyenv/bin/pip" install -q --disable-pip-version-check \
-  --no-build-isolation ./python
+# The wheel a user installs (target/wheels/mqlink-*.whl: no Rust needed to
+# install it), built by maturin from the virtualenv (no download).
+PATH="$PWD/$pyenv/bin:$PATH" "$pyenv/bin/maturin" build --release --quiet \
+  -m python/Cargo.toml -o target/wheels
+wheel=$(ls -t target/wheels/mqlink-*.whl | head -1)
+# Installed into a fresh virtualenv with nothing else, it imports.
+fresh=$(mktemp -d)
+python3 -m venv "$fresh"
+"$fresh/bin/pip" install -q --disable-pip-version-check "$wheel"
+(cd "$fresh" && bin/python -c 'import mqlink, mqlink.quix; mqlink.Publisher')
+rm -rf "$fresh"
+"$pyenv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 "$pyenv/bin/python" -m pytest -q -p no:cacheprovider python/tests

@@ -108,7 +108,7 @@ class MQTTSink(_BaseSink):
     :param topic_root: topics are ``{topic_root}/{key_serializer(key)}``.
     :param username: user name, if the broker wants one.
     :param password: password (never printed).
-    :param version: ``"3.1.1"`` or ``"5"``.
+    :param version: ``"3.1"``, ``"3.1.1"`` or ``"5"``.
     :param tls_enabled: connect with TLS (default ``True``, as Quix).
     :param key_serializer: record key -> topic suffix (default ``bytes.decode``).
     :param value_serializer: record value -> payload, ``str`` or ``bytes``
@@ -166,11 +166,8 @@ class MQTTSink(_BaseSink):
             on_client_connect_success=on_client_connect_success,
             on_client_connect_failure=on_client_connect_failure,
         )
-        if version not in ("3.1.1", "5"):
-            raise ValueError(
-                f"version: {version!r} is not supported; use '3.1.1' or '5' "
-                "(MQTT 3.1 is not offered: brokers that speak it speak 3.1.1)"
-            )
+        if version not in ("3.1", "3.1.1", "5"):
+            raise ValueError(f"version: {version!r} is not supported; use '3.1', '3.1.1' or '5'")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos: {qos!r} is not a QoS (0, 1 or 2)")
         if properties is not None and version != "5":

@@ -94,7 +94,10 @@ fn qos(what: &str, v: u8) -> PyResult<QoS> {
 fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
     let mut o = ConnectOptions::default();
     o.protocol_or_default(None);
-    let mut tls = TlsOptions::default();
+    let mut tls = TlsOptions {
+        keys: mqlink::options::TlsKeys::PYTHON,
+        ..Default::default()
+    };
     for (k, v) in conn.iter() {
         let key: String = k.extract()?;
         if v.is_none() {
@@ -120,15 +123,9 @@ fn connect_options(conn: &Bound<'_, PyDict>) -> PyResult<ConnectOptions> {
             "password" => o.password = Some(Secret::new(v.extract::<String>().map_err(bad)?)),
             "protocol" => {
                 let p: String = v.str()?.to_string();
-                let written = match p.as_str() {
-                    "3.1.1" | "311" | "mqttv311" | "4" => Protocol::V311,
-                    "5" | "5.0" | "mqttv5" => Protocol::V5,
-                    other => {
-                        return Err(PyValueError::new_err(format!(
-                            "protocol: {other:?} is not a supported MQTT version; use \"3.1.1\" or \"5\""
-                        )))
-                    }
-                };
+                let written: Protocol = p
+                    .parse()
+                    .map_err(|e: String| PyValueError::new_err(format!("protocol: {e}")))?;
                 o.protocol_or_default(Some(written));
             }
             "clean_session" => o.clean_session = v.extract().map_err(bad)?,

@@ -160,6 +160,20 @@ def test_qos(mosquitto, collector, uid, qos):
     sink.close()
 
 
+def test_version_3_1_as_quix_lists_it(mosquitto, collector, uid):
+    # Quix's documentation lists "3.1": the sink speaks MQTT 3.1 itself.
+    got = collector(mosquitto.port, f"{uid}/#", qos=1)
+    sink = make_sink(mosquitto, uid, version="3.1", qos=1)
+    sink.setup()
+    for i in range(100):
+        add(sink, i, b"k", i)
+    sink.flush()
+    assert sorted(int(m.payload) for m in got.wait_for(100)) == list(range(100))
+    sink.close()
+    connects = [l for l in mosquitto.log().splitlines() if f" as quix-{uid} " in l]
+    assert connects and "(p1," in connects[0], connects
+
+
 def test_retain_callable(mosquitto, collector, uid):
     sink = make_sink(mosquitto, uid, retain=lambda v: v["keep"])
     sink.setup()
@@ -272,6 +286,19 @@ def test_refused_connection_is_a_clear_error(make_mosquitto, tmp_path, uid):
     add(ok, 1, b"k", 0)
     ok.flush()
     ok.close()
+
+
+def test_quix_default_tls_against_a_plain_port_says_what_to_write(mosquitto, uid):
+    # Quix's MQTTSink has TLS on by default; the port here is plain MQTT.
+    failures = []
+    sink = MQTTSink(
+        client_id=f"quix-{uid}", server="127.0.0.1", port=mosquitto.port, topic_root=uid,
+        on_client_connect_failure=lambda e: failures.append(e),
+    )
+    sink.start()
+    assert len(failures) == 1
+    assert "does not seem to speak TLS" in str(failures[0]), failures[0]
+    assert "tls_enabled=False" in str(failures[0]), failures[0]
 
 
 def make_certs(d) -> dict:

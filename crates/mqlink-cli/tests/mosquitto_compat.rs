@@ -445,6 +445,9 @@ fn sub_command_lines_print_what_mosquitto_sub_prints() {
             "sub", "-p", "{p}", "-t", all, "-C", "4", "-V", "mqttv311", "-q", "1", "-F", "%q %m %t",
         ]),
         case(&[
+            "sub", "-p", "{p}", "-t", all, "-C", "4", "-V", "mqttv31", "-q", "2", "-v",
+        ]),
+        case(&[
             "sub", "-p", "{p}", "-t", all, "-C", "4", "-q", "2", "-F", "%j",
         ])
         .norm(Norm::Tst),
@@ -813,6 +816,12 @@ fn pub_command_lines_deliver_what_mosquitto_pub_delivers() {
             "1",
         ),
         reader(
+            case(&[
+                "pub", "-p", "{p}", "-t", "{u}/a", "-m", "hello", "-q", "2", "-V", "mqttv31",
+            ]),
+            "1",
+        ),
+        reader(
             case(&["pub", "-p", "{p}", "-t", "{u}/a", "-n", "-q", "1"]),
             "1",
         ),
@@ -1071,6 +1080,9 @@ fn refused_connections_exit_with_the_connack_code() {
             "-V",
             "5",
         ]),
+        case(&[
+            "sub", "-p", "{p}", "-t", "{t}/a", "-C", "1", "-V", "31", "-u", "alice", "-P", "wrong",
+        ]),
         case(&["pub", "-p", "{p}", "-t", "{t}/b", "-m", "m"]),
         case(&[
             "pub", "-p", "{p}", "-t", "{t}/b", "-m", "m", "-V", "5", "--quiet",
@@ -1196,4 +1208,39 @@ fn tls_flags_as_mosquitto_takes_them() {
         ]),
     ];
     compare("tls", &cases, &env);
+
+    // mqlink says, once and in the flag's own words, that nothing is verified.
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args(["sub", "-h", "127.0.0.1", "--insecure", "-C", "1", "-p"])
+        .arg(env.tls_port.unwrap().to_string())
+        .arg("--cafile")
+        .arg(&certs.ca)
+        .args(["-t", &format!("{}/a", env.t)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("TLS verification is off").count(), 1, "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+}
+
+/// `-V mqttv31` speaks MQTT 3.1 itself (protocol name MQIsdp, level 3),
+/// not 3.1.1 under another name: Mosquitto logs the protocol as `p1`.
+#[test]
+fn mqtt_3_1_is_spoken_when_asked_for() {
+    let broker = Mosquitto::start();
+    let env = env_for(&broker);
+    let id = unique_id("v31");
+    let (port, topic) = (env.port.to_string(), format!("{}/v31", env.t));
+    let args = [
+        "pub", "-p", &port, "-V", "mqttv31", "-q", "1", "-i", &id, "-t", &topic, "-m", "x",
+    ];
+    let out = exec(env!("CARGO_BIN_EXE_mqlink"), &args.map(String::from), None);
+    assert_eq!(out.code, Some(0));
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!(" as {id} ")))
+        .unwrap_or_else(|| panic!("no connect line for {id}:\n{log}"));
+    assert!(line.contains("(p1,"), "not MQTT 3.1: {line}");
 }

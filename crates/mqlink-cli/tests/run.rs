@@ -118,6 +118,32 @@ table = "t"
         text(&out.stderr)
     );
 
+    // TLS files are read by validate: a missing CA names the key as written.
+    let tls = write(
+        dir.path(),
+        "tls.toml",
+        r#"
+[connections.c]
+broker = "mqtts://127.0.0.1:8883"
+tls_ca_cert = "/nonexistent/ca.pem"
+[sources.s]
+type = "mqtt"
+connection = "c"
+topics = ["a/#"]
+[sinks.out]
+type = "file"
+inputs = ["s"]
+path = "out.jsonl"
+"#,
+    );
+    let out = mqlink().arg("validate").arg(&tls).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("connections.c.tls_ca_cert") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+
     // Every shipped example is valid, and ids are derived per component
     // (the commissioning files of examples/cybus/ are checked by
     // tests/cybus.rs and the pipeline crate's unit tests: they take --param).

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use mqlink::format::{parse_column, Schema};
 use mqlink::topic::validate_topic_name;
-use mqlink::{Backoff, BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsOptions};
+use mqlink::{
+    Backoff, BrokerUrl, ConnectOptions, LastWill, Protocol, QoS, Secret, TlsKeys, TlsOptions,
+};
 
 use crate::connectors::file::FileSinkConfig;
 use crate::connectors::generator::GeneratorConfig;
@@ -818,6 +820,7 @@ impl ConnectionConfig {
                 client_key: self.tls_client_key.clone(),
                 insecure: !self.tls_verify,
                 server_name: None,
+                keys: TlsKeys::PIPELINE,
             },
             keep_alive: secs("keep_alive", self.keep_alive.map(|v| v as f64), 60.0)?,
             connect_timeout: secs(
@@ -847,6 +850,13 @@ impl ConnectionConfig {
         };
         opts.protocol_or_default(self.protocol);
         opts.validate().map_err(|e| err(path, e.to_string()))?;
+        // The files are read now, so `validate` finds a missing or broken one.
+        opts.tls.check().map_err(|e| match &e {
+            mqlink::options::OptionsError::TlsFile { what, .. } => {
+                err(format!("{path}.{what}"), e.to_string())
+            }
+            _ => err(path, e.to_string()),
+        })?;
         Ok(opts)
     }
 }

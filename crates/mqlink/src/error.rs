@@ -2,6 +2,7 @@
 //! (broker, topic, filter); `is_retryable` tells the reconnect supervisor
 //! whether trying again can help.
 
+use std::fmt;
 use std::time::Duration;
 
 pub use crate::codec::{DecodeError, EncodeError};
@@ -183,7 +184,10 @@ impl ConnectionLost {
 }
 
 /// Errors of `connect`/`start`: bad options, or the session could not be set up.
-#[derive(Debug, thiserror::Error)]
+/// Its `Debug` is its sentence: `fn main() -> Result<(), Box<dyn Error>>`
+/// prints an error with `Debug`, and a user should read what happened, not
+/// `Connect(Refused { broker: … })`.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The options cannot work.
     #[error(transparent)]
@@ -209,6 +213,12 @@ pub enum Error {
     /// Called outside a Tokio runtime.
     #[error("no Tokio runtime: start sources, sinks and clients inside one (e.g. #[tokio::main])")]
     NoRuntime,
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {

@@ -179,6 +179,93 @@ pub struct TlsOptions {
     pub insecure: bool,
     /// Name sent as SNI and checked against the certificate; the URL's host by default.
     pub server_name: Option<String>,
+    /// How the front end spells these settings, for errors and warnings.
+    pub keys: TlsKeys,
+}
+
+impl TlsOptions {
+    /// Reads and parses the CA, certificate and key files as a connection
+    /// would, without connecting: for `validate`. Errors name the key.
+    pub fn check(&self) -> Result<(), OptionsError> {
+        if self.ca_file.is_none() && self.client_cert.is_none() && self.client_key.is_none() {
+            return Ok(());
+        }
+        crate::session::check_tls(self)
+    }
+}
+
+/// How a front end spells the TLS settings, so that an error or a warning
+/// names the key the user wrote (`tls_ca_cert`, `--cafile`, `caCert`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsKeys {
+    /// The CA file.
+    pub ca_file: &'static str,
+    /// The client certificate.
+    pub client_cert: &'static str,
+    /// The client key.
+    pub client_key: &'static str,
+    /// Turning verification off, as written (empty: the front end has no
+    /// such switch).
+    pub insecure: &'static str,
+    /// Turning TLS off, as written.
+    pub plain: &'static str,
+}
+
+impl TlsKeys {
+    /// The library's own field names.
+    pub const LIBRARY: TlsKeys = TlsKeys {
+        ca_file: "ca_file",
+        client_cert: "client_cert",
+        client_key: "client_key",
+        insecure: "insecure = true",
+        plain: "an mqtt:// URL",
+    };
+    /// `mqlink pub`/`sub` (mosquitto's flags).
+    pub const CLI: TlsKeys = TlsKeys {
+        ca_file: "--cafile",
+        client_cert: "--cert",
+        client_key: "--key",
+        insecure: "--insecure",
+        plain: "no --cafile/--tls and the plain port (-p 1883)",
+    };
+    /// Pipeline files and SQL.
+    pub const PIPELINE: TlsKeys = TlsKeys {
+        ca_file: "tls_ca_cert",
+        client_cert: "tls_client_cert",
+        client_key: "tls_client_key",
+        insecure: "tls_verify = false",
+        plain: "an mqtt:// broker URL",
+    };
+    /// Cybus commissioning files.
+    pub const CYBUS: TlsKeys = TlsKeys {
+        ca_file: "caCert",
+        client_cert: "clientCert",
+        client_key: "clientPrivateKey",
+        insecure: "trustAllCertificates: true",
+        plain: "scheme: mqtt",
+    };
+    /// Quix's `MQTTSink` and the Python client.
+    pub const PYTHON: TlsKeys = TlsKeys {
+        ca_file: "ca_file",
+        client_cert: "cert_file",
+        client_key: "key_file",
+        insecure: "tls_insecure=True",
+        plain: "tls_enabled=False (or an mqtt:// URL)",
+    };
+    /// `mqlink airbyte` configurations.
+    pub const AIRBYTE: TlsKeys = TlsKeys {
+        ca_file: "ca_file",
+        client_cert: "client_cert",
+        client_key: "client_key",
+        insecure: "",
+        plain: "use_tls: false",
+    };
+}
+
+impl Default for TlsKeys {
+    fn default() -> Self {
+        TlsKeys::LIBRARY
+    }
 }
 
 /// The message the broker publishes when this client disappears.
@@ -381,7 +468,7 @@ pub enum OptionsError {
     /// A TLS file that cannot be read or used.
     #[error("{what} {path:?} cannot be used: {reason}")]
     TlsFile {
-        /// Which option (`ca_file`, `client_cert`, `client_key`).
+        /// Which option, as the user wrote it ([`TlsKeys`]).
         what: &'static str,
         /// The file.
         path: PathBuf,
@@ -389,8 +476,8 @@ pub enum OptionsError {
         reason: String,
     },
     /// A client certificate without its key, or the other way round.
-    #[error("client_cert and client_key go together; {0} is missing")]
-    TlsPair(&'static str),
+    #[error("{0} and {1} go together; {1} is missing")]
+    TlsPair(&'static str, &'static str),
     /// A TLS broker URL in a build without the `tls` feature.
     #[error("TLS support was not compiled in (feature \"tls\")")]
     TlsNotCompiled,
@@ -502,8 +589,14 @@ impl ConnectOptions {
             ));
         }
         match (&self.tls.client_cert, &self.tls.client_key) {
-            (Some(_), None) => return Err(OptionsError::TlsPair("client_key")),
-            (None, Some(_)) => return Err(OptionsError::TlsPair("client_cert")),
+            (Some(_), None) => {
+                let k = self.tls.keys;
+                return Err(OptionsError::TlsPair(k.client_cert, k.client_key));
+            }
+            (None, Some(_)) => {
+                let k = self.tls.keys;
+                return Err(OptionsError::TlsPair(k.client_key, k.client_cert));
+            }
             _ => {}
         }
         for b in &self.brokers {

@@ -45,10 +45,13 @@ impl FromStr for QoS {
     }
 }
 
-/// MQTT protocol version. MQTT 3.1 is not offered: no Rust codec worth
-/// trusting speaks it and every broker in use accepts 3.1.1.
+/// MQTT protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {
+    /// MQTT 3.1 (protocol name `MQIsdp`, level 3), for clients and brokers
+    /// that still speak it (Paho falls back to it; Quix lists it). On the
+    /// wire it is 3.1.1 but for the CONNECT header.
+    V31,
     /// MQTT 3.1.1 (protocol level 4).
     #[default]
     V311,
@@ -59,6 +62,7 @@ pub enum Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Protocol::V31 => "3.1",
             Protocol::V311 => "3.1.1",
             Protocol::V5 => "5",
         })
@@ -71,11 +75,9 @@ impl FromStr for Protocol {
         match s.trim() {
             "311" | "3.1.1" | "mqttv311" | "4" => Ok(Protocol::V311),
             "5" | "5.0" | "mqttv5" => Ok(Protocol::V5),
-            "31" | "3.1" | "mqttv31" => Err(format!(
-                "protocol version {s:?} (MQTT 3.1) is not supported: use 311 or 5"
-            )),
+            "31" | "3.1" | "mqttv31" | "3" => Ok(Protocol::V31),
             other => Err(format!(
-                "invalid protocol version {other:?}: expected 311, 5, mqttv311 or mqttv5"
+                "invalid protocol version {other:?}: expected 311, 5, 31, mqttv311, mqttv5 or mqttv31"
             )),
         }
     }

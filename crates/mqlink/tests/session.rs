@@ -9,7 +9,7 @@ use bytes::Bytes;
 use mqlink::{
     Backoff, Client, ConnectError, ConnectOptions, Delivery, Error, Incoming, LastWill, Message,
     Protocol, PublishError, PublishProperties, QoS, Refusal, Status, SubscribeError, Subscription,
-    TlsOptions,
+    TlsKeys, TlsOptions,
 };
 use testkit::{unique_id, CutProxy, Mosquitto, MosquittoConfig};
 use tokio::time::timeout;
@@ -537,6 +537,9 @@ async fn wrong_password_and_refused_filter_are_typed_errors() {
             "{proto}: {e}"
         );
         assert!(!format!("{e} {e:?}").contains("wrong-pw"));
+        // What `fn main() -> Result<(), Box<dyn Error>>` prints is a sentence.
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(!format!("{e:?}").contains("Refused {"), "{e:?}");
         o.password = Some("right-pw".into());
         let (c, _) = Client::connect(o).await.unwrap();
         c.disconnect().await;
@@ -735,11 +738,21 @@ async fn tls_mutual_tls_and_untrusted_certificates() {
     assert_eq!(&d.payload[..], b"secure");
     c.disconnect().await;
 
-    // Without the client certificate the broker refuses the handshake.
+    // Without the client certificate the broker refuses it (a TLS 1.3
+    // alert after the handshake): fatal at once, naming the user's key.
     let mut no_cert = o.clone();
     no_cert.tls.client_cert = None;
     no_cert.tls.client_key = None;
-    assert!(Client::connect(no_cert).await.is_err());
+    no_cert.tls.keys = TlsKeys::PIPELINE;
+    let e = Client::connect(no_cert).await.err().unwrap();
+    let Error::Connect(ce @ ConnectError::Tls { reason, .. }) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(!ce.is_retryable());
+    assert!(
+        reason.contains("requires a client certificate") && reason.contains("tls_client_cert"),
+        "{reason}"
+    );
 
     // A CA the broker's certificate is not signed by: refused, not retried.
     let other = testkit::Certs::generate(&broker.dir.path().join("other"), "some other CA");
@@ -798,7 +811,10 @@ async fn tls_made_by_the_mosquitto_tls_recipe() {
     c.disconnect().await;
 
     let mut o = opts(&format!("mqtts://127.0.0.1:{v1}"), Protocol::V311);
-    o.tls = tls;
+    o.tls = TlsOptions {
+        keys: TlsKeys::CLI,
+        ..tls
+    };
     let e = Client::connect(o.clone()).await.err().unwrap().to_string();
     assert!(
         e.contains("X.509 v1") && e.contains("subjectAltName") && e.contains("--insecure"),
@@ -807,6 +823,69 @@ async fn tls_made_by_the_mosquitto_tls_recipe() {
     o.tls.insecure = true;
     let (c, _) = Client::connect(o).await.unwrap();
     c.disconnect().await;
+}
+
+/// The TLS mistakes users make get the cause and the fix, in the keys
+/// they wrote: TLS spoken to a plain port, a self-signed (CA) certificate
+/// as the broker's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mistakes_get_the_cause_and_the_fix() {
+    let dir = testkit::TempDir::new().unwrap();
+    let (crt, key) = (dir.path().join("self.crt"), dir.path().join("self.key"));
+    // `req -x509` makes a CA certificate (basicConstraints CA:TRUE).
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let tls_port = testkit::free_port();
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec![
+            format!("listener {tls_port} 127.0.0.1"),
+            format!("certfile {}", crt.display()),
+            format!("keyfile {}", key.display()),
+        ],
+        ..Default::default()
+    });
+    let mut o = opts(&format!("mqtts://127.0.0.1:{tls_port}"), Protocol::V311);
+    o.tls.ca_file = Some(crt);
+    o.tls.keys = TlsKeys::CYBUS;
+    let e = Client::connect(o.clone()).await.err().unwrap().to_string();
+    assert!(
+        e.contains("presents a CA certificate") && e.contains("caCert"),
+        "{e}"
+    );
+    assert!(e.contains("trustAllCertificates: true"), "{e}");
+    o.tls.insecure = true;
+    let (c, _) = Client::connect(o).await.unwrap();
+    c.disconnect().await;
+
+    let mut plain = opts(
+        &format!("mqtts://127.0.0.1:{}", broker.port),
+        Protocol::V311,
+    );
+    plain.tls.keys = TlsKeys::PYTHON;
+    let e = Client::connect(plain).await.err().unwrap().to_string();
+    assert!(
+        e.contains("does not seem to speak TLS") && e.contains("tls_enabled=False"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1067,7 +1146,7 @@ async fn publishes_the_broker_cannot_take_fail_alone() {
                     .unwrap();
                 d.disconnect().await;
             }
-            Protocol::V311 => {
+            Protocol::V31 | Protocol::V311 => {
                 for e in [&e, &e2, &e3] {
                     assert!(
                         matches!(e, PublishError::DroppedByBroker { times: 3, .. }),

@@ -276,7 +276,7 @@ async fn bad_payloads_reach_the_dead_letter_topic_and_are_counted() {
                     );
                     assert!(get("mqlink_error").is_some());
                 }
-                Protocol::V311 => {
+                Protocol::V31 | Protocol::V311 => {
                     let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
                     assert_eq!(v["original_topic"], topic.as_str());
                     assert_eq!(v["payload"], want);

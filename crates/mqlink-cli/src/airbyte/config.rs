@@ -37,7 +37,7 @@ pub fn spec() -> Value {
                 "clean_session": {"title": "Clean session", "type": "boolean", "default": true, "description": "Whether the client and server should remember state across restarts and reconnects."},
                 "message_retained": {"title": "Message retained", "type": "boolean", "default": false, "description": "Whether or not the publish message should be retained by the messaging engine."},
                 "message_qos": {"title": "Message QoS", "type": "string", "enum": ["AT_MOST_ONCE", "AT_LEAST_ONCE", "EXACTLY_ONCE"], "default": "AT_LEAST_ONCE", "description": "Quality of service used for each message to be delivered."},
-                "protocol_version": {"title": "MQTT version (mqlink)", "type": "string", "enum": ["3.1.1", "5"], "description": "MQTT protocol version [default: 5, falling back to 3.1.1 when the broker refuses it]."},
+                "protocol_version": {"title": "MQTT version (mqlink)", "type": "string", "enum": ["3.1", "3.1.1", "5"], "description": "MQTT protocol version [default: 5, falling back to 3.1.1 when the broker refuses it]."},
                 "ca_file": {"title": "CA certificates file (mqlink)", "type": "string", "description": "CA certificates to verify the broker with (the PEM text, or a file path)."},
                 "client_cert": {"title": "Client certificate (mqlink)", "type": "string", "description": "Client certificate for mutual TLS (the PEM text, or a file path)."},
                 "client_key": {"title": "Client key (mqlink)", "type": "string", "airbyte_secret": true, "description": "PEM private key of the client certificate (the PEM text, or a file path)."},
@@ -217,6 +217,7 @@ impl AirbyteConfig {
                 ca_file: self.ca_file.clone().map(Into::into),
                 client_cert: self.client_cert.clone().map(Into::into),
                 client_key: self.client_key.clone().map(Into::into),
+                keys: mqlink::options::TlsKeys::AIRBYTE,
                 ..Default::default()
             },
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),

@@ -259,7 +259,7 @@ pub struct ConnArgs {
     /// [default with -c: never]. Ignored with MQTT 3.1.1, as mosquitto does.
     #[arg(short = 'x', long = "session-expiry-interval", value_name = "SECONDS", value_parser = parse_session_expiry, allow_hyphen_values = true)]
     pub session_expiry: Option<u32>,
-    /// MQTT version: 311, 5, mqttv311 or mqttv5.
+    /// MQTT version: 31, 311, 5, mqttv31, mqttv311 or mqttv5.
     #[arg(short = 'V', long = "protocol-version", value_parser = parse_protocol, default_value = "311")]
     pub protocol: Protocol,
     /// User name.
@@ -501,6 +501,7 @@ impl ConnArgs {
                 client_key: self.key.clone(),
                 insecure: self.insecure,
                 server_name: None,
+                keys: mqlink::options::TlsKeys::CLI,
             },
             protocol: self.protocol,
             keep_alive: self.keepalive,
@@ -530,7 +531,7 @@ impl ConnArgs {
                 mqlink::options::OptionsError::WillTopic(_) => "--will-topic",
                 mqlink::options::OptionsError::MaxInflight(_) => "--max-inflight",
                 mqlink::options::OptionsError::MaxPacketSize(_) => "--max-packet-size",
-                mqlink::options::OptionsError::TlsPair(_) => "--cert/--key",
+                mqlink::options::OptionsError::TlsPair(..) => "--cert/--key",
                 _ => "options",
             };
             let hint = if flag == "-c" {

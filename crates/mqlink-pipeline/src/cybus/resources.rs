@@ -365,6 +365,9 @@ impl Ctx<'_> {
         }
         match conn.get("protocolVersion").and_then(|v| v.as_u64()) {
             None if conn.get("protocolVersion").is_none_or(|v| v.is_null()) => {}
+            Some(3) => {
+                out.insert("protocol".into(), json!("3.1"));
+            }
             Some(4) => {
                 out.insert("protocol".into(), json!("3.1.1"));
             }
@@ -374,7 +377,7 @@ impl Ctx<'_> {
             _ => {
                 return Err(err(
                     p("protocolVersion"),
-                    "use 4 (MQTT 3.1.1) or 5; MQTT 3.1 (3) is not offered",
+                    "use 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5",
                 ))
             }
         }

@@ -22,7 +22,7 @@ fn opts(addr: SocketAddr, id: &str, protocol: Protocol) -> ConnectOptions {
 #[tokio::test]
 async fn routes_every_qos_with_wildcards_and_retained() {
     let b = EmbeddedBroker::start("127.0.0.1:0").await.unwrap();
-    for protocol in [Protocol::V311, Protocol::V5] {
+    for protocol in [Protocol::V31, Protocol::V311, Protocol::V5] {
         let (p, _) = Client::connect(opts(b.local_addr(), "pub", protocol))
             .await
             .unwrap();

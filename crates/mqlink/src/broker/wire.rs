@@ -123,6 +123,7 @@ pub(super) fn decode_connect(body: Bytes) -> Result<Connect, ConnectError> {
     let protocol = match (&name[..], level) {
         (b"MQTT", 4) => Protocol::V311,
         (b"MQTT", 5) => Protocol::V5,
+        (b"MQIsdp", 3) => Protocol::V31,
         (b"MQTT" | b"MQIsdp", _) => return Err(ConnectError::UnsupportedLevel),
         _ => return Err(ConnectError::Malformed("protocol name", p0)),
     };

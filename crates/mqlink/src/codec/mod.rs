@@ -634,6 +634,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let protocol = match (&name[..], level) {
         (b"MQTT", 4) => Protocol::V311,
         (b"MQTT", 5) => Protocol::V5,
+        (b"MQIsdp", 3) => Protocol::V31,
         _ => return Err(DecodeError::InvalidPacketType(1)),
     };
     let flags = r.u8("connect flags")?;
@@ -811,8 +812,13 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
             ack_first_byte(a.kind)
         }
         Packet::Connect(c) => {
-            put_str(&mut body, b"MQTT");
-            body.put_u8(if v5 { 5 } else { 4 });
+            let (name, level): (&[u8], u8) = match protocol {
+                Protocol::V31 => (b"MQIsdp", 3),
+                Protocol::V311 => (b"MQTT", 4),
+                Protocol::V5 => (b"MQTT", 5),
+            };
+            put_str(&mut body, name);
+            body.put_u8(level);
             let mut flags = 0u8;
             if c.clean_start {
                 flags |= 2;

@@ -53,6 +53,29 @@ fn publish_roundtrips_both_versions() {
 }
 
 #[test]
+fn mqtt_3_1_connect_is_mqisdp_level_3_and_reads_back() {
+    let c = Connect {
+        protocol: Protocol::V31,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "c".into(),
+        username: None,
+        password: None,
+        will: None,
+        properties: Default::default(),
+    };
+    let mut b = BytesMut::new();
+    encode(&Packet::Connect(Box::new(c.clone())), Protocol::V31, &mut b);
+    assert_eq!(&b[..], b"\x10\x0f\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x01c");
+    assert_eq!(
+        decode(&mut b, Protocol::V311, 100).unwrap(),
+        Some(Packet::Connect(Box::new(c)))
+    );
+    assert_eq!("mqttv31".parse::<Protocol>(), Ok(Protocol::V31));
+    assert_eq!("3.1".parse::<Protocol>(), Ok(Protocol::V31));
+}
+
+#[test]
 fn known_bytes_v311() {
     // CONNECT from the 3.1.1 spec's field layout, client id "c", keep-alive 60, clean.
     let c = Connect {

@@ -407,10 +407,7 @@ impl Driver {
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
         let connect = connect_packet(o, &self.client_id);
-        let io_err = |error: io::Error| ConnectError::Io {
-            broker: broker.clone(),
-            error,
-        };
+        let io_err = |error: io::Error| transport::read_error(broker, self.tls.as_ref(), error);
         let mut buf = BytesMut::with_capacity(128);
         encode(&Packet::Connect(Box::new(connect)), o.protocol, &mut buf);
         wr.write_all(&buf).await.map_err(io_err)?;
@@ -720,7 +717,7 @@ impl Driver {
             all,
             qos2: match self.opts.protocol {
                 Protocol::V5 => all,
-                Protocol::V311 => all.min(V311_QOS2_WINDOW),
+                Protocol::V31 | Protocol::V311 => all.min(V311_QOS2_WINDOW),
             },
         };
         let v5 = self.opts.protocol == Protocol::V5;

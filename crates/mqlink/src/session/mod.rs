@@ -32,6 +32,13 @@ use crate::options::ConnectOptions;
 use crate::topic::{validate_filter, validate_topic_name};
 use crate::types::{Protocol, QoS};
 pub use state::Confirmed;
+
+/// Builds the TLS client configuration from `opts` without connecting.
+pub(crate) fn check_tls(
+    opts: &crate::options::TlsOptions,
+) -> Result<(), crate::options::OptionsError> {
+    transport::TlsSetup::new(opts).map(|_| ())
+}
 use state::Waiter;
 
 /// A message to publish.
@@ -384,6 +391,7 @@ impl Client {
         }
         opts.validate()?;
         let tls = if opts.brokers.iter().any(|b| b.transport.is_tls()) {
+            transport::warn_if_unverified(&opts.tls);
             Some(transport::TlsSetup::new(&opts.tls)?)
         } else {
             None

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::error::ConnectError;
-use crate::options::{BrokerUrl, OptionsError, TlsOptions, Transport};
+use crate::options::{BrokerUrl, OptionsError, TlsKeys, TlsOptions, Transport};
 
 pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -20,6 +20,43 @@ pub(crate) struct TlsSetup {
     config: Arc<rustls::ClientConfig>,
     #[cfg(feature = "tls")]
     server_name: Option<String>,
+    keys: TlsKeys,
+}
+
+/// Verification off is said once per process, in the user's words: it is
+/// a choice, but one that must not go unnoticed.
+pub(crate) fn warn_if_unverified(opts: &TlsOptions) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if opts.insecure {
+        SAID.call_once(|| {
+            tracing::warn!(
+                setting = opts.keys.insecure,
+                "TLS verification is off: the broker's certificate and host name are not checked, so anyone on the path can read and change the traffic."
+            )
+        });
+    }
+}
+
+/// An error while reading the CONNACK: a TLS alert there (TLS 1.3 sends the
+/// broker's verdict on the client certificate after the handshake) is
+/// fatal with a hint, not a connection to retry forever.
+pub(crate) fn read_error(
+    broker: &BrokerUrl,
+    tls: Option<&TlsSetup>,
+    error: std::io::Error,
+) -> ConnectError {
+    #[cfg(feature = "tls")]
+    if let Some(reason) = tls.and_then(|t| tls::alert_hint(&error, &t.keys)) {
+        return ConnectError::Tls {
+            broker: broker.clone(),
+            reason,
+        };
+    }
+    let _ = tls;
+    ConnectError::Io {
+        broker: broker.clone(),
+        error,
+    }
 }
 
 impl TlsSetup {
@@ -30,6 +67,7 @@ impl TlsSetup {
             Ok(TlsSetup {
                 config: Arc::new(tls::client_config(opts)?),
                 server_name: opts.server_name.clone(),
+                keys: opts.keys,
             })
         }
         #[cfg(not(feature = "tls"))]
@@ -89,6 +127,7 @@ mod tls {
     use rustls::{DigitallySignedStruct, SignatureScheme};
 
     fn file_err(what: &'static str, path: &std::path::Path, reason: impl ToString) -> OptionsError {
+        // `what` is the key as the user wrote it (`TlsKeys`).
         OptionsError::TlsFile {
             what,
             path: path.to_owned(),
@@ -97,6 +136,7 @@ mod tls {
     }
 
     pub(super) fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, OptionsError> {
+        let k = opts.keys;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -114,14 +154,14 @@ mod tls {
             match &opts.ca_file {
                 Some(path) => {
                     let certs = CertificateDer::pem_file_iter(path)
-                        .map_err(|e| file_err("ca_file", path, e))?
+                        .map_err(|e| file_err(k.ca_file, path, e))?
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| file_err("ca_file", path, e))?;
+                        .map_err(|e| file_err(k.ca_file, path, e))?;
                     if certs.is_empty() {
-                        return Err(file_err("ca_file", path, "no PEM certificate in it"));
+                        return Err(file_err(k.ca_file, path, "no PEM certificate in it"));
                     }
                     for c in certs {
-                        roots.add(c).map_err(|e| file_err("ca_file", path, e))?;
+                        roots.add(c).map_err(|e| file_err(k.ca_file, path, e))?;
                     }
                 }
                 None => {
@@ -134,18 +174,18 @@ mod tls {
         match (&opts.client_cert, &opts.client_key) {
             (Some(cert), Some(key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| file_err("client_cert", cert, e))?
+                    .map_err(|e| file_err(k.client_cert, cert, e))?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| file_err("client_cert", cert, e))?;
+                    .map_err(|e| file_err(k.client_cert, cert, e))?;
                 if chain.is_empty() {
-                    return Err(file_err("client_cert", cert, "no PEM certificate in it"));
+                    return Err(file_err(k.client_cert, cert, "no PEM certificate in it"));
                 }
                 let key_der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| file_err("client_key", key, e))?;
+                    .map_err(|e| file_err(k.client_key, key, e))?;
                 let signing = provider
                     .key_provider
                     .load_private_key(key_der)
-                    .map_err(|e| file_err("client_key", key, e))?;
+                    .map_err(|e| file_err(k.client_key, key, e))?;
                 let certified = rustls::sign::CertifiedKey::new(chain, signing);
                 // The key must belong to the certificate. A certificate
                 // webpki cannot parse (X.509 v1, as the mosquitto-tls man
@@ -155,7 +195,7 @@ mod tls {
                     certified.keys_match()
                 {
                     return Err(file_err(
-                        "client_key",
+                        k.client_key,
                         key,
                         format!("is not the key of the certificate {}", cert.display()),
                     ));
@@ -183,36 +223,92 @@ mod tls {
         tokio_rustls::TlsConnector::from(setup.config.clone())
             .connect(server_name, tcp)
             .await
-            .map_err(|e| err(explain(&e, name)))
+            .map_err(|e| err(explain(&e, name, broker.port, &setup.keys)))
+    }
+
+    /// "or <switch> to skip verification", where the front end has one.
+    fn or_skip(keys: &TlsKeys) -> String {
+        match keys.insecure {
+            "" => String::new(),
+            k => format!(", or set {k} to skip verification (tests only)"),
+        }
     }
 
     /// The handshake error, with its cause and fix where webpki's own words
-    /// would leave a user guessing.
-    fn explain(e: &std::io::Error, host: &str) -> String {
+    /// would leave a user guessing; keys as the user wrote them.
+    fn explain(e: &std::io::Error, host: &str, port: u16, keys: &TlsKeys) -> String {
         use rustls::CertificateError as C;
-        let cert = e
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-            .and_then(|r| match r {
-                rustls::Error::InvalidCertificate(c) => Some(c),
-                _ => None,
-            });
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        let cert = inner.and_then(|r| match r {
+            rustls::Error::InvalidCertificate(c) => Some(c),
+            _ => None,
+        });
+        let (ca, skip) = (keys.ca_file, or_skip(keys));
+        let other = |c: &C, what: &str| matches!(c, C::Other(o) if format!("{o:?}").contains(what));
         let hint = match cert {
-            Some(C::Other(o)) if format!("{o:?}").contains("UnsupportedCertVersion") => Some(
-                "the broker's certificate is X.509 v1 (made without extensions, as the mosquitto-tls man page recipe does); TLS verification needs v3 with a subjectAltName: reissue it with `-extfile` (subjectAltName=DNS:<host>,IP:<address>), or connect with --insecure (tls_verify = false) to skip verification".to_string(),
-            ),
-            Some(C::NotValidForName | C::NotValidForNameContext { .. }) => Some(format!(
-                "the broker's certificate is not valid for {host:?} (a certificate with only a Common Name and no subjectAltName matches no name): reissue it with subjectAltName=DNS:{host} (or IP:{host}), or connect with --insecure"
+            Some(c) if other(c, "UnsupportedCertVersion") => Some(format!(
+                "the broker's certificate is X.509 v1 (made without extensions, as the mosquitto-tls man page recipe does); TLS verification needs v3 with a subjectAltName: reissue it with `-extfile` (subjectAltName=DNS:<host>,IP:<address>){skip}"
             )),
-            Some(C::UnknownIssuer) => Some(
-                "the broker's certificate is not signed by a CA in --cafile / tls_ca_cert (or the system's): give the CA that signed it".to_string(),
+            Some(c) if other(c, "CaUsedAsEndEntity") => Some(format!(
+                "the broker presents a CA certificate (CA:TRUE, e.g. a self-signed one made with `-x509`) as its own; a CA cannot be trusted as a server: issue the broker a server certificate signed by that CA and give the CA in {ca}{skip}"
+            )),
+            Some(C::NotValidForName | C::NotValidForNameContext { .. }) => Some(format!(
+                "the broker's certificate is not valid for {host:?} (a certificate with only a Common Name and no subjectAltName matches no name): reissue it with subjectAltName=DNS:{host} (or IP:{host}){skip}"
+            )),
+            Some(C::UnknownIssuer) => Some(format!(
+                "the broker's certificate is not signed by a CA in {ca} (or the system's): give the CA that signed it in {ca}{skip}"
+            )),
+            Some(C::Expired | C::ExpiredContext { .. }) => Some(
+                "the broker's certificate has expired: renew it (or check this machine's clock)".to_string(),
             ),
+            _ if alert_hint(e, keys).is_some() => alert_hint(e, keys),
+            _ if not_tls(e, inner) => Some(format!(
+                "port {port} does not seem to speak TLS (its answer was not a TLS handshake): use the broker's TLS port (usually 8883) or turn TLS off ({})",
+                keys.plain
+            )),
             _ => None,
         };
         match hint {
             Some(h) => format!("{e}: {h}"),
             None => e.to_string(),
         }
+    }
+
+    /// A plain MQTT listener answers a ClientHello by hanging up (Mosquitto
+    /// resets the connection) or with bytes that are no TLS record.
+    fn not_tls(e: &std::io::Error, inner: Option<&rustls::Error>) -> bool {
+        use std::io::ErrorKind as K;
+        matches!(
+            inner,
+            Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. })
+        ) || (inner.is_none()
+            && matches!(
+                e.kind(),
+                K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe
+            ))
+    }
+
+    /// A TLS alert the broker sent about this client: its certificate was
+    /// missing or refused. Not retried: the next attempt gets the same.
+    pub(super) fn alert_hint(e: &std::io::Error, keys: &TlsKeys) -> Option<String> {
+        use rustls::AlertDescription as A;
+        let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::AlertReceived(a) => *a,
+            _ => return None,
+        };
+        let (cert, key) = (keys.client_cert, keys.client_key);
+        let hint = match alert {
+            A::CertificateRequired | A::HandshakeFailure => format!(
+                "the broker requires a client certificate (mutual TLS): give one in {cert} with its key in {key}"
+            ),
+            A::UnknownCA | A::BadCertificate | A::CertificateUnknown => format!(
+                "the broker refused the client certificate in {cert}: it is not signed by a CA the broker trusts (its cafile)"
+            ),
+            A::CertificateExpired => format!("the client certificate in {cert} has expired"),
+            A::CertificateRevoked => format!("the client certificate in {cert} is revoked"),
+            _ => return None,
+        };
+        Some(format!("the broker sent the TLS alert {alert:?}: {hint}"))
     }
 
     /// The client certificate and key, sent whenever the broker asks.
