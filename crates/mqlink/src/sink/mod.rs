@@ -1040,6 +1040,9 @@ async fn track(
                 };
             }
         }
+        // Counted before the handle completes: with `publisher_sync`, `send`
+        // returns with its record already counted.
+        metrics.confirmations.record(&r);
         if let (Some(state), Some(seq)) = (&spool, p.seq) {
             blocked |= matches!(r, Err(PublishError::Stopped(_)));
             if !blocked && (rx.is_empty() || seq % 256 == 0) {
@@ -1057,10 +1060,7 @@ async fn track(
                 ack.ack();
             }
         }
-        // Counted last: a flush that returns has every handle and upstream
-        // acknowledgement given.
-        let _ = p.done.send(r.clone());
-        metrics.confirmations.record(&r);
+        let _ = p.done.send(r);
     }
 }
 
