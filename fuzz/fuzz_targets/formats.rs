@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mqlink::format::{AvroSchema, ColumnType, Format, Schema};
+use mqlink::format::{AvroSchema, ColumnType, Decoder, Schema};
 
-fn formats() -> &'static [Format] {
-    static F: OnceLock<Vec<Format>> = OnceLock::new();
+fn formats() -> &'static [Decoder] {
+    static F: OnceLock<Vec<Decoder>> = OnceLock::new();
     F.get_or_init(|| {
         let avro = AvroSchema::parse(
             r#"{"type":"record","name":"T","fields":[
@@ -21,7 +21,7 @@ fn formats() -> &'static [Format] {
         )
         .unwrap();
         vec![
-            Format::Json {
+            Decoder::Json {
                 schema: Some(Schema::new([
                     ("a", ColumnType::Text),
                     ("b", ColumnType::BigInt),
@@ -32,8 +32,8 @@ fn formats() -> &'static [Format] {
                     ("g", ColumnType::Bytea),
                 ])),
             },
-            Format::Json { schema: None },
-            Format::Avro { schema: Arc::new(avro) },
+            Decoder::Json { schema: None },
+            Decoder::Avro { schema: Arc::new(avro) },
         ]
     })
 }

@@ -18,24 +18,21 @@ mod json;
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{
-    AtomicU64,
-    Ordering::{Relaxed, SeqCst},
-};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use mqlink::sink::{Confirmations, FlushError};
 use mqlink::source::RecordAck;
 use mqlink::{
     Client, ConnectOptions, Message, MqttSource, Protocol, PublishError, PublishProperties,
-    PublishToken, QoS, Secret, Status, TlsOptions,
+    PublishToken, QoS, Secret, TlsOptions,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// The process's runtime. One worker carries many sessions (a session's
 /// driver is one task) and costs less CPU than two trading wake-ups, which
@@ -261,20 +258,8 @@ fn name_broker(broker: &str, e: impl std::fmt::Display) -> String {
 
 /// Why a session is not connected, if it is not.
 fn session_problem(client: &Client) -> Option<String> {
-    match &*client.status().borrow() {
-        Status::Connected { .. } => None,
-        Status::Connecting => Some("still connecting".into()),
-        Status::Reconnecting { error, attempt } => {
-            Some(format!("reconnecting (attempt {attempt}): {error}"))
-        }
-        Status::Stopped { error } => Some(format!(
-            "stopped{}",
-            error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        )),
-    }
+    let status = client.status().borrow().clone();
+    (!status.is_connected()).then(|| status.to_string())
 }
 
 /// The outcome of one publish, shared by the tracker (writer) and the
@@ -285,71 +270,23 @@ struct Slot {
     done: Condvar,
 }
 
-/// Confirmation counts of one publisher.
-struct Counts {
-    published: AtomicU64,
-    confirmed: AtomicU64,
-    failed: AtomicU64,
-    /// `failed` when `flush` last looked: it reports only what is new.
-    failed_at_flush: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    /// Publishes completed (confirmed or failed), in send order.
-    completed: AtomicU64,
-    /// The lowest `completed` a waiter wants to be woken at (`u64::MAX`:
-    /// none): the tracker wakes waiters once per target reached, not per
-    /// confirmation.
-    wake_at: AtomicU64,
-    reached: Notify,
-}
-
-impl Counts {
-    /// Waits until `completed >= target`.
-    async fn reach(&self, target: u64) {
-        loop {
-            let notified = self.reached.notified();
-            let mut notified = pin!(notified);
-            notified.as_mut().enable();
-            self.wake_at.fetch_min(target, SeqCst);
-            if self.completed.load(SeqCst) >= target {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn completed(&self) -> u64 {
-        self.completed.load(SeqCst)
-    }
-}
-
 struct Pending {
     token: PublishToken,
     slot: Option<Arc<Slot>>,
 }
 
-impl Counts {
-    /// Records one publish's outcome (exactly once per publish).
-    fn complete(&self, r: Result<mqlink::Confirmed, PublishError>, slot: Option<Arc<Slot>>) {
-        match &r {
-            Ok(_) => {
-                self.confirmed.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
-                self.failed.fetch_add(1, Relaxed);
-            }
-        }
-        if let Some(slot) = slot {
-            *slot.outcome.lock().expect("not poisoned") =
-                Some(r.map(|c| c.reason_code).map_err(|e| e.to_string()));
-            slot.done.notify_all();
-        }
-        let n = self.completed.fetch_add(1, SeqCst) + 1;
-        if n >= self.wake_at.load(SeqCst) {
-            self.wake_at.store(u64::MAX, SeqCst);
-            self.reached.notify_waiters();
-        }
+/// Records one publish's outcome: its `Delivery` first, then the counts.
+fn complete(
+    counts: &Confirmations,
+    r: Result<mqlink::Confirmed, PublishError>,
+    slot: Option<Arc<Slot>>,
+) {
+    if let Some(slot) = slot {
+        *slot.outcome.lock().expect("not poisoned") =
+            Some(r.as_ref().map(|c| c.reason_code).map_err(|e| e.to_string()));
+        slot.done.notify_all();
     }
+    counts.record(&r);
 }
 
 /// Moves queued messages into the session's window, in order: waiting for
@@ -359,28 +296,29 @@ async fn feed(
     mut rx: mpsc::Receiver<(Message, Option<Arc<Slot>>)>,
     client: Client,
     tracker: mpsc::UnboundedSender<Pending>,
-    counts: Arc<Counts>,
+    counts: Arc<Confirmations>,
 ) {
     while let Some((msg, slot)) = rx.recv().await {
         match client.publish(msg).await {
             Ok(token) => {
                 if let Err(mpsc::error::SendError(p)) = tracker.send(Pending { token, slot }) {
-                    counts.complete(
+                    complete(
+                        &counts,
                         Err(PublishError::Stopped("the publisher is closed".into())),
                         p.slot,
                     );
                 }
             }
-            Err(e) => counts.complete(Err(e), slot),
+            Err(e) => complete(&counts, Err(e), slot),
         }
     }
 }
 
 /// Awaits confirmations in send order and counts them.
-async fn track(mut rx: mpsc::UnboundedReceiver<Pending>, counts: Arc<Counts>) {
+async fn track(mut rx: mpsc::UnboundedReceiver<Pending>, counts: Arc<Confirmations>) {
     while let Some(p) = rx.recv().await {
         let r = p.token.await;
-        counts.complete(r, p.slot);
+        complete(&counts, r, p.slot);
     }
 }
 
@@ -391,7 +329,7 @@ struct Publisher {
     /// The session's in-flight window (`max_inflight`), also the queue's size.
     window: usize,
     queue: mpsc::Sender<(Message, Option<Arc<Slot>>)>,
-    counts: Arc<Counts>,
+    counts: Arc<Confirmations>,
 }
 
 #[pymethods]
@@ -410,16 +348,7 @@ impl Publisher {
         let window = usize::from(opts.max_inflight);
         let (client, _incoming) = wait(py, async { Client::connect(opts).await })
             .map_err(|e| error(py, "ConnectFailed", name_broker(&broker, e)))?;
-        let counts = Arc::new(Counts {
-            published: AtomicU64::new(0),
-            confirmed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            failed_at_flush: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            completed: AtomicU64::new(0),
-            wake_at: AtomicU64::new(u64::MAX),
-            reached: Notify::new(),
-        });
+        let counts = Arc::new(Confirmations::default());
         let (tracker, rx) = mpsc::unbounded_channel();
         rt().spawn(track(rx, counts.clone()));
         let (queue, rx) = mpsc::channel(window);
@@ -466,11 +395,11 @@ impl Publisher {
         let slot = handle.then(|| Arc::new(Slot::default()));
         let item = (msg, slot.clone());
         let closed = || {
-            self.counts.published.fetch_sub(1, Relaxed);
+            self.counts.unsent();
             error(py, "PublishFailed", "the publisher is closed".into())
         };
         // Counted first: `completed` never runs ahead of `published`.
-        self.counts.published.fetch_add(1, Relaxed);
+        self.counts.sent();
         match self.queue.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
@@ -499,42 +428,36 @@ impl Publisher {
     /// were not confirmed.
     fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = secs("timeout", timeout)?;
-        let target = self.counts.published.load(Relaxed);
-        let waited = wait(py, async {
-            tokio::time::timeout(timeout, self.counts.reach(target))
-                .await
-                .is_ok()
-        });
-        if !waited {
-            let unconfirmed = target.saturating_sub(self.counts.completed());
-            let cause = session_problem(&self.client)
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default();
-            let e = error(
-                py,
-                "FlushTimeout",
-                format!(
-                    "flush timed out after {timeout:?}: {unconfirmed} messages not confirmed by the broker{cause}"
-                ),
-            );
-            e.value(py).setattr("unconfirmed", unconfirmed)?;
-            return Err(e);
-        }
-        let failed = self.counts.failed.load(Relaxed);
-        let before = self.counts.failed_at_flush.swap(failed, Relaxed);
-        match failed.saturating_sub(before) {
-            0 => Ok(()),
-            n => {
-                let last = self.counts.last_error.lock().expect("not poisoned").clone();
+        let flushed = wait(
+            py,
+            self.counts.flush(timeout, || session_problem(&self.client)),
+        );
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(FlushError::Timeout {
+                unconfirmed, cause, ..
+            }) => {
+                let cause = cause.map(|c| format!(" ({c})")).unwrap_or_default();
+                let e = error(
+                    py,
+                    "FlushTimeout",
+                    format!(
+                        "flush timed out after {timeout:?}: {unconfirmed} messages not confirmed by the broker{cause}"
+                    ),
+                );
+                e.value(py).setattr("unconfirmed", unconfirmed)?;
+                Err(e)
+            }
+            Err(FlushError::Failed { failed, last_error }) => {
                 let e = error(
                     py,
                     "PublishFailed",
                     format!(
-                        "{n} messages published since the previous flush were not confirmed by the broker{}",
-                        last.map(|l| format!(": {l}")).unwrap_or_default()
+                        "{failed} messages published since the previous flush were not confirmed by the broker{}",
+                        last_error.map(|l| format!(": {l}")).unwrap_or_default()
                     ),
                 );
-                e.value(py).setattr("failed", n)?;
+                e.value(py).setattr("failed", failed)?;
                 Err(e)
             }
         }
@@ -549,18 +472,15 @@ impl Publisher {
     /// `(published, confirmed, failed)` so far.
     fn counts(&self) -> (u64, u64, u64) {
         (
-            self.counts.published.load(Relaxed),
-            self.counts.confirmed.load(Relaxed),
-            self.counts.failed.load(Relaxed),
+            self.counts.published(),
+            self.counts.confirmed(),
+            self.counts.failed(),
         )
     }
 
     /// Messages published and not confirmed or failed yet.
     fn in_flight(&self) -> u64 {
-        self.counts
-            .published
-            .load(Relaxed)
-            .saturating_sub(self.counts.completed())
+        self.counts.in_flight()
     }
 
     /// `None` when connected, else what the session is doing and why.

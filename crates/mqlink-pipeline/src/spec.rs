@@ -117,8 +117,8 @@ pub struct ConnectionConfig {
     /// the broker refuses it (logged): MQTT 5 announces the window the
     /// broker may send (Receive Maximum), 3.1.1 leaves it to the broker's
     /// limits — see docs/guides/broker-limits.md].
-    #[serde(default, deserialize_with = "string_or_number")]
-    pub protocol: Option<String>,
+    #[serde(default, deserialize_with = "protocol")]
+    pub protocol: Option<Protocol>,
     /// Start without the broker's stored session [default: true].
     #[serde(default = "yes")]
     pub clean_session: bool,
@@ -281,6 +281,28 @@ pub(crate) fn json_format() -> String {
     "json".into()
 }
 
+/// What an MQTT sink publishes (`format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkFormat {
+    /// The record as a JSON object.
+    #[default]
+    Json,
+    /// The original payload bytes of MQTT sources.
+    Raw,
+}
+
+impl<'de> Deserialize<'de> for SinkFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "json" => Ok(SinkFormat::Json),
+            "raw" => Ok(SinkFormat::Raw),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown format {other:?}: use json or raw"
+            ))),
+        }
+    }
+}
+
 /// A secret may be written as a number (`password = 987654321`); an error
 /// never shows the value.
 fn secret_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -309,12 +331,14 @@ pub(crate) fn secret_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<
         .ok_or_else(|| serde::de::Error::custom("missing"))
 }
 
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Option::<Json>::deserialize(d)? {
-        None => None,
-        Some(Json::String(s)) => Some(s),
-        Some(other) => Some(other.to_string()),
-    })
+/// A protocol version, written as a string or a number (`5`, `311`).
+fn protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    let text = match Option::<Json>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Json::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// A schema table keeps its order (the order of the columns of a created table).
@@ -716,13 +740,6 @@ impl ConnectionConfig {
             let parsed: BrokerUrl = url.parse().map_err(|e| err(key, format!("{e}")))?;
             brokers.push(parsed);
         }
-        let written: Option<Protocol> = match &self.protocol {
-            None => None,
-            Some(p) => Some(
-                p.parse()
-                    .map_err(|e: String| err(format!("{path}.protocol"), e))?,
-            ),
-        };
         // Bounded, so that no absurd number reaches a timer: keep-alive is
         // 16 bits on the wire, other waits are a day at most.
         let secs = |key: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
@@ -793,7 +810,7 @@ impl ConnectionConfig {
             },
             ..ConnectOptions::default()
         };
-        opts.protocol_or_default(written);
+        opts.protocol_or_default(self.protocol);
         opts.validate().map_err(|e| err(path, e.to_string()))?;
         // The files are read now, so `validate` finds a missing or broken
         // one (when TLS is used: a connection reads them only then).
@@ -1176,6 +1193,50 @@ sinks:
         );
         assert!(with("5432/test\"", "5432/test?sslmode=require\"")
             .starts_with("sinks.db.url: sslmode=require"));
+    }
+
+    /// `protocol` and an MQTT sink's `format` are enums from the load on;
+    /// the spellings users write still load, and a wrong one names its key.
+    #[test]
+    fn protocol_and_sink_format_are_typed_at_load() {
+        let with = |from: &str, to: &str| {
+            assert!(EXAMPLE.contains(from), "{from}");
+            parse(&EXAMPLE.replacen(from, to, 1), false, &env)
+        };
+        for (written, protocol) in [
+            ("\"5\"", Protocol::V5),
+            ("5", Protocol::V5),
+            ("\"3.1.1\"", Protocol::V311),
+            ("311", Protocol::V311),
+            ("\"mqttv311\"", Protocol::V311),
+        ] {
+            let p = with(
+                "protocol = \"5\"\nclean_session = false\nsession_expiry_interval = 3600",
+                &format!("protocol = {written}"),
+            )
+            .unwrap();
+            let c = &p.connections["local"];
+            assert_eq!((c.protocol, c.options.protocol), (Some(protocol), protocol));
+        }
+        let e = with("protocol = \"5\"", "protocol = \"6\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("connections.local.protocol: invalid protocol version \"6\""),
+            "{e}"
+        );
+        let raw = "topic = \"sensors/{device_id}/telemetry\"";
+        let format = |p: Pipeline| {
+            let (_, sink) = p.sinks.into_iter().find(|(n, _)| n == "to_broker").unwrap();
+            let m = sink.kind.get::<crate::connectors::mqtt::MqttSinkConfig>();
+            m.expect("an MQTT sink").format
+        };
+        assert_eq!(format(with(raw, raw).unwrap()), SinkFormat::Json);
+        let written = |f: &str| with(raw, &format!("{raw}\nformat = \"{f}\""));
+        assert_eq!(format(written("raw").unwrap()), SinkFormat::Raw);
+        assert_eq!(
+            written("xml").unwrap_err().to_string(),
+            "sinks.to_broker.format: unknown format \"xml\": use json or raw"
+        );
     }
 
     #[test]

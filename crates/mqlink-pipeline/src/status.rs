@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use mqlink::format::{ColumnType, Value};
 use mqlink::sink::SinkMetrics;
 use mqlink::source::SourceMonitor;
-use mqlink::{Client, Status};
+use mqlink::Client;
 use tokio::sync::watch;
 
 use crate::connectors::{self, Reaches};
@@ -248,16 +248,13 @@ impl Component {
             ));
         }
         for c in self.clients() {
-            match &*c.status().borrow() {
-                Status::Connected { .. } => {}
-                other => {
-                    return Some(format!(
-                        "{}: client {} is {}",
-                        self.path(),
-                        c.client_id(),
-                        describe(other)
-                    ))
-                }
+            let status = c.status().borrow().clone();
+            if !status.is_connected() {
+                return Some(format!(
+                    "{}: client {} is {status}",
+                    self.path(),
+                    c.client_id()
+                ));
             }
         }
         None
@@ -324,7 +321,7 @@ impl Component {
             Some(_) => self
                 .clients()
                 .iter()
-                .all(|c| matches!(*c.status().borrow(), Status::Connected { .. })),
+                .all(|c| c.status().borrow().is_connected()),
             None => match self.reaches() {
                 Reaches::Broker => false,
                 Reaches::Database(_) => self.connected.load(Relaxed),
@@ -412,7 +409,7 @@ impl Component {
         let clients: Vec<serde_json::Value> = self
             .clients()
             .iter()
-            .map(|c| serde_json::json!({"client_id": c.client_id(), "status": describe(&c.status().borrow())}))
+            .map(|c| serde_json::json!({"client_id": c.client_id(), "status": c.status().borrow().to_string()}))
             .collect();
         serde_json::json!({
             "name": self.name,
@@ -432,18 +429,6 @@ impl Component {
             "clients": clients,
             "metrics": metrics,
         })
-    }
-}
-
-fn describe(s: &Status) -> String {
-    match s {
-        Status::Connecting => "connecting".into(),
-        Status::Connected { broker, .. } => format!("connected to {broker}"),
-        Status::Reconnecting { error, attempt } => {
-            format!("reconnecting (attempt {attempt}): {error}")
-        }
-        Status::Stopped { error: Some(e) } => format!("stopped: {e}"),
-        Status::Stopped { error: None } => "stopped".into(),
     }
 }
 

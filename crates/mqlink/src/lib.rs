@@ -105,12 +105,15 @@
 //! - `codec` (feature `codec`): MQTT 3.1.1 and 5 packets, encoded and
 //!   decoded without I/O, for tests, fuzzing and protocol tools.
 //! - [`topic`]: topic name and filter validation, matching, shared subscriptions.
-//! - [`options`]: connection options (brokers, TLS, session, reconnect policy).
+//! - [`options`]: connection options (brokers, TLS, session), and
+//!   [`Backoff`], the one pacing of retries.
 //! - [`session`]: the session layer: a driver task per connection, confirmed
 //!   publishes, ordered acknowledgements, reconnects.
 //! - [`format`](mod@format): payload formats (raw bytes, JSON with a typed schema, Avro).
 //! - [`source`]: subscriptions as a stream of decoded, acknowledgeable records.
-//! - [`sink`]: records published with the broker's confirmation, topic templates.
+//! - [`sink`]: records published with the broker's confirmation, topic
+//!   templates; [`sink::Confirmations`] counts and flushes any publisher's.
+//! - [`dead_letter`]: building and publishing dead letters.
 //! - [`broker`] (feature `broker`, on by default): an embedded MQTT broker
 //!   for first runs and development.
 //! - [`error`]: typed errors for every layer.
@@ -128,6 +131,7 @@ pub mod codec;
 #[cfg(not(feature = "codec"))]
 #[allow(dead_code, unreachable_pub)]
 mod codec;
+pub mod dead_letter;
 pub mod error;
 pub mod format;
 pub mod options;
@@ -141,9 +145,9 @@ mod types;
 
 pub use codec::ByteStr;
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
-pub use options::{
-    Backoff, BrokerUrl, ConnectOptions, LastWill, ReconnectPolicy, TlsKeys, TlsOptions, Transport,
-};
+#[allow(deprecated)]
+pub use options::ReconnectPolicy;
+pub use options::{Backoff, BrokerUrl, ConnectOptions, LastWill, TlsKeys, TlsOptions, Transport};
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,

@@ -282,9 +282,13 @@ pub struct LastWill {
 }
 
 /// How retries are paced — the one backoff of mqlink, for the session's
-/// reconnects and for a pipeline sink's retried writes: `initial_interval`,
-/// then times `multiplier` each attempt up to `max_interval`, each delay
-/// varied by ±`jitter`; `max_attempts` in a row, then give up (0 = never).
+/// reconnects, the MQTT sink's retried publishes, a pipeline sink's retried
+/// writes and schema registry fetches: `initial_interval`, then times
+/// `multiplier` each attempt up to `max_interval`, each delay varied by
+/// ±`jitter`; `max_attempts` in a row, then give up (0 = never). Jet's
+/// `RetryStrategies` are [`fixed`](Self::fixed),
+/// [`exponential`](Self::exponential) and
+/// [`indefinitely`](Self::indefinitely).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     /// The delay before the first retry.
@@ -299,7 +303,8 @@ pub struct Backoff {
     pub jitter: f64,
 }
 
-/// The session's reconnect policy is a [`Backoff`].
+/// The session's reconnect policy: the old name of [`Backoff`].
+#[deprecated(since = "0.2.0", note = "use Backoff")]
 pub type ReconnectPolicy = Backoff;
 
 impl Default for Backoff {
@@ -315,6 +320,39 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// `attempts` retries (0: forever), `interval` apart.
+    pub const fn fixed(interval: Duration, attempts: u32) -> Self {
+        Backoff::exponential(interval, 1.0, interval, attempts)
+    }
+
+    /// `attempts` retries (0: forever), the wait growing from `initial` by
+    /// `multiplier` to `max`, without jitter.
+    pub const fn exponential(
+        initial: Duration,
+        multiplier: f64,
+        max: Duration,
+        attempts: u32,
+    ) -> Self {
+        Backoff {
+            initial_interval: initial,
+            multiplier,
+            max_interval: max,
+            max_attempts: attempts,
+            jitter: 0.0,
+        }
+    }
+
+    /// Retries forever, `interval` apart.
+    pub const fn indefinitely(interval: Duration) -> Self {
+        Backoff::fixed(interval, 0)
+    }
+
+    /// The wait before retry `attempt` (1-based), or `None` once
+    /// `max_attempts` retries were made.
+    pub fn retry_delay(&self, attempt: u32) -> Option<Duration> {
+        (!self.exhausted(attempt)).then(|| self.delay(attempt))
+    }
+
     /// Whether attempt `attempt` (1-based) is past `max_attempts`.
     pub fn exhausted(&self, attempt: u32) -> bool {
         self.max_attempts > 0 && attempt > self.max_attempts
@@ -379,7 +417,7 @@ pub struct ConnectOptions {
     /// network driver stops reading (TCP back-pressure).
     pub incoming_buffer: usize,
     /// How reconnects are paced, and when they give up.
-    pub reconnect: ReconnectPolicy,
+    pub reconnect: Backoff,
     /// A publish above the broker's maximum QoS (MQTT 5 CONNACK) is sent
     /// at that maximum instead of failing with
     /// [`PublishError::QosNotSupported`](crate::PublishError::QosNotSupported).
@@ -467,7 +505,7 @@ impl Default for ConnectOptions {
             max_packet_size: 268_435_460,
             receive_maximum: 1000,
             incoming_buffer: 1024,
-            reconnect: ReconnectPolicy::default(),
+            reconnect: Backoff::default(),
             downgrade_qos: false,
         }
     }
@@ -750,7 +788,7 @@ impl ConnectOptionsBuilder {
         self
     }
     /// See [`ConnectOptions::reconnect`].
-    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+    pub fn reconnect(mut self, policy: Backoff) -> Self {
         self.opts.reconnect = policy;
         self
     }
@@ -854,7 +892,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_the_cap() {
-        let p = ReconnectPolicy {
+        let p = Backoff {
             initial_interval: Duration::from_millis(100),
             multiplier: 2.0,
             max_interval: Duration::from_millis(500),
@@ -863,11 +901,32 @@ mod tests {
         };
         let d: Vec<u128> = (1..=5).map(|a| p.delay(a).as_millis()).collect();
         assert_eq!(d, [100, 200, 400, 500, 500]);
-        let j = ReconnectPolicy { jitter: 0.5, ..p };
+        let j = Backoff { jitter: 0.5, ..p };
         for _ in 0..100 {
             let ms = j.delay(1).as_millis();
             assert!((50..=150).contains(&ms), "{ms}");
         }
+    }
+
+    #[test]
+    fn retry_strategies_are_backoffs() {
+        let ms = Duration::from_millis;
+        let f = Backoff::fixed(ms(10), 2);
+        assert_eq!(
+            (f.retry_delay(1), f.retry_delay(2), f.retry_delay(3)),
+            (Some(ms(10)), Some(ms(10)), None)
+        );
+        let e = Backoff::exponential(ms(10), 2.0, ms(25), 5);
+        let d: Vec<_> = (1..=6).map(|n| e.retry_delay(n)).collect();
+        let capped = Some(ms(25));
+        assert_eq!(
+            d,
+            [Some(ms(10)), Some(ms(20)), capped, capped, capped, None]
+        );
+        assert_eq!(
+            Backoff::indefinitely(ms(5)).retry_delay(1_000_000),
+            Some(ms(5))
+        );
     }
 
     #[test]

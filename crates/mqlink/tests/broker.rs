@@ -11,7 +11,7 @@ use mqlink::broker::{BrokerConfig, EmbeddedBroker};
 use mqlink::codec::{
     self, Ack, AckKind, ConnAck, Connect, Disconnect, Packet, Publish, Subscribe, SubscribeOptions,
 };
-use mqlink::{Client, ConnectOptions, Message, Protocol, QoS, ReconnectPolicy, Subscription};
+use mqlink::{Backoff, Client, ConnectOptions, Message, Protocol, QoS, Subscription};
 use testkit::unique_id;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,7 +113,7 @@ fn opts(addr: SocketAddr, protocol: Protocol) -> ConnectOptions {
     o.client_id = Some(unique_id("c"));
     o.keep_alive = Duration::from_secs(5);
     o.connect_timeout = T;
-    o.reconnect = ReconnectPolicy {
+    o.reconnect = Backoff {
         initial_interval: Duration::from_millis(50),
         multiplier: 1.5,
         max_interval: Duration::from_millis(400),

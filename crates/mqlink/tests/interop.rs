@@ -21,8 +21,8 @@ use bytes::Bytes;
 use mqlink::sink::{MqttSink, SinkRecord};
 use mqlink::source::MqttSource;
 use mqlink::{
-    Client, ConnectError, ConnectOptions, Error, Incoming, LastWill, Message, Protocol, QoS,
-    ReconnectPolicy, Refusal, Subscription,
+    Backoff, Client, ConnectError, ConnectOptions, Error, Incoming, LastWill, Message, Protocol,
+    QoS, Refusal, Subscription,
 };
 use testkit::{unique_id, CutProxy, Make, OtherBroker};
 use tokio::time::timeout;
@@ -84,7 +84,7 @@ fn opts_at(url: &str, b: &OtherBroker, protocol: Protocol) -> ConnectOptions {
     o.password = Some(b.password.clone().into());
     o.keep_alive = Duration::from_secs(10);
     o.connect_timeout = Duration::from_secs(5);
-    o.reconnect = ReconnectPolicy {
+    o.reconnect = Backoff {
         initial_interval: Duration::from_millis(100),
         multiplier: 2.0,
         max_interval: Duration::from_millis(500),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mqlink::codec::{decode, encode, Ack, AckKind, ConnAck, Packet, Publish, SubAck};
 use mqlink::source::MqttSource;
-use mqlink::{Client, ConnectOptions, Message, Protocol, QoS, ReconnectPolicy, Status};
+use mqlink::{Backoff, Client, ConnectOptions, Message, Protocol, QoS, Status};
 use testkit::unique_id;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -117,7 +117,7 @@ fn opts(url: &str, proto: Protocol, clean: bool) -> ConnectOptions {
     o.clean_session = clean;
     o.keep_alive = Duration::from_secs(5);
     o.connect_timeout = Duration::from_secs(5);
-    o.reconnect = ReconnectPolicy {
+    o.reconnect = Backoff {
         initial_interval: Duration::from_millis(20),
         multiplier: 1.0,
         max_interval: Duration::from_millis(20),

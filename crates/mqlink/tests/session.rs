@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqlink::{
-    Client, ConnectError, ConnectOptions, Delivery, Error, Incoming, LastWill, Message, Protocol,
-    PublishError, PublishProperties, QoS, ReconnectPolicy, Refusal, Status, SubscribeError,
-    Subscription, TlsKeys, TlsOptions,
+    Backoff, Client, ConnectError, ConnectOptions, Delivery, Error, Incoming, LastWill, Message,
+    Protocol, PublishError, PublishProperties, QoS, Refusal, Status, SubscribeError, Subscription,
+    TlsKeys, TlsOptions,
 };
 use testkit::{unique_id, CutProxy, Mosquitto, MosquittoConfig};
 use tokio::time::timeout;
@@ -26,7 +26,7 @@ fn opts(url: &str, protocol: Protocol) -> ConnectOptions {
     o.client_id = Some(unique_id("t"));
     o.keep_alive = Duration::from_secs(5);
     o.connect_timeout = Duration::from_secs(5);
-    o.reconnect = ReconnectPolicy {
+    o.reconnect = Backoff {
         initial_interval: Duration::from_millis(50),
         multiplier: 1.5,
         max_interval: Duration::from_millis(400),

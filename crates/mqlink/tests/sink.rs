@@ -277,25 +277,22 @@ async fn rejecting_once_broker() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_publish_is_retried_under_the_strategy() {
-    use mqlink::sink::RetryStrategy;
+    use mqlink::Backoff;
     for (strategy, ok) in [
-        (RetryStrategy::None, false),
-        (
-            RetryStrategy::Fixed {
-                interval: Duration::from_millis(20),
-                attempts: 3,
-            },
-            true,
-        ),
+        (None, false),
+        (Some(Backoff::fixed(Duration::from_millis(20), 3)), true),
     ] {
         let port = rejecting_once_broker().await;
-        let sink = MqttSink::builder()
+        let builder = MqttSink::builder()
             .connection(opts(&format!("mqtt://127.0.0.1:{port}")))
-            .topic("r/t")
-            .retry_strategy(strategy)
-            .start()
-            .await
-            .unwrap();
+            .topic("r/t");
+        let sink = match strategy.clone() {
+            Some(backoff) => builder.retry(backoff),
+            None => builder,
+        }
+        .start()
+        .await
+        .unwrap();
         let r = sink.send(SinkRecord::json(json!(1))).await.unwrap().await;
         assert_eq!(r.is_ok(), ok, "{strategy:?}: {r:?}");
         if let Err(e) = r {
@@ -512,7 +509,7 @@ async fn qos2_through_cut_connections_gives_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
-    use mqlink::format::{ColumnType, Format, Schema};
+    use mqlink::format::{ColumnType, Decoder, Schema};
     use mqlink::source::MqttSource;
     let broker = Mosquitto::start();
     let root = unique_id("bridge");
@@ -520,7 +517,7 @@ async fn a_bridge_acks_the_source_only_after_the_sink_confirmed() {
     let mut source = MqttSource::builder()
         .connection(opts(&broker.url()))
         .topic(format!("{root}/in/+"), QoS::AtLeastOnce)
-        .format(Format::Json {
+        .format(Decoder::Json {
             schema: Some(Schema::new([
                 ("n", ColumnType::BigInt),
                 ("ts", ColumnType::Timestamp),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mqlink::format::{ColumnType, Format, Schema, Value};
+use mqlink::format::{ColumnType, Decoder, Schema, Value};
 use mqlink::source::MqttSource;
 use mqlink::{Client, ConnectOptions, Message, Protocol, QoS, Subscription};
 use testkit::{unique_id, Mosquitto};
@@ -221,7 +221,7 @@ async fn bad_payloads_reach_the_dead_letter_topic_and_are_counted() {
         let mut source = MqttSource::builder()
             .connection(opts(&broker.url(), proto))
             .topic(&topic, QoS::AtLeastOnce)
-            .format(Format::Json {
+            .format(Decoder::Json {
                 schema: Some(schema),
             })
             .dead_letter_topic(&dlq)
@@ -442,7 +442,7 @@ async fn avro_from_a_schema_registry_and_from_a_schema_file() {
     let mut source = MqttSource::builder()
         .connection(opts(&broker.url(), Protocol::V5))
         .topic(&topic, QoS::AtLeastOnce)
-        .format(Format::AvroRegistry {
+        .format(Decoder::AvroRegistry {
             registry: std::sync::Arc::new(registry),
         })
         .dead_letter_topic(&dlq)
@@ -505,7 +505,7 @@ async fn avro_from_a_schema_registry_and_from_a_schema_file() {
         r#"{"type":"record","name":"T","fields":[{"name":"device_id","type":"string"},{"name":"seq","type":"long"}]}"#,
     )
     .unwrap();
-    let f = Format::Avro {
+    let f = Decoder::Avro {
         schema: std::sync::Arc::new(schema),
     };
     let body = &confluent_avro(7, "d9", 9)[5..];

@@ -511,7 +511,7 @@ impl ConnArgs {
             last_will,
             max_inflight,
             max_packet_size,
-            reconnect: mqlink::ReconnectPolicy {
+            reconnect: mqlink::Backoff {
                 initial_interval: self.reconnect_interval,
                 multiplier: self.reconnect_backoff,
                 max_interval: self.reconnect_max_interval,

@@ -3,13 +3,13 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{ArgGroup, Args};
+use mqlink::sink::Confirmations;
 use mqlink::topic::validate_topic_name;
 use mqlink::{Client, Message, PublishProperties, PublishToken, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -155,10 +155,9 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     // Confirmations are awaited in order by a second task, so reading
     // input and publishing never wait on the broker beyond the window.
     let (tx, rx) = mpsc::channel::<PublishToken>(4096);
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let mut collector = tokio::spawn(confirmations(rx, confirmed.clone()));
+    let counts = Arc::new(Confirmations::default());
+    let mut collector = tokio::spawn(confirm(rx, counts.clone()));
     let started = Instant::now();
-    let mut sent: u64 = 0;
     let message = |payload: Bytes| Message {
         topic: topic.clone(),
         payload,
@@ -212,8 +211,8 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
                     break;
                 }
             };
+            counts.sent();
             let _ = tx.send(token).await;
-            sent += 1;
         }
     } else {
         let mut lines = BufReader::with_capacity(256 * 1024, tokio::io::stdin()).split(b'\n');
@@ -237,7 +236,7 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
                     break;
                 }
             };
-            sent += 1;
+            counts.sent();
             match published {
                 Ok(token) => {
                     if tx.send(token).await.is_err() {
@@ -247,6 +246,7 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
                 // The session is over (gave up reconnecting): count it and stop.
                 Err(e) => {
                     tracing::error!(error = %e, "Publish not accepted.");
+                    counts.record(&Err(e));
                     break;
                 }
             }
@@ -273,7 +273,8 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     }
     // Refused, lost with a session that gave up, or not confirmed before a
     // signal: all count as not confirmed.
-    let failed = sent - confirmed.load(Ordering::Relaxed).min(sent);
+    let sent = counts.published();
+    let failed = sent - counts.confirmed().min(sent);
     if signalled {
         tracing::warn!(unconfirmed = failed, "Interrupted.");
     }
@@ -304,18 +305,14 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn confirmations(mut rx: mpsc::Receiver<PublishToken>, confirmed: Arc<AtomicU64>) {
+/// Awaits confirmations in send order, logging the first failure.
+async fn confirm(mut rx: mpsc::Receiver<PublishToken>, counts: Arc<Confirmations>) {
     let mut first_error = true;
     while let Some(token) = rx.recv().await {
-        match token.await {
-            Ok(_) => {
-                confirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if first_error {
-                    tracing::error!(error = %e, "Publish not confirmed.");
-                    first_error = false;
-                }
+        if let Err(e) = counts.confirm(token).await {
+            if first_error {
+                tracing::error!(error = %e, "Publish not confirmed.");
+                first_error = false;
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use mqlink::format::{AvroSchema, ColumnType, Format as Decode, Registry, Schema};
+use mqlink::format::{AvroSchema, ColumnType, Decoder, Registry, Schema};
 use mqlink::source::{MqttSource, Record};
 use mqlink::topic::{self, validate_filter, validate_topic_name};
 use mqlink::{Message, QoS, Status};
@@ -162,7 +162,7 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
         validate_topic_name(t).map_err(|e| usage(format!("--dead-letter-topic: {e}")))?;
     }
     let decode = if let Some(spec) = &args.schema {
-        Decode::Json {
+        Decoder::Json {
             schema: Some(parse_schema(spec)?),
         }
     } else if let Some(path) = &args.avro_schema {
@@ -174,17 +174,17 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
         })?;
         let schema = AvroSchema::parse(&text)
             .map_err(|e| usage(format!("--avro-schema {}: {e}", path.display())))?;
-        Decode::Avro {
+        Decoder::Avro {
             schema: std::sync::Arc::new(schema),
         }
     } else if let Some(url) = &args.schema_registry_url {
         let registry =
             Registry::new(url).map_err(|e| usage(format!("--schema-registry-url: {e}")))?;
-        Decode::AvroRegistry {
+        Decoder::AvroRegistry {
             registry: std::sync::Arc::new(registry),
         }
     } else {
-        Decode::RawBytes {
+        Decoder::RawBytes {
             include_topic: false,
         }
     };

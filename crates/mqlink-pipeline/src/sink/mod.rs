@@ -46,8 +46,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqlink::source::dead_letter_message;
-use mqlink::{Backoff, Client, Protocol, QoS};
+use mqlink::dead_letter::DeadLetter;
+use mqlink::Backoff;
 use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Item};
@@ -109,13 +109,8 @@ pub fn confirmed(faults: Vec<RecordFault>) -> Confirmation {
 }
 
 /// Where a sink's record faults go: an MQTT topic, with the original
-/// payload, topic and reason (MQTT 5 user properties, or a JSON envelope).
-#[derive(Clone)]
-pub struct DeadLetters {
-    pub topic: String,
-    pub client: Client,
-    pub qos: QoS,
-}
+/// payload, topic and reason (see [`mqlink::dead_letter`]).
+pub use mqlink::dead_letter::DeadLetters;
 
 /// A destination. Implementations only write; the runner owns the rest.
 pub trait Sink: Send + 'static {
@@ -456,24 +451,18 @@ pub async fn publish_dead_letters<'a>(
     comp: &Component,
     path: &str,
 ) -> Result<(), String> {
-    let v5 = d.client.protocol() == Protocol::V5;
-    let mut tokens = Vec::new();
-    for (from, payload, reason) in letters {
-        let msg = dead_letter_message(from, &payload, d.qos, None, &d.topic, reason, v5);
-        let token = d
-            .client
-            .publish(msg)
-            .await
-            .map_err(|e| format!("dead letter to {:?} not published: {e}", d.topic))?;
-        tokens.push((token, from, reason));
+    let letters: Vec<DeadLetter> = letters
+        .map(|(from, payload, reason)| DeadLetter::new(from, payload, reason))
+        .collect();
+    let (confirmed, result) = match d.publish_all(&letters).await {
+        Ok(()) => (letters.len(), Ok(())),
+        Err((n, e)) => (n, Err(e.to_string())),
+    };
+    for l in &letters[..confirmed] {
+        tracing::warn!(component = %path, topic = l.from, error = %l.reason, dead_letter_topic = %d.topic, "Record dead-lettered.");
     }
-    for (t, from, reason) in tokens {
-        t.await
-            .map_err(|e| format!("dead letter to {:?} not confirmed: {e}", d.topic))?;
-        tracing::warn!(component = %path, topic = from, error = %reason, dead_letter_topic = %d.topic, "Record dead-lettered.");
-        comp.dead_lettered.fetch_add(1, Relaxed);
-    }
-    Ok(())
+    comp.dead_lettered.fetch_add(confirmed as u64, Relaxed);
+    result
 }
 
 /// The runner's backoff for retried writes: 0.2 s doubling to 5 s, forever.

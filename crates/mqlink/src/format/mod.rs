@@ -165,9 +165,13 @@ impl PartialEq for MapFn {
     }
 }
 
-/// How payloads are decoded.
+/// The old name of [`Decoder`].
+#[deprecated(since = "0.2.0", note = "renamed Decoder: it decodes payloads")]
+pub type Format = Decoder;
+
+/// How payloads are decoded (a source's `format`).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Format {
+pub enum Decoder {
     /// The payload as bytes; with `include_topic`, a row of topic and payload
     /// (Laminar's `raw_bytes.include_topic`).
     RawBytes {
@@ -193,9 +197,9 @@ pub enum Format {
     Map(MapFn),
 }
 
-impl Default for Format {
+impl Default for Decoder {
     fn default() -> Self {
-        Format::RawBytes {
+        Decoder::RawBytes {
             include_topic: false,
         }
     }
@@ -260,34 +264,34 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-impl Format {
+impl Decoder {
     /// Decodes one payload (received on `topic`); never panics.
     pub fn decode(&self, topic: &str, payload: &Bytes) -> Result<Value, FormatError> {
         match self {
-            Format::RawBytes {
+            Decoder::RawBytes {
                 include_topic: false,
             } => Ok(Value::Bytes(payload.clone())),
-            Format::RawBytes {
+            Decoder::RawBytes {
                 include_topic: true,
             } => Ok(Value::Row(vec![
                 ("topic".into(), Value::Text(topic.to_owned())),
                 ("payload".into(), Value::Bytes(payload.clone())),
             ])),
-            Format::Json { schema: None } => serde_json::from_slice(payload)
+            Decoder::Json { schema: None } => serde_json::from_slice(payload)
                 .map(Value::Json)
                 .map_err(|e| FormatError::InvalidJson(e.to_string())),
-            Format::Json {
+            Decoder::Json {
                 schema: Some(schema),
             } => decode_row(schema, payload),
-            Format::Avro { schema } => avro::decode(schema, payload),
-            Format::AvroRegistry { registry } => {
+            Decoder::Avro { schema } => avro::decode(schema, payload),
+            Decoder::AvroRegistry { registry } => {
                 let (id, body) = avro::confluent_split(payload)?;
                 let schema = registry
                     .cached(id)
                     .ok_or(FormatError::SchemaNotLoaded(id))?;
                 avro::decode(&schema, body)
             }
-            Format::Map(f) => (f.0)(topic, payload).map_err(FormatError::Map),
+            Decoder::Map(f) => (f.0)(topic, payload).map_err(FormatError::Map),
         }
     }
 }
@@ -489,8 +493,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn telemetry() -> Format {
-        Format::Json {
+    fn telemetry() -> Decoder {
+        Decoder::Json {
             schema: Some(
                 Schema::new([
                     ("device_id", ColumnType::Text),
@@ -609,7 +613,7 @@ mod tests {
 
     #[test]
     fn raw_bytes_with_topic() {
-        let f = Format::RawBytes {
+        let f = Decoder::RawBytes {
             include_topic: true,
         };
         let v = f.decode("a/b", &Bytes::from_static(b"\xff")).unwrap();
@@ -626,7 +630,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let p = Bytes::from(bytes);
-            for f in [telemetry(), Format::Json { schema: None }, Format::default()] {
+            for f in [telemetry(), Decoder::Json { schema: None }, Decoder::default()] {
                 let _ = f.decode("t", &p);
             }
         }

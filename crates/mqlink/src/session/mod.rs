@@ -128,6 +128,29 @@ pub enum Status {
     },
 }
 
+impl Status {
+    /// Whether the session is connected to a broker.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Status::Connected { .. })
+    }
+}
+
+/// The one text form of a status: logs, `/status`, flush errors and
+/// Python all show it.
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Connecting => f.write_str("connecting"),
+            Status::Connected { broker, .. } => write!(f, "connected to {broker}"),
+            Status::Reconnecting { error, attempt } => {
+                write!(f, "reconnecting (attempt {attempt}): {error}")
+            }
+            Status::Stopped { error: Some(e) } => write!(f, "stopped: {e}"),
+            Status::Stopped { error: None } => f.write_str("stopped"),
+        }
+    }
+}
+
 /// Counters kept by the driver, readable at any time (read-only: the
 /// driver alone counts).
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@
 //! Many records are in flight at once (the session's window); with
 //! `publisher_sync` each `send` waits for its own confirmation.
 
+mod confirmations;
 mod spool;
 mod template;
 
@@ -18,14 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, PublishError};
-use crate::options::ConnectOptions;
+use crate::options::{Backoff, ConnectOptions};
 use crate::session::{Client, Confirmed, Message, PublishToken};
 use crate::source::{Record, RecordAck};
 use crate::types::QoS;
 use crate::PublishProperties;
+pub use confirmations::Confirmations;
 pub use template::{TemplateError, TopicTemplate};
 
 /// A record's value: JSON, or bytes passed through.
@@ -139,10 +141,11 @@ pub enum Retain {
     Field(String),
 }
 
-/// What to do when the broker rejects a publish or the session gives up
-/// (Jet's `RetryStrategies`). A record is never reported delivered without
-/// the broker's confirmation; retries keep the record's place in the order
-/// of confirmations.
+/// The old spelling of the sink's retries, now a [`Backoff`]
+/// ([`SinkBuilder::retry`]): `Fixed` is [`Backoff::fixed`], `Exponential`
+/// [`Backoff::exponential`], `Indefinitely` [`Backoff::indefinitely`],
+/// `None` no `retry` at all.
+#[deprecated(since = "0.2.0", note = "use SinkBuilder::retry with a Backoff")]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RetryStrategy {
     /// A failed publish fails its record.
@@ -172,24 +175,28 @@ pub enum RetryStrategy {
     },
 }
 
+#[allow(deprecated)]
 impl RetryStrategy {
-    /// The wait before retry `n` (1-based), or `None` when out of tries.
-    pub fn delay(&self, n: u32) -> Option<Duration> {
-        match *self {
-            RetryStrategy::None => None,
-            RetryStrategy::Fixed { interval, attempts } => (n <= attempts).then_some(interval),
+    /// The same retries as a [`Backoff`]; `None` for no retries.
+    pub fn backoff(self) -> Option<Backoff> {
+        match self {
+            RetryStrategy::Fixed { attempts: 0, .. }
+            | RetryStrategy::Exponential { attempts: 0, .. }
+            | RetryStrategy::None => None,
+            RetryStrategy::Fixed { interval, attempts } => Some(Backoff::fixed(interval, attempts)),
             RetryStrategy::Exponential {
                 initial,
                 multiplier,
                 max,
                 attempts,
-            } => (n <= attempts).then(|| {
-                let secs = initial.as_secs_f64()
-                    * multiplier.max(1.0).powi(n.saturating_sub(1).min(64) as i32);
-                Duration::from_secs_f64(secs.min(max.as_secs_f64()))
-            }),
-            RetryStrategy::Indefinitely { interval } => Some(interval),
+            } => Some(Backoff::exponential(initial, multiplier, max, attempts)),
+            RetryStrategy::Indefinitely { interval } => Some(Backoff::indefinitely(interval)),
         }
+    }
+
+    /// The wait before retry `n` (1-based), or `None` when out of tries.
+    pub fn delay(&self, n: u32) -> Option<Duration> {
+        self.backoff().and_then(|b| b.retry_delay(n))
     }
 }
 
@@ -246,7 +253,7 @@ impl std::fmt::Debug for MessageFn {
     }
 }
 
-/// The function of [`SinkBuilder::retry_fn`] (a [`RetryStrategy`] is one).
+/// The function of [`SinkBuilder::retry_fn`] (a [`Backoff`] is one).
 #[derive(Clone)]
 pub(crate) struct RetryFn(Arc<RetryDelay>);
 
@@ -354,12 +361,7 @@ pub const SINK_METRIC_NAMES: [&str; 6] = [
 /// A sink's counters (read-only; see [`SINK_METRIC_NAMES`]).
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
-    published: AtomicU64,
-    confirmed: AtomicU64,
-    failed: AtomicU64,
-    /// `failed` when `flush` last looked: it reports only what is new.
-    failed_at_flush: AtomicU64,
-    last_error: std::sync::Mutex<Option<String>>,
+    confirmations: Confirmations,
     spool_bytes: AtomicU64,
     spool_records: AtomicU64,
 }
@@ -372,16 +374,12 @@ impl SinkMetrics {
 
     /// Every metric with its name, in [`SINK_METRIC_NAMES`] order.
     pub fn snapshot(&self) -> [(&'static str, u64); 6] {
-        let (p, c, f) = (
-            self.published.load(Relaxed),
-            self.confirmed.load(Relaxed),
-            self.failed.load(Relaxed),
-        );
+        let c = &self.confirmations;
         [
-            (SINK_METRIC_NAMES[0], p),
-            (SINK_METRIC_NAMES[1], c),
-            (SINK_METRIC_NAMES[2], f),
-            (SINK_METRIC_NAMES[3], p.saturating_sub(c + f)),
+            (SINK_METRIC_NAMES[0], c.published()),
+            (SINK_METRIC_NAMES[1], c.confirmed()),
+            (SINK_METRIC_NAMES[2], c.failed()),
+            (SINK_METRIC_NAMES[3], c.in_flight()),
             (SINK_METRIC_NAMES[4], self.spool_bytes.load(Relaxed)),
             (SINK_METRIC_NAMES[5], self.spool_records.load(Relaxed)),
         ]
@@ -466,14 +464,23 @@ impl SinkBuilder {
         self.config.key_field = Some(field.into());
         self
     }
-    /// Retries of failed publishes under a fixed policy (Jet's
-    /// `RetryStrategies`); the default is none. See [`retry_fn`](Self::retry_fn).
-    pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
-        self.config.retry = match r {
-            RetryStrategy::None => None,
-            r => Some(RetryFn(Arc::new(move |n, _| r.delay(n)))),
-        };
+    /// Retries of failed publishes paced by `backoff` (Jet's
+    /// `RetryStrategies`: [`Backoff::fixed`], [`Backoff::exponential`],
+    /// [`Backoff::indefinitely`]); the default is none. See
+    /// [`retry_fn`](Self::retry_fn).
+    pub fn retry(mut self, backoff: Backoff) -> Self {
+        self.config.retry = Some(RetryFn(Arc::new(move |n, _| backoff.retry_delay(n))));
         self
+    }
+    /// The old spelling of [`retry`](Self::retry).
+    #[deprecated(since = "0.2.0", note = "use retry(Backoff::…)")]
+    #[allow(deprecated)]
+    pub fn retry_strategy(mut self, r: RetryStrategy) -> Self {
+        self.config.retry = None;
+        match r.backoff() {
+            Some(b) => self.retry(b),
+            None => self,
+        }
     }
     /// Retries of failed publishes decided by a function of yours, as Jet's
     /// `retryFn`: given the attempt (1 for the first retry) and the error,
@@ -625,7 +632,6 @@ pub struct MqttSink {
     clients: Vec<Client>,
     config: SinkConfig,
     tracker: mpsc::UnboundedSender<Pending>,
-    completed: watch::Receiver<u64>,
     metrics: Arc<SinkMetrics>,
     next_unkeyed: AtomicUsize,
     spool: Option<Arc<SpoolState>>,
@@ -675,7 +681,6 @@ impl MqttSink {
         }
         let metrics = Arc::new(SinkMetrics::default());
         let (tracker, rx) = mpsc::unbounded_channel();
-        let (done_tx, completed) = watch::channel(0u64);
         let spool = match &config.spool_dir {
             None => None,
             Some(dir) => {
@@ -697,7 +702,7 @@ impl MqttSink {
                 }
                 for (seq, msg) in pending {
                     let (tx, _rx) = oneshot::channel();
-                    metrics.published.fetch_add(1, Relaxed);
+                    metrics.confirmations.sent();
                     let _ = state.queue.send(Spooled {
                         seq,
                         client: 0,
@@ -711,13 +716,13 @@ impl MqttSink {
                     clients.clone(),
                     tracker.clone(),
                     config.retry.is_some(),
+                    metrics.clone(),
                 ));
                 Some(state)
             }
         };
         tokio::spawn(track(
             rx,
-            done_tx,
             metrics.clone(),
             config.retry.clone(),
             spool.clone(),
@@ -726,7 +731,6 @@ impl MqttSink {
             clients,
             config,
             tracker,
-            completed,
             metrics,
             next_unkeyed: AtomicUsize::new(0),
             spool,
@@ -835,7 +839,7 @@ impl MqttSink {
             Ok(t) => t,
             Err(e) => return Err((e.into(), upstream)),
         };
-        self.metrics.published.fetch_add(1, Relaxed);
+        self.metrics.confirmations.sent();
         let (tx, rx) = oneshot::channel();
         let _ = self.tracker.send(Pending {
             token,
@@ -906,7 +910,7 @@ impl MqttSink {
             self.metrics.spool_usage(&spool);
             seq
         };
-        self.metrics.published.fetch_add(1, Relaxed);
+        self.metrics.confirmations.sent();
         let (tx, rx) = oneshot::channel();
         let _ = state.queue.send(Spooled {
             seq,
@@ -952,49 +956,18 @@ impl MqttSink {
     /// (naming the last error), or on the timeout (naming why the sessions
     /// are not connected, when they are not).
     pub async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
-        let target = self.metrics.published.load(Relaxed);
-        let mut completed = self.completed.clone();
-        let waited = tokio::time::timeout(timeout, completed.wait_for(|&c| c >= target)).await;
-        match waited {
-            Ok(_) => {
-                let failed = self.metrics.failed.load(Relaxed);
-                let before = self.metrics.failed_at_flush.swap(failed, Relaxed);
-                match failed - before.min(failed) {
-                    0 => Ok(()),
-                    n => Err(FlushError::Failed {
-                        failed: n,
-                        last_error: self.metrics.last_error.lock().ok().and_then(|e| e.clone()),
-                    }),
-                }
-            }
-            Err(_) => Err(FlushError::Timeout {
-                after: timeout,
-                unconfirmed: target.saturating_sub(*self.completed.borrow()),
-                cause: self.session_problem(),
-            }),
-        }
+        let confirmations = &self.metrics.confirmations;
+        confirmations
+            .flush(timeout, || self.session_problem())
+            .await
     }
 
     /// Why a session is not connected, if one is not.
     fn session_problem(&self) -> Option<String> {
-        self.clients
-            .iter()
-            .find_map(|c| match &*c.status().borrow() {
-                crate::Status::Connected { .. } => None,
-                crate::Status::Connecting => Some(format!("{}: still connecting", c.client_id())),
-                crate::Status::Reconnecting { error, attempt } => Some(format!(
-                    "{}: reconnecting (attempt {attempt}): {error}",
-                    c.client_id()
-                )),
-                crate::Status::Stopped { error } => Some(format!(
-                    "{}: stopped{}",
-                    c.client_id(),
-                    error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                )),
-            })
+        self.clients.iter().find_map(|c| {
+            let status = c.status().borrow().clone();
+            (!status.is_connected()).then(|| format!("{}: {status}", c.client_id()))
+        })
     }
 
     /// Flushes, then disconnects every client.
@@ -1013,6 +986,7 @@ async fn publish_spooled(
     clients: Vec<Client>,
     tracker: mpsc::UnboundedSender<Pending>,
     retries: bool,
+    metrics: Arc<SinkMetrics>,
 ) {
     while let Some(r) = rx.recv().await {
         let client = &clients[r.client.min(clients.len() - 1)];
@@ -1027,8 +1001,12 @@ async fn publish_spooled(
                     upstream: r.upstream,
                 });
             }
+            // The session is over: the record fails (and stays in the
+            // spool for the next start).
             Err(e) => {
-                let _ = r.done.send(Err(e));
+                let failed = Err(e);
+                let _ = r.done.send(failed.clone());
+                metrics.confirmations.record(&failed);
             }
         }
     }
@@ -1038,12 +1016,10 @@ async fn publish_spooled(
 /// strategy, and completes handles and counters.
 async fn track(
     mut rx: mpsc::UnboundedReceiver<Pending>,
-    done: watch::Sender<u64>,
     metrics: Arc<SinkMetrics>,
     retry: Option<RetryFn>,
     spool: Option<Arc<SpoolState>>,
 ) {
-    let mut n = 0u64;
     // The spool checkpoint may only pass records that were confirmed: one
     // that failed because the session stopped is published again at restart.
     let mut blocked = false;
@@ -1064,17 +1040,9 @@ async fn track(
                 };
             }
         }
-        match &r {
-            Ok(_) => {
-                metrics.confirmed.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                if let Ok(mut last) = metrics.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
-                metrics.failed.fetch_add(1, Relaxed);
-            }
-        };
+        // Counted before the handle completes: with `publisher_sync`, `send`
+        // returns with its record already counted.
+        metrics.confirmations.record(&r);
         if let (Some(state), Some(seq)) = (&spool, p.seq) {
             blocked |= matches!(r, Err(PublishError::Stopped(_)));
             if !blocked && (rx.is_empty() || seq % 256 == 0) {
@@ -1093,8 +1061,6 @@ async fn track(
             }
         }
         let _ = p.done.send(r);
-        n += 1;
-        done.send_replace(n);
     }
 }
 
@@ -1111,34 +1077,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delays() {
+    #[allow(deprecated)]
+    fn the_old_retry_strategies_are_backoffs() {
         let ms = Duration::from_millis;
-        assert_eq!(RetryStrategy::None.delay(1), None);
+        assert_eq!(RetryStrategy::None.backoff(), None);
+        let no_retries = RetryStrategy::Fixed {
+            interval: ms(10),
+            attempts: 0,
+        };
+        // 0 attempts was no retry, where a Backoff's 0 is forever.
+        assert_eq!(no_retries.backoff(), None);
         let f = RetryStrategy::Fixed {
             interval: ms(10),
             attempts: 2,
         };
-        assert_eq!(
-            (f.delay(1), f.delay(2), f.delay(3)),
-            (Some(ms(10)), Some(ms(10)), None)
-        );
+        assert_eq!(f.backoff(), Some(Backoff::fixed(ms(10), 2)));
+        assert_eq!((f.delay(2), f.delay(3)), (Some(ms(10)), None));
         let e = RetryStrategy::Exponential {
             initial: ms(10),
             multiplier: 2.0,
             max: ms(25),
             attempts: 5,
         };
-        let d: Vec<_> = (1..=6).map(|n| e.delay(n)).collect();
         assert_eq!(
-            d,
-            [
-                Some(ms(10)),
-                Some(ms(20)),
-                Some(ms(25)),
-                Some(ms(25)),
-                Some(ms(25)),
-                None
-            ]
+            e.backoff(),
+            Some(Backoff::exponential(ms(10), 2.0, ms(25), 5))
         );
         assert_eq!(
             RetryStrategy::Indefinitely { interval: ms(5) }.delay(1_000_000),

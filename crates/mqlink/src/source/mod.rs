@@ -5,14 +5,14 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use mqlink::format::{ColumnType, Format, Schema};
+//! use mqlink::format::{ColumnType, Decoder, Schema};
 //! use mqlink::source::MqttSource;
 //! use mqlink::{ConnectOptions, QoS};
 //! let mut source = MqttSource::builder()
 //!     .connection(ConnectOptions::new("mqtt://localhost:1883")?)
 //!     .topic("sensors/+/telemetry", QoS::AtLeastOnce)
 //!     .topic("alerts/#", QoS::ExactlyOnce)
-//!     .format(Format::Json { schema: Some(Schema::new([("device_id", ColumnType::Text)])) })
+//!     .format(Decoder::Json { schema: Some(Schema::new([("device_id", ColumnType::Text)])) })
 //!     .dead_letter_topic("errors/telemetry")
 //!     .start()
 //!     .await?;
@@ -44,16 +44,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use bytes::Bytes;
 use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::codec::ByteStr;
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, SubscribeError};
-use crate::format::{Format, FormatError, Value};
-use crate::options::{ConnectOptions, OptionsError};
+use crate::format::{Decoder, FormatError, Value};
+use crate::options::{Backoff, ConnectOptions, OptionsError};
 use crate::session::{AckHandle, Client, Delivery, Incoming, Message, Subscription};
 use crate::topic::{
     disjoint_cover_groups, validate_filter, validate_topic_name, TopicError, TopicFilter,
@@ -98,7 +98,7 @@ pub enum SourceError {
 pub struct SourceConfig {
     pub(crate) connection: ConnectOptions,
     pub(crate) subscriptions: Vec<Subscription>,
-    pub(crate) format: Format,
+    pub(crate) format: Decoder,
     pub(crate) dead_letter_topic: Option<String>,
     /// Times [`MqttSource::retry`] hands a record back after a downstream
     /// failure before it is dead-lettered (Laminar's `max_retries`).
@@ -226,7 +226,7 @@ impl SourceBuilder {
         self
     }
     /// How payloads are decoded into [`Record::value`] [default: raw bytes].
-    pub fn format(mut self, f: Format) -> Self {
+    pub fn format(mut self, f: Decoder) -> Self {
         self.config.format = f;
         self
     }
@@ -237,7 +237,7 @@ impl SourceBuilder {
         mut self,
         f: impl Fn(&str, &Bytes) -> Result<Value, String> + Send + Sync + 'static,
     ) -> Self {
-        self.config.format = Format::Map(crate::format::MapFn(Arc::new(f)));
+        self.config.format = Decoder::Map(crate::format::MapFn(Arc::new(f)));
         self
     }
     /// Where payloads that do not decode go (and records that exhausted
@@ -441,7 +441,7 @@ pub struct MqttSource {
     pending: std::collections::VecDeque<Delivery>,
     retries: std::collections::VecDeque<Record>,
     max_retries: u32,
-    dead_letter_topic: Option<String>,
+    dead_letters: Option<DeadLetters>,
     /// A delivery being processed for [`Stream::poll_next`] (dead letter or
     /// schema fetch under way). The mutex is only ever used through
     /// `get_mut`: it keeps `MqttSource` `Sync` around a future that is not.
@@ -460,14 +460,13 @@ enum Inner {
 }
 
 struct Worker {
-    client: Client,
     /// Its place among the source's clients ([`Record::client`]).
     index: u16,
     /// The filters asked for, when the broker may send more (merged
     /// filters, see the module docs); empty when it cannot.
     filters: Vec<TopicFilter>,
-    format: Format,
-    dead_letter_topic: Option<String>,
+    format: Decoder,
+    dead_letters: Option<DeadLetters>,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -479,7 +478,7 @@ impl MqttSource {
             config: SourceConfig {
                 connection: ConnectOptions::default(),
                 subscriptions: Vec::new(),
-                format: Format::default(),
+                format: Decoder::default(),
                 dead_letter_topic: None,
                 max_retries: 3,
                 batch_size: 1000,
@@ -541,11 +540,13 @@ impl MqttSource {
             let early = subscribe_reading(&client, &mut incoming, subs.clone()).await?;
             metrics.set_subscriptions(subs.len() as u64 * config.parallelism as u64);
             workers.push(Arc::new(Worker {
-                client: client.clone(),
                 index: i,
                 filters: filters.clone(),
                 format: config.format.clone(),
-                dead_letter_topic: config.dead_letter_topic.clone(),
+                dead_letters: config
+                    .dead_letter_topic
+                    .as_ref()
+                    .map(|t| DeadLetters::new(t, client.clone())),
                 metrics: metrics.clone(),
             }));
             sessions.push((early, incoming));
@@ -592,6 +593,10 @@ impl MqttSource {
                 Inner::Merged(rx)
             }
         };
+        let dead_letters = config
+            .dead_letter_topic
+            .as_ref()
+            .map(|t| DeadLetters::new(t, clients[0].clone()));
         Ok(MqttSource {
             clients,
             inner,
@@ -602,7 +607,7 @@ impl MqttSource {
             pending,
             retries: Default::default(),
             max_retries: config.max_retries,
-            dead_letter_topic: config.dead_letter_topic.clone(),
+            dead_letters,
             processing: None,
             buffer: shared,
         })
@@ -710,25 +715,17 @@ impl MqttSource {
             self.retries.push_back(record);
             return Ok(());
         }
-        let Some(dlq) = &self.dead_letter_topic else {
+        let Some(dead_letters) = &self.dead_letters else {
             return Err(record);
         };
-        let client = &self.clients[0];
         let reason = format!("downstream failed {} times: {error}", record.attempts + 1);
-        let msg = dead_letter_message(
-            &record.topic,
-            &record.payload,
-            record.qos,
-            record.properties.as_deref(),
-            dlq,
-            &reason,
-            client.protocol() == Protocol::V5,
-        );
-        let confirmed = match client.publish(msg).await {
-            Ok(token) => token.await.is_ok(),
-            Err(_) => false,
+        let letter = DeadLetter {
+            qos: record.qos,
+            properties: record.properties.as_deref(),
+            ..DeadLetter::new(&record.topic, record.payload.clone(), &reason)
         };
-        if !confirmed {
+        if let Err(e) = dead_letters.publish(&letter).await {
+            tracing::error!(topic = %record.topic, error = %e, "The message stays unacknowledged.");
             return Err(record);
         }
         self.metrics.dead_lettered();
@@ -976,7 +973,7 @@ impl Worker {
             return None;
         }
         let mut value = self.format.decode(&d.topic, &d.payload);
-        if let (Err(FormatError::SchemaNotLoaded(id)), Format::AvroRegistry { registry }) =
+        if let (Err(FormatError::SchemaNotLoaded(id)), Decoder::AvroRegistry { registry }) =
             (&value, &self.format)
         {
             value = match fetch_schema(registry, *id).await {
@@ -987,8 +984,8 @@ impl Worker {
         if value.is_err() {
             self.metrics.decode_error();
         }
-        if let (Err(e), Some(dlq)) = (&value, &self.dead_letter_topic) {
-            self.dead_letter(d, ack, dlq, e).await;
+        if let (Err(e), Some(dead_letters)) = (&value, &self.dead_letters) {
+            self.dead_letter(d, ack, dead_letters, e).await;
             return None;
         }
         Some(into_record(d, ack, value, self.metrics.clone(), self.index))
@@ -997,37 +994,39 @@ impl Worker {
     /// Publishes the dead letter and acknowledges the original only once the
     /// broker confirmed it; a failed dead letter leaves the original
     /// unacknowledged, so the broker redelivers it.
-    async fn dead_letter(&self, d: Delivery, ack: Option<Ack>, dlq: &str, error: &FormatError) {
-        let v5 = self.client.protocol() == Protocol::V5;
-        let msg = dead_letter_message(
-            &d.topic,
-            &d.payload,
-            d.qos,
-            d.properties.as_deref(),
-            dlq,
-            &error.to_string(),
-            v5,
-        );
-        match self.client.publish(msg).await {
-            Ok(token) => {
-                let metrics = self.metrics.clone();
-                let topic = d.topic.to_string();
-                tokio::spawn(async move {
-                    match token.await {
-                        Ok(_) => {
-                            metrics.dead_lettered();
-                            if let Some(a) = ack {
-                                a.ack();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(%topic, error = %e, "Dead letter not confirmed; the message stays unacknowledged.")
-                        }
-                    }
-                });
+    async fn dead_letter(
+        &self,
+        d: Delivery,
+        ack: Option<Ack>,
+        dead_letters: &DeadLetters,
+        error: &FormatError,
+    ) {
+        let reason = error.to_string();
+        let letter = DeadLetter {
+            qos: d.qos,
+            properties: d.properties.as_deref(),
+            ..DeadLetter::new(&d.topic, d.payload.clone(), &reason)
+        };
+        let token = match dead_letters.send(&letter).await {
+            Ok(token) => token,
+            Err(e) => {
+                return tracing::error!(topic = %d.topic, error = %e, "The message stays unacknowledged.")
             }
-            Err(e) => tracing::error!(topic = %d.topic, error = %e, "Dead letter not published."),
-        }
+        };
+        // Confirmed aside: the next deliveries need not wait for it.
+        let (dead_letters, metrics) = (dead_letters.clone(), self.metrics.clone());
+        let topic = d.topic.to_string();
+        tokio::spawn(async move {
+            match dead_letters.confirmation(token).await {
+                Ok(_) => {
+                    metrics.dead_lettered();
+                    if let Some(a) = ack {
+                        a.ack();
+                    }
+                }
+                Err(e) => tracing::error!(%topic, error = %e, "The message stays unacknowledged."),
+            }
+        });
     }
 }
 
@@ -1058,25 +1057,34 @@ fn into_record(
     }
 }
 
-/// Fetches a schema, trying three times: a registry that is briefly away
-/// should not send good messages to the dead-letter topic.
+/// Retries of a failed schema fetch: a registry that is briefly away should
+/// not send good messages to the dead-letter topic.
+const SCHEMA_FETCH: Backoff = Backoff::exponential(
+    Duration::from_millis(200),
+    2.0,
+    Duration::from_millis(800),
+    2,
+);
+
+/// Fetches a schema, retrying under [`SCHEMA_FETCH`].
 async fn fetch_schema(registry: &crate::format::Registry, id: u32) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 0..3u32 {
-        match registry.fetch(id).await {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(schema_id = id, error = %e, attempt, "Schema fetch failed.");
-                last = e;
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
+    let mut attempt = 0;
+    loop {
+        let Err(e) = registry.fetch(id).await else {
+            return Ok(());
+        };
+        attempt += 1;
+        tracing::warn!(schema_id = id, error = %e, attempt, "Schema fetch failed.");
+        let Some(wait) = SCHEMA_FETCH.retry_delay(attempt) else {
+            return Err(e);
+        };
+        tokio::time::sleep(wait).await;
     }
-    Err(last)
 }
 
 /// The dead letter: the original payload with topic and reason as user
 /// properties (MQTT 5), or a JSON envelope (3.1.1).
+#[deprecated(since = "0.2.0", note = "use mqlink::dead_letter")]
 pub fn dead_letter_message(
     topic: &str,
     payload: &Bytes,
@@ -1086,32 +1094,10 @@ pub fn dead_letter_message(
     reason: &str,
     v5: bool,
 ) -> Message {
-    let qos = qos.max(QoS::AtLeastOnce);
-    if v5 {
-        let mut props = properties.cloned().unwrap_or_default();
-        props.subscription_identifiers.clear();
-        props.topic_alias = None;
-        props
-            .user_properties
-            .push(("mqlink_original_topic".into(), topic.to_owned()));
-        props
-            .user_properties
-            .push(("mqlink_error".into(), reason.to_owned()));
-        Message::new(dlq, payload.clone(), qos).properties(props)
-    } else {
-        let (text, encoding) = match std::str::from_utf8(payload) {
-            Ok(s) => (s.to_owned(), "utf8"),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(payload),
-                "base64",
-            ),
-        };
-        let envelope = serde_json::json!({
-            "original_topic": topic,
-            "error": reason,
-            "payload": text,
-            "payload_encoding": encoding,
-        });
-        Message::new(dlq, envelope.to_string(), qos)
-    }
+    let letter = DeadLetter {
+        qos,
+        properties,
+        ..DeadLetter::new(topic, payload.clone(), reason)
+    };
+    crate::dead_letter::message(&letter, dlq, QoS::AtLeastOnce, v5)
 }

@@ -22,7 +22,7 @@ use crate::relay::{RelayTarget, PROPERTY};
 use crate::sink::write_backoff;
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{
-    connection, err, json_format, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig, Context,
+    connection, err, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig, Context, SinkFormat,
 };
 use crate::status::{Component, Mqtt};
 
@@ -43,8 +43,8 @@ pub struct MqttSinkConfig {
     pub retain: bool,
     /// `json` (the record as a JSON object) or `raw` (the original payload
     /// bytes of MQTT sources) [default: json].
-    #[serde(default = "json_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: SinkFormat,
     /// Clients publishing in parallel, per-key order kept [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
@@ -99,12 +99,6 @@ impl MqttSinkConfig {
         connections: &BTreeMap<String, ConnectionConfig>,
     ) -> Result<(), ConfigError> {
         connection(path, &self.connection, connections)?;
-        if !matches!(self.format.as_str(), "json" | "raw") {
-            return Err(err(
-                format!("{path}.format"),
-                format!("unknown format {:?}: use json or raw", self.format),
-            ));
-        }
         if self.parallelism == 0 {
             return Err(err(format!("{path}.parallelism"), "must be at least 1"));
         }
@@ -140,7 +134,7 @@ impl MqttSinkConfig {
             let raw = match &shape {
                 Shape::Payload => true,
                 Shape::TopicAndPayload | Shape::Made(_) => false,
-                Shape::Decoded(_) => self.format == "raw",
+                Shape::Decoded(_) => self.format == SinkFormat::Raw,
             };
             if raw {
                 return Err(err(key, format!("{t}: {{{field}}}: records of sources.{input} are raw payload bytes without fields; only {{stream}} can be used")));
@@ -213,7 +207,7 @@ impl MqttSinkRuntime {
         });
         Ok(MqttSinkRuntime {
             sink,
-            raw: cfg.format == "raw",
+            raw: cfg.format == SinkFormat::Raw,
             dead_letters,
             relay: None,
         })

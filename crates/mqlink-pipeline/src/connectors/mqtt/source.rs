@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqlink::format::{AvroSchema, Format, Registry, Schema};
+use mqlink::format::{AvroSchema, Decoder, Registry, Schema};
 use mqlink::source::{BufferOptions, BufferWhen, MqttSource, Record};
 use mqlink::topic::{validate_filter, validate_topic_name};
 use mqlink::{ConnectOptions, QoS};
@@ -84,7 +84,7 @@ pub struct MqttSourceConfig {
     pub buffer: BufferConfig,
     /// How payloads are decoded, built when loaded.
     #[serde(skip)]
-    pub decoder: Format,
+    pub decoder: Decoder,
 }
 
 /// `[sources.NAME.buffer]`: messages are acknowledged once in a local log
@@ -202,10 +202,10 @@ impl SourceSpec for MqttSourceConfig {
     }
     fn shape(&self) -> Shape {
         match &self.decoder {
-            Format::RawBytes {
+            Decoder::RawBytes {
                 include_topic: false,
             } => Shape::Payload,
-            Format::RawBytes {
+            Decoder::RawBytes {
                 include_topic: true,
             } => Shape::TopicAndPayload,
             _ => Shape::Decoded(self.schema.clone()),
@@ -218,12 +218,12 @@ impl SourceSpec for MqttSourceConfig {
     /// pipeline's sight (a decoding source's dead letters would never be
     /// settled).
     fn settles_relayed(&self) -> Option<Vec<String>> {
-        matches!(self.decoder, Format::RawBytes { .. }).then(|| self.topics.to_vec())
+        matches!(self.decoder, Decoder::RawBytes { .. }).then(|| self.topics.to_vec())
     }
     fn staged(&self, schema: &Schema) -> Option<SourceConfig> {
         let mut m = self.clone();
         m.schema = Some(schema.clone());
-        m.decoder = Format::Json {
+        m.decoder = Decoder::Json {
             schema: Some(schema.clone()),
         };
         Some(Arc::new(m))
@@ -361,9 +361,9 @@ impl MqttSourceConfig {
     }
 
     /// How payloads are decoded; reads the Avro schema file.
-    fn decoder(&self, path: &str) -> Result<Format, ConfigError> {
+    fn decoder(&self, path: &str) -> Result<Decoder, ConfigError> {
         Ok(match self.format.as_str() {
-            "raw_bytes" | "raw" => Format::RawBytes {
+            "raw_bytes" | "raw" => Decoder::RawBytes {
                 include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
             },
             "avro" => match (&self.avro_schema, &self.schema_registry_url) {
@@ -380,11 +380,11 @@ impl MqttSourceConfig {
                             format!("{}: {e}", file.display()),
                         )
                     })?;
-                    Format::Avro {
+                    Decoder::Avro {
                         schema: Arc::new(schema),
                     }
                 }
-                (None, Some(url)) => Format::AvroRegistry {
+                (None, Some(url)) => Decoder::AvroRegistry {
                     registry: Arc::new(
                         Registry::new(url)
                             .map_err(|e| err(format!("{path}.schema_registry_url"), e))?,
@@ -397,7 +397,7 @@ impl MqttSourceConfig {
                     ))
                 }
             },
-            _ => Format::Json {
+            _ => Decoder::Json {
                 schema: self.schema.clone(),
             },
         })
