@@ -26,7 +26,7 @@ use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
 use crate::batch::Item;
-use crate::sink::{confirmed, write_backoff, Confirmation, Job, Sink, WriteError};
+use crate::sink::{confirmed, Confirmation, Job, Sink, WriteError};
 use crate::spec::{typed, ConfigError, Context};
 
 pub const CONNECTOR: Connector = Connector {
@@ -69,13 +69,7 @@ impl SinkSpec for FileSinkConfig {
     }
     fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
         let sink = FileSink::new(s.path.clone(), self.clone());
-        tokio::spawn(crate::sink::run(
-            sink,
-            s.path,
-            s.comp,
-            write_backoff(),
-            s.rx,
-        ))
+        s.run(sink)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

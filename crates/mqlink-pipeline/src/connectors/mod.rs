@@ -260,6 +260,20 @@ pub struct SinkStart {
     pub relay: Option<RelayTarget>,
 }
 
+impl SinkStart {
+    /// Runs `sink` under the one sink runner, which owns confirmation,
+    /// retries, dead letters and record-vs-destination faults.
+    pub fn run<S: crate::sink::Sink + Send + 'static>(
+        self,
+        sink: S,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
+        let backoff = crate::sink::write_backoff();
+        tokio::spawn(crate::sink::run(
+            sink, self.path, self.comp, backoff, self.rx,
+        ))
+    }
+}
+
 /// A source's config, as the run drives it.
 pub trait SourceSpec: Debug + Send + Sync + 'static {
     fn connector(&self) -> &'static Connector;

@@ -31,7 +31,7 @@ use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
 use crate::batch::Item;
-use crate::sink::{confirmed, write_backoff, Confirmation, Job, RecordFault, Sink, WriteError};
+use crate::sink::{confirmed, Confirmation, Job, RecordFault, Sink, WriteError};
 use crate::spec::{err, pg_batch, secret_required, typed, ConfigError, Context};
 
 pub const CONNECTOR: Connector = Connector {
@@ -92,14 +92,7 @@ impl SinkSpec for PostgresSinkConfig {
         &CONNECTOR
     }
     fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
-        let sink = PostgresSink::new(self.clone());
-        tokio::spawn(crate::sink::run(
-            sink,
-            s.path,
-            s.comp,
-            write_backoff(),
-            s.rx,
-        ))
+        s.run(PostgresSink::new(self.clone()))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -19,7 +19,6 @@ use serde_json::Value as Json;
 
 use crate::connectors::{Connector, Shape, SinkSpec, SinkSpecRef, SinkStart};
 use crate::relay::{RelayTarget, PROPERTY};
-use crate::sink::write_backoff;
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{
     connection, err, one_u16, qos, qos1, typed, ConfigError, ConnectionConfig, Context, SinkFormat,
@@ -74,15 +73,15 @@ impl SinkSpec for MqttSinkConfig {
     fn connection(&self) -> Option<(&str, u16)> {
         Some((&self.connection, self.parallelism))
     }
-    fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
-        let options = s.options.unwrap_or_default();
+    fn spawn(&self, mut s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
+        let options = s.options.take().unwrap_or_default();
         match MqttSinkRuntime::start(self, options, &s.comp) {
             Ok(rt) => {
-                let rt = match s.relay {
+                let rt = match s.relay.take() {
                     Some(target) => rt.relaying(target, &self.topic),
                     None => rt,
                 };
-                tokio::spawn(crate::sink::run(rt, s.path, s.comp, write_backoff(), s.rx))
+                s.run(rt)
             }
             Err(e) => tokio::spawn(std::future::ready(Err(e))),
         }
