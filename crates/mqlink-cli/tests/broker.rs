@@ -476,10 +476,11 @@ async fn mqlink_broker_logs_client_ids_escaped_and_truncated() {
 /// `crates/testkit/paho`) against `mqlink broker` with its defaults: every
 /// test but those needing what the broker does not offer — access control
 /// (`test_subscribe_failure`), topic aliases broker → client, a configured
-/// maximum keep-alive — and `test_request_response`, whose second wait is
-/// for the wrong client's SUBACK (it races B's SUBSCRIBE against A's
-/// PUBLISH on two connections; it fails about one run in two). 9 of 10
-/// (3.1.1) and 23 of 27 (5); the two suites run at once, each on its own
+/// maximum keep-alive — and `test_request_response` and
+/// `test_subscribe_options`, whose waits are for the wrong client's SUBACK
+/// (they race B's SUBSCRIBE against A's PUBLISH on two connections; the
+/// first fails about one run in two, the second about one in ten). 9 of 10
+/// (3.1.1) and 22 of 27 (5); the two suites run at once, each on its own
 /// broker (they share client ids).
 #[test]
 fn mqlink_broker_passes_paho_suites() {
@@ -489,8 +490,9 @@ fn mqlink_broker_passes_paho_suites() {
         "test_server_topic_alias",
         "test_server_keep_alive",
         "test_request_response",
+        "test_subscribe_options",
     ];
-    let runs: Vec<_> = [("client_test", 9), ("client_test5", 23)]
+    let runs: Vec<_> = [("client_test", 9), ("client_test5", 22)]
         .into_iter()
         .map(|(suite, want)| {
             let dir = std::env::temp_dir().join(unique_id("mqlink-broker-paho"));
