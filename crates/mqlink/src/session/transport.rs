@@ -261,12 +261,12 @@ mod tls {
             Some(C::Expired | C::ExpiredContext { .. }) => Some(
                 "the broker's certificate has expired: renew it (or check this machine's clock)".to_string(),
             ),
-            _ if alert_hint(e, keys).is_some() => alert_hint(e, keys),
-            _ if not_tls(e, inner) => Some(format!(
-                "port {port} does not seem to speak TLS (its answer was not a TLS handshake): use the broker's TLS port (usually 8883) or turn TLS off ({})",
-                keys.plain
-            )),
-            _ => None,
+            _ => alert_hint(e, keys).or_else(|| {
+                not_tls(e, inner).then(|| format!(
+                    "port {port} does not seem to speak TLS (its answer was not a TLS handshake): use the broker's TLS port (usually 8883) or turn TLS off ({})",
+                    keys.plain
+                ))
+            }),
         };
         match hint {
             Some(h) => format!("{e}: {h}"),
