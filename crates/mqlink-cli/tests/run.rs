@@ -1780,6 +1780,50 @@ listen = "127.0.0.1:{http}"
     )
 }
 
+/// SIGKILL of `mqlink run` twice while a stream goes into a file through
+/// the local buffer (on by default on MQTT 3.1.1): what the buffer reads
+/// again after each restart is already in the file and not written twice,
+/// a write the kill cut is cut back — every record is one valid line.
+#[test]
+fn sigkill_twice_into_a_file_through_the_buffer_gives_each_record_once() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("fileonce");
+    let http = free_port();
+    let out = dir.path().join("out.jsonl");
+    let cfg = file_pipeline(dir.path(), broker.port, &topic, http, &out);
+    let conf = std::fs::read_to_string(&cfg).unwrap().replace(
+        "clean_session = false",
+        "clean_session = false\nprotocol = \"3.1.1\"\nreconnect_interval = 0.2",
+    );
+    std::fs::write(&cfg, conf).unwrap();
+    let mut run = start(&cfg, dir.path(), &["--quiet"]);
+    wait_ready(http, &mut run);
+    const N: usize = 40_000;
+    let (port, t) = (broker.port, topic.clone());
+    let publisher = std::thread::spawn(move || {
+        for from in (0..N).step_by(4_000) {
+            send(port, &t, from, from + 4_000);
+        }
+    });
+    let written = || lines(&out).len();
+    for kill in 1..=2 {
+        wait_until(60, "lines to arrive", || written() >= kill * N / 4);
+        signal(&run, "-KILL");
+        run.wait().unwrap();
+        run = start(&cfg, dir.path(), &["--quiet"]);
+    }
+    publisher.join().unwrap();
+    wait_until(90, "every line", || written() >= N);
+    wait_until(30, "the buffer drained", || {
+        metric(http, "mqlink_source_buffer_entries") == 0
+    });
+    signal(&run, "-TERM");
+    let done = wait_output(&mut run, 30);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert_eq!(seqs_in(&[&out]), (0..N as i64).collect::<Vec<_>>());
+}
+
 /// Publishes readings `from..to` to `{topic}/in`.
 fn send(port: u16, topic: &str, from: usize, to: usize) {
     let rows: Vec<String> = (from..to).map(reading).collect();

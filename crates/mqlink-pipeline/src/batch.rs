@@ -38,8 +38,12 @@ pub struct Origin {
     /// client session).
     pub client: u16,
     pub packet_id: u16,
-    /// The broker marked it as a redelivery.
+    /// The broker marked it as a redelivery (or the local buffer read it
+    /// again after a restart).
     pub dup: bool,
+    /// Its place in the source's local buffer, when it came through one:
+    /// an exact identity across restarts ([`crate::sink::written`]).
+    pub position: Option<mqlink::source::LogPosition>,
 }
 
 #[derive(Debug)]

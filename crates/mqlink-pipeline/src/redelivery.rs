@@ -136,6 +136,7 @@ mod tests {
                 client: 0,
                 packet_id: pkid,
                 dup,
+                position: None,
             }),
         }
     }

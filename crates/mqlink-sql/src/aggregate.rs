@@ -1338,6 +1338,7 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
                         client: 0,
                         packet_id: (i % 65_535 + 1) as u16,
                         dup,
+                        position: None,
                     }),
                     ..item(&all[i])
                 })

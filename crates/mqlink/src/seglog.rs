@@ -76,6 +76,8 @@ pub(crate) struct Log {
     segment_bytes: u64,
     /// Entries cut off at open (torn or failing their CRC).
     cut: u64,
+    /// The log's identity ([`log_id`]).
+    id: u64,
     /// Held for the log's lifetime: a second process on the same
     /// directory is refused instead of interleaving appends.
     _lock: File,
@@ -83,6 +85,27 @@ pub(crate) struct Log {
 
 fn io_err(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The identity of the log in `dir`, kept in its `id` file. Sequences
+/// start again at 0 only in a new log (no `confirmed`, no segments: a
+/// deleted directory, a first run), which gets a new random identity, so
+/// (identity, sequence) never names two entries: a sink that keeps the
+/// last position it wrote ([`crate::source::LogPosition`]) can skip what a
+/// restart reads again without skipping anything new.
+fn log_id(dir: &Path, new: bool) -> io::Result<u64> {
+    let path = dir.join("id");
+    let kept = fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    if let (false, Some(id)) = (new, kept) {
+        return Ok(id);
+    }
+    let id = fastrand::u64(..);
+    let tmp = dir.join("id.tmp");
+    fs::write(&tmp, format!("{id:016x}\n")).map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    Ok(id)
 }
 
 /// CRC-32C (Castagnoli), bitwise table-driven: the log's entries are
@@ -143,14 +166,16 @@ impl Log {
                 ),
             ));
         }
-        let confirmed = match fs::read_to_string(dir.join("confirmed")) {
-            Ok(s) => s.trim().parse().unwrap_or(0),
-            Err(_) => 0,
-        };
+        let confirmed: Option<u64> = fs::read_to_string(dir.join("confirmed"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let files = segment_files(dir)?;
+        let id = log_id(dir, confirmed.is_none() && files.is_empty())?;
+        let confirmed = confirmed.unwrap_or(0);
         let mut segments = VecDeque::new();
         let mut next_seq = confirmed;
         let mut cut = 0;
-        for (first_seq, path) in segment_files(dir)? {
+        for (first_seq, path) in files {
             let (count, good_len, len) = scan(&path)?;
             if good_len < len {
                 cut += 1;
@@ -180,6 +205,7 @@ impl Log {
             sync_elsewhere: false,
             segment_bytes: SEGMENT_BYTES.min(max_bytes / 4).max(4096),
             cut,
+            id,
             _lock: lock,
         };
         remove_files(log.take_confirmed_segments())?;
@@ -203,6 +229,12 @@ impl Log {
     /// The sequence the next append gets.
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The log's identity: with a sequence, it names an entry across
+    /// restarts ([`log_id`]).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Segments with a torn or corrupt tail found at open.

@@ -38,6 +38,7 @@
 //! for their confirmations (PUBACKs), in a second task.
 
 pub mod outputs;
+pub mod written;
 
 use std::future::Future;
 use std::pin::Pin;

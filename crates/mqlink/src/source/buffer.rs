@@ -152,6 +152,8 @@ struct Acked {
 }
 
 pub(crate) struct Shared {
+    /// The log's identity (`seglog::log_id`).
+    log_id: u64,
     state: Mutex<State>,
     acked: Mutex<Acked>,
     /// The sequence after the last written entry, for the reader.
@@ -177,7 +179,26 @@ impl std::fmt::Debug for LogAck {
     }
 }
 
+/// Where a record read from the local buffer is in its log: the same
+/// position after a restart that reads it again, never another record's.
+/// A sink that keeps the last position it wrote beside its output skips
+/// what a crash makes the buffer read again (the file sink does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    /// The log's identity: random, new for each new log.
+    pub log: u64,
+    /// The entry's sequence in it (increasing in the order records are read).
+    pub seq: u64,
+}
+
 impl LogAck {
+    pub(crate) fn position(&self) -> LogPosition {
+        LogPosition {
+            log: self.shared.log_id,
+            seq: self.seq,
+        }
+    }
+
     pub(crate) fn ack(self) {
         let mut a = self.shared.acked.lock().expect("ack lock");
         if self.seq == a.done {
@@ -224,6 +245,7 @@ impl Opened {
             tracing::info!(dir = %opts.dir.display(), entries = log.entries(), bytes = log.bytes(), torn_tails_cut = log.cut(), "Local buffer: entries left by the last run are read first.");
         }
         let shared = Arc::new(Shared {
+            log_id: log.id(),
             state: Mutex::new(State { log, marks }),
             acked: Mutex::new(Acked {
                 done: confirmed,

@@ -60,7 +60,7 @@ use crate::topic::{
 };
 use crate::types::{Protocol, QoS};
 use crate::PublishProperties;
-pub use buffer::{BufferMetrics, BufferOptions, BufferWhen, BUFFER_METRIC_NAMES};
+pub use buffer::{BufferMetrics, BufferOptions, BufferWhen, LogPosition, BUFFER_METRIC_NAMES};
 pub use metrics::{SourceMetrics, SOURCE_METRIC_NAMES};
 
 /// A source configuration that cannot work; names the key and value.
@@ -329,6 +329,8 @@ pub struct Record {
     pub value: Result<Value, FormatError>,
     /// How often [`MqttSource::retry`] handed this record back.
     pub attempts: u32,
+    /// Its place in the local buffer's log, when it was read from one.
+    pub log_position: Option<LogPosition>,
     ack: Option<Ack>,
     metrics: Arc<SourceMetrics>,
 }
@@ -1040,6 +1042,10 @@ fn into_record(
     if ack.is_some() {
         metrics.unacknowledged_inc();
     }
+    let log_position = match &ack {
+        Some(Ack::Log(a)) => Some(a.position()),
+        _ => None,
+    };
     Record {
         topic: d.topic,
         payload: d.payload,
@@ -1052,6 +1058,7 @@ fn into_record(
         received_at: d.received_at,
         value,
         attempts: 0,
+        log_position,
         ack,
         metrics,
     }

@@ -579,6 +579,7 @@ fn take(
                 client: r.client,
                 packet_id: r.packet_id,
                 dup: r.dup,
+                position: r.log_position,
             });
             items.push(Item {
                 topic: Some(r.topic),
