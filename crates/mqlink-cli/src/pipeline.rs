@@ -76,6 +76,11 @@ pub struct CybusArgs {
     /// else 127.0.0.1 on a free port].
     #[arg(long, value_name = "ADDR", value_parser = loopback)]
     pub embedded_broker: Option<String>,
+    /// Refuse a commissioning file's resources mqlink does not run
+    /// (Cybus::User, Cybus::Container, …) instead of skipping them with a
+    /// warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 fn param(s: &str) -> Result<(String, String), String> {
@@ -106,7 +111,7 @@ fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipe
         }
         return Ok(p);
     }
-    let mut p = mqlink_pipeline::load_with(file, &cybus.params).map_err(|e| {
+    let mut p = mqlink_pipeline::load_cybus(file, &cybus.params, cybus.strict).map_err(|e| {
         // Errors name the file, once.
         if e.path == file.display().to_string() {
             usage(e.to_string())

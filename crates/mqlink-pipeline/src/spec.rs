@@ -375,6 +375,16 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
 /// top-level `resources:` hold `Cybus::` types), whose parameters are
 /// `params` (`--param name=value`) or `MQLINK_PARAM_<name>`.
 pub fn load_with(path: &Path, params: &[(String, String)]) -> Result<Pipeline, ConfigError> {
+    load_cybus(path, params, false)
+}
+
+/// [`load_with`]; with `strict` (`--strict`), a commissioning file's
+/// resources mqlink does not run are refused instead of skipped.
+pub fn load_cybus(
+    path: &Path,
+    params: &[(String, String)],
+    strict: bool,
+) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
     let yaml = matches!(
@@ -383,7 +393,7 @@ pub fn load_with(path: &Path, params: &[(String, String)]) -> Result<Pipeline, C
     );
     let env = |k: &str| std::env::var(k).ok();
     let mut p = if yaml && crate::cybus::is_commissioning_file(&text) {
-        crate::cybus::parse(&text, params, &env)?
+        crate::cybus::parse_with(&text, params, &env, strict)?
     } else if let Some((name, _)) = params.first() {
         return Err(err(
             format!("--param {name}"),

@@ -242,6 +242,14 @@ impl Log {
         self.cut
     }
 
+    /// The sequence of the first entry on disk (`next_seq` when none).
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.segments
+            .front()
+            .and_then(|s| s.path.file_stem()?.to_str()?.parse().ok())
+            .unwrap_or(self.next_seq)
+    }
+
     /// A reader of the entries from `seq` on.
     pub(crate) fn reader(&self, seq: u64) -> Reader {
         Reader {

@@ -114,11 +114,24 @@ fn service_id_of(top: &serde_yaml::Mapping) -> Result<String, ConfigError> {
 }
 
 /// Reads a commissioning file; `params` are the `--param` values (later
-/// ones win), `env` looks up `MQLINK_PARAM_<name>`.
+/// ones win), `env` looks up `MQLINK_PARAM_<name>`. Resources mqlink does
+/// not run are skipped with a warning ([`parse_with`] with `strict`
+/// refuses them).
 pub fn parse(
     text: &str,
     params: &[(String, String)],
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    parse_with(text, params, env, false)
+}
+
+/// [`parse`]; with `strict` (`--strict`), a resource mqlink does not run
+/// (`Cybus::User`, `Cybus::Container`, …) is an error.
+pub fn parse_with(
+    text: &str,
+    params: &[(String, String)],
+    env: &dyn Fn(&str) -> Option<String>,
+    strict: bool,
 ) -> Result<Pipeline, ConfigError> {
     let doc: Yaml =
         serde_yaml::from_str(text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?;
@@ -183,7 +196,7 @@ pub fn parse(
         };
         resources.insert(id, (ty, props));
     }
-    let compiled = resources::compile(&service_id, &resources)?;
+    let compiled = resources::compile(&service_id, &resources, strict)?;
     let mut pipeline = from_tree(compiled.tree).map_err(|e| {
         // The compiled keys are derived from the resources' names.
         err(

@@ -48,10 +48,31 @@ struct Ctx<'a> {
     transforms: BTreeMap<String, Arc<dyn MakeTransform>>,
 }
 
+/// Compiles the resources. Types mqlink does not run (`Cybus::User`,
+/// `Cybus::Container`, …: routine in production files) are skipped with
+/// one warning naming them, or refused when `strict` (`--strict`).
 pub fn compile(
     service_id: &str,
     resources: &BTreeMap<String, (String, Map<String, Json>)>,
+    strict: bool,
 ) -> Result<Compiled, ConfigError> {
+    let skipped: Vec<String> = resources
+        .iter()
+        .filter(|(_, (ty, _))| !SUPPORTED.contains(&ty.as_str()))
+        .map(|(id, (ty, _))| format!("{id} ({ty})"))
+        .collect();
+    if !strict && !skipped.is_empty() {
+        tracing::warn!(
+            skipped = %skipped.join(", "),
+            "Resources mqlink does not run are skipped: it runs the MQTT part of the file ({}); Connectware runs the rest. --strict refuses such a file instead.",
+            SUPPORTED.join(", ")
+        );
+    }
+    let resources = &resources
+        .iter()
+        .filter(|(_, (ty, _))| strict || SUPPORTED.contains(&ty.as_str()))
+        .map(|(id, r)| (id.clone(), r.clone()))
+        .collect::<BTreeMap<_, _>>();
     let mut c = Ctx {
         service_id,
         resources,
@@ -70,7 +91,7 @@ pub fn compile(
         if !SUPPORTED.contains(&ty.as_str()) {
             return Err(err(
                 format!("resources.{id}.type"),
-                format!("{ty} is not supported: mqlink runs only the MQTT part of a commissioning file ({}, with protocol Mqtt); remove this resource or run it in Connectware", SUPPORTED.join(", ")),
+                format!("{ty} is not supported: mqlink runs only the MQTT part of a commissioning file ({}, with protocol Mqtt); remove this resource, run it in Connectware, or leave out --strict to skip it with a warning", SUPPORTED.join(", ")),
             ));
         }
     }

@@ -182,8 +182,34 @@ fn errors_name_the_resource_and_property_path() {
     assert!(!e.to_string().contains("pw-never-shown-42"), "{e}");
 }
 
+/// Production files hold users, roles, containers beside the MQTT part:
+/// skipped (one warning), and the MQTT part runs as without them.
 #[test]
-fn other_resource_types_are_refused_by_name() {
+fn other_resource_types_are_skipped() {
+    let text = format!(
+        "{SEED}\n  influx:\n    type: Cybus::Container\n    properties:\n      image: influxdb\n  admin:\n    type: Cybus::User\n    properties: {{}}\n  role:\n    type: Cybus::Role\n    properties:\n      permissions: []\n"
+    );
+    let with = parse(&text, &seed_params(), &no_env).unwrap();
+    let without = parse(SEED, &seed_params(), &no_env).unwrap();
+    let names = |p: &Pipeline| {
+        (
+            p.connections.keys().cloned().collect::<Vec<_>>(),
+            p.sources.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+            p.sinks.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+            p.transforms.keys().cloned().collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(names(&with), names(&without));
+    assert!(!names(&with).1.is_empty());
+}
+
+fn strict_error_of(text: &str) -> ConfigError {
+    super::parse_with(text, &seed_params(), &no_env, true).unwrap_err()
+}
+
+#[test]
+fn other_resource_types_are_refused_by_name_when_strict() {
+    let error_of = strict_error_of;
     let text = format!(
         "{SEED}\n  influx:\n    type: Cybus::Container\n    properties:\n      image: influxdb\n"
     );

@@ -25,7 +25,7 @@
 //! next), so the broker's window fills and the broker holds the rest
 //! (back-pressure; nothing is dropped by mqlink).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -84,13 +84,14 @@ impl BufferOptions {
 }
 
 /// Buffer metric names, as exported by `mqlink run` (Prometheus).
-pub const BUFFER_METRIC_NAMES: [&str; 6] = [
+pub const BUFFER_METRIC_NAMES: [&str; 7] = [
     "mqlink_source_buffer_bytes",
     "mqlink_source_buffer_entries",
     "mqlink_source_buffer_oldest_entry_age_seconds",
     "mqlink_source_buffer_write_rate",
     "mqlink_source_buffer_full",
     "mqlink_source_buffer_max_bytes",
+    "mqlink_source_buffer_resent_total",
 ];
 
 /// The buffer's gauges (see [`BUFFER_METRIC_NAMES`]).
@@ -104,11 +105,13 @@ pub struct BufferMetrics {
     full: AtomicU64,
     max_bytes: AtomicU64,
     written: AtomicU64,
+    /// Messages the broker sent again that the log already held.
+    resent: AtomicU64,
 }
 
 impl BufferMetrics {
     /// Every metric with its name, in [`BUFFER_METRIC_NAMES`] order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         let oldest = self.oldest_ms.load(Relaxed);
         let age = match oldest {
             0 => 0,
@@ -121,6 +124,7 @@ impl BufferMetrics {
             self.rate.load(Relaxed),
             self.full.load(Relaxed),
             self.max_bytes.load(Relaxed),
+            self.resent.load(Relaxed),
         ];
         std::array::from_fn(|i| (BUFFER_METRIC_NAMES[i], v[i]))
     }
@@ -222,17 +226,21 @@ pub(crate) struct Opened {
     /// Whether MQTT 5 connections journal too: always, or while the log
     /// holds an earlier run's entries (read before anything new).
     on_v5: bool,
+    /// Per client, what the last run appended last under each packet id
+    /// (see [`Resent`]).
+    appended: HashMap<u16, HashMap<u16, u64>>,
 }
 
 impl Opened {
     /// Opens the log (scanning it off the runtime's threads).
     pub(crate) async fn open(opts: BufferOptions) -> io::Result<Opened> {
         let (dir, max) = (opts.dir.clone(), opts.max_bytes);
-        let log = tokio::task::spawn_blocking(move || {
+        let (log, appended) = tokio::task::spawn_blocking(move || {
             let mut log = Log::open(&dir, max)?;
             // The checkpoints sync; an append on the way to a PUBACK does not wait.
             log.sync_elsewhere();
-            io::Result::Ok(log)
+            let appended = last_appended(&log)?;
+            io::Result::Ok((log, appended))
         })
         .await
         .map_err(io::Error::other)??;
@@ -268,16 +276,22 @@ impl Opened {
             shared,
             replayed,
             on_v5,
+            appended,
         })
     }
 
     /// The journal of the source's session `client` (its entries name it).
     pub(crate) fn journal(&self, client: u16) -> Arc<dyn Journal> {
         self.shared.writers.fetch_add(1, Relaxed);
+        let previous = self.appended.get(&client).cloned().unwrap_or_default();
         Arc::new(SessionJournal {
             shared: self.shared.clone(),
             client,
             on_v5: self.on_v5,
+            resent: Mutex::new(Resent {
+                current: HashMap::new(),
+                previous,
+            }),
         })
     }
 
@@ -310,10 +324,69 @@ struct SessionJournal {
     shared: Arc<Shared>,
     client: u16,
     on_v5: bool,
+    resent: Mutex<Resent>,
+}
+
+/// The broker sending again what the log already holds. A message is
+/// appended, then acknowledged; when the connection ends between the two
+/// (a crash, or a cut connection dropping the PUBACKs still in the socket
+/// — a SIGKILL with unread input resets the connection), the broker sends
+/// it again with DUP and its packet id on the next connection (MQTT §4.4).
+/// Such a message, matching (packet id, topic, payload) what the previous
+/// connection appended last under that packet id, is acknowledged and not
+/// appended twice. Recognised until the first message without DUP (the
+/// broker resends before anything new).
+///
+/// What this cannot tell apart, as for a stage's redeliveries
+/// (`mqlink-pipeline`'s `redelivery.rs`): a broker that reuses the packet
+/// id for a new message with the same topic and payload, sent but not
+/// appended before the connection ended. Brokers that number packets in
+/// sequence (Mosquitto, EMQX, RabbitMQ, mqlink's) reach an id again only
+/// 65,535 messages later.
+#[derive(Debug, Default)]
+struct Resent {
+    /// Appended on this connection: packet id → topic and payload hash.
+    current: HashMap<u16, u64>,
+    /// What the previous connection appended, that DUP messages may repeat.
+    previous: HashMap<u16, u64>,
+}
+
+impl Resent {
+    /// A new connection: what the last one appended may come again.
+    fn connected(&mut self) {
+        let current = std::mem::take(&mut self.current);
+        self.previous.extend(current);
+    }
+
+    /// False for the broker's resend of what the log holds.
+    fn admit(&mut self, d: &Delivery) -> bool {
+        if d.qos == crate::QoS::AtMostOnce {
+            return true;
+        }
+        let id = identity(&d.topic, &d.payload);
+        if !d.dup {
+            self.previous.clear();
+        } else if self.previous.get(&d.packet_id) == Some(&id) {
+            self.previous.remove(&d.packet_id);
+            self.current.insert(d.packet_id, id);
+            return false;
+        }
+        self.current.insert(d.packet_id, id);
+        true
+    }
+}
+
+fn identity(topic: &str, payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.hash(&mut h);
+    h.finish()
 }
 
 impl Journal for SessionJournal {
     fn on(&self, protocol: Protocol) -> bool {
+        self.resent.lock().expect("resent lock").connected();
         self.on_v5 || protocol == Protocol::V311
     }
 
@@ -321,7 +394,20 @@ impl Journal for SessionJournal {
         if self.shared.failed() {
             return Err(io::Error::other("the local buffer failed earlier"));
         }
-        let entries: Vec<Entry> = batch.iter().map(|d| entry(d, self.client)).collect();
+        let mut resent = self.resent.lock().expect("resent lock");
+        let entries: Vec<Entry> = batch
+            .iter()
+            .filter(|d| resent.admit(d))
+            .map(|d| entry(d, self.client))
+            .collect();
+        drop(resent);
+        if entries.len() < batch.len() {
+            let again = (batch.len() - entries.len()) as u64;
+            self.shared.metrics.resent.fetch_add(again, Relaxed);
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.shared.append(&entries)
     }
 
@@ -440,6 +526,26 @@ impl Shared {
     }
 }
 
+/// The packet ids of the log's last entries (at most 65,535: one per id),
+/// per client: what the broker may send again ([`Resent`]). Entries of
+/// deleted (all confirmed) segments are not read.
+fn last_appended(log: &Log) -> io::Result<HashMap<u16, HashMap<u16, u64>>> {
+    let end = log.next_seq();
+    let from = end.saturating_sub(u16::MAX as u64).max(log.first_seq());
+    let mut reader = log.reader(from);
+    let mut appended: HashMap<u16, HashMap<u16, u64>> = HashMap::new();
+    while let Some((_, e)) = reader.next(end)? {
+        if e.publish.qos != crate::QoS::AtMostOnce {
+            let id = identity(&e.publish.topic, &e.publish.payload);
+            appended
+                .entry(e.client)
+                .or_default()
+                .insert(e.publish.pkid, id);
+        }
+    }
+    Ok(appended)
+}
+
 fn entry(d: &Delivery, client: u16) -> Entry {
     Entry {
         at_ms: d
@@ -550,5 +656,63 @@ impl Shared {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "Local buffer: last checkpoint failed; confirmed entries will be read again.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QoS;
+
+    fn d(pkid: u16, dup: bool, payload: &str) -> Delivery {
+        Delivery::from_publish(
+            crate::codec::Publish {
+                topic: "t".into(),
+                payload: payload.to_owned().into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                dup,
+                pkid,
+                properties: None,
+            },
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_resend_of_what_the_last_connection_appended_is_recognised_once() {
+        let mut r = Resent::default();
+        r.connected();
+        assert!(r.admit(&d(1, false, "a")) && r.admit(&d(2, false, "b")));
+        r.connected();
+        // The broker sends 2 again (its PUBACK was lost), then new ones.
+        assert!(!r.admit(&d(2, true, "b")));
+        assert!(r.admit(&d(3, false, "c")));
+        // After something new, a DUP is a message of its own.
+        assert!(r.admit(&d(1, true, "a")));
+    }
+
+    #[test]
+    fn a_resend_that_differs_or_was_never_appended_is_appended() {
+        let mut r = Resent::default();
+        r.connected();
+        assert!(r.admit(&d(1, false, "a")));
+        r.connected();
+        // Same id, other payload: the id was reused for a new message.
+        assert!(r.admit(&d(1, true, "z")));
+        // An id the last connection never appended.
+        assert!(r.admit(&d(9, true, "a")));
+    }
+
+    #[test]
+    fn two_cuts_in_a_row_keep_what_was_not_resent_yet() {
+        let mut r = Resent::default();
+        r.connected();
+        assert!(r.admit(&d(1, false, "a")) && r.admit(&d(2, false, "b")));
+        r.connected();
+        assert!(!r.admit(&d(1, true, "a")));
+        r.connected();
+        assert!(!r.admit(&d(2, true, "b")));
+        assert!(!r.admit(&d(1, true, "a")));
     }
 }
