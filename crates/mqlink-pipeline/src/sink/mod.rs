@@ -129,6 +129,13 @@ pub trait Sink: Send + 'static {
     fn write(&mut self, job: &Job)
         -> impl Future<Output = Result<Confirmation, WriteError>> + Send;
 
+    /// Its input ended: a sink that holds written records until a commit
+    /// (a file rolled by age) commits them now, so that their
+    /// confirmations complete.
+    fn input_ended(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
     /// The dead-letter topic for record faults, when there is one.
     fn dead_letters(&self) -> Option<DeadLetters> {
         None
@@ -238,6 +245,7 @@ pub async fn run<S: Sink>(
         }
     }
     drop(to_confirm);
+    sink.lock().await.input_ended().await;
     match confirmer.await {
         Ok(Ok(())) => {}
         other => return failed(other),
