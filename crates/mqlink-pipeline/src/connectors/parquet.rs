@@ -663,7 +663,7 @@ fn payload_columns(items: &[&Item], raw: bool) -> Vec<ArrayRef> {
 
 impl Sink for ParquetSink {
     fn max_records(&self) -> usize {
-        100_000
+        20_000
     }
 
     async fn open(&mut self) -> Result<(), WriteError> {
@@ -685,8 +685,10 @@ impl Sink for ParquetSink {
 
     async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
         let (batches, faults) = tokio::task::block_in_place(|| self.rows(job));
+        // What the runner holds in memory for the job until it is confirmed.
+        let bytes = job.items().map(|i| i.payload.len() + 128).sum();
         let w = self.writer.as_ref().expect("opened before the first write");
-        let done = tokio::task::block_in_place(|| w.send(batches, faults))
+        let done = tokio::task::block_in_place(|| w.send(batches, faults, bytes))
             .map_err(|e| WriteError::Fatal(format!("{}: {e}", self.path)))?;
         Ok(Box::pin(async move {
             done.await

@@ -151,7 +151,7 @@ pub trait Sink: Send + 'static {
 }
 
 /// Confirmations awaited at once per sink.
-const DEPTH: usize = 64;
+pub(crate) const DEPTH: usize = 64;
 
 /// Runs `sink` until its channel ends (the sources stopped) and everything
 /// it took is confirmed, or until a fatal fault (returned, nothing of the

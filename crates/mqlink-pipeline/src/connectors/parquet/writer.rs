@@ -26,6 +26,13 @@ const MAX_OPEN: usize = 64;
 /// A row group is written out once its encoded size reaches this: the
 /// memory an open file holds.
 const ROW_GROUP_BYTES: usize = 16 << 20;
+/// Every open file is committed once this many jobs wait for commits:
+/// the sink runner holds each job's records in memory until it is
+/// confirmed and writes no more once `sink::DEPTH` jobs wait, so files
+/// are committed before that, never only by age under load.
+const MAX_WAITING_JOBS: usize = crate::sink::DEPTH / 2;
+/// … or once the records they hold came in this many bytes.
+const MAX_HELD_BYTES: usize = 256 << 20;
 
 pub struct Options {
     pub root: PathBuf,
@@ -44,6 +51,8 @@ enum Cmd {
     Rows {
         batches: Vec<(PathBuf, RecordBatch)>,
         faults: Vec<RecordFault>,
+        /// The bytes of the records (held in memory until the commit).
+        bytes: usize,
         done: Done,
     },
     CommitAll(oneshot::Sender<()>),
@@ -77,6 +86,7 @@ impl Handle {
             props,
             open: Vec::new(),
             waiters: HashMap::new(),
+            held: 0,
             next_job: 0,
             seq: 0,
         };
@@ -92,12 +102,14 @@ impl Handle {
         &self,
         batches: Vec<(PathBuf, RecordBatch)>,
         faults: Vec<RecordFault>,
+        bytes: usize,
     ) -> Result<oneshot::Receiver<Result<Vec<RecordFault>, String>>, String> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Rows {
                 batches,
                 faults,
+                bytes,
                 done,
             })
             .map_err(|_| "the Parquet writer stopped after an error".to_string())?;
@@ -119,6 +131,8 @@ struct Writer {
     props: WriterProperties,
     open: Vec<Open>,
     waiters: HashMap<u64, Waiter>,
+    /// The bytes of the waiting jobs' records.
+    held: usize,
     next_job: u64,
     seq: u64,
 }
@@ -138,6 +152,7 @@ struct Open {
 /// A job waiting for its files.
 struct Waiter {
     files: usize,
+    bytes: usize,
     faults: Vec<RecordFault>,
     done: Done,
 }
@@ -161,8 +176,16 @@ impl Writer {
                 Some(Cmd::Rows {
                     batches,
                     faults,
+                    bytes,
                     done,
-                }) => self.rows(batches, faults, done),
+                }) => self.rows(batches, faults, bytes, done).and_then(|()| {
+                    let full =
+                        self.waiters.len() >= MAX_WAITING_JOBS || self.held >= MAX_HELD_BYTES;
+                    match full {
+                        true => self.commit_where(|_| true),
+                        false => Ok(()),
+                    }
+                }),
                 Some(Cmd::CommitAll(done)) => {
                     let r = self.commit_where(|_| true);
                     let _ = done.send(());
@@ -188,14 +211,17 @@ impl Writer {
         &mut self,
         batches: Vec<(PathBuf, RecordBatch)>,
         faults: Vec<RecordFault>,
+        bytes: usize,
         done: Done,
     ) -> Result<(), String> {
         let id = self.next_job;
         self.next_job += 1;
+        self.held += bytes;
         self.waiters.insert(
             id,
             Waiter {
                 files: 0,
+                bytes,
                 faults,
                 done,
             },
@@ -221,8 +247,7 @@ impl Writer {
             }
         }
         if self.waiters.get(&id).is_some_and(|w| w.files == 0) {
-            let w = self.waiters.remove(&id).expect("checked");
-            let _ = w.done.send(Ok(w.faults));
+            self.complete(id);
         }
         Ok(())
     }
@@ -307,11 +332,17 @@ impl Writer {
                 .expect("a job waits for its files");
             w.files -= 1;
             if w.files == 0 {
-                let w = self.waiters.remove(&id).expect("present");
-                let _ = w.done.send(Ok(w.faults));
+                self.complete(id);
             }
         }
         Ok(())
+    }
+
+    /// Every file holding the job's rows is committed.
+    fn complete(&mut self, id: u64) {
+        let w = self.waiters.remove(&id).expect("a waiting job");
+        self.held -= w.bytes;
+        let _ = w.done.send(Ok(w.faults));
     }
 
     /// The sink stopped (or failed): open files are never committed.
