@@ -666,6 +666,10 @@ impl Sink for ParquetSink {
         20_000
     }
 
+    fn max_unconfirmed_jobs(&self) -> usize {
+        writer::MAX_UNCONFIRMED_JOBS
+    }
+
     async fn open(&mut self) -> Result<(), WriteError> {
         let opts = writer::Options {
             root: self.cfg.path.clone(),

@@ -129,6 +129,13 @@ pub trait Sink: Send + 'static {
     fn write(&mut self, job: &Job)
         -> impl Future<Output = Result<Confirmation, WriteError>> + Send;
 
+    /// Written jobs awaiting their confirmation at most; the runner writes
+    /// no more meanwhile. A sink that confirms at commits far apart (a file
+    /// rolled every minute) takes more, and bounds what they hold itself.
+    fn max_unconfirmed_jobs(&self) -> usize {
+        DEPTH
+    }
+
     /// Its input ended: a sink that holds written records until a commit
     /// (a file rolled by age) commits them now, so that their
     /// confirmations complete.
@@ -150,8 +157,8 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Confirmations awaited at once per sink.
-pub(crate) const DEPTH: usize = 64;
+/// Confirmations awaited at once per sink (unless it says otherwise).
+const DEPTH: usize = 64;
 
 /// Runs `sink` until its channel ends (the sources stopped) and everything
 /// it took is confirmed, or until a fatal fault (returned, nothing of the
@@ -183,6 +190,7 @@ pub async fn run<S: Sink>(
     comp.set_state(State::Running);
 
     let max_records = sink.max_records();
+    let depth = sink.max_unconfirmed_jobs().max(1);
     let settler = Settler {
         dead_letters: sink.dead_letters(),
         comp: comp.clone(),
@@ -191,7 +199,7 @@ pub async fn run<S: Sink>(
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
     };
     let sink = settler.sink.clone();
-    let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(DEPTH);
+    let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(depth);
     let mut confirmer = tokio::spawn(confirm(queue, settler));
     // A confirmer that ended early hit a fatal fault: that is the outcome.
     let failed = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {

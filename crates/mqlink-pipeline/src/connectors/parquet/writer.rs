@@ -26,11 +26,13 @@ const MAX_OPEN: usize = 64;
 /// A row group is written out once its encoded size reaches this: the
 /// memory an open file holds.
 const ROW_GROUP_BYTES: usize = 16 << 20;
+/// Written jobs the sink runner lets wait for their confirmation.
+pub const MAX_UNCONFIRMED_JOBS: usize = 4096;
 /// Every open file is committed once this many jobs wait for commits:
-/// the sink runner holds each job's records in memory until it is
-/// confirmed and writes no more once `sink::DEPTH` jobs wait, so files
-/// are committed before that, never only by age under load.
-const MAX_WAITING_JOBS: usize = crate::sink::DEPTH / 2;
+/// the runner holds each job's records in memory until it is confirmed
+/// and writes no more once `MAX_UNCONFIRMED_JOBS` wait, so files are
+/// committed before that, never left to wait for their age under load.
+const MAX_WAITING_JOBS: usize = MAX_UNCONFIRMED_JOBS / 2;
 /// … or once the records they hold came in this many bytes.
 const MAX_HELD_BYTES: usize = 256 << 20;
 
