@@ -219,10 +219,12 @@ impl Writer {
         let id = self.next_job;
         self.next_job += 1;
         self.held += bytes;
+        // One count for this call itself: a file committed midway (rolled
+        // by rows) must not complete the job before all its rows are in.
         self.waiters.insert(
             id,
             Waiter {
-                files: 0,
+                files: 1,
                 bytes,
                 faults,
                 done,
@@ -240,7 +242,10 @@ impl Writer {
                 at += take;
                 if !f.jobs.contains(&id) {
                     f.jobs.push(id);
-                    self.waiters.get_mut(&id).expect("inserted above").files += 1;
+                    self.waiters
+                        .get_mut(&id)
+                        .expect("counted by this call")
+                        .files += 1;
                 }
                 let bytes = (f.w.bytes_written() + f.w.in_progress_size()) as u64;
                 if f.rows >= self.o.max_rows || bytes >= self.o.max_bytes {
@@ -248,7 +253,9 @@ impl Writer {
                 }
             }
         }
-        if self.waiters.get(&id).is_some_and(|w| w.files == 0) {
+        let w = self.waiters.get_mut(&id).expect("counted by this call");
+        w.files -= 1;
+        if w.files == 0 {
             self.complete(id);
         }
         Ok(())
