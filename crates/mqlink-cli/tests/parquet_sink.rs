@@ -348,3 +348,54 @@ INSERT INTO lake SELECT * FROM t;
     assert!(!out.status.success());
     assert!(text.contains("{site} is not a column"), "{text}");
 }
+
+/// On MQTT 5 too the source's buffer is on by default for a Parquet sink
+/// (its records wait for their file's commit). With files rolled only
+/// every hour, the records wait in the buffer unacknowledged by the sink;
+/// SIGTERM commits the open file at once: every row is in a file when
+/// `mqlink run` has exited, nothing hidden is left.
+#[test]
+fn on_mqtt5_the_buffer_is_on_and_sigterm_commits_the_open_file() {
+    let broker = broker(true);
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("pqterm");
+    let http = free_port();
+    let cfg = pipeline(
+        dir.path(),
+        broker.port,
+        &topic,
+        http,
+        "rollover_seconds = 3600",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("protocol = \"3.1.1\"\n", "")).unwrap();
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    assert_eq!(
+        testkit::metric(http, "mqlink_source_buffer_max_bytes"),
+        1 << 30,
+        "the buffer is on"
+    );
+    const N: usize = 2000;
+    let all: Vec<String> = (0..N).map(reading).collect();
+    mosquitto_pub_lines(broker.port, &format!("{topic}/x"), 1, &all);
+    testkit::wait_until(30, "every message in the buffer", || {
+        testkit::metric(http, "mqlink_source_buffer_entries") == N as u64
+    });
+    let lake = dir.path().join("lake");
+    let before = read_back(&lake, N, 0, false);
+    assert_eq!(before["rows"], 0, "{before}");
+    let t0 = std::time::Instant::now();
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let got = read_back(&lake, N, 0, false);
+    assert_eq!(got["rows"], N, "{got}");
+    assert_eq!(got["distinct"], N, "{got}");
+    assert_eq!(got["hidden"], serde_json::json!([]), "{got}");
+}
