@@ -399,3 +399,41 @@ fn on_mqtt5_the_buffer_is_on_and_sigterm_commits_the_open_file() {
     assert_eq!(got["distinct"], N, "{got}");
     assert_eq!(got["hidden"], serde_json::json!([]), "{got}");
 }
+
+/// Without a schema nothing is guessed: JSON records are `topic` and
+/// `payload` (the JSON text), raw payloads `topic` and binary `payload`.
+#[test]
+fn schemaless_records_are_topic_and_payload() {
+    let broker = broker(true);
+    for (format, payload_type) in [("json", "string"), ("raw_bytes", "binary")] {
+        let dir = testkit::TempDir::new().unwrap();
+        let topic = unique_id("pqraw");
+        let http = free_port();
+        let cfg = pipeline(dir.path(), broker.port, &topic, http, "");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let schema_line = text.lines().find(|l| l.starts_with("schema = ")).unwrap();
+        let text = text.replace(schema_line, &format!("format = \"{format}\""));
+        std::fs::write(&cfg, text).unwrap();
+        let mut run = start(&cfg, dir.path());
+        wait_ready(http, &mut run);
+        let all: Vec<String> = (0..100).map(reading).collect();
+        mosquitto_pub_lines(broker.port, &format!("{topic}/x"), 1, &all);
+        testkit::wait_until(30, "every message in the buffer", || {
+            testkit::metric(http, "mqlink_source_buffer_entries") == 100
+        });
+        signal(&run, "-TERM");
+        let out = wait_output(&mut run, 30);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = read_back(&dir.path().join("lake"), 0, 0, false);
+        assert_eq!(got["rows"], 100, "{format}: {got}");
+        assert_eq!(
+            got["schema"],
+            serde_json::json!({"topic": "string", "payload": payload_type}),
+            "{format}: {got}"
+        );
+    }
+}
