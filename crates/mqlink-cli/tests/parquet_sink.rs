@@ -437,3 +437,37 @@ fn schemaless_records_are_topic_and_payload() {
         );
     }
 }
+
+/// A record whose value cannot be a directory name (longer than 255
+/// bytes) is that record's fault (skipped and counted here, dead-lettered
+/// with a dead_letter_topic); the other records are written.
+#[test]
+fn a_value_too_long_for_a_directory_is_the_records_fault() {
+    let broker = broker(true);
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("pqlong");
+    let http = free_port();
+    let cfg = pipeline(
+        dir.path(),
+        broker.port,
+        &topic,
+        http,
+        "partition = \"device={device_id}\"",
+    );
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    let mut all: Vec<String> = (0..10).map(reading).collect();
+    all.push(reading(10).replace("dev-1", &"d".repeat(300)));
+    mosquitto_pub_lines(broker.port, &format!("{topic}/x"), 1, &all);
+    testkit::wait_until(30, "every message in the buffer", || {
+        testkit::metric(http, "mqlink_source_buffer_entries") == 11
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("longer than 255 bytes"), "{err}");
+    let got = read_back(&dir.path().join("lake"), 0, 0, false);
+    assert_eq!(got["rows"], 10, "{got}");
+    assert_eq!(got["hidden"], serde_json::json!([]), "{got}");
+}

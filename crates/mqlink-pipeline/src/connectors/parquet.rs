@@ -347,6 +347,9 @@ fn parse_partition(t: &str) -> Result<Vec<Part>, String> {
     if t.starts_with('/') || literal.split('/').any(|l| l == "..") {
         return Err("must stay below path: no leading '/' and no '..'".into());
     }
+    if literal.split('/').any(|l| l.len() > MAX_NAME) {
+        return Err(format!("a directory name is longer than {MAX_NAME} bytes"));
+    }
     Ok(parts)
 }
 
@@ -442,7 +445,7 @@ impl ParquetSink {
     fn rows(&self, job: &Job) -> (Vec<(PathBuf, RecordBatch)>, Vec<RecordFault>) {
         let now = now_us();
         let mut faults = Vec::new();
-        let mut dirs: Vec<(PathBuf, Vec<&Item>)> = Vec::new();
+        let mut dirs: Vec<(PathBuf, Vec<usize>, Vec<&Item>)> = Vec::new();
         let mut index: HashMap<PathBuf, usize> = HashMap::new();
         for (i, item) in job.items().enumerate() {
             let dir = match self.dir_of(item, now) {
@@ -457,20 +460,40 @@ impl ParquetSink {
                 continue;
             }
             let at = *index.entry(dir.clone()).or_insert_with(|| {
-                dirs.push((dir, Vec::new()));
+                dirs.push((dir, Vec::new(), Vec::new()));
                 dirs.len() - 1
             });
-            dirs[at].1.push(item);
+            dirs[at].1.push(i);
+            dirs[at].2.push(item);
         }
-        let batches = dirs
-            .into_iter()
-            .map(|(dir, items)| (dir, self.batch(&items)))
-            .collect();
+        let mut batches = Vec::with_capacity(dirs.len());
+        for (dir, indices, items) in dirs {
+            match self.batch(&items) {
+                Ok(b) => batches.push((dir, b)),
+                // Checked per record above; should Arrow still refuse the
+                // rows, they are the records' faults, not a crash.
+                Err(e) => faults.extend(indices.into_iter().map(|i| fault(i, e.to_string()))),
+            }
+        }
+        faults.sort_by_key(|f| f.index);
         (batches, faults)
     }
 
-    /// The record's directory below `path`.
+    /// The record's directory below `path`; a value that makes a
+    /// directory name too long is the record's fault, not the sink's.
     fn dir_of(&self, item: &Item, now: i64) -> Result<PathBuf, String> {
+        let s = self.render(item, now)?;
+        if let Some(long) = s.split('/').find(|c| c.len() > MAX_NAME) {
+            return Err(format!(
+                "{}.partition: the directory name {:?}… is longer than {MAX_NAME} bytes",
+                self.path,
+                long.chars().take(40).collect::<String>()
+            ));
+        }
+        Ok(PathBuf::from(s))
+    }
+
+    fn render(&self, item: &Item, now: i64) -> Result<String, String> {
         let mut s = String::new();
         for p in &self.layout.partition {
             match p {
@@ -488,10 +511,10 @@ impl ParquetSink {
                 }
             }
         }
-        Ok(PathBuf::from(s))
+        Ok(s)
     }
 
-    fn batch(&self, items: &[&Item]) -> RecordBatch {
+    fn batch(&self, items: &[&Item]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let arrays: Vec<ArrayRef> = match &self.layout.columns {
             Columns::Typed(s) => s
                 .columns
@@ -501,9 +524,11 @@ impl ParquetSink {
             Columns::Payload { raw } => payload_columns(items, *raw),
         };
         RecordBatch::try_new(self.layout.arrow.clone(), arrays)
-            .expect("columns built from the schema, nulls checked per record")
     }
 }
+
+/// Bytes of a file or directory name (Linux's NAME_MAX).
+const MAX_NAME: usize = 255;
 
 fn fault(index: usize, reason: String) -> RecordFault {
     RecordFault {
@@ -728,8 +753,9 @@ mod tests {
                 Part::Column("device".into()),
             ]
         );
+        let long = "x".repeat(256);
         for bad in [
-            "{", "a}", "{}", "/abs", "../up", "{%Q}", "{%Y/%m}", "a/../b",
+            "{", "a}", "{}", "/abs", "../up", "{%Q}", "{%Y/%m}", "a/../b", &long,
         ] {
             assert!(parse_partition(bad).is_err(), "{bad}");
         }
