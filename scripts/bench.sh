@@ -40,8 +40,10 @@
 #      its default settings (20 in flight, 1,000 queued, then dropped),
 #      received live on MQTT 3.1.1 by mosquitto_sub -q 1, and by `mqlink
 #      run` into PostgreSQL with the local buffer (the default there) and
-#      without it; each consumer alone: messages received and the rate to
-#      the last one (BENCH_LIMITS=0 skips it).
+#      without it, and into Parquet files (the buffer on by default; rows
+#      counted by pyarrow from the committed files' footers, in
+#      target/pyarrow-venv); each consumer alone: messages received and
+#      the rate to the last one (BENCH_LIMITS=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
 # BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
 # pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
@@ -106,7 +108,7 @@ fi
 ONLY=${BENCH_ONLY:-}
 [ "$ONLY" = limits ] && BENCH_SQL=0
 if [ "$ONLY" != sql ]; then
-  cargo build --release -q -p mqlink-cli --no-default-features  # the SQL runs use the bench-sql build below
+  cargo build --release -q -p mqlink-cli --no-default-features --features parquet  # the SQL runs use the bench-sql build below
   [ "$ONLY" = limits ] || cargo build --release -q -p mqlink --example sink_bench --example bridge
 fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -300,6 +302,37 @@ create_table = true
 primary_key = ["device_id", "seq"]
 TOML
 }
+# The same into Parquet files under $2 (the buffer: auto, on for this sink).
+limits_parquet() { # $1 = client id, $2 = directory
+  cat <<TOML
+[run]
+state_dir = "$work/state-$1"
+[connections.b]
+broker = "mqtt://127.0.0.1:$dport"
+client_id = "$1"
+clean_session = false
+protocol = "3.1.1"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["bench/$1"]
+schema = { device_id = "text", seq = "bigint", ts = "timestamp", temperature = "double", humidity = "double", site = "text", ok = "boolean" }
+[sinks.out]
+type = "parquet"
+inputs = ["telemetry"]
+path = "$2"
+rollover_seconds = 1
+TOML
+}
+PYARROW=$PWD/target/pyarrow-venv/bin/python
+if [ "${BENCH_LIMITS:-1}" = 1 ] && ! "$PYARROW" -c 'import pyarrow' 2>/dev/null; then
+  python3 -m venv target/pyarrow-venv && target/pyarrow-venv/bin/pip install -q --disable-pip-version-check 'pyarrow>=17,<27'
+fi
+# Rows in the committed Parquet files under $1 (footers only).
+pq_count() {
+  "$PYARROW" -c 'import os, sys, pyarrow.parquet as pq
+print(sum(pq.ParquetFile(os.path.join(d, f)).metadata.num_rows for d, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".parquet") and not f.startswith(".")))' "$1" 2>/dev/null || echo 0
+}
 # One burst to one live consumer ($2: its count command), started as $1.
 limits_burst() { # $1 = name, $2... = count command
   local name=$1 t0 got; shift
@@ -325,6 +358,11 @@ bench_limits_round() { # $1 = round
     limits_burst "limits: mqlink run -> postgres, buffer $mode" pg_count "l_${mode}_$r"
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   done
+  id="dpq-$r-$$"; limits_parquet "$id" "$work/$id-lake" > "$work/$id.toml"
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # the session
+  "$MQLINK" run "$work/$id.toml" 2>"$work/$id.err" & pid=$!
+  limits_burst "limits: mqlink run -> parquet, buffer auto" pq_count "$work/$id-lake"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 fill_queue() { # $1 = client id [$2 = port, $3 = message file]
@@ -381,6 +419,9 @@ for mode in ("auto", "off"):
     print(f"limits  buffer {'on ' if mode == 'auto' else 'off'} / mosquitto_sub: rate {rate(rs)/rate(ms):.2f}x (best of each),"
           f" received {min(g for g, _ in rs):,}-{max(g for g, _ in rs):,} vs {min(g for g, _ in ms):,}-{max(g for g, _ in ms):,} of {int(sys.argv[2]):,}"
           + ("  (target: >= 1.00x, no fewer received)" if mode == "auto" else ""))
+rs = runs["limits: mqlink run -> parquet, buffer auto"]
+print(f"limits  parquet, buffer on: {rate(rs):,.0f} msgs/s (best; target >= 100,000), {rate(rs)/rate(ms):.2f}x mosquitto_sub,"
+      f" received {min(g for g, _ in rs):,}-{max(g for g, _ in rs):,} of {int(sys.argv[2]):,}")
 PY
   echo
 fi

@@ -45,6 +45,12 @@ fi
 [ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
 
+# The Parquet sink's tests read its files back with pyarrow from PyPI, in a
+# virtualenv of their own (the tests make it too, on first use; kept).
+[ -x target/pyarrow-venv/bin/python ] || python3 -m venv target/pyarrow-venv
+target/pyarrow-venv/bin/python -c 'import pyarrow' 2>/dev/null ||
+  target/pyarrow-venv/bin/pip install -q --disable-pip-version-check 'pyarrow>=17,<27'
+
 cargo fmt --all -- --check
 # The binary as users build it: a plain build resolves features without
 # the dev-dependencies' (tests turn on mqlink's `codec` feature), so a use

@@ -1004,7 +1004,7 @@ fn sink_type(options: &[Opt]) -> Result<&'static Connector, (Option<&'static str
             format!("missing: {}", connectors::one_of(&sinks)),
         ));
     };
-    let Some(c) = connectors::find(name, Direction::Sink) else {
+    let Some(c) = connectors::find_sink(name, get("format")) else {
         let known = spellings(|_| true);
         return Err((
             Some("connector"),

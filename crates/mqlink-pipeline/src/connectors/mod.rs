@@ -16,6 +16,8 @@
 pub mod file;
 pub mod generator;
 pub mod mqtt;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod postgres;
 
 use std::any::Any;
@@ -46,6 +48,8 @@ pub const REGISTRY: &[&Connector] = &[
     &generator::CONNECTOR,
     &file::CONNECTOR,
     &postgres::CONNECTOR,
+    #[cfg(feature = "parquet")]
+    &parquet::CONNECTOR,
 ];
 
 /// A connector's metadata and constructors.
@@ -180,6 +184,20 @@ pub fn find(name: &str, d: Direction) -> Option<&'static Connector> {
     REGISTRY.iter().copied().find(|c| c.is_called(name, d))
 }
 
+/// The sink connector SQL's `connector = 'name'` with `format = 'format'`
+/// names: Arroyo's `filesystem` writes JSON lines (the file sink) or
+/// Parquet (the Parquet sink).
+pub fn find_sink(name: &str, format: Option<&str>) -> Option<&'static Connector> {
+    #[cfg(feature = "parquet")]
+    if format.is_some_and(|f| f.eq_ignore_ascii_case("parquet"))
+        && file::CONNECTOR.is_called(name, Direction::Sink)
+    {
+        return Some(&parquet::CONNECTOR);
+    }
+    let _ = format;
+    find(name, Direction::Sink)
+}
+
 /// The connector called `name` in files and /status.
 pub fn named(name: &str) -> Option<&'static Connector> {
     REGISTRY.iter().copied().find(|c| c.name == name)
@@ -246,6 +264,9 @@ pub struct SourceStart {
     pub embedded: bool,
     /// `run.state_dir`.
     pub state_dir: PathBuf,
+    /// A sink it feeds commits in big batches
+    /// ([`SinkSpec::commits_in_big_batches`]).
+    pub big_batches: bool,
 }
 
 /// What a sink needs to run.
@@ -309,6 +330,12 @@ pub trait SinkSpec: Debug + Send + Sync + 'static {
     /// The connection it publishes through, and its clients' number.
     fn connection(&self) -> Option<(&str, u16)> {
         None
+    }
+    /// It confirms records only at commits far apart (a file rolled every
+    /// minute): its sources' `buffer.mode = "auto"` turns the durable local
+    /// buffer on at QoS 1/2, so that the broker's window does not wait.
+    fn commits_in_big_batches(&self) -> bool {
+        false
     }
     /// Starts its runner (`crate::sink::run`) on its channel.
     fn spawn(&self, start: SinkStart) -> JoinHandle<Result<(), String>>;

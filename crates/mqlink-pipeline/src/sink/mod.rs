@@ -130,6 +130,20 @@ pub trait Sink: Send + 'static {
     fn write(&mut self, job: &Job)
         -> impl Future<Output = Result<Confirmation, WriteError>> + Send;
 
+    /// Written jobs awaiting their confirmation at most; the runner writes
+    /// no more meanwhile. A sink that confirms at commits far apart (a file
+    /// rolled every minute) takes more, and bounds what they hold itself.
+    fn max_unconfirmed_jobs(&self) -> usize {
+        DEPTH
+    }
+
+    /// Its input ended: a sink that holds written records until a commit
+    /// (a file rolled by age) commits them now, so that their
+    /// confirmations complete.
+    fn input_ended(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
     /// The dead-letter topic for record faults, when there is one.
     fn dead_letters(&self) -> Option<DeadLetters> {
         None
@@ -144,7 +158,7 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Confirmations awaited at once per sink.
+/// Confirmations awaited at once per sink (unless it says otherwise).
 const DEPTH: usize = 64;
 
 /// Runs `sink` until its channel ends (the sources stopped) and everything
@@ -177,6 +191,7 @@ pub async fn run<S: Sink>(
     comp.set_state(State::Running);
 
     let max_records = sink.max_records();
+    let depth = sink.max_unconfirmed_jobs().max(1);
     let settler = Settler {
         dead_letters: sink.dead_letters(),
         comp: comp.clone(),
@@ -185,7 +200,7 @@ pub async fn run<S: Sink>(
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
     };
     let sink = settler.sink.clone();
-    let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(DEPTH);
+    let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(depth);
     let mut confirmer = tokio::spawn(confirm(queue, settler));
     // A confirmer that ended early hit a fatal fault: that is the outcome.
     let failed = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
@@ -239,6 +254,7 @@ pub async fn run<S: Sink>(
         }
     }
     drop(to_confirm);
+    sink.lock().await.input_ended().await;
     match confirmer.await {
         Ok(Ok(())) => {}
         other => return failed(other),

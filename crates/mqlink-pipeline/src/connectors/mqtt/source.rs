@@ -93,9 +93,10 @@ pub struct MqttSourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// `auto` (on for MQTT 3.1.1 connections at QoS 1/2 to an external
-    /// broker, which may drop what its queue cannot hold; and while the
-    /// log holds entries of an earlier run), `always` or `off`
-    /// [default: auto].
+    /// broker, which may drop what its queue cannot hold; on any protocol
+    /// at QoS 1/2 to an external broker when a sink it feeds commits in big
+    /// batches (Parquet files); and while the log holds entries of an
+    /// earlier run), `always` or `off` [default: auto].
     #[serde(default)]
     pub mode: BufferMode,
     /// Bytes on disk at most; when full the source stops acknowledging
@@ -140,15 +141,19 @@ impl MqttSourceConfig {
     /// The buffer's options, or `None` when it is off; `state_dir` is the
     /// pipeline's, `client_id` the source's session. `auto` leaves it off
     /// on the embedded broker: it never drops, it holds its publishers back.
+    /// `big_batches`: a sink it feeds confirms only at commits far apart,
+    /// so the buffer is on whatever the protocol.
     pub fn buffer_options(
         &self,
         state_dir: &Path,
         client_id: &str,
         embedded: bool,
+        big_batches: bool,
     ) -> Option<BufferOptions> {
         let when = match self.buffer.mode {
             BufferMode::Off => return None,
             BufferMode::Auto if self.qos == QoS::AtMostOnce || embedded => return None,
+            BufferMode::Auto if big_batches => BufferWhen::Always,
             BufferMode::Auto => BufferWhen::V311,
             BufferMode::Always => BufferWhen::Always,
         };
@@ -231,7 +236,7 @@ impl SourceSpec for MqttSourceConfig {
     fn run(&self, s: SourceStart) -> Pin<Box<dyn Future<Output = Option<Closing>> + Send>> {
         let options = s.options.unwrap_or_default();
         let client_id = options.client_id.clone().unwrap_or_else(|| s.name.clone());
-        let buffer = self.buffer_options(&s.state_dir, &client_id, s.embedded);
+        let buffer = self.buffer_options(&s.state_dir, &client_id, s.embedded, s.big_batches);
         let cfg = self.clone();
         Box::pin(async move {
             let source = run_source(s.path, cfg, options, s.comp, s.out, buffer).await?;
