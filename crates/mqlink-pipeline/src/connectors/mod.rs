@@ -15,8 +15,11 @@
 
 pub mod file;
 pub mod generator;
+mod http_out;
+pub mod influxdb;
 pub mod mqtt;
 pub mod postgres;
+pub mod webhook;
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -46,6 +49,8 @@ pub const REGISTRY: &[&Connector] = &[
     &generator::CONNECTOR,
     &file::CONNECTOR,
     &postgres::CONNECTOR,
+    &influxdb::CONNECTOR,
+    &webhook::CONNECTOR,
 ];
 
 /// A connector's metadata and constructors.
