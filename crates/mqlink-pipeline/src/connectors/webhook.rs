@@ -41,7 +41,7 @@ pub const CONNECTOR: Connector = Connector {
         keys: &[
             Key::text("url").alias(&["endpoint"]),
             Key::text("method"),
-            Key::text("batch").alias(&["format"]),
+            Key::text("batch"),
             Key::text("headers"),
             Key::text("username"),
             Key::text("password"),
@@ -95,9 +95,10 @@ pub struct HttpSinkConfig {
     /// per request; the URL and headers must then be fixed) [default: none].
     #[serde(default)]
     pub batch: Batching,
-    /// Headers sent with every request; values may have `{field}`
-    /// placeholders [default: none].
-    #[serde(default)]
+    /// Headers sent with every request, a table (`{ "X-Site" =
+    /// "{site}" }`) or Arroyo's text (`'X-A: 1, X-B: 2'`); values may have
+    /// `{field}` placeholders [default: none].
+    #[serde(default, deserialize_with = "header_map")]
     pub headers: BTreeMap<String, String>,
     /// Basic authentication's user.
     pub username: Option<String>,
@@ -127,6 +128,32 @@ pub struct HttpSinkConfig {
     /// without it they are logged, counted (`mqlink_sink_skipped_total`)
     /// and skipped.
     pub dead_letter_topic: Option<String>,
+}
+
+/// A table of headers, or `Name: value, Name: value` (Arroyo's SQL option).
+fn header_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Headers {
+        Table(BTreeMap<String, String>),
+        Text(String),
+    }
+    match Headers::deserialize(d)? {
+        Headers::Table(t) => Ok(t),
+        Headers::Text(t) => t
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| match h.split_once(':') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(serde::de::Error::custom(format!(
+                    "{:?} is not `Name: value`",
+                    h.trim()
+                ))),
+            })
+            .collect(),
+    }
 }
 
 const fn thousand() -> usize {
