@@ -32,7 +32,6 @@ fn start(file: &Path, dir: &Path) -> Child {
     mqlink()
         .arg("run")
         .arg(file)
-        .arg("--quiet")
         .env("SINK_SECRET", SECRET)
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -256,7 +255,7 @@ measurement = "m"
 struct Script {
     /// Requests answered so far.
     requests: AtomicU64,
-    /// Every 7th request: 500; every 11th: 429 with Retry-After: 1.
+    /// Every 23rd request: 500; every 37th: 429 with Retry-After: 1.
     flaky: AtomicBool,
     /// Records the server took (answered 2xx), by seq, with counts.
     taken: Mutex<BTreeMap<i64, u32>>,
@@ -312,9 +311,9 @@ fn answer(s: TcpStream, script: &Script) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let (status, extra) = if script.flaky.load(SeqCst) && n % 7 == 0 {
+    let (status, extra) = if script.flaky.load(SeqCst) && n % 23 == 0 {
         ("500 Internal Server Error", "")
-    } else if script.flaky.load(SeqCst) && n % 11 == 0 {
+    } else if script.flaky.load(SeqCst) && n % 37 == 0 {
         ("429 Too Many Requests", "retry-after: 1\r\n")
     } else if records.iter().any(|r| r["bad"] == true) {
         ("400 Bad Request", "")
@@ -393,9 +392,21 @@ listen = "127.0.0.1:{http}"
     let all: Vec<String> = (0..3000).map(record).collect();
     publish(broker.port, &format!("{topic}/in"), &all[..1500]);
     let good = |to: usize| (0..to).filter(|i| i % 500 != 250).count();
-    wait_until(60, "the first records", || {
-        script.taken.lock().unwrap().len() == good(1500)
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while script.taken.lock().unwrap().len() != good(1500) {
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            let out = wait_output(&mut run, 5);
+            panic!(
+                "{} of {} records taken after {} requests: {}",
+                script.taken.lock().unwrap().len(),
+                good(1500),
+                script.requests.load(SeqCst),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The server goes away: nothing is acknowledged meanwhile.
     stop.store(true, SeqCst);

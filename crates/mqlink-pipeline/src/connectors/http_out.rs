@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use mqlink::Secret;
 
-use crate::sink::{DeadLetters, WriteError};
+use crate::batch::Item;
+use crate::sink::{DeadLetters, Job, RecordFault, WriteError};
 use crate::spec::{err, ConfigError, Context};
 
 /// An answer's body is kept up to this size (for the error message).
@@ -198,6 +199,59 @@ pub fn retry(why: String, after: Option<Duration>, pause: &mut Pause) -> WriteEr
     match after {
         Some(d) => WriteError::Retry(format!("{why} (retry after {d:?})")),
         None => WriteError::Retry(why),
+    }
+}
+
+/// A job being written record by record: what is written or refused
+/// already. A request of it that must be retried returns the job to the
+/// runner, which writes the same job again; the sink goes on where it
+/// stopped instead of sending every record again (a flaky server would
+/// otherwise never see the end of a long job).
+#[derive(Default)]
+pub struct Progress {
+    /// The job's first record (its address: unique while the job lives)
+    /// and length.
+    job: Option<(usize, usize)>,
+    done: Vec<bool>,
+    faults: Vec<RecordFault>,
+}
+
+fn key(job: &Job) -> (usize, usize) {
+    let first = job.items().next().map_or(0, |i| i as *const Item as usize);
+    (first, job.len())
+}
+
+impl Progress {
+    /// Whether `job` is the one being written record by record.
+    pub fn resumes(&self, job: &Job) -> bool {
+        self.job == Some(key(job))
+    }
+    /// Starts writing `job` record by record (unless it is already).
+    pub fn start(&mut self, job: &Job) {
+        if !self.resumes(job) {
+            self.job = Some(key(job));
+            self.done = vec![false; job.len()];
+            self.faults.clear();
+        }
+    }
+    pub fn is_done(&self, index: usize) -> bool {
+        self.done.get(index).copied().unwrap_or(true)
+    }
+    pub fn written(&mut self, index: usize) {
+        if let Some(d) = self.done.get_mut(index) {
+            *d = true;
+        }
+    }
+    pub fn refused(&mut self, fault: RecordFault) {
+        self.written(fault.index);
+        self.faults.push(fault);
+    }
+    /// The job is through: its record faults, in order.
+    pub fn finish(&mut self) -> Vec<RecordFault> {
+        self.job = None;
+        let mut f = std::mem::take(&mut self.faults);
+        f.sort_by_key(|f| f.index);
+        f
     }
 }
 

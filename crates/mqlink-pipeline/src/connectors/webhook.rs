@@ -22,7 +22,7 @@ use mqlink::Secret;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::http_out::{self, Class, Client, Pause, Request};
+use super::http_out::{self, Class, Client, Pause, Progress, Request};
 use super::influxdb::text_template;
 use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
@@ -291,13 +291,8 @@ pub struct HttpSink {
     authorization: Option<Secret>,
     dead_letters: Option<DeadLetters>,
     pause: Pause,
+    progress: Progress,
     content_type: bool,
-}
-
-/// A request's records (their positions in the job) and body.
-struct Part {
-    indexes: Vec<usize>,
-    request: Request,
 }
 
 impl HttpSink {
@@ -325,6 +320,7 @@ impl HttpSink {
             authorization,
             dead_letters,
             pause: Pause::default(),
+            progress: Progress::default(),
             content_type,
         })
     }
@@ -401,34 +397,58 @@ impl HttpSink {
         }
     }
 
-    /// Sends each record alone; the ones refused are record faults.
-    async fn one_by_one(
-        &mut self,
-        items: &[&Item],
-        indexes: &[usize],
-        faults: &mut Vec<RecordFault>,
-    ) -> Result<(), WriteError> {
-        for &index in indexes {
-            let refused = match self.request(&[items[index]]) {
-                Ok(r) => self.send(r).await?,
-                Err(reason) => {
-                    faults.push(RecordFault {
-                        index,
-                        reason,
-                        class: None,
-                    });
-                    continue;
-                }
-            };
-            if let Some((why, class)) = refused {
-                faults.push(RecordFault {
-                    index,
-                    reason: format!("refused: {why}"),
-                    class: Some(class),
-                });
+    /// Sends the records of `indexes` that `progress` does not have yet
+    /// in one request; a refused request of several is sent again record
+    /// by record, and the records refused alone are record faults.
+    async fn send_part(&mut self, items: &[&Item], indexes: &[usize]) -> Result<(), WriteError> {
+        let pending: Vec<usize> = indexes
+            .iter()
+            .copied()
+            .filter(|&i| !self.progress.is_done(i))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let one_by_one = match self.attempt(items, &pending).await? {
+            None => {
+                pending.iter().for_each(|&i| self.progress.written(i));
+                return Ok(());
+            }
+            Some((why, _)) if pending.len() > 1 => {
+                tracing::warn!(url = %self.client.shown, error = %why, "Batch refused; sending its records one by one to find the refused ones.");
+                pending
+            }
+            Some(refused) => return Ok(self.refused(pending[0], refused)),
+        };
+        for i in one_by_one {
+            match self.attempt(items, &[i]).await? {
+                None => self.progress.written(i),
+                Some(refused) => self.refused(i, refused),
             }
         }
         Ok(())
+    }
+
+    /// One request of `indexes`' records: `Some((reason, class))` when
+    /// refused for them.
+    async fn attempt(
+        &mut self,
+        items: &[&Item],
+        indexes: &[usize],
+    ) -> Result<Option<(String, String)>, WriteError> {
+        let part: Vec<&Item> = indexes.iter().map(|&i| items[i]).collect();
+        match self.request(&part) {
+            Ok(r) => self.send(r).await,
+            Err(reason) => Ok(Some((reason, String::new()))),
+        }
+    }
+
+    fn refused(&mut self, index: usize, (reason, class): (String, String)) {
+        self.progress.refused(RecordFault {
+            index,
+            reason: format!("refused: {reason}"),
+            class: (!class.is_empty()).then_some(class),
+        });
     }
 }
 
@@ -440,34 +460,20 @@ impl Sink for HttpSink {
         }
     }
 
+    /// Requests of `batch_size` records (one with `batch = "none"`); a
+    /// retried job goes on from the first request not answered.
     async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
         let items: Vec<&Item> = job.items().collect();
-        let mut faults = Vec::new();
-        let all: Vec<usize> = (0..items.len()).collect();
-        if self.cfg.batch == Batching::None {
-            self.one_by_one(&items, &all, &mut faults).await?;
-            return Ok(confirmed(faults));
-        }
-        let part = match self.request(&items) {
-            Ok(request) => Part {
-                indexes: all,
-                request,
-            },
-            Err(reason) => return Err(WriteError::Fatal(reason)),
+        let per = match self.cfg.batch {
+            Batching::None => 1,
+            _ => self.cfg.batch_size,
         };
-        match self.send(part.request).await? {
-            None => {}
-            Some((why, class)) if items.len() == 1 => faults.push(RecordFault {
-                index: 0,
-                reason: format!("refused: {why}"),
-                class: Some(class),
-            }),
-            Some((why, _)) => {
-                tracing::warn!(url = %self.client.shown, error = %why, "Batch refused; sending its records one by one to find the refused ones.");
-                self.one_by_one(&items, &part.indexes, &mut faults).await?;
-            }
+        self.progress.start(job);
+        let all: Vec<usize> = (0..items.len()).collect();
+        for part in all.chunks(per) {
+            self.send_part(&items, part).await?;
         }
-        Ok(confirmed(faults))
+        Ok(confirmed(self.progress.finish()))
     }
 
     fn dead_letters(&self) -> Option<DeadLetters> {

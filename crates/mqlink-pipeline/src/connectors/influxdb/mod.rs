@@ -25,7 +25,7 @@ use mqlink::Secret;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::http_out::{self, Answer, Class, Client, Pause, Request};
+use super::http_out::{self, Answer, Class, Client, Pause, Progress, Request};
 use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
@@ -305,6 +305,7 @@ pub struct InfluxSink {
     authorization: Option<Secret>,
     dead_letters: Option<DeadLetters>,
     pause: Pause,
+    progress: Progress,
 }
 
 impl InfluxSink {
@@ -329,6 +330,7 @@ impl InfluxSink {
             authorization,
             dead_letters,
             pause: Pause::default(),
+            progress: Progress::default(),
         })
     }
 
@@ -376,8 +378,9 @@ impl InfluxSink {
         line::point(&measurement, &tags, &fields, time, self.cfg.precision, out)
     }
 
-    /// Writes `body`; the answer's class.
-    async fn post(&mut self, body: String) -> Result<Class, WriteError> {
+    /// Writes `body`: `Some((reason, class))` when InfluxDB refused its
+    /// points; an error when it must be retried or cannot be written.
+    async fn post(&mut self, body: String) -> Result<Option<(String, String)>, WriteError> {
         self.pause.wait().await;
         let req = Request {
             put: false,
@@ -387,7 +390,12 @@ impl InfluxSink {
             body: body.into_bytes(),
         };
         let answer = self.client.send(req).await.map_err(WriteError::Retry)?;
-        Ok(self.classify(&answer))
+        match self.classify(&answer) {
+            Class::Written => Ok(None),
+            Class::Records(why, class) => Ok(Some((why, class))),
+            Class::Retry(why, after) => Err(http_out::retry(why, after, &mut self.pause)),
+            Class::Fatal(why) => Err(WriteError::Fatal(why)),
+        }
     }
 
     fn classify(&self, answer: &Answer) -> Class {
@@ -401,28 +409,42 @@ impl InfluxSink {
         }
     }
 
-    /// Writes each point alone after the batch was refused for its points:
-    /// only the ones InfluxDB refuses then are record faults.
-    async fn one_by_one(
-        &mut self,
-        lines: Vec<(usize, String)>,
-    ) -> Result<Vec<RecordFault>, WriteError> {
-        let mut faults = Vec::new();
-        for (index, l) in lines {
-            match self.post(l).await? {
-                Class::Written => {}
-                Class::Records(why, class) => faults.push(RecordFault {
-                    index,
-                    reason: format!("InfluxDB refused the point: {why}"),
-                    class: Some(class),
-                }),
-                Class::Retry(why, after) => {
-                    return Err(http_out::retry(why, after, &mut self.pause))
-                }
-                Class::Fatal(why) => return Err(WriteError::Fatal(why)),
+    /// Writes the points of `lines` that `progress` does not have yet in
+    /// one request; a refused request of several is written again point by
+    /// point, and the points refused alone are record faults.
+    async fn write_part(&mut self, lines: &[(usize, String)]) -> Result<(), WriteError> {
+        let pending: Vec<&(usize, String)> = lines
+            .iter()
+            .filter(|(i, _)| !self.progress.is_done(*i))
+            .collect();
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
+        let body: Vec<&str> = pending.iter().map(|(_, l)| l.as_str()).collect();
+        let why = match self.post(body.join("\n")).await? {
+            None => {
+                pending.iter().for_each(|(i, _)| self.progress.written(*i));
+                return Ok(());
+            }
+            Some(refused) if pending.len() == 1 => return Ok(self.refused(first.0, refused)),
+            Some((why, _)) => why,
+        };
+        tracing::warn!(url = %self.client.shown, error = %why, "Points refused; writing them one by one to find the refused ones.");
+        for (i, l) in pending {
+            match self.post(l.clone()).await? {
+                None => self.progress.written(*i),
+                Some(refused) => self.refused(*i, refused),
             }
         }
-        Ok(faults)
+        Ok(())
+    }
+
+    fn refused(&mut self, index: usize, (why, class): (String, String)) {
+        self.progress.refused(RecordFault {
+            index,
+            reason: format!("InfluxDB refused the point: {why}"),
+            class: Some(class),
+        });
     }
 }
 
@@ -431,44 +453,29 @@ impl Sink for InfluxSink {
         self.cfg.batch_size
     }
 
+    /// Writes of `batch_size` points; a retried job goes on from the
+    /// first write not answered.
     async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
-        let mut faults = Vec::new();
+        self.progress.start(job);
         let mut lines: Vec<(usize, String)> = Vec::with_capacity(job.len());
         for (index, item) in job.items().enumerate() {
             let mut l = String::new();
             match self.line(item, &mut l) {
                 Ok(()) => lines.push((index, l)),
-                Err(reason) => faults.push(RecordFault {
-                    index,
-                    reason,
-                    class: None,
-                }),
+                Err(reason) if !self.progress.is_done(index) => {
+                    self.progress.refused(RecordFault {
+                        index,
+                        reason,
+                        class: None,
+                    })
+                }
+                Err(_) => {}
             }
         }
-        if lines.is_empty() {
-            return Ok(confirmed(faults));
+        for part in lines.chunks(self.cfg.batch_size) {
+            self.write_part(part).await?;
         }
-        let body = lines
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        match self.post(body).await? {
-            Class::Written => {}
-            Class::Retry(why, after) => return Err(http_out::retry(why, after, &mut self.pause)),
-            Class::Fatal(why) => return Err(WriteError::Fatal(why)),
-            Class::Records(why, _) if lines.len() > 1 => {
-                tracing::warn!(url = %self.client.shown, error = %why, "Points refused; writing the batch point by point to find them.");
-                faults.extend(self.one_by_one(lines).await?);
-                faults.sort_by_key(|f| f.index);
-            }
-            Class::Records(why, class) => faults.push(RecordFault {
-                index: lines[0].0,
-                reason: format!("InfluxDB refused the point: {why}"),
-                class: Some(class),
-            }),
-        }
-        Ok(confirmed(faults))
+        Ok(confirmed(self.progress.finish()))
     }
 
     fn dead_letters(&self) -> Option<DeadLetters> {
