@@ -480,3 +480,57 @@ impl Sink for HttpSink {
         self.dead_letters.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEN: &str =
+        "[sources.g]\ntype = \"generator\"\n[sinks.h]\ntype = \"webhook\"\ninputs = [\"g\"]\n";
+
+    fn load(extra: &str) -> Result<HttpSinkConfig, String> {
+        let env = |k: &str| (k == "TOKEN").then(|| "tok-secret".to_string());
+        let p =
+            crate::spec::parse(&format!("{GEN}{extra}"), false, &env).map_err(|e| e.to_string())?;
+        Ok(p.sinks[0].1.kind.get::<HttpSinkConfig>().unwrap().clone())
+    }
+
+    #[test]
+    fn requests_of_templates() {
+        let c = load("url = \"http://h/d/{device_id}\"\nheaders = \"X-Seq: {seq}, X-A: 1\"\nbearer_token = \"${TOKEN}\"\nmethod = \"PUT\"").unwrap();
+        assert!(!format!("{c:?}").contains("tok-secret"));
+        let s = HttpSink::new(c, None).unwrap();
+        let item = Item {
+            topic: None,
+            payload: bytes::Bytes::new(),
+            value: mqlink::format::Value::Json(serde_json::json!({"device_id": "d 1", "seq": 7})),
+            origin: None,
+        };
+        let r = s.request(&[&item]).unwrap();
+        assert!(r.put);
+        assert_eq!(r.url, "http://h/d/d 1");
+        assert_eq!(
+            r.headers,
+            [
+                ("X-A".to_string(), "1".to_string()),
+                ("X-Seq".to_string(), "7".to_string()),
+                ("Content-Type".to_string(), "application/json".to_string())
+            ]
+        );
+        assert_eq!(r.authorization.unwrap().expose(), "Bearer tok-secret");
+        assert_eq!(r.body, br#"{"device_id":"d 1","seq":7}"#);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let e = |extra: &str| load(extra).unwrap_err();
+        assert!(
+            e("url = \"http://h/{device_id}\"\nbatch = \"ndjson\"").starts_with("sinks.h.batch:")
+        );
+        assert!(e("url = \"http://h\"\nheaders = { Authorization = \"x\" }")
+            .starts_with("sinks.h.headers.Authorization:"));
+        assert!(e("url = \"http://h/{nope}\"").contains("\"nope\" is not a field"));
+        assert!(e("url = \"h\"").starts_with("sinks.h.url:"));
+        assert!(e("url = \"http://h\"\nsuccess_codes = [99]").starts_with("sinks.h.success_codes:"));
+    }
+}

@@ -482,3 +482,53 @@ impl Sink for InfluxSink {
         self.dead_letters.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEN: &str = "[sources.g]\ntype = \"generator\"\n[sinks.i]\ntype = \"influxdb\"\ninputs = [\"g\"]\nmeasurement = \"m\"\n";
+
+    fn load(extra: &str) -> Result<InfluxSinkConfig, String> {
+        let env = |k: &str| (k == "TOKEN").then(|| "tok-secret".to_string());
+        let p =
+            crate::spec::parse(&format!("{GEN}{extra}"), false, &env).map_err(|e| e.to_string())?;
+        Ok(p.sinks[0].1.kind.get::<InfluxSinkConfig>().unwrap().clone())
+    }
+
+    #[test]
+    fn v1_and_v2_writes() {
+        let c = load("url = \"http://h:8086/\"\ndatabase = \"my db\"\nretention_policy = \"rp\"\nprecision = \"ms\"").unwrap();
+        assert_eq!(
+            c.write_url(),
+            "http://h:8086/write?db=my%20db&precision=ms&rp=rp"
+        );
+        let c = load("url = \"https://h\"\nbucket = \"b\"\norg = \"o&x\"\ntoken = \"${TOKEN}\"")
+            .unwrap();
+        assert_eq!(
+            c.write_url(),
+            "https://h/api/v2/write?bucket=b&precision=ns&org=o%26x"
+        );
+        let s = InfluxSink::new(c.clone(), None).unwrap();
+        assert_eq!(s.authorization.unwrap().expose(), "Token tok-secret");
+        assert!(!format!("{c:?}").contains("tok-secret"));
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let e = |extra: &str| load(extra).unwrap_err();
+        assert!(e("url = \"http://h\"").starts_with("sinks.i.database: missing"));
+        assert!(e("url = \"http://h\"\ndatabase = \"d\"\nbucket = \"b\"")
+            .starts_with("sinks.i.bucket:"));
+        assert!(e("url = \"ftp://h\"\ndatabase = \"d\"").starts_with("sinks.i.url:"));
+        assert!(e("url = \"http://h/write\"\ndatabase = \"d\"").contains("adds /write"));
+        assert!(e("url = \"http://h\"\ndatabase = \"d\"\ntags = [\"nope\"]")
+            .contains("sinks.i.tags: \"nope\" is not a field of sources.g"));
+        assert!(
+            e("url = \"http://h\"\ndatabase = \"d\"\ndead_letter_topic = \"x\"")
+                .contains("needs `connection`")
+        );
+        let t = e("url = \"http://h\"\nbucket = \"b\"\ntoken = [\"tok-secret\"]");
+        assert!(!t.contains("tok-secret"), "{t}");
+    }
+}
