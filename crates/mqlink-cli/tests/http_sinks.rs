@@ -208,6 +208,7 @@ fn a_missing_influxdb_database_ends_the_run() {
     let influx = Influx::start();
     let dir = testkit::TempDir::new().unwrap();
     let topic = unique_id("nodb");
+    let http = free_port();
     let cfg = write(
         dir.path(),
         "p.toml",
@@ -228,13 +229,15 @@ database = "nowhere"
 username = "u"
 password = "${{SINK_SECRET}}"
 measurement = "m"
+[http]
+listen = "127.0.0.1:{http}"
 "#,
             port = broker.port,
             url = influx.url()
         ),
     );
     let mut run = start(&cfg, dir.path());
-    std::thread::sleep(Duration::from_secs(1));
+    wait_ready(http, &mut run);
     publish(
         broker.port,
         &format!("{topic}/in"),
