@@ -16,6 +16,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 # directory, run as the postgres user through setpriv).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# The InfluxDB sink's tests start their own InfluxDB 1.x (influxd).
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 # The interoperability tests (crates/mqlink/tests/interop.rs) start their own
 # RabbitMQ (MQTT plugin), NATS (MQTT listener) and aedes (Node.js).
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)

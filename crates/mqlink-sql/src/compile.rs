@@ -687,7 +687,10 @@ impl Compiler<'_> {
                     return Err(self.unknown_key(&s.statement, o, known));
                 }
             }
-            if uses_connection(s.ty.keys(Direction::Sink)) {
+            // A sink off the brokers (InfluxDB, HTTP) names a connection
+            // only for its dead letters.
+            let broker = s.ty.reaches == Reaches::Broker || !inline.is_empty();
+            if uses_connection(s.ty.keys(Direction::Sink)) && broker {
                 self.connection_of(
                     s.line,
                     &s.statement,

@@ -353,6 +353,43 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         );
     }
 
+    /// `connector = 'influxdb'` and `'webhook'` through the registry, with
+    /// Arroyo's and RisingWave's option names.
+    #[test]
+    fn influxdb_and_webhook_sinks() {
+        use mqlink_pipeline::connectors::{influxdb::InfluxSinkConfig, webhook::HttpSinkConfig};
+        let sql = |sink: &str, query: &str| {
+            compile(&format!("{BASE}{sink};\n{query};").replace(
+                "CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');",
+                "",
+            ))
+        };
+        let p = sql(
+            "CREATE TABLE tsdb WITH (connector = 'influxdb', endpoint = 'http://h:8086', db = 'plant', user = 'w', password = '${PW}', measurement = 'm', tags = 'name', timestamp = 'id', precision = 'ms')",
+            "INSERT INTO tsdb SELECT id, name, temp FROM t",
+        )
+        .unwrap();
+        let influx = p.sinks[0].1.kind.get::<InfluxSinkConfig>().unwrap();
+        assert_eq!(influx.database.as_deref(), Some("plant"));
+        assert_eq!(influx.username.as_deref(), Some("w"));
+        assert_eq!(influx.tags, ["name"]);
+        assert!(!format!("{p:?}").contains("pw-secret"));
+        let p = sql(
+            "CREATE TABLE hook WITH (connector = 'webhook', endpoint = 'http://h/in/{name}', headers = 'X-A: 1, X-B: {id}')",
+            "INSERT INTO hook SELECT id, name FROM t",
+        )
+        .unwrap();
+        let hook = p.sinks[0].1.kind.get::<HttpSinkConfig>().unwrap();
+        assert_eq!(hook.url.to_string(), "http://h/in/{name}");
+        assert_eq!(hook.headers["X-B"], "{id}");
+        let e = compile(&format!(
+            "{BASE}CREATE TABLE tsdb WITH (connector = 'influxdb', endpoint = 'http://h:8086', db = 'plant', measurement = 'm', tags = 'nope');
+             INSERT INTO tsdb SELECT id, name FROM t;"
+        ).replace("CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');", ""))
+        .unwrap_err();
+        assert!(e.contains("tags: \"nope\" is not a field"), "{e}");
+    }
+
     /// SQL text is user input: no mutation of a valid file panics.
     #[test]
     fn mutated_files_never_panic() {

@@ -1310,3 +1310,161 @@ pub fn mosquitto_sub(args: &[&str]) -> (Child, Receiver<String>) {
     let rx = lines_of(sub.stdout.take().unwrap());
     (sub, rx)
 }
+
+/// An InfluxDB 1.x server owned by a test (Debian's `influxdb`): its own
+/// config, data and WAL directories, HTTP and RPC on free ports of
+/// 127.0.0.1, killed on drop. Queried through its HTTP API.
+pub struct Influx {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub port: u16,
+}
+
+impl Influx {
+    pub fn start() -> Influx {
+        let dir = tempfile::Builder::new()
+            .prefix("mqlink-influx-")
+            .tempdir()
+            .unwrap();
+        let mut influx = Influx {
+            child: None,
+            dir,
+            port: 0,
+        };
+        for _ in 0..5 {
+            influx.port = free_port();
+            if influx.spawn() {
+                return influx;
+            }
+        }
+        panic!("influxd did not start: {}", influx.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let d = self.dir.path();
+        let conf = format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
+             [meta]\n  dir = \"{d}/meta\"\n\
+             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n\
+             [monitor]\n  store-enabled = false\n\
+             [continuous_queries]\n  enabled = false\n",
+            rpc = free_port(),
+            port = self.port,
+            d = d.display()
+        );
+        std::fs::write(d.join("influxdb.conf"), conf).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("influxd.log"))
+            .unwrap();
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(d.join("influxdb.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("influxd (the test command installs package influxdb)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            if http_get(self.port, "/ping").is_some_and(|(c, _)| c == 204) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("influxd did not answer /ping: {}", self.log());
+    }
+
+    /// Runs InfluxQL (POST /query); the JSON answer.
+    pub fn query(&self, db: &str, q: &str) -> String {
+        let body = format!("db={}&q={}", form(db), form(q));
+        let (code, answer) = http_post(self.port, "/query", &body).expect("influxd answers");
+        assert_eq!(code, 200, "{q}: {answer}");
+        answer
+    }
+
+    /// The value of `SELECT count(field) FROM measurement` (0 when none).
+    pub fn count(&self, db: &str, measurement: &str, field: &str) -> u64 {
+        let a = self.query(
+            db,
+            &format!("SELECT count(\"{field}\") FROM \"{measurement}\""),
+        );
+        // {"results":[{"statement_id":0,"series":[{…,"values":[["1970-…",N]]}]}]}
+        a.split("\"values\":[[")
+            .nth(1)
+            .and_then(|v| v.split(']').next())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill first");
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("influxd did not restart: {}", self.log());
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `application/x-www-form-urlencoded` text.
+fn form(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain HTTP POST of a form on 127.0.0.1: (status code, body).
+pub fn http_post(port: u16, path: &str, form_body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form_body}",
+        form_body.len()
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_owned())?;
+    Some((code, body))
+}

@@ -293,7 +293,8 @@ impl Sink for FileSink {
     }
 }
 
-fn line(item: &Item, out: &mut Vec<u8>) {
+/// The record as one JSON line (the HTTP sink's body too).
+pub(crate) fn line(item: &Item, out: &mut Vec<u8>) {
     match &item.value {
         Value::Bytes(b) => {
             // Raw payloads: the topic beside the base64 payload.

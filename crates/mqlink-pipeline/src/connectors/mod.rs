@@ -15,10 +15,13 @@
 
 pub mod file;
 pub mod generator;
+mod http_out;
+pub mod influxdb;
 pub mod mqtt;
 #[cfg(feature = "parquet")]
 pub mod parquet;
 pub mod postgres;
+pub mod webhook;
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -48,6 +51,8 @@ pub const REGISTRY: &[&Connector] = &[
     &generator::CONNECTOR,
     &file::CONNECTOR,
     &postgres::CONNECTOR,
+    &influxdb::CONNECTOR,
+    &webhook::CONNECTOR,
     #[cfg(feature = "parquet")]
     &parquet::CONNECTOR,
 ];

@@ -177,9 +177,10 @@ impl Registry {
 }
 
 /// Rustls with ring (as the MQTT connections) and the system's roots or
-/// those of `ca_file`.
+/// those of `ca_file`: the TLS of every HTTP client of mqlink (this
+/// registry, the pipeline's HTTP and InfluxDB sinks).
 #[cfg(feature = "tls")]
-fn tls_config(ca_file: Option<&Path>) -> Result<ureq::tls::TlsConfig, String> {
+pub fn tls_config(ca_file: Option<&Path>) -> Result<ureq::tls::TlsConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};

@@ -1,0 +1,472 @@
+//! The InfluxDB and HTTP sinks as a user runs them: `mqlink run` with a
+//! real Mosquitto, a real InfluxDB (Debian's `influxdb`, 1.x) and an HTTP
+//! server of the test's own that refuses, throttles and goes away. Faults
+//! are real: the server killed or closed mid-stream and started again.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use testkit::{free_port, http_get, metric, signal, unique_id, wait_output, wait_until, write};
+use testkit::{Influx, Mosquitto};
+
+fn mqlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
+    c.env_remove("MQLINK_LOG");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A token and a password that must never be printed.
+const SECRET: &str = "tok-9d2e-never-printed";
+
+fn start(file: &Path, dir: &Path) -> Child {
+    mqlink()
+        .arg("run")
+        .arg(file)
+        .env("SINK_SECRET", SECRET)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Publishes lines with `mqlink pub -l` at QoS 1 (every one confirmed).
+fn publish(port: u16, topic: &str, lines: &[String]) {
+    let mut p = mqlink()
+        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(p.wait().unwrap().success());
+}
+
+fn wait_ready(http: u16, run: &mut Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_get(http, "/ready").map(|(c, _)| c) != Some(200) {
+        if std::time::Instant::now() > deadline || run.try_wait().unwrap().is_some() {
+            let _ = run.kill();
+            let out = wait_output(run, 5);
+            panic!("not ready: {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A reading with its own time (microsecond `i`), so each is one point.
+fn reading(i: usize) -> String {
+    format!(
+        r#"{{"device_id":"dev {:02}","seq":{i},"timestamp":"2026-11-23T10:00:00.{i:06}Z","temperature":21.5,"label":"a \"quoted\", spaced=label"}}"#,
+        i % 20
+    )
+}
+
+fn acked(http: u16, source: &str) -> u64 {
+    let (_, m) = http_get(http, "/metrics").unwrap_or_default();
+    m.lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "mqlink_source_records_acknowledged_total{{component=\"{source}\""
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// MQTT → InfluxDB 1.x with a password: every reading one point, read back
+/// exactly; a point of another field type (InfluxDB's "partial write" 400)
+/// dead-lettered alone; InfluxDB SIGKILLed mid-stream and restarted:
+/// nothing lost, nothing doubled, nothing acknowledged while it is down.
+#[test]
+fn influxdb_points_arrive_exactly_through_a_kill_and_a_refused_point() {
+    let broker = Mosquitto::start();
+    let mut influx = Influx::start();
+    influx.query("", "CREATE DATABASE plant");
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("influx");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+clean_session = false
+protocol = "3.1.1"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.tsdb]
+type = "influxdb"
+inputs = ["telemetry"]
+url = "{url}"
+database = "plant"
+username = "writer"
+password = "${{SINK_SECRET}}"
+measurement = "telemetry"
+tags = ["device_id"]
+timestamp = "timestamp"
+batch_size = 500
+connection = "b"
+dead_letter_topic = "{topic}/refused"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = influx.url()
+        ),
+    );
+    let (mut sub, dead) = testkit::mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{topic}/refused"),
+        "-q",
+        "1",
+    ]);
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    let all: Vec<String> = (0..4000).map(reading).collect();
+    publish(broker.port, &format!("{topic}/in"), &all[..2000]);
+    wait_until(30, "the first 2000 points", || {
+        influx.count("plant", "telemetry", "temperature") == 2000
+    });
+    // Text where the field is a float: InfluxDB refuses that point only.
+    let bad =
+        r#"{"device_id":"dev 01","seq":-1,"timestamp":"2026-11-23T11:00:00Z","temperature":"hot"}"#;
+    publish(
+        broker.port,
+        &format!("{topic}/in"),
+        &[bad.to_string(), reading(2000)],
+    );
+    let letter = dead
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a dead letter");
+    let letter: serde_json::Value = serde_json::from_str(&letter).unwrap();
+    assert_eq!(letter["payload"], bad);
+    let why = letter["error"].as_str().unwrap();
+    assert!(why.contains("400") && why.contains("temperature"), "{why}");
+
+    influx.kill();
+    let before = acked(http, "telemetry");
+    publish(broker.port, &format!("{topic}/in"), &all[2001..]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        acked(http, "telemetry"),
+        before,
+        "nothing acknowledged while InfluxDB is down"
+    );
+    wait_until(10, "/ready 503", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 503)
+    });
+    influx.restart();
+    wait_until(60, "every point after InfluxDB came back", || {
+        influx.count("plant", "telemetry", "temperature") == 4000
+    });
+    wait_until(20, "every message acknowledged", || {
+        acked(http, "telemetry") == 4001
+    });
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+    assert_eq!(influx.count("plant", "telemetry", "temperature"), 4000);
+    // Escaped tags and strings read back as written.
+    let a = influx.query(
+        "plant",
+        "SELECT label FROM telemetry WHERE device_id = 'dev 07' LIMIT 1",
+    );
+    assert!(a.contains(r#"a \"quoted\", spaced=label"#), "{a}");
+    let _ = sub.kill();
+}
+
+/// A database that does not exist is fatal: the run exits 1 with
+/// InfluxDB's reason, never the password.
+#[test]
+fn a_missing_influxdb_database_ends_the_run() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("nodb");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+client_id = "{topic}"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.tsdb]
+type = "influxdb"
+inputs = ["in"]
+url = "{url}"
+database = "nowhere"
+username = "u"
+password = "${{SINK_SECRET}}"
+measurement = "m"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = influx.url()
+        ),
+    );
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    publish(
+        broker.port,
+        &format!("{topic}/in"),
+        &[r#"{"v":1}"#.to_string()],
+    );
+    let out = wait_output(&mut run, 30);
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("sinks.tsdb") && log.contains("database not found"),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET), "{log}");
+}
+
+/// What the test's HTTP server does with a request.
+#[derive(Default)]
+struct Script {
+    /// Requests answered so far.
+    requests: AtomicU64,
+    /// Every 23rd request: 500; every 37th: 429 with Retry-After: 1.
+    flaky: AtomicBool,
+    /// Records the server took (answered 2xx), by seq, with counts.
+    taken: Mutex<BTreeMap<i64, u32>>,
+    /// Authorization headers seen.
+    auth: Mutex<Vec<String>>,
+}
+
+/// An HTTP/1.1 server on `port`: NDJSON batches (a record with
+/// `"bad": true` makes the request 400), closed when `stop` is set.
+fn serve(port: u16, script: Arc<Script>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    answer(s, &script);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+fn answer(s: TcpStream, script: &Script) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut len = 0;
+    let mut first = String::new();
+    if r.read_line(&mut first).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap_or_default();
+        if k.eq_ignore_ascii_case("content-length") {
+            len = v.trim().parse().unwrap();
+        }
+        if k.eq_ignore_ascii_case("authorization") {
+            script.auth.lock().unwrap().push(v.trim().to_string());
+        }
+    }
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return;
+    }
+    let n = script.requests.fetch_add(1, SeqCst) + 1;
+    let records: Vec<serde_json::Value> = text(&body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (status, extra) = if script.flaky.load(SeqCst) && n % 23 == 0 {
+        ("500 Internal Server Error", "")
+    } else if script.flaky.load(SeqCst) && n % 37 == 0 {
+        ("429 Too Many Requests", "retry-after: 1\r\n")
+    } else if records.iter().any(|r| r["bad"] == true) {
+        ("400 Bad Request", "")
+    } else {
+        let mut taken = script.taken.lock().unwrap();
+        for r in &records {
+            *taken.entry(r["seq"].as_i64().unwrap()).or_default() += 1;
+        }
+        ("204 No Content", "")
+    };
+    let mut s = s;
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\n{extra}connection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+/// MQTT → HTTP (NDJSON batches, a bearer token from the environment) into
+/// a server that answers 500s and 429s, refuses records with 400 and is
+/// closed for a while: every record arrives at least once, the refused
+/// ones are dead-lettered, and nothing is acknowledged before a 2xx.
+#[test]
+fn webhook_records_survive_500s_429s_400s_and_a_stopped_server() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("hook");
+    let (http, port) = (free_port(), free_port());
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{mqtt}"
+client_id = "{topic}"
+clean_session = false
+protocol = "3.1.1"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+[sinks.hook]
+type = "webhook"
+inputs = ["in"]
+url = "http://127.0.0.1:{port}/ingest"
+batch = "ndjson"
+batch_size = 50
+bearer_token = "${{SINK_SECRET}}"
+timeout_ms = 2000
+connection = "b"
+dead_letter_topic = "{topic}/refused"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            mqtt = broker.port
+        ),
+    );
+    let script = Arc::new(Script::default());
+    script.flaky.store(true, SeqCst);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve(port, script.clone(), stop.clone());
+    let (mut sub, dead) = testkit::mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{topic}/refused"),
+        "-q",
+        "1",
+    ]);
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    let record = |i: usize| {
+        let bad = i % 500 == 250;
+        format!(r#"{{"seq":{i},"bad":{bad},"v":"x"}}"#)
+    };
+    let all: Vec<String> = (0..3000).map(record).collect();
+    publish(broker.port, &format!("{topic}/in"), &all[..1500]);
+    let good = |to: usize| (0..to).filter(|i| i % 500 != 250).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while script.taken.lock().unwrap().len() != good(1500) {
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            let out = wait_output(&mut run, 5);
+            panic!(
+                "{} of {} records taken after {} requests: {}",
+                script.taken.lock().unwrap().len(),
+                good(1500),
+                script.requests.load(SeqCst),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The server goes away: nothing is acknowledged meanwhile.
+    stop.store(true, SeqCst);
+    server.join().unwrap();
+    wait_until(20, "the first 1500 settled (three dead-lettered)", || {
+        acked(http, "in") == 1500
+    });
+    publish(broker.port, &format!("{topic}/in"), &all[1500..]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        acked(http, "in"),
+        1500,
+        "nothing acknowledged while the server is down"
+    );
+    assert!(metric(http, "mqlink_sink_errors_total") > 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve(port, script.clone(), stop.clone());
+    wait_until(60, "every record after the server came back", || {
+        script.taken.lock().unwrap().len() == good(3000)
+    });
+    wait_until(20, "every message acknowledged", || {
+        acked(http, "in") == 3000
+    });
+    let letters: Vec<serde_json::Value> = (0..6)
+        .map(|_| {
+            serde_json::from_str(&dead.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap()
+        })
+        .collect();
+    let mut bad: Vec<String> = letters
+        .iter()
+        .map(|l| l["payload"].as_str().unwrap().to_string())
+        .collect();
+    bad.sort();
+    let mut want: Vec<String> = (0..3000).filter(|i| i % 500 == 250).map(record).collect();
+    want.sort();
+    assert_eq!(bad, want);
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("400"),
+        "{}",
+        letters[0]
+    );
+    let taken = script.taken.lock().unwrap();
+    assert!(taken.keys().all(|s| s % 500 != 250));
+    assert!(script
+        .auth
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|a| a == &format!("Bearer {SECRET}")));
+    drop(taken);
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+    stop.store(true, SeqCst);
+    server.join().unwrap();
+    let _ = sub.kill();
+}
