@@ -206,6 +206,12 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
                     // The client left: nobody to answer.
                     None => return Ok(()),
                 },
+                ("GET" | "HEAD", "/metrics") => {
+                    let mut text = server.registry.prometheus();
+                    let running = MAX_QUERIES - server.running.available_permits();
+                    text.push_str(&format!("# HELP mqlink_queries_running /query evaluations running (stopped ones included until their work ends).\n# TYPE mqlink_queries_running gauge\nmqlink_queries_running {running}\n"));
+                    (200, "text/plain; version=0.0.4", text)
+                }
                 ("GET" | "HEAD", path) => route(path, &server.registry),
                 _ => (
                     405,
@@ -407,7 +413,6 @@ fn percent_decode(s: &str) -> Result<String, String> {
 
 fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
     match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", registry.prometheus()),
         "/health" => (200, "text/plain", "ok\n".into()),
         "/ready" => {
             let reasons = registry.not_ready();
