@@ -329,7 +329,7 @@ impl Server {
             r = work => Some(r.unwrap_or_else(|_| error(500, "the query failed (internal error)"))),
             _ = tokio::time::sleep(QUERY_TIME + Duration::from_millis(100)) => Some(error(
                 503,
-                &format!("the query ran longer than {} s, the limit of /query: it was stopped", QUERY_TIME.as_secs()),
+                &format!("the query ran out of time ({} s, the limit of /query) and was stopped", QUERY_TIME.as_secs()),
             )),
             _ = client_gone(sock) => None,
         };
@@ -377,6 +377,8 @@ fn run_query(
             body.push('\n');
             (200, "application/json", body)
         }
+        // Stopped by the time limit: as when the answer comes first.
+        Err(e) if Instant::now() >= limits.deadline => error(503, &e),
         Err(e) => error(400, &e),
     }
 }
