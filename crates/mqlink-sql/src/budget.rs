@@ -190,7 +190,7 @@ impl Bounded {
 
 impl ScalarUDFImpl for Identity {
     fn name(&self) -> &str {
-        "mqlink_counted"
+        "counted_bytes"
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -202,13 +202,13 @@ impl ScalarUDFImpl for Identity {
         args.arg_fields
             .first()
             .cloned()
-            .ok_or_else(|| exec_datafusion_err!("mqlink_counted takes one argument"))
+            .ok_or_else(|| exec_datafusion_err!("counted_bytes takes one argument"))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         args.args
             .into_iter()
             .next()
-            .ok_or_else(|| exec_datafusion_err!("mqlink_counted takes one argument"))
+            .ok_or_else(|| exec_datafusion_err!("counted_bytes takes one argument"))
     }
 }
 
