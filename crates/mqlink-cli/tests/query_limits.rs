@@ -386,3 +386,36 @@ INSERT INTO out SELECT device_id FROM t;
     );
     broker.stop();
 }
+
+#[test]
+fn http_off_serves_nothing() {
+    let dir = TempDir::new().unwrap();
+    let finite = PIPELINE.replace("rate = 200", "rate = 0\ncount = 10");
+    std::fs::write(dir.path().join("p.toml"), &finite).unwrap();
+    std::fs::write(
+        dir.path().join("q.toml"),
+        format!("{finite}\n[http]\nlisten = \"\"\n"),
+    )
+    .unwrap();
+    for args in [
+        &[
+            "run",
+            "p.toml",
+            "--http-listen",
+            "off",
+            "--until-idle",
+            "0.2",
+        ][..],
+        &["run", "q.toml", "--until-idle", "0.2"][..],
+    ] {
+        let out = mqlink()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("Serving /metrics"), "{args:?}: {err}");
+        assert!(!dir.path().join("mqlink-state/http-address").exists());
+    }
+}

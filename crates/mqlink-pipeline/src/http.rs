@@ -60,10 +60,11 @@ impl Token {
     /// Whether an `Authorization` header carries this token, compared in
     /// time independent of where they differ.
     fn admits(&self, header: Option<&str>) -> bool {
+        // The scheme is case-insensitive (RFC 9110).
         let given = header
-            .and_then(|h| h.trim().strip_prefix("Bearer "))
-            .unwrap_or("")
-            .trim()
+            .map(str::trim)
+            .filter(|h| h.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")))
+            .map_or("", |h| h[7..].trim())
             .as_bytes();
         let mut diff = self.0.len() ^ given.len();
         for i in 0..self.0.len() {
@@ -206,12 +207,7 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
                     // The client left: nobody to answer.
                     None => return Ok(()),
                 },
-                ("GET" | "HEAD", "/metrics") => {
-                    let mut text = server.registry.prometheus();
-                    let running = MAX_QUERIES - server.running.available_permits();
-                    text.push_str(&format!("# HELP mqlink_queries_running /query evaluations running (stopped ones included until their work ends).\n# TYPE mqlink_queries_running gauge\nmqlink_queries_running {running}\n"));
-                    (200, "text/plain; version=0.0.4", text)
-                }
+                ("GET" | "HEAD", "/metrics") => server.metrics(),
                 ("GET" | "HEAD", path) => route(path, &server.registry),
                 _ => (
                     405,
@@ -291,6 +287,16 @@ async fn client_gone(sock: &mut TcpStream) {
 }
 
 impl Server {
+    /// The pipeline's metrics and the queries running.
+    fn metrics(&self) -> Answer {
+        let mut text = self.registry.prometheus();
+        let running = MAX_QUERIES - self.running.available_permits();
+        text.push_str(&format!(
+            "# HELP mqlink_queries_running /query evaluations running (stopped ones until their work ends).\n# TYPE mqlink_queries_running gauge\nmqlink_queries_running {running}\n"
+        ));
+        (200, "text/plain; version=0.0.4", text)
+    }
+
     fn admits(&self, req: &Request) -> bool {
         self.token
             .as_ref()
@@ -517,6 +523,7 @@ mod tests {
     fn tokens() {
         let t = Token::new("s3cret");
         assert!(t.admits(Some(" Bearer s3cret")));
+        assert!(t.admits(Some("bearer s3cret")));
         for h in [
             None,
             Some("Bearer s3cre"),

@@ -39,6 +39,9 @@ struct Budget {
     limits: QueryLimits,
     /// Bytes charged so far (never given back: an upper bound).
     used: u64,
+    /// Bytes of the tables the query reads: in memory already, so an
+    /// operator's rows may take that much beyond the budget.
+    tables: u64,
 }
 
 thread_local! {
@@ -50,6 +53,7 @@ pub fn within<T>(limits: &QueryLimits, f: impl FnOnce() -> T) -> T {
     BUDGET.set(Some(Budget {
         limits: limits.clone(),
         used: 0,
+        tables: 0,
     }));
     let r = f();
     BUDGET.set(None);
@@ -89,12 +93,21 @@ pub fn charge(what: &str, bytes: u64) -> Result<(), String> {
     })
 }
 
-/// Whether a result of `bytes` fits the query's budget (not charged: it
-/// replaces its input).
+/// The query reads tables of `bytes` (see [`fits`]).
+pub fn reads(bytes: usize) {
+    BUDGET.with_borrow_mut(|b| {
+        if let Some(b) = b {
+            b.tables = b.tables.saturating_add(bytes as u64);
+        }
+    });
+}
+
+/// Whether an operator's rows of `bytes` fit the query's budget beside
+/// the tables it reads (not charged: they replace their input).
 pub fn fits(what: &str, bytes: usize) -> Result<(), String> {
     charge(what, 0)?;
     BUDGET.with_borrow(|b| match b {
-        Some(b) if bytes as u64 > b.limits.memory => Err(format!(
+        Some(b) if bytes as u64 > b.limits.memory.saturating_add(b.tables) => Err(format!(
             "{what} takes {bytes} bytes: a query may use at most {} MiB; select fewer rows or columns (WHERE, LIMIT)",
             b.limits.memory / MIB
         )),

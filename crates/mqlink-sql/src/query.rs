@@ -184,6 +184,7 @@ fn query_here(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> 
         schemas.push((name.clone(), b.schema()));
         batches.insert(name, b);
     }
+    crate::budget::reads(batches.values().map(|b| b.get_array_memory_size()).sum());
     let schemas: Vec<(&str, SchemaRef)> = schemas
         .iter()
         .map(|(n, s)| (n.as_str(), s.clone()))
