@@ -63,7 +63,10 @@ impl Token {
         // The scheme is case-insensitive (RFC 9110).
         let given = header
             .map(str::trim)
-            .filter(|h| h.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")))
+            .filter(|h| {
+                h.get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+            })
             .map_or("", |h| h[7..].trim())
             .as_bytes();
         let mut diff = self.0.len() ^ given.len();
