@@ -33,16 +33,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub until_idle: Option<f64>,
     /// Serve /metrics, /health, /ready, /status and /query (`mqlink query`)
-    /// on this address, e.g. 127.0.0.1:9464 [default: the file's http.listen;
-    /// a .sql file has no other way to say it].
+    /// on this address, e.g. 127.0.0.1:9464, or `off` [default: the file's
+    /// http.listen, else 127.0.0.1:9464 or, when taken, a free loopback port].
     #[arg(long, value_name = "ADDR", value_parser = socket_address)]
     pub http_listen: Option<String>,
 }
 
 fn socket_address(s: &str) -> Result<String, String> {
+    if s == "off" {
+        return Ok(String::new());
+    }
     s.parse::<std::net::SocketAddr>()
         .map(|_| s.to_string())
-        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464"))
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464, or off"))
 }
 
 /// A number of seconds between 0 and a day: no absurd value reaches a timer.
@@ -161,11 +164,18 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut p = load(&args.file, &args.cybus)?;
-    if let Some(listen) = &args.http_listen {
-        p.http = Some(mqlink_pipeline::spec::HttpConfig {
+    let http = p
+        .http
+        .take()
+        .unwrap_or_else(mqlink_pipeline::spec::HttpConfig::loopback_default);
+    p.http = Some(match &args.http_listen {
+        Some(listen) => mqlink_pipeline::spec::HttpConfig {
             listen: listen.clone(),
-        });
-    }
+            fallback: false,
+            ..http
+        },
+        None => http,
+    });
     let display = Display::new(&args, p.run.status_interval);
     let tick_every = display.every;
     let mut live = display.clone_handle();
@@ -176,7 +186,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // /query over the system tables, evaluated by DataFusion (and the
         // source tables' recent rows, kept only when /query is served).
         #[cfg(feature = "sql")]
-        query: p.http.is_some().then(mqlink_sql::query::handler),
+        query: p
+            .http
+            .as_ref()
+            .is_some_and(|h| !h.listen.is_empty())
+            .then(mqlink_sql::query::handler),
         #[cfg(not(feature = "sql"))]
         query: None,
     };

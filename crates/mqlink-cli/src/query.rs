@@ -17,33 +17,53 @@ pub struct QueryArgs {
     /// The query, e.g. "SELECT * FROM system.connector_status WHERE connector_name = 'mqtt_source'".
     pub sql: String,
     /// The running pipeline's HTTP address (its http.listen, or
-    /// `mqlink run --http-listen`).
-    #[arg(long, env = "MQLINK_URL", default_value = "http://127.0.0.1:9464")]
-    pub url: String,
+    /// `mqlink run --http-listen`) [default: the address in
+    /// ./mqlink-state/http-address, written by `mqlink run` of a pipeline
+    /// file in this directory, else http://127.0.0.1:9464].
+    #[arg(long, env = "MQLINK_URL")]
+    pub url: Option<String>,
     /// One JSON object per row instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Where `mqlink run` writes the address it serves, under its state directory.
+const ADDRESS_FILE: &str = "mqlink-state/http-address";
+
+/// The environment variable of the bearer token sent.
+const TOKEN_ENV: &str = "MQLINK_HTTP_TOKEN";
+
+/// The URL given, else the address a pipeline run from this directory
+/// wrote, else the default.
+fn url(given: Option<String>) -> String {
+    given.unwrap_or_else(|| {
+        std::fs::read_to_string(ADDRESS_FILE)
+            .ok()
+            .map(|a| a.trim().to_string())
+            .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+            .map_or_else(|| "http://127.0.0.1:9464".into(), |a| format!("http://{a}"))
+    })
+}
+
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let addr = address(&args.url)?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), post(&addr, &args.sql))
-        .await
-        .map_err(|_| anyhow!("{}: no answer within 10 s", args.url))?
-        .with_context(|| {
-            format!(
-                "cannot query {} (is `mqlink run` serving http.listen there?)",
-                args.url
-            )
-        })?;
+    let url = url(args.url);
+    let addr = address(&url)?;
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        post(&addr, &args.sql, token.as_deref()),
+    )
+    .await
+    .map_err(|_| anyhow!("{url}: no answer within 10 s"))?
+    .with_context(|| format!("cannot query {url} (is `mqlink run` serving http.listen there?)"))?;
     let (code, body) = answer;
-    let json: Value = serde_json::from_str(&body).map_err(|_| {
-        anyhow!(
-            "{}: HTTP {code}, not a query answer: {}",
-            args.url,
-            body.trim()
-        )
-    })?;
+    if code == 401 {
+        bail!("{url}: HTTP 401: the pipeline wants a token: set {TOKEN_ENV} to the token it reads");
+    }
+    let json: Value = serde_json::from_str(&body)
+        .map_err(|_| anyhow!("{url}: HTTP {code}, not a query answer: {}", body.trim()))?;
     if code != 200 {
         let msg = json["error"].as_str().unwrap_or(body.trim());
         bail!("query: {msg}");
@@ -89,10 +109,13 @@ fn address(url: &str) -> anyhow::Result<String> {
 }
 
 /// POST /query; the status code and the body.
-async fn post(addr: &str, sql: &str) -> std::io::Result<(u16, String)> {
+async fn post(addr: &str, sql: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map_or(String::new(), |t| {
+        format!("authorization: Bearer {}\r\n", t.trim())
+    });
     let req = format!(
-        "POST /query HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{sql}",
+        "POST /query HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n{sql}",
         sql.len()
     );
     sock.write_all(req.as_bytes()).await?;

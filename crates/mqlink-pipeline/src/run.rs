@@ -192,23 +192,48 @@ async fn embedded_broker(p: &Pipeline) -> Result<Option<EmbeddedBroker>, RunErro
     Ok(Some(b))
 }
 
-/// /metrics, /health, /ready, /status and /query on `http.listen`.
+/// /metrics, /health, /ready, /status and /query on `http.listen`; the
+/// address served is written to `<state dir>/http-address` for `mqlink query`.
 async fn serve_http(
     p: &Pipeline,
     registry: &Registry,
     query: Option<crate::status::QueryHandler>,
 ) -> Result<(), RunError> {
-    let Some(h) = &p.http else {
+    let Some(h) = p.http.as_ref().filter(|h| !h.listen.is_empty()) else {
         return Ok(());
     };
-    let listener = http::bind(&h.listen)
-        .await
-        .map_err(|source| RunError::Http {
-            listen: h.listen.clone(),
-            source,
-        })?;
-    tracing::info!(address = %h.listen, "Serving /metrics, /health, /ready, /status and /query.");
-    tokio::spawn(http::serve(listener, registry.clone(), query));
+    let http_error = |source| RunError::Http {
+        listen: h.listen.clone(),
+        source,
+    };
+    let listener = match http::bind(&h.listen).await {
+        Err(e) if h.fallback && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::info!(address = %h.listen, "The default HTTP address is taken: serving on a free loopback port.");
+            http::bind("127.0.0.1:0").await
+        }
+        r => r,
+    }
+    .map_err(http_error)?;
+    let addr = listener.local_addr().map_err(http_error)?;
+    let env = h.token_env.as_deref().unwrap_or(http::TOKEN_ENV);
+    let token = std::env::var(env)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| http::Token::new(t.trim()));
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(http_error(std::io::Error::other(format!(
+            "{addr} is not a loopback address and {env} is not set: set {env} to a secret token (clients send `Authorization: Bearer <token>`; `mqlink query` reads MQLINK_HTTP_TOKEN), or listen on 127.0.0.1"
+        ))));
+    }
+    let state = p.run.state_dir();
+    if std::fs::create_dir_all(&state)
+        .and_then(|_| std::fs::write(state.join("http-address"), format!("{addr}\n")))
+        .is_err()
+    {
+        tracing::warn!(dir = %state.display(), "Cannot write http-address in the state directory: `mqlink query` finds this pipeline only with --url.");
+    }
+    tracing::info!(address = %addr, token = token.is_some(), "Serving /metrics, /health, /ready, /status and /query.");
+    tokio::spawn(http::serve(listener, registry.clone(), query, token));
     Ok(())
 }
 

@@ -199,8 +199,27 @@ pub struct SinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address for /metrics, /health, /ready, /status and /query
-    /// (required in `[http]`; without `[http]` nothing is served).
+    /// (required in `[http]`; `""` serves nothing; without `[http]`,
+    /// `mqlink run` serves them on 127.0.0.1:9464, or a free port).
     pub listen: String,
+    /// The environment variable holding the bearer token every endpoint
+    /// but /health wants [default: `MQLINK_HTTP_TOKEN`]; required when
+    /// `listen` is not a loopback address.
+    pub token_env: Option<String>,
+    /// `listen` is the default: taken, another free loopback port serves.
+    #[serde(skip)]
+    pub fallback: bool,
+}
+
+impl HttpConfig {
+    /// The default of `mqlink run`: loopback, port 9464 or a free one.
+    pub fn loopback_default() -> HttpConfig {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            token_env: None,
+            fallback: true,
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -465,11 +484,14 @@ pub fn from_tree_with(
     }
 
     let http: Option<HttpConfig> = raw.http.map(|v| typed("http", v)).transpose()?;
-    if let Some(h) = &http {
+    if let Some(h) = http.as_ref().filter(|h| !h.listen.is_empty()) {
         h.listen.parse::<std::net::SocketAddr>().map_err(|_| {
             err(
                 "http.listen",
-                format!("{:?} is not an address like 127.0.0.1:9464", h.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464 (\"\" serves nothing)",
+                    h.listen
+                ),
             )
         })?;
     }

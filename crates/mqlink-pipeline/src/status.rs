@@ -484,8 +484,22 @@ pub struct SystemTable {
 /// Evaluates a query over a running pipeline's system tables: the rows as
 /// JSON (`{"columns": [...], "rows": [[...], ...]}`), or what is wrong with
 /// the query. Installed by the binary from `mqlink-sql`.
-pub type QueryHandler =
-    Arc<dyn Fn(&str, &[SystemTable]) -> Result<serde_json::Value, String> + Send + Sync>;
+pub type QueryHandler = Arc<
+    dyn Fn(&str, &[SystemTable], &QueryLimits) -> Result<serde_json::Value, String> + Send + Sync,
+>;
+
+/// What one /query may use: the evaluation stops with an error (never
+/// the process) past any of them.
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    /// Bytes the values and rows it makes may take.
+    pub memory: u64,
+    /// When it must have an answer.
+    pub deadline: std::time::Instant,
+    /// Set when the answer is no longer wanted (the client left, the time
+    /// limit passed).
+    pub cancel: Arc<AtomicBool>,
+}
 
 const STATUS_COLUMNS: [(&str, ColumnType); 19] = [
     ("connector_name", ColumnType::Text),

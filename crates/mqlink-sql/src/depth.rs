@@ -19,6 +19,11 @@ use datafusion_sql::sqlparser::ast::{
 /// 1,000; PostgreSQL's depends on its stack).
 pub const MAX_DEPTH: usize = 256;
 
+/// Characters of a name (PostgreSQL keeps 63 bytes): DataFusion's
+/// "did you mean" compares a name with every column, and 64 KiB of name
+/// took seconds.
+pub const MAX_NAME: usize = 255;
+
 /// Views of views at most: each plan inlines the views it reads, so a
 /// chain costs its length squared to plan (3,000 took seconds).
 pub const MAX_VIEW_CHAIN: usize = 64;
@@ -111,7 +116,19 @@ impl Visitor for Depth<'_> {
         self.now -= view.levels;
         ControlFlow::Continue(())
     }
-    fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<String> {
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<String> {
+        let names = match e {
+            Expr::Identifier(i) => std::slice::from_ref(i),
+            Expr::CompoundIdentifier(parts) => parts.as_slice(),
+            _ => &[],
+        };
+        if let Some(long) = names.iter().find(|i| i.value.chars().count() > MAX_NAME) {
+            let start: String = long.value.chars().take(20).collect();
+            return ControlFlow::Break(format!(
+                "the name {start}… has {} characters: at most {MAX_NAME}",
+                long.value.chars().count()
+            ));
+        }
         self.enter(1, "an expression")
     }
     fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<String> {
@@ -202,5 +219,9 @@ mod tests {
         };
         assert!(depth(&joins(10)).is_ok());
         assert!(depth(&joins(1_000)).is_err());
+        let long = format!("SELECT t.{} FROM t", "x".repeat(300));
+        assert!(depth(&long)
+            .unwrap_err()
+            .contains("has 300 characters: at most 255"));
     }
 }

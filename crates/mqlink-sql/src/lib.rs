@@ -26,6 +26,7 @@
 //! as done, the others are acknowledged once every sink has them.
 
 pub mod aggregate;
+pub mod budget;
 pub mod compile;
 pub mod ddl;
 pub mod depth;

@@ -217,10 +217,11 @@ impl Catalog {
 }
 
 /// DataFusion's errors without its internal prefixes.
-fn clean(s: String) -> String {
+pub(crate) fn clean(s: String) -> String {
     let mut s = s.as_str();
     for p in [
         "Error during planning: ",
+        "Execution error: ",
         "Schema error: ",
         "SQL error: ",
         "This feature is not implemented: ",
@@ -446,8 +447,11 @@ pub fn physical(
         .with_schema(schema.clone())
         .with_query_execution_start_time(Some(now))
         .build();
+    // Functions that multiply their input checked first: folding
+    // constants runs them.
+    let e = crate::budget::guard(e.clone()).map_err(|e| clean(e.to_string()))?;
     let e = ExprSimplifier::new(ctx)
-        .simplify(e.clone())
+        .simplify(e)
         .map_err(|e| clean(e.to_string()))?;
     let props = ExecutionProps::new().with_query_execution_start_time(now);
     create_physical_expr(&e, schema, &props, &PhysicalPlanningContext::default())

@@ -29,7 +29,7 @@ use datafusion_expr::{Expr, LogicalPlan};
 use datafusion_sql::sqlparser::ast::Statement;
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
-use mqlink_pipeline::status::{QueryHandler, SystemTable};
+use mqlink_pipeline::status::{QueryHandler, QueryLimits, SystemTable};
 
 use crate::plan::{arrow_field, physical, schema_of, Catalog, JSON_TYPE};
 use crate::stage::{column_values, rebuild, values, wall_clock};
@@ -109,19 +109,34 @@ pub fn handler() -> QueryHandler {
     if let Ok(mut recent) = RECENT.lock() {
         recent.get_or_insert_with(HashMap::new);
     }
-    Arc::new(|sql: &str, tables: &[SystemTable]| {
+    Arc::new(|sql: &str, tables: &[SystemTable], limits: &QueryLimits| {
         // DataFusion is not ours: a panic in it is an error of this query,
         // not the end of the HTTP task.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| query(sql, tables)))
-            .unwrap_or_else(|_| Err("the query could not be evaluated (internal error)".into()))
-            .map(|b| to_json(&b))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            query_within(sql, tables, Some(limits))
+        }))
+        .unwrap_or_else(|_| Err("the query could not be evaluated (internal error)".into()))
+        .map(|b| to_json(&b))
     })
 }
 
 /// Runs one SELECT over the tables: parsed and planned where deep trees
 /// fit (see [`crate::depth`]).
 pub fn query(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
-    crate::depth::on_deep_stack(|| query_here(sql, tables))?
+    query_within(sql, tables, None)
+}
+
+/// [`query`] within a /query's memory, time and cancellation (see
+/// [`crate::budget`]).
+pub fn query_within(
+    sql: &str,
+    tables: &[SystemTable],
+    limits: Option<&QueryLimits>,
+) -> Result<RecordBatch, String> {
+    crate::depth::on_deep_stack(|| match limits {
+        Some(l) => crate::budget::within(l, || query_here(sql, tables)),
+        None => query_here(sql, tables),
+    })?
 }
 
 fn query_here(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> {
@@ -169,6 +184,7 @@ fn query_here(sql: &str, tables: &[SystemTable]) -> Result<RecordBatch, String> 
         schemas.push((name.clone(), b.schema()));
         batches.insert(name, b);
     }
+    crate::budget::reads(batches.values().map(|b| b.get_array_memory_size()).sum());
     let schemas: Vec<(&str, SchemaRef)> = schemas
         .iter()
         .map(|(n, s)| (n.as_str(), s.clone()))
@@ -213,7 +229,7 @@ struct Exec<'a> {
 }
 
 fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+    crate::plan::clean(e.to_string())
 }
 
 impl Exec<'_> {
@@ -230,7 +246,15 @@ impl Exec<'_> {
             .map_err(err)
     }
 
+    /// The rows of `plan`, each operator's within the query's budget.
     fn run(&self, plan: &LogicalPlan) -> Result<RecordBatch, String> {
+        crate::budget::charge("", 0)?;
+        let rows = self.run_op(plan)?;
+        crate::budget::fits("the rows of the query", rows.get_array_memory_size())?;
+        Ok(rows)
+    }
+
+    fn run_op(&self, plan: &LogicalPlan) -> Result<RecordBatch, String> {
         let out_schema = || Arc::new(plan.schema().as_arrow().clone()) as SchemaRef;
         match plan {
             LogicalPlan::TableScan(scan) => {

@@ -247,7 +247,7 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
     tokio::pin!(sleep);
     let mut stop = crate::shutdown_signal();
     let stdout = std::io::stdout();
-    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut buf = Vec::with_capacity(OUT_BYTES);
     let mut acks = Vec::with_capacity(BATCH);
     let mut removals = Vec::new();
     let mut seen: u64 = 0;
@@ -311,19 +311,15 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
             }
             acks.extend(d.take_ack());
             seen += 1;
-        }
-        let mut lock = stdout.lock();
-        let written = lock.write_all(&buf).and_then(|_| lock.flush());
-        drop(lock);
-        buf.clear();
-        match written {
-            Ok(()) => acks.drain(..).for_each(|a| a.ack()),
-            // A closed pipe (`| head`): stop without acknowledging.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                acks.clear();
-                break;
+            drop(d);
+            // Large messages go out as they come: the output holds at
+            // most about OUT_BYTES besides the message being printed.
+            if buf.len() >= OUT_BYTES && !write_out(&stdout, &mut buf, &mut acks)? {
+                done = true;
             }
-            Err(e) => return Err(e).context("writing to stdout"),
+        }
+        if !write_out(&stdout, &mut buf, &mut acks)? {
+            break;
         }
     }
     for token in removals {
@@ -339,6 +335,37 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
         return Err(timed_out());
     }
     Ok(())
+}
+
+/// Bytes of output gathered before they are written.
+const OUT_BYTES: usize = 256 * 1024;
+
+/// Writes what was printed and acknowledges it; `false` when stdout was
+/// closed (`| head`): nothing more is written or acknowledged.
+fn write_out(
+    stdout: &std::io::Stdout,
+    buf: &mut Vec<u8>,
+    acks: &mut Vec<mqlink::source::RecordAck>,
+) -> anyhow::Result<bool> {
+    let mut lock = stdout.lock();
+    let written = lock.write_all(buf).and_then(|_| lock.flush());
+    drop(lock);
+    buf.clear();
+    // One large message does not keep its size allocated.
+    if buf.capacity() > 4 * OUT_BYTES {
+        *buf = Vec::with_capacity(OUT_BYTES);
+    }
+    match written {
+        Ok(()) => {
+            acks.drain(..).for_each(|a| a.ack());
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            acks.clear();
+            Ok(false)
+        }
+        Err(e) => Err(e).context("writing to stdout"),
+    }
 }
 
 /// mosquitto_sub's checks before printing, in its order.
