@@ -1,0 +1,223 @@
+//! Sparkplug B: mqlink as a host application between an edge node that no
+//! one here wrote (pysparkplug's payloads, paho-mqtt, from PyPI) and a real
+//! PostgreSQL, through a real Mosquitto. DATA by alias gets its names from
+//! the BIRTH; a lost DATA (a seq gap) makes mqlink ask for one rebirth,
+//! which the edge node answers; no row ever carries a guessed name; the
+//! edge node's NDEATH (its will, after SIGKILL) marks its metrics stale.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use testkit::{free_port, http_get, lines_of, mosquitto_sub, unique_id, wait_until, write};
+use testkit::{Mosquitto, Postgres};
+
+/// The virtualenv with pysparkplug (scripts/test.sh makes it; the test too
+/// on first use).
+fn python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join("target/sparkplug-venv");
+    let python = venv.join("bin/python");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import pysparkplug"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        let ok = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "python3 -m venv {}", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", PYSPARKPLUG])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && has(&python), "pip install {PYSPARKPLUG}");
+    }
+    python
+}
+
+/// The version scripts/test.sh installs.
+const PYSPARKPLUG: &str = "pysparkplug==0.6.1";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/sparkplug/edge_node.py")
+}
+
+fn expect_line(rx: &Receiver<String>, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l == want => return,
+            Ok(_) => {}
+            Err(e) => panic!("waiting for {want}: {e}"),
+        }
+    }
+    panic!("no {want} within {secs} s");
+}
+
+fn wait_ready(http: u16, run: &mut Child) {
+    wait_until(30, "mqlink ready", || {
+        assert!(run.try_wait().unwrap().is_none(), "mqlink exited");
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_edge_node_by_alias_into_postgres_with_one_rebirth_after_a_gap_and_stale_on_death() {
+    let python = python();
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("plant");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "sparkplug.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+[sources.plant]
+type = "mqtt"
+connection = "b"
+topics = ["spBv1.0/{group}/#"]
+format = "sparkplug_b"
+dead_letter_topic = "{group}/dead"
+sparkplug.host_id = "{group}-host"
+[sinks.db]
+type = "postgres"
+inputs = ["plant"]
+url = "{url}"
+table = "metrics"
+create_table = true
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+            url = pg.url()
+        ),
+    );
+    let (dead_sub, dead) = mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{group}/dead"),
+        "-V",
+        "5",
+        "-F",
+        "%P",
+    ]);
+    let _dead_sub = Killed(dead_sub);
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("run")
+            .arg(&cfg)
+            .arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(http, &mut run.0);
+    let state = |secs: &str| {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                &format!("spBv1.0/STATE/{group}-host"),
+                "-C",
+                "1",
+                "-W",
+                secs,
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    assert_eq!(
+        state("5")["online"],
+        true,
+        "primary host STATE online, retained"
+    );
+
+    let mut edge = Killed(
+        Command::new(&python)
+            .arg(script())
+            .args(["127.0.0.1", &broker.port.to_string(), &group, "edge1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(edge.0.stdout.take().unwrap());
+    expect_line(&out, "BIRTH", 20);
+    expect_line(&out, "REBIRTH", 30);
+    expect_line(&out, "DONE", 20);
+    // 5 + 5 NBIRTH rows, 5 NDATA of 4 metrics, 3 NDATA of 1.
+    wait_until(20, "33 rows", || pg.count("metrics") == 33);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        out.try_iter().all(|l| l != "REBIRTH"),
+        "one rebirth request"
+    );
+
+    let q = |sql: &str| pg.psql(sql);
+    assert_eq!(
+        q("SELECT string_agg(DISTINCT name, ',' ORDER BY name) FROM metrics"),
+        "Count,Label,Running,Temperature,bdSeq",
+        "every row is named from a BIRTH"
+    );
+    assert_eq!(
+        q("SELECT string_agg(int_value::text, ',' ORDER BY timestamp, seq) FROM metrics WHERE name = 'Count' AND message_type = 'NDATA'"),
+        "1,2,3,4,5,101,102,103",
+        "seq 7 after the lost seq 6 is refused, not written"
+    );
+    assert_eq!(
+        q("SELECT string_agg(int_value::text, ',' ORDER BY timestamp) FROM metrics WHERE name = 'Count' AND message_type = 'NBIRTH'"),
+        "0,7"
+    );
+    assert_eq!(
+        q("SELECT datatype, double_value, alias, seq, bdseq FROM metrics WHERE name = 'Temperature' AND message_type = 'NDATA' AND seq = 3"),
+        "Double|23|1|3|3"
+    );
+    assert_eq!(
+        q("SELECT string_agg(boolean_value::text || ':' || (value::text), ',' ORDER BY seq) FROM metrics WHERE name = 'Running' AND message_type = 'NDATA'"),
+        "false:false,true:true,false:false,true:true,false:false"
+    );
+    assert_eq!(
+        q("SELECT string_value FROM metrics WHERE name = 'Label' AND seq = 5"),
+        "l5"
+    );
+    assert_eq!(q("SELECT count(*) FROM metrics WHERE is_stale OR timestamp IS NULL OR group_id <> '{group}'".replace("{group}", &group).as_str()), "0");
+    let letter = dead
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a dead letter");
+    assert!(letter.contains("seq 7 where 6 was next"), "{letter}");
+
+    // SIGKILL: the broker publishes the edge node's NDEATH will.
+    let _ = edge.0.kill();
+    wait_until(20, "stale rows", || pg.count("metrics") == 38);
+    assert_eq!(
+        q("SELECT string_agg(name || ':' || is_stale || ':' || is_null || ':' || coalesce(value::text, 'NULL'), ',' ORDER BY name) FROM metrics WHERE message_type = 'NDEATH'"),
+        "Count:true:true:NULL,Label:true:true:NULL,Running:true:true:NULL,Temperature:true:true:NULL,bdSeq:true:true:NULL"
+    );
+
+    // mqlink killed: its will says the primary host is offline.
+    let _ = run.0.kill();
+    wait_until(10, "STATE offline", || state("2")["online"] == false);
+}
