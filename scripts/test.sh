@@ -45,6 +45,14 @@ fi
 [ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
 
+# The Sparkplug B test's edge node (crates/mqlink-cli/tests/sparkplug.rs):
+# pysparkplug's payloads over paho-mqtt, in a virtualenv (the test makes it
+# too, on first use).
+spenv=target/sparkplug-venv
+[ -x "$spenv/bin/python" ] || python3 -m venv "$spenv"
+"$spenv/bin/python" -c 'import pysparkplug' 2>/dev/null ||
+  "$spenv/bin/pip" install -q --disable-pip-version-check 'pysparkplug==0.6.1'
+
 cargo fmt --all -- --check
 # The binary as users build it: a plain build resolves features without
 # the dev-dependencies' (tests turn on mqlink's `codec` feature), so a use
