@@ -221,3 +221,72 @@ listen = "127.0.0.1:{http}"
     let _ = run.0.kill();
     wait_until(10, "STATE offline", || state("2")["online"] == false);
 }
+
+/// The same edge node read by a SQL file: the declared columns are picked
+/// from the Sparkplug B row by name.
+#[test]
+fn a_sql_source_table_reads_sparkplug_columns_by_name() {
+    let python = python();
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("sqlplant");
+    let sql = write(
+        dir.path(),
+        "sparkplug.sql",
+        &format!(
+            r#"
+CREATE TABLE plant (
+    int_value BIGINT,
+    name TEXT,
+    message_type TEXT
+) WITH (
+    connector = 'mqtt',
+    type = 'source',
+    url = 'tcp://127.0.0.1:{port}',
+    topic = 'spBv1.0/{group}/#',
+    format = 'sparkplug_b'
+);
+CREATE TABLE counts WITH (connector = 'file', path = 'out/counts.jsonl');
+INSERT INTO counts SELECT name, int_value FROM plant WHERE message_type = 'NDATA' AND name = 'Count';
+"#,
+            port = broker.port
+        ),
+    );
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("run")
+            .arg(&sql)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = lines_of(run.0.stderr.take().unwrap());
+    wait_until(30, "subscribed", || {
+        err.try_iter().any(|l| l.contains("Subscribed"))
+    });
+    let mut edge = Killed(
+        Command::new(&python)
+            .arg(script())
+            .args(["127.0.0.1", &broker.port.to_string(), &group, "edge1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(edge.0.stdout.take().unwrap());
+    expect_line(&out, "DONE", 40);
+    let file = dir.path().join("out/counts.jsonl");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    wait_until(20, "8 rows", || read().lines().count() == 8);
+    let rows: Vec<serde_json::Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<i64> = rows
+        .iter()
+        .map(|r| r["int_value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2, 3, 4, 5, 101, 102, 103]);
+    let _ = edge.0.kill();
+}
