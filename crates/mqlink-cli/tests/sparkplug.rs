@@ -290,3 +290,69 @@ INSERT INTO counts SELECT name, int_value FROM plant WHERE message_type = 'NDATA
     assert_eq!(counts, [1, 2, 3, 4, 5, 101, 102, 103]);
     let _ = edge.0.kill();
 }
+
+/// The host state needs one reader, and its options go with its format:
+/// `mqlink validate` names the key.
+#[test]
+fn validate_names_the_key_of_a_sparkplug_source_that_cannot_work() {
+    let dir = testkit::TempDir::new().unwrap();
+    let cases = [
+        (
+            "parallelism = 2",
+            "sources.plant.parallelism: with format = \"sparkplug_b\": must be 1",
+        ),
+        (
+            "share_group = \"g\"",
+            "sources.plant.share_group: with format = \"sparkplug_b\"",
+        ),
+        (
+            "schema = { a = \"text\" }",
+            "sources.plant.schema: with format = \"sparkplug_b\"",
+        ),
+    ];
+    for (extra, want) in cases {
+        let file = write(
+            dir.path(),
+            "v.toml",
+            &format!(
+                r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:1883"
+[sources.plant]
+type = "mqtt"
+connection = "b"
+topics = ["spBv1.0/#"]
+format = "sparkplug_b"
+{extra}
+[sinks.f]
+type = "file"
+inputs = ["plant"]
+path = "out.jsonl"
+"#
+            ),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra}: {err}");
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let file = write(
+        dir.path(),
+        "w.toml",
+        "[connections.b]\nbroker = \"mqtt://127.0.0.1:1883\"\n[sources.s]\ntype = \"mqtt\"\nconnection = \"b\"\ntopics = [\"t\"]\nsparkplug.host_id = \"h\"\n[sinks.f]\ntype = \"file\"\ninputs = [\"s\"]\npath = \"o.jsonl\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sources.s.sparkplug: goes with format = \"sparkplug_b\""),
+        "{err}"
+    );
+}
