@@ -356,3 +356,66 @@ path = "out.jsonl"
         "{err}"
     );
 }
+
+/// `mqlink sub --format sparkplug_b`: one JSON line per metric, of a
+/// retained NBIRTH encoded by pysparkplug.
+#[test]
+fn sub_prints_one_json_line_per_metric() {
+    let python = python();
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("subplant");
+    let birth = dir.path().join("nbirth.bin");
+    let ok = Command::new(&python)
+        .args(["-c", "import sys\nfrom pysparkplug import DataType, Metric, NBirth\nm = lambda n, a, t, v: Metric(timestamp=1700000000000, name=n, alias=a, datatype=t, value=v)\nsys.stdout.buffer.write(NBirth(timestamp=1700000000000, seq=0, metrics=(m('Speed', 1, DataType.DOUBLE, 2.5), m('Mode', 2, DataType.STRING, 'auto'))).encode(include_dtypes=True))"])
+        .stdout(std::fs::File::create(&birth).unwrap())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let topic = format!("spBv1.0/{group}/NBIRTH/e");
+    testkit::mosquitto_pub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &topic,
+        "-r",
+        "-f",
+        birth.to_str().unwrap(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args([
+            "sub",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("spBv1.0/{group}/#"),
+            "--format",
+            "sparkplug_b",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["name"].as_str(), rows[0]["double_value"].as_f64()),
+        (Some("Speed"), Some(2.5))
+    );
+    assert_eq!(
+        (rows[1]["name"].as_str(), rows[1]["string_value"].as_str()),
+        (Some("Mode"), Some("auto"))
+    );
+    assert_eq!(rows[1]["edge_node_id"], "e");
+}
