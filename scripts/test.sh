@@ -52,6 +52,13 @@ fi
 [ -x target/pyarrow-venv/bin/python ] || python3 -m venv target/pyarrow-venv
 target/pyarrow-venv/bin/python -c 'import pyarrow' 2>/dev/null ||
   target/pyarrow-venv/bin/pip install -q --disable-pip-version-check 'pyarrow>=17,<27'
+# The Sparkplug B test's edge node (crates/mqlink-cli/tests/sparkplug.rs):
+# pysparkplug's payloads over paho-mqtt, in a virtualenv (the test makes it
+# too, on first use).
+spenv=target/sparkplug-venv
+[ -x "$spenv/bin/python" ] || python3 -m venv "$spenv"
+"$spenv/bin/python" -c 'import pysparkplug' 2>/dev/null ||
+  "$spenv/bin/pip" install -q --disable-pip-version-check 'pysparkplug==0.6.1'
 
 cargo fmt --all -- --check
 # The binary as users build it: a plain build resolves features without

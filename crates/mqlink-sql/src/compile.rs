@@ -438,6 +438,22 @@ impl Compiler<'_> {
                     (_, ColumnType::Timestamp) => ColSource::Arrival,
                     _ => ColSource::Null(ty),
                 },
+                // Sparkplug B rows have their own columns: picked by name.
+                (None, false) if format == "sparkplug_b" => {
+                    let cols = mqlink::format::sparkplug::COLUMNS;
+                    match cols.iter().position(|(n, _)| *n == c.name) {
+                        Some(i) => ColSource::Field(i, ty),
+                        None => {
+                            let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+                            return Err(SqlError::at(
+                                c.line,
+                                &statement,
+                                Some(&c.name),
+                                format!("not a Sparkplug B column: use {}", names.join(", ")),
+                            ));
+                        }
+                    }
+                }
                 (None, false) => {
                     let t = if c.not_null {
                         format!("{ty} not null")

@@ -14,6 +14,10 @@ pub enum Format {
     Raw,
     /// One JSON object per line: topic, qos, retain, payload, properties, received_at.
     Json,
+    /// Sparkplug B, decoded as a host application: one JSON object per
+    /// metric per line (docs/guides/sparkplug.md); rebirths are requested.
+    #[value(name = "sparkplug_b", alias = "sparkplug-b")]
+    SparkplugB,
 }
 
 pub fn write(out: &mut Vec<u8>, d: &Record, format: Format, verbose: bool) {
@@ -30,6 +34,19 @@ pub fn write(out: &mut Vec<u8>, d: &Record, format: Format, verbose: bool) {
             let _ = serde_json::to_writer(&mut *out, &to_json(d));
             out.push(b'\n');
         }
+        Format::SparkplugB => match &d.value {
+            Ok(Decoded::Rows(rows)) => {
+                for r in rows {
+                    r.write_json(out);
+                    out.push(b'\n');
+                }
+            }
+            Ok(other) => {
+                other.write_json(out);
+                out.push(b'\n');
+            }
+            Err(e) => eprintln!("{}: {e}", d.topic),
+        },
     }
 }
 

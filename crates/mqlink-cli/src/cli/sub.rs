@@ -161,7 +161,11 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.dead_letter_topic {
         validate_topic_name(t).map_err(|e| usage(format!("--dead-letter-topic: {e}")))?;
     }
-    let decode = if let Some(spec) = &args.schema {
+    let decode = if args.output == Some(Format::SparkplugB) {
+        Decoder::SparkplugB(std::sync::Arc::new(
+            mqlink::format::sparkplug::Host::default(),
+        ))
+    } else if let Some(spec) = &args.schema {
         Decoder::Json {
             schema: Some(parse_schema(spec)?),
         }

@@ -1,11 +1,13 @@
 //! Payload formats: `raw_bytes` and `json`, optionally with a typed schema
-//! of columns (text, bigint, double, boolean, timestamp, json, bytea).
+//! of columns (text, bigint, double, boolean, timestamp, json, bytea);
+//! Avro; Sparkplug B ([`sparkplug`], several rows per message).
 //!
 //! Decoding is total: any payload gives a value or a [`FormatError`] naming
 //! the field and what is wrong — never a panic (see the proptests).
 
 pub mod avro;
 pub mod registry;
+pub mod sparkplug;
 mod timestamp;
 
 use std::fmt;
@@ -143,6 +145,10 @@ pub enum Value {
     Bytes(Bytes),
     /// Columns of a schema, in schema order.
     Row(Vec<(Arc<str>, Value)>),
+    /// Several records from one message (Sparkplug B: one row per metric;
+    /// none for a command). Pipelines write each as a record of its own,
+    /// and acknowledge the message once every sink has all of them.
+    Rows(Vec<Value>),
 }
 
 /// A user function from (topic, payload) to a value: Jet's `mapToItemFn`.
@@ -195,6 +201,9 @@ pub enum Decoder {
     },
     /// A function of the application's (Jet's `mapToItemFn`).
     Map(MapFn),
+    /// Sparkplug B: rows of [`sparkplug::COLUMNS`], one per metric, named
+    /// through the host application's state (alias tables, `seq`).
+    SparkplugB(Arc<sparkplug::Host>),
 }
 
 impl Default for Decoder {
@@ -251,6 +260,10 @@ pub enum FormatError {
     /// The `map_to_item_fn` refused the message.
     #[error("map function: {0}")]
     Map(String),
+    /// Not a Sparkplug B message, or one that cannot be named without a
+    /// new BIRTH (see [`sparkplug`]).
+    #[error("Sparkplug B: {0}")]
+    Sparkplug(String),
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -292,6 +305,7 @@ impl Decoder {
                 avro::decode(&schema, body)
             }
             Decoder::Map(f) => (f.0)(topic, payload).map_err(FormatError::Map),
+            Decoder::SparkplugB(host) => host.decode(topic, payload),
         }
     }
 }
@@ -314,6 +328,7 @@ impl Value {
                     .map(|(k, v)| (k.to_string(), v.to_json()))
                     .collect(),
             ),
+            Value::Rows(rows) => rows.iter().map(Value::to_json).collect(),
         }
     }
 }
@@ -363,6 +378,16 @@ impl Value {
                     v.write_json(out);
                 }
                 out.push(b'}');
+            }
+            Value::Rows(rows) => {
+                out.push(b'[');
+                for (i, r) in rows.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    r.write_json(out);
+                }
+                out.push(b']');
             }
         }
     }

@@ -90,6 +90,10 @@ pub enum SourceError {
     /// `batch_size` of 0.
     #[error("batch_size must be at least 1")]
     BatchSize,
+    /// Sparkplug B keeps one state per edge node: one client must see all
+    /// of a node's messages, in order.
+    #[error("format sparkplug_b needs parallelism = 1 and no share group (the host state must see every message of an edge node, in order)")]
+    SparkplugShared,
 }
 
 /// What a source needs; build it with [`MqttSource::builder`] (the fields
@@ -148,6 +152,11 @@ impl SourceConfig {
         }
         if self.batch_size == 0 {
             return Err(SourceError::BatchSize);
+        }
+        if matches!(self.format, Decoder::SparkplugB(_))
+            && (self.parallelism > 1 || self.share_group.is_some())
+        {
+            return Err(SourceError::SparkplugShared);
         }
         if self.parallelism > 1 && self.connection.client_id.is_none() {
             return Err(SourceError::ParallelNeedsClientId);
@@ -470,6 +479,8 @@ struct Worker {
     format: Decoder,
     dead_letters: Option<DeadLetters>,
     metrics: Arc<SourceMetrics>,
+    /// Its client: Sparkplug B rebirth requests go out through it.
+    client: Client,
 }
 
 impl MqttSource {
@@ -531,10 +542,19 @@ impl MqttSource {
         let mut clients = Vec::new();
         let mut sessions = Vec::new();
         let mut workers = Vec::new();
+        let host_state = sparkplug_host_state(&config.format);
         for i in 0..config.parallelism {
             let mut opts = config.connection.clone();
             if config.parallelism > 1 {
                 opts.client_id = opts.client_id.map(|id| format!("{id}-{i}"));
+            }
+            if let Some((topic, _, offline)) = &host_state {
+                opts.last_will = Some(crate::options::LastWill {
+                    topic: topic.clone(),
+                    payload: offline.clone(),
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                });
             }
             // The session appends to the buffer itself (no hop before its PUBACKs).
             let journal = opened.as_ref().map(|b| b.journal(i));
@@ -550,6 +570,7 @@ impl MqttSource {
                     .as_ref()
                     .map(|t| DeadLetters::new(t, client.clone())),
                 metrics: metrics.clone(),
+                client: client.clone(),
             }));
             sessions.push((early, incoming));
             clients.push(client);
@@ -567,6 +588,13 @@ impl MqttSource {
             on
         });
         let mut tasks = Vec::new();
+        if let Some((topic, online, _)) = host_state {
+            tasks.push(tokio::spawn(announce_online(
+                clients[0].clone(),
+                topic,
+                online,
+            )));
+        }
         let mut pending = std::collections::VecDeque::new();
         let mut shared = None;
         let inner = match opened {
@@ -983,6 +1011,9 @@ impl Worker {
                 Err(e) => Err(FormatError::Registry(e)),
             };
         }
+        if let Decoder::SparkplugB(host) = &self.format {
+            self.request_rebirths(host).await;
+        }
         if value.is_err() {
             self.metrics.decode_error();
         }
@@ -991,6 +1022,21 @@ impl Worker {
             return None;
         }
         Some(into_record(d, ack, value, self.metrics.clone(), self.index))
+    }
+
+    /// Publishes the NCMD rebirth requests the host state queued (QoS 0,
+    /// as Sparkplug sends commands); a failure is logged: the next refused
+    /// message asks again.
+    async fn request_rebirths(&self, host: &crate::format::sparkplug::Host) {
+        for (topic, payload) in host.take_requests() {
+            let msg = Message::new(topic.clone(), payload, QoS::AtMostOnce);
+            match self.client.publish(msg).await {
+                Ok(_) => tracing::info!(%topic, "Sparkplug B rebirth requested."),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "Sparkplug B rebirth request not sent.")
+                }
+            }
+        }
     }
 
     /// Publishes the dead letter and acknowledges the original only once the
@@ -1061,6 +1107,39 @@ fn into_record(
         log_position,
         ack,
         metrics,
+    }
+}
+
+/// A Sparkplug B primary host's STATE topic, online and offline payloads.
+fn sparkplug_host_state(format: &Decoder) -> Option<(String, Bytes, Bytes)> {
+    match format {
+        Decoder::SparkplugB(host) => host
+            .options()
+            .host_id
+            .as_deref()
+            .map(crate::format::sparkplug::host_state),
+        _ => None,
+    }
+}
+
+/// Publishes the primary host's STATE online (retained) on every
+/// connection; its will says offline when the connection is lost.
+async fn announce_online(client: Client, topic: String, online: Bytes) {
+    let mut status = client.status();
+    loop {
+        if matches!(
+            &*status.borrow_and_update(),
+            crate::session::Status::Connected { .. }
+        ) {
+            let msg = Message::new(topic.clone(), online.clone(), QoS::AtLeastOnce).retain(true);
+            match client.publish(msg).await {
+                Ok(_) => tracing::info!(%topic, "Sparkplug B host online."),
+                Err(e) => tracing::warn!(%topic, error = %e, "Sparkplug B STATE not published."),
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 

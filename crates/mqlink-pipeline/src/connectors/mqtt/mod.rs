@@ -24,6 +24,8 @@ pub const CONNECTOR: Connector = Connector {
             Key::of("raw_bytes.include_topic", KeyType::Bool),
             Key::text("avro_schema"),
             Key::text("schema_registry_url"),
+            Key::text("sparkplug.host_id"),
+            Key::of("sparkplug.rebirth_interval_ms", KeyType::Number),
             Key::text("dead_letter_topic"),
             Key::text("bad_data"),
             Key::of("batch_size", KeyType::Number),

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqlink::format::{AvroSchema, Decoder, Registry, Schema};
+use mqlink::format::sparkplug::{self, Host, HostOptions};
+use mqlink::format::{AvroSchema, Decoder, Registry, Schema, Value};
 use mqlink::source::{BufferOptions, BufferWhen, MqttSource, Record};
 use mqlink::topic::{validate_filter, validate_topic_name};
 use mqlink::{ConnectOptions, QoS};
@@ -35,7 +36,8 @@ pub struct MqttSourceConfig {
     /// 0, 1 or 2 [default: 1].
     #[serde(default = "qos1", deserialize_with = "qos")]
     pub qos: QoS,
-    /// `json`, `raw_bytes` or `avro` [default: json].
+    /// `json`, `raw_bytes`, `avro` or `sparkplug_b` (one record per metric,
+    /// docs/guides/sparkplug.md) [default: json].
     #[serde(default = "json_format")]
     pub format: String,
     /// Typed columns for `json`: `{ name = "text" | "bigint" | "double" |
@@ -49,6 +51,8 @@ pub struct MqttSourceConfig {
     pub avro_schema: Option<PathBuf>,
     /// Confluent schema registry (`format = "avro"`, wire format with schema ids).
     pub schema_registry_url: Option<String>,
+    /// The Sparkplug B host application (`format = "sparkplug_b"`).
+    pub sparkplug: Option<SparkplugOptions>,
     /// Undecodable payloads are published here, then acknowledged.
     pub dead_letter_topic: Option<String>,
     /// What an undecodable payload does (Arroyo's `bad_data`):
@@ -203,7 +207,10 @@ impl SourceSpec for MqttSourceConfig {
         &super::CONNECTOR
     }
     fn schema(&self) -> Option<Schema> {
-        self.schema.clone()
+        match self.decoder {
+            Decoder::SparkplugB(_) => Some(sparkplug::schema()),
+            _ => self.schema.clone(),
+        }
     }
     fn shape(&self) -> Shape {
         match &self.decoder {
@@ -213,7 +220,7 @@ impl SourceSpec for MqttSourceConfig {
             Decoder::RawBytes {
                 include_topic: true,
             } => Shape::TopicAndPayload,
-            _ => Shape::Decoded(self.schema.clone()),
+            _ => Shape::Decoded(self.schema()),
         }
     }
     fn connection(&self) -> Option<(&str, u16)> {
@@ -246,6 +253,25 @@ impl SourceSpec for MqttSourceConfig {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// `[sources.NAME.sparkplug]`: how mqlink acts as a Sparkplug B host
+/// application.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugOptions {
+    /// Primary host id: mqlink publishes `spBv1.0/STATE/<host_id>`
+    /// `{"online":true,…}` (retained) on each connection, with the offline
+    /// message as its will [default: none: not a primary host].
+    pub host_id: Option<String>,
+    /// Rebirth requests (NCMD `Node Control/Rebirth`) to one edge node at
+    /// most this often [default: 5000].
+    #[serde(default = "rebirth_interval_ms")]
+    pub rebirth_interval_ms: u64,
+}
+
+fn rebirth_interval_ms() -> u64 {
+    5000
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -294,6 +320,20 @@ impl MqttSourceConfig {
                     ));
                 }
             }
+            "sparkplug_b" => {
+                let wrong = match () {
+                    _ if self.schema.is_some() => Some(("schema", "the columns are Sparkplug's own (docs/guides/sparkplug.md)")),
+                    _ if self.parallelism > 1 => Some(("parallelism", "must be 1: the host state must see every message of an edge node, in order")),
+                    _ if self.share_group.is_some() => Some(("share_group", "cannot be shared: the host state must see every message of an edge node")),
+                    _ => None,
+                };
+                if let Some((key, why)) = wrong {
+                    return Err(err(
+                        format!("{path}.{key}"),
+                        format!("with format = \"sparkplug_b\": {why}"),
+                    ));
+                }
+            }
             "avro" => {
                 if self.avro_schema.is_none() == self.schema_registry_url.is_none() {
                     return Err(err(
@@ -305,9 +345,15 @@ impl MqttSourceConfig {
             other => {
                 return Err(err(
                     format!("{path}.format"),
-                    format!("unknown format {other:?}: use json, raw_bytes or avro"),
+                    format!("unknown format {other:?}: use json, raw_bytes, avro or sparkplug_b"),
                 ))
             }
+        }
+        if self.sparkplug.is_some() && self.format != "sparkplug_b" {
+            return Err(err(
+                format!("{path}.sparkplug"),
+                "goes with format = \"sparkplug_b\"",
+            ));
         }
         if self.raw_bytes.is_some() && !matches!(self.format.as_str(), "raw_bytes" | "raw") {
             return Err(err(
@@ -371,6 +417,15 @@ impl MqttSourceConfig {
             "raw_bytes" | "raw" => Decoder::RawBytes {
                 include_topic: self.raw_bytes.as_ref().is_some_and(|r| r.include_topic),
             },
+            "sparkplug_b" => {
+                let o = self.sparkplug.as_ref();
+                Decoder::SparkplugB(Arc::new(Host::new(HostOptions {
+                    host_id: o.and_then(|o| o.host_id.clone()),
+                    rebirth_interval: Duration::from_millis(
+                        o.map_or(rebirth_interval_ms(), |o| o.rebirth_interval_ms),
+                    ),
+                })))
+            }
             "avro" => match (&self.avro_schema, &self.schema_registry_url) {
                 (Some(file), _) => {
                     let text = std::fs::read_to_string(file).map_err(|e| {
@@ -422,9 +477,15 @@ async fn start(
     let bad_data = cfg.bad_data();
     let mut attempt = 0;
     loop {
+        let decoder = match &cfg.decoder {
+            // A fresh host state for each session: what it knew is rebuilt
+            // from the edge nodes' births (rebirths are asked for).
+            Decoder::SparkplugB(h) => Decoder::SparkplugB(Arc::new(Host::new(h.options().clone()))),
+            d => d.clone(),
+        };
         let mut b = MqttSource::builder()
             .connection(opts.clone())
-            .format(cfg.decoder.clone())
+            .format(decoder)
             .parallelism(cfg.parallelism);
         for t in cfg.topics.to_vec() {
             b = b.topic(t, cfg.qos);
@@ -555,6 +616,15 @@ pub async fn run_source(
     Some(source)
 }
 
+fn origin_of(r: &Record) -> Option<Origin> {
+    (r.qos != QoS::AtMostOnce).then_some(Origin {
+        client: r.client,
+        packet_id: r.packet_id,
+        dup: r.dup,
+        position: r.log_position,
+    })
+}
+
 /// Moves a record into the batch. An undecodable one (never seen with
 /// `bad_data = "dead_letter"`: the library dead-letters it) is counted and
 /// logged, and with `drop` acknowledged; with `fail` the reason is returned
@@ -578,14 +648,36 @@ fn take(
                 .and_then(|(_, v)| relay.parse(v))
         })
     });
+    let origin = origin_of(&r);
     match r.value {
+        Ok(Value::Rows(rows)) => {
+            // Several records of one message (Sparkplug B metrics). Its
+            // acknowledgement goes with its last record: a stage holding
+            // the newest records holds it too. None: nothing to write.
+            let n = rows.len();
+            for value in rows {
+                items.push(Item {
+                    topic: Some(r.topic.clone()),
+                    payload: r.payload.clone(),
+                    value,
+                    origin,
+                });
+                acks.push((None, None));
+            }
+            match (n, acks.last_mut()) {
+                (0, _) | (_, None) => {
+                    if let Some(a) = ack {
+                        a.ack();
+                    }
+                    if let (Some(relay), Some(id)) = (relay, relayed) {
+                        relay.done(id);
+                    }
+                }
+                (_, Some(last)) => *last = (ack, relayed),
+            }
+            None
+        }
         Ok(value) => {
-            let origin = (r.qos != QoS::AtMostOnce).then_some(Origin {
-                client: r.client,
-                packet_id: r.packet_id,
-                dup: r.dup,
-                position: r.log_position,
-            });
             items.push(Item {
                 topic: Some(r.topic),
                 payload: r.payload,
