@@ -96,7 +96,7 @@ fn scalar(v: &Value) -> Option<Scalar<'_>> {
         Value::Boolean(b) => Scalar::Bool(*b),
         Value::Timestamp(us) => Scalar::Time(*us),
         Value::Json(j) => return json_scalar(j),
-        Value::Null | Value::Bytes(_) | Value::Row(_) => return None,
+        Value::Null | Value::Bytes(_) | Value::Row(_) | Value::Rows(_) => return None,
     })
 }
 
