@@ -226,9 +226,8 @@ fn rows_are_read_back_by_pyarrow_with_their_types_and_partitions() {
 /// time is a visible file partial or unreadable (pyarrow reads every
 /// visible file whole while the run goes on), the temporary files of the
 /// killed runs are deleted at restart, and every message is a row.
-/// At least once: a kill between a file's rename and the buffer's
-/// checkpoint may commit some rows twice, so duplicates are counted and
-/// printed, not refused.
+/// Exactly once: every message is a row of exactly one committed file,
+/// the commit manifest is the only hidden file left.
 #[test]
 fn sigkill_twice_leaves_no_partial_file_and_every_row() {
     // No queue limit: while mqlink is down the broker holds the stream.
@@ -287,6 +286,8 @@ fn sigkill_twice_leaves_no_partial_file_and_every_row() {
         got["files"].as_array().unwrap().len()
     );
     assert_eq!(got["distinct"], N, "{got}");
+    assert_eq!(got["duplicates"], 0, "{got}");
+    assert_eq!(got["rows"], N, "{got}");
     assert_eq!(got["min"], 0);
     assert_eq!(got["max"], N - 1);
     let after = read_back(&lake, N, 0, false);
