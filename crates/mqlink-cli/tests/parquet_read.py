@@ -24,7 +24,7 @@ def scan():
     for d, _, names in os.walk(root):
         for n in names:
             rel = os.path.relpath(os.path.join(d, n), root)
-            if n.startswith("."):
+            if n.startswith(".") and not n.endswith(".commits"):
                 hidden.append(rel)
             elif n.endswith(".parquet"):
                 files.append(rel)

@@ -4,24 +4,32 @@
 //! event time (`dt=2026-12-07/hour=14/…`).
 //!
 //! **Commit rule.** A file is written under a hidden temporary name
-//! (`.NAME-….parquet.inprogress`) in its own directory, then closed (footer
-//! written), fsynced, renamed to `NAME-<epoch ms>-<seq>-<random>.parquet`
-//! and its directory fsynced: a reader never sees a partial file. Records
-//! are confirmed to the sink runner only once the file that holds them is
-//! committed, so a source feeding this sink keeps them in its durable local
-//! buffer until then (`buffer.mode = "auto"` turns it on: see
-//! [`SinkSpec::commits_in_big_batches`]). At start, temporary files this
-//! sink left (a crash, SIGKILL) are deleted: their records were never
-//! confirmed and come again from the buffer.
+//! (`.NAME-….parquet.inprogress`) in its own directory and becomes
+//! `NAME-<epoch ms>-<seq>-<random>.parquet`: a reader never sees a partial
+//! file. The open files are committed together, between jobs: each is
+//! closed (footer) and fsynced, one line appended to the manifest
+//! `.NAME.commits` in `path` (fsynced) names them all and the log
+//! positions of every record handed in so far, then all are renamed and
+//! their directories fsynced. Records are confirmed to the sink runner
+//! only once the files that hold them are committed, so a source feeding
+//! this sink keeps them in its durable local buffer until then
+//! (`buffer.mode = "auto"` turns it on: see
+//! [`SinkSpec::commits_in_big_batches`]).
 //!
-//! **At least once.** A record is in exactly one committed file unless
-//! mqlink is killed between a file's rename and the buffer's next checkpoint
-//! (≤ 100 ms later): then its records are read again and committed once
-//! more, in a new file. Readers that need exactly once de-duplicate on a key.
+//! **Exactly once through crashes.** At start the manifest's last whole
+//! line is rolled forward (its temporary files that still exist were
+//! complete: renamed), its positions kept, and only then the other
+//! temporary files this sink left are deleted (their records were never
+//! confirmed and come again). Records the buffer reads again (`dup`) at or
+//! before the kept positions are in committed files: confirmed, not
+//! written. So with the local buffer each record is in exactly one
+//! committed file after SIGKILLs; records without a log position (no
+//! buffer) are written at least once.
 //!
 //! Without a schema, a record is its `topic` and `payload` (the JSON text,
 //! or the raw bytes for `raw_bytes` sources): the schema is never guessed.
 
+mod commits;
 mod writer;
 
 use std::collections::HashMap;
@@ -42,6 +50,7 @@ use super::{
     fields_of, Connector, Key, KeyType, Reaches, Shape, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
 use crate::batch::Item;
+use crate::sink::written::{self, Marks};
 use crate::sink::{Confirmation, Job, RecordFault, Sink, WriteError};
 use crate::spec::{err, typed, ConfigError, Context};
 
@@ -419,6 +428,9 @@ pub struct ParquetSink {
     path: String,
     layout: Arc<Layout>,
     writer: Option<writer::Handle>,
+    /// The positions whose rows were in committed files at open: records
+    /// read again up to them are not written twice.
+    committed: Marks,
 }
 
 impl ParquetSink {
@@ -437,14 +449,18 @@ impl ParquetSink {
             path,
             layout,
             writer: None,
+            committed: Marks::new(),
         }
     }
 
     /// The job's rows grouped by directory, and the records that cannot be
-    /// rows (a value of another type than its column).
+    /// rows (a value of another type than its column). Records read again
+    /// that are in committed files are left out (a fault is one again: its
+    /// dead letter may not have been sent).
     fn rows(&self, job: &Job) -> (Vec<(PathBuf, RecordBatch)>, Vec<RecordFault>) {
         let now = now_us();
         let mut faults = Vec::new();
+        let mut again = 0;
         let mut dirs: Vec<(PathBuf, Vec<usize>, Vec<&Item>)> = Vec::new();
         let mut index: HashMap<PathBuf, usize> = HashMap::new();
         for (i, item) in job.items().enumerate() {
@@ -457,6 +473,10 @@ impl ParquetSink {
             };
             if let Err(reason) = check_row(&self.layout.columns, item) {
                 faults.push(fault(i, reason));
+                continue;
+            }
+            if written::holds(&self.committed, item) {
+                again += 1;
                 continue;
             }
             let at = *index.entry(dir.clone()).or_insert_with(|| {
@@ -476,6 +496,9 @@ impl ParquetSink {
             }
         }
         faults.sort_by_key(|f| f.index);
+        if again > 0 {
+            tracing::info!(component = %self.path, records = again, "Records read again after a restart are already in committed files: not written twice.");
+        }
         (batches, faults)
     }
 
@@ -706,9 +729,10 @@ impl Sink for ParquetSink {
             compression: self.cfg.compression,
         };
         let path = self.path.clone();
-        let handle = tokio::task::block_in_place(|| writer::Handle::start(opts))
+        let (handle, committed) = tokio::task::block_in_place(|| writer::Handle::start(opts))
             .map_err(|e| WriteError::Fatal(format!("{path}.path: {e}")))?;
         self.writer = Some(handle);
+        self.committed = committed;
         Ok(())
     }
 
@@ -716,8 +740,10 @@ impl Sink for ParquetSink {
         let (batches, faults) = tokio::task::block_in_place(|| self.rows(job));
         // What the runner holds in memory for the job until it is confirmed.
         let bytes = job.items().map(|i| i.payload.len() + 128).sum();
+        let mut positions = Marks::new();
+        written::advance(&mut positions, job.items());
         let w = self.writer.as_ref().expect("opened before the first write");
-        let done = tokio::task::block_in_place(|| w.send(batches, faults, bytes))
+        let done = tokio::task::block_in_place(|| w.send(batches, faults, bytes, positions))
             .map_err(|e| WriteError::Fatal(format!("{}: {e}", self.path)))?;
         Ok(Box::pin(async move {
             done.await

@@ -119,22 +119,14 @@ impl Written {
     /// Whether `item` was written before a restart (its source reads it
     /// again: skip it, it is in the output).
     pub fn has(&self, item: &Item) -> bool {
-        match item.origin {
-            Some(o) if o.dup => o
-                .position
-                .is_some_and(|p| self.marks.get(&p.log).is_some_and(|&s| p.seq <= s)),
-            _ => false,
-        }
+        holds(&self.marks, item)
     }
 
     /// The positions once `items` (the next job) are written; `begin`
     /// says them.
     pub fn stage<'a>(&mut self, items: impl Iterator<Item = &'a Item>) {
         let mut after = self.marks.clone();
-        for p in items.filter_map(|i| i.origin.and_then(|o| o.position)) {
-            let s = after.entry(p.log).or_insert(p.seq);
-            *s = (*s).max(p.seq);
-        }
+        advance(&mut after, items);
         self.pending = (after != self.marks).then_some(after);
     }
 
@@ -215,18 +207,52 @@ impl Written {
     }
 }
 
-/// `dev ino start end before after`, marks as `log:seq` joined by commas
-/// (`-` when none).
+/// Whether `item` is read again (`dup`) at or before `marks`: it is in
+/// the output already.
+pub fn holds(marks: &Marks, item: &Item) -> bool {
+    match item.origin {
+        Some(o) if o.dup => o
+            .position
+            .is_some_and(|p| marks.get(&p.log).is_some_and(|&s| p.seq <= s)),
+        _ => false,
+    }
+}
+
+/// `marks` with the positions of `items` (the highest per log).
+pub fn advance<'a>(marks: &mut Marks, items: impl Iterator<Item = &'a Item>) {
+    for p in items.filter_map(|i| i.origin.and_then(|o| o.position)) {
+        let s = marks.entry(p.log).or_insert(p.seq);
+        *s = (*s).max(p.seq);
+    }
+}
+
+/// Marks as `log:seq` (log in hex) joined by commas, `-` when none.
+pub fn format_marks(m: &Marks) -> String {
+    if m.is_empty() {
+        return "-".to_owned();
+    }
+    m.iter()
+        .map(|(log, seq)| format!("{log:016x}:{seq}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The marks [`format_marks`] wrote; `None` when torn or not marks.
+pub fn parse_marks(m: &str) -> Option<Marks> {
+    if m == "-" {
+        return Some(Marks::new());
+    }
+    m.split(',')
+        .map(|p| {
+            let (log, seq) = p.split_once(':')?;
+            Some((u64::from_str_radix(log, 16).ok()?, seq.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `dev ino start end before after`.
 fn format_line(l: &Line) -> String {
-    let marks = |m: &Marks| {
-        if m.is_empty() {
-            return "-".to_owned();
-        }
-        m.iter()
-            .map(|(log, seq)| format!("{log:016x}:{seq}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let marks = format_marks;
     format!(
         "{} {} {} {} {} {}\n",
         l.file.0,
@@ -242,18 +268,7 @@ fn parse(l: &str) -> Option<Line> {
     let mut f = l.split(' ');
     let mut num = || f.next()?.parse::<u64>().ok();
     let (dev, ino, start, end) = (num()?, num()?, num()?, num()?);
-    let mut marks = || -> Option<Marks> {
-        let m = f.next()?;
-        if m == "-" {
-            return Some(Marks::new());
-        }
-        m.split(',')
-            .map(|p| {
-                let (log, seq) = p.split_once(':')?;
-                Some((u64::from_str_radix(log, 16).ok()?, seq.parse().ok()?))
-            })
-            .collect()
-    };
+    let mut marks = || parse_marks(f.next()?);
     let (before, after) = (marks()?, marks()?);
     Some(Line {
         file: (dev, ino),

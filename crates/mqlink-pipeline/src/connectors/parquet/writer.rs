@@ -1,7 +1,11 @@
 //! The writer thread: open files per directory, rolled by rows, bytes and
-//! age, committed atomically (temporary name, fsync, rename, fsync of the
-//! directory); a job's confirmation completes once every file holding its
-//! rows is committed. File I/O blocks, so it has a thread of its own.
+//! age. Files are committed together, between jobs: each is closed and
+//! fsynced under its temporary name (a file full in the middle of a job is
+//! closed then, "sealed"), one line in the manifest ([`super::commits`])
+//! names them all with the log positions of every job handed in so far,
+//! then all are renamed and their directories fsynced. A job's
+//! confirmation completes once every file holding its rows is committed.
+//! File I/O blocks, so it has a thread of its own.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +21,9 @@ use parquet::basic::{Compression as Codec, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::oneshot;
 
+use super::commits::{sync_dirs, Manifest, Pair};
 use super::Compression;
+use crate::sink::written::Marks;
 use crate::sink::RecordFault;
 
 /// Files open at once at most: a new directory beyond it commits the
@@ -55,6 +61,8 @@ enum Cmd {
         faults: Vec<RecordFault>,
         /// The bytes of the records (held in memory until the commit).
         bytes: usize,
+        /// The job's log positions (the highest per log).
+        positions: Marks,
         done: Done,
     },
     CommitAll(oneshot::Sender<()>),
@@ -66,10 +74,13 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Creates the directory, deletes the temporary files this sink left
-    /// and starts the thread.
-    pub fn start(o: Options) -> io::Result<Handle> {
+    /// Creates the directory, finishes the commit a crash cut, deletes
+    /// the temporary files this sink left and starts the thread; returns
+    /// the positions whose rows are all in committed files.
+    pub fn start(o: Options) -> io::Result<(Handle, Marks)> {
         std::fs::create_dir_all(&o.root)?;
+        let manifest = Manifest::new(&o.root, &o.name);
+        let committed = manifest.recover()?;
         let removed = remove_leftovers(&o.root, &o.name)?;
         if removed > 0 {
             tracing::warn!(path = %o.root.display(), files = removed, "Deleted temporary files of a run that did not finish (their records were never confirmed and come again).");
@@ -87,6 +98,9 @@ impl Handle {
             o,
             props,
             open: Vec::new(),
+            sealed: Vec::new(),
+            manifest,
+            handed: committed.clone(),
             waiters: HashMap::new(),
             held: 0,
             next_job: 0,
@@ -95,7 +109,7 @@ impl Handle {
         std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || w.run(rx))?;
-        Ok(Handle { tx })
+        Ok((Handle { tx }, committed))
     }
 
     /// Hands rows to the thread; the receiver completes when they are in
@@ -105,6 +119,7 @@ impl Handle {
         batches: Vec<(PathBuf, RecordBatch)>,
         faults: Vec<RecordFault>,
         bytes: usize,
+        positions: Marks,
     ) -> Result<oneshot::Receiver<Result<Vec<RecordFault>, String>>, String> {
         let (done, rx) = oneshot::channel();
         self.tx
@@ -112,6 +127,7 @@ impl Handle {
                 batches,
                 faults,
                 bytes,
+                positions,
                 done,
             })
             .map_err(|_| "the Parquet writer stopped after an error".to_string())?;
@@ -132,6 +148,12 @@ struct Writer {
     o: Options,
     props: WriterProperties,
     open: Vec<Open>,
+    /// Closed and fsynced, renamed at the next commit.
+    sealed: Vec<Sealed>,
+    manifest: Manifest,
+    /// The positions of every job handed in whole: in committed files
+    /// once the open and sealed ones are.
+    handed: Marks,
     waiters: HashMap<u64, Waiter>,
     /// The bytes of the waiting jobs' records.
     held: usize,
@@ -148,6 +170,12 @@ struct Open {
     w: ArrowWriter<File>,
     rows: u64,
     deadline: Instant,
+    jobs: Vec<u64>,
+}
+
+/// A file closed and fsynced under its temporary name.
+struct Sealed {
+    pair: Pair,
     jobs: Vec<u64>,
 }
 
@@ -179,23 +207,32 @@ impl Writer {
                     batches,
                     faults,
                     bytes,
+                    positions,
                     done,
                 }) => self.rows(batches, faults, bytes, done).and_then(|()| {
-                    let full =
-                        self.waiters.len() >= MAX_WAITING_JOBS || self.held >= MAX_HELD_BYTES;
+                    for (log, seq) in positions {
+                        let s = self.handed.entry(log).or_insert(seq);
+                        *s = (*s).max(seq);
+                    }
+                    let full = !self.sealed.is_empty()
+                        || self.waiters.len() >= MAX_WAITING_JOBS
+                        || self.held >= MAX_HELD_BYTES;
                     match full {
-                        true => self.commit_where(|_| true),
+                        true => self.commit_all(),
                         false => Ok(()),
                     }
                 }),
                 Some(Cmd::CommitAll(done)) => {
-                    let r = self.commit_where(|_| true);
+                    let r = self.commit_all();
                     let _ = done.send(());
                     r
                 }
                 None => {
                     let now = Instant::now();
-                    self.commit_where(|f| f.deadline <= now)
+                    match self.open.iter().any(|f| f.deadline <= now) {
+                        true => self.commit_all(),
+                        false => Ok(()),
+                    }
                 }
             };
             if let Err(e) = r {
@@ -249,7 +286,7 @@ impl Writer {
                 }
                 let bytes = (f.w.bytes_written() + f.w.in_progress_size()) as u64;
                 if f.rows >= self.o.max_rows || bytes >= self.o.max_bytes {
-                    self.commit(i)?;
+                    self.seal(i)?;
                 }
             }
         }
@@ -270,7 +307,7 @@ impl Writer {
             let oldest = (0..self.open.len())
                 .min_by_key(|&i| self.open[i].deadline)
                 .expect("not empty");
-            self.commit(oldest)?;
+            self.seal(oldest)?;
         }
         let full = self.o.root.join(dir);
         let stem = self.stem();
@@ -306,35 +343,49 @@ impl Writer {
         )
     }
 
-    fn commit_where(&mut self, due: impl Fn(&Open) -> bool) -> Result<(), String> {
-        let mut i = 0;
-        while i < self.open.len() {
-            if due(&self.open[i]) {
-                self.commit(i)?;
-            } else {
-                i += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Footer, fsync, rename, fsync of the directory; then the jobs whose
-    /// last file this was are confirmed.
-    fn commit(&mut self, i: usize) -> Result<(), String> {
+    /// Footer and fsync under the temporary name: renamed at the next
+    /// commit.
+    fn seal(&mut self, i: usize) -> Result<(), String> {
         let f = self.open.swap_remove(i);
-        let dir = self.o.root.join(&f.dir);
-        let tmp = dir.join(format!(".{}.parquet.inprogress", f.stem));
-        let fin = dir.join(format!("{}.parquet", f.stem));
+        let pair = Pair {
+            dir: f.dir,
+            stem: f.stem,
+        };
+        let tmp = pair.tmp(&self.o.root);
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", tmp.display());
         let file = f.w.into_inner().map_err(|e| err(&e))?;
         file.sync_all().map_err(|e| err(&e))?;
-        drop(file);
-        std::fs::rename(&tmp, &fin).map_err(|e| err(&e))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err(&e))?;
-        tracing::debug!(file = %fin.display(), rows = f.rows, "Parquet file committed.");
-        for id in f.jobs {
+        self.sealed.push(Sealed { pair, jobs: f.jobs });
+        Ok(())
+    }
+
+    /// Commits every open and sealed file: sealed, named in the manifest
+    /// (fsynced), renamed, directories fsynced; then the jobs whose last
+    /// file this was are confirmed.
+    fn commit_all(&mut self) -> Result<(), String> {
+        while !self.open.is_empty() {
+            self.seal(self.open.len() - 1)?;
+        }
+        if self.sealed.is_empty() {
+            // Nothing to rename: the positions go with the next commit.
+            return Ok(());
+        }
+        let sealed = std::mem::take(&mut self.sealed);
+        let pairs: Vec<Pair> = sealed.iter().map(|s| s.pair.clone()).collect();
+        self.manifest
+            .append(&self.handed, &pairs)
+            .map_err(|e| e.to_string())?;
+        let root = &self.o.root;
+        for p in &pairs {
+            let tmp = p.tmp(root);
+            std::fs::rename(&tmp, p.fin(root)).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            tracing::debug!(file = %p.fin(root).display(), "Parquet file committed.");
+        }
+        sync_dirs(pairs.iter().map(|p| root.join(&p.dir)).collect()).map_err(|e| e.to_string())?;
+        if let Err(e) = self.manifest.compact_if_big(&self.handed) {
+            tracing::warn!(path = %root.display(), error = %e, "Could not compact the commit manifest; it keeps growing until the next try.");
+        }
+        for id in sealed.into_iter().flat_map(|s| s.jobs) {
             let w = self
                 .waiters
                 .get_mut(&id)
@@ -364,6 +415,9 @@ impl Writer {
                 .join(format!(".{}.parquet.inprogress", f.stem));
             drop(f.w);
             let _ = std::fs::remove_file(tmp);
+        }
+        for f in self.sealed.drain(..) {
+            let _ = std::fs::remove_file(f.pair.tmp(&self.o.root));
         }
     }
 }
