@@ -395,10 +395,10 @@ impl Wiring {
                 options: self.options(p, source.connection().map(|(c, _)| c), name),
                 embedded: embedded(source),
                 state_dir: p.run.state_dir(),
-                big_batches: p
+                wants_buffer: p
                     .sinks
                     .iter()
-                    .any(|(_, s)| s.inputs.contains(name) && s.kind.commits_in_big_batches()),
+                    .any(|(_, s)| s.inputs.contains(name) && s.kind.wants_local_buffer()),
             };
             let (source, done) = (source.clone(), done_tx.clone());
             let mut stop = self.stop.subscribe();

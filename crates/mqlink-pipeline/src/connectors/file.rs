@@ -17,9 +17,11 @@
 //! source's local buffer: the sink keeps the last buffer position it wrote
 //! beside the file (`.<name>.written`, [`crate::sink::written`]) and skips
 //! what the buffer reads again after the restart; a job the crash cut is
-//! cut back at open. Without the buffer (MQTT 5 by default) a crash
-//! between the write and the broker's acknowledgement writes those records
-//! again: at least once.
+//! cut back at open. `buffer.mode = "auto"` turns the buffer on for a
+//! source feeding a file sink (QoS 1/2, external broker, any protocol);
+//! without it (`off`, QoS 0, the embedded broker) a crash between the write
+//! and the broker's acknowledgement writes those records again: at least
+//! once.
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
@@ -75,6 +77,10 @@ pub fn parse(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
 impl SinkSpec for FileSinkConfig {
     fn connector(&self) -> &'static Connector {
         &CONNECTOR
+    }
+    /// Records read from the buffer are written once through a crash.
+    fn wants_local_buffer(&self) -> bool {
+        true
     }
     fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
         let sink = FileSink::new(s.path.clone(), self.clone());

@@ -269,9 +269,9 @@ pub struct SourceStart {
     pub embedded: bool,
     /// `run.state_dir`.
     pub state_dir: PathBuf,
-    /// A sink it feeds commits in big batches
-    /// ([`SinkSpec::commits_in_big_batches`]).
-    pub big_batches: bool,
+    /// A sink it feeds wants the local buffer
+    /// ([`SinkSpec::wants_local_buffer`]).
+    pub wants_buffer: bool,
 }
 
 /// What a sink needs to run.
@@ -336,10 +336,12 @@ pub trait SinkSpec: Debug + Send + Sync + 'static {
     fn connection(&self) -> Option<(&str, u16)> {
         None
     }
-    /// It confirms records only at commits far apart (a file rolled every
-    /// minute): its sources' `buffer.mode = "auto"` turns the durable local
-    /// buffer on at QoS 1/2, so that the broker's window does not wait.
-    fn commits_in_big_batches(&self) -> bool {
+    /// Its sources' `buffer.mode = "auto"` turns the durable local buffer
+    /// on at QoS 1/2 whatever the protocol: it confirms records only at
+    /// commits far apart (a Parquet file rolled every minute: the broker's
+    /// window must not wait), or it writes each record once through a
+    /// crash by the buffer's positions (the file sink).
+    fn wants_local_buffer(&self) -> bool {
         false
     }
     /// Starts its runner (`crate::sink::run`) on its channel.

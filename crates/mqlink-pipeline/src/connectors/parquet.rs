@@ -14,7 +14,7 @@
 //! only once the files that hold them are committed, so a source feeding
 //! this sink keeps them in its durable local buffer until then
 //! (`buffer.mode = "auto"` turns it on: see
-//! [`SinkSpec::commits_in_big_batches`]).
+//! [`SinkSpec::wants_local_buffer`]).
 //!
 //! **Exactly once through crashes.** At start the manifest's last whole
 //! line is rolled forward (its temporary files that still exist were
@@ -409,7 +409,7 @@ impl SinkSpec for ParquetSinkConfig {
     fn connector(&self) -> &'static Connector {
         &CONNECTOR
     }
-    fn commits_in_big_batches(&self) -> bool {
+    fn wants_local_buffer(&self) -> bool {
         true
     }
     fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
@@ -828,7 +828,7 @@ time_field = "at"
         )
         .unwrap();
         let (_, sink) = &p.sinks[0];
-        assert!(sink.kind.commits_in_big_batches());
+        assert!(sink.kind.wants_local_buffer());
         let src = p.sources[0].1.get::<MqttSourceConfig>().unwrap();
         let dir = std::path::Path::new("/tmp");
         let on = src.buffer_options(dir, "c", false, true).unwrap();

@@ -145,19 +145,20 @@ impl MqttSourceConfig {
     /// The buffer's options, or `None` when it is off; `state_dir` is the
     /// pipeline's, `client_id` the source's session. `auto` leaves it off
     /// on the embedded broker: it never drops, it holds its publishers back.
-    /// `big_batches`: a sink it feeds confirms only at commits far apart,
-    /// so the buffer is on whatever the protocol.
+    /// `wants_buffer`: a sink it feeds wants the buffer (it confirms only
+    /// at commits far apart, or writes each record once through a crash by
+    /// its positions), so it is on whatever the protocol.
     pub fn buffer_options(
         &self,
         state_dir: &Path,
         client_id: &str,
         embedded: bool,
-        big_batches: bool,
+        wants_buffer: bool,
     ) -> Option<BufferOptions> {
         let when = match self.buffer.mode {
             BufferMode::Off => return None,
             BufferMode::Auto if self.qos == QoS::AtMostOnce || embedded => return None,
-            BufferMode::Auto if big_batches => BufferWhen::Always,
+            BufferMode::Auto if wants_buffer => BufferWhen::Always,
             BufferMode::Auto => BufferWhen::V311,
             BufferMode::Always => BufferWhen::Always,
         };
@@ -243,7 +244,7 @@ impl SourceSpec for MqttSourceConfig {
     fn run(&self, s: SourceStart) -> Pin<Box<dyn Future<Output = Option<Closing>> + Send>> {
         let options = s.options.unwrap_or_default();
         let client_id = options.client_id.clone().unwrap_or_else(|| s.name.clone());
-        let buffer = self.buffer_options(&s.state_dir, &client_id, s.embedded, s.big_batches);
+        let buffer = self.buffer_options(&s.state_dir, &client_id, s.embedded, s.wants_buffer);
         let cfg = self.clone();
         Box::pin(async move {
             let source = run_source(s.path, cfg, options, s.comp, s.out, buffer).await?;
