@@ -501,12 +501,22 @@ fn validate_names_the_resource_and_property_and_refuses_what_mqlink_cannot_run()
         e.contains("resources.temperatureEndpoint.properties.subscribe.retain: unknown property"),
         "{e}"
     );
-    let e = validate_error(
-        dir.path(),
-        "d.yml",
-        &format!("{SEED}\n  grafana:\n    type: Cybus::Container\n    properties:\n      image: grafana/grafana\n"),
-        &p,
-    );
+    // A container beside the MQTT part: skipped with a warning naming it,
+    // refused with --strict.
+    let container = format!("{SEED}\n  grafana:\n    type: Cybus::Container\n    properties:\n      image: grafana/grafana\n");
+    let f = write(dir.path(), "d.yml", &container);
+    let out = mqlink()
+        .arg("validate")
+        .arg(&f)
+        .args(p)
+        .env("MQLINK_PARAM_mqttPassword", SECRET)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("grafana (Cybus::Container)") && err.contains("--strict"), "{err}");
+    let strict = [&p[..], &["--strict"]].concat();
+    let e = validate_error(dir.path(), "d.yml", &container, &strict);
     assert!(
         e.contains("resources.grafana.type: Cybus::Container is not supported: mqlink runs only the MQTT part"),
         "{e}"
