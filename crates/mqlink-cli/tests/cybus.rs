@@ -514,7 +514,10 @@ fn validate_names_the_resource_and_property_and_refuses_what_mqlink_cannot_run()
         .unwrap();
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("grafana (Cybus::Container)") && err.contains("--strict"), "{err}");
+    assert!(
+        err.contains("grafana (Cybus::Container)") && err.contains("--strict"),
+        "{err}"
+    );
     let strict = [&p[..], &["--strict"]].concat();
     let e = validate_error(dir.path(), "d.yml", &container, &strict);
     assert!(

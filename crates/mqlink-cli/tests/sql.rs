@@ -1237,10 +1237,13 @@ fn lost_acknowledgements(protocol: &str, qos: u8, parallelism: u16, kill: bool) 
         assert!(proxy.cut() > 0);
         run
     };
+    // The window's redelivery check skips the epoch, or, with the local
+    // buffer (on by default on 3.1.1), the buffer recognises the broker's
+    // resend of what it holds and does not append it again.
     let skipped = "mqlink_source_redeliveries_skipped_total";
-    wait_until(30, "the redelivered epoch", || {
-        metric(http, skipped) >= in_state
-    });
+    let resent = "mqlink_source_buffer_resent_total";
+    let absorbed = || metric(http, skipped) + metric(http, resent);
+    wait_until(30, "the redelivered epoch", || absorbed() >= in_state);
     // The last reading closes every window: sent once mqlink has all the
     // others (over two clients it could overtake some, which would be late).
     let last = lines.len() - 1;
@@ -1252,11 +1255,12 @@ fn lost_acknowledgements(protocol: &str, qos: u8, parallelism: u16, kill: bool) 
     publish(&lines[last..]);
     let count = || pg.count("win");
     wait_until(90, "every window", || count() >= expected.len());
-    assert_eq!(metric(http, skipped), in_state);
+    assert_eq!(absorbed(), in_state);
+    let by_window = metric(http, skipped) > 0;
     let (status, err) = run.stop();
     assert!(status.success(), "{err}");
     assert!(
-        err.contains("Redelivered messages the window state already holds"),
+        !by_window || err.contains("Redelivered messages the window state already holds"),
         "{err}"
     );
     assert_eq!(window_table(&pg, "win"), expected);
