@@ -294,6 +294,19 @@ pub fn dead_letters(
     Ok(Some(DeadLetters::new(topic.clone(), client)))
 }
 
+/// Starts an HTTP sink made by `make` (given its dead letters) on the
+/// runner, or a task that fails with why it could not be made.
+pub fn spawn<S: crate::sink::Sink + Send + 'static>(
+    mut start: super::SinkStart,
+    dead_letter_topic: &Option<String>,
+    make: impl FnOnce(Option<DeadLetters>) -> Result<S, String>,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    match dead_letters(dead_letter_topic, start.options.take()).and_then(make) {
+        Ok(sink) => start.run(sink),
+        Err(e) => tokio::spawn(std::future::ready(Err(e))),
+    }
+}
+
 /// `Basic base64(user:password)`.
 pub fn basic(user: &str, password: Option<&Secret>) -> Secret {
     use base64::Engine;

@@ -156,13 +156,10 @@ impl SinkSpec for InfluxSinkConfig {
     fn connection(&self) -> Option<(&str, u16)> {
         self.connection.as_deref().map(|c| (c, 1))
     }
-    fn spawn(&self, mut s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
-        let sink = http_out::dead_letters(&self.dead_letter_topic, s.options.take())
-            .and_then(|d| InfluxSink::new(self.clone(), d));
-        match sink {
-            Ok(sink) => s.run(sink),
-            Err(e) => tokio::spawn(std::future::ready(Err(e))),
-        }
+    fn spawn(&self, s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
+        http_out::spawn(s, &self.dead_letter_topic, |d| {
+            InfluxSink::new(self.clone(), d)
+        })
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
