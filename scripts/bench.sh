@@ -42,8 +42,10 @@
 #      run` into PostgreSQL with the local buffer (the default there) and
 #      without it, and into Parquet files (the buffer on by default; rows
 #      counted by pyarrow from the committed files' footers, in
-#      target/pyarrow-venv); each consumer alone: messages received and
-#      the rate to the last one (BENCH_LIMITS=0 skips it).
+#      target/pyarrow-venv), and into an HTTP endpoint that answers each
+#      request after 100 ms, with the buffer and without; each consumer
+#      alone: messages received and the rate to the last one
+#      (BENCH_LIMITS=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
 # BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
 # pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
@@ -324,6 +326,52 @@ path = "$2"
 rollover_seconds = 1
 TOML
 }
+# The same into an HTTP endpoint that takes 100 ms to answer each request
+# (NDJSON batches), the buffer in a mode.
+limits_http() { # $1 = client id, $2 = endpoint port, $3 = buffer mode
+  cat <<TOML
+[run]
+state_dir = "$work/state-$1"
+[connections.b]
+broker = "mqtt://127.0.0.1:$dport"
+client_id = "$1"
+clean_session = false
+protocol = "3.1.1"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["bench/$1"]
+buffer = { mode = "$3" }
+[sinks.out]
+type = "webhook"
+inputs = ["telemetry"]
+url = "http://127.0.0.1:$2/ingest"
+batch = "ndjson"
+batch_size = 1000
+TOML
+}
+# An endpoint answering each POST after 100 ms; the records it took (lines)
+# are written to the file $2 after each request.
+slow_endpoint() { # $1 = port, $2 = count file
+  python3 - "$1" "$2" <<'PY' &
+import sys, time, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+port, out = int(sys.argv[1]), sys.argv[2]
+lock, taken = threading.Lock(), [0]
+open(out, "w").write("0")
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        time.sleep(0.1)
+        with lock:
+            taken[0] += body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+            open(out, "w").write(str(taken[0]))
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+  echo $! >> "$work/pid"
+}
 PYARROW=$PWD/target/pyarrow-venv/bin/python
 if [ "${BENCH_LIMITS:-1}" = 1 ] && ! "$PYARROW" -c 'import pyarrow' 2>/dev/null; then
   python3 -m venv target/pyarrow-venv && target/pyarrow-venv/bin/pip install -q --disable-pip-version-check 'pyarrow>=17,<27'
@@ -363,7 +411,17 @@ bench_limits_round() { # $1 = round
   "$MQLINK" run "$work/$id.toml" 2>"$work/$id.err" & pid=$!
   limits_burst "limits: mqlink run -> parquet, buffer auto" pq_count "$work/$id-lake"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  for mode in always off; do
+    id="dh$mode-$r-$$"; limits_http "$id" "$hport" "$mode" > "$work/$id.toml"
+    "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # the session
+    slow_endpoint "$hport" "$work/$id.count"; sleep 0.5
+    "$MQLINK" run "$work/$id.toml" 2>"$work/$id.err" & pid=$!
+    limits_burst "limits: mqlink run -> http 100 ms, buffer $mode" cat "$work/$id.count"
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    kill "$(tail -1 "$work/pid")"; wait "$(tail -1 "$work/pid")" 2>/dev/null || true
+  done
 }
+hport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 fill_queue() { # $1 = client id [$2 = port, $3 = message file]
   local p=${2:-$port} f=${3:-$work/msgs}
@@ -422,6 +480,9 @@ for mode in ("auto", "off"):
 rs = runs["limits: mqlink run -> parquet, buffer auto"]
 print(f"limits  parquet, buffer on: {rate(rs):,.0f} msgs/s (best; target >= 100,000), {rate(rs)/rate(ms):.2f}x mosquitto_sub,"
       f" received {min(g for g, _ in rs):,}-{max(g for g, _ in rs):,} of {int(sys.argv[2]):,}")
+on, off = (runs[f"limits: mqlink run -> http 100 ms, buffer {m}"] for m in ("always", "off"))
+print(f"limits  http 100 ms, buffer on / off: rate {rate(on)/rate(off):.1f}x (best of each; target >= 10x),"
+      f" received {min(g for g, _ in on):,}-{max(g for g, _ in on):,} vs {min(g for g, _ in off):,}-{max(g for g, _ in off):,} of {int(sys.argv[2]):,}")
 PY
   echo
 fi

@@ -470,3 +470,93 @@ listen = "127.0.0.1:{http}"
     server.join().unwrap();
     let _ = sub.kill();
 }
+
+/// One MQTT source into InfluxDB and an HTTP endpoint at once, on MQTT 5
+/// with the broker's session as the only store (no local buffer), while
+/// `mqlink run` is SIGKILLed twice mid-stream and started again: every
+/// reading is one point in InfluxDB (a resent point overwrites itself) and
+/// reaches the endpoint at least once; nothing is lost.
+#[test]
+fn influxdb_and_webhook_lose_nothing_when_mqlink_is_sigkilled_twice() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.query("", "CREATE DATABASE plant");
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("killed");
+    let (http, port) = (free_port(), free_port());
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{mqtt}"
+client_id = "{topic}"
+clean_session = false
+reconnect_interval = 0.2
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+buffer.mode = "off"
+[sinks.tsdb]
+type = "influxdb"
+inputs = ["telemetry"]
+url = "{url}"
+database = "plant"
+measurement = "telemetry"
+tags = ["device_id"]
+timestamp = "timestamp"
+batch_size = 500
+[sinks.hook]
+type = "webhook"
+inputs = ["telemetry"]
+url = "http://127.0.0.1:{port}/ingest"
+batch = "ndjson"
+batch_size = 200
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            mqtt = broker.port,
+            url = influx.url()
+        ),
+    );
+    let script = Arc::new(Script::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve(port, script.clone(), stop.clone());
+    let mut run = start(&cfg, dir.path());
+    wait_ready(http, &mut run);
+    const N: usize = 12_000;
+    let (mqtt, t) = (broker.port, format!("{topic}/in"));
+    let publisher = std::thread::spawn(move || {
+        let all: Vec<String> = (0..N).map(reading).collect();
+        for chunk in all.chunks(1_000) {
+            publish(mqtt, &t, chunk);
+        }
+    });
+    let points = || influx.count("plant", "telemetry", "temperature") as usize;
+    for kill in 1..=2 {
+        wait_until(60, "points to arrive", || points() >= kill * N / 4);
+        signal(&run, "-KILL");
+        run.wait().unwrap();
+        run = start(&cfg, dir.path());
+    }
+    publisher.join().unwrap();
+    wait_until(90, "every reading in InfluxDB", || points() >= N);
+    wait_until(60, "every reading at the endpoint", || {
+        script.taken.lock().unwrap().len() >= N
+    });
+    wait_ready(http, &mut run);
+    signal(&run, "-TERM");
+    let out = wait_output(&mut run, 30);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(points(), N, "one point per reading");
+    let taken = script.taken.lock().unwrap();
+    let seqs: Vec<i64> = taken.keys().copied().collect();
+    assert_eq!(seqs, (0..N as i64).collect::<Vec<_>>());
+    let again: u32 = taken.values().map(|n| n - 1).sum();
+    eprintln!("the endpoint took {again} records again after the kills");
+    drop(taken);
+    stop.store(true, SeqCst);
+    server.join().unwrap();
+}
