@@ -5,6 +5,7 @@
 //! which the edge node answers; no row ever carries a guessed name; the
 //! edge node's NDEATH (its will, after SIGKILL) marks its metrics stale.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -418,4 +419,148 @@ fn sub_prints_one_json_line_per_metric() {
         (Some("Mode"), Some("auto"))
     );
     assert_eq!(rows[1]["edge_node_id"], "e");
+}
+
+/// The next JSON event of the host application whose `event` is `kind`,
+/// failing on an `error` event on the way.
+fn next_event(rx: &Receiver<String>, kind: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("waiting for a {kind} event: {e}"));
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        assert_ne!(v["event"], "error", "the host application: {v}");
+        if v["event"] == kind {
+            return v;
+        }
+    }
+    panic!("no {kind} event within 20 s");
+}
+
+/// mqlink as an edge node: JSON readings from MQTT published as Sparkplug
+/// B births and DATA by alias, read by a host application no one here
+/// wrote (pysparkplug's decoder): the right names and values, seq without
+/// gaps, a rebirth request answered with every last value, a reading of
+/// the wrong type dead-lettered alone, and the NDEATH (the will, after
+/// SIGKILL) with the births' bdSeq.
+#[test]
+fn an_edge_node_read_by_pysparkplug_with_names_a_rebirth_and_its_death() {
+    let python = python();
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("edge");
+    let http = free_port();
+    let cfg = write(
+        dir.path(),
+        "edge.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+[sources.readings]
+type = "mqtt"
+connection = "b"
+topics = ["{group}/in"]
+[sinks.edge]
+type = "mqtt"
+connection = "b"
+inputs = ["readings"]
+format = "sparkplug_b"
+sparkplug = {{ group_id = "{group}", edge_node_id = "mqlink", device_id = "{{device_id}}", timestamp = "ts" }}
+dead_letter_topic = "{group}/dead"
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+            port = broker.port,
+        ),
+    );
+    let mut host = Killed(
+        Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/sparkplug/host_app.py"))
+            .args(["127.0.0.1", &broker.port.to_string(), &group, "mqlink"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let events = lines_of(host.0.stdout.take().unwrap());
+    let mut ask = host.0.stdin.take().unwrap();
+    next_event(&events, "subscribed");
+    let (dead_sub, dead) = mosquitto_sub(&["-p", &broker.port.to_string(), "-t", &format!("{group}/dead")]);
+    let _dead_sub = Killed(dead_sub);
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("run")
+            .arg(&cfg)
+            .arg("--quiet")
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(http, &mut run.0);
+    let reading = |i: u64, temperature: &str| {
+        format!(
+            r#"{{"device_id":"press","ts":{},"temperature":{temperature},"count":{i},"running":{},"motor":{{"rpm":{}}}}}"#,
+            1_700_000_000_000 + i,
+            i % 2 == 0,
+            1000 + i
+        )
+    };
+    let publish = |lines: Vec<String>| {
+        let mut p = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .args(["pub", "-p", &broker.port.to_string(), "-t", &format!("{group}/in"), "-q", "1", "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        assert!(p.wait().unwrap().success());
+    };
+    publish((0..5).map(|i| reading(i, &format!("{}.5", 20 + i))).collect());
+
+    // The node is born (at connect, then with the device's metrics).
+    let birth = loop {
+        let b = next_event(&events, "birth");
+        if b["kind"] == "DBIRTH" {
+            break b;
+        }
+    };
+    assert_eq!(birth["device"], "press");
+    let names: Vec<&String> = birth["metrics"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["count", "motor/rpm", "running", "temperature"]);
+    for i in 0..5u64 {
+        let d = next_event(&events, "data");
+        assert_eq!(d["device"], "press");
+        assert_eq!(d["metrics"]["count"], i, "{d}");
+        assert_eq!(d["metrics"]["temperature"], 20.5 + i as f64, "{d}");
+        assert_eq!(d["metrics"]["running"], i % 2 == 0, "{d}");
+        assert_eq!(d["metrics"]["motor/rpm"], 1000 + i, "{d}");
+    }
+
+    // A rebirth request: NBIRTH and DBIRTH again, with the last values.
+    writeln!(ask, "REBIRTH").unwrap();
+    let nbirth = next_event(&events, "birth");
+    assert_eq!(nbirth["kind"], "NBIRTH");
+    assert_eq!(nbirth["seq"], 0);
+    let bdseq = nbirth["bdseq"].clone();
+    let dbirth = next_event(&events, "birth");
+    assert_eq!(dbirth["kind"], "DBIRTH");
+    assert_eq!(dbirth["metrics"]["count"], 4);
+
+    // A reading of the wrong type is refused alone; the rest go on by alias.
+    publish(vec![reading(5, r#""hot""#), reading(6, "26.5")]);
+    assert!(dead.recv_timeout(Duration::from_secs(20)).unwrap().contains("hot"));
+    let d = next_event(&events, "data");
+    assert_eq!(d["metrics"]["count"], 6, "{d}");
+    assert_eq!(d["seq"], 2, "{d}");
+
+    // SIGKILL: the broker publishes the will, the NDEATH with the bdSeq.
+    let _ = run.0.kill();
+    let death = next_event(&events, "death");
+    assert_eq!(death["bdseq"], bdseq);
 }

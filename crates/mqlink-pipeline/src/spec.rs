@@ -308,6 +308,8 @@ pub enum SinkFormat {
     Json,
     /// The original payload bytes of MQTT sources.
     Raw,
+    /// Sparkplug B, as an edge node (`connectors::mqtt::edge`).
+    SparkplugB,
 }
 
 impl<'de> Deserialize<'de> for SinkFormat {
@@ -315,8 +317,9 @@ impl<'de> Deserialize<'de> for SinkFormat {
         match String::deserialize(d)?.as_str() {
             "json" => Ok(SinkFormat::Json),
             "raw" => Ok(SinkFormat::Raw),
+            "sparkplug_b" => Ok(SinkFormat::SparkplugB),
             other => Err(serde::de::Error::custom(format!(
-                "unknown format {other:?}: use json or raw"
+                "unknown format {other:?}: use json, raw or sparkplug_b"
             ))),
         }
     }
@@ -1267,8 +1270,18 @@ sinks:
         assert_eq!(format(written("raw").unwrap()), SinkFormat::Raw);
         assert_eq!(
             written("xml").unwrap_err().to_string(),
-            "sinks.to_broker.format: unknown format \"xml\": use json or raw"
+            "sinks.to_broker.format: unknown format \"xml\": use json, raw or sparkplug_b"
         );
+        // Sparkplug B: its own topics, the edge node required.
+        let e = written("sparkplug_b").unwrap_err().to_string();
+        assert!(e.starts_with("sinks.to_broker.topic: format = \"sparkplug_b\" publishes to Sparkplug's topics"), "{e}");
+        let e = with(raw, "format = \"sparkplug_b\"").unwrap_err().to_string();
+        assert!(e.starts_with("sinks.to_broker.sparkplug: missing"), "{e}");
+        let edge = "format = \"sparkplug_b\"\nsparkplug = { group_id = \"a/b\", edge_node_id = \"e\" }";
+        let e = with(raw, edge).unwrap_err().to_string();
+        assert!(e.starts_with("sinks.to_broker.sparkplug.group_id: \"a/b\": a Sparkplug id is one topic level"), "{e}");
+        let p = with(raw, &edge.replace("a/b", "plant")).unwrap();
+        assert_eq!(format(p), SinkFormat::SparkplugB);
     }
 
     #[test]

@@ -311,6 +311,23 @@ CREATE TABLE f WITH (connector = 'file', path = 'out.jsonl');
         assert_eq!(p.sinks[0].1.inputs, ["s"]);
     }
 
+    /// A SQL sink publishing as a Sparkplug B edge node.
+    #[test]
+    fn a_sparkplug_edge_node_sink() {
+        let p = compile(
+            "CREATE TABLE s (device_id TEXT, temperature DOUBLE) WITH (connector = 'mqtt', type = 'source', url = 'tcp://h:1883', topic = 'x/y');
+             CREATE SINK k FROM s WITH (connector = 'mqtt', url = 'tcp://h:1883', format = 'sparkplug_b', 'sparkplug.group_id' = 'plant', 'sparkplug.edge_node_id' = 'mqlink', 'sparkplug.device_id' = '{device_id}');",
+        )
+        .unwrap();
+        let Some(m) = p.sinks[0].1.kind.get::<MqttSinkConfig>() else {
+            panic!()
+        };
+        let edge = m.sparkplug.as_ref().unwrap();
+        assert_eq!((&*edge.group_id, &*edge.edge_node_id), ("plant", "mqlink"));
+        assert_eq!(edge.device_id.as_deref(), Some("{device_id}"));
+        assert!(m.topic.is_none());
+    }
+
     #[test]
     fn secrets_stay_out_of_debug_and_errors() {
         let p = compile(&format!("{BASE}INSERT INTO f SELECT * FROM t;")).unwrap();

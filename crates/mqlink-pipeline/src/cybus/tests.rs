@@ -48,7 +48,7 @@ fn the_seed_file_compiles() {
     };
     assert_eq!(m.connection, "_internal");
     assert_eq!(
-        m.topic.to_string(),
+        m.topic.as_ref().unwrap().to_string(),
         "services/mqttconnectiontest/temperatureEndpoint"
     );
     assert!(!format!("{p:?}").contains("pw-never-shown-42"));
@@ -312,15 +312,15 @@ fn mappings_compile_with_wildcards_rules_and_internal_topics() {
         ["services/lineone/enterprise/set"]
     );
     assert_eq!(
-        sink("machine-internal").topic.to_string(),
+        sink("machine-internal").topic.as_ref().unwrap().to_string(),
         "services/lineone/machines/m1/temperature"
     );
     assert_eq!(
-        sink("enterprise-write").topic.to_string(),
+        sink("enterprise-write").topic.as_ref().unwrap().to_string(),
         "enterprise/temperature"
     );
     assert_eq!(sink("enterprise-write").qos, mqlink::QoS::ExactlyOnce);
-    assert_eq!(sink("celsius-0-publish").topic.to_string(), "{stream}");
+    assert_eq!(sink("celsius-0-publish").topic.as_ref().unwrap().to_string(), "{stream}");
     assert!(p.transforms.contains_key("celsius-0") && p.transforms.contains_key("celsius-1"));
     assert!(
         !p.transforms.contains_key("machine"),

@@ -384,6 +384,11 @@ impl SinkMetrics {
             (SINK_METRIC_NAMES[5], self.spool_records.load(Relaxed)),
         ]
     }
+    /// The confirmation counters, for a publisher of its own (the
+    /// Sparkplug edge node) that reports as a sink.
+    pub fn confirmations(&self) -> &Confirmations {
+        &self.confirmations
+    }
     /// One metric by name.
     pub fn get(&self, name: &str) -> Option<u64> {
         self.snapshot()

@@ -1,6 +1,7 @@
 //! MQTT as a pipeline source and sink: one connector, both directions,
 //! through the `[connections.NAME]` profiles.
 
+pub mod edge;
 pub mod sink;
 pub mod source;
 
@@ -52,6 +53,10 @@ pub const CONNECTOR: Connector = Connector {
             Key::text("format"),
             Key::of("parallelism", KeyType::Number),
             Key::text("dead_letter_topic"),
+            Key::text("sparkplug.group_id"),
+            Key::text("sparkplug.edge_node_id"),
+            Key::text("sparkplug.device_id"),
+            Key::text("sparkplug.timestamp"),
         ],
         fields: fields_of::<MqttSinkConfig>,
         metrics: &[crate::status::SINK_IN_FLIGHT],

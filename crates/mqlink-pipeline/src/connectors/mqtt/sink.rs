@@ -17,6 +17,7 @@ use mqlink::{ConnectOptions, PublishError, QoS};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use super::edge::{EdgeConfig, EdgeNodeRuntime};
 use crate::connectors::{Connector, Shape, SinkSpec, SinkSpecRef, SinkStart};
 use crate::relay::{RelayTarget, PROPERTY};
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
@@ -31,19 +32,24 @@ pub struct MqttSinkConfig {
     /// The `[connections.NAME]` to publish through (required).
     pub connection: String,
     /// Topic template: `{field}`, `{a.b}`, `{stream}` (the source topic);
-    /// checked against the inputs' schemas when loaded.
-    #[serde(deserialize_with = "template")]
-    pub topic: TopicTemplate,
+    /// checked against the inputs' schemas when loaded (required, but for
+    /// `format = "sparkplug_b"`, whose topics are Sparkplug's).
+    #[serde(default, deserialize_with = "template")]
+    pub topic: Option<TopicTemplate>,
     /// 0, 1 or 2 [default: 1].
     #[serde(default = "qos1", deserialize_with = "qos")]
     pub qos: QoS,
     /// Publish with the retain flag [default: false].
     #[serde(default)]
     pub retain: bool,
-    /// `json` (the record as a JSON object) or `raw` (the original payload
-    /// bytes of MQTT sources) [default: json].
+    /// `json` (the record as a JSON object), `raw` (the original payload
+    /// bytes of MQTT sources) or `sparkplug_b` (as a Sparkplug B edge node,
+    /// with `sparkplug`) [default: json].
     #[serde(default)]
     pub format: SinkFormat,
+    /// With `format = "sparkplug_b"`: the edge node, its devices and which
+    /// fields are metrics ([`EdgeConfig`]).
+    pub sparkplug: Option<EdgeConfig>,
     /// Clients publishing in parallel, per-key order kept [default: 1].
     #[serde(default = "one_u16")]
     pub parallelism: u16,
@@ -54,9 +60,11 @@ pub struct MqttSinkConfig {
     pub dead_letter_topic: Option<String>,
 }
 
-fn template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TopicTemplate, D::Error> {
+fn template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TopicTemplate>, D::Error> {
     let s = String::deserialize(d)?;
-    TopicTemplate::parse(&s).map_err(serde::de::Error::custom)
+    TopicTemplate::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 pub fn parse_sink(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
@@ -75,11 +83,17 @@ impl SinkSpec for MqttSinkConfig {
     }
     fn spawn(&self, mut s: SinkStart) -> tokio::task::JoinHandle<Result<(), String>> {
         let options = s.options.take().unwrap_or_default();
+        if let Some(edge) = &self.sparkplug {
+            return match EdgeNodeRuntime::start(edge, self, options, &s.comp) {
+                Ok(rt) => s.run(rt),
+                Err(e) => tokio::spawn(std::future::ready(Err(e))),
+            };
+        }
         match MqttSinkRuntime::start(self, options, &s.comp) {
             Ok(rt) => {
-                let rt = match s.relay.take() {
-                    Some(target) => rt.relaying(target, &self.topic),
-                    None => rt,
+                let rt = match (s.relay.take(), &self.topic) {
+                    (Some(target), Some(topic)) => rt.relaying(target, topic),
+                    _ => rt,
                 };
                 s.run(rt)
             }
@@ -105,7 +119,16 @@ impl MqttSinkConfig {
             validate_topic_name(t)
                 .map_err(|e| err(format!("{path}.dead_letter_topic"), e.to_string()))?;
         }
-        Ok(())
+        let sparkplug = self.format == SinkFormat::SparkplugB;
+        match (&self.topic, &self.sparkplug) {
+            (None, _) if !sparkplug => Err(err(format!("{path}.topic"), "missing: the topic to publish to (a template: {field}, {stream})")),
+            (Some(_), _) if sparkplug => Err(err(format!("{path}.topic"), "format = \"sparkplug_b\" publishes to Sparkplug's topics (spBv1.0/<group_id>/NDATA/<edge_node_id>…); remove topic and set sparkplug.group_id and sparkplug.edge_node_id")),
+            (_, None) if sparkplug => Err(err(format!("{path}.sparkplug"), "missing: format = \"sparkplug_b\" needs the edge node, e.g. sparkplug = { group_id = \"plant\", edge_node_id = \"mqlink\" }")),
+            (_, Some(_)) if !sparkplug => Err(err(format!("{path}.sparkplug"), "only for format = \"sparkplug_b\"")),
+            (_, Some(_)) if self.parallelism != 1 || self.retain => Err(err(format!("{path}.parallelism"), "a Sparkplug edge node is one client publishing in order: parallelism = 1 and retain = false")),
+            (_, Some(e)) => e.validate(path),
+            _ => Ok(()),
+        }
     }
 
     /// Every placeholder of the topic template against every input: a
@@ -113,7 +136,9 @@ impl MqttSinkConfig {
     /// at run time.
     fn check_template(&self, ctx: &Context) -> Result<(), ConfigError> {
         let key = format!("{}.topic", ctx.path);
-        let t = &self.topic;
+        let Some(t) = &self.topic else {
+            return Ok(());
+        };
         if t.uses_key() {
             return Err(err(key, format!("{t}: {{key}}: records of a pipeline have no key; use a field, e.g. {{device_id}}")));
         }
@@ -186,7 +211,7 @@ impl MqttSinkRuntime {
     ) -> Result<MqttSinkRuntime, String> {
         let sink = MqttSink::builder()
             .connection(opts)
-            .topic(cfg.topic.to_string())
+            .topic(cfg.topic.as_ref().map_or(String::new(), |t| t.to_string()))
             .qos(cfg.qos)
             .retain(Retain::Fixed(cfg.retain))
             .parallelism(cfg.parallelism)

@@ -19,10 +19,15 @@
 //!
 //! The source publishes the queued rebirth requests through its own
 //! connection ([`Host::take_requests`]).
+//!
+//! The other direction, mqlink as an edge node publishing records as
+//! births and DATA by alias, is [`edge`].
 
 // The structs mirror Tahu's `sparkplug_b.proto` field for field.
 #[allow(missing_docs)]
 pub mod proto;
+#[allow(missing_docs)] // the fields are the Sparkplug message's
+pub mod edge;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
