@@ -57,6 +57,7 @@ pub const CONNECTOR: Connector = Connector {
             Key::text("sparkplug.edge_node_id"),
             Key::text("sparkplug.device_id"),
             Key::text("sparkplug.timestamp"),
+            Key::of("sparkplug.metrics", KeyType::TextOrList),
         ],
         fields: fields_of::<MqttSinkConfig>,
         metrics: &[crate::status::SINK_IN_FLIGHT],
