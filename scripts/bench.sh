@@ -45,11 +45,16 @@
 #      target/pyarrow-venv), and into an HTTP endpoint that answers each
 #      request after 100 ms, with the buffer and without; each consumer
 #      alone: messages received and the rate to the last one
-#      (BENCH_LIMITS=0 skips it).
+#      (BENCH_LIMITS=0 skips it);
+#  11. Sparkplug B: a queue of NDATA by alias drained by `mqlink run`
+#      (format = "sparkplug_b" into a file, a line per metric) and by
+#      pysparkplug's decoder over paho-mqtt (bench/sparkplug.py), metrics
+#      per second (BENCH_SPARKPLUG=0 skips it).
 # Installs what it needs on Debian. N=... changes the message count;
 # BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
 # pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
-# broker-limits bursts (10).
+# broker-limits bursts (10), BENCH_ONLY=sparkplug only the Sparkplug B
+# decoding (11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -108,10 +113,10 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 ONLY=${BENCH_ONLY:-}
-[ "$ONLY" = limits ] && BENCH_SQL=0
+case "$ONLY" in limits|sparkplug) BENCH_SQL=0 ;; esac
 if [ "$ONLY" != sql ]; then
   cargo build --release -q -p mqlink-cli --no-default-features --features parquet  # the SQL runs use the bench-sql build below
-  [ "$ONLY" = limits ] || cargo build --release -q -p mqlink --example sink_bench --example bridge
+  case "$ONLY" in limits|sparkplug) ;; *) cargo build --release -q -p mqlink --example sink_bench --example bridge ;; esac
 fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 MQLINK=$TARGET/release/mqlink
@@ -347,14 +352,14 @@ type = "webhook"
 inputs = ["telemetry"]
 url = "http://127.0.0.1:$2/ingest"
 batch = "ndjson"
-batch_size = 1000
+batch_size = 5000
 TOML
 }
 # An endpoint answering each POST after 100 ms; the records it took (lines)
 # are written to the file $2 after each request.
 slow_endpoint() { # $1 = port, $2 = count file
   python3 - "$1" "$2" <<'PY' &
-import sys, time, threading
+import os, sys, time, threading
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 port, out = int(sys.argv[1]), sys.argv[2]
 lock, taken = threading.Lock(), [0]
@@ -365,7 +370,8 @@ class H(BaseHTTPRequestHandler):
         time.sleep(0.1)
         with lock:
             taken[0] += body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
-            open(out, "w").write(str(taken[0]))
+            open(out + ".new", "w").write(str(taken[0]))
+            os.replace(out + ".new", out)
         self.send_response(204); self.end_headers()
     def log_message(self, *a): pass
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
@@ -487,6 +493,61 @@ PY
   echo
 fi
 [ "$ONLY" = limits ] && exit 0
+# Run 11: Sparkplug B: a queue of NDATA by alias (NBIRTH first) drained by
+# `mqlink run` (format = "sparkplug_b" into a JSON-lines file, one line per
+# metric) and by pysparkplug's decoder over paho-mqtt writing the same lines
+# (bench/sparkplug.py), each from its own session of the same queue.
+if [ "${BENCH_SPARKPLUG:-1}" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = sparkplug ]; }; then
+  spenv=target/sparkplug-venv
+  "$spenv/bin/python" -c 'import pysparkplug' 2>/dev/null ||
+    { python3 -m venv "$spenv" && "$spenv/bin/pip" install -q --disable-pip-version-check 'pysparkplug==0.6.1'; }
+  SPN=${SPARKPLUG_N:-20000}; SPM=${SPARKPLUG_METRICS:-20}
+  echo "sparkplug: $SPN NDATA of $SPM Double metrics by alias each ($((SPN * SPM)) metrics), queued, decoded into a file"
+  for r in $(seq "$ROUNDS"); do
+    g="spb$r$$"
+    cat > "$work/$g.toml" <<TOML
+[run]
+state_dir = "$work/state-$g"
+[connections.b]
+broker = "mqtt://127.0.0.1:$port"
+client_id = "$g-mqlink"
+clean_session = false
+[sources.plant]
+type = "mqtt"
+connection = "b"
+topics = ["spBv1.0/$g/#"]
+format = "sparkplug_b"
+[sinks.out]
+type = "file"
+inputs = ["plant"]
+path = "$work/$g.jsonl"
+TOML
+    "$MQLINK" run "$work/$g.toml" --until-idle 0.2 2>/dev/null   # the session
+    "$spenv/bin/python" bench/sparkplug.py session "$port" "$g-peer" "$g"
+    "$spenv/bin/python" bench/sparkplug.py feed "$port" "$g" "$SPN" "$SPM"
+    rm -f "$work/$g.jsonl"
+    t0=$(date +%s.%N)
+    "$MQLINK" run "$work/$g.toml" --until-idle 0.5 2>"$work/$g.err"
+    t1=$(date +%s.%N)
+    got=$(grep -c '"NDATA"' "$work/$g.jsonl" || true)
+    secs=$(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.2f", a-b-0.5}')
+    printf '%-44s %8s %8s %12.0f %10s\n' "sparkplug: mqlink run -> file" "$secs" "" "$(awk -v n="$got" -v w="$secs" 'BEGIN{print n/w}')" "$got"
+    echo "mqlink $got $secs" >> "$work/spb_results"
+    set -- $("$spenv/bin/python" bench/sparkplug.py drain "$port" "$g-peer" "$g" "$SPN" "$work/$g-peer.jsonl")
+    printf '%-44s %8s %8s %12.0f %10s\n' "sparkplug: pysparkplug + paho -> file" "$2" "" "$(awk -v n="$1" -v w="$2" 'BEGIN{print n/w}')" "$1"
+    echo "peer $1 $2" >> "$work/spb_results"
+  done
+  python3 - "$work/spb_results" <<'PY'
+import sys
+best = {}
+for line in open(sys.argv[1]):
+    who, n, s = line.split()
+    best[who] = max(best.get(who, 0), int(n) / max(float(s), 1e-9))
+print(f"sparkplug  mqlink {best['mqlink']:,.0f} metrics/s (target >= 100,000), pysparkplug {best['peer']:,.0f} metrics/s: {best['mqlink'] / best['peer']:.1f}x (target >= 10x)")
+PY
+  echo
+fi
+[ "$ONLY" = sparkplug ] && exit 0
 for r in $(seq "$ROUNDS"); do
   if [ "$ONLY" != sql ]; then
   id="bp-$r-$$"; bridge_pipeline "$id" > "$work/$id.toml"
