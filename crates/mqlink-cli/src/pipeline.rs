@@ -12,6 +12,9 @@ use mqlink_pipeline::RunOptions;
 
 use crate::cli::usage;
 
+/// The environment variable of `--instance`.
+const INSTANCE_ENV: &str = "MQLINK_INSTANCE";
+
 /// `mqlink run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -134,7 +137,12 @@ fn load_file(
     cybus: &CybusArgs,
     instance: Option<&str>,
 ) -> anyhow::Result<mqlink_pipeline::Pipeline> {
-    if let Some(p) = load_sql(file, instance) {
+    // `--instance` is `${MQLINK_INSTANCE}` to the file, as the variable is.
+    let env = |k: &str| match (k, instance) {
+        (INSTANCE_ENV, Some(i)) => Some(i.to_string()),
+        (k, _) => std::env::var(k).ok(),
+    };
+    if let Some(p) = load_sql(file, &env) {
         if let Some((name, _)) = cybus.params.first() {
             return Err(usage(format!("--param {name}: parameters belong to Cybus commissioning files; a .sql file takes ${{VAR}} from the environment")));
         }
@@ -145,7 +153,7 @@ fn load_file(
         }
         return Ok(p);
     }
-    let mut p = mqlink_pipeline::load_cybus(file, &cybus.params, cybus.strict).map_err(|e| {
+    let mut p = mqlink_pipeline::load_cybus_with(file, &cybus.params, cybus.strict, &env).map_err(|e| {
         // Errors name the file, once.
         if e.path == file.display().to_string() {
             usage(e.to_string())
@@ -160,29 +168,23 @@ fn load_file(
 }
 
 /// A `.sql` file is SQL statements (feature `sql`); others TOML or YAML.
-/// The SQL compiler sees `--instance` as `MQLINK_INSTANCE`.
 fn load_sql(
     file: &std::path::Path,
-    instance: Option<&str>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Option<anyhow::Result<mqlink_pipeline::Pipeline>> {
     if file.extension()? != "sql" {
         return None;
     }
     #[cfg(feature = "sql")]
+    let r = mqlink_sql::load_with(file, env).map_err(|e| usage(format!("{}: {e}", file.display())));
+    #[cfg(not(feature = "sql"))]
     let r = {
-        let env = |k: &str| match k {
-            mqlink_sql::INSTANCE_ENV => instance.map(str::to_string),
-            k => std::env::var(k).ok(),
-        };
-        mqlink_sql::load_with(file, &env).map_err(|e| usage(format!("{}: {e}", file.display())))
+        let _ = env;
+        Err(usage(format!(
+            "{}: SQL pipelines need mqlink built with the sql feature (cargo build --release -p mqlink-cli --features sql)",
+            file.display()
+        )))
     };
-    #[cfg(not(feature = "sql"))]
-    let _ = instance;
-    #[cfg(not(feature = "sql"))]
-    let r = Err(usage(format!(
-        "{}: SQL pipelines need mqlink built with the sql feature (cargo build --release -p mqlink-cli --features sql)",
-        file.display()
-    )));
     Some(r)
 }
 

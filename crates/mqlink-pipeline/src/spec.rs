@@ -407,22 +407,32 @@ pub fn load_cybus(
     params: &[(String, String)],
     strict: bool,
 ) -> Result<Pipeline, ConfigError> {
+    load_cybus_with(path, params, strict, &|k| std::env::var(k).ok())
+}
+
+/// [`load_cybus`] with `env` looking up `${VAR}`s (the command line's
+/// `--instance` is `${MQLINK_INSTANCE}`).
+pub fn load_cybus_with(
+    path: &Path,
+    params: &[(String, String)],
+    strict: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
     let yaml = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     );
-    let env = |k: &str| std::env::var(k).ok();
     let mut p = if yaml && crate::cybus::is_commissioning_file(&text) {
-        crate::cybus::parse_with(&text, params, &env, strict)?
+        crate::cybus::parse_with(&text, params, env, strict)?
     } else if let Some((name, _)) = params.first() {
         return Err(err(
             format!("--param {name}"),
             "parameters belong to Cybus commissioning files (YAML with top-level resources: of Cybus:: types); this is a pipeline file (use ${VAR} from the environment)",
         ));
     } else {
-        parse(&text, yaml, &env)?
+        parse(&text, yaml, env)?
     };
     p.state_dir_next_to(path);
     Ok(p)

@@ -800,7 +800,10 @@ impl Compiler<'_> {
 
     /// This process's instance name, if it has one.
     fn instance(&self) -> Option<String> {
-        (self.env)(crate::INSTANCE_ENV).filter(|i| !i.is_empty())
+        // One that is not a valid name is refused by name when the
+        // command line sets it (Pipeline::set_instance).
+        (self.env)(crate::INSTANCE_ENV)
+            .filter(|i| mqlink_pipeline::spec::check_instance(i).is_ok())
     }
 
     /// A windowed query reading a share group, in a process with an
