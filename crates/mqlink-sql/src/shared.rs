@@ -61,6 +61,19 @@ pub fn partials(w: &Windowed, instance: &str) -> Result<Partials, String> {
             }
         }
     }
+    // What each output column was, for the error.
+    let shown: std::collections::HashMap<String, String> = match w.post.iter().rev().find_map(|s| match s {
+        Step::Project(exprs, _, out) => Some((exprs, out)),
+        _ => None,
+    }) {
+        Some((exprs, out)) => out
+            .fields()
+            .iter()
+            .zip(exprs)
+            .map(|(f, e)| (f.name().clone(), e.to_string()))
+            .collect(),
+        None => Default::default(),
+    };
     // The window column is flattened into its start and end.
     let mut parts = Vec::new();
     for (part, ty) in cols {
@@ -82,7 +95,7 @@ pub fn partials(w: &Windowed, instance: &str) -> Result<Partials, String> {
             Part::Agg(AggKind::Min) => out.merge.push((name, Merge::Min)),
             Part::Agg(AggKind::Max) => out.merge.push((name, Merge::Max)),
             Part::Agg(AggKind::Avg) => return Err(format!("AVG (column {name}): the average of each process's partial average is not the average; in a share group write SUM(x) AS sum_x, COUNT(x) AS n and divide when reading (SELECT sum_x / n FROM <table>_merged)")),
-            Part::Computed => return Err(format!("column {name} is computed from aggregates: in a share group each column must be the window, a group key, or COUNT, SUM, MIN or MAX as it is, so that partial rows combine (compute it when reading <table>_merged)")),
+            Part::Computed => return Err(format!("column {name} ({}) is computed from aggregates: in a share group each column must be the window, a group key, or COUNT, SUM, MIN or MAX as it is, so that partial rows combine (compute it when reading <table>_merged)", shown.get(name.as_str()).map_or("?", |s| s.as_str()))),
         }
     }
     Ok(out)
@@ -95,13 +108,16 @@ fn part_of(e: &Expr, input: &DFSchema, parts: &[Part]) -> Part {
         input
             .index_of_column(c)
             .ok()
+            // (an unqualified name the schema spells qualified)
+            .or_else(|| input.fields().iter().position(|f| f.name() == &c.name))
             .and_then(|i| parts.get(i).copied())
             .unwrap_or(Part::Computed)
     };
-    let bare = match e {
-        Expr::Alias(a) => a.expr.as_ref(),
-        e => e,
-    };
+    // (`count(Int64(1)) AS count(*) AS n`: aliases over aliases)
+    let mut bare = e;
+    while let Expr::Alias(a) = bare {
+        bare = a.expr.as_ref();
+    }
     if let Expr::Column(c) = bare {
         return of(c);
     }
@@ -163,7 +179,7 @@ INSERT INTO db {query};",
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, AVG(temp) AS mean FROM t GROUP BY window, dev");
         assert!(e.contains("share group \"g\" by instance \"a\"") && e.contains("AVG (column mean)") && e.contains("SUM(x) AS sum_x, COUNT(x) AS n"), "{e}");
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, COUNT(*) * 2 AS n2 FROM t GROUP BY window, dev");
-        assert!(e.contains("column n2 is computed from aggregates"), "{e}");
+        assert!(e.contains("column n2 (") && e.contains("is computed from aggregates"), "{e}");
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, COUNT(*) AS n FROM t GROUP BY window, dev HAVING COUNT(*) > 3");
         assert!(e.contains("HAVING"), "{e}");
         let e = refused(
