@@ -30,6 +30,15 @@ deps() {
             : > "crates/$c/src/lib.rs"
             made+=("crates/$c/src")
         fi
+        # Examples a manifest names ([[example]] name = "…") must exist too.
+        local ex
+        for ex in $(grep -A3 '^\[\[example\]\]' "crates/$c/Cargo.toml" | sed -n 's/^name = "\(.*\)"/\1/p'); do
+            if [ ! -e "crates/$c/examples/$ex.rs" ]; then
+                mkdir -p "crates/$c/examples"
+                echo 'fn main() {}' > "crates/$c/examples/$ex.rs"
+                made+=("crates/$c/examples/$ex.rs")
+            fi
+        done
     done
     build
     # The empty crates' own artifacts go, their dependencies stay.
@@ -37,6 +46,7 @@ deps() {
         cargo clean --release --locked -p "$c" >/dev/null 2>&1 || true
     done
     for d in "${made[@]}"; do rm -r "$d"; done
+    rmdir crates/*/examples 2>/dev/null || true
 }
 
 check() {
