@@ -153,14 +153,15 @@ fn load_file(
         }
         return Ok(p);
     }
-    let mut p = mqlink_pipeline::load_cybus_with(file, &cybus.params, cybus.strict, &env).map_err(|e| {
-        // Errors name the file, once.
-        if e.path == file.display().to_string() {
-            usage(e.to_string())
-        } else {
-            usage(format!("{}: {e}", file.display()))
-        }
-    })?;
+    let mut p =
+        mqlink_pipeline::load_cybus_with(file, &cybus.params, cybus.strict, &env).map_err(|e| {
+            // Errors name the file, once.
+            if e.path == file.display().to_string() {
+                usage(e.to_string())
+            } else {
+                usage(format!("{}: {e}", file.display()))
+            }
+        })?;
     if let Some(l) = &cybus.embedded_broker {
         p.embedded_broker.listen = Some(l.clone());
     }

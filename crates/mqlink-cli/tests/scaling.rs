@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use testkit::{free_port, http_get, mosquitto_pub_lines, signal, unique_id, wait_until, write, Mosquitto};
+use testkit::{
+    free_port, http_get, mosquitto_pub_lines, signal, unique_id, wait_until, write, Mosquitto,
+};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -108,9 +110,16 @@ path = "out-${{MQLINK_INSTANCE}}.jsonl"
         ),
     );
     // validate shows each instance's client id.
-    let v = mqlink().arg("validate").arg(&file).args(["--instance", "a"]).output().unwrap();
+    let v = mqlink()
+        .arg("validate")
+        .arg(&file)
+        .args(["--instance", "a"])
+        .output()
+        .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-    assert!(String::from_utf8_lossy(&v.stdout).contains(&format!("MQTT client id {topic}-readings-a")));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains(&format!("MQTT client id {topic}-readings-a"))
+    );
 
     let (ha, hb) = (free_port(), free_port());
     let mut a = start(&file, dir.path(), "a", true, ha);
@@ -128,14 +137,23 @@ path = "out-${{MQLINK_INSTANCE}}.jsonl"
             .find(|c| c["name"] == "readings")
             .unwrap_or_else(|| panic!("no source in {status}"));
         let id = &source["clients"][0]["client_id"];
-        assert_eq!(id.as_str(), Some(format!("{topic}-readings-{name}").as_str()), "{status}");
+        assert_eq!(
+            id.as_str(),
+            Some(format!("{topic}-readings-{name}").as_str()),
+            "{status}"
+        );
     }
 
     const N: u64 = 20_000;
     let lines: Vec<String> = (0..N).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
     let publisher = publish_all(broker.port, format!("{topic}/in"), lines);
-    let files = [dir.path().join("out-a.jsonl"), dir.path().join("out-b.jsonl")];
-    wait_until(60, "a third of the messages", || seqs(&files).len() as u64 >= N / 3);
+    let files = [
+        dir.path().join("out-a.jsonl"),
+        dir.path().join("out-b.jsonl"),
+    ];
+    wait_until(60, "a third of the messages", || {
+        seqs(&files).len() as u64 >= N / 3
+    });
     signal(&b, "-KILL");
     b.wait().unwrap();
     let mut b = start(&file, dir.path(), "b", false, hb);
@@ -149,13 +167,25 @@ path = "out-${{MQLINK_INSTANCE}}.jsonl"
     let seen = seqs(&files);
     let lost: Vec<u64> = (0..N).filter(|n| !seen.contains_key(n)).collect();
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
-    eprintln!("{N} messages, 2 instances, one SIGKILLed: {} lost, {duplicates} written twice", lost.len());
+    eprintln!(
+        "{N} messages, 2 instances, one SIGKILLed: {} lost, {duplicates} written twice",
+        lost.len()
+    );
     assert!(lost.is_empty(), "lost: {lost:?}");
-    let per: Vec<usize> = files.iter().map(|f| seqs(std::slice::from_ref(f)).len()).collect();
-    assert!(per.iter().all(|&n| n > 0), "each instance took a share: {per:?}");
+    let per: Vec<usize> = files
+        .iter()
+        .map(|f| seqs(std::slice::from_ref(f)).len())
+        .collect();
+    assert!(
+        per.iter().all(|&n| n > 0),
+        "each instance took a share: {per:?}"
+    );
     // Each instance's buffer and state under its own name.
     for i in ["a", "b"] {
-        assert!(dir.path().join("mqlink-state").join(i).is_dir(), "state of {i}");
+        assert!(
+            dir.path().join("mqlink-state").join(i).is_dir(),
+            "state of {i}"
+        );
     }
 }
 
@@ -164,7 +194,10 @@ path = "out-${{MQLINK_INSTANCE}}.jsonl"
 #[cfg(feature = "sql")]
 fn window_sql(topic: &str, port: u16, url: &str, table: &str, shared: bool) -> String {
     let (prefix, share) = match shared {
-        true => (format!("{topic}-shared"), format!(", share_group = '{topic}'")),
+        true => (
+            format!("{topic}-shared"),
+            format!(", share_group = '{topic}'"),
+        ),
         false => (format!("{topic}-single"), String::new()),
     };
     format!(
@@ -196,7 +229,11 @@ fn windows_of(pg: &testkit::Postgres, relation: &str) -> Vec<String> {
     let text = pg.psql(&format!(
         "SELECT (extract(epoch FROM window_start) * 1000)::bigint, device_id, n, s, lo, hi FROM {relation}"
     ));
-    let mut rows: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
     rows.sort();
     rows
 }
@@ -214,14 +251,32 @@ fn two_instances_of_a_windowed_query_merge_to_the_single_process_result() {
     let pg = testkit::Postgres::start();
     let dir = testkit::TempDir::new().unwrap();
     let topic = unique_id("scalesql");
-    let shared = write(dir.path(), "shared.sql", &window_sql(&topic, broker.port, &pg.url(), "part", true));
-    let single = write(dir.path(), "single.sql", &window_sql(&topic, broker.port, &pg.url(), "whole", false));
+    let shared = write(
+        dir.path(),
+        "shared.sql",
+        &window_sql(&topic, broker.port, &pg.url(), "part", true),
+    );
+    let single = write(
+        dir.path(),
+        "single.sql",
+        &window_sql(&topic, broker.port, &pg.url(), "whole", false),
+    );
     // Refused in a share group with an instance: what does not combine.
-    let avg = std::fs::read_to_string(&shared).unwrap().replace("SUM(temperature) AS s", "AVG(temperature) AS s");
+    let avg = std::fs::read_to_string(&shared)
+        .unwrap()
+        .replace("SUM(temperature) AS s", "AVG(temperature) AS s");
     let avg = write(dir.path(), "avg.sql", &avg);
-    let out = mqlink().arg("validate").arg(&avg).args(["--instance", "a"]).output().unwrap();
+    let out = mqlink()
+        .arg("validate")
+        .arg(&avg)
+        .args(["--instance", "a"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("AVG (column s)"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("AVG (column s)"),
+        "{err}"
+    );
 
     let (ha, hb, hs) = (free_port(), free_port(), free_port());
     let mut one = start(&single, dir.path(), "", false, hs);
@@ -240,12 +295,19 @@ fn two_instances_of_a_windowed_query_merge_to_the_single_process_result() {
     let mut lines = Vec::new();
     for i in 0..N {
         let (dev, ts, temp) = (format!("d{}", i % 5), T0 + i * 50, (i * 37) % 400 - 100);
-        lines.push(format!(r#"{{"device_id":"{dev}","ts":{ts},"temperature":{temp}.0}}"#));
-        let w = reference.entry((ts - ts % 10_000, dev)).or_insert((0, 0, i64::MAX, i64::MIN));
+        lines.push(format!(
+            r#"{{"device_id":"{dev}","ts":{ts},"temperature":{temp}.0}}"#
+        ));
+        let w = reference
+            .entry((ts - ts % 10_000, dev))
+            .or_insert((0, 0, i64::MAX, i64::MIN));
         *w = (w.0 + 1, w.1 + temp, w.2.min(temp), w.3.max(temp));
     }
     for i in 0..40 {
-        lines.push(format!(r#"{{"device_id":"close","ts":{},"temperature":0.0}}"#, T0 + 1_000_000 + i));
+        lines.push(format!(
+            r#"{{"device_id":"close","ts":{},"temperature":0.0}}"#,
+            T0 + 1_000_000 + i
+        ));
     }
     let expected: Vec<String> = {
         let mut rows: Vec<String> = reference

@@ -211,7 +211,11 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
                 // reasons (they name components and brokers).
                 ("GET" | "HEAD", "/ready") if !server.admits(&req) => {
                     let (code, ctype, _why) = route("/ready", &server.registry);
-                    let word = if code == 200 { "ready\n" } else { "not ready\n" };
+                    let word = if code == 200 {
+                        "ready\n"
+                    } else {
+                        "not ready\n"
+                    };
                     (code, ctype, word.into())
                 }
                 (_, path) if path != "/health" && !server.admits(&req) => unauthorized(),

@@ -1213,10 +1213,19 @@ listen = "127.0.0.1:9464"
         p.state_dir_next_to(Path::new("/etc/mqlink/p.toml"));
         p.set_instance("pod-7f9c.a_1").unwrap();
         let ids: Vec<String> = p.client_ids().into_iter().map(|(_, id)| id).collect();
-        assert_eq!(ids, ["ingest-telemetry-pod-7f9c.a_1", "ingest-to_broker-pod-7f9c.a_1"]);
+        assert_eq!(
+            ids,
+            [
+                "ingest-telemetry-pod-7f9c.a_1",
+                "ingest-to_broker-pod-7f9c.a_1"
+            ]
+        );
         let c = &p.connections["local"];
         let opts = p.options_for(c, "local", "telemetry", None);
-        assert_eq!(opts.client_id.as_deref(), Some("ingest-telemetry-pod-7f9c.a_1"));
+        assert_eq!(
+            opts.client_id.as_deref(),
+            Some("ingest-telemetry-pod-7f9c.a_1")
+        );
         assert_eq!(
             p.run.state_dir(),
             Path::new("/etc/mqlink/mqlink-state/pod-7f9c.a_1")

@@ -802,8 +802,7 @@ impl Compiler<'_> {
     fn instance(&self) -> Option<String> {
         // One that is not a valid name is refused by name when the
         // command line sets it (Pipeline::set_instance).
-        (self.env)(crate::INSTANCE_ENV)
-            .filter(|i| mqlink_pipeline::spec::check_instance(i).is_ok())
+        (self.env)(crate::INSTANCE_ENV).filter(|i| mqlink_pipeline::spec::check_instance(i).is_ok())
     }
 
     /// A windowed query reading a share group, in a process with an
@@ -839,7 +838,9 @@ impl Compiler<'_> {
             }
             let Some(pg) = sink.kind.as_any().downcast_ref::<PostgresSinkConfig>() else {
                 let o = self.origins.get(&format!("sinks.{name}"));
-                let (l, st) = o.map_or((line, statement.to_string()), |o| (o.line, o.statement.clone()));
+                let (l, st) = o.map_or((line, statement.to_string()), |o| {
+                    (o.line, o.statement.clone())
+                });
                 return Err(SqlError::at(l, st, None, format!("{why}, and only a PostgreSQL sink combines partial rows (in the view <table>_merged); write the query into PostgreSQL, or run one process")));
             };
             let mut pg = pg.clone();

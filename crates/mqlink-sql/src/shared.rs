@@ -62,18 +62,19 @@ pub fn partials(w: &Windowed, instance: &str) -> Result<Partials, String> {
         }
     }
     // What each output column was, for the error.
-    let shown: std::collections::HashMap<String, String> = match w.post.iter().rev().find_map(|s| match s {
-        Step::Project(exprs, _, out) => Some((exprs, out)),
-        _ => None,
-    }) {
-        Some((exprs, out)) => out
-            .fields()
-            .iter()
-            .zip(exprs)
-            .map(|(f, e)| (f.name().clone(), e.to_string()))
-            .collect(),
-        None => Default::default(),
-    };
+    let shown: std::collections::HashMap<String, String> =
+        match w.post.iter().rev().find_map(|s| match s {
+            Step::Project(exprs, _, out) => Some((exprs, out)),
+            _ => None,
+        }) {
+            Some((exprs, out)) => out
+                .fields()
+                .iter()
+                .zip(exprs)
+                .map(|(f, e)| (f.name().clone(), e.to_string()))
+                .collect(),
+            None => Default::default(),
+        };
     // The window column is flattened into its start and end.
     let mut parts = Vec::new();
     for (part, ty) in cols {
@@ -133,7 +134,12 @@ fn part_of(e: &Expr, input: &DFSchema, parts: &[Part]) -> Part {
 mod tests {
     use mqlink_pipeline::connectors::postgres::{Merge, PostgresSinkConfig};
 
-    fn compile(dir: &std::path::Path, instance: Option<&str>, sink: &str, query: &str) -> Result<mqlink_pipeline::Pipeline, String> {
+    fn compile(
+        dir: &std::path::Path,
+        instance: Option<&str>,
+        sink: &str,
+        query: &str,
+    ) -> Result<mqlink_pipeline::Pipeline, String> {
         let sql = format!(
             "CREATE CONNECTION c FROM mqtt_source WITH (broker = 'tcp://127.0.0.1:1883', client_id = 'w', clean_session = false);
 CREATE TABLE t (dev TEXT, ts TIMESTAMP, temp DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
@@ -143,7 +149,11 @@ INSERT INTO db {query};",
             dir.display()
         );
         let instance = instance.map(str::to_string);
-        let env = move |k: &str| (k == crate::INSTANCE_ENV).then(|| instance.clone()).flatten();
+        let env = move |k: &str| {
+            (k == crate::INSTANCE_ENV)
+                .then(|| instance.clone())
+                .flatten()
+        };
         crate::parse(&sql, &env).map_err(|e| e.to_string())
     }
 
@@ -169,7 +179,13 @@ INSERT INTO db {query};",
         );
         // Without an instance: one process, whole rows.
         let p = compile(dir.path(), None, PG, q).unwrap();
-        assert!(p.sinks[0].1.kind.get::<PostgresSinkConfig>().unwrap().partials.is_none());
+        assert!(p.sinks[0]
+            .1
+            .kind
+            .get::<PostgresSinkConfig>()
+            .unwrap()
+            .partials
+            .is_none());
     }
 
     #[test]
@@ -177,19 +193,33 @@ INSERT INTO db {query};",
         let dir = testkit::TempDir::new().unwrap();
         let refused = |sink: &str, q: &str| compile(dir.path(), Some("a"), sink, q).unwrap_err();
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, AVG(temp) AS mean FROM t GROUP BY window, dev");
-        assert!(e.contains("share group \"g\" by instance \"a\"") && e.contains("AVG (column mean)") && e.contains("SUM(x) AS sum_x, COUNT(x) AS n"), "{e}");
+        assert!(
+            e.contains("share group \"g\" by instance \"a\"")
+                && e.contains("AVG (column mean)")
+                && e.contains("SUM(x) AS sum_x, COUNT(x) AS n"),
+            "{e}"
+        );
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, COUNT(*) * 2 AS n2 FROM t GROUP BY window, dev");
-        assert!(e.contains("column n2 (") && e.contains("is computed from aggregates"), "{e}");
+        assert!(
+            e.contains("column n2 (") && e.contains("is computed from aggregates"),
+            "{e}"
+        );
         let e = refused(PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, COUNT(*) AS n FROM t GROUP BY window, dev HAVING COUNT(*) > 3");
         assert!(e.contains("HAVING"), "{e}");
         let e = refused(
             "CREATE TABLE db WITH (connector = 'file', path = 'out.jsonl')",
             "SELECT TUMBLE(INTERVAL '1 minute') AS window, dev, COUNT(*) AS n FROM t GROUP BY window, dev",
         );
-        assert!(e.contains("only a PostgreSQL sink combines partial rows"), "{e}");
+        assert!(
+            e.contains("only a PostgreSQL sink combines partial rows"),
+            "{e}"
+        );
         // A function of group keys is a group key.
         let p = compile(dir.path(), Some("a"), PG, "SELECT TUMBLE(INTERVAL '1 minute') AS window, upper(dev) AS dev, COUNT(*) AS n FROM t GROUP BY window, dev").unwrap();
         let pg = p.sinks[0].1.kind.get::<PostgresSinkConfig>().unwrap();
-        assert_eq!(pg.partials.as_ref().unwrap().group, ["window_start", "window_end", "dev"]);
+        assert_eq!(
+            pg.partials.as_ref().unwrap().group,
+            ["window_start", "window_end", "dev"]
+        );
     }
 }

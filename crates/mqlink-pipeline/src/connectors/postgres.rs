@@ -267,7 +267,12 @@ pub fn merged_view_sql(cfg: &PostgresSinkConfig, partials: &Partials, schema: &S
         .iter()
         .map(|(n, t)| {
             let q = quote_ident(n);
-            match partials.merge.iter().find(|(m, _)| m.as_str() == &**n).map(|(_, m)| m) {
+            match partials
+                .merge
+                .iter()
+                .find(|(m, _)| m.as_str() == &**n)
+                .map(|(_, m)| m)
+            {
                 None => q,
                 Some(m) => {
                     let f = match m {
