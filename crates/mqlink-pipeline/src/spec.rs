@@ -114,7 +114,8 @@ pub struct ConnectionConfig {
     pub broker: OneOrMany,
     /// Base of the client ids of the components using this connection
     /// [default: `mqlink-<connection name>`]; each MQTT client gets
-    /// `<client_id>-<component>` (and `-<i>` with parallelism).
+    /// `<client_id>-<component>` (then `-<instance>` with `mqlink run
+    /// --instance`, and `-<i>` with parallelism).
     pub client_id: Option<String>,
     /// `"3.1.1"` (or `"311"`) or `"5"` [default: MQTT 5, and 3.1.1 when
     /// the broker refuses it (logged): MQTT 5 announces the window the
@@ -241,7 +242,8 @@ pub struct RunConfig {
     /// Where the pipeline keeps what must survive a restart: the MQTT
     /// sources' local buffers, in `buffer/<client id>` [default:
     /// `mqlink-state` next to the pipeline file, or in the working
-    /// directory for a pipeline not read from a file].
+    /// directory for a pipeline not read from a file]; with an instance
+    /// name (`mqlink run --instance NAME`), `<state_dir>/NAME`.
     pub state_dir: Option<PathBuf>,
 }
 
