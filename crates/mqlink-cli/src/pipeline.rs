@@ -7,13 +7,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use mqlink_pipeline::spec::INSTANCE_ENV;
 use mqlink_pipeline::status::Registry;
 use mqlink_pipeline::RunOptions;
 
 use crate::cli::usage;
-
-/// The environment variable of `--instance`.
-const INSTANCE_ENV: &str = "MQLINK_INSTANCE";
 
 /// `mqlink run`.
 #[derive(Args, Debug)]

@@ -39,7 +39,7 @@ const TOKEN_ENV: &str = "MQLINK_HTTP_TOKEN";
 /// `mqlink-state/<instance>/http-address`), else the default.
 fn url(given: Option<String>) -> String {
     given.unwrap_or_else(|| {
-        let file = match std::env::var("MQLINK_INSTANCE") {
+        let file = match std::env::var(mqlink_pipeline::spec::INSTANCE_ENV) {
             Ok(i) if !i.is_empty() => ADDRESS_FILE.replace('/', &format!("/{i}/")),
             _ => ADDRESS_FILE.to_string(),
         };

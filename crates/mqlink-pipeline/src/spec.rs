@@ -776,6 +776,11 @@ impl Pipeline {
     }
 }
 
+/// The environment variable naming this process among several running
+/// the same file (what `mqlink run --instance` sets for the file's
+/// `${MQLINK_INSTANCE}`): see [`Pipeline::set_instance`].
+pub const INSTANCE_ENV: &str = "MQLINK_INSTANCE";
+
 /// What an instance name may be: it ends client ids and names a
 /// directory, so letters, digits, `.`, `_` and `-`, 1 to 64 of them, not
 /// starting with `.`.

@@ -118,8 +118,8 @@ impl From<SqlError> for ConfigError {
 /// The environment variable naming this process among several running
 /// the same file (`mqlink run --instance`): with it, a windowed query
 /// reading a share group writes partial rows per instance (see
-/// [`compile`]).
-pub const INSTANCE_ENV: &str = "MQLINK_INSTANCE";
+/// [`shared`]).
+pub use mqlink_pipeline::spec::INSTANCE_ENV;
 
 /// Reads and validates a `.sql` pipeline file without connecting anywhere.
 pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
