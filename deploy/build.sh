@@ -19,10 +19,20 @@ build() {
     cargo build --release --locked -p mqlink-cli --no-default-features --features "$FEATURES"
 }
 
+# The empty crates made by deps, removed however the script ends (a
+# stub left behind would become a target of the real crate).
+made=()
+unmake() {
+    local d
+    for d in "${made[@]}"; do rm -rf "$d"; done
+    made=()
+    rmdir crates/*/examples 2>/dev/null || true
+}
+trap unmake EXIT
+
 deps() {
     # Empty crates in place of the sources (only where a crate has none
     # yet, so that running it in a checkout changes nothing).
-    local made=()
     for c in "${CRATES[@]}"; do
         if [ ! -d "crates/$c/src" ]; then
             mkdir -p "crates/$c/src"
@@ -45,8 +55,7 @@ deps() {
     for c in "${CRATES[@]}"; do
         cargo clean --release --locked -p "$c" >/dev/null 2>&1 || true
     done
-    for d in "${made[@]}"; do rm -r "$d"; done
-    rmdir crates/*/examples 2>/dev/null || true
+    unmake
 }
 
 check() {
