@@ -291,11 +291,18 @@ fn a_token_is_required_off_loopback_accepted_and_never_printed() {
         assert!(run.alive(), "{}", run.log());
         http_get(http, "/health").is_some_and(|(c, _)| c == 200)
     });
-    for path in ["/status", "/metrics", "/ready", "/query?sql=SELECT+1"] {
+    for path in ["/status", "/metrics", "/query?sql=SELECT+1"] {
         let (code, body) = http_get(http, path).unwrap();
         assert_eq!(code, 401, "{path}: {body}");
         assert!(!body.contains(secret));
     }
+    // Probes carry no token: /ready answers them with its code and one
+    // word, not its reasons.
+    wait_until(30, "/ready", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    let (_, body) = http_get(http, "/ready").unwrap();
+    assert_eq!(body, "ready\n");
     assert_eq!(post(http, "SELECT 1", Some("wrong")).0, 401);
     assert_eq!(post(http, "SELECT 1", Some(secret)).0, 200);
 

@@ -10,7 +10,9 @@
 //! A query cannot take the pipeline down: at most [`MAX_QUERIES`] run at
 //! once, each within [`QUERY_MEMORY`] and [`QUERY_TIME`], and one whose
 //! client leaves is stopped. With a token, every endpoint but /health
-//! wants `Authorization: Bearer <token>`.
+//! and /ready wants `Authorization: Bearer <token>` (probes carry no
+//! secret); /ready without it says only "ready" or "not ready", with the
+//! status code, not why.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -204,6 +206,18 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
         Ok(req) => {
             let head_only = req.method == "HEAD";
             let r = match (req.method.as_str(), req.path.as_str()) {
+                // Probes (kubelet's, a load balancer's) carry no secret:
+                // /health and /ready answer them, /ready without its
+                // reasons (they name components and brokers).
+                ("GET" | "HEAD", "/ready") if !server.admits(&req) => {
+                    let (code, ctype, _why) = route("/ready", &server.registry);
+                    let word = if code == 200 {
+                        "ready\n"
+                    } else {
+                        "not ready\n"
+                    };
+                    (code, ctype, word.into())
+                }
                 (_, path) if path != "/health" && !server.admits(&req) => unauthorized(),
                 ("GET" | "HEAD" | "POST", "/query") => match server.query(&mut sock, req).await {
                     Some(r) => r,

@@ -41,4 +41,4 @@ pub mod status;
 pub mod transform;
 
 pub use run::{run, Report, RunError, RunOptions, Stop};
-pub use spec::{load, load_cybus, load_with, parse, ConfigError, Pipeline};
+pub use spec::{load, load_cybus, load_cybus_with, load_with, parse, ConfigError, Pipeline};

@@ -154,6 +154,7 @@ pub async fn run(
     let registry = Registry(
         Arc::new(std::mem::take(&mut w.components)),
         broker.as_ref().map(|b| b.monitor()),
+        p.instance.as_deref().map(Arc::from),
     );
     serve_http(&p, &registry, opts.query.take()).await?;
     let stop = w.supervise(&p, &registry, &mut opts, shutdown).await;

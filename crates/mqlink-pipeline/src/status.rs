@@ -590,11 +590,13 @@ impl Component {
     }
 }
 
-/// All components of a pipeline, and its embedded broker if it has one.
+/// All components of a pipeline, its embedded broker if it has one, and
+/// the process's instance name if it has one.
 #[derive(Clone, Default)]
 pub struct Registry(
     pub Arc<Vec<Arc<Component>>>,
     pub Option<mqlink::broker::BrokerMonitor>,
+    pub Option<Arc<str>>,
 );
 
 /// A subscriber of the embedded broker that has taken nothing from its
@@ -722,6 +724,7 @@ impl Registry {
     pub fn status_json(&self) -> serde_json::Value {
         let reasons = self.not_ready();
         let mut status = serde_json::json!({
+            "instance": self.2.as_deref(),
             "ready": reasons.is_empty(),
             "not_ready": reasons,
             "components": self.0.iter().map(|c| c.status_json()).collect::<Vec<_>>(),
@@ -809,7 +812,7 @@ mod tests {
         src.set_error("connect to mqtt://user:secret@h:1883 refused");
         sink.set_state(State::Running);
         sink.records.store(4, Relaxed);
-        let r = Registry(Arc::new(vec![src, sink]), None);
+        let r = Registry(Arc::new(vec![src, sink]), None, None);
         // Redacted where it is set: /status, the live display and the
         // tables all read it from there.
         assert!(!r.0[0].status_json().to_string().contains("secret"));
