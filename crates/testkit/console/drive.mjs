@@ -100,7 +100,7 @@ try {
   await until(`${stalling} stalled`, stallSeconds + 15, async () => (await state(stalling)) === "stalled");
   const took = (Date.now() - stoppedAt) / 1000;
   const reason = await node(stalling).locator("[data-reason]").innerText();
-  if (!/stalled: \d+ records waiting and none confirmed for \d+ s/.test(reason)) throw new Error(`stall reason: ${reason}`);
+  if (!/\d+ records waiting and none confirmed for \d+ s/.test(reason)) throw new Error(`stall reason: ${reason}`);
   const notReady = await page.locator("#not-ready").innerText();
   if (!notReady.includes(`${stalling}: stalled`)) throw new Error(`faults list lacks the stall: ${notReady}`);
   if ((await page.locator("#ready").innerText()) !== "not ready") throw new Error("still shown ready");

@@ -6,7 +6,7 @@
 const POLL_MS = 1000;
 const FAULTS_EVERY = 5;          // polls between two fault queries
 const HISTORY = 300;             // samples kept per component (5 min)
-const NODE_W = 210, COL_GAP = 70, ROW_GAP = 16;
+const NODE_W = 190, COL_GAP = 40, ROW_GAP = 14;
 
 // A token given once as ?token=… is kept for this tab and dropped from the address.
 const params = new URLSearchParams(location.search);
@@ -128,12 +128,9 @@ function drawGraph(s) {
     box.replaceChildren();
     drawnShape = shape;
   }
-  const rows = new Map();
   const pos = new Map();
   let height = 0;
   for (const n of g.nodes) {
-    const row = rows.get(n.layer) || 0;
-    rows.set(n.layer, row + 1);
     let div = box.querySelector(`[data-node="${CSS.escape(n.id)}"]`);
     if (!div) {
       div = el("div", { class: "node", "data-node": n.id, tabindex: "0", role: "listitem" });
@@ -145,9 +142,7 @@ function drawGraph(s) {
     }
     fillNode(div, n, s);
     div.classList.toggle("selected", selected === n.id);
-    const x = n.layer * (NODE_W + COL_GAP);
-    const y = (rows.get(n.layer) - 1) * 0; // placeholder, set below
-    pos.set(n.id, { div, x, y });
+    pos.set(n.id, { div, x: n.layer * (NODE_W + COL_GAP), y: 0, h: 0 });
   }
   // Stack each column with the nodes' real heights.
   const colY = new Map();
@@ -224,12 +219,13 @@ function fillNode(div, n, s) {
   div.dataset.kind = n.type;
   div.classList.toggle("passive", n.type === "connection");
   div.setAttribute("aria-label", `${n.type} ${title}${state ? ", " + state : ""}`);
-  div.replaceChildren(
+  const children = [
     el("div", { class: "title" }, state ? el("span", { class: "state" }, state) : null, title),
     el("div", { class: "kind" }, kind),
     ...parts.map((p) => el("div", { class: "nums" }, p)),
-    reason ? el("div", { class: "reason", "data-reason": "" }, reason) : null,
-  );
+  ];
+  if (reason) children.push(el("div", { class: "reason", "data-reason": "" }, reason));
+  div.replaceChildren(...children);
 }
 
 function select(id) {
@@ -303,7 +299,9 @@ function sparkline(values, cls, w, h) {
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const max = Math.max(1, ...values.map((v) => v || 0));
-  const pts = values.map((v, i) => `${(i / Math.max(1, HISTORY - 1)) * w},${h - 2 - ((v || 0) / max) * (h - 4)}`);
+  // The x axis grows with the history until it holds HISTORY samples.
+  const span = Math.max(60, values.length) - 1;
+  const pts = values.map((v, i) => `${(i / span) * w},${h - 2 - ((v || 0) / max) * (h - 4)}`);
   if (pts.length > 1) {
     const p = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     p.setAttribute("points", pts.join(" "));
