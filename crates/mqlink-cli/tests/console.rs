@@ -6,7 +6,8 @@
 //! counts move, that the sink to the stopped broker turns stalled with its
 //! reason within the stall timeout and recovers, that each source's
 //! accounting adds up, that a typed query returns rows, and that the
-//! browser logged no error. Its screenshots are kept in
+//! browser logged no error. The pipeline has a token, which the page is
+//! given once in its address and sends on every request. Its screenshots are kept in
 //! `target/console-screenshots/`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -108,23 +109,26 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
         pipeline(&topic, far.port, http, &dir.path().join("out.jsonl")),
     )
     .unwrap();
+    // With a token, as off loopback: the page takes it once as ?token=.
+    let token = unique_id("token");
     let log = dir.path().join("run.log");
     let mut run = Killed(
         Command::new(env!("CARGO_BIN_EXE_mqlink"))
             .arg("run")
             .arg(&cfg)
             .current_dir(dir.path())
-            .env_remove("MQLINK_HTTP_TOKEN")
+            .env("MQLINK_HTTP_TOKEN", &token)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let run_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(30, "the pipeline to be ready", || {
+    wait_until(30, "the pipeline to serve HTTP", || {
         assert!(run.0.try_wait().unwrap().is_none(), "{}", run_log());
-        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+        http_get(http, "/health").is_some_and(|(c, _)| c == 200)
     });
+    assert_eq!(http_get(http, "/").unwrap().0, 401);
 
     let shots = workspace().join("target/console-screenshots");
     let components = [
@@ -139,7 +143,7 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
     let mut node = Killed(
         Command::new("node")
             .arg(driver.join("drive.mjs"))
-            .env("CONSOLE_URL", format!("http://127.0.0.1:{http}/"))
+            .env("CONSOLE_URL", format!("http://127.0.0.1:{http}/?token={token}"))
             .env("SCREENSHOTS", &shots)
             .env("COMPONENTS", components.join(","))
             .env("STALLING", "sinks.uplink")

@@ -85,8 +85,10 @@ try {
   if (edges < components.length - 1) throw new Error(`only ${edges} edges for ${components.length} nodes`);
 
   step("counts move");
-  const first = await records(stalling);
-  await until(`${stalling} counting up`, 15, async () => (await records(stalling)) > first);
+  for (const id of components.filter((c) => c.startsWith("sources.") || c.startsWith("sinks."))) {
+    const first = await records(id);
+    await until(`${id} counting up`, 15, async () => (await records(id)) > first);
+  }
   await page.screenshot({ path: `${shots}/running.png`, fullPage: true });
 
   step("keyboard: Tab to a component and open its details");
@@ -97,10 +99,12 @@ try {
   step("the stopped sink turns stalled with its reason");
   await ask("pause");
   const stoppedAt = Date.now();
-  await until(`${stalling} stalled`, stallSeconds + 15, async () => (await state(stalling)) === "stalled");
+  // Within the stall timeout, give or take a status tick and a poll.
+  await until(`${stalling} stalled`, stallSeconds + 5, async () => (await state(stalling)) === "stalled");
   const took = (Date.now() - stoppedAt) / 1000;
   const reason = await node(stalling).locator("[data-reason]").innerText();
-  if (!/\d+ records waiting and none confirmed for \d+ s/.test(reason)) throw new Error(`stall reason: ${reason}`);
+  const waited = reason.match(/\d+ records waiting and none confirmed for (\d+) s/);
+  if (!waited || Number(waited[1]) < stallSeconds) throw new Error(`stall reason: ${reason}`);
   const notReady = await page.locator("#not-ready").innerText();
   if (!notReady.includes(`${stalling}: stalled`)) throw new Error(`faults list lacks the stall: ${notReady}`);
   if ((await page.locator("#ready").innerText()) !== "not ready") throw new Error("still shown ready");
