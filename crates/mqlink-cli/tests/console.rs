@@ -35,7 +35,10 @@ fn workspace() -> PathBuf {
 
 /// `npm ci` in `crates/testkit/console` unless playwright-core is there.
 fn install_driver(here: &Path) {
-    if here.join("node_modules/playwright-core/package.json").exists() {
+    if here
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return;
     }
     let out = Command::new("npm")
@@ -143,7 +146,10 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
     let mut node = Killed(
         Command::new("node")
             .arg(driver.join("drive.mjs"))
-            .env("CONSOLE_URL", format!("http://127.0.0.1:{http}/?token={token}"))
+            .env(
+                "CONSOLE_URL",
+                format!("http://127.0.0.1:{http}/?token={token}"),
+            )
             .env("SCREENSHOTS", &shots)
             .env("COMPONENTS", components.join(","))
             .env("STALLING", "sinks.uplink")

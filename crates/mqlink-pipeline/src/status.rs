@@ -432,7 +432,8 @@ impl Component {
             "clients": clients,
         });
         if self.kind == Kind::Source {
-            status["lag_seconds"] = metric("mqlink_source_oldest_unacknowledged_age_seconds").into();
+            status["lag_seconds"] =
+                metric("mqlink_source_oldest_unacknowledged_age_seconds").into();
             status["accounting"] = self.accounting(&metric).into();
         }
         status["metrics"] = metrics.into();

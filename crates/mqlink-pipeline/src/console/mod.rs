@@ -26,10 +26,8 @@ const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 
 /// The document served at `/`.
-static PAGE: LazyLock<String> = LazyLock::new(|| {
-    HTML.replacen("/*CSS*/", CSS, 1)
-        .replacen("/*JS*/", JS, 1)
-});
+static PAGE: LazyLock<String> =
+    LazyLock::new(|| HTML.replacen("/*CSS*/", CSS, 1).replacen("/*JS*/", JS, 1));
 
 /// The console's page.
 pub fn page() -> &'static str {
@@ -113,6 +111,8 @@ mod tests {
         let p = page();
         assert!(!p.contains("/*CSS*/") && !p.contains("/*JS*/"));
         assert!(p.contains("function poll"), "the script is inlined");
+        // The script and style cannot end their elements early.
+        assert!(!JS.contains("</script") && !CSS.contains("</style"));
         // Nothing is loaded from elsewhere.
         for outside in ["https://", "src=", "href=\"http", "//cdn"] {
             assert!(!p.contains(outside), "{outside}");
