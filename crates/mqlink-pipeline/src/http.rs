@@ -259,7 +259,7 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
     let extra = match code {
         401 => "www-authenticate: Bearer\r\n",
         503 => "retry-after: 1\r\n",
-        _ if page => crate::console::PAGE_HEADERS,
+        _ if page => crate::console::headers(),
         _ => "",
     };
     let mut out = format!(
