@@ -23,6 +23,10 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# The web console's browser test (crates/mqlink-cli/tests/console.rs) drives
+# Debian's headless Chromium with playwright-core.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # The Python package's tests (python/) run in a virtualenv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,6 +50,9 @@ fi
 # aedes, from package-lock.json (the tests would do it too, on first use).
 [ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
+# playwright-core for the console's browser test, likewise.
+[ -f crates/testkit/console/node_modules/playwright-core/package.json ] ||
+  (cd crates/testkit/console && npm ci --no-audit --no-fund --silent)
 
 # The Parquet sink's tests read its files back with pyarrow from PyPI, in a
 # virtualenv of their own (the tests make it too, on first use; kept).
