@@ -23,6 +23,9 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# ejabberd (mod_mqtt) for the same tests and the CLI's hang-up tests
+# (crates/mqlink-cli/tests/hangups.rs); they run it as `erl -s ejabberd`.
+[ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 # The Python package's tests (python/) run in a virtualenv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,6 +49,13 @@ fi
 # aedes, from package-lock.json (the tests would do it too, on first use).
 [ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
+
+# amqtt (Python) for the interoperability tests, in a virtualenv (the
+# tests make it too, on first use).
+amenv=target/amqtt-venv
+[ -x "$amenv/bin/python" ] || python3 -m venv "$amenv"
+[ -x "$amenv/bin/amqtt" ] ||
+  "$amenv/bin/pip" install -q --disable-pip-version-check 'amqtt==0.12.0'
 
 # The Parquet sink's tests read its files back with pyarrow from PyPI, in a
 # virtualenv of their own (the tests make it too, on first use; kept).
