@@ -229,3 +229,41 @@ fn two_subs_with_one_client_id_on_mqtt5_name_the_takeover() {
     let auth = ["-u", &b.user, "-P", &b.password];
     two_subs(b.port, &auth, "5", "DISCONNECT 0x8e, session taken over");
 }
+
+/// amqtt never answers an MQTT 5 CONNECT: `mqlink sub -V 5` says to use
+/// 3.1.1 when the connect times out, and without -V it falls back and
+/// subscribes.
+#[test]
+fn sub_mqtt5_on_a_broker_that_never_answers_says_use_311() {
+    let b = match OtherBroker::start(Make::Amqtt) {
+        Ok(b) => b,
+        Err(e) if std::env::var_os("MQLINK_INTEROP_SKIP").is_some() => {
+            eprintln!("SKIPPED (MQLINK_INTEROP_SKIP): {e}");
+            return;
+        }
+        Err(e) => panic!("{e}; `bash scripts/test.sh` installs it (MQLINK_INTEROP_SKIP=1 skips)"),
+    };
+    let port = b.port.to_string();
+    let auth = ["-u", b.user.as_str(), "-P", b.password.as_str()];
+    let (out, took) = run_bounded(
+        mqlink()
+            .args(["sub", "-h", "127.0.0.1", "-p", &port, "-V", "5", "-t", "a"])
+            .args(auth),
+        30,
+    );
+    let err = text(&out.stderr);
+    eprintln!("-V 5: {:?} in {took:?}: {err}", out.status);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("did not answer an MQTT 5 CONNECT") && err.contains("-V 311"),
+        "{err}"
+    );
+    // The protocol not given: MQTT 5 first, then 3.1.1, subscribed.
+    let (out, _) = run_bounded(
+        mqlink()
+            .args(["sub", "-h", "127.0.0.1", "-p", &port, "-t", "a", "-E"])
+            .args(auth),
+        30,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
