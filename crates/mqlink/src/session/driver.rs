@@ -367,19 +367,27 @@ impl Driver {
             0xa1 => true,
             _ => false,
         };
-        for (_, ctrl) in self.ctrl_inflight.drain() {
-            let Ctrl::Sub {
-                subs,
-                reply: Some(reply),
-            } = ctrl
-            else {
-                continue;
-            };
-            if let Some(s) = subs.iter().find(|s| blamed(&s.filter)) {
-                let _ = reply.send(Err(SubscribeError::Refused {
-                    filter: s.filter.clone(),
-                    code,
-                }));
+        let refused: Vec<(u16, String)> = self
+            .ctrl_inflight
+            .iter()
+            .filter_map(|(&pkid, c)| match c {
+                Ctrl::Sub {
+                    subs,
+                    reply: Some(_),
+                } => subs
+                    .iter()
+                    .find(|s| blamed(&s.filter))
+                    .map(|s| (pkid, s.filter.clone())),
+                _ => None,
+            })
+            .collect();
+        // The others are told the session stopped, as usual.
+        for (pkid, filter) in refused {
+            if let Some(Ctrl::Sub {
+                reply: Some(reply), ..
+            }) = self.ctrl_inflight.remove(&pkid)
+            {
+                let _ = reply.send(Err(SubscribeError::Refused { filter, code }));
             }
         }
     }
@@ -393,10 +401,16 @@ impl Driver {
                 filters.sort_by_key(|f| !f.starts_with("$share/"));
                 let e = SubscribeError::DroppedByBroker { filters, times };
                 error!(client_id = %self.client_id, broker = %broker, error = %e, "Subscribing failed.");
-                for (_, ctrl) in self.ctrl_inflight.drain() {
-                    if let Ctrl::Sub {
+                let subs: Vec<u16> = self
+                    .ctrl_inflight
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Ctrl::Sub { reply: Some(_), .. }))
+                    .map(|(&pkid, _)| pkid)
+                    .collect();
+                for pkid in subs {
+                    if let Some(Ctrl::Sub {
                         reply: Some(reply), ..
-                    } = ctrl
+                    }) = self.ctrl_inflight.remove(&pkid)
                     {
                         let _ = reply.send(Err(e.clone()));
                     }
