@@ -23,6 +23,13 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# The web console's browser test (crates/mqlink-cli/tests/console.rs) drives
+# Debian's headless Chromium with playwright-core.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# ejabberd (mod_mqtt) for the same tests and the CLI's hang-up tests
+# (crates/mqlink-cli/tests/hangups.rs); they run it as `erl -s ejabberd`.
+[ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 # The Python package's tests (python/) run in a virtualenv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,6 +37,11 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts the ejabberd service it installs (XMPP, and MQTT on
+  # 1883); the tests run their own.
+  if [[ " ${need[*]} " == *" ejabberd "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now ejabberd >/dev/null 2>&1 || true
+  fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust from https://rustup.rs (or apt-get install cargo)" >&2
@@ -46,6 +58,16 @@ fi
 # aedes, from package-lock.json (the tests would do it too, on first use).
 [ -f crates/testkit/aedes/node_modules/aedes/package.json ] ||
   (cd crates/testkit/aedes && npm ci --no-audit --no-fund --silent)
+# playwright-core for the console's browser test, likewise.
+[ -f crates/testkit/console/node_modules/playwright-core/package.json ] ||
+  (cd crates/testkit/console && npm ci --no-audit --no-fund --silent)
+
+# amqtt (Python) for the interoperability tests, in a virtualenv (the
+# tests make it too, on first use).
+amenv=target/amqtt-venv
+[ -x "$amenv/bin/python" ] || python3 -m venv "$amenv"
+[ -x "$amenv/bin/amqtt" ] ||
+  "$amenv/bin/pip" install -q --disable-pip-version-check 'amqtt==0.12.0'
 
 # The Parquet sink's tests read its files back with pyarrow from PyPI, in a
 # virtualenv of their own (the tests make it too, on first use; kept).

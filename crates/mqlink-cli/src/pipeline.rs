@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use mqlink_pipeline::spec::INSTANCE_ENV;
 use mqlink_pipeline::status::Registry;
 use mqlink_pipeline::RunOptions;
 
@@ -22,6 +23,12 @@ pub struct RunArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub cybus: CybusArgs,
+    /// This process's name among several running the same file (e.g. the
+    /// pod's or host's name): `-NAME` ends every MQTT client id and the
+    /// state goes to `<state_dir>/NAME`; windowed SQL queries in a share
+    /// group then write partial rows per instance (see docs/guides/scaling.md).
+    #[arg(long, value_name = "NAME", env = "MQLINK_INSTANCE")]
+    pub instance: Option<String>,
     /// No live status, no periodic status lines, no summary; errors only.
     #[arg(short, long)]
     pub quiet: bool,
@@ -65,6 +72,12 @@ pub struct ValidateArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub cybus: CybusArgs,
+    /// This process's name among several running the same file (e.g. the
+    /// pod's or host's name): `-NAME` ends every MQTT client id and the
+    /// state goes to `<state_dir>/NAME`; windowed SQL queries in a share
+    /// group then write partial rows per instance (see docs/guides/scaling.md).
+    #[arg(long, value_name = "NAME", env = "MQLINK_INSTANCE")]
+    pub instance: Option<String>,
 }
 
 /// What a Cybus commissioning file needs from the command line.
@@ -101,9 +114,33 @@ fn loopback(s: &str) -> Result<String, String> {
     }
 }
 
-/// The pipeline of a file, with the command line's parameters.
-fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipeline::Pipeline> {
-    if let Some(p) = load_sql(file) {
+/// The pipeline of a file, with the command line's parameters and the
+/// process's instance name.
+fn load(
+    file: &std::path::Path,
+    cybus: &CybusArgs,
+    instance: Option<&str>,
+) -> anyhow::Result<mqlink_pipeline::Pipeline> {
+    // An empty MQLINK_INSTANCE is no instance.
+    let instance = instance.filter(|i| !i.is_empty());
+    let mut p = load_file(file, cybus, instance)?;
+    if let Some(i) = instance {
+        p.set_instance(i).map_err(|e| usage(e.to_string()))?;
+    }
+    Ok(p)
+}
+
+fn load_file(
+    file: &std::path::Path,
+    cybus: &CybusArgs,
+    instance: Option<&str>,
+) -> anyhow::Result<mqlink_pipeline::Pipeline> {
+    // `--instance` is `${MQLINK_INSTANCE}` to the file, as the variable is.
+    let env = |k: &str| match (k, instance) {
+        (INSTANCE_ENV, Some(i)) => Some(i.to_string()),
+        (k, _) => std::env::var(k).ok(),
+    };
+    if let Some(p) = load_sql(file, &env) {
         if let Some((name, _)) = cybus.params.first() {
             return Err(usage(format!("--param {name}: parameters belong to Cybus commissioning files; a .sql file takes ${{VAR}} from the environment")));
         }
@@ -114,14 +151,15 @@ fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipe
         }
         return Ok(p);
     }
-    let mut p = mqlink_pipeline::load_cybus(file, &cybus.params, cybus.strict).map_err(|e| {
-        // Errors name the file, once.
-        if e.path == file.display().to_string() {
-            usage(e.to_string())
-        } else {
-            usage(format!("{}: {e}", file.display()))
-        }
-    })?;
+    let mut p =
+        mqlink_pipeline::load_cybus_with(file, &cybus.params, cybus.strict, &env).map_err(|e| {
+            // Errors name the file, once.
+            if e.path == file.display().to_string() {
+                usage(e.to_string())
+            } else {
+                usage(format!("{}: {e}", file.display()))
+            }
+        })?;
     if let Some(l) = &cybus.embedded_broker {
         p.embedded_broker.listen = Some(l.clone());
     }
@@ -129,22 +167,28 @@ fn load(file: &std::path::Path, cybus: &CybusArgs) -> anyhow::Result<mqlink_pipe
 }
 
 /// A `.sql` file is SQL statements (feature `sql`); others TOML or YAML.
-fn load_sql(file: &std::path::Path) -> Option<anyhow::Result<mqlink_pipeline::Pipeline>> {
+fn load_sql(
+    file: &std::path::Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Option<anyhow::Result<mqlink_pipeline::Pipeline>> {
     if file.extension()? != "sql" {
         return None;
     }
     #[cfg(feature = "sql")]
-    let r = mqlink_sql::load(file).map_err(|e| usage(format!("{}: {e}", file.display())));
+    let r = mqlink_sql::load_with(file, env).map_err(|e| usage(format!("{}: {e}", file.display())));
     #[cfg(not(feature = "sql"))]
-    let r = Err(usage(format!(
-        "{}: SQL pipelines need mqlink built with the sql feature (cargo build --release -p mqlink-cli --features sql)",
-        file.display()
-    )));
+    let r = {
+        let _ = env;
+        Err(usage(format!(
+            "{}: SQL pipelines need mqlink built with the sql feature (cargo build --release -p mqlink-cli --features sql)",
+            file.display()
+        )))
+    };
     Some(r)
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
-    let p = load(&args.file, &args.cybus)?;
+    let p = load(&args.file, &args.cybus, args.instance.as_deref())?;
     // A closed stdout (`| head -1`) is an error here, quiet in main.
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -163,7 +207,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut p = load(&args.file, &args.cybus)?;
+    let mut p = load(&args.file, &args.cybus, args.instance.as_deref())?;
     let http = p
         .http
         .take()

@@ -19,7 +19,8 @@ pub struct QueryArgs {
     /// The running pipeline's HTTP address (its http.listen, or
     /// `mqlink run --http-listen`) [default: the address in
     /// ./mqlink-state/http-address, written by `mqlink run` of a pipeline
-    /// file in this directory, else http://127.0.0.1:9464].
+    /// file in this directory (./mqlink-state/<MQLINK_INSTANCE>/http-address
+    /// with MQLINK_INSTANCE set), else http://127.0.0.1:9464].
     #[arg(long, env = "MQLINK_URL")]
     pub url: Option<String>,
     /// One JSON object per row instead of a table.
@@ -34,10 +35,15 @@ const ADDRESS_FILE: &str = "mqlink-state/http-address";
 const TOKEN_ENV: &str = "MQLINK_HTTP_TOKEN";
 
 /// The URL given, else the address a pipeline run from this directory
-/// wrote, else the default.
+/// wrote (that of instance `MQLINK_INSTANCE` when it is set:
+/// `mqlink-state/<instance>/http-address`), else the default.
 fn url(given: Option<String>) -> String {
     given.unwrap_or_else(|| {
-        std::fs::read_to_string(ADDRESS_FILE)
+        let file = match std::env::var(mqlink_pipeline::spec::INSTANCE_ENV) {
+            Ok(i) if !i.is_empty() => ADDRESS_FILE.replace('/', &format!("/{i}/")),
+            _ => ADDRESS_FILE.to_string(),
+        };
+        std::fs::read_to_string(file)
             .ok()
             .map(|a| a.trim().to_string())
             .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())

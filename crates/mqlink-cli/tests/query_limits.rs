@@ -1,7 +1,8 @@
 //! /query cannot take a running pipeline down: expressions too deep, values
 //! too large, too many or too slow queries and abandoned ones are answered
 //! with errors while the pipeline keeps moving and its memory stays within
-//! the budget; off loopback a bearer token is required and never printed;
+//! the budget; off loopback a bearer token is required (by the console
+//! too) and never printed;
 //! `mqlink run` serves HTTP on loopback by default and `mqlink query` finds
 //! it with no flags.
 #![cfg(feature = "sql")]
@@ -291,13 +292,41 @@ fn a_token_is_required_off_loopback_accepted_and_never_printed() {
         assert!(run.alive(), "{}", run.log());
         http_get(http, "/health").is_some_and(|(c, _)| c == 200)
     });
-    for path in ["/status", "/metrics", "/ready", "/query?sql=SELECT+1"] {
-        let (code, body) = http_get(http, path).unwrap();
+    // Every endpoint but /health, the console included; the console's
+    // `?token=` is taken by `/` alone.
+    for path in [
+        "/".to_string(),
+        "/?token=wrong".into(),
+        format!("/?token={secret}x"),
+        "/status".into(),
+        format!("/status?token={secret}"),
+        "/metrics".into(),
+        "/query?sql=SELECT+1".into(),
+    ] {
+        let (code, body) = http_get(http, &path).unwrap();
         assert_eq!(code, 401, "{path}: {body}");
         assert!(!body.contains(secret));
     }
+    // Probes carry no token: /ready answers them with its code and one
+    // word, not its reasons.
+    wait_until(30, "/ready", || {
+        http_get(http, "/ready").is_some_and(|(c, _)| c == 200)
+    });
+    let (_, body) = http_get(http, "/ready").unwrap();
+    assert_eq!(body, "ready\n");
     assert_eq!(post(http, "SELECT 1", Some("wrong")).0, 401);
     assert_eq!(post(http, "SELECT 1", Some(secret)).0, 200);
+    let page = |request: String| {
+        let (code, body) = exchange(http, &request);
+        assert_eq!(code, 200, "{request}: {body}");
+        assert!(body.contains("<title>mqlink console</title>"), "{body}");
+    };
+    page(format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {secret}\r\nconnection: close\r\n\r\n"
+    ));
+    page(format!(
+        "GET /?token={secret} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    ));
 
     let url = format!("http://127.0.0.1:{http}");
     let q = |token: Option<&str>| {

@@ -1,5 +1,5 @@
-//! `/metrics`, `/health`, `/ready`, `/status` and `/query` over plain
-//! HTTP/1.1.
+//! `/metrics`, `/health`, `/ready`, `/status`, `/query` and the web
+//! console (`/`, see [`crate::console`]) over plain HTTP/1.1.
 //!
 //! A handful of endpoints do not justify an HTTP framework on 2-core build
 //! machines: this reads one request head (at most 8 KiB) and, for
@@ -10,7 +10,10 @@
 //! A query cannot take the pipeline down: at most [`MAX_QUERIES`] run at
 //! once, each within [`QUERY_MEMORY`] and [`QUERY_TIME`], and one whose
 //! client leaves is stopped. With a token, every endpoint but /health
-//! wants `Authorization: Bearer <token>`.
+//! and /ready wants `Authorization: Bearer <token>` (probes carry no
+//! secret); /ready without it says only "ready" or "not ready", with the
+//! status code, not why. `/` also takes the token once as `?token=…`,
+//! since a browser opening the console cannot send a header.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,8 +70,23 @@ impl Token {
                 h.get(..7)
                     .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
             })
-            .map_or("", |h| h[7..].trim())
-            .as_bytes();
+            .map_or("", |h| h[7..].trim());
+        self.is(given)
+    }
+
+    /// Whether a URL query (`a=1&token=…`) carries this token.
+    fn admits_param(&self, query: &str) -> bool {
+        let given = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .and_then(|v| percent_decode(v).ok())
+            .unwrap_or_default();
+        self.is(given.trim())
+    }
+
+    /// `given` is the token, compared in time independent of where they differ.
+    fn is(&self, given: &str) -> bool {
+        let given = given.as_bytes();
         let mut diff = self.0.len() ^ given.len();
         for i in 0..self.0.len() {
             let g = given.get(i).copied().unwrap_or(0);
@@ -200,10 +218,23 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
     let request = tokio::time::timeout(Duration::from_secs(5), read_request(&mut sock))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let (head_only, (code, ctype, body)) = match request {
+    let (head_only, page, (code, ctype, body)) = match request {
         Ok(req) => {
             let head_only = req.method == "HEAD";
+            let console = req.path == "/";
             let r = match (req.method.as_str(), req.path.as_str()) {
+                // Probes (kubelet's, a load balancer's) carry no secret:
+                // /health and /ready answer them, /ready without its
+                // reasons (they name components and brokers).
+                ("GET" | "HEAD", "/ready") if !server.admits(&req) => {
+                    let (code, ctype, _why) = route("/ready", &server.registry);
+                    let word = if code == 200 {
+                        "ready\n"
+                    } else {
+                        "not ready\n"
+                    };
+                    (code, ctype, word.into())
+                }
                 (_, path) if path != "/health" && !server.admits(&req) => unauthorized(),
                 ("GET" | "HEAD" | "POST", "/query") => match server.query(&mut sock, req).await {
                     Some(r) => r,
@@ -211,6 +242,11 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
                     None => return Ok(()),
                 },
                 ("GET" | "HEAD", "/metrics") => server.metrics(),
+                ("GET" | "HEAD", "/") => (
+                    200,
+                    "text/html; charset=utf-8",
+                    crate::console::page().to_string(),
+                ),
                 ("GET" | "HEAD", path) => route(path, &server.registry),
                 _ => (
                     405,
@@ -218,9 +254,9 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
                     "only GET, and POST to /query\n".to_string(),
                 ),
             };
-            (head_only, r)
+            (head_only, console && r.0 == 200, r)
         }
-        Err((code, msg)) => (false, (code, "text/plain", msg)),
+        Err((code, msg)) => (false, false, (code, "text/plain", msg)),
     };
     let reason = match code {
         200 => "OK",
@@ -237,6 +273,7 @@ async fn answer(mut sock: TcpStream, server: &Server) -> std::io::Result<()> {
     let extra = match code {
         401 => "www-authenticate: Bearer\r\n",
         503 => "retry-after: 1\r\n",
+        _ if page => crate::console::headers(),
         _ => "",
     };
     let mut out = format!(
@@ -301,9 +338,10 @@ impl Server {
     }
 
     fn admits(&self, req: &Request) -> bool {
-        self.token
-            .as_ref()
-            .is_none_or(|t| t.admits(req.authorization.as_deref()))
+        self.token.as_ref().is_none_or(|t| {
+            t.admits(req.authorization.as_deref())
+                || (req.path == "/" && t.admits_param(&req.query))
+        })
     }
 
     /// Runs a query off the runtime the pipeline runs on, within the
@@ -446,7 +484,7 @@ fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
         _ => (
             404,
             "text/plain",
-            "try /metrics, /health, /ready, /status or /query\n".into(),
+            "try / (the console), /metrics, /health, /ready, /status or /query\n".into(),
         ),
     }
 }
@@ -537,6 +575,11 @@ mod tests {
             assert!(!t.admits(h), "{h:?}");
         }
         assert_eq!(format!("{t:?}"), "***");
+        assert!(t.admits_param("token=s3cret"));
+        assert!(t.admits_param("a=1&token=s3c%72et"));
+        for q in ["", "token=", "token=s3cre", "tokens=s3cret", "a=s3cret"] {
+            assert!(!t.admits_param(q), "{q}");
+        }
     }
 
     #[test]

@@ -25,9 +25,11 @@
 //! - [`status`], [`http`]: counters, /metrics, /health, /ready, /status,
 //!   and /query over the system tables (`system.connector_status`).
 //! - [`logs`]: recent log events for `system.connector_logs`.
+//! - [`console`]: the web console at `/` (a page over /status and /query).
 
 pub mod batch;
 pub mod connectors;
+pub mod console;
 pub mod cybus;
 pub mod http;
 pub mod logs;
@@ -41,4 +43,4 @@ pub mod status;
 pub mod transform;
 
 pub use run::{run, Report, RunError, RunOptions, Stop};
-pub use spec::{load, load_cybus, load_with, parse, ConfigError, Pipeline};
+pub use spec::{load, load_cybus, load_cybus_with, load_with, parse, ConfigError, Pipeline};

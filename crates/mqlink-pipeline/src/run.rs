@@ -154,6 +154,8 @@ pub async fn run(
     let registry = Registry(
         Arc::new(std::mem::take(&mut w.components)),
         broker.as_ref().map(|b| b.monitor()),
+        p.instance.as_deref().map(Arc::from),
+        Arc::new(crate::console::Topology::of(&p)),
     );
     serve_http(&p, &registry, opts.query.take()).await?;
     let stop = w.supervise(&p, &registry, &mut opts, shutdown).await;
@@ -232,7 +234,7 @@ async fn serve_http(
     {
         tracing::warn!(dir = %state.display(), "Cannot write http-address in the state directory: `mqlink query` finds this pipeline only with --url.");
     }
-    tracing::info!(address = %addr, token = token.is_some(), "Serving /metrics, /health, /ready, /status and /query.");
+    tracing::info!(address = %addr, token = token.is_some(), "Serving /metrics, /health, /ready, /status, /query and the console at /.");
     tokio::spawn(http::serve(listener, registry.clone(), query, token));
     Ok(())
 }

@@ -83,6 +83,9 @@ pub struct Pipeline {
     /// (the rules of a Cybus mapping); sources without one pass records on
     /// unchanged.
     pub transforms: BTreeMap<String, Arc<dyn MakeTransform>>,
+    /// This process's name among several running the same file
+    /// (`--instance`, `MQLINK_INSTANCE`; see [`Pipeline::set_instance`]).
+    pub instance: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,7 +114,8 @@ pub struct ConnectionConfig {
     pub broker: OneOrMany,
     /// Base of the client ids of the components using this connection
     /// [default: `mqlink-<connection name>`]; each MQTT client gets
-    /// `<client_id>-<component>` (and `-<i>` with parallelism).
+    /// `<client_id>-<component>` (then `-<instance>` with `mqlink run
+    /// --instance`, and `-<i>` with parallelism).
     pub client_id: Option<String>,
     /// `"3.1.1"` (or `"311"`) or `"5"` [default: MQTT 5, and 3.1.1 when
     /// the broker refuses it (logged): MQTT 5 announces the window the
@@ -238,7 +242,8 @@ pub struct RunConfig {
     /// Where the pipeline keeps what must survive a restart: the MQTT
     /// sources' local buffers, in `buffer/<client id>` [default:
     /// `mqlink-state` next to the pipeline file, or in the working
-    /// directory for a pipeline not read from a file].
+    /// directory for a pipeline not read from a file]; with an instance
+    /// name (`mqlink run --instance NAME`), `<state_dir>/NAME`.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -407,22 +412,32 @@ pub fn load_cybus(
     params: &[(String, String)],
     strict: bool,
 ) -> Result<Pipeline, ConfigError> {
+    load_cybus_with(path, params, strict, &|k| std::env::var(k).ok())
+}
+
+/// [`load_cybus`] with `env` looking up `${VAR}`s (the command line's
+/// `--instance` is `${MQLINK_INSTANCE}`).
+pub fn load_cybus_with(
+    path: &Path,
+    params: &[(String, String)],
+    strict: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
     let yaml = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     );
-    let env = |k: &str| std::env::var(k).ok();
     let mut p = if yaml && crate::cybus::is_commissioning_file(&text) {
-        crate::cybus::parse_with(&text, params, &env, strict)?
+        crate::cybus::parse_with(&text, params, env, strict)?
     } else if let Some((name, _)) = params.first() {
         return Err(err(
             format!("--param {name}"),
             "parameters belong to Cybus commissioning files (YAML with top-level resources: of Cybus:: types); this is a pipeline file (use ${VAR} from the environment)",
         ));
     } else {
-        parse(&text, yaml, &env)?
+        parse(&text, yaml, env)?
     };
     p.state_dir_next_to(path);
     Ok(p)
@@ -543,6 +558,7 @@ pub fn from_tree_with(
         run,
         embedded_broker,
         transforms: BTreeMap::new(),
+        instance: None,
     };
     pipeline.check_client_ids()?;
     Ok(pipeline)
@@ -658,7 +674,7 @@ impl Pipeline {
     pub fn client_ids(&self) -> Vec<(String, String)> {
         let mut ids = Vec::new();
         let mut add = |path: String, conn: &str, component: &str, parallelism: u16| {
-            let base = self.connections[conn].client_id_for(conn, component);
+            let base = self.client_id_of(&self.connections[conn], conn, component);
             if parallelism > 1 {
                 for i in 0..parallelism {
                     ids.push((path.clone(), format!("{base}-{i}")));
@@ -711,11 +727,37 @@ impl Pipeline {
         embedded: Option<&BrokerUrl>,
     ) -> ConnectOptions {
         let mut opts = connection.options.clone();
-        opts.client_id = Some(connection.client_id_for(connection_name, component));
+        opts.client_id = Some(self.client_id_of(connection, connection_name, component));
         if let (true, Some(url)) = (connection.is_embedded(), embedded) {
             opts.brokers = vec![url.clone()];
         }
         opts
+    }
+
+    /// A component's client id: its connection's
+    /// [`client_id_for`](ConnectionConfig::client_id_for), then
+    /// `-<instance>` when the process has one (parallel sessions add their
+    /// `-<i>` after it).
+    fn client_id_of(&self, c: &ConnectionConfig, connection: &str, component: &str) -> String {
+        let id = c.client_id_for(connection, component);
+        match &self.instance {
+            Some(i) => format!("{id}-{i}"),
+            None => id,
+        }
+    }
+
+    /// Names this process among several running the same file (`mqlink
+    /// run --instance NAME`, or `MQLINK_INSTANCE`, e.g. a Kubernetes pod's
+    /// name): `-NAME` is appended to every MQTT client id, so that the
+    /// processes do not take each other's sessions over, and the state
+    /// directory becomes `<state_dir>/NAME`, so that each keeps its own
+    /// buffers. Call it after the state directory is settled
+    /// ([`state_dir_next_to`](Self::state_dir_next_to)).
+    pub fn set_instance(&mut self, name: &str) -> Result<(), ConfigError> {
+        check_instance(name).map_err(|m| err("--instance (MQLINK_INSTANCE)", m))?;
+        self.run.state_dir = Some(self.run.state_dir().join(name));
+        self.instance = Some(name.to_string());
+        self.check_client_ids()
     }
 
     /// The connection named `name` (a name checked when the file was loaded).
@@ -735,6 +777,24 @@ impl Pipeline {
     pub fn wants_embedded_broker(&self) -> bool {
         self.connections.values().any(|c| c.is_embedded())
     }
+}
+
+/// The environment variable naming this process among several running
+/// the same file (what `mqlink run --instance` sets for the file's
+/// `${MQLINK_INSTANCE}`): see [`Pipeline::set_instance`].
+pub const INSTANCE_ENV: &str = "MQLINK_INSTANCE";
+
+/// What an instance name may be: it ends client ids and names a
+/// directory, so letters, digits, `.`, `_` and `-`, 1 to 64 of them, not
+/// starting with `.`.
+pub fn check_instance(name: &str) -> Result<(), String> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 || name.starts_with('.') || !name.chars().all(fits) {
+        return Err(format!(
+            "{name:?} is not an instance name: 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' (a pod's or host's name fits)"
+        ));
+    }
+    Ok(())
 }
 
 impl ConnectionConfig {
@@ -1155,6 +1215,35 @@ listen = "127.0.0.1:9464"
             !format!("{p:?}").contains("s3cret-pw"),
             "no secret in Debug"
         );
+    }
+
+    #[test]
+    fn an_instance_ends_every_client_id_and_owns_a_state_dir() {
+        let mut p = parse(EXAMPLE, false, &env).unwrap();
+        p.state_dir_next_to(Path::new("/etc/mqlink/p.toml"));
+        p.set_instance("pod-7f9c.a_1").unwrap();
+        let ids: Vec<String> = p.client_ids().into_iter().map(|(_, id)| id).collect();
+        assert_eq!(
+            ids,
+            [
+                "ingest-telemetry-pod-7f9c.a_1",
+                "ingest-to_broker-pod-7f9c.a_1"
+            ]
+        );
+        let c = &p.connections["local"];
+        let opts = p.options_for(c, "local", "telemetry", None);
+        assert_eq!(
+            opts.client_id.as_deref(),
+            Some("ingest-telemetry-pod-7f9c.a_1")
+        );
+        assert_eq!(
+            p.run.state_dir(),
+            Path::new("/etc/mqlink/mqlink-state/pod-7f9c.a_1")
+        );
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            let e = p.set_instance(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--instance (MQLINK_INSTANCE): "), "{e}");
+        }
     }
 
     #[test]

@@ -411,7 +411,8 @@ impl Component {
             .iter()
             .map(|c| serde_json::json!({"client_id": c.client_id(), "status": c.status().borrow().to_string()}))
             .collect();
-        serde_json::json!({
+        let metric = |n: &str| metrics.get(n).and_then(|v| v.as_u64());
+        let mut status = serde_json::json!({
             "name": self.name,
             "kind": match self.kind { Kind::Source => "source", Kind::Sink => "sink" },
             "type": self.type_name,
@@ -426,8 +427,30 @@ impl Component {
             "redelivered": self.redelivered.load(Relaxed),
             "stalled": self.stalled(),
             "last_error": self.last_error(),
+            "status": self.status_word(),
+            "not_ready": self.not_ready(),
             "clients": clients,
-            "metrics": metrics,
+        });
+        if self.kind == Kind::Source {
+            status["lag_seconds"] =
+                metric("mqlink_source_oldest_unacknowledged_age_seconds").into();
+            status["accounting"] = self.accounting(&metric).into();
+        }
+        status["metrics"] = metrics.into();
+        status
+    }
+
+    /// A source's records by where they are: `received = acknowledged +
+    /// dead_lettered + skipped + in_flight` once nothing is moving (each
+    /// is read on its own, so while records flow they may differ by those
+    /// in motion between two reads).
+    fn accounting(&self, metric: &dyn Fn(&str) -> Option<u64>) -> serde_json::Value {
+        serde_json::json!({
+            "received": self.records.load(Relaxed),
+            "acknowledged": self.confirmed.load(Relaxed),
+            "dead_lettered": metric(SOURCE_DEAD_LETTERED).unwrap_or(0),
+            "skipped": self.skipped.load(Relaxed),
+            "in_flight": self.unconfirmed(),
         })
     }
 }
@@ -590,11 +613,15 @@ impl Component {
     }
 }
 
-/// All components of a pipeline, and its embedded broker if it has one.
+/// All components of a pipeline, its embedded broker if it has one, and
+/// the process's instance name if it has one, and how they are connected
+/// (for the console's graph).
 #[derive(Clone, Default)]
 pub struct Registry(
     pub Arc<Vec<Arc<Component>>>,
     pub Option<mqlink::broker::BrokerMonitor>,
+    pub Option<Arc<str>>,
+    pub Arc<crate::console::Topology>,
 );
 
 /// A subscriber of the embedded broker that has taken nothing from its
@@ -722,9 +749,11 @@ impl Registry {
     pub fn status_json(&self) -> serde_json::Value {
         let reasons = self.not_ready();
         let mut status = serde_json::json!({
+            "instance": self.2.as_deref(),
             "ready": reasons.is_empty(),
             "not_ready": reasons,
             "components": self.0.iter().map(|c| c.status_json()).collect::<Vec<_>>(),
+            "topology": self.3.to_json(),
         });
         if let Some(b) = &self.1 {
             let stats = b.stats();
@@ -809,7 +838,7 @@ mod tests {
         src.set_error("connect to mqtt://user:secret@h:1883 refused");
         sink.set_state(State::Running);
         sink.records.store(4, Relaxed);
-        let r = Registry(Arc::new(vec![src, sink]), None);
+        let r = Registry(Arc::new(vec![src, sink]), None, None, Arc::default());
         // Redacted where it is set: /status, the live display and the
         // tables all read it from there.
         assert!(!r.0[0].status_json().to_string().contains("secret"));

@@ -123,6 +123,11 @@ pub trait Transform: Send {
 /// Makes a fresh stage for a run (a stage keeps state: caches, buffers).
 pub trait MakeTransform: Send + Sync + std::fmt::Debug {
     fn make(&self) -> Box<dyn Transform>;
+
+    /// What kind of stage it is, as the console labels it (`SQL`, `Cybus rules`).
+    fn kind(&self) -> &'static str {
+        "stage"
+    }
 }
 
 /// A time bound that never fires in practice: a day.

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use datafusion_common::arrow::datatypes::{Field, SchemaRef};
 use datafusion_sql::sqlparser::ast::{DataType, Query, Statement};
 use mqlink::format::{ColumnType, Schema};
+use mqlink_pipeline::connectors::mqtt::MqttSourceConfig;
+use mqlink_pipeline::connectors::postgres::PostgresSinkConfig;
 use mqlink_pipeline::connectors::{self, Connector, Direction, Key, KeyType, Reaches};
 use mqlink_pipeline::spec::{from_tree_with, interpolate};
 use mqlink_pipeline::{ConfigError, Pipeline};
@@ -789,10 +791,63 @@ impl Compiler<'_> {
                 p.transforms.insert(src, Arc::new(stage));
                 continue;
             };
+            self.share_partials(&mut p, &src, &window, line, &statement)?;
             let stage = self.window_stage(&p, table, *window, line, &statement)?;
             p.transforms.insert(src, Arc::new(stage));
         }
         Ok(p)
+    }
+
+    /// This process's instance name, if it has one.
+    fn instance(&self) -> Option<String> {
+        // One that is not a valid name is refused by name when the
+        // command line sets it (Pipeline::set_instance).
+        (self.env)(crate::INSTANCE_ENV).filter(|i| mqlink_pipeline::spec::check_instance(i).is_ok())
+    }
+
+    /// A windowed query reading a share group, in a process with an
+    /// instance name: its PostgreSQL sinks write partial rows (see
+    /// [`crate::shared`]); other sinks, and queries whose rows do not
+    /// combine, are refused.
+    fn share_partials(
+        &self,
+        p: &mut Pipeline,
+        src: &str,
+        window: &Windowed,
+        line: u64,
+        statement: &str,
+    ) -> Result<(), SqlError> {
+        let Some(instance) = self.instance() else {
+            return Ok(());
+        };
+        let group = p
+            .sources
+            .iter()
+            .find(|(n, _)| n == src)
+            .and_then(|(_, s)| s.as_any().downcast_ref::<MqttSourceConfig>())
+            .and_then(|s| s.share_group.clone());
+        let Some(group) = group else {
+            return Ok(());
+        };
+        let why = format!("{src} is read in share group {group:?} by instance {instance:?}: each process aggregates its share of the messages");
+        let partials = crate::shared::partials(window, &instance)
+            .map_err(|m| SqlError::at(line, statement, None, format!("{why}, and {m}")))?;
+        for (name, sink) in p.sinks.iter_mut() {
+            if !sink.inputs.iter().any(|i| i == src) {
+                continue;
+            }
+            let Some(pg) = sink.kind.as_any().downcast_ref::<PostgresSinkConfig>() else {
+                let o = self.origins.get(&format!("sinks.{name}"));
+                let (l, st) = o.map_or((line, statement.to_string()), |o| {
+                    (o.line, o.statement.clone())
+                });
+                return Err(SqlError::at(l, st, None, format!("{why}, and only a PostgreSQL sink combines partial rows (in the view <table>_merged); write the query into PostgreSQL, or run one process")));
+            };
+            let mut pg = pg.clone();
+            pg.partials = Some(partials.clone());
+            sink.kind = Arc::new(pg);
+        }
+        Ok(())
     }
 
     /// A windowed query's stage; its source must keep its session and
@@ -842,7 +897,11 @@ impl Compiler<'_> {
         let options = aggregate::Options {
             time,
             delay_us: table.watermark.map_or(0, |w| w.1),
-            state_file: dir.join(format!("{src}.window")),
+            // Each instance its own windows.
+            state_file: match self.instance() {
+                Some(i) => dir.join(i).join(format!("{src}.window")),
+                None => dir.join(format!("{src}.window")),
+            },
             checkpoint_interval: table
                 .checkpoint_interval
                 .map_or(aggregate::DEFAULT_INTERVAL, |c| c.0),

@@ -16,7 +16,9 @@
 //! - [`window`]: `TUMBLE`/`HOP` windows (as group keys or as the window
 //!   TVFs of Flink and RisingWave), and a windowed aggregate lowered
 //!   into steps before and after it; [`aggregate`]: its stage, with
-//!   watermarks, late rows and epoch checkpoints of its state.
+//!   watermarks, late rows and epoch checkpoints of its state;
+//!   [`shared`]: its partial rows when several processes share the
+//!   messages.
 //! - [`json`]: `->`, `->>` and the `json_get*` functions.
 //! - [`query`]: one-off queries over a running pipeline's system tables and
 //!   its source tables' recent rows (`mqlink query`, /query): planned by
@@ -33,6 +35,7 @@ pub mod depth;
 pub mod json;
 pub mod plan;
 pub mod query;
+pub mod shared;
 pub mod stage;
 pub mod window;
 
@@ -112,13 +115,27 @@ impl From<SqlError> for ConfigError {
     }
 }
 
+/// The environment variable naming this process among several running
+/// the same file (`mqlink run --instance`): with it, a windowed query
+/// reading a share group writes partial rows per instance (see
+/// [`shared`]).
+pub use mqlink_pipeline::spec::INSTANCE_ENV;
+
 /// Reads and validates a `.sql` pipeline file without connecting anywhere.
 pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    load_with(path, &|k| std::env::var(k).ok())
+}
+
+/// [`load`] with `env` looking up `${VAR}`s and [`INSTANCE_ENV`].
+pub fn load_with(
+    path: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.display().to_string(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text, &|k| std::env::var(k).ok())
+    parse(&text, env)
 }
 
 /// Compiles SQL text; `env` looks up `${VAR}`s in option values.

@@ -253,6 +253,9 @@ impl MakeTransform for SqlStage {
     fn make(&self) -> Box<dyn Transform> {
         Box::new(self.clone())
     }
+    fn kind(&self) -> &'static str {
+        "SQL"
+    }
 }
 
 impl Transform for SqlStage {

@@ -77,12 +77,15 @@ pub enum ConnectError {
         error: std::io::Error,
     },
     /// TCP, TLS, WebSocket and CONNACK took longer than `connect_timeout`.
-    #[error("connecting to {broker} timed out after {after:?}")]
+    #[error("connecting to {broker} timed out after {after:?}{}", if *v5_unanswered { "; the broker did not answer an MQTT 5 CONNECT: if it supports only MQTT 3.1.1, use -V 311 (protocol = \"3.1.1\")" } else { "" })]
     Timeout {
         /// The broker.
         broker: BrokerUrl,
         /// The timeout.
         after: Duration,
+        /// The connection was up and an MQTT 5 CONNECT sent, with no
+        /// answer: what a broker that speaks only 3.1.1 may do (amqtt).
+        v5_unanswered: bool,
     },
     /// The TLS handshake failed (certificate, name, protocol).
     #[error("TLS with {broker} failed: {reason}")]
@@ -118,6 +121,20 @@ pub enum ConnectError {
         /// Why, as the broker or TLS put it.
         reason: String,
     },
+    /// Another connection took the client id, again and again: two
+    /// processes share it and would take the session from each other
+    /// forever.
+    #[error("client id {client_id:?} is in use by another process: {}; give each process its own client id (e.g. client_id = \"name-${{HOSTNAME}}\")", if *explicit { format!("{broker} gave its session to another connection {times} times in a row (MQTT 5 DISCONNECT 0x8e, session taken over)") } else { format!("{broker} closed the connection right after CONNACK {times} times in a row with nothing in flight, as a broker does when another client connects with the same id (MQTT 3.1.1 has no reason code to say so)") })]
+    ClientIdInUse {
+        /// The broker.
+        broker: BrokerUrl,
+        /// The client id.
+        client_id: String,
+        /// How many times in a row.
+        times: u32,
+        /// The broker said so (MQTT 5 reason 0x8E); else inferred.
+        explicit: bool,
+    },
 }
 
 impl ConnectError {
@@ -126,7 +143,7 @@ impl ConnectError {
         match self {
             ConnectError::Io { .. } | ConnectError::Timeout { .. } => true,
             ConnectError::Protocol { .. } | ConnectError::WebSocket { .. } => true,
-            ConnectError::Tls { .. } => false,
+            ConnectError::Tls { .. } | ConnectError::ClientIdInUse { .. } => false,
             ConnectError::Refused { refusal, .. } => matches!(
                 refusal,
                 Refusal::ServerUnavailable | Refusal::QuotaExceeded | Refusal::Other(_)
@@ -333,9 +350,28 @@ pub enum SubscribeError {
         /// The reason code.
         code: u8,
     },
+    /// The broker closed the connection right after each SUBSCRIBE of
+    /// these filters and never answered it: an MQTT 3.1.1 broker's only way
+    /// to refuse what it does not support (ejabberd with `$share/…`).
+    #[error("the broker closed the connection at SUBSCRIBE {} ({times} times in a row, no SUBACK): {}", quoted(filters), if filters.iter().any(|f| f.starts_with("$share/")) { "the broker does not support shared subscriptions ($share/…), or not this filter" } else { "the broker does not take this filter (a wildcard, a character or a length it refuses, or a topic this user may not subscribe to)" })]
+    DroppedByBroker {
+        /// The filters of that SUBSCRIBE (the `$share/…` ones first).
+        filters: Vec<String>,
+        /// How many times in a row.
+        times: u32,
+    },
     /// The session stopped before the SUBACK.
     #[error("the session stopped before the broker answered: {0}")]
     Stopped(String),
+}
+
+/// `"a", "b"`: filters as an error names them.
+fn quoted(filters: &[String]) -> String {
+    filters
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Text for a SUBACK failure code (0x80 on 3.1.1, MQTT 5 reason codes).

@@ -378,7 +378,9 @@ pub struct ConnectOptions {
     /// Brokers tried in turn (failover); at least one.
     pub brokers: Vec<BrokerUrl>,
     /// Client identifier; generated (`mqlink-…`) when absent. Required
-    /// for a persistent session.
+    /// for a persistent session. One per process: a broker closes the
+    /// older connection of an id when another connects, and a session taken
+    /// over again and again ends with [`ConnectError::ClientIdInUse`](crate::ConnectError::ClientIdInUse).
     pub client_id: Option<String>,
     /// User name for the broker's authentication.
     pub username: Option<String>,

@@ -1,6 +1,7 @@
 //! The library against brokers of other makes, each started by the test on
 //! free ports with its own data directory (`testkit::OtherBroker`):
-//! RabbitMQ's MQTT plugin, NATS' MQTT listener, rumqttd and aedes (Node.js).
+//! RabbitMQ's MQTT plugin, NATS' MQTT listener, rumqttd, aedes (Node.js),
+//! ejabberd's mod_mqtt (Erlang) and amqtt (Python).
 //!
 //! For each: a roundtrip at every QoS the broker takes (3.1.1, and 5 where it
 //! speaks it), retained messages, the last will, refused credentials, a
@@ -22,7 +23,7 @@ use mqlink::sink::{MqttSink, SinkRecord};
 use mqlink::source::MqttSource;
 use mqlink::{
     Backoff, Client, ConnectError, ConnectOptions, Error, Incoming, LastWill, Message, Protocol,
-    QoS, Refusal, Subscription,
+    QoS, Refusal, SubscribeError, Subscription,
 };
 use testkit::{unique_id, CutProxy, Make, OtherBroker};
 use tokio::time::timeout;
@@ -59,13 +60,16 @@ fn start(make: Make) -> Option<OtherBroker> {
 /// The versions each broker speaks, and whether it takes QoS 2 publishes.
 fn protocols(make: Make) -> &'static [Protocol] {
     match make {
-        Make::Rumqttd => &[Protocol::V311, Protocol::V5],
+        Make::Rumqttd | Make::Ejabberd => &[Protocol::V311, Protocol::V5],
         _ => &[Protocol::V311],
     }
 }
 
 fn takes_qos2(make: Make) -> bool {
-    matches!(make, Make::Rumqttd | Make::Aedes)
+    matches!(
+        make,
+        Make::Rumqttd | Make::Aedes | Make::Ejabberd | Make::Amqtt
+    )
 }
 
 fn opts(b: &OtherBroker, protocol: Protocol) -> ConnectOptions {
@@ -233,7 +237,7 @@ async fn features(make: Make) {
             .await
             .unwrap();
         let proxy = CutProxy::new(if proto == Protocol::V5 {
-            b.v5_port.unwrap()
+            b.v5_port.unwrap_or(b.port)
         } else {
             b.port
         });
@@ -470,6 +474,88 @@ async fn shared_unsupported(make: Make) {
     assert_eq!(&d.payload[..], b"after");
 }
 
+/// `$share` on a broker that hangs up at such a SUBSCRIBE on 3.1.1
+/// (ejabberd): mosquitto_sub, the control, reconnects and subscribes again
+/// and again; mqlink fails the subscription naming the filter within
+/// seconds. On MQTT 5 the broker says why (DISCONNECT 0x9E), and the
+/// subscription is refused with that reason.
+async fn shared_hangs_up(make: Make) {
+    let Some(b) = start(make) else { return };
+    let filter = format!("$share/g/io/{}", unique_id("share"));
+    // The control: the same SUBSCRIBE, sent again after each hang-up.
+    let out = std::process::Command::new("timeout")
+        .args(["3", "mosquitto_sub", "-d", "-V", "311", "-h", "127.0.0.1"])
+        .args(["-p", &b.port.to_string(), "-u", &b.user, "-P", &b.password])
+        .args(["-q", "1", "-t", &filter])
+        .output()
+        .expect("run mosquitto_sub");
+    let log = String::from_utf8_lossy(&out.stdout);
+    let subscribes = log.matches("sending SUBSCRIBE").count();
+    assert!(
+        subscribes >= 2,
+        "{make}: mosquitto_sub was expected to subscribe again and again: {log}"
+    );
+    eprintln!("{make}: mosquitto_sub sent SUBSCRIBE {subscribes} times in 3 s");
+
+    for proto in [Protocol::V311, Protocol::V5] {
+        let t = Instant::now();
+        let (c, _inc) = Client::connect(opts(&b, proto)).await.unwrap();
+        let e = timeout(
+            Duration::from_secs(15),
+            c.subscribe(vec![Subscription::new(&filter, QoS::AtLeastOnce)]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{make} {proto}: $share must fail within 15 s, not loop"))
+        .expect_err("the broker does not take $share");
+        eprintln!("{make} {proto}: {e} ({:?})", t.elapsed());
+        match (&e, proto) {
+            (SubscribeError::DroppedByBroker { filters, .. }, Protocol::V311) => {
+                assert_eq!(filters, &[filter.clone()])
+            }
+            (SubscribeError::Refused { filter: f, code }, Protocol::V5) => {
+                assert_eq!((f, *code), (&filter, 0x9e))
+            }
+            _ => panic!("{make} {proto}: {e:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("{filter:?}")) && msg.contains("shared subscriptions"),
+            "{make} {proto}: {msg}"
+        );
+    }
+}
+
+/// A broker that never answers an MQTT 5 CONNECT (amqtt): the timeout says
+/// to use 3.1.1, and with the protocol not written mqlink falls back to it.
+async fn mqtt5_unanswered(make: Make) {
+    let Some(b) = start(make) else { return };
+    let t = Instant::now();
+    let e = timeout(FAIL_WITHIN, Client::connect(opts(&b, Protocol::V5)))
+        .await
+        .unwrap_or_else(|_| panic!("{make}: an MQTT 5 connect must fail within 10 s"))
+        .err()
+        .expect("the broker speaks only 3.1.1");
+    let msg = e.to_string();
+    eprintln!("{make}: MQTT 5 connect: {msg} ({:?})", t.elapsed());
+    assert!(
+        matches!(
+            e,
+            Error::Connect(ConnectError::Timeout {
+                v5_unanswered: true,
+                ..
+            })
+        ) && msg.contains("did not answer an MQTT 5 CONNECT")
+            && msg.contains("-V 311"),
+        "{make}: {msg}"
+    );
+    // The default (protocol not written): MQTT 5 first, then 3.1.1.
+    let mut o = opts(&b, Protocol::V5);
+    o.protocol_fallback = true;
+    let (c, _inc) = Client::connect(o).await.unwrap();
+    assert_eq!(c.protocol(), Protocol::V311, "{make}: fell back to 3.1.1");
+    c.disconnect().await;
+}
+
 mod rabbitmq {
     use super::*;
     const M: Make = Make::RabbitMq;
@@ -583,5 +669,41 @@ mod aedes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_subscription_is_not_supported() {
         shared_unsupported(M).await
+    }
+}
+
+mod ejabberd {
+    use super::*;
+    const M: Make = Make::Ejabberd;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roundtrip_sink_source_retained_will_and_wrong_password() {
+        features(M).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn persistent_session_drains_20k() {
+        drain(M, 20_000, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_subscription_fails_naming_the_filter_not_a_loop() {
+        shared_hangs_up(M).await
+    }
+}
+
+mod amqtt {
+    use super::*;
+    const M: Make = Make::Amqtt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roundtrip_sink_source_retained_will_and_wrong_password() {
+        features(M).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn persistent_session_drains_20k() {
+        drain(M, 20_000, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mqtt5_connect_unanswered_says_use_311() {
+        mqtt5_unanswered(M).await
     }
 }

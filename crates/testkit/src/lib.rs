@@ -923,6 +923,12 @@ pub enum Make {
     Rumqttd,
     /// aedes from npm, run by `crates/testkit/aedes/broker.mjs` on Node.js.
     Aedes,
+    /// ejabberd's `mod_mqtt` (Debian's `ejabberd`), run as an Erlang VM
+    /// without distribution; MQTT 3.1.1 and 5 on one port.
+    Ejabberd,
+    /// amqtt from PyPI (Python), in the virtualenv `target/amqtt-venv`;
+    /// MQTT 3.1.1 only (it never answers an MQTT 5 CONNECT).
+    Amqtt,
 }
 
 impl std::fmt::Display for Make {
@@ -932,6 +938,8 @@ impl std::fmt::Display for Make {
             Make::Nats => "NATS",
             Make::Rumqttd => "rumqttd",
             Make::Aedes => "aedes",
+            Make::Ejabberd => "ejabberd",
+            Make::Amqtt => "amqtt",
         })
     }
 }
@@ -952,7 +960,8 @@ impl std::fmt::Display for Unavailable {
 /// the whole process group killed on drop.
 pub struct OtherBroker {
     pub make: Make,
-    /// The MQTT 3.1.1 listener (RabbitMQ, NATS and aedes speak only 3.1.1).
+    /// The MQTT 3.1.1 listener (RabbitMQ, NATS, aedes and amqtt speak only
+    /// 3.1.1; ejabberd speaks 5 on it too).
     pub port: u16,
     /// rumqttd's MQTT 5 listener.
     pub v5_port: Option<u16>,
@@ -993,6 +1002,8 @@ impl OtherBroker {
                 Make::Nats => b.nats()?,
                 Make::Rumqttd => b.rumqttd()?,
                 Make::Aedes => b.aedes()?,
+                Make::Ejabberd => b.ejabberd()?,
+                Make::Amqtt => b.amqtt()?,
             };
             let log = std::fs::File::create(b.log_path()).unwrap();
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -1141,6 +1152,77 @@ impl OtherBroker {
         Ok(c)
     }
 
+    fn ejabberd(&self) -> Result<Command, Unavailable> {
+        let erl = which("erl").filter(|_| Path::new("/usr/sbin/ejabberdctl").exists());
+        let Some(erl) = erl else {
+            return Err(Unavailable(
+                "ejabberd is not installed (apt-get install ejabberd)".into(),
+            ));
+        };
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("ejabberd.yml"),
+            format!(
+                "hosts:\n  - localhost\nloglevel: info\n\
+                 listen:\n  -\n    port: {}\n    ip: \"127.0.0.1\"\n    module: mod_mqtt\n\
+                 auth_method: internal\nmodules:\n  mod_mqtt:\n    max_queue: unlimited\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        // `max_queue`: by default an offline session that has 5,000
+        // messages queued is closed, and they are lost ("Message queue is
+        // overloaded"); the drain test queues 20,000.
+        // What /usr/sbin/ejabberdctl runs, as us (it would switch to the
+        // `ejabberd` user) and without Erlang distribution (no epmd, no
+        // node name to collide); the user is registered once it is up.
+        let mut c = Command::new(erl);
+        c.env("HOME", d)
+            .env("EJABBERD_CONFIG_PATH", d.join("ejabberd.yml"))
+            .env("EJABBERD_LOG_PATH", d.join("ejabberd.log"))
+            .env("ERL_LIBS", "/usr/lib/x86_64-linux-gnu")
+            .env("ERL_CRASH_DUMP", d.join("erl_crash.dump"))
+            .arg("-noinput")
+            .arg("-mnesia")
+            .arg("dir")
+            .arg(format!("\"{}\"", d.join("spool").display()))
+            .args(["-s", "ejabberd", "-eval"])
+            .arg(format!(
+                "io:format(\"mqlink user: ~p~n\", [ejabberd_auth:try_register(<<\"{}\">>, <<\"localhost\">>, <<\"{}\">>)])",
+                self.user, self.password
+            ))
+            .current_dir(d);
+        Ok(c)
+    }
+
+    fn amqtt(&self) -> Result<Command, Unavailable> {
+        let venv = install_amqtt()?;
+        let d = self.dir.path();
+        let hash = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import sys; from pwdlib.hashers.argon2 import Argon2Hasher; print(Argon2Hasher().hash(sys.argv[1]))",
+                &self.password,
+            ])
+            .output()
+            .map_err(|e| Unavailable(format!("amqtt: {e}")))?;
+        let hash = String::from_utf8_lossy(&hash.stdout).trim().to_owned();
+        std::fs::write(d.join("passwd"), format!("{}:{hash}\n", self.user)).unwrap();
+        std::fs::write(
+            d.join("broker.yaml"),
+            format!(
+                "listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{}\n\
+                 plugins:\n  amqtt.plugins.authentication.FileAuthPlugin:\n    password_file: {}\n",
+                self.port,
+                d.join("passwd").display()
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(venv.join("bin/amqtt"));
+        c.arg("-c").arg(d.join("broker.yaml")).current_dir(d);
+        Ok(c)
+    }
+
     /// Until the MQTT listener(s) accept connections from this process.
     fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
@@ -1154,6 +1236,8 @@ impl OtherBroker {
                 self.port
             ),
             Make::Aedes => format!("listening {}", self.port),
+            Make::Ejabberd => "mqlink user: ok".to_owned(),
+            Make::Amqtt => format!("bind to 127.0.0.1:{}", self.port),
             Make::Rumqttd => String::new(),
         };
         while Instant::now() < deadline {
@@ -1249,6 +1333,40 @@ fn install_aedes(here: &Path) -> Result<(), Unavailable> {
         )));
     }
     Ok(())
+}
+
+/// The amqtt version `scripts/test.sh` installs.
+pub const AMQTT: &str = "amqtt==0.12.0";
+
+/// `target/amqtt-venv` with amqtt, made on first use (scripts/test.sh makes
+/// it too); once per process.
+fn install_amqtt() -> Result<PathBuf, Unavailable> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/amqtt-venv");
+    if venv.join("bin/amqtt").exists() {
+        return Ok(venv);
+    }
+    let run = |c: &mut Command| {
+        c.output()
+            .map_err(|e| Unavailable(format!("amqtt: {c:?}: {e}")))
+            .and_then(|o| {
+                o.status.success().then_some(()).ok_or_else(|| {
+                    Unavailable(format!(
+                        "amqtt: {c:?} failed: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ))
+                })
+            })
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        AMQTT,
+    ]))?;
+    Ok(venv)
 }
 
 /// Writes `body` to `dir/name`; the path.

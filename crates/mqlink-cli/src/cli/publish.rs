@@ -148,9 +148,14 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
     let properties = args.properties()?;
     let opts = args.conn.options(args.max_inflight)?;
     let protocol = opts.protocol;
-    let (client, _incoming) = Client::connect(opts)
-        .await
-        .map_err(|e| super::start_error(e, protocol, args.conn.quiet))?;
+    // SIGINT/SIGTERM stops reading and waiting at any point, connecting
+    // included; what was not confirmed by then is counted as such (exit
+    // 1), never claimed.
+    let mut stop = crate::shutdown_signal();
+    let (client, _incoming) = tokio::select! {
+        c = Client::connect(opts) => c.map_err(|e| super::start_error(e, protocol, args.conn.quiet))?,
+        _ = &mut stop => anyhow::bail!("interrupted before connecting"),
+    };
 
     // Confirmations are awaited in order by a second task, so reading
     // input and publishing never wait on the broker beyond the window.
@@ -185,9 +190,6 @@ async fn run_inner(args: PubArgs) -> anyhow::Result<()> {
         None
     };
 
-    // SIGINT/SIGTERM stops reading and waiting at any point; what was not
-    // confirmed by then is counted as such (exit 1), never claimed.
-    let mut stop = crate::shutdown_signal();
     let mut signalled = false;
     if let Some(payload) = single {
         for n in 0..args.repeat {

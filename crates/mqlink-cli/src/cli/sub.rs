@@ -219,15 +219,19 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
     };
     // -W bounds everything, connecting and subscribing included.
     let deadline = args.timeout.map(|d| tokio::time::Instant::now() + d);
+    // SIGINT/SIGTERM end the command in every state, reconnecting to a
+    // broker that hangs up at the SUBSCRIBE included.
+    let mut stop = crate::shutdown_signal();
     let started = match (config, deadline) {
         (Err(e), _) => Err(mqlink::Error::from(e)),
-        (Ok(config), Some(at)) => {
-            match tokio::time::timeout_at(at, MqttSource::start(config)).await {
-                Ok(s) => s,
-                Err(_) => return Err(timed_out()),
+        (Ok(config), deadline) => {
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+            tokio::select! {
+                s = MqttSource::start(config) => s,
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => return Err(timed_out()),
+                _ = &mut stop => return Ok(()),
             }
         }
-        (Ok(config), None) => MqttSource::start(config).await,
     };
     let mut source = started.map_err(|e| super::start_error(e, protocol, args.conn.quiet))?;
     let client = source.clients()[0].clone();
@@ -249,7 +253,6 @@ async fn run_inner(mut args: SubArgs) -> anyhow::Result<()> {
         deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
     );
     tokio::pin!(sleep);
-    let mut stop = crate::shutdown_signal();
     let stdout = std::io::stdout();
     let mut buf = Vec::with_capacity(OUT_BYTES);
     let mut acks = Vec::with_capacity(BATCH);

@@ -79,6 +79,43 @@ pub struct PostgresSinkConfig {
     /// The inputs' columns (one schema for all), set when loaded.
     #[serde(skip)]
     pub schema: Schema,
+    /// Partial rows of one process among several (set by the SQL front
+    /// end for a windowed query in a share group): see [`Partials`].
+    #[serde(skip)]
+    pub partials: Option<Partials>,
+}
+
+/// Rows that are one process's share of an aggregate: the process's
+/// instance name goes into an extra column, [`INSTANCE_COLUMN`], which
+/// joins the primary key (so one process's redelivered row is still
+/// ignored, but another's partial row is kept), and the view
+/// `<table>_merged` combines the partial rows into the result a single
+/// process would have written.
+#[derive(Debug, Clone)]
+pub struct Partials {
+    pub instance: String,
+    /// The columns that identify a result row (the window and the group
+    /// keys): the view groups by them.
+    pub group: Vec<String>,
+    /// The other columns and how partial values combine.
+    pub merge: Vec<(String, Merge)>,
+}
+
+/// How the partial values of one aggregate combine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Merge {
+    /// COUNT and SUM.
+    Sum,
+    Min,
+    Max,
+}
+
+/// The column naming the process that wrote a partial row.
+pub const INSTANCE_COLUMN: &str = "mqlink_instance";
+
+/// The view combining a table's partial rows.
+pub fn merged_view_name(table: &str) -> String {
+    format!("{table}_merged")
 }
 
 pub fn parse(ctx: &Context, body: Json) -> Result<SinkSpecRef, ConfigError> {
@@ -180,39 +217,109 @@ fn sql_type(t: ColumnType) -> (&'static str, &'static str) {
     }
 }
 
+/// The primary key's columns, quoted; with partial rows, the instance
+/// column is one of them.
+fn primary_key(cfg: &PostgresSinkConfig) -> Vec<String> {
+    let mut pk: Vec<String> = cfg.primary_key.iter().map(|k| quote_ident(k)).collect();
+    if cfg.partials.is_some() && !pk.is_empty() {
+        pk.push(quote_ident(INSTANCE_COLUMN));
+    }
+    pk
+}
+
 pub fn create_table_sql(cfg: &PostgresSinkConfig, schema: &Schema) -> String {
     let mut cols: Vec<String> = schema
         .columns
         .iter()
         .map(|(n, t)| format!("{} {}", quote_ident(n), sql_type(*t).0))
         .collect();
-    if !cfg.primary_key.is_empty() {
-        let pk: Vec<String> = cfg.primary_key.iter().map(|k| quote_ident(k)).collect();
+    if cfg.partials.is_some() {
+        cols.push(format!("{} text NOT NULL", quote_ident(INSTANCE_COLUMN)));
+    }
+    let pk = primary_key(cfg);
+    if !pk.is_empty() {
         cols.push(format!("PRIMARY KEY ({})", pk.join(", ")));
     }
-    format!(
+    let create = format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         quote_ident(&cfg.table),
         cols.join(", ")
+    );
+    let Some(partials) = &cfg.partials else {
+        return create;
+    };
+    // Processes starting together would race on the catalog
+    // ("duplicate key value violates unique constraint pg_type…"): one
+    // at a time, under a lock named after the table.
+    let lock = format!("mqlink create {}", cfg.table).replace('\'', "''");
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{lock}')); {create}; {}; COMMIT",
+        merged_view_sql(cfg, partials, schema)
+    )
+}
+
+/// `CREATE OR REPLACE VIEW <table>_merged`: the partial rows of every
+/// instance combined per window and group keys, with the table's columns
+/// (but the instance) in their order and types.
+pub fn merged_view_sql(cfg: &PostgresSinkConfig, partials: &Partials, schema: &Schema) -> String {
+    let cols: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|(n, t)| {
+            let q = quote_ident(n);
+            match partials
+                .merge
+                .iter()
+                .find(|(m, _)| m.as_str() == &**n)
+                .map(|(_, m)| m)
+            {
+                None => q,
+                Some(m) => {
+                    let f = match m {
+                        Merge::Sum => "sum",
+                        Merge::Min => "min",
+                        Merge::Max => "max",
+                    };
+                    format!("{f}({q})::{} AS {q}", sql_type(*t).0)
+                }
+            }
+        })
+        .collect();
+    let group: Vec<String> = partials.group.iter().map(|g| quote_ident(g)).collect();
+    format!(
+        "CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} GROUP BY {}",
+        quote_ident(&merged_view_name(&cfg.table)),
+        cols.join(", "),
+        quote_ident(&cfg.table),
+        group.join(", ")
     )
 }
 
 pub fn insert_sql(cfg: &PostgresSinkConfig, schema: &Schema) -> String {
-    let names: Vec<String> = schema.columns.iter().map(|(n, _)| quote_ident(n)).collect();
+    let mut names: Vec<String> = schema.columns.iter().map(|(n, _)| quote_ident(n)).collect();
     let params: Vec<String> = schema
         .columns
         .iter()
         .enumerate()
         .map(|(i, (_, t))| format!("${}::{}", i + 1, sql_type(*t).1))
         .collect();
+    // The instance is a literal: a name checked to be letters, digits,
+    // '.', '_' and '-' (quoted all the same).
+    let select = match &cfg.partials {
+        Some(p) => {
+            names.push(quote_ident(INSTANCE_COLUMN));
+            format!("*, '{}'", p.instance.replace('\'', "''"))
+        }
+        None => "*".to_string(),
+    };
     let mut sql = format!(
-        "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+        "INSERT INTO {} ({}) SELECT {select} FROM unnest({})",
         quote_ident(&cfg.table),
         names.join(", "),
         params.join(", ")
     );
-    if !cfg.primary_key.is_empty() {
-        let pk: Vec<String> = cfg.primary_key.iter().map(|k| quote_ident(k)).collect();
+    let pk = primary_key(cfg);
+    if !pk.is_empty() {
         sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", pk.join(", ")));
     }
     sql
@@ -523,6 +630,7 @@ mod tests {
             primary_key: vec!["device_id".into(), "seq".into()],
             batch_size: 10,
             schema: Schema::default(),
+            partials: None,
         };
         let schema = crate::connectors::generator::schema();
         assert_eq!(
@@ -533,5 +641,41 @@ mod tests {
             insert_sql(&cfg, &schema),
             "INSERT INTO \"public\".\"tele\"\"metry\" (\"device_id\", \"seq\", \"timestamp\", \"temperature\", \"humidity\") SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::float8[], $5::float8[]) ON CONFLICT (\"device_id\", \"seq\") DO NOTHING"
         );
+    }
+
+    #[test]
+    fn partial_rows_carry_the_instance_and_a_view_merges_them() {
+        let mut cfg = PostgresSinkConfig {
+            url: mqlink::Secret::new("postgres://h/db"),
+            table: "win".into(),
+            create_table: true,
+            primary_key: vec!["w".into(), "dev".into()],
+            batch_size: 10,
+            schema: Schema::default(),
+            partials: Some(Partials {
+                instance: "pod-1".into(),
+                group: vec!["w".into(), "dev".into()],
+                merge: vec![("n".into(), Merge::Sum), ("lo".into(), Merge::Min)],
+            }),
+        };
+        let schema = Schema {
+            columns: vec![
+                ("w".into(), ColumnType::Timestamp),
+                ("dev".into(), ColumnType::Text),
+                ("n".into(), ColumnType::BigInt),
+                ("lo".into(), ColumnType::Double),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            insert_sql(&cfg, &schema),
+            "INSERT INTO \"win\" (\"w\", \"dev\", \"n\", \"lo\", \"mqlink_instance\") SELECT *, 'pod-1' FROM unnest($1::timestamptz[], $2::text[], $3::int8[], $4::float8[]) ON CONFLICT (\"w\", \"dev\", \"mqlink_instance\") DO NOTHING"
+        );
+        assert_eq!(
+            create_table_sql(&cfg, &schema),
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('mqlink create win')); CREATE TABLE IF NOT EXISTS \"win\" (\"w\" timestamptz, \"dev\" text, \"n\" bigint, \"lo\" double precision, \"mqlink_instance\" text NOT NULL, PRIMARY KEY (\"w\", \"dev\", \"mqlink_instance\")); CREATE OR REPLACE VIEW \"win_merged\" AS SELECT \"w\", \"dev\", sum(\"n\")::bigint AS \"n\", min(\"lo\")::double precision AS \"lo\" FROM \"win\" GROUP BY \"w\", \"dev\"; COMMIT"
+        );
+        cfg.partials = None;
+        assert!(!insert_sql(&cfg, &schema).contains("mqlink_instance"));
     }
 }

@@ -277,6 +277,9 @@ pub struct Stage {
 }
 
 impl MakeTransform for Stage {
+    fn kind(&self) -> &'static str {
+        "Cybus rules"
+    }
     fn make(&self) -> Box<dyn Transform> {
         Box::new(Running {
             stage: Arc::new(self.clone()),

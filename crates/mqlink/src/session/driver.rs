@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::state::{InAcks, Limits, Outgoing, Quota, Waiter};
+use super::state::{Ending, HangUp, HangUps, InAcks, Limits, Outgoing, Quota, Waiter};
 use super::transport::{self, Reader, TlsSetup, Writer};
 use super::{AckHandle, Delivery, Journal, Request, Stats, Status, Subscription};
 use crate::codec::{
@@ -59,6 +59,8 @@ const V311_QOS2_WINDOW: usize = 10;
 const QUICK_DROP: Duration = Duration::from_secs(5);
 /// ... once it happened this many times in a row.
 const DROPS_TO_FAIL: u32 = 3;
+/// MQTT 5 DISCONNECT reason: another connection took the client id.
+const SESSION_TAKEN_OVER: u8 = 0x8e;
 
 pub(crate) struct AckMsg {
     pub(crate) epoch: u32,
@@ -111,6 +113,8 @@ pub(crate) struct Driver {
     first: Option<oneshot::Sender<Result<(), ConnectError>>>,
     out: Outgoing,
     inc: InAcks,
+    /// Connections the broker ended the same way, in a row.
+    hangups: HangUps,
     /// Granted subscriptions, made again when the broker lost the session.
     subscriptions: Vec<Subscription>,
     ctrl_queue: VecDeque<Ctrl>,
@@ -161,6 +165,7 @@ impl Driver {
             fail_fast,
             first: Some(first),
             inc: InAcks::new(),
+            hangups: HangUps::default(),
             subscriptions: Vec::new(),
             ctrl_queue: VecDeque::new(),
             ctrl_inflight: HashMap::new(),
@@ -194,6 +199,7 @@ impl Driver {
                     last_connect_error = None;
                     // `serve` answers `first` once the status says Connected.
                     let began = Instant::now();
+                    let traffic = self.traffic();
                     match self.serve(conn, broker).await {
                         Ok(Closed::ByApplication) => break self.failed.take(),
                         Err(lost) => {
@@ -204,6 +210,23 @@ impl Driver {
                                     | ConnectionLost::Disconnected { .. }
                             );
                             let quick = began.elapsed() < QUICK_DROP;
+                            let ending = Ending {
+                                by_broker,
+                                quick,
+                                taken_over: matches!(
+                                    lost,
+                                    ConnectionLost::Disconnected {
+                                        code: SESSION_TAKEN_OVER,
+                                        ..
+                                    }
+                                ),
+                                silent: matches!(
+                                    lost,
+                                    ConnectionLost::Closed | ConnectionLost::Io(_)
+                                ),
+                                unanswered_filters: self.unanswered_filters(),
+                                publishing: self.out.awaiting_answer() || self.traffic() != traffic,
+                            };
                             if by_broker && quick {
                                 self.out.dropped_by_broker(DROPS_TO_FAIL, self.protocol());
                             } else {
@@ -220,7 +243,13 @@ impl Driver {
                             // the session with that reason, not a loop.
                             if let Some(why) = lost.unsupported() {
                                 error!(client_id = %self.client_id, broker = %broker, error = %lost, "The broker does not support what this session asks for.");
+                                if let ConnectionLost::Disconnected { code, .. } = lost {
+                                    self.refuse_unanswered(code);
+                                }
                                 break Some(why);
+                            }
+                            if let Some(h) = self.hangups.ended(ending) {
+                                break Some(self.hung_up(h, broker));
                             }
                             warn!(client_id = %self.client_id, broker = %broker, error = %lost, "Connection lost.");
                             lost.to_string()
@@ -249,6 +278,7 @@ impl Driver {
                     warn!(client_id = %self.client_id, broker = %broker, error = %e, "Connection attempt failed.");
                     // The broker was away: earlier drops were not a publish's doing.
                     self.out.not_dropped();
+                    self.hangups.reset();
                     broker_idx += 1;
                     let text = e.to_string();
                     last_connect_error = Some(e);
@@ -303,6 +333,100 @@ impl Driver {
         }
         if let Some(r) = self.disconnect_reply.take() {
             let _ = r.send(());
+        }
+    }
+
+    /// Messages received and publishes confirmed so far: a connection
+    /// whose end changes it was in use.
+    fn traffic(&self) -> (u64, u64) {
+        (
+            self.stats.messages_received.load(Ordering::Relaxed),
+            self.stats.publishes_confirmed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The filters of SUBSCRIBEs sent and not answered.
+    fn unanswered_filters(&self) -> Vec<String> {
+        self.ctrl_inflight
+            .values()
+            .filter_map(|c| match c {
+                Ctrl::Sub { subs, .. } => Some(subs.iter().map(|s| s.filter.clone())),
+                Ctrl::Unsub { .. } => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The broker ended the session with a DISCONNECT saying it does not
+    /// support something a subscription asks for (MQTT 5): the SUBSCRIBEs
+    /// it did not answer get that refusal, naming their filter.
+    fn refuse_unanswered(&mut self, code: u8) {
+        let blamed = |f: &str| match code {
+            0x9e => f.starts_with("$share/"),
+            0xa2 => f.contains(['+', '#']),
+            0xa1 => true,
+            _ => false,
+        };
+        let refused: Vec<(u16, String)> = self
+            .ctrl_inflight
+            .iter()
+            .filter_map(|(&pkid, c)| match c {
+                Ctrl::Sub {
+                    subs,
+                    reply: Some(_),
+                } => subs
+                    .iter()
+                    .find(|s| blamed(&s.filter))
+                    .map(|s| (pkid, s.filter.clone())),
+                _ => None,
+            })
+            .collect();
+        // The others are told the session stopped, as usual.
+        for (pkid, filter) in refused {
+            if let Some(Ctrl::Sub {
+                reply: Some(reply), ..
+            }) = self.ctrl_inflight.remove(&pkid)
+            {
+                let _ = reply.send(Err(SubscribeError::Refused { filter, code }));
+            }
+        }
+    }
+
+    /// The error that ends the session for a streak of hang-ups; the
+    /// SUBSCRIBEs the broker hung up on fail with it.
+    fn hung_up(&mut self, h: HangUp, broker: &BrokerUrl) -> String {
+        match h {
+            HangUp::AtSubscribe { mut filters, times } => {
+                // The `$share/…` ones first: those are the usual cause.
+                filters.sort_by_key(|f| !f.starts_with("$share/"));
+                let e = SubscribeError::DroppedByBroker { filters, times };
+                error!(client_id = %self.client_id, broker = %broker, error = %e, "Subscribing failed.");
+                let subs: Vec<u16> = self
+                    .ctrl_inflight
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Ctrl::Sub { reply: Some(_), .. }))
+                    .map(|(&pkid, _)| pkid)
+                    .collect();
+                for pkid in subs {
+                    if let Some(Ctrl::Sub {
+                        reply: Some(reply), ..
+                    }) = self.ctrl_inflight.remove(&pkid)
+                    {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                e.to_string()
+            }
+            HangUp::TakenOver { times, explicit } => {
+                let e = ConnectError::ClientIdInUse {
+                    broker: broker.clone(),
+                    client_id: self.client_id.clone(),
+                    times,
+                    explicit,
+                };
+                error!(client_id = %self.client_id, broker = %broker, error = %e, "Session taken over.");
+                e.to_string()
+            }
         }
     }
 
@@ -409,6 +533,7 @@ impl Driver {
             Err(_) => Err(ConnectError::Timeout {
                 broker: broker.clone(),
                 after,
+                v5_unanswered: self.protocol() == Protocol::V5 && reached.load(Ordering::Relaxed),
             }),
         };
         (r, reached.load(Ordering::Relaxed))

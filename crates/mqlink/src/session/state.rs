@@ -7,6 +7,9 @@
 //!   messages (MQTT-4.6.0-2: PUBACK/PUBREC in arrival order), and the
 //!   receiver's QoS 2 state: packet ids PUBREC'd and not yet released,
 //!   whose resends are not delivered again (MQTT-4.3.3-10).
+//! - [`HangUps`]: connections the broker ended the same way again and
+//!   again (at a SUBSCRIBE, or by handing the client id to another
+//!   connection), turned into an error instead of a reconnect loop.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -478,6 +481,11 @@ impl Outgoing {
         self.finish(suspect.0, Err(e));
     }
 
+    /// Whether a publish awaits the broker's first answer (PUBACK/PUBREC).
+    pub(crate) fn awaiting_answer(&self) -> bool {
+        self.oldest_unanswered().is_some()
+    }
+
     /// The connection ended some other way: no streak.
     pub(crate) fn not_dropped(&mut self) {
         self.drop_streak = None;
@@ -497,6 +505,114 @@ impl Outgoing {
         self.order.clear();
         self.live = 0;
         self.live_qos2 = 0;
+    }
+}
+
+/// How one connection ended, as [`HangUps`] needs to know it.
+#[derive(Debug, Default)]
+pub(crate) struct Ending {
+    /// The broker ended it (closed the socket, reset it, or sent DISCONNECT).
+    pub(crate) by_broker: bool,
+    /// Within a few seconds of CONNACK.
+    pub(crate) quick: bool,
+    /// MQTT 5 DISCONNECT 0x8E "session taken over".
+    pub(crate) taken_over: bool,
+    /// The broker sent no DISCONNECT (3.1.1 has none): it just closed.
+    pub(crate) silent: bool,
+    /// The filters of SUBSCRIBEs sent in it and not answered (no SUBACK).
+    pub(crate) unanswered_filters: Vec<String>,
+    /// A PUBLISH went either way, or one awaits its answer: the
+    /// connection was in use, not idle.
+    pub(crate) publishing: bool,
+}
+
+/// What [`HangUps::ended`] concluded: the session cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HangUp {
+    /// The broker closed the connection right after these SUBSCRIBE
+    /// filters were sent, `times` times in a row (no SUBACK).
+    AtSubscribe { filters: Vec<String>, times: u32 },
+    /// Another connection took the client id: `explicit` when the broker
+    /// said so (MQTT 5 DISCONNECT 0x8E), else inferred from idle
+    /// connections closed right after CONNACK, `times` in a row.
+    TakenOver { times: u32, explicit: bool },
+}
+
+/// The streaks of connections the broker ended the same way. A broker that
+/// cannot take a SUBSCRIBE and speaks 3.1.1 (ejabberd with `$share/…`) has
+/// no way to say so but to close the connection; one that gives the client
+/// id to a newer connection closes the older one (MQTT 5 with DISCONNECT
+/// 0x8E). Reconnecting repeats either forever, and two processes with one
+/// client id take the session from each other in turn.
+#[derive(Debug, Default)]
+pub(crate) struct HangUps {
+    subscribe: Option<(Vec<String>, u32)>,
+    takeover: u32,
+}
+
+impl HangUps {
+    /// SUBSCRIBEs the broker hung up on, this many times in a row.
+    pub(crate) const SUBSCRIBE_LIMIT: u32 = 3;
+    /// DISCONNECT 0x8E, this many times in a row.
+    pub(crate) const TAKEOVER_LIMIT: u32 = 3;
+    /// Idle connections closed without a word right after CONNACK (3.1.1's
+    /// way of a takeover), this many times in a row. One more than for
+    /// DISCONNECT 0x8E: a network that cuts connections looks the same.
+    pub(crate) const SILENT_TAKEOVER_LIMIT: u32 = 4;
+
+    /// Records how a connection ended; `Some` when the streak reached its
+    /// limit and reconnecting would only repeat it.
+    pub(crate) fn ended(&mut self, e: Ending) -> Option<HangUp> {
+        if e.taken_over {
+            self.subscribe = None;
+            self.takeover += 1;
+            return (self.takeover >= Self::TAKEOVER_LIMIT).then(|| {
+                let times = std::mem::take(&mut self.takeover);
+                HangUp::TakenOver {
+                    times,
+                    explicit: true,
+                }
+            });
+        }
+        if !(e.by_broker && e.quick) {
+            self.reset();
+            return None;
+        }
+        if !e.unanswered_filters.is_empty() {
+            self.takeover = 0;
+            let mut filters = e.unanswered_filters;
+            filters.sort();
+            filters.dedup();
+            let times = match &self.subscribe {
+                Some((f, n)) if *f == filters => n + 1,
+                _ => 1,
+            };
+            if times < Self::SUBSCRIBE_LIMIT {
+                self.subscribe = Some((filters, times));
+                return None;
+            }
+            self.subscribe = None;
+            return Some(HangUp::AtSubscribe { filters, times });
+        }
+        self.subscribe = None;
+        if !e.silent || e.publishing {
+            self.takeover = 0;
+            return None;
+        }
+        self.takeover += 1;
+        (self.takeover >= Self::SILENT_TAKEOVER_LIMIT).then(|| {
+            let times = std::mem::take(&mut self.takeover);
+            HangUp::TakenOver {
+                times,
+                explicit: false,
+            }
+        })
+    }
+
+    /// The broker could not be reached, or a connection ended another way.
+    pub(crate) fn reset(&mut self) {
+        self.subscribe = None;
+        self.takeover = 0;
     }
 }
 
@@ -1078,5 +1194,94 @@ mod tests {
             out.clear();
         }
         assert!(o.order.len() <= 4 * 4 + 1, "{}", o.order.len());
+    }
+
+    fn at_subscribe(filters: &[&str]) -> Ending {
+        Ending {
+            by_broker: true,
+            quick: true,
+            silent: true,
+            unanswered_filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..Ending::default()
+        }
+    }
+
+    #[test]
+    fn a_subscribe_the_broker_hangs_up_on_ends_the_session_after_three_times() {
+        let mut h = HangUps::default();
+        assert_eq!(h.ended(at_subscribe(&["$share/g/x"])), None);
+        // Another connection ending (the broker away) breaks the streak.
+        h.reset();
+        assert_eq!(h.ended(at_subscribe(&["$share/g/x"])), None);
+        assert_eq!(h.ended(at_subscribe(&["$share/g/x"])), None);
+        assert_eq!(
+            h.ended(at_subscribe(&["$share/g/x"])),
+            Some(HangUp::AtSubscribe {
+                filters: vec!["$share/g/x".into()],
+                times: 3
+            })
+        );
+        // Other filters each time: no streak.
+        for f in ["a", "b", "a", "b"] {
+            assert_eq!(h.ended(at_subscribe(&[f])), None);
+        }
+        // A slow hang-up (not right after the SUBSCRIBE) is not one.
+        let mut h = HangUps::default();
+        for _ in 0..5 {
+            let e = Ending {
+                quick: false,
+                ..at_subscribe(&["x"])
+            };
+            assert_eq!(h.ended(e), None);
+        }
+    }
+
+    #[test]
+    fn a_session_taken_over_again_and_again_ends() {
+        let mut h = HangUps::default();
+        let v5 = || Ending {
+            by_broker: true,
+            taken_over: true,
+            ..Ending::default()
+        };
+        assert_eq!(h.ended(v5()), None);
+        assert_eq!(h.ended(v5()), None);
+        assert_eq!(
+            h.ended(v5()),
+            Some(HangUp::TakenOver {
+                times: 3,
+                explicit: true
+            })
+        );
+        // 3.1.1: idle connections closed right after CONNACK, one more time.
+        let silent = || Ending {
+            by_broker: true,
+            quick: true,
+            silent: true,
+            ..Ending::default()
+        };
+        for _ in 1..HangUps::SILENT_TAKEOVER_LIMIT {
+            assert_eq!(h.ended(silent()), None);
+        }
+        assert_eq!(
+            h.ended(silent()),
+            Some(HangUp::TakenOver {
+                times: 4,
+                explicit: false
+            })
+        );
+        // A connection in use (a network cutting a publisher's
+        // connections) is not a takeover, and it breaks the streak.
+        for _ in 0..3 {
+            assert_eq!(h.ended(silent()), None);
+        }
+        let busy = Ending {
+            publishing: true,
+            ..silent()
+        };
+        assert_eq!(h.ended(busy), None);
+        for _ in 0..3 {
+            assert_eq!(h.ended(silent()), None);
+        }
     }
 }

@@ -568,7 +568,19 @@ pub async fn run_source(
             continue;
         };
         let Some(first) = first else {
-            comp.set_error("every client of the source stopped");
+            // Why, as the sessions say it (a client id in use, a broker
+            // that hangs up at the SUBSCRIBE).
+            let why = source
+                .clients()
+                .iter()
+                .find_map(|c| match &*c.status().borrow() {
+                    mqlink::Status::Stopped { error: Some(e) } => Some(e.clone()),
+                    _ => None,
+                });
+            comp.set_error(match why {
+                Some(e) => format!("every client of the source stopped: {e}"),
+                None => "every client of the source stopped".to_owned(),
+            });
             comp.set_state(State::Failed);
             break;
         };
