@@ -489,7 +489,12 @@ listen = "127.0.0.1:{http}"
     let events = lines_of(host.0.stdout.take().unwrap());
     let mut ask = host.0.stdin.take().unwrap();
     next_event(&events, "subscribed");
-    let (dead_sub, dead) = mosquitto_sub(&["-p", &broker.port.to_string(), "-t", &format!("{group}/dead")]);
+    let (dead_sub, dead) = mosquitto_sub(&[
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        &format!("{group}/dead"),
+    ]);
     let _dead_sub = Killed(dead_sub);
     let mut run = Killed(
         Command::new(env!("CARGO_BIN_EXE_mqlink"))
@@ -510,7 +515,16 @@ listen = "127.0.0.1:{http}"
     };
     let publish = |lines: Vec<String>| {
         let mut p = Command::new(env!("CARGO_BIN_EXE_mqlink"))
-            .args(["pub", "-p", &broker.port.to_string(), "-t", &format!("{group}/in"), "-q", "1", "-l"])
+            .args([
+                "pub",
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                &format!("{group}/in"),
+                "-q",
+                "1",
+                "-l",
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -521,7 +535,11 @@ listen = "127.0.0.1:{http}"
         drop(stdin);
         assert!(p.wait().unwrap().success());
     };
-    publish((0..5).map(|i| reading(i, &format!("{}.5", 20 + i))).collect());
+    publish(
+        (0..5)
+            .map(|i| reading(i, &format!("{}.5", 20 + i)))
+            .collect(),
+    );
 
     // The node is born (at connect, then with the device's metrics).
     let birth = loop {
@@ -554,7 +572,10 @@ listen = "127.0.0.1:{http}"
 
     // A reading of the wrong type is refused alone; the rest go on by alias.
     publish(vec![reading(5, r#""hot""#), reading(6, "26.5")]);
-    assert!(dead.recv_timeout(Duration::from_secs(20)).unwrap().contains("hot"));
+    assert!(dead
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .contains("hot"));
     let d = next_event(&events, "data");
     assert_eq!(d["metrics"]["count"], 6, "{d}");
     assert_eq!(d["seq"], 2, "{d}");

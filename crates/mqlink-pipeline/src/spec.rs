@@ -1363,12 +1363,25 @@ sinks:
         );
         // Sparkplug B: its own topics, the edge node required.
         let e = written("sparkplug_b").unwrap_err().to_string();
-        assert!(e.starts_with("sinks.to_broker.topic: format = \"sparkplug_b\" publishes to Sparkplug's topics"), "{e}");
-        let e = with(raw, "format = \"sparkplug_b\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "sinks.to_broker.topic: format = \"sparkplug_b\" publishes to Sparkplug's topics"
+            ),
+            "{e}"
+        );
+        let e = with(raw, "format = \"sparkplug_b\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("sinks.to_broker.sparkplug: missing"), "{e}");
-        let edge = "format = \"sparkplug_b\"\nsparkplug = { group_id = \"a/b\", edge_node_id = \"e\" }";
+        let edge =
+            "format = \"sparkplug_b\"\nsparkplug = { group_id = \"a/b\", edge_node_id = \"e\" }";
         let e = with(raw, edge).unwrap_err().to_string();
-        assert!(e.starts_with("sinks.to_broker.sparkplug.group_id: \"a/b\": a Sparkplug id is one topic level"), "{e}");
+        assert!(
+            e.starts_with(
+                "sinks.to_broker.sparkplug.group_id: \"a/b\": a Sparkplug id is one topic level"
+            ),
+            "{e}"
+        );
         let p = with(raw, &edge.replace("a/b", "plant")).unwrap();
         assert_eq!(format(p), SinkFormat::SparkplugB);
     }

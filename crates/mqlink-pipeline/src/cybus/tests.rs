@@ -320,7 +320,14 @@ fn mappings_compile_with_wildcards_rules_and_internal_topics() {
         "enterprise/temperature"
     );
     assert_eq!(sink("enterprise-write").qos, mqlink::QoS::ExactlyOnce);
-    assert_eq!(sink("celsius-0-publish").topic.as_ref().unwrap().to_string(), "{stream}");
+    assert_eq!(
+        sink("celsius-0-publish")
+            .topic
+            .as_ref()
+            .unwrap()
+            .to_string(),
+        "{stream}"
+    );
     assert!(p.transforms.contains_key("celsius-0") && p.transforms.contains_key("celsius-1"));
     assert!(
         !p.transforms.contains_key("machine"),

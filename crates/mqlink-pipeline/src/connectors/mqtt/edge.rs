@@ -124,7 +124,10 @@ impl EdgeNodeRuntime {
         let node = Arc::new(Mutex::new(node));
         let (c, n) = (client.clone(), node.clone());
         let watcher = tokio::spawn(async move {
-            if let Err(e) = c.subscribe(vec![Subscription::new(&commands, QoS::AtLeastOnce)]).await {
+            if let Err(e) = c
+                .subscribe(vec![Subscription::new(&commands, QoS::AtLeastOnce)])
+                .await
+            {
                 tracing::warn!(topic = %commands, error = %e, "Cannot subscribe to the edge node's commands; rebirth requests go unanswered.");
             }
             let mut status = c.status();
@@ -165,15 +168,23 @@ impl EdgeNodeRuntime {
     }
 
     /// The device, time and metric fields of one record.
-    fn split(&self, v: Json) -> Result<(Option<String>, Option<u64>, serde_json::Map<String, Json>), String> {
+    fn split(
+        &self,
+        v: Json,
+    ) -> Result<(Option<String>, Option<u64>, serde_json::Map<String, Json>), String> {
         let Json::Object(mut fields) = v else {
-            return Err(format!("a Sparkplug DATA message is made of a record's fields; {v} has none"));
+            return Err(format!(
+                "a Sparkplug DATA message is made of a record's fields; {v} has none"
+            ));
         };
         let device = match (self.cfg.device_field(), &self.cfg.device_id) {
             (Some(f), _) => match fields.remove(f) {
                 Some(Json::String(s)) if !s.is_empty() && !s.contains(['/', '+', '#']) => Some(s),
                 Some(Json::Number(n)) => Some(n.to_string()),
-                other => return Err(format!("field {f:?} (the device id) is {}: it must be text without '/', '+' or '#'", other.map_or("missing".into(), |v| v.to_string()))),
+                other => return Err(format!(
+                    "field {f:?} (the device id) is {}: it must be text without '/', '+' or '#'",
+                    other.map_or("missing".into(), |v| v.to_string())
+                )),
             },
             (None, d) => d.clone(),
         };
@@ -203,7 +214,9 @@ async fn rebirth(client: &Client, node: &Mutex<EdgeNode>, qos: QoS) {
 }
 
 fn fatal(e: PublishError) -> WriteError {
-    WriteError::Fatal(format!("the session stopped before the broker confirmed: {e}"))
+    WriteError::Fatal(format!(
+        "the session stopped before the broker confirmed: {e}"
+    ))
 }
 
 impl Sink for EdgeNodeRuntime {
@@ -217,13 +230,20 @@ impl Sink for EdgeNodeRuntime {
         // Held while publishing: the seq of the messages is their order.
         let mut node = self.node.lock().await;
         for (index, item) in job.items().enumerate() {
-            let made = self.split(item.value.to_json()).and_then(|(device, time, fields)| {
-                node.data(device.as_deref(), &fields, time).map_err(|e| e.to_string())
-            });
+            let made = self
+                .split(item.value.to_json())
+                .and_then(|(device, time, fields)| {
+                    node.data(device.as_deref(), &fields, time)
+                        .map_err(|e| e.to_string())
+                });
             let messages: Vec<Outgoing> = match made {
                 Ok(m) => m,
                 Err(reason) => {
-                    faults.push(RecordFault { index, reason, class: None });
+                    faults.push(RecordFault {
+                        index,
+                        reason,
+                        class: None,
+                    });
                     continue;
                 }
             };
@@ -235,7 +255,11 @@ impl Sink for EdgeNodeRuntime {
                     Err(e @ PublishError::Stopped(_)) => return Err(fatal(e)),
                     Err(e) => {
                         self.metrics.confirmations().unsent();
-                        faults.push(RecordFault { index, reason: e.to_string(), class: None });
+                        faults.push(RecordFault {
+                            index,
+                            reason: e.to_string(),
+                            class: None,
+                        });
                     }
                 }
             }
@@ -247,7 +271,9 @@ impl Sink for EdgeNodeRuntime {
                 let r = t.await;
                 metrics.confirmations().record(&r);
                 if let Err(e) = r {
-                    return Err(format!("the session stopped before the broker confirmed: {e}"));
+                    return Err(format!(
+                        "the session stopped before the broker confirmed: {e}"
+                    ));
                 }
             }
             Ok(faults)
@@ -263,7 +289,11 @@ impl Sink for EdgeNodeRuntime {
         // A clean DISCONNECT: the broker drops the will; the node says
         // goodbye itself (Sparkplug: NDEATH before disconnecting).
         let death = self.node.lock().await.death();
-        if let Ok(t) = self.client.publish(Message::new(death.topic, death.payload, QoS::AtLeastOnce)).await {
+        if let Ok(t) = self
+            .client
+            .publish(Message::new(death.topic, death.payload, QoS::AtLeastOnce))
+            .await
+        {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
         }
         self.client.disconnect().await;

@@ -135,7 +135,11 @@ impl EdgeNode {
             m.uint(14, 0);
             m.buf
         }];
-        metrics.extend(self.node.iter().map(|(n, b)| metric(Some(n), b, &b.last, ts)));
+        metrics.extend(
+            self.node
+                .iter()
+                .map(|(n, b)| metric(Some(n), b, &b.last, ts)),
+        );
         let mut out = vec![self.message("NBIRTH", None, metrics, ts)];
         let devices: Vec<String> = self.devices.keys().cloned().collect();
         for d in devices {
@@ -215,7 +219,13 @@ impl EdgeNode {
         })
     }
 
-    fn message(&mut self, kind: &str, device: Option<&str>, metrics: Vec<Vec<u8>>, ts: u64) -> Outgoing {
+    fn message(
+        &mut self,
+        kind: &str,
+        device: Option<&str>,
+        metrics: Vec<Vec<u8>>,
+        ts: u64,
+    ) -> Outgoing {
         let mut p = Writer::default();
         p.uint(1, ts);
         for m in &metrics {
@@ -270,7 +280,11 @@ fn metric(name: Option<&str>, b: &Born, value: &Scalar, ts: u64) -> Vec<u8> {
 }
 
 /// Fields as `(name, value)`, nested objects flattened into folders.
-fn flatten<'a>(prefix: &str, fields: &'a serde_json::Map<String, Json>, out: &mut Vec<(String, &'a Json)>) {
+fn flatten<'a>(
+    prefix: &str,
+    fields: &'a serde_json::Map<String, Json>,
+    out: &mut Vec<(String, &'a Json)>,
+) {
     for (k, v) in fields {
         let name = if prefix.is_empty() {
             k.clone()
@@ -342,7 +356,11 @@ mod tests {
     fn births_then_data_by_alias_with_seq() {
         let mut n = EdgeNode::new("plant", "mqlink", 7);
         let out = n
-            .data(Some("press"), &fields(json!({"temp": 21.5, "on": true, "n": 3})), Some(1000))
+            .data(
+                Some("press"),
+                &fields(json!({"temp": 21.5, "on": true, "n": 3})),
+                Some(1000),
+            )
             .unwrap();
         let topics: Vec<&str> = out.iter().map(|o| &*o.topic).collect();
         assert_eq!(
@@ -359,19 +377,34 @@ mod tests {
         assert_eq!(birth.metrics[0].value, Some(MetricValue::Long(7)));
         let dbirth = decode(&out[1].payload).unwrap();
         assert_eq!(dbirth.seq, Some(1));
-        let names: Vec<_> = dbirth.metrics.iter().map(|m| m.name.clone().unwrap()).collect();
+        let names: Vec<_> = dbirth
+            .metrics
+            .iter()
+            .map(|m| m.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["n", "on", "temp"]);
         let data = decode(&out[2].payload).unwrap();
         assert_eq!(data.seq, Some(2));
-        assert!(data.metrics.iter().all(|m| m.name.is_none() && m.alias.is_some()));
+        assert!(data
+            .metrics
+            .iter()
+            .all(|m| m.name.is_none() && m.alias.is_some()));
         // The same metrics again: data only, seq counting on.
         let out = n
-            .data(Some("press"), &fields(json!({"temp": 22, "on": false, "n": 4})), None)
+            .data(
+                Some("press"),
+                &fields(json!({"temp": 22, "on": false, "n": 4})),
+                None,
+            )
             .unwrap();
         assert_eq!(out.len(), 1);
         let data = decode(&out[0].payload).unwrap();
         assert_eq!(data.seq, Some(3));
-        let temp = data.metrics.iter().find(|m| m.datatype == Some(DOUBLE)).unwrap();
+        let temp = data
+            .metrics
+            .iter()
+            .find(|m| m.datatype == Some(DOUBLE))
+            .unwrap();
         assert_eq!(temp.value, Some(MetricValue::Double(22.0)));
     }
 
@@ -379,12 +412,22 @@ mod tests {
     fn a_new_metric_is_a_rebirth_with_every_last_value() {
         let mut n = EdgeNode::new("g", "e", 1);
         n.data(None, &fields(json!({"a": 1})), None).unwrap();
-        n.data(Some("d1"), &fields(json!({"x": "s"})), None).unwrap();
-        let out = n.data(None, &fields(json!({"b": {"c": 2.5}})), None).unwrap();
-        let kinds: Vec<&str> = out.iter().map(|o| o.topic.split('/').nth(2).unwrap()).collect();
+        n.data(Some("d1"), &fields(json!({"x": "s"})), None)
+            .unwrap();
+        let out = n
+            .data(None, &fields(json!({"b": {"c": 2.5}})), None)
+            .unwrap();
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|o| o.topic.split('/').nth(2).unwrap())
+            .collect();
         assert_eq!(kinds, ["NBIRTH", "DBIRTH", "NDATA"]);
         let birth = decode(&out[0].payload).unwrap();
-        let names: Vec<_> = birth.metrics.iter().filter_map(|m| m.name.clone()).collect();
+        let names: Vec<_> = birth
+            .metrics
+            .iter()
+            .filter_map(|m| m.name.clone())
+            .collect();
         assert_eq!(names, ["bdSeq", "Node Control/Rebirth", "a", "b/c"]);
         assert_eq!(birth.metrics[2].value, Some(MetricValue::Long(1)));
         assert_eq!(decode(&out[2].payload).unwrap().seq, Some(2));
@@ -394,7 +437,9 @@ mod tests {
     fn a_value_of_another_type_is_refused_and_changes_nothing() {
         let mut n = EdgeNode::new("g", "e", 1);
         n.data(None, &fields(json!({"t": 1.5})), None).unwrap();
-        let e = n.data(None, &fields(json!({"t": "hot", "new": 1})), None).unwrap_err();
+        let e = n
+            .data(None, &fields(json!({"t": "hot", "new": 1})), None)
+            .unwrap_err();
         assert_eq!(e.born, "Double");
         let out = n.data(None, &fields(json!({"t": 2})), None).unwrap();
         assert_eq!(out.len(), 1, "no metric was born by the refused record");
@@ -405,7 +450,10 @@ mod tests {
         let n = EdgeNode::new("g", "e", 9);
         let d = n.death();
         assert_eq!(d.topic, "spBv1.0/g/NDEATH/e");
-        assert_eq!(decode(&d.payload).unwrap().metrics[0].value, Some(MetricValue::Long(9)));
+        assert_eq!(
+            decode(&d.payload).unwrap().metrics[0].value,
+            Some(MetricValue::Long(9))
+        );
         let (topic, ask) = super::super::rebirth_request("g", "e");
         assert_eq!(topic, n.command_topic());
         assert!(EdgeNode::is_rebirth_request(&ask));

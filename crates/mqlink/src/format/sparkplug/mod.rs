@@ -24,10 +24,10 @@
 //! births and DATA by alias, is [`edge`].
 
 // The structs mirror Tahu's `sparkplug_b.proto` field for field.
-#[allow(missing_docs)]
-pub mod proto;
 #[allow(missing_docs)] // the fields are the Sparkplug message's
 pub mod edge;
+#[allow(missing_docs)]
+pub mod proto;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
