@@ -181,10 +181,12 @@ impl EdgeNodeRuntime {
             (Some(f), _) => match fields.remove(f) {
                 Some(Json::String(s)) if !s.is_empty() && !s.contains(['/', '+', '#']) => Some(s),
                 Some(Json::Number(n)) => Some(n.to_string()),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "field {f:?} (the device id) is {}: it must be text without '/', '+' or '#'",
                     other.map_or("missing".into(), |v| v.to_string())
-                )),
+                ))
+                }
             },
             (None, d) => d.clone(),
         };
