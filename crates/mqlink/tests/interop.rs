@@ -510,7 +510,7 @@ async fn shared_hangs_up(make: Make) {
         eprintln!("{make} {proto}: {e} ({:?})", t.elapsed());
         match (&e, proto) {
             (SubscribeError::DroppedByBroker { filters, .. }, Protocol::V311) => {
-                assert_eq!(filters, &[filter.clone()])
+                assert_eq!(filters, std::slice::from_ref(&filter))
             }
             (SubscribeError::Refused { filter: f, code }, Protocol::V5) => {
                 assert_eq!((f, *code), (&filter, 0x9e))
