@@ -70,6 +70,12 @@ check() {
     cp examples/quickstart.toml "$dir/"
     "$bin" validate "$dir/quickstart.toml"
     (cd "$dir" && timeout 60 "$bin" run quickstart.toml --until-idle 1 --quiet --http-listen off)
+    local n
+    n="$(wc -l < "$dir/out/telemetry.jsonl")"
+    if [ "$n" -ne 100000 ]; then
+        echo "deploy/build.sh: the quickstart wrote $n of 100000 records" >&2
+        return 1
+    fi
     echo "deploy/build.sh: $bin runs the quickstart"
 }
 
