@@ -23,12 +23,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mqlink::format::sparkplug::edge::{time_ms, EdgeNode, Outgoing};
+use mqlink::sink::SinkError;
 use mqlink::sink::SinkMetrics;
-use mqlink::{Client, ConnectOptions, LastWill, Message, PublishError, QoS, Status, Subscription};
+use mqlink::{Client, ConnectOptions, LastWill, Message, QoS, Status, Subscription};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use tokio::sync::Mutex;
 
+use super::sink::classify;
 use super::MqttSinkConfig;
 use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{err, ConfigError};
@@ -215,12 +217,6 @@ async fn rebirth(client: &Client, node: &Mutex<EdgeNode>, qos: QoS) {
     }
 }
 
-fn fatal(e: PublishError) -> WriteError {
-    WriteError::Fatal(format!(
-        "the session stopped before the broker confirmed: {e}"
-    ))
-}
-
 impl Sink for EdgeNodeRuntime {
     fn max_records(&self) -> usize {
         1000
@@ -253,15 +249,10 @@ impl Sink for EdgeNodeRuntime {
                 let msg = Message::new(m.topic, m.payload, self.qos);
                 self.metrics.confirmations().sent();
                 match self.client.publish(msg).await {
-                    Ok(t) => tokens.push(t),
-                    Err(e @ PublishError::Stopped(_)) => return Err(fatal(e)),
+                    Ok(t) => tokens.push((index, t)),
                     Err(e) => {
                         self.metrics.confirmations().unsent();
-                        faults.push(RecordFault {
-                            index,
-                            reason: e.to_string(),
-                            class: None,
-                        });
+                        faults.push(classify(index, SinkError::Publish(e))?);
                     }
                 }
             }
@@ -269,15 +260,17 @@ impl Sink for EdgeNodeRuntime {
         drop(node);
         let metrics = self.metrics.clone();
         Ok(Box::pin(async move {
-            for t in tokens {
+            // A refusal (a reason code) fails the record whose DATA or
+            // birth it was, as in the MQTT sink; a session gone fails all.
+            for (index, t) in tokens {
                 let r = t.await;
                 metrics.confirmations().record(&r);
                 if let Err(e) = r {
-                    return Err(format!(
-                        "the session stopped before the broker confirmed: {e}"
-                    ));
+                    faults.push(classify(index, SinkError::Publish(e)).map_err(|e| e.to_string())?);
                 }
             }
+            faults.sort_by_key(|f| f.index);
+            faults.dedup_by_key(|f| f.index);
             Ok(faults)
         }))
     }

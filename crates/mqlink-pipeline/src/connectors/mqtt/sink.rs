@@ -253,7 +253,7 @@ impl MqttSinkRuntime {
 }
 
 /// A record fault, or the session gone (fatal).
-fn classify(index: usize, e: SinkError) -> Result<RecordFault, WriteError> {
+pub(super) fn classify(index: usize, e: SinkError) -> Result<RecordFault, WriteError> {
     match e {
         SinkError::Publish(PublishError::Stopped(why)) => Err(WriteError::Fatal(format!(
             "the session stopped before the broker confirmed: {why}"

@@ -184,15 +184,18 @@ impl EdgeNode {
             None => &mut self.node,
         };
         for (name, s) in &scalars {
-            let b = metrics.entry(name.clone()).or_insert_with(|| {
-                *next_alias += 1;
-                Born {
-                    alias: *next_alias - 1,
-                    datatype: datatype_of(s),
-                    last: Scalar::Null,
-                }
-            });
-            b.last = s.clone();
+            // Looked up before inserting: a name is cloned only when born.
+            if let Some(b) = metrics.get_mut(name) {
+                b.last = s.clone();
+                continue;
+            }
+            let b = Born {
+                alias: *next_alias,
+                datatype: datatype_of(s),
+                last: s.clone(),
+            };
+            *next_alias += 1;
+            metrics.insert(name.clone(), b);
         }
         let encoded = scalars
             .iter()
