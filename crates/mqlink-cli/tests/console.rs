@@ -64,6 +64,8 @@ client_id = "{topic}-l"
 broker = "mqtt://127.0.0.1:{far}"
 client_id = "{topic}-f"
 keep_alive = 60
+username = "console"
+password = "${{FAR_PASSWORD}}"
 [sources.gen]
 type = "generator"
 rate = 100
@@ -114,6 +116,8 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
     .unwrap();
     // With a token, as off loopback: the page takes it once as ?token=.
     let token = unique_id("token");
+    // Shown masked in the console's configuration, never as itself.
+    let secret = unique_id("far-password");
     let log = dir.path().join("run.log");
     let mut run = Killed(
         Command::new(env!("CARGO_BIN_EXE_mqlink"))
@@ -121,6 +125,7 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
             .arg(&cfg)
             .current_dir(dir.path())
             .env("MQLINK_HTTP_TOKEN", &token)
+            .env("FAR_PASSWORD", &secret)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -153,6 +158,7 @@ fn the_console_shows_a_stall_and_its_recovery_in_a_browser() {
             .env("SCREENSHOTS", &shots)
             .env("COMPONENTS", components.join(","))
             .env("STALLING", "sinks.uplink")
+            .env("SECRET", &secret)
             .env("STALL_SECONDS", STALL.to_string())
             .env("CHROMIUM", chromium)
             .stdin(Stdio::piped())

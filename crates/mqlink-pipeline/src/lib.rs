@@ -33,6 +33,7 @@ pub mod console;
 pub mod cybus;
 pub mod http;
 pub mod logs;
+pub mod masked;
 pub mod pem;
 pub mod redelivery;
 pub mod relay;

@@ -86,6 +86,9 @@ pub struct Pipeline {
     /// This process's name among several running the same file
     /// (`--instance`, `MQLINK_INSTANCE`; see [`Pipeline::set_instance`]).
     pub instance: Option<String>,
+    /// Each connection's, source's and sink's configuration as loaded, by
+    /// path (`sinks.out`), secrets masked (see [`crate::masked`]).
+    pub shown: BTreeMap<String, Json>,
 }
 
 #[derive(Deserialize)]
@@ -477,6 +480,7 @@ pub fn from_tree_with(
     stage_schemas: &BTreeMap<String, Schema>,
 ) -> Result<Pipeline, ConfigError> {
     let raw: RawConfig = typed("", tree)?;
+    let shown = shown(&raw);
 
     let mut connections = BTreeMap::new();
     for (name, v) in raw.connections {
@@ -559,9 +563,26 @@ pub fn from_tree_with(
         embedded_broker,
         transforms: BTreeMap::new(),
         instance: None,
+        shown,
     };
     pipeline.check_client_ids()?;
     Ok(pipeline)
+}
+
+/// Each component's masked configuration, by path.
+fn shown(raw: &RawConfig) -> BTreeMap<String, Json> {
+    let sections = [
+        ("connections", &raw.connections),
+        ("sources", &raw.sources),
+        ("sinks", &raw.sinks),
+    ];
+    sections
+        .into_iter()
+        .flat_map(|(section, map)| {
+            map.iter()
+                .map(move |(name, v)| (format!("{section}.{name}"), crate::masked::masked(v)))
+        })
+        .collect()
 }
 
 /// `[sources.*]`, each read by its connector.

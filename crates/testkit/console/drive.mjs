@@ -91,6 +91,13 @@ try {
   }
   await page.screenshot({ path: `${shots}/running.png`, fullPage: true });
 
+  step("a connection's configuration as loaded, its password masked");
+  await node("connections.far").click();
+  await until("details of the connection", 5, async () => (await page.locator("#details h3").innerText()) === "connections.far");
+  const config = await page.locator("#details pre.config").innerText();
+  if (!config.includes('"password": "***"') || !config.includes('"keep_alive": 60')) throw new Error(`configuration shown: ${config}`);
+  if ((await page.content()).includes(env("SECRET"))) throw new Error("the connection's password is on the page");
+
   step("keyboard: Tab to a component and open its details");
   await node(stalling).focus();
   await page.keyboard.press("Enter");

@@ -255,7 +255,7 @@ function drawDetails() {
     add("not ready", c.not_ready); add("last error", c.last_error);
     for (const cl of c.clients || []) add("client " + cl.client_id, cl.status);
     const metrics = c.metrics || {};
-    box.replaceChildren(el("h3", {}, heading), dl,
+    box.replaceChildren(el("h3", {}, heading), dl, configOf(spec),
       el("details", {}, el("summary", {}, "all metrics"), el("pre", {}, Object.entries(metrics).map(([k, v]) => `${k} ${v}`).join("\n"))));
     return;
   }
@@ -269,11 +269,20 @@ function drawDetails() {
       add("undelivered", b.undelivered);
       for (const q of b.full_queues || []) add("full queue " + q.client_id, `${q.queued} queued, idle ${q.idle_seconds.toFixed(0)} s`);
     }
+    box.replaceChildren(el("h3", {}, heading), dl, configOf(conn));
+    return;
   } else if (section === "stages") {
     const spec = (topo.sources || []).find((x) => x.name === name) || {};
     add("kind", spec.stage); add("reads", "sources." + name);
   }
   box.replaceChildren(el("h3", {}, heading), dl);
+}
+
+// A component's configuration as loaded, secrets masked by the server.
+function configOf(spec) {
+  if (!spec.config) return "";
+  return el("details", { open: "" }, el("summary", {}, "configuration"),
+    el("pre", { class: "config" }, JSON.stringify(spec.config, null, 2)));
 }
 
 function drawAccounting(s) {

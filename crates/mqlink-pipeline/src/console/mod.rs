@@ -61,8 +61,8 @@ fn sha256(text: &str) -> String {
 }
 
 /// What the pipeline is made of, as `/status` shows it under `topology`:
-/// the console draws its graph from this. Connections show their broker
-/// addresses with credentials redacted; nothing here reads a secret.
+/// the console draws its graph from this, and shows each part's
+/// configuration as loaded with its secrets masked ([`crate::masked`]).
 #[derive(Clone, Debug, Default)]
 pub struct Topology(Value);
 
@@ -84,6 +84,7 @@ impl Topology {
                     "embedded": c.is_embedded(),
                     "protocol": c.protocol.map(|v| format!("{v:?}")),
                     "clean_session": c.clean_session,
+                    "config": p.shown.get(&format!("connections.{name}")),
                 })
             })
             .collect();
@@ -96,6 +97,7 @@ impl Topology {
                     "connection": s.connection().map(|(c, _)| c),
                     "parallelism": s.connection().map(|(_, n)| n),
                     "stage": p.transforms.get(name).map(|t| t.kind()),
+                    "config": p.shown.get(&format!("sources.{name}")),
                 })
             })
             .collect();
@@ -108,6 +110,7 @@ impl Topology {
                     "inputs": s.inputs,
                     "connection": s.kind.connection().map(|(c, _)| c),
                     "parallelism": s.kind.connection().map(|(_, n)| n),
+                    "config": p.shown.get(&format!("sinks.{name}")),
                 })
             })
             .collect();
@@ -192,5 +195,9 @@ topic = "u"
         assert_eq!(named("sinks", "out")["connection"], "far");
         assert_eq!(named("sources", "gen")["connection"], Value::Null);
         assert_eq!(named("sources", "in")["connection"], "local");
+        assert_eq!(named("connections", "far")["config"]["password"], "***");
+        assert_eq!(named("connections", "far")["config"]["username"], "u");
+        assert_eq!(named("sinks", "out")["config"]["topic"], "u");
+        assert_eq!(named("sources", "gen")["config"]["count"], 1);
     }
 }
