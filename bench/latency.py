@@ -1,56 +1,82 @@
-"""Latency of one QoS 1 stream seen by two subscribers at once.
+"""Latency of one paced QoS 1 stream, seen by three consumers at once.
 
-usage: latency.py PORT N RATE MQLINK
-Each message's payload is the time (ns) it was handed to the publisher
-(`mqlink pub -l`, which publishes each line as it arrives: mosquitto_pub -l
-turned out to hold lines back for up to seconds on this machine, which
-measured the publisher, not the subscribers); both mosquitto_sub and
-`mqlink sub` print payloads, and this process stamps each line as it reads
-it (the same pipe hop for both). Prints p50/p90/p99 in ms.
+usage: latency.py PORT N RATES MQLINK STAMPPUB
+For each rate in RATES (comma-separated, messages/s), bench/stamppub.c
+(libmosquitto) publishes N messages {"seq":i,"ts":<unix s>}, each stamped
+with the wall clock just before it is handed to libmosquitto, its network
+loop run between sends (nothing waits in the publisher). Consumers:
+mosquitto_sub, `mqlink sub`, and a pipeline (`mqlink run`, MQTT source →
+MQTT sink to <topic>/out) read by a second mosquitto_sub, so the pipeline's
+figure holds one more broker hop than the others (the mosquitto_sub line is
+that hop's cost). Each consumer prints payloads; this process stamps each
+line as it reads it (the same pipe hop for all). Prints p50/p99/p999 in ms.
 """
-import os, subprocess, sys, threading, time
+import json, os, subprocess, sys, tempfile, threading, time
 
-port, n, rate, mqlink = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-topic = f"latency/{os.getpid()}"
-subs = {
-    "mosquitto_sub": ["mosquitto_sub", "-p", port, "-t", topic, "-q", "1"],
-    "mqlink sub": [mqlink, "sub", "-p", port, "-t", topic, "-q", "1"],
-}
-lat = {k: [] for k in subs}
+port, n, rates, mqlink, stamppub = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 
-def read(name, proc):
-    for line in proc.stdout:
-        now = time.time_ns()
-        try:
-            lat[name].append((now - int(line)) / 1e6)
-        except ValueError:
-            pass
 
-procs = {}
-for name, cmd in subs.items():
-    procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    threading.Thread(target=read, args=(name, procs[name]), daemon=True).start()
-time.sleep(1.0)  # both subscribed
-pub = subprocess.Popen([mqlink, "pub", "-p", port, "-t", topic, "-q", "1", "-l"],
-                       stdin=subprocess.PIPE, bufsize=0)
-start = time.monotonic()
-for i in range(n):
-    due = start + i / rate
-    while True:
-        left = due - time.monotonic()
-        if left <= 0:
-            break
-        if left > 0.0005:
-            time.sleep(left - 0.0003)
-    pub.stdin.write(b"%d\n" % time.time_ns())
-pub.stdin.close()
-pub.wait()
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline and any(len(v) < n for v in lat.values()):
-    time.sleep(0.1)
-for p in procs.values():
-    p.kill()
-for name, v in lat.items():
-    v.sort()
-    q = lambda f: v[min(len(v) - 1, int(f * len(v)))] if v else float("nan")
-    print(f"latency: {name:14s} {len(v)} of {n} messages  p50 {q(0.5):.3f} ms  p90 {q(0.9):.3f} ms  p99 {q(0.99):.3f} ms")
+def consumers(topic, pipeline_file):
+    sub = lambda t: ["mosquitto_sub", "-p", port, "-t", t, "-q", "1"]
+    return {
+        "mosquitto_sub": (sub(topic), None),
+        "mqlink sub": ([mqlink, "sub", "-p", port, "-t", topic, "-q", "1"], None),
+        "mqlink run (mqtt->mqtt)": (sub(topic + "/out"), [mqlink, "run", pipeline_file]),
+    }
+
+
+def pipeline(topic, path):
+    with open(path, "w") as f:
+        f.write(f"""[connections.b]
+broker = "mqtt://127.0.0.1:{port}"
+[sources.in]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "b"
+topic = "{topic}/out"
+format = "raw"
+[http]
+listen = ""
+""")
+
+
+def one_rate(rate, tmp):
+    topic = f"latency/{os.getpid()}/{rate}"
+    pfile = os.path.join(tmp, f"latency-{rate}.toml")
+    pipeline(topic, pfile)
+    lat, procs = {}, []
+    for name, (cmd, helper) in consumers(topic, pfile).items():
+        lat[name] = []
+        if helper:
+            procs.append(subprocess.Popen(helper, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        procs.append(p)
+
+        def read(v=lat[name], p=p):
+            for line in p.stdout:
+                now = time.time()
+                try:
+                    v.append((now - json.loads(line)["ts"]) * 1e3)
+                except (ValueError, KeyError):
+                    pass
+        threading.Thread(target=read, daemon=True).start()
+    time.sleep(1.5)  # every consumer subscribed, the pipeline started
+    subprocess.run([stamppub, port, topic, "1", str(n), str(rate)], check=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(len(v) < n for v in lat.values()):
+        time.sleep(0.1)
+    for p in procs:
+        p.kill()
+    for name, v in lat.items():
+        v.sort()
+        q = lambda f: v[min(len(v) - 1, int(f * len(v)))] if v else float("nan")
+        print(f"latency {rate}/s: {name:24s} {len(v)} of {n}  p50 {q(0.5):.3f} ms  p99 {q(0.99):.3f} ms  p999 {q(0.999):.3f} ms")
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    for rate in rates.split(","):
+        one_rate(int(rate), tmp)

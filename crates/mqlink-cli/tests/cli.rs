@@ -383,6 +383,57 @@ fn sigkill_while_draining_a_persistent_session_loses_nothing() {
     );
 }
 
+/// 200 queued messages of 1 MiB from a broker with no in-flight cap (it
+/// sends the whole queue at once): `mqlink sub` holds what its byte limits
+/// allow, not the queue (it peaked at 142 MiB, 64 MiB of it one read buffer).
+#[test]
+fn sub_of_large_messages_stays_within_its_memory() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        extra: vec!["max_inflight_messages 0".into()],
+        ..Default::default()
+    });
+    let port = broker.port.to_string();
+    let id = unique_id("big");
+    let topic = format!("big/{id}");
+    let out = run(&[
+        "sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id, "-E",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let n = 200;
+    let lines: Vec<String> = (0..n)
+        .map(|i| format!("{i:04}{}", "x".repeat((1 << 20) - 4)))
+        .collect();
+    mqlink_pub_lines(broker.port, &topic, &lines);
+
+    // One more than the queue: it stays up, its peak readable, after all 200.
+    let mut child = mqlink()
+        .args(["sub", "-p", &port, "-t", &topic, "-q", "1", "-c", "-i", &id])
+        .args(["-C", &(n + 1).to_string(), "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for i in 0..n {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "ended after {i}");
+        assert!(
+            line.starts_with(&format!("{i:04}")),
+            "message {i} out of order"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!("peak RSS {} MiB for {n} messages of 1 MiB", peak_kib / 1024);
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+}
+
 /// A resumed session's backlog arrives before the SUBACK (Mosquitto sends
 /// it first); `-C` may be satisfied by it, and ending then is a success,
 /// not a refused subscription.

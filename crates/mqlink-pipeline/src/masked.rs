@@ -152,7 +152,10 @@ mod tests {
                 }
             }
         }
-        assert!(fields.iter().any(|(n, _)| n == "bearer_token"), "{fields:?}");
+        assert!(
+            fields.iter().any(|(n, _)| n == "bearer_token"),
+            "{fields:?}"
+        );
         for (name, file) in fields {
             assert!(
                 is_secret_key(&name) || name == "url",

@@ -418,6 +418,14 @@ pub struct ConnectOptions {
     /// Incoming deliveries buffered for the application before the
     /// network driver stops reading (TCP back-pressure).
     pub incoming_buffer: usize,
+    /// Bytes of incoming messages (payload and topic) handed towards the
+    /// application and not taken by it yet, at most, before the network
+    /// driver stops reading (TCP back-pressure) [default: 8 MiB]. Memory
+    /// then follows bytes, not only `incoming_buffer`'s count. Reading
+    /// goes on while this client's own publishes await acknowledgements
+    /// (the application may wait for those first); the broker's window
+    /// bounds QoS 1/2 messages then.
+    pub incoming_bytes: usize,
     /// How reconnects are paced, and when they give up.
     pub reconnect: Backoff,
     /// A publish above the broker's maximum QoS (MQTT 5 CONNACK) is sent
@@ -507,6 +515,7 @@ impl Default for ConnectOptions {
             max_packet_size: 268_435_460,
             receive_maximum: 1000,
             incoming_buffer: 1024,
+            incoming_bytes: 8 << 20,
             reconnect: Backoff::default(),
             downgrade_qos: false,
         }

@@ -368,9 +368,17 @@ impl Log {
                 break;
             }
             if self.segments.len() == 1 {
-                // The segment being written, all confirmed: the next append
-                // starts a new one (a log of a few big entries that outgrew
-                // its limit must not stay full once they are confirmed).
+                // The segment being written, all confirmed, stays while it is
+                // within its size: after a SIGKILL the broker sends again
+                // what it had not read the PUBACKs of, and the source's
+                // buffer knows those messages only from the log's last
+                // entries (`buffer::last_appended`). One that outgrew twice
+                // its limit (a few big entries) goes, and the next append
+                // starts a new one: a log must not stay full once confirmed
+                // (a segment is at most a quarter of the log's bytes).
+                if s.bytes <= 2 * self.segment_bytes {
+                    break;
+                }
                 self.file = None;
             }
             let s = self.segments.pop_front().expect("front");

@@ -258,9 +258,7 @@ pub(super) async fn serve<S: Io>(mut sock: S, router: Arc<Router>, conn_id: u64)
 /// Room to read into (a buffer only grows with what a client sent),
 /// charged to the incomplete-packet budget; false when it is spent.
 fn make_room(buf: &mut BytesMut, held: &mut Held) -> bool {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_STEP);
-    }
+    crate::codec::reserve_for_read(buf, 1024, READ_STEP);
     held.resize(buf.capacity())
 }
 

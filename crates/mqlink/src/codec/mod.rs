@@ -382,13 +382,36 @@ pub fn decode(
         });
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        if buf.capacity() < total {
+            // A buffer of the packet's own size. Reserving on `buf` instead
+            // counts the bytes earlier packets took from its front, and
+            // doubles: 1 MiB messages grew it to 64 MiB.
+            let mut own = BytesMut::with_capacity(total);
+            own.extend_from_slice(buf);
+            *buf = own;
+        }
         return Ok(None);
     }
     let first = buf[0];
     let mut body = buf.split_to(total).freeze();
     body.advance(header_len);
     decode_body(first, body, protocol).map(Some)
+}
+
+/// Makes room in `buf` for the next read: `chunk` more bytes when less than
+/// `low` are free, unless `buf` holds the start of a packet that fits
+/// (`decode` gave it its size): reading fills that first, and reserving
+/// more on it would double a packet-sized allocation.
+pub fn reserve_for_read(buf: &mut BytesMut, low: usize, chunk: usize) {
+    if let Ok(Some((header, remaining))) = read_fixed_header(buf) {
+        let total = header + remaining;
+        if buf.len() < total && total <= buf.capacity() {
+            return;
+        }
+    }
+    if buf.capacity() - buf.len() < low {
+        buf.reserve(chunk);
+    }
 }
 
 /// Reads the fixed header: (its length, the remaining length), `Ok(None)` if incomplete.

@@ -21,6 +21,53 @@ fn sample_publish(qos: QoS, props: Option<PublishProperties>) -> Publish {
     }
 }
 
+/// Read as the session driver reads (64 KiB at a time, making room when
+/// less than 4 KiB is free), 1 MiB messages, the application dropping each
+/// at once or holding the last two: the read buffer stays near one message
+/// (it was doubled up to 64 MiB).
+#[test]
+fn large_packets_do_not_grow_the_read_buffer() {
+    for holding in [0, 2] {
+        let mut wire = BytesMut::new();
+        for pkid in 1..=40 {
+            let p = Publish {
+                topic: "big".into(),
+                payload: Bytes::from(vec![7u8; 1 << 20]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                dup: false,
+                pkid,
+                properties: None,
+            };
+            encode(&Packet::Publish(p), Protocol::V311, &mut wire);
+        }
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let mut held = std::collections::VecDeque::new();
+        let (mut decoded, mut largest) = (0, 0);
+        while !wire.is_empty() {
+            reserve_for_read(&mut rbuf, 4096, 64 * 1024);
+            let n = (rbuf.capacity() - rbuf.len())
+                .min(64 * 1024)
+                .min(wire.len());
+            rbuf.extend_from_slice(&wire.split_to(n));
+            // The room behind `rbuf`: its bytes and free space.
+            largest = largest.max(rbuf.capacity());
+            while let Some(p) = decode(&mut rbuf, Protocol::V311, usize::MAX).unwrap() {
+                decoded += 1;
+                held.push_back(p);
+                if held.len() > holding {
+                    held.pop_front();
+                }
+            }
+        }
+        assert_eq!(decoded, 40);
+        assert!(
+            largest <= (1 << 20) + 128 * 1024,
+            "holding {holding}: the read buffer grew to {largest} bytes"
+        );
+    }
+}
+
 #[test]
 fn publish_roundtrips_both_versions() {
     for proto in [Protocol::V311, Protocol::V5] {

@@ -142,8 +142,24 @@ fn confirmed_segments_are_deleted_and_a_second_process_is_refused() {
     assert_eq!(got.first().map(|e| e.0), Some(300));
     assert_eq!(got.len(), 100);
     log.confirm(400).unwrap();
-    assert_eq!(segments(&d).len(), 0, "a confirmed log keeps no segment");
-    assert_eq!(log.bytes(), 0);
+    // The last segment stays, all confirmed: it tells what the broker may
+    // send again after a crash (within one segment's bytes).
+    assert_eq!(
+        segments(&d).len(),
+        1,
+        "a confirmed log keeps its last segment"
+    );
+    assert!(
+        log.bytes() > 0 && log.bytes() <= 8 * 1024,
+        "{}",
+        log.bytes()
+    );
+    assert!(read_all(&log).is_empty());
+    let mut last = log.reader(log.first_seq());
+    assert!(
+        last.next(log.next_seq()).unwrap().is_some(),
+        "still readable"
+    );
     // One batch bigger than the limit: all confirmed, it goes too.
     let big: Vec<Entry> = (400..1000).map(entry).collect();
     assert_eq!(log.append(&big, false).unwrap(), 400);

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::queued::Queued;
 use super::state::{Ending, HangUp, HangUps, InAcks, Limits, Outgoing, Quota, Waiter};
 use super::transport::{self, Reader, TlsSetup, Writer};
 use super::{AckHandle, Delivery, Journal, Request, Stats, Status, Subscription};
@@ -105,6 +106,8 @@ pub(crate) struct Driver {
     acks_tx: mpsc::UnboundedSender<AckMsg>,
     acks_rx: mpsc::UnboundedReceiver<AckMsg>,
     deliveries: mpsc::Sender<Delivery>,
+    /// Bytes of `deliveries` and `overflow` the application has not taken.
+    queued: Arc<Queued>,
     /// Deliveries waiting for room in `deliveries`, in arrival order.
     overflow: VecDeque<Delivery>,
     status: watch::Sender<Status>,
@@ -141,6 +144,7 @@ impl Driver {
         tls: Option<TlsSetup>,
         requests: mpsc::Receiver<Request>,
         deliveries: mpsc::Sender<Delivery>,
+        queued: Arc<Queued>,
         status: watch::Sender<Status>,
         stats: Arc<Stats>,
         fail_fast: bool,
@@ -159,6 +163,7 @@ impl Driver {
             acks_tx,
             acks_rx,
             deliveries,
+            queued,
             overflow: VecDeque::new(),
             status,
             stats,
@@ -787,6 +792,7 @@ impl Driver {
 
     /// Hands a delivery to the application, or queues it behind earlier ones.
     fn deliver(&mut self, d: Delivery) {
+        self.queued.add(&d);
         if self.overflow.is_empty() {
             match self.deliveries.try_send(d) {
                 Ok(()) => {}
@@ -869,6 +875,17 @@ impl Driver {
                     ),
                 };
                 if full && (is_qos0 || held >= MAX_OVERFLOW) {
+                    return Ok(true);
+                }
+                // The application has `incoming_bytes` waiting: read no
+                // more, unless our own publishes await acknowledgements
+                // behind those bytes (the application may be waiting for
+                // them before it takes anything).
+                if !self.journaling
+                    && self.queued.is_full()
+                    && self.out.is_idle()
+                    && !self.deliveries.is_closed()
+                {
                     return Ok(true);
                 }
             }
@@ -977,6 +994,7 @@ impl Driver {
         let ka_sleep = tokio::time::sleep(far);
         // A second handle on the delivery channel, to wait for room without borrowing `self`.
         let room = self.deliveries.clone();
+        let queued = self.queued.clone();
         let journal = self.journal.clone().filter(|_| self.journaling);
         tokio::pin!(ka_sleep);
 
@@ -987,6 +1005,8 @@ impl Driver {
                 Err(e) => break Err(e),
             };
             self.flush_journal(&mut wbuf);
+            // Reading paused for the bytes the application has not taken.
+            let bytes_full = paused && !self.journaling && self.queued.is_full();
             // Deliveries held or reading paused, for a full journal.
             let journal_full = journal.is_some() && (paused || !self.journaled.is_empty());
             self.send_ctrl(&mut wbuf);
@@ -1006,9 +1026,7 @@ impl Driver {
                     ka_sleep.as_mut().reset(deadline);
                 }
             }
-            if rbuf.capacity() - rbuf.len() < 4096 {
-                rbuf.reserve(READ_CHUNK);
-            }
+            crate::codec::reserve_for_read(&mut rbuf, 4096, READ_CHUNK);
             tokio::select! {
                 biased;
                 Some(a) = self.acks_rx.recv() => {
@@ -1052,7 +1070,8 @@ impl Driver {
                         None => self.requests_open = false,
                     }
                 }
-                _ = room.reserve(), if !self.journaling && (paused || !self.overflow.is_empty()) => {}
+                _ = room.reserve(), if !self.journaling && !bytes_full && (paused || !self.overflow.is_empty()) => {}
+                _ = queued.room(), if bytes_full => {}
                 _ = journal_room(journal.as_deref()), if journal_full => {}
                 _ = &mut ka_sleep, if !keep_alive.is_zero() => {
                     match ping_sent {

@@ -14,6 +14,7 @@
 //!   set, original order) and subscribes again when the broker lost the session.
 
 mod driver;
+mod queued;
 mod state;
 mod transport;
 
@@ -333,25 +334,38 @@ impl Future for PublishToken {
 /// The stream of incoming deliveries.
 pub struct Incoming {
     rx: mpsc::Receiver<Delivery>,
+    queued: Arc<queued::Queued>,
 }
 
 impl Incoming {
     /// The next delivery; `None` once the session has stopped.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        let d = self.rx.recv().await;
+        self.taken(d)
     }
     /// A delivery if one is ready now.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        let d = self.rx.try_recv().ok();
+        self.taken(d)
     }
     /// Moves up to `limit` ready deliveries into `buf`, waiting for at least one.
     /// Returns 0 once the session has stopped.
     pub async fn recv_many(&mut self, buf: &mut Vec<Delivery>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
+        let n = self.rx.recv_many(buf, limit).await;
+        for d in &buf[buf.len() - n..] {
+            self.queued.take(d);
+        }
+        n
     }
     /// Polls for the next delivery (for the source's `Stream`).
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|d| self.taken(d))
+    }
+    fn taken(&self, d: Option<Delivery>) -> Option<Delivery> {
+        if let Some(d) = &d {
+            self.queued.take(d);
+        }
+        d
     }
 }
 
@@ -451,6 +465,7 @@ impl Client {
         let client_id: Arc<str> = opts.resolve_client_id().into();
         let (req_tx, req_rx) = mpsc::channel(256);
         let (msg_tx, msg_rx) = mpsc::channel(opts.incoming_buffer.max(1));
+        let queued = Arc::new(queued::Queued::new(opts.incoming_bytes));
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
         let (first_tx, first_rx) = oneshot::channel();
         let stats = Arc::new(Stats::default());
@@ -463,6 +478,7 @@ impl Client {
             tls,
             req_rx,
             msg_tx,
+            queued.clone(),
             status_tx,
             stats.clone(),
             fail_fast,
@@ -483,7 +499,7 @@ impl Client {
                 client_id,
                 protocol,
             },
-            Incoming { rx: msg_rx },
+            Incoming { rx: msg_rx, queued },
             first_rx,
         ))
     }

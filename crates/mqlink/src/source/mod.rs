@@ -263,7 +263,8 @@ impl SourceBuilder {
         self.config.max_retries = n;
         self
     }
-    /// Records per [`MqttSource::next_batch`] at most [default: 1000], and
+    /// Records per [`MqttSource::next_batch`] at most [default: 1000] (and
+    /// 4 MiB of payloads: a batch ends at the record that reaches them), and
     /// how long it waits to fill one [default: 0: it takes what has
     /// arrived]. The batch's messages are unacknowledged meanwhile; a batch
     /// goes before `timeout` as soon as the broker's window is full, as
@@ -310,6 +311,11 @@ impl SourceBuilder {
         MqttSource::start(self.build()?).await
     }
 }
+
+/// Payload bytes in one [`MqttSource::next_batch`] at most (the record
+/// that reaches them ends the batch): with the session's
+/// `incoming_bytes`, what a source holds follows bytes, not only counts.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// A received message with its decoded value and acknowledgement.
 #[derive(Debug)]
@@ -709,14 +715,16 @@ impl MqttSource {
     /// first one (see [`SourceBuilder::batch`]). Empty once every client has
     /// stopped.
     pub async fn next_batch(&mut self) -> Vec<Record> {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
         let Some(first) = self.next().await else {
             return batch;
         };
+        let mut bytes = first.payload.len();
         batch.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
-        while batch.len() < self.batch_size {
+        while batch.len() < self.batch_size && bytes < MAX_BATCH_BYTES {
             if let Some(r) = self.try_next().await {
+                bytes += r.payload.len();
                 batch.push(r);
                 continue;
             }
@@ -727,7 +735,10 @@ impl MqttSource {
                 break;
             }
             match self.next_before(deadline).await {
-                Some(r) => batch.push(r),
+                Some(r) => {
+                    bytes += r.payload.len();
+                    batch.push(r);
+                }
                 None => break,
             }
         }
