@@ -94,4 +94,4 @@ elif cmd == "drain":
     c.disconnect()
     c.loop_stop()
     f.close()
-    print(written[0], f"{secs:.2f}")
+    print(written[0], f"{secs:.3f}")

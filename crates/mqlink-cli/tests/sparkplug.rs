@@ -6,48 +6,20 @@
 //! edge node's NDEATH (its will, after SIGKILL) marks its metrics stale.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use testkit::{free_port, http_get, lines_of, mosquitto_sub, unique_id, wait_until, write};
-use testkit::{Mosquitto, Postgres};
+use testkit::{Mosquitto, Postgres, SparkplugHost};
 
-/// The virtualenv with pysparkplug (scripts/test.sh makes it; the test too
-/// on first use).
 fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = root.join("target/sparkplug-venv");
-    let python = venv.join("bin/python");
-    let has = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import pysparkplug"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has(&python) {
-        let ok = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "python3 -m venv {}", venv.display());
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", PYSPARKPLUG])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && has(&python), "pip install {PYSPARKPLUG}");
-    }
-    python
+    testkit::sparkplug_python()
 }
 
-/// The version scripts/test.sh installs.
-const PYSPARKPLUG: &str = "pysparkplug==0.6.1";
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/sparkplug/edge_node.py")
+    testkit::sparkplug_script("edge_node.py")
 }
 
 fn expect_line(rx: &Receiver<String>, want: &str, secs: u64) {
@@ -421,25 +393,6 @@ fn sub_prints_one_json_line_per_metric() {
     assert_eq!(rows[1]["edge_node_id"], "e");
 }
 
-/// The next JSON event of the host application whose `event` is `kind`,
-/// failing on an `error` event on the way.
-fn next_event(rx: &Receiver<String>, kind: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("waiting for a {kind} event: {e}"));
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        assert_ne!(v["event"], "error", "the host application: {v}");
-        if v["event"] == kind {
-            return v;
-        }
-    }
-    panic!("no {kind} event within 20 s");
-}
-
 /// mqlink as an edge node: JSON readings from MQTT published as Sparkplug
 /// B births and DATA by alias, read by a host application no one here
 /// wrote (pysparkplug's decoder): the right names and values, seq without
@@ -448,7 +401,6 @@ fn next_event(rx: &Receiver<String>, kind: &str) -> serde_json::Value {
 /// SIGKILL) with the births' bdSeq.
 #[test]
 fn an_edge_node_read_by_pysparkplug_with_names_a_rebirth_and_its_death() {
-    let python = python();
     let broker = Mosquitto::start();
     let dir = testkit::TempDir::new().unwrap();
     let group = unique_id("edge");
@@ -477,18 +429,7 @@ listen = "127.0.0.1:{http}"
             port = broker.port,
         ),
     );
-    let mut host = Killed(
-        Command::new(python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/sparkplug/host_app.py"))
-            .args(["127.0.0.1", &broker.port.to_string(), &group, "mqlink"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let events = lines_of(host.0.stdout.take().unwrap());
-    let mut ask = host.0.stdin.take().unwrap();
-    next_event(&events, "subscribed");
+    let host = SparkplugHost::start(broker.port, &group, "mqlink");
     let (dead_sub, dead) = mosquitto_sub(&[
         "-p",
         &broker.port.to_string(),
@@ -513,28 +454,7 @@ listen = "127.0.0.1:{http}"
             1000 + i
         )
     };
-    let publish = |lines: Vec<String>| {
-        let mut p = Command::new(env!("CARGO_BIN_EXE_mqlink"))
-            .args([
-                "pub",
-                "-p",
-                &broker.port.to_string(),
-                "-t",
-                &format!("{group}/in"),
-                "-q",
-                "1",
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = p.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        drop(stdin);
-        assert!(p.wait().unwrap().success());
-    };
+    let publish = |lines: Vec<String>| publish_lines(broker.port, &format!("{group}/in"), lines);
     publish(
         (0..5)
             .map(|i| reading(i, &format!("{}.5", 20 + i)))
@@ -542,17 +462,12 @@ listen = "127.0.0.1:{http}"
     );
 
     // The node is born (at connect, then with the device's metrics).
-    let birth = loop {
-        let b = next_event(&events, "birth");
-        if b["kind"] == "DBIRTH" {
-            break b;
-        }
-    };
+    let birth = host.next_dbirth();
     assert_eq!(birth["device"], "press");
     let names: Vec<&String> = birth["metrics"].as_object().unwrap().keys().collect();
     assert_eq!(names, ["count", "motor/rpm", "running", "temperature"]);
     for i in 0..5u64 {
-        let d = next_event(&events, "data");
+        let d = host.next("data");
         assert_eq!(d["device"], "press");
         assert_eq!(d["metrics"]["count"], i, "{d}");
         assert_eq!(d["metrics"]["temperature"], 20.5 + i as f64, "{d}");
@@ -561,12 +476,12 @@ listen = "127.0.0.1:{http}"
     }
 
     // A rebirth request: NBIRTH and DBIRTH again, with the last values.
-    writeln!(ask, "REBIRTH").unwrap();
-    let nbirth = next_event(&events, "birth");
+    writeln!(&host.stdin, "REBIRTH").unwrap();
+    let nbirth = host.next("birth");
     assert_eq!(nbirth["kind"], "NBIRTH");
     assert_eq!(nbirth["seq"], 0);
     let bdseq = nbirth["bdseq"].clone();
-    let dbirth = next_event(&events, "birth");
+    let dbirth = host.next("birth");
     assert_eq!(dbirth["kind"], "DBIRTH");
     assert_eq!(dbirth["metrics"]["count"], 4);
 
@@ -576,12 +491,176 @@ listen = "127.0.0.1:{http}"
         .recv_timeout(Duration::from_secs(20))
         .unwrap()
         .contains("hot"));
-    let d = next_event(&events, "data");
+    let d = host.next("data");
     assert_eq!(d["metrics"]["count"], 6, "{d}");
     assert_eq!(d["seq"], 2, "{d}");
 
     // SIGKILL: the broker publishes the will, the NDEATH with the bdSeq.
     let _ = run.0.kill();
-    let death = next_event(&events, "death");
+    let death = host.next("death");
     assert_eq!(death["bdseq"], bdseq);
+}
+
+/// Lines published at QoS 1 by `mqlink pub -l`.
+fn publish_lines(port: u16, topic: &str, lines: Vec<String>) {
+    let mut p = Command::new(env!("CARGO_BIN_EXE_mqlink"))
+        .args(["pub", "-p", &port.to_string(), "-t", topic, "-q", "1", "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(p.wait().unwrap().success());
+}
+
+/// The edge node from a SQL file: a query over JSON readings (a filter
+/// and a computed column) published as Sparkplug B births and DATA by
+/// alias, read by pysparkplug's host application with the query's names
+/// and values, in order.
+#[test]
+fn a_sql_query_published_as_an_edge_node_read_by_pysparkplug() {
+    let broker = Mosquitto::start();
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("sqledge");
+    let sql = write(
+        dir.path(),
+        "edge.sql",
+        &format!(
+            r#"
+CREATE TABLE readings (
+    device_id TEXT,
+    ts BIGINT,
+    celsius DOUBLE,
+    count BIGINT
+) WITH (
+    connector = 'mqtt',
+    type = 'source',
+    url = 'tcp://127.0.0.1:{port}',
+    topic = '{group}/in',
+    format = 'json'
+);
+CREATE TABLE scada WITH (
+    connector = 'mqtt',
+    type = 'sink',
+    url = 'tcp://127.0.0.1:{port}',
+    format = 'sparkplug_b',
+    'sparkplug.group_id' = '{group}',
+    'sparkplug.edge_node_id' = 'mqlink',
+    'sparkplug.device_id' = '{{device_id}}',
+    'sparkplug.timestamp' = 'ts'
+);
+INSERT INTO scada
+SELECT device_id, ts, count, celsius * 9 / 5 + 32 AS fahrenheit FROM readings WHERE count > 0;
+"#,
+            port = broker.port
+        ),
+    );
+    let host = SparkplugHost::start(broker.port, &group, "mqlink");
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("run")
+            .arg(&sql)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = lines_of(run.0.stderr.take().unwrap());
+    wait_until(30, "subscribed", || {
+        assert!(run.0.try_wait().unwrap().is_none(), "mqlink exited");
+        err.try_iter().any(|l| l.contains("Subscribed"))
+    });
+    let readings = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"device_id":"oven","ts":{},"celsius":{},"count":{i}}}"#,
+                1_700_000_000_000u64 + i,
+                20 + 10 * i
+            )
+        })
+        .collect();
+    publish_lines(broker.port, &format!("{group}/in"), readings);
+
+    let birth = host.next_dbirth();
+    assert_eq!(birth["device"], "oven");
+    let mut names: Vec<&String> = birth["metrics"].as_object().unwrap().keys().collect();
+    names.sort();
+    assert_eq!(names, ["count", "fahrenheit"]);
+    // count 0 is filtered out by the query.
+    for i in 1..5u64 {
+        let d = host.next("data");
+        assert_eq!(d["device"], "oven", "{d}");
+        assert_eq!(d["metrics"]["count"], i, "{d}");
+        assert_eq!(d["metrics"]["fahrenheit"], 68.0 + 18.0 * i as f64, "{d}");
+    }
+}
+
+/// Sparkplug 3.0's bdSeq: each connection of the edge node registers an
+/// NDEATH will with one more than the last, and the NBIRTH after it
+/// carries the same; a cut connection's will (published by the broker)
+/// matches that connection's births, and so does the last one's.
+#[test]
+fn each_connection_of_the_edge_node_counts_bdseq_in_its_will_and_births() {
+    let broker = Mosquitto::start();
+    let proxy = testkit::CutProxy::new(broker.port);
+    let dir = testkit::TempDir::new().unwrap();
+    let group = unique_id("bdseq");
+    let cfg = write(
+        dir.path(),
+        "edge.toml",
+        &format!(
+            r#"
+[connections.b]
+broker = "{url}"
+reconnect_interval = 0.2
+[sources.readings]
+type = "mqtt"
+connection = "b"
+topics = ["{group}/in"]
+[sinks.edge]
+type = "mqtt"
+connection = "b"
+inputs = ["readings"]
+format = "sparkplug_b"
+sparkplug = {{ group_id = "{group}", edge_node_id = "mqlink" }}
+"#,
+            url = proxy.url(),
+        ),
+    );
+    let host = SparkplugHost::start(broker.port, &group, "mqlink");
+    let mut run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mqlink"))
+            .arg("run")
+            .arg(&cfg)
+            .arg("--quiet")
+            .spawn()
+            .unwrap(),
+    );
+    let first = host.next("birth");
+    assert_eq!(first["kind"], "NBIRTH");
+    let b = first["bdseq"].as_u64().unwrap();
+    assert!(proxy.cut() > 0);
+    let death = host.next("death");
+    assert_eq!(death["bdseq"], b, "the cut connection's will");
+    // A resend of the cut connection's NBIRTH (QoS 1, its PUBACK lost with
+    // the connection) may come first.
+    let second = loop {
+        let birth = host.next("birth");
+        if birth["bdseq"] != b {
+            break birth;
+        }
+    };
+    assert_eq!(second["kind"], "NBIRTH");
+    assert_eq!(
+        second["bdseq"],
+        (b + 1) % 256,
+        "the next connection's births"
+    );
+    let _ = run.0.kill();
+    let death = host.next("death");
+    assert_eq!(death["bdseq"], (b + 1) % 256, "the last connection's will");
 }

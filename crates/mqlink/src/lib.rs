@@ -147,7 +147,9 @@ pub use codec::ByteStr;
 pub use error::{ConnectError, Error, PublishError, Refusal, SubscribeError};
 #[allow(deprecated)]
 pub use options::ReconnectPolicy;
-pub use options::{Backoff, BrokerUrl, ConnectOptions, LastWill, TlsKeys, TlsOptions, Transport};
+pub use options::{
+    Backoff, BrokerUrl, ConnectOptions, LastWill, TlsKeys, TlsOptions, Transport, WillPayload,
+};
 pub use secret::Secret;
 pub use session::{
     AckHandle, Client, Confirmed, Delivery, Incoming, Message, PublishProperties, PublishToken,

@@ -281,6 +281,18 @@ pub struct LastWill {
     pub retain: bool,
 }
 
+/// The will's payload of each connection (see
+/// [`ConnectOptions::will_payload`]): called by the session before every
+/// CONNECT it sends.
+#[derive(Clone)]
+pub struct WillPayload(pub std::sync::Arc<dyn Fn() -> Bytes + Send + Sync>);
+
+impl fmt::Debug for WillPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WillPayload(..)")
+    }
+}
+
 /// How retries are paced — the one backoff of mqlink, for the session's
 /// reconnects, the MQTT sink's retried publishes, a pipeline sink's retried
 /// writes and schema registry fetches: `initial_interval`, then times
@@ -409,6 +421,10 @@ pub struct ConnectOptions {
     pub session_expiry_interval: Option<u32>,
     /// The message the broker publishes when this client disappears.
     pub last_will: Option<LastWill>,
+    /// Makes `last_will`'s payload anew for each CONNECT (a Sparkplug edge
+    /// node's NDEATH counts its connections in `bdSeq`) [default: none:
+    /// every connection registers `last_will` as it is].
+    pub will_payload: Option<WillPayload>,
     /// Unconfirmed outgoing QoS 1/2 publishes at most (1..=65000).
     pub max_inflight: u16,
     /// Largest packet this client sends or accepts, in bytes.
@@ -511,6 +527,7 @@ impl Default for ConnectOptions {
             clean_session: true,
             session_expiry_interval: None,
             last_will: None,
+            will_payload: None,
             max_inflight: 1000,
             max_packet_size: 268_435_460,
             receive_maximum: 1000,

@@ -1586,3 +1586,111 @@ pub fn http_post(port: u16, path: &str, form_body: &str) -> Option<(u16, String)
     let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_owned())?;
     Some((code, body))
 }
+
+/// The version of pysparkplug the Sparkplug B tests use (scripts/test.sh
+/// installs the same).
+pub const PYSPARKPLUG: &str = "pysparkplug==0.6.1";
+
+/// The Python of the virtualenv with pysparkplug and paho-mqtt
+/// (`target/sparkplug-venv`; scripts/test.sh makes it, the first test to
+/// need it too).
+pub fn sparkplug_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/sparkplug-venv");
+    let python = venv.join("bin/python");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import pysparkplug"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        let ok = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "python3 -m venv {}", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", PYSPARKPLUG])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && has(&python), "pip install {PYSPARKPLUG}");
+    }
+    python
+}
+
+/// A script of `crates/testkit/sparkplug/` (`edge_node.py`, `host_app.py`).
+pub fn sparkplug_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sparkplug")
+        .join(name)
+}
+
+/// pysparkplug's host application (`host_app.py`) reading edge node `edge`
+/// of `group` on the broker at `port`: its JSON events, one per line, and
+/// its stdin (a line `REBIRTH` asks for a rebirth). Killed on drop.
+pub struct SparkplugHost {
+    child: Child,
+    pub events: Receiver<String>,
+    pub stdin: std::process::ChildStdin,
+}
+
+impl SparkplugHost {
+    /// Starts the host application and waits until it subscribed.
+    pub fn start(port: u16, group: &str, edge: &str) -> SparkplugHost {
+        let mut child = Command::new(sparkplug_python())
+            .arg(sparkplug_script("host_app.py"))
+            .args(["127.0.0.1", &port.to_string(), group, edge])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let events = lines_of(child.stdout.take().unwrap());
+        let stdin = child.stdin.take().unwrap();
+        let host = SparkplugHost {
+            child,
+            events,
+            stdin,
+        };
+        host.next("subscribed");
+        host
+    }
+
+    /// The next event whose `event` is `kind`, failing on an `error` event
+    /// on the way.
+    pub fn next(&self, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let line = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("waiting for a {kind} event: {e}"));
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            assert_ne!(v["event"], "error", "the host application: {v}");
+            if v["event"] == kind {
+                return v;
+            }
+        }
+        panic!("no {kind} event within 20 s");
+    }
+
+    /// The next DBIRTH (skipping NBIRTHs).
+    pub fn next_dbirth(&self) -> serde_json::Value {
+        loop {
+            let b = self.next("birth");
+            if b["kind"] == "DBIRTH" {
+                return b;
+            }
+        }
+    }
+}
+
+impl Drop for SparkplugHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

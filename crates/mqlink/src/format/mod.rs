@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 pub use avro::AvroSchema;
 pub use registry::Registry;
-pub use timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
+pub use timestamp::{format_rfc3339_micros, parse_rfc3339_micros, write_rfc3339_micros};
 
 /// A column type of a schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,14 +337,13 @@ impl Value {
     /// Appends the JSON form (as [`Value::to_json`]) to `out` without
     /// building a `serde_json::Value`: the hot path of a JSON-lines sink.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         match self {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Text(s) => {
                 let _ = serde_json::to_writer(&mut *out, s);
             }
             Value::BigInt(n) => {
-                let _ = write!(out, "{n}");
+                let _ = serde_json::to_writer(&mut *out, n);
             }
             Value::Double(f) => {
                 let _ = serde_json::to_writer(&mut *out, f);
@@ -352,7 +351,7 @@ impl Value {
             Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Value::Timestamp(us) => {
                 out.push(b'"');
-                out.extend_from_slice(format_rfc3339_micros(*us).as_bytes());
+                write_rfc3339_micros(*us, out);
                 out.push(b'"');
             }
             Value::Json(j) => {

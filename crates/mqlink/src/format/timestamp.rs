@@ -91,16 +91,48 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
 
 /// `2026-11-23T10:00:00.123456Z`.
 pub fn format_rfc3339_micros(us: i64) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_rfc3339_micros(us, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`format_rfc3339_micros`]'s text to `out` without formatting
+/// machinery (the hot path of JSON-lines sinks: a timestamp per row).
+pub fn write_rfc3339_micros(us: i64, out: &mut Vec<u8>) {
     let secs = us.div_euclid(1_000_000);
     let frac = us.rem_euclid(1_000_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    if !(0..=9999).contains(&y) {
+        // Years without four digits: rare enough for `format!`.
+        use std::io::Write;
+        let _ = write!(out, "{y:04}");
+    } else {
+        push_digits(out, y, 4);
+    }
+    let parts = [
+        (b'-', m, 2),
+        (b'-', d, 2),
+        (b'T', rem / 3600, 2),
+        (b':', rem % 3600 / 60, 2),
+        (b':', rem % 60, 2),
+        (b'.', frac, 6),
+    ];
+    for (sep, n, width) in parts {
+        out.push(sep);
+        push_digits(out, n, width);
+    }
+    out.push(b'Z');
+}
+
+/// `n` (0 ≤ n < 10^width) as `width` decimal digits.
+fn push_digits(out: &mut Vec<u8>, mut n: i64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for c in out[start..].iter_mut().rev() {
+        *c = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +170,21 @@ mod tests {
         #[test]
         fn roundtrip(us in -62_135_596_800_000_000i64..253_402_300_799_999_999i64) {
             prop_assert_eq!(parse_rfc3339_micros(&format_rfc3339_micros(us)), Some(us));
+        }
+
+        #[test]
+        fn written_as_formatted(us in any::<i64>()) {
+            let secs = us.div_euclid(1_000_000);
+            let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            let (y, m, d) = civil_from_days(days);
+            let want = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+                us.rem_euclid(1_000_000)
+            );
+            prop_assert_eq!(format_rfc3339_micros(us), want);
         }
 
         #[test]

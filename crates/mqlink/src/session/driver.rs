@@ -1148,7 +1148,10 @@ fn connect_packet(o: &ConnectOptions, client_id: &str) -> Connect {
         password: o.password.clone(),
         will: o.last_will.as_ref().map(|w| Will {
             topic: w.topic.clone(),
-            payload: w.payload.clone(),
+            payload: o
+                .will_payload
+                .as_ref()
+                .map_or_else(|| w.payload.clone(), |f| (f.0)()),
             qos: w.qos,
             retain: w.retain,
             properties: Default::default(),

@@ -12,8 +12,9 @@
 //!
 //! Each record is one NDATA (no `device_id`) or DDATA message; its fields
 //! are the metrics (see [`EdgeConfig`]). The connection's will is the
-//! node's NDEATH; after every (re)connection and on an NCMD
-//! `Node Control/Rebirth` the node is born again with the last value of
+//! node's NDEATH, its `bdSeq` one more at each connection; after every
+//! (re)connection and on an NCMD `Node Control/Rebirth` the node is born
+//! again (with the will's `bdSeq`) with the last value of
 //! every metric. A record is confirmed when the broker confirmed its DATA
 //! (and any BIRTH it caused), at the sink's `qos` [default: 1; Sparkplug
 //! 3.0 asks for 0 on BIRTH and DATA, which `qos = 0` gives, at the cost of
@@ -25,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mqlink::format::sparkplug::edge::{time_ms, EdgeNode, Outgoing};
 use mqlink::sink::SinkError;
 use mqlink::sink::SinkMetrics;
-use mqlink::{Client, ConnectOptions, LastWill, Message, QoS, Status, Subscription};
+use mqlink::{Client, ConnectOptions, LastWill, Message, QoS, Status, Subscription, WillPayload};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use tokio::sync::Mutex;
@@ -104,8 +105,9 @@ impl EdgeNodeRuntime {
         comp: &Arc<Component>,
     ) -> Result<EdgeNodeRuntime, String> {
         let qos = sink.qos;
-        // bdSeq: this process's, so the NDEATH of an earlier run (its will,
-        // published late) does not kill this run's births.
+        // bdSeq: from the clock at start, so the NDEATH of an earlier run
+        // (its will, published late) does not kill this run's births; then
+        // one more per connection, the will registered with it.
         let bdseq = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() % 256) as u8;
@@ -117,6 +119,7 @@ impl EdgeNodeRuntime {
             qos: QoS::AtLeastOnce,
             retain: false,
         });
+        opts.will_payload = Some(WillPayload(Arc::new(node.will_per_connection())));
         let commands = node.command_topic();
         let (client, mut incoming) = Client::start(opts).map_err(|e| e.to_string())?;
         let metrics = Arc::new(SinkMetrics::default());

@@ -15,9 +15,14 @@
 //!   or a new connection).
 //! - `seq` is 0 in NBIRTH and counts every later message modulo 256.
 //! - [`EdgeNode::death`] is the `NDEATH` to register as the connection's
-//!   will, with the `bdSeq` of every NBIRTH of this node.
+//!   will, with the `bdSeq` of the NBIRTHs that follow it. A client that
+//!   reconnects registers [`EdgeNode::will_per_connection`] instead: each
+//!   connection's NDEATH counts `bdSeq` up by one (Sparkplug 3.0), and the
+//!   births after it carry the same.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value as Json;
@@ -72,7 +77,9 @@ type Metrics = BTreeMap<String, Born>;
 pub struct EdgeNode {
     group: String,
     edge: String,
-    bdseq: u8,
+    /// The `bdSeq` of the current connection's will (shared with
+    /// [`EdgeNode::will_per_connection`]).
+    bdseq: Arc<AtomicU8>,
     /// The `seq` of the next message.
     seq: u8,
     born: bool,
@@ -82,12 +89,13 @@ pub struct EdgeNode {
 }
 
 impl EdgeNode {
-    /// `bdseq`: this process's birth/death sequence (see the module docs).
+    /// `bdseq`: the birth/death sequence of the first connection (see the
+    /// module docs).
     pub fn new(group: &str, edge: &str, bdseq: u8) -> EdgeNode {
         EdgeNode {
             group: group.into(),
             edge: edge.into(),
-            bdseq,
+            bdseq: Arc::new(AtomicU8::new(bdseq)),
             seq: 0,
             born: false,
             next_alias: 1,
@@ -112,12 +120,24 @@ impl EdgeNode {
 
     /// The NDEATH, to register as the will of the node's connection.
     pub fn death(&self) -> Outgoing {
-        let mut p = Writer::default();
-        p.uint(1, now_ms());
-        p.bytes(2, &bdseq_metric(self.bdseq));
         Outgoing {
             topic: self.topic("NDEATH", None),
-            payload: Bytes::from(p.buf),
+            payload: death_payload(self.bdseq.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// The NDEATH payload of each new connection, for
+    /// [`WillPayload`](crate::WillPayload) (the topic is [`death`](Self::death)'s):
+    /// the first call gives the `bdseq` the node was made with, each later
+    /// one the next (modulo 256); the births that follow carry it.
+    pub fn will_per_connection(&self) -> impl Fn() -> Bytes + Send + Sync + 'static {
+        let current = self.bdseq.clone();
+        let first = current.load(Ordering::SeqCst);
+        let calls = AtomicU8::new(0);
+        move || {
+            let n = first.wrapping_add(calls.fetch_add(1, Ordering::SeqCst));
+            current.store(n, Ordering::SeqCst);
+            death_payload(n)
         }
     }
 
@@ -127,7 +147,7 @@ impl EdgeNode {
         let ts = now_ms();
         self.seq = 0;
         self.born = true;
-        let mut metrics = vec![bdseq_metric(self.bdseq), {
+        let mut metrics = vec![bdseq_metric(self.bdseq.load(Ordering::SeqCst)), {
             let mut m = Writer::default();
             m.bytes(1, b"Node Control/Rebirth");
             m.uint(3, ts);
@@ -252,6 +272,13 @@ pub fn time_ms(v: &Json) -> Option<u64> {
             .and_then(|us| u64::try_from(us / 1000).ok()),
         _ => None,
     }
+}
+
+fn death_payload(bdseq: u8) -> Bytes {
+    let mut p = Writer::default();
+    p.uint(1, now_ms());
+    p.bytes(2, &bdseq_metric(bdseq));
+    Bytes::from(p.buf)
 }
 
 fn bdseq_metric(bdseq: u8) -> Vec<u8> {
@@ -461,6 +488,21 @@ mod tests {
         assert_eq!(topic, n.command_topic());
         assert!(EdgeNode::is_rebirth_request(&ask));
         assert!(!EdgeNode::is_rebirth_request(b"\x0a\x01"));
+    }
+
+    #[test]
+    fn each_connection_s_will_counts_bdseq_and_the_births_follow() {
+        let mut n = EdgeNode::new("g", "e", 255);
+        let will = n.will_per_connection();
+        let bdseq = |payload: &[u8]| decode(payload).unwrap().metrics[0].value.clone();
+        for want in [255, 0, 1] {
+            assert_eq!(bdseq(&will()), Some(MetricValue::Long(want)));
+            assert_eq!(
+                bdseq(&n.rebirth()[0].payload),
+                Some(MetricValue::Long(want))
+            );
+            assert_eq!(bdseq(&n.death().payload), Some(MetricValue::Long(want)));
+        }
     }
 
     #[test]
