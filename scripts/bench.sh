@@ -526,7 +526,8 @@ bench_brokers_round() { # $1 = make, $2 = port, $3 = user, $4 = password, $5 = r
     timeout 120 mosquitto_pub "${auth[@]}" -t "bench/$1" -q 1 -l < "$work/msgs20k"
   }
   fill() { # $1 = client id: its session, then 20,000 queued
-    timeout 30 mosquitto_sub "${auth[@]}" -t "bench/$1" -q 1 -c -i "$1" -E >/dev/null
+    # amqtt may still be busy with the last client (seconds after a drain).
+    for _ in 1 2 3; do timeout 30 mosquitto_sub "${auth[@]}" -t "bench/$1" -q 1 -c -i "$1" -E >/dev/null && break; done
     queue "$1"
   }
   id="${make}s$r$$"; fill "$id"
