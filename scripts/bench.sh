@@ -51,12 +51,16 @@
 #  11. Sparkplug B: a queue of NDATA by alias drained by `mqlink run`
 #      (format = "sparkplug_b" into a file, a line per metric) and by
 #      pysparkplug's decoder over paho-mqtt (bench/sparkplug.py), metrics
-#      per second (BENCH_SPARKPLUG=0 skips it).
+#      per second (BENCH_SPARKPLUG=0 skips it);
+#  12. brokers of other makes, started by testkit's recipes (ejabberd from
+#      Debian, amqtt from PyPI; BENCH_BROKERS="ejabberd amqtt" picks them):
+#      20,000 queued QoS 1 messages drained by mosquitto_sub and mqlink sub,
+#      and bridged into Mosquitto by `mqlink run` and by a Mosquitto bridge.
 # Installs what it needs on Debian. N=... changes the message count;
 # BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
 # pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
 # broker-limits bursts (10), BENCH_ONLY=sparkplug only the Sparkplug B
-# decoding (11).
+# decoding (11), BENCH_ONLY=brokers only the other makes (12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
@@ -115,11 +119,12 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in limits|sparkplug) BENCH_SQL=0 ;; esac
+case "$ONLY" in limits|sparkplug) BENCH_SQL=0 ;; brokers) BENCH_SQL=0 BENCH_LIMITS=0 ;; esac
 if [ "$ONLY" != sql ]; then
   cargo build --release -q -p mqlink-cli --no-default-features --features parquet  # the SQL runs use the bench-sql build below
-  case "$ONLY" in limits|sparkplug) ;; *) cargo build --release -q -p mqlink --example sink_bench --example bridge ;; esac
+  case "$ONLY" in limits|sparkplug|brokers) ;; *) cargo build --release -q -p mqlink --example sink_bench --example bridge ;; esac
 fi
+case "$ONLY" in ""|brokers) cargo build -q -p testkit --bin other-broker ;; esac
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 MQLINK=$TARGET/release/mqlink
 if [ "${BENCH_SQL:-1}" = 1 ]; then
@@ -128,6 +133,7 @@ if [ "${BENCH_SQL:-1}" = 1 ]; then
 fi
 SINK_BENCH=$TARGET/release/examples/sink_bench
 BRIDGE=$TARGET/release/examples/bridge
+OTHER=$TARGET/debug/other-broker
 work=$(mktemp -d)
 trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; kill -QUIT $(cat "$work/pgpid" 2>/dev/null) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 gcc -O2 -o "$work/cpub" bench/cpub.c -lmosquitto
@@ -469,6 +475,127 @@ topic = "bridged/{stream}"
 format = "raw"
 TOML
 }
+# Run 12: brokers of other makes (ejabberd, amqtt), each started by testkit's
+# recipe (crates/testkit/src/bin/other-broker.rs: own directory, free port,
+# one user), MQTT 3.1.1: 20,000 queued for a persistent session drained by
+# mosquitto_sub and by mqlink sub (the same flags), and bridged into the
+# Mosquitto above by `mqlink run` (MQTT source -> MQTT sink) and by a
+# Mosquitto bridge (a Mosquitto of its own, as deployed): each timed from
+# start to the last message at a subscriber behind it.
+other_up() { # $1 = make; writes "port user password" to $work/$1.addr, the broker up until this script exits
+  local out=$work/$1.addr
+  mkfifo "$work/$1.in"
+  "$OTHER" "$1" < "$work/$1.in" > "$out" 2> "$work/$1.err" &
+  exec {keep}> "$work/$1.in"   # its stdin: closed when the script exits, which stops it
+  for _ in $(seq 1200); do [ -s "$out" ] && break; kill -0 $! 2>/dev/null || break; sleep 0.1; done
+  [ -s "$out" ] || { echo "$1: $(tail -1 "$work/$1.err")" >&2; return 1; }
+}
+# A `mqlink run` bridge from session $1 on the other broker into Mosquitto.
+other_bridge() { # $1 = client id, $2 = other broker's port, $3 user, $4 password
+  cat <<TOML
+[run]
+state_dir = "$work/state-$1"
+[connections.near]
+broker = "mqtt://127.0.0.1:$2"
+client_id = "$1"
+clean_session = false
+protocol = "3.1.1"
+username = "$3"
+password = "$4"
+[connections.far]
+broker = "mqtt://127.0.0.1:$port"
+[sources.in]
+type = "mqtt"
+connection = "near"
+topics = ["bench/$1"]
+[sinks.out]
+type = "mqtt"
+inputs = ["in"]
+connection = "far"
+topic = "bridged/{stream}"
+format = "raw"
+TOML
+}
+# Seconds from $1 (`date +%s.%N`) until a subscriber (session $3 on port
+# $2, made beforehand) has all 20,000 of bridged/bench/$4.
+count_bridged() { # $1 = t0, $2 = port, $3 = subscriber's client id, $4 = id
+  timeout 120 mosquitto_sub -p "$2" -t "bridged/bench/$4" -q 1 -c -i "$3" -C 20000 >/dev/null || { echo "bridge $4: not all 20,000 arrived" >&2; return 1; }
+  awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN{printf "%.2f", a-b}'
+}
+bench_brokers_round() { # $1 = make, $2 = port, $3 = user, $4 = password, $5 = round
+  local make=$1 op=$2 r=$5 id t0 pid mb mport s
+  local auth=(-p "$op" -u "$3" -P "$4")
+  queue() { # $1 = client id whose session exists: 20,000 queued for it
+    timeout 120 mosquitto_pub "${auth[@]}" -t "bench/$1" -q 1 -l < "$work/msgs20k"
+  }
+  fill() { # $1 = client id: its session, then 20,000 queued
+    # amqtt may still be busy with the last client (seconds after a drain).
+    for _ in 1 2 3; do timeout 30 mosquitto_sub "${auth[@]}" -t "bench/$1" -q 1 -c -i "$1" -E >/dev/null && break; done
+    queue "$1"
+  }
+  id="${make}s$r$$"; fill "$id"
+  set -- $(timed timeout 120 mosquitto_sub "${auth[@]}" -t "bench/$id" -q 1 -c -i "$id" -C 20000)
+  printf '%-44s %8s %8s %8s\n' "$make drain: mosquitto_sub" "$1" "$2" "$3"; echo "$make drain mosquitto_sub $1" >> "$work/brokers_results"
+  id="${make}l$r$$"; fill "$id"
+  set -- $(timed timeout 120 "$MQLINK" sub "${auth[@]}" -t "bench/$id" -q 1 -c -i "$id" -C 20000)
+  printf '%-44s %8s %8s %8s\n' "$make drain: mqlink sub" "$1" "$2" "$3"; echo "$make drain mqlink $1" >> "$work/brokers_results"
+  # mqlink run: the subscriber's session first, then the bridge.
+  id="${make}b$r$$"
+  other_bridge "$id" "$op" "${auth[3]}" "${auth[5]}" > "$work/$id.toml"
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.2 2>/dev/null   # its session
+  queue "$id"
+  timeout 30 mosquitto_sub -p "$port" -t "bridged/bench/$id" -q 1 -c -i "c$id" -E >/dev/null
+  t0=$(date +%s.%N)
+  "$MQLINK" run "$work/$id.toml" --until-idle 0.5 2>"$work/$id.err" & pid=$!
+  s=$(count_bridged "$t0" "$port" "c$id" "$id") || { cat "$work/$id.err" >&2; return 1; }
+  wait "$pid" || { cat "$work/$id.err" >&2; return 1; }
+  printf '%-44s %8s\n' "$make bridge: mqlink run" "$s"; echo "$make bridge mqlink $s" >> "$work/brokers_results"
+  # Mosquitto's bridge: the subscriber's session saved in its database, then
+  # Mosquitto started again with the bridge.
+  id="${make}m$r$$"; fill "$id"
+  mb=$work/$id; mkdir -p "$mb"
+  mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\npersistence true\npersistence_location %s/\n' \
+    "$mport" "$mb" > "$mb/mosquitto.conf"
+  /usr/sbin/mosquitto -c "$mb/mosquitto.conf" >/dev/null 2>&1 & pid=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$mport) 2>/dev/null && break; sleep 0.1; done
+  timeout 30 mosquitto_sub -p "$mport" -t "bridged/bench/$id" -q 1 -c -i "c$id" -E >/dev/null
+  kill "$pid"; wait "$pid" || true
+  # notifications off: they are $SYS topics, which amqtt refuses.
+  printf 'connection b\naddress 127.0.0.1:%s\nbridge_protocol_version mqttv311\ntry_private false\nnotifications false\ncleansession false\nremote_clientid %s\nremote_username %s\nremote_password %s\ntopic bench/%s in 1 bridged/ ""\n' \
+    "$op" "$id" "${auth[3]}" "${auth[5]}" "$id" >> "$mb/mosquitto.conf"
+  t0=$(date +%s.%N)
+  /usr/sbin/mosquitto -c "$mb/mosquitto.conf" >/dev/null 2>&1 & pid=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$mport) 2>/dev/null && break; sleep 0.02; done
+  s=$(count_bridged "$t0" "$mport" "c$id" "$id") || return 1
+  kill "$pid"; wait "$pid" || true
+  printf '%-44s %8s\n' "$make bridge: mosquitto bridge" "$s"; echo "$make bridge mosquitto $s" >> "$work/brokers_results"
+}
+if [ -z "$ONLY" ] || [ "$ONLY" = brokers ]; then
+  echo "brokers of other makes: 20,000 QoS 1 messages of $bytes bytes queued for a persistent session, MQTT 3.1.1"
+  printf '%-44s %8s %8s %8s\n' "run" "wall s" "user s" "sys s"
+  : > "$work/brokers_results"
+  for make in ${BENCH_BROKERS:-ejabberd amqtt}; do
+    other_up "$make" || continue
+    for r in $(seq "$ROUNDS"); do bench_brokers_round "$make" $(cat "$work/$make.addr") "$r"; done
+  done
+  python3 - "$work/brokers_results" <<'PY'
+import sys, collections
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    make, what, who, secs = line.split()
+    runs[(make, what, who)].append(float(secs))
+for make in dict.fromkeys(k[0] for k in runs):
+    d = [runs[(make, "drain", w)] for w in ("mqlink", "mosquitto_sub")]
+    b = [runs[(make, "bridge", w)] for w in ("mqlink", "mosquitto")]
+    if all(d):
+        print(f"{make:9} drain  mqlink sub / mosquitto_sub:  wall {min(d[0])/min(d[1]):.2f}x best, {sorted(d[0])[len(d[0])//2]/sorted(d[1])[len(d[1])//2]:.2f}x median  (target: <= 1.00x)")
+    if all(b):
+        print(f"{make:9} bridge mqlink run / Mosquitto bridge: wall {min(b[0])/min(b[1]):.2f}x best, {sorted(b[0])[len(b[0])//2]/sorted(b[1])[len(b[1])//2]:.2f}x median  (target: <= 1.50x)")
+PY
+  echo
+fi
+[ "$ONLY" = brokers ] && exit 0
 if [ "${BENCH_LIMITS:-1}" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = limits ]; }; then
   echo "broker limits: $N QoS 1 messages from cpub at full speed into Mosquitto with its defaults, MQTT 3.1.1, one live consumer at a time"
   printf '%-44s %8s %8s %12s %10s\n' "run" "last s" "" "msgs/s" "received"

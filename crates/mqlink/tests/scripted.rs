@@ -65,6 +65,22 @@ impl Peer {
         }
     }
 
+    /// The next packet, or `None` once the client closed the connection.
+    async fn recv_or_eof(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, self.proto, 1 << 20).unwrap() {
+                return Some(p);
+            }
+            let n = timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("the client sent nothing for 10 s")
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
     async fn send(&mut self, p: Packet) {
         let mut out = BytesMut::new();
         encode(&p, self.proto, &mut out);
@@ -549,4 +565,49 @@ async fn a_written_protocol_is_honoured() {
     let (client, _incoming) = Client::connect(o).await.unwrap();
     assert_eq!(client.protocol(), Protocol::V311);
     assert_eq!(broker.await.unwrap(), [4]);
+}
+
+/// A broker that takes seconds to close after DISCONNECT (amqtt after a
+/// large drain) does not hold `disconnect` up: once the broker's TCP has
+/// taken the last acknowledgements and the DISCONNECT, the client closes;
+/// the broker reads all of them, then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_does_not_wait_for_a_slow_broker_to_close() {
+    for proto in BOTH {
+        let (l, url) = bind().await;
+        let broker = tokio::spawn(async move {
+            let mut c = Peer::accept(&l, proto, false).await;
+            for pkid in 1..=3 {
+                c.send(publish("t", "m", QoS::AtLeastOnce, pkid, false))
+                    .await;
+            }
+            // Nothing read until the client is gone: its acks and the
+            // DISCONNECT wait in our receive buffer, as a busy broker's do.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for pkid in 1..=3 {
+                c.expect_ack(AckKind::PubAck, pkid).await;
+            }
+            assert!(matches!(c.recv_or_eof().await, Some(Packet::Disconnect(_))));
+            assert_eq!(c.recv_or_eof().await, None, "the client closed");
+        });
+        let (client, mut inc) = Client::connect(opts(&url, proto, false)).await.unwrap();
+        for _ in 0..3 {
+            let mut d = timeout(Duration::from_secs(5), inc.recv())
+                .await
+                .expect("delivered")
+                .unwrap();
+            d.ack();
+        }
+        let t = Instant::now();
+        client.disconnect().await;
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{proto}: disconnect took {took:?}"
+        );
+        timeout(Duration::from_secs(10), broker)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -931,6 +931,18 @@ pub enum Make {
     Amqtt,
 }
 
+impl Make {
+    /// Every make, in the order above.
+    pub const ALL: [Make; 6] = [
+        Make::RabbitMq,
+        Make::Nats,
+        Make::Rumqttd,
+        Make::Aedes,
+        Make::Ejabberd,
+        Make::Amqtt,
+    ];
+}
+
 impl std::fmt::Display for Make {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use super::queued::Queued;
 use super::state::{Ending, HangUp, HangUps, InAcks, Limits, Outgoing, Quota, Waiter};
-use super::transport::{self, Reader, TlsSetup, Writer};
+use super::transport::{self, Reader, SentProbe, TlsSetup, Writer};
 use super::{AckHandle, Delivery, Journal, Request, Stats, Status, Subscription};
 use crate::codec::{
     decode, encode, encode_ack, AckKind, ConnAck, Connect, ConnectProperties, Disconnect, Packet,
@@ -87,6 +87,7 @@ enum Ctrl {
 struct Conn {
     rd: Reader,
     wr: Writer,
+    probe: SentProbe,
     rbuf: BytesMut,
     connack: ConnAck,
 }
@@ -549,7 +550,7 @@ impl Driver {
         broker: &BrokerUrl,
         reached: &AtomicBool,
     ) -> Result<Conn, ConnectError> {
-        let (mut rd, mut wr) = transport::connect(broker, self.tls.as_ref()).await?;
+        let (mut rd, mut wr, probe) = transport::connect(broker, self.tls.as_ref()).await?;
         reached.store(true, Ordering::Relaxed);
         let o = &self.opts;
         let v5 = o.protocol == Protocol::V5;
@@ -573,6 +574,7 @@ impl Driver {
                     return Ok(Conn {
                         rd,
                         wr,
+                        probe,
                         rbuf,
                         connack: c,
                     })
@@ -900,6 +902,7 @@ impl Driver {
         let Conn {
             mut rd,
             mut wr,
+            probe,
             mut rbuf,
             connack,
         } = conn;
@@ -1099,17 +1102,11 @@ impl Driver {
                     self.protocol(),
                     &mut wbuf,
                 );
-                // Then read until the broker closes: closing a socket with unread
-                // input sends RST, and the broker could drop our last acks with it.
                 let flush = async {
                     wr.write_all(&wbuf).await?;
                     wr.flush().await?;
                     wr.shutdown().await?;
-                    rbuf.clear();
-                    while rd.read_buf(&mut rbuf).await? > 0 {
-                        rbuf.clear();
-                    }
-                    io::Result::Ok(())
+                    drain_until_taken(&mut rd, &mut rbuf, probe).await
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
                 for (_, w) in qos0 {
@@ -1172,6 +1169,31 @@ async fn journal_room(journal: Option<&dyn Journal>) {
     match journal {
         Some(j) => j.room().await,
         None => std::future::pending().await,
+    }
+}
+
+/// After our DISCONNECT: reads until the broker closes, or until its TCP
+/// has acknowledged everything we sent and nothing is unread. Closing a
+/// socket with unread input sends RST, and an RST that overtakes our last
+/// acks could drop them; once the broker's TCP holds them it cannot. Some
+/// brokers close seconds after a DISCONNECT (amqtt, after a large drain).
+async fn drain_until_taken(
+    rd: &mut Reader,
+    rbuf: &mut BytesMut,
+    probe: SentProbe,
+) -> io::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        rbuf.clear();
+        tokio::select! {
+            biased;
+            n = rd.read_buf(rbuf) => if n? == 0 {
+                return Ok(());
+            },
+            _ = tick.tick() => if probe.all_acknowledged() == Some(true) {
+                return Ok(());
+            },
+        }
     }
 }
 

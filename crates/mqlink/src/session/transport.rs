@@ -13,6 +13,39 @@ use crate::options::{BrokerUrl, OptionsError, TlsKeys, TlsOptions, Transport};
 pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// Whether the broker's TCP has acknowledged every byte we sent on a
+/// connection (Linux: the socket's send queue is empty, `SIOCOUTQ`).
+/// Valid while the connection's reader and writer are alive (they own
+/// the socket).
+#[derive(Clone, Copy)]
+pub(crate) struct SentProbe(#[cfg(target_os = "linux")] std::os::fd::RawFd);
+
+impl SentProbe {
+    fn of(tcp: &TcpStream) -> SentProbe {
+        #[cfg(target_os = "linux")]
+        return SentProbe(std::os::fd::AsRawFd::as_raw_fd(tcp));
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = tcp;
+            SentProbe()
+        }
+    }
+
+    /// `Some(true)` once the broker's TCP acknowledged all we sent; `None`
+    /// where the platform cannot tell.
+    pub(crate) fn all_acknowledged(&self) -> Option<bool> {
+        #[cfg(target_os = "linux")]
+        {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: the descriptor is open (see above); TIOCOUTQ writes one int.
+            let r = unsafe { libc::ioctl(self.0, libc::TIOCOUTQ, &mut queued) };
+            (r == 0).then_some(queued == 0)
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+}
+
 /// TLS client configuration, built once per session from [`TlsOptions`].
 #[derive(Clone)]
 pub(crate) struct TlsSetup {
@@ -81,7 +114,7 @@ impl TlsSetup {
 pub(crate) async fn connect(
     broker: &BrokerUrl,
     tls: Option<&TlsSetup>,
-) -> Result<(Reader, Writer), ConnectError> {
+) -> Result<(Reader, Writer, SentProbe), ConnectError> {
     let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
         .await
         .map_err(|error| ConnectError::Io {
@@ -89,33 +122,35 @@ pub(crate) async fn connect(
             error,
         })?;
     let _ = tcp.set_nodelay(true);
-    match broker.transport {
+    let probe = SentProbe::of(&tcp);
+    let (r, w) = match broker.transport {
         Transport::Tcp => {
             let (r, w) = tcp.into_split();
-            Ok((Box::new(r), Box::new(w)))
+            (Box::new(r) as Reader, Box::new(w) as Writer)
         }
         #[cfg(feature = "tls")]
         Transport::Tls => {
             let s = tls::handshake(broker, tls, tcp).await?;
             let (r, w) = tokio::io::split(s);
-            Ok((Box::new(r), Box::new(w)))
+            (Box::new(r) as Reader, Box::new(w) as Writer)
         }
         #[cfg(feature = "ws")]
-        Transport::Ws => ws::handshake(broker, tcp).await,
+        Transport::Ws => ws::handshake(broker, tcp).await?,
         #[cfg(all(feature = "ws", feature = "tls"))]
         Transport::Wss => {
             let s = tls::handshake(broker, tls, tcp).await?;
-            ws::handshake(broker, s).await
+            ws::handshake(broker, s).await?
         }
         #[allow(unreachable_patterns)]
         _ => {
             let _ = tls;
-            Err(ConnectError::Protocol {
+            return Err(ConnectError::Protocol {
                 broker: broker.clone(),
                 reason: "transport not compiled in".into(),
-            })
+            });
         }
-    }
+    };
+    Ok((r, w, probe))
 }
 
 #[cfg(feature = "tls")]
