@@ -44,8 +44,9 @@
 #      run` into PostgreSQL with the local buffer (the default there) and
 #      without it, and into Parquet files (the buffer on by default; rows
 #      counted by pyarrow from the committed files' footers, in
-#      target/pyarrow-venv), and into an HTTP endpoint that answers each
-#      request after 100 ms, with the buffer and without; each consumer
+#      $CARGO_TARGET_DIR/pyarrow-venv), and into an HTTP endpoint that answers each
+#      request after 100 ms (NDJSON batches of 5,000, 4 requests at once),
+#      with the buffer and without; each consumer
 #      alone: messages received and the rate to the last one
 #      (BENCH_LIMITS=0 skips it);
 #  11. Sparkplug B: a queue of NDATA by alias drained by `mqlink run`
@@ -387,9 +388,9 @@ ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 PY
   echo $! >> "$work/pid"
 }
-PYARROW=$PWD/target/pyarrow-venv/bin/python
+PYARROW=$TARGET/pyarrow-venv/bin/python
 if [ "${BENCH_LIMITS:-1}" = 1 ] && ! "$PYARROW" -c 'import pyarrow' 2>/dev/null; then
-  python3 -m venv target/pyarrow-venv && target/pyarrow-venv/bin/pip install -q --disable-pip-version-check 'pyarrow>=17,<27'
+  python3 -m venv "$TARGET/pyarrow-venv" && "$TARGET/pyarrow-venv/bin/pip" install -q --disable-pip-version-check 'pyarrow>=17,<27'
 fi
 # Rows in the committed Parquet files under $1 (footers only).
 pq_count() {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use testkit::{free_port, http_get, metric, signal, unique_id, wait_output, wait_until, write};
-use testkit::{Influx, Mosquitto};
+use testkit::{Influx, Mosquitto, MosquittoConfig};
 
 fn mqlink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mqlink"));
@@ -89,8 +89,8 @@ fn acked(http: u16, source: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// MQTT → InfluxDB 1.x with a password: every reading one point, read back
-/// exactly; a point of another field type (InfluxDB's "partial write" 400)
+/// MQTT → InfluxDB 1.x with a password, bodies gzipped: every reading one
+/// point, read back exactly; a point of another field type (InfluxDB's "partial write" 400)
 /// dead-lettered alone; InfluxDB SIGKILLed mid-stream and restarted:
 /// nothing lost, nothing doubled, nothing acknowledged while it is down.
 #[test]
@@ -126,6 +126,7 @@ measurement = "telemetry"
 tags = ["device_id"]
 timestamp = "timestamp"
 batch_size = 500
+compression = "gzip"
 connection = "b"
 dead_letter_topic = "{topic}/refused"
 [http]
@@ -264,30 +265,41 @@ struct Script {
     taken: Mutex<BTreeMap<i64, u32>>,
     /// Authorization headers seen.
     auth: Mutex<Vec<String>>,
+    /// Milliseconds each request takes to answer.
+    delay_ms: AtomicU64,
+    /// Requests whose body came gzipped.
+    gzipped: AtomicU64,
+    /// Requests being answered now, and the most at once.
+    open: AtomicU64,
+    most_open: AtomicU64,
 }
 
-/// An HTTP/1.1 server on `port`: NDJSON batches (a record with
-/// `"bad": true` makes the request 400), closed when `stop` is set.
+/// An HTTP/1.1 server on `port`, a thread per connection: NDJSON batches
+/// (a record with `"bad": true` makes the request 400), closed when `stop`
+/// is set (answering what it accepted).
 fn serve(port: u16, script: Arc<Script>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
+        let mut open = Vec::new();
         while !stop.load(SeqCst) {
             match listener.accept() {
                 Ok((s, _)) => {
                     s.set_nonblocking(false).unwrap();
-                    answer(s, &script);
+                    let script = script.clone();
+                    open.push(std::thread::spawn(move || answer(s, &script)));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
+        open.into_iter().for_each(|t| t.join().unwrap());
     })
 }
 
 fn answer(s: TcpStream, script: &Script) {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut len = 0;
+    let (mut len, mut gzip) = (0, false);
     let mut first = String::new();
     if r.read_line(&mut first).is_err() {
         return;
@@ -301,6 +313,9 @@ fn answer(s: TcpStream, script: &Script) {
         if k.eq_ignore_ascii_case("content-length") {
             len = v.trim().parse().unwrap();
         }
+        if k.eq_ignore_ascii_case("content-encoding") {
+            gzip = v.trim() == "gzip";
+        }
         if k.eq_ignore_ascii_case("authorization") {
             script.auth.lock().unwrap().push(v.trim().to_string());
         }
@@ -309,6 +324,18 @@ fn answer(s: TcpStream, script: &Script) {
     if r.read_exact(&mut body).is_err() {
         return;
     }
+    if gzip {
+        script.gzipped.fetch_add(1, SeqCst);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        body = plain;
+    }
+    let open = script.open.fetch_add(1, SeqCst) + 1;
+    script.most_open.fetch_max(open, SeqCst);
+    std::thread::sleep(Duration::from_millis(script.delay_ms.load(SeqCst)));
+    script.open.fetch_sub(1, SeqCst);
     let n = script.requests.fetch_add(1, SeqCst) + 1;
     let records: Vec<serde_json::Value> = text(&body)
         .lines()
@@ -559,4 +586,139 @@ listen = "127.0.0.1:{http}"
     drop(taken);
     stop.store(true, SeqCst);
     server.join().unwrap();
+}
+
+/// A burst at Mosquitto's default limits (20 messages in flight on MQTT
+/// 3.1.1, 1,000 queued, then dropped) into an endpoint that takes 500 ms a
+/// request and into InfluxDB, bodies gzipped. With the local buffer
+/// (`buffer.mode = "always"`) every message arrives, exactly once in
+/// InfluxDB and at least once at the endpoint, with requests in flight at
+/// once; the same endpoint behind a run without the buffer, beside it,
+/// loses what the broker dropped (the burst is one that overflows it).
+#[test]
+fn a_burst_at_the_brokers_limits_arrives_whole_through_the_local_buffer() {
+    let broker = Mosquitto::with(MosquittoConfig {
+        queue_defaults: true,
+        ..Default::default()
+    });
+    let influx = Influx::start();
+    influx.query("", "CREATE DATABASE burst");
+    let dir = testkit::TempDir::new().unwrap();
+    let topic = unique_id("burst");
+    let tsdb = format!(
+        r#"
+[sinks.tsdb]
+type = "influxdb"
+inputs = ["telemetry"]
+url = "{}"
+database = "burst"
+measurement = "telemetry"
+tags = ["device_id"]
+timestamp = "timestamp"
+compression = "gzip"
+"#,
+        influx.url()
+    );
+    let pipeline = |name: &str, mode: &str, port: u16, http: u16, more: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!(
+                r#"
+[connections.b]
+broker = "mqtt://127.0.0.1:{mqtt}"
+client_id = "{topic}-{name}"
+clean_session = false
+protocol = "3.1.1"
+[sources.telemetry]
+type = "mqtt"
+connection = "b"
+topics = ["{topic}/in"]
+buffer.mode = "{mode}"
+[sinks.hook]
+type = "webhook"
+inputs = ["telemetry"]
+url = "http://127.0.0.1:{port}/ingest"
+batch = "ndjson"
+batch_size = 1000
+compression = "gzip"
+{more}
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+                mqtt = broker.port
+            ),
+        )
+    };
+    let mut runs = Vec::new();
+    let mut scripts = Vec::new();
+    let mut servers = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    for (name, mode, more) in [("on", "always", tsdb.as_str()), ("off", "off", "")] {
+        let (port, http) = (free_port(), free_port());
+        let script = Arc::new(Script::default());
+        script.delay_ms.store(500, SeqCst);
+        servers.push(serve(port, script.clone(), stop.clone()));
+        let cfg = pipeline(name, mode, port, http, more);
+        let mut run = start(&cfg, dir.path());
+        wait_ready(http, &mut run);
+        runs.push((run, http));
+        scripts.push(script);
+    }
+    const N: usize = 20_000;
+    let all: Vec<String> = (0..N).map(reading).collect();
+    // In chunks: a publisher at full speed on a loaded machine outruns
+    // even mosquitto_sub (see broker_limits.rs); this pace a consumer that
+    // acknowledges on arrival keeps up with, one that waits for the
+    // endpoint does not.
+    for chunk in all.chunks(1_000) {
+        publish(broker.port, &format!("{topic}/in"), chunk);
+    }
+    let (on, off) = (&scripts[0], &scripts[1]);
+    let taken = |s: &Script| s.taken.lock().unwrap().len();
+    let points = || influx.count("burst", "telemetry", "temperature") as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while taken(on) != N || points() != N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} at the endpoint, {} points of {N}; acknowledged {}",
+            taken(on),
+            points(),
+            acked(runs[0].1, "telemetry")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until(30, "every message acknowledged", || {
+        acked(runs[0].1, "telemetry") == N as u64
+    });
+    // The run without the buffer: what the broker did not drop, settled.
+    let mut last = (taken(off), std::time::Instant::now());
+    while last.1.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(200));
+        if taken(off) != last.0 {
+            last = (taken(off), std::time::Instant::now());
+        }
+    }
+    eprintln!(
+        "with the buffer: {} of {N} at the endpoint in {} requests, {} at once at most, {} points; without: {} of {N}",
+        taken(on),
+        on.requests.load(SeqCst),
+        on.most_open.load(SeqCst),
+        points(),
+        last.0
+    );
+    assert!(
+        last.0 < N,
+        "the burst must overflow the broker without the buffer"
+    );
+    assert!(on.most_open.load(SeqCst) >= 2, "requests in flight at once");
+    assert_eq!(on.gzipped.load(SeqCst), on.requests.load(SeqCst));
+    for (mut run, _) in runs {
+        signal(&run, "-TERM");
+        let out = wait_output(&mut run, 30);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(points(), N, "one point per message");
+    stop.store(true, SeqCst);
+    servers.into_iter().for_each(|s| s.join().unwrap());
 }

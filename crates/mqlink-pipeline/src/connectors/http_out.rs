@@ -1,6 +1,8 @@
 //! What the sinks that write over HTTP (`influxdb`, `http`) share: one
-//! blocking `ureq` agent run off the async workers, the classes of an
-//! answer (written, retry, the records', fatal), `Retry-After`, and the
+//! blocking `ureq` agent run off the async workers, gzip bodies, the
+//! classes of an answer (written, retry, the records', fatal),
+//! `Retry-After`, jobs written in the background up to `concurrency` at
+//! once ([`InFlight`]: their confirmation is the answer), and the
 //! dead-letter topic they may publish refused records to through a
 //! `[connections.NAME]`.
 //!
@@ -10,13 +12,18 @@
 //! redirect is fatal (the URL is wrong); any other code is the records'
 //! (the sink writes them one by one to find which).
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqlink::Secret;
+use serde::Deserialize;
 
 use crate::batch::Item;
-use crate::sink::{DeadLetters, Job, RecordFault, WriteError};
+use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, WriteError};
 use crate::spec::{err, ConfigError, Context};
 
 /// An answer's body is kept up to this size (for the error message).
@@ -55,11 +62,44 @@ pub enum Class {
     Fatal(String),
 }
 
-/// An HTTP client with its timeout and TLS roots.
+/// Requests at once per sink unless `concurrency` says otherwise.
+pub const fn default_concurrency() -> usize {
+    4
+}
+/// The most requests at once a sink may send.
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// How request bodies are sent.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// As they are.
+    #[default]
+    None,
+    /// Compressed, with `Content-Encoding: gzip`.
+    Gzip,
+}
+
+/// Checks a sink's `concurrency`.
+pub fn check_concurrency(path: &str, concurrency: usize) -> Result<(), ConfigError> {
+    if concurrency == 0 {
+        return Err(err(format!("{path}.concurrency"), "must be at least 1"));
+    }
+    crate::spec::at_most(
+        path,
+        "concurrency",
+        concurrency,
+        MAX_CONCURRENCY,
+        "requests",
+    )
+}
+
+/// An HTTP client with its timeout, TLS roots and body compression.
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     timeout: Duration,
+    gzip: bool,
     /// The URL as errors show it (credentials redacted).
     pub shown: String,
 }
@@ -77,6 +117,9 @@ impl Client {
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
+            // A connection kept for each request a sink has in flight.
+            .max_idle_connections_per_host(MAX_CONCURRENCY)
+            .max_idle_connections(MAX_CONCURRENCY)
             .user_agent(concat!("mqlink/", env!("CARGO_PKG_VERSION")));
         let config = if https {
             config.tls_config(mqlink::format::registry::tls_config(
@@ -88,8 +131,15 @@ impl Client {
         Ok(Client {
             agent: config.build().new_agent(),
             timeout,
+            gzip: false,
             shown,
         })
+    }
+
+    /// Bodies sent compressed as `compression` says.
+    pub fn compression(mut self, compression: Compression) -> Client {
+        self.gzip = compression == Compression::Gzip;
+        self
     }
 
     /// Sends `req` on a blocking thread. `Err` is a network fault or a
@@ -97,7 +147,7 @@ impl Client {
     /// `Records` (see [`classify`]) with status 0.
     pub async fn send(&self, req: Request) -> Result<Answer, String> {
         let agent = self.agent.clone();
-        let timeout = self.timeout;
+        let (timeout, gzip) = (self.timeout, self.gzip);
         let shown = mqlink::secret::redact(&req.url).into_owned();
         tokio::task::spawn_blocking(move || {
             let mut r = if req.put {
@@ -108,10 +158,16 @@ impl Client {
             for (k, v) in &req.headers {
                 r = r.header(k, v);
             }
+            let body = if gzip {
+                r = r.header("Content-Encoding", "gzip");
+                gzipped(&req.body)
+            } else {
+                req.body
+            };
             if let Some(a) = &req.authorization {
                 r = r.header("Authorization", a.expose());
             }
-            let mut resp = match r.send(&req.body[..]) {
+            let mut resp = match r.send(&body[..]) {
                 Ok(resp) => resp,
                 Err(ureq::Error::BadUri(e)) => {
                     return Ok(Answer {
@@ -156,6 +212,16 @@ impl Client {
     }
 }
 
+/// `body` compressed with gzip (fast: bodies are sent once).
+fn gzipped(body: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(body).expect("writing to memory");
+    gz.finish().expect("writing to memory")
+}
+
 /// The class of `answer` to a request to `shown`; `success` lists the
 /// codes that mean written (empty: any 2xx).
 pub fn classify(answer: &Answer, success: &[u16], shown: &str) -> Class {
@@ -178,23 +244,29 @@ pub fn classify(answer: &Answer, success: &[u16], shown: &str) -> Class {
     }
 }
 
-/// Waits out a `Retry-After` the server gave before the next request.
-#[derive(Default)]
-pub struct Pause(Option<Instant>);
+/// Waits out a `Retry-After` the server gave before the sink's next
+/// request (shared by its requests in flight).
+#[derive(Clone, Default)]
+pub struct Pause(Arc<Mutex<Option<Instant>>>);
 
 impl Pause {
-    pub fn set(&mut self, after: Option<Duration>) {
-        self.0 = after.map(|d| Instant::now() + d);
+    /// No request before `after` from now (the later of two wins).
+    pub fn set(&self, after: Option<Duration>) {
+        if let Some(at) = after.map(|d| Instant::now() + d) {
+            let mut until = self.0.lock().expect("pause lock");
+            *until = Some(until.map_or(at, |u| u.max(at)));
+        }
     }
-    pub async fn wait(&mut self) {
-        if let Some(at) = self.0.take() {
+    pub async fn wait(&self) {
+        let until = *self.0.lock().expect("pause lock");
+        if let Some(at) = until.filter(|at| *at > Instant::now()) {
             tokio::time::sleep_until(at.into()).await;
         }
     }
 }
 
 /// A retried answer as the runner's error, its `Retry-After` kept.
-pub fn retry(why: String, after: Option<Duration>, pause: &mut Pause) -> WriteError {
+pub fn retry(why: String, after: Option<Duration>, pause: &Pause) -> WriteError {
     pause.set(after);
     match after {
         Some(d) => WriteError::Retry(format!("{why} (retry after {d:?})")),
@@ -202,36 +274,21 @@ pub fn retry(why: String, after: Option<Duration>, pause: &mut Pause) -> WriteEr
     }
 }
 
-/// A job being written record by record: what is written or refused
-/// already. A request of it that must be retried returns the job to the
-/// runner, which writes the same job again; the sink goes on where it
-/// stopped instead of sending every record again (a flaky server would
-/// otherwise never see the end of a long job).
-#[derive(Default)]
+/// A job being written: what is written or refused already. A request of
+/// it that must be retried ends the attempt; the runner writes the same
+/// job again and the sink goes on where it stopped ([`InFlight`] keeps
+/// this meanwhile) instead of sending every record again (a flaky server
+/// would otherwise never see the end of a long job).
 pub struct Progress {
-    /// The job's first record (its address: unique while the job lives)
-    /// and length.
-    job: Option<(usize, usize)>,
     done: Vec<bool>,
     faults: Vec<RecordFault>,
 }
 
-fn key(job: &Job) -> (usize, usize) {
-    let first = job.items().next().map_or(0, |i| i as *const Item as usize);
-    (first, job.len())
-}
-
 impl Progress {
-    /// Whether `job` is the one being written record by record.
-    pub fn resumes(&self, job: &Job) -> bool {
-        self.job == Some(key(job))
-    }
-    /// Starts writing `job` record by record (unless it is already).
-    pub fn start(&mut self, job: &Job) {
-        if !self.resumes(job) {
-            self.job = Some(key(job));
-            self.done = vec![false; job.len()];
-            self.faults.clear();
+    fn new(records: usize) -> Progress {
+        Progress {
+            done: vec![false; records],
+            faults: Vec::new(),
         }
     }
     pub fn is_done(&self, index: usize) -> bool {
@@ -247,11 +304,74 @@ impl Progress {
         self.faults.push(fault);
     }
     /// The job is through: its record faults, in order.
-    pub fn finish(&mut self) -> Vec<RecordFault> {
-        self.job = None;
-        let mut f = std::mem::take(&mut self.faults);
-        f.sort_by_key(|f| f.index);
-        f
+    fn finish(mut self) -> Vec<RecordFault> {
+        self.faults.sort_by_key(|f| f.index);
+        self.faults
+    }
+}
+
+/// Identifies a job while it lives: its first record's address, its length.
+type JobKey = (usize, usize);
+
+fn key(job: &Job) -> JobKey {
+    let first = job.items().next().map_or(0, |i| i as *const Item as usize);
+    (first, job.len())
+}
+
+/// An HTTP sink's jobs, each written in a task of its own so that several
+/// requests are in flight at once (the runner bounds how many: the sink's
+/// `max_unconfirmed_jobs`, its `concurrency`); a job's confirmation is its
+/// answers. Confirming stays the runner's, in order.
+#[derive(Default)]
+pub struct InFlight {
+    /// The progress of jobs whose attempt ended with a retry.
+    stopped: Arc<Mutex<HashMap<JobKey, Progress>>>,
+}
+
+impl InFlight {
+    /// Starts `write` on `job` (its records shared) from where an earlier
+    /// attempt of it stopped; the confirmation completes with the outcome:
+    /// the record faults, or a retry (the progress kept) or a fatal error.
+    pub fn start<W, F>(&self, job: &Job, write: W) -> Confirmation
+    where
+        W: FnOnce(Job, Progress) -> F,
+        F: Future<Output = (Progress, Result<(), WriteError>)> + Send + 'static,
+    {
+        let key = key(job);
+        let progress = self.stopped.lock().expect("progress lock").remove(&key);
+        let progress = progress.unwrap_or_else(|| Progress::new(job.len()));
+        let task = Task(tokio::spawn(write(job.clone(), progress)));
+        let stopped = self.stopped.clone();
+        Box::pin(async move {
+            match task.await {
+                Ok((progress, Ok(()))) => Ok(progress.finish()),
+                Ok((progress, Err(WriteError::Retry(e)))) => {
+                    stopped.lock().expect("progress lock").insert(key, progress);
+                    Err(WriteError::Retry(e))
+                }
+                Ok((_, Err(fatal))) => Err(fatal),
+                Err(e) => Err(WriteError::Fatal(format!("the write panicked: {e}"))),
+            }
+        })
+    }
+}
+
+/// A job's task, stopped when its confirmation is dropped (the run failed).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -748,6 +748,7 @@ impl Sink for ParquetSink {
         Ok(Box::pin(async move {
             done.await
                 .unwrap_or_else(|_| Err("the Parquet writer stopped".to_string()))
+                .map_err(WriteError::Fatal)
         }))
     }
 

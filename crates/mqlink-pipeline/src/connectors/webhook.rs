@@ -2,7 +2,9 @@
 //! request or a batch per request as a JSON array or NDJSON. The URL and
 //! header values are templates of the record's fields (one request per
 //! record then, unless they are fixed). A record is confirmed once the
-//! server answered a success code for the request that carried it.
+//! server answered a success code for the request that carried it; up to
+//! `concurrency` jobs' requests are in flight at once, their records
+//! confirmed in order by the sink runner.
 //!
 //! Faults (see `http_out`): 408, 429 (after its `Retry-After`), 5xx and
 //! network errors are retried with the batch held; 401/403/407 and
@@ -22,13 +24,13 @@ use mqlink::Secret;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::http_out::{self, Class, Client, Pause, Progress, Request};
+use super::http_out::{self, Class, Client, Compression, InFlight, Pause, Progress, Request};
 use super::influxdb::text_template;
 use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
 use crate::batch::Item;
-use crate::sink::{confirmed, Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
+use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{err, secret, typed, ConfigError, Context};
 
 pub const CONNECTOR: Connector = Connector {
@@ -48,6 +50,8 @@ pub const CONNECTOR: Connector = Connector {
             Key::text("bearer_token"),
             Key::of("success_codes", KeyType::List),
             Key::of("batch_size", KeyType::Number),
+            Key::of("concurrency", KeyType::Number),
+            Key::text("compression"),
             Key::of("timeout_ms", KeyType::Number),
             Key::text("ca_file"),
             Key::text("connection"),
@@ -115,6 +119,15 @@ pub struct HttpSinkConfig {
     /// Records per request at most when batching [default: 1000].
     #[serde(default = "thousand")]
     pub batch_size: usize,
+    /// Requests in flight at once, each a job of its own [default: 4].
+    /// Records are confirmed in order whatever order the answers come in;
+    /// the endpoint may receive them out of order (set 1 to keep it).
+    #[serde(default = "http_out::default_concurrency")]
+    pub concurrency: usize,
+    /// `none` or `gzip` (bodies sent with `Content-Encoding: gzip`)
+    /// [default: none].
+    #[serde(default)]
+    pub compression: Compression,
     /// Milliseconds one request may take, connecting included [default: 10000].
     #[serde(default = "ten_seconds")]
     pub timeout_ms: u64,
@@ -226,6 +239,7 @@ impl HttpSinkConfig {
             crate::spec::MAX_BATCH_SIZE,
             "records",
         )?;
+        http_out::check_concurrency(path, self.concurrency)?;
         if self.timeout_ms == 0 {
             return Err(err(key("timeout_ms"), "must be at least 1"));
         }
@@ -282,13 +296,18 @@ impl HttpSinkConfig {
 }
 
 pub struct HttpSink {
+    requests: Arc<Requests>,
+    in_flight: InFlight,
+    dead_letters: Option<DeadLetters>,
+}
+
+/// What the sink's requests are made of, shared by its jobs in flight.
+struct Requests {
     cfg: HttpSinkConfig,
     client: Client,
     headers: Vec<(String, TopicTemplate)>,
     authorization: Option<Secret>,
-    dead_letters: Option<DeadLetters>,
     pause: Pause,
-    progress: Progress,
     content_type: bool,
 }
 
@@ -298,7 +317,8 @@ impl HttpSink {
             &cfg.url.to_string(),
             Duration::from_millis(cfg.timeout_ms),
             cfg.ca_file.as_ref(),
-        )?;
+        )?
+        .compression(cfg.compression);
         let headers = cfg
             .header_templates()
             .map_err(|(k, e)| format!("headers.{k}: {e}"))?;
@@ -311,17 +331,21 @@ impl HttpSink {
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
         Ok(HttpSink {
-            cfg,
-            client,
-            headers,
-            authorization,
+            requests: Arc::new(Requests {
+                cfg,
+                client,
+                headers,
+                authorization,
+                pause: Pause::default(),
+                content_type,
+            }),
+            in_flight: InFlight::default(),
             dead_letters,
-            pause: Pause::default(),
-            progress: Progress::default(),
-            content_type,
         })
     }
+}
 
+impl Requests {
     /// The request for `items` (one, unless batching): its URL and headers
     /// rendered from the first, or why it cannot be made.
     fn request(&self, items: &[&Item]) -> Result<Request, String> {
@@ -381,15 +405,30 @@ impl HttpSink {
         })
     }
 
+    /// Requests of `batch_size` records (one with `batch = "none"`), one
+    /// after the other, from the first not answered yet.
+    async fn write(&self, job: &Job, progress: &mut Progress) -> Result<(), WriteError> {
+        let items: Vec<&Item> = job.items().collect();
+        let per = match self.cfg.batch {
+            Batching::None => 1,
+            _ => self.cfg.batch_size,
+        };
+        let all: Vec<usize> = (0..items.len()).collect();
+        for part in all.chunks(per) {
+            self.send_part(&items, part, progress).await?;
+        }
+        Ok(())
+    }
+
     /// Sends one request; `Ok(Some(..))` when the server refused its records.
-    async fn send(&mut self, request: Request) -> Result<Option<(String, String)>, WriteError> {
+    async fn send(&self, request: Request) -> Result<Option<(String, String)>, WriteError> {
         self.pause.wait().await;
         let shown = mqlink::secret::redact(&request.url).into_owned();
         let answer = self.client.send(request).await.map_err(WriteError::Retry)?;
         match http_out::classify(&answer, &self.cfg.success_codes, &shown) {
             Class::Written => Ok(None),
             Class::Records(why, class) => Ok(Some((why, class))),
-            Class::Retry(why, after) => Err(http_out::retry(why, after, &mut self.pause)),
+            Class::Retry(why, after) => Err(http_out::retry(why, after, &self.pause)),
             Class::Fatal(why) => Err(WriteError::Fatal(why)),
         }
     }
@@ -397,30 +436,35 @@ impl HttpSink {
     /// Sends the records of `indexes` that `progress` does not have yet
     /// in one request; a refused request of several is sent again record
     /// by record, and the records refused alone are record faults.
-    async fn send_part(&mut self, items: &[&Item], indexes: &[usize]) -> Result<(), WriteError> {
+    async fn send_part(
+        &self,
+        items: &[&Item],
+        indexes: &[usize],
+        progress: &mut Progress,
+    ) -> Result<(), WriteError> {
         let pending: Vec<usize> = indexes
             .iter()
             .copied()
-            .filter(|&i| !self.progress.is_done(i))
+            .filter(|&i| !progress.is_done(i))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let one_by_one = match self.attempt(items, &pending).await? {
             None => {
-                pending.iter().for_each(|&i| self.progress.written(i));
+                pending.iter().for_each(|&i| progress.written(i));
                 return Ok(());
             }
             Some((why, _)) if pending.len() > 1 => {
                 tracing::warn!(url = %self.client.shown, error = %why, "Batch refused; sending its records one by one to find the refused ones.");
                 pending
             }
-            Some(refused) => return Ok(self.refused(pending[0], refused)),
+            Some(refused) => return Ok(Self::refused(progress, pending[0], refused)),
         };
         for i in one_by_one {
             match self.attempt(items, &[i]).await? {
-                None => self.progress.written(i),
-                Some(refused) => self.refused(i, refused),
+                None => progress.written(i),
+                Some(refused) => Self::refused(progress, i, refused),
             }
         }
         Ok(())
@@ -429,7 +473,7 @@ impl HttpSink {
     /// One request of `indexes`' records: `Some((reason, class))` when
     /// refused for them.
     async fn attempt(
-        &mut self,
+        &self,
         items: &[&Item],
         indexes: &[usize],
     ) -> Result<Option<(String, String)>, WriteError> {
@@ -440,8 +484,8 @@ impl HttpSink {
         }
     }
 
-    fn refused(&mut self, index: usize, (reason, class): (String, String)) {
-        self.progress.refused(RecordFault {
+    fn refused(progress: &mut Progress, index: usize, (reason, class): (String, String)) {
+        progress.refused(RecordFault {
             index,
             reason: format!("refused: {reason}"),
             class: (!class.is_empty()).then_some(class),
@@ -451,26 +495,25 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     fn max_records(&self) -> usize {
-        match self.cfg.batch {
+        match self.requests.cfg.batch {
             Batching::None => 100,
-            _ => self.cfg.batch_size,
+            _ => self.requests.cfg.batch_size,
         }
     }
 
-    /// Requests of `batch_size` records (one with `batch = "none"`); a
+    /// Starts the job's requests in the background (see [`InFlight`]); a
     /// retried job goes on from the first request not answered.
     async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
-        let items: Vec<&Item> = job.items().collect();
-        let per = match self.cfg.batch {
-            Batching::None => 1,
-            _ => self.cfg.batch_size,
-        };
-        self.progress.start(job);
-        let all: Vec<usize> = (0..items.len()).collect();
-        for part in all.chunks(per) {
-            self.send_part(&items, part).await?;
-        }
-        Ok(confirmed(self.progress.finish()))
+        let requests = self.requests.clone();
+        Ok(self.in_flight.start(job, |job, mut progress| async move {
+            let written = requests.write(&job, &mut progress).await;
+            (progress, written)
+        }))
+    }
+
+    /// `concurrency` jobs' requests in flight at most.
+    fn max_unconfirmed_jobs(&self) -> usize {
+        self.requests.cfg.concurrency
     }
 
     fn dead_letters(&self) -> Option<DeadLetters> {
@@ -496,7 +539,7 @@ mod tests {
     fn requests_of_templates() {
         let c = load("url = \"http://h/d/{device_id}\"\nheaders = \"X-Seq: {seq}, X-A: 1\"\nbearer_token = \"${TOKEN}\"\nmethod = \"PUT\"").unwrap();
         assert!(!format!("{c:?}").contains("tok-secret"));
-        let s = HttpSink::new(c, None).unwrap();
+        let s = HttpSink::new(c, None).unwrap().requests;
         let item = Item {
             topic: None,
             payload: bytes::Bytes::new(),

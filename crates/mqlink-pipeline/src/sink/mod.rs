@@ -35,7 +35,13 @@
 //!   its messages to the broker ([`Batch::confirm`]).
 //!
 //! Writes are pipelined: the next job is written while earlier ones wait
-//! for their confirmations (PUBACKs), in a second task.
+//! for their confirmations (PUBACKs, HTTP answers), in a second task, up to
+//! the sink's [`Sink::max_unconfirmed_jobs`]. A job is taken off the
+//! channel only when it may be written, so jobs grow while the destination
+//! is slow. A confirmation that fails with [`WriteError::Retry`] (a request
+//! sent in the background found the destination down) has its job written
+//! again with the back-off, holding every other write, before any later
+//! job is confirmed.
 
 pub mod outputs;
 pub mod written;
@@ -57,6 +63,9 @@ use crate::status::{Component, State};
 pub use outputs::Outputs;
 
 /// Records handed to a sink in one write: whole batches, in arrival order.
+/// A clone shares the records (a sink that writes in the background keeps
+/// one until its confirmation completes).
+#[derive(Clone)]
 pub struct Job {
     batches: Vec<Arc<Batch>>,
     len: usize,
@@ -100,8 +109,10 @@ pub enum WriteError {
 }
 
 /// Completes once a written job is durable: the records that failed
-/// alone, or a fatal error (nothing of the job is confirmed).
-pub type Confirmation = Pin<Box<dyn Future<Output = Result<Vec<RecordFault>, String>> + Send>>;
+/// alone, or why not: [`WriteError::Retry`] has the runner write the job
+/// again (after the back-off), [`WriteError::Fatal`] ends the run (nothing
+/// of the job is confirmed).
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<Vec<RecordFault>, WriteError>> + Send>>;
 
 /// A confirmation that is already complete (the write itself made the
 /// records durable: a file write, a committed INSERT).
@@ -130,9 +141,11 @@ pub trait Sink: Send + 'static {
     fn write(&mut self, job: &Job)
         -> impl Future<Output = Result<Confirmation, WriteError>> + Send;
 
-    /// Written jobs awaiting their confirmation at most; the runner writes
-    /// no more meanwhile. A sink that confirms at commits far apart (a file
-    /// rolled every minute) takes more, and bounds what they hold itself.
+    /// Written jobs awaiting their confirmation at most; the runner takes
+    /// no more off the channel meanwhile. A sink that confirms at commits
+    /// far apart (a file rolled every minute) takes more, and bounds what
+    /// they hold itself; a sink whose confirmation is a request in flight
+    /// takes its `concurrency`.
     fn max_unconfirmed_jobs(&self) -> usize {
         DEPTH
     }
@@ -200,7 +213,9 @@ pub async fn run<S: Sink>(
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
     };
     let sink = settler.sink.clone();
-    let (to_confirm, queue) = mpsc::channel::<(Job, Confirmation)>(depth);
+    // A slot per job written and not yet settled: taken before the job is.
+    let slots = Arc::new(tokio::sync::Semaphore::new(depth));
+    let (to_confirm, queue) = mpsc::channel::<Written>(depth);
     let mut confirmer = tokio::spawn(confirm(queue, settler));
     // A confirmer that ended early hit a fatal fault: that is the outcome.
     let failed = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
@@ -209,6 +224,10 @@ pub async fn run<S: Sink>(
         Err(e) => Err(format!("panicked: {e}")),
     };
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            r = &mut confirmer => return failed(r),
+        };
         let job = tokio::select! {
             job = next_job(&mut rx, max_records) => job,
             r = &mut confirmer => return failed(r),
@@ -246,7 +265,7 @@ pub async fn run<S: Sink>(
         }
         comp.connected.store(true, Relaxed);
         let sent = tokio::select! {
-            s = to_confirm.send((job, confirmation)) => s.is_ok(),
+            s = to_confirm.send((job, confirmation, slot)) => s.is_ok(),
             r = &mut confirmer => return failed(r),
         };
         if !sent {
@@ -283,17 +302,24 @@ async fn next_job(rx: &mut mpsc::Receiver<Arc<Batch>>, max: usize) -> Option<Job
     Some(Job { batches, len })
 }
 
-/// Awaits confirmations in order; settles record faults; confirms
-/// batches; holds jobs the destination refused as a whole (the module doc's
-/// systemic fault rule).
-async fn confirm<S: Sink>(
-    mut queue: mpsc::Receiver<(Job, Confirmation)>,
-    s: Settler<S>,
-) -> Result<(), String> {
+/// A written job, its confirmation, and its slot (freed once settled).
+type Written = (Job, Confirmation, tokio::sync::OwnedSemaphorePermit);
+
+/// Awaits confirmations in order; writes a job again whose confirmation
+/// says retry; settles record faults; confirms batches; holds jobs the
+/// destination refused as a whole (the module doc's systemic fault rule).
+async fn confirm<S: Sink>(mut queue: mpsc::Receiver<Written>, s: Settler<S>) -> Result<(), String> {
     // A job of one refused with a class, waiting for the next job's outcome.
     let mut held: Option<(Job, Vec<RecordFault>, String)> = None;
-    while let Some((job, confirmation)) = queue.recv().await {
-        let faults = confirmation.await?;
+    while let Some((job, confirmation, _slot)) = queue.recv().await {
+        let faults = match confirmation.await {
+            Ok(faults) => faults,
+            Err(WriteError::Fatal(e)) => return Err(e),
+            Err(WriteError::Retry(e)) => {
+                let mut sink = s.sink.lock().await;
+                s.write_again(&mut sink, &job, Some(e)).await?
+            }
+        };
         let class = refused_whole(&job, &faults);
         if let Some((first, first_faults, held_class)) = held.take() {
             if class.as_ref() == Some(&held_class) {
@@ -385,7 +411,7 @@ impl<S: Sink> Settler<S> {
                 return Err(format!("gave up after {attempt} attempts: {reason}"));
             }
             tokio::time::sleep(self.backoff.delay(attempt)).await;
-            let faults = self.write_again(&mut sink, &job).await?;
+            let faults = self.write_again(&mut sink, &job, None).await?;
             if refused_whole(&job, &faults).as_deref() == Some(class) {
                 reason = faults[0].reason.clone();
                 continue;
@@ -401,29 +427,49 @@ impl<S: Sink> Settler<S> {
     /// destination was fixed — and what is refused again is the record's.
     async fn recheck(&self, job: Job) -> Result<(), String> {
         let mut sink = self.sink.lock().await;
-        let faults = self.write_again(&mut sink, &job).await?;
+        let faults = self.write_again(&mut sink, &job, None).await?;
         drop(sink);
         self.settle(job, faults).await
     }
 
-    /// Writes `job` until the sink takes it (retrying a destination that
-    /// is down, like the runner), and awaits its confirmation.
-    async fn write_again(&self, sink: &mut S, job: &Job) -> Result<Vec<RecordFault>, String> {
+    /// Writes `job` until the sink takes it and confirms it, retrying a
+    /// destination that is down like the runner — first after the back-off
+    /// when it `failed` already. The caller holds the sink: nothing else is
+    /// written meanwhile.
+    async fn write_again(
+        &self,
+        sink: &mut S,
+        job: &Job,
+        mut failed: Option<String>,
+    ) -> Result<Vec<RecordFault>, String> {
+        let comp = &self.comp;
         let mut attempt = 0;
         loop {
-            match sink.write(job).await {
-                Ok(confirmation) => return confirmation.await,
-                Err(WriteError::Fatal(e)) => return Err(e),
-                Err(WriteError::Retry(e)) => {
-                    attempt += 1;
-                    self.comp.errors.fetch_add(1, Relaxed);
-                    self.comp.set_error(e.clone());
-                    tracing::warn!(component = %self.path, error = %e, attempt, records = job.len(), "Write failed; the batch is held and written again.");
-                    if self.backoff.exhausted(attempt) {
-                        return Err(format!("gave up after {attempt} attempts: {e}"));
-                    }
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+            if let Some(e) = failed.take() {
+                attempt += 1;
+                comp.errors.fetch_add(1, Relaxed);
+                comp.connected.store(false, Relaxed);
+                comp.set_error(e.clone());
+                tracing::warn!(component = %self.path, error = %e, attempt, records = job.len(), "Write failed; the batch is held and written again.");
+                if self.backoff.exhausted(attempt) {
+                    return Err(format!("gave up after {attempt} attempts: {e}"));
                 }
+                tokio::time::sleep(self.backoff.delay(attempt)).await;
+            }
+            let confirmed = match sink.write(job).await {
+                Ok(confirmation) => confirmation.await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok(faults) => {
+                    if attempt > 0 {
+                        comp.connected.store(true, Relaxed);
+                        tracing::info!(component = %self.path, attempts = attempt + 1, "Written after retrying.");
+                    }
+                    return Ok(faults);
+                }
+                Err(WriteError::Fatal(e)) => return Err(e),
+                Err(WriteError::Retry(e)) => failed = Some(e),
             }
         }
     }
@@ -613,6 +659,88 @@ mod tests {
         until("all confirmed", || acked.load(Relaxed) == 3).await;
         assert_eq!(comp.skipped.load(Relaxed), 0);
         assert_eq!(comp.record_faults.load(Relaxed), 0);
+        drop(tx);
+        runner.await.unwrap().unwrap();
+    }
+
+    /// Confirms each job in the background when `open` lets it: retry
+    /// while `down`; records the size of each job written.
+    struct Background {
+        open: tokio::sync::watch::Receiver<bool>,
+        down: Arc<Mutex<bool>>,
+        sizes: Arc<Mutex<Vec<usize>>>,
+        depth: usize,
+    }
+
+    impl Sink for Background {
+        fn max_records(&self) -> usize {
+            100
+        }
+        fn max_unconfirmed_jobs(&self) -> usize {
+            self.depth
+        }
+        async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
+            self.sizes.lock().unwrap().push(job.len());
+            let (mut open, down) = (self.open.clone(), self.down.clone());
+            Ok(Box::pin(async move {
+                let _ = open.wait_for(|o| *o).await;
+                match *down.lock().unwrap() {
+                    true => Err(WriteError::Retry("down".into())),
+                    false => Ok(Vec::new()),
+                }
+            }))
+        }
+    }
+
+    /// At most `max_unconfirmed_jobs` jobs in flight, the next taken only
+    /// when one settled (so it holds what arrived meanwhile); a
+    /// confirmation that says retry has its job written again, and nothing
+    /// after it is confirmed before it.
+    #[tokio::test]
+    async fn jobs_in_flight_are_bounded_and_a_retried_one_holds_those_after_it() {
+        let comp = Component::new("s", Kind::Sink, "test");
+        let (open_tx, open) = tokio::sync::watch::channel(false);
+        let down = Arc::new(Mutex::new(true));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Background {
+            open,
+            down: down.clone(),
+            sizes: sizes.clone(),
+            depth: 2,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let runner = tokio::spawn(run(sink, "sinks.s".into(), comp.clone(), quick(), rx));
+        let acked: Vec<Arc<AtomicU64>> = (0..6).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        for a in &acked[..2] {
+            tx.send(batch(vec![Value::BigInt(1)], a)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        until("two jobs written", || sizes.lock().unwrap().len() == 2).await;
+        for a in &acked[2..] {
+            tx.send(batch(vec![Value::BigInt(1)], a)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            [1, 1],
+            "no third job while two are in flight"
+        );
+        // Both confirmations say retry: written again, in order.
+        open_tx.send(true).unwrap();
+        until("retries", || comp.errors.load(Relaxed) >= 2).await;
+        assert!(acked.iter().all(|a| a.load(Relaxed) == 0));
+        *down.lock().unwrap() = false;
+        until("all confirmed", || {
+            acked.iter().all(|a| a.load(Relaxed) == 1)
+        })
+        .await;
+        let sizes = sizes.lock().unwrap().clone();
+        let grown: Vec<usize> = sizes.iter().copied().filter(|&n| n > 1).collect();
+        assert_eq!(
+            grown,
+            [4],
+            "the four that waited went as one job: {sizes:?}"
+        );
         drop(tx);
         runner.await.unwrap().unwrap();
     }

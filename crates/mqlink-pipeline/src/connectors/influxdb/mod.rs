@@ -25,12 +25,14 @@ use mqlink::Secret;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::http_out::{self, Answer, Class, Client, Pause, Progress, Request};
+use super::http_out::{
+    self, Answer, Class, Client, Compression, InFlight, Pause, Progress, Request,
+};
 use super::{
     fields_of, Connector, Key, KeyType, Reaches, SinkSpec, SinkSpecRef, SinkStart, SinkType,
 };
 use crate::batch::Item;
-use crate::sink::{confirmed, Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
+use crate::sink::{Confirmation, DeadLetters, Job, RecordFault, Sink, WriteError};
 use crate::spec::{err, secret, typed, ConfigError, Context};
 use line::{Precision, Scalar};
 
@@ -56,6 +58,8 @@ pub const CONNECTOR: Connector = Connector {
             Key::text("timestamp"),
             Key::text("precision"),
             Key::of("batch_size", KeyType::Number),
+            Key::of("concurrency", KeyType::Number),
+            Key::text("compression"),
             Key::of("timeout_ms", KeyType::Number),
             Key::text("ca_file"),
             Key::text("connection"),
@@ -114,6 +118,14 @@ pub struct InfluxSinkConfig {
     /// Points per write at most [default: 5000].
     #[serde(default = "five_thousand")]
     pub batch_size: usize,
+    /// Writes in flight at once, each a job of its own [default: 4];
+    /// records are confirmed in order whatever order the answers come in.
+    #[serde(default = "http_out::default_concurrency")]
+    pub concurrency: usize,
+    /// `none` or `gzip` (bodies sent with `Content-Encoding: gzip`, which
+    /// InfluxDB 1.x, 2.x and 3.x accept) [default: none].
+    #[serde(default)]
+    pub compression: Compression,
     /// Milliseconds one write may take, connecting included [default: 10000].
     #[serde(default = "ten_seconds")]
     pub timeout_ms: u64,
@@ -204,6 +216,7 @@ impl InfluxSinkConfig {
             crate::spec::MAX_BATCH_SIZE,
             "points",
         )?;
+        http_out::check_concurrency(path, self.concurrency)?;
         if self.timeout_ms == 0 {
             return Err(err(key("timeout_ms"), "must be at least 1"));
         }
@@ -296,13 +309,18 @@ impl InfluxSinkConfig {
 }
 
 pub struct InfluxSink {
+    writes: Arc<Writes>,
+    in_flight: InFlight,
+    dead_letters: Option<DeadLetters>,
+}
+
+/// What the sink's writes are made of, shared by its jobs in flight.
+struct Writes {
     cfg: InfluxSinkConfig,
     client: Client,
     url: String,
     authorization: Option<Secret>,
-    dead_letters: Option<DeadLetters>,
     pause: Pause,
-    progress: Progress,
 }
 
 impl InfluxSink {
@@ -314,23 +332,28 @@ impl InfluxSink {
             &cfg.url,
             Duration::from_millis(cfg.timeout_ms),
             cfg.ca_file.as_ref(),
-        )?;
+        )?
+        .compression(cfg.compression);
         let authorization = match (&cfg.token, &cfg.username) {
             (Some(t), _) => Some(Secret::new(format!("Token {}", t.expose()))),
             (None, Some(u)) => Some(http_out::basic(u, cfg.password.as_ref())),
             (None, None) => None,
         };
         Ok(InfluxSink {
-            url: cfg.write_url(),
-            cfg,
-            client,
-            authorization,
+            writes: Arc::new(Writes {
+                url: cfg.write_url(),
+                cfg,
+                client,
+                authorization,
+                pause: Pause::default(),
+            }),
+            in_flight: InFlight::default(),
             dead_letters,
-            pause: Pause::default(),
-            progress: Progress::default(),
         })
     }
+}
 
+impl Writes {
     /// The record as one line, or why it is not a point.
     fn line(&self, item: &Item, out: &mut String) -> Result<(), String> {
         let v = &item.value;
@@ -377,7 +400,7 @@ impl InfluxSink {
 
     /// Writes `body`: `Some((reason, class))` when InfluxDB refused its
     /// points; an error when it must be retried or cannot be written.
-    async fn post(&mut self, body: String) -> Result<Option<(String, String)>, WriteError> {
+    async fn post(&self, body: String) -> Result<Option<(String, String)>, WriteError> {
         self.pause.wait().await;
         let req = Request {
             put: false,
@@ -390,7 +413,7 @@ impl InfluxSink {
         match self.classify(&answer) {
             Class::Written => Ok(None),
             Class::Records(why, class) => Ok(Some((why, class))),
-            Class::Retry(why, after) => Err(http_out::retry(why, after, &mut self.pause)),
+            Class::Retry(why, after) => Err(http_out::retry(why, after, &self.pause)),
             Class::Fatal(why) => Err(WriteError::Fatal(why)),
         }
     }
@@ -409,10 +432,14 @@ impl InfluxSink {
     /// Writes the points of `lines` that `progress` does not have yet in
     /// one request; a refused request of several is written again point by
     /// point, and the points refused alone are record faults.
-    async fn write_part(&mut self, lines: &[(usize, String)]) -> Result<(), WriteError> {
+    async fn write_part(
+        &self,
+        lines: &[(usize, String)],
+        progress: &mut Progress,
+    ) -> Result<(), WriteError> {
         let pending: Vec<&(usize, String)> = lines
             .iter()
-            .filter(|(i, _)| !self.progress.is_done(*i))
+            .filter(|(i, _)| !progress.is_done(*i))
             .collect();
         let Some(first) = pending.first() else {
             return Ok(());
@@ -420,59 +447,73 @@ impl InfluxSink {
         let body: Vec<&str> = pending.iter().map(|(_, l)| l.as_str()).collect();
         let why = match self.post(body.join("\n")).await? {
             None => {
-                pending.iter().for_each(|(i, _)| self.progress.written(*i));
+                pending.iter().for_each(|(i, _)| progress.written(*i));
                 return Ok(());
             }
-            Some(refused) if pending.len() == 1 => return Ok(self.refused(first.0, refused)),
+            Some(refused) if pending.len() == 1 => {
+                return Ok(Self::refused(progress, first.0, refused))
+            }
             Some((why, _)) => why,
         };
         tracing::warn!(url = %self.client.shown, error = %why, "Points refused; writing them one by one to find the refused ones.");
         for (i, l) in pending {
             match self.post(l.clone()).await? {
-                None => self.progress.written(*i),
-                Some(refused) => self.refused(*i, refused),
+                None => progress.written(*i),
+                Some(refused) => Self::refused(progress, *i, refused),
             }
         }
         Ok(())
     }
 
-    fn refused(&mut self, index: usize, (why, class): (String, String)) {
-        self.progress.refused(RecordFault {
+    fn refused(progress: &mut Progress, index: usize, (why, class): (String, String)) {
+        progress.refused(RecordFault {
             index,
             reason: format!("InfluxDB refused the point: {why}"),
             class: Some(class),
         });
     }
-}
 
-impl Sink for InfluxSink {
-    fn max_records(&self) -> usize {
-        self.cfg.batch_size
-    }
-
-    /// Writes of `batch_size` points; a retried job goes on from the
-    /// first write not answered.
-    async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
-        self.progress.start(job);
+    /// Writes of `batch_size` points, one after the other, from the first
+    /// not answered yet.
+    async fn write(&self, job: &Job, progress: &mut Progress) -> Result<(), WriteError> {
         let mut lines: Vec<(usize, String)> = Vec::with_capacity(job.len());
         for (index, item) in job.items().enumerate() {
             let mut l = String::new();
             match self.line(item, &mut l) {
                 Ok(()) => lines.push((index, l)),
-                Err(reason) if !self.progress.is_done(index) => {
-                    self.progress.refused(RecordFault {
-                        index,
-                        reason,
-                        class: None,
-                    })
-                }
+                Err(reason) if !progress.is_done(index) => progress.refused(RecordFault {
+                    index,
+                    reason,
+                    class: None,
+                }),
                 Err(_) => {}
             }
         }
         for part in lines.chunks(self.cfg.batch_size) {
-            self.write_part(part).await?;
+            self.write_part(part, progress).await?;
         }
-        Ok(confirmed(self.progress.finish()))
+        Ok(())
+    }
+}
+
+impl Sink for InfluxSink {
+    fn max_records(&self) -> usize {
+        self.writes.cfg.batch_size
+    }
+
+    /// Starts the job's writes in the background (see [`InFlight`]); a
+    /// retried job goes on from the first write not answered.
+    async fn write(&mut self, job: &Job) -> Result<Confirmation, WriteError> {
+        let writes = self.writes.clone();
+        Ok(self.in_flight.start(job, |job, mut progress| async move {
+            let written = writes.write(&job, &mut progress).await;
+            (progress, written)
+        }))
+    }
+
+    /// `concurrency` jobs' writes in flight at most.
+    fn max_unconfirmed_jobs(&self) -> usize {
+        self.writes.cfg.concurrency
     }
 
     fn dead_letters(&self) -> Option<DeadLetters> {
@@ -507,7 +548,8 @@ mod tests {
             "https://h/api/v2/write?bucket=b&precision=ns&org=o%26x"
         );
         let s = InfluxSink::new(c.clone(), None).unwrap();
-        assert_eq!(s.authorization.unwrap().expose(), "Token tok-secret");
+        let auth = s.writes.authorization.as_ref().unwrap();
+        assert_eq!(auth.expose(), "Token tok-secret");
         assert!(!format!("{c:?}").contains("tok-secret"));
     }
 

@@ -269,7 +269,7 @@ impl Sink for EdgeNodeRuntime {
                 let r = t.await;
                 metrics.confirmations().record(&r);
                 if let Err(e) = r {
-                    faults.push(classify(index, SinkError::Publish(e)).map_err(|e| e.to_string())?);
+                    faults.push(classify(index, SinkError::Publish(e))?);
                 }
             }
             faults.sort_by_key(|f| f.index);

@@ -322,7 +322,7 @@ impl Sink for MqttSinkRuntime {
         Ok(Box::pin(async move {
             for (index, h) in handles {
                 if let Err(e) = h.await {
-                    faults.push(classify(index, SinkError::Publish(e)).map_err(|e| e.to_string())?);
+                    faults.push(classify(index, SinkError::Publish(e))?);
                 }
             }
             // Then every pipeline source that got a message settled it (a
