@@ -11,7 +11,7 @@ figure holds one more broker hop than the others (the mosquitto_sub line is
 that hop's cost). Each consumer prints payloads; this process stamps each
 line as it reads it (the same pipe hop for all). Prints p50/p99/p999 in ms.
 """
-import json, os, subprocess, sys, tempfile, threading, time
+import os, subprocess, sys, tempfile, threading, time
 
 port, n, rates, mqlink, stamppub = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 
@@ -59,9 +59,9 @@ def one_rate(rate, tmp):
         def read(v=lat[name], p=p):
             for line in p.stdout:
                 now = time.time()
-                try:
-                    v.append((now - json.loads(line)["ts"]) * 1e3)
-                except (ValueError, KeyError):
+                try:  # {"seq":i,"ts":T}: the number after the last ':' (no JSON parser in the hop)
+                    v.append((now - float(line[line.rindex(b":") + 1:].rstrip(b"}\r\n"))) * 1e3)
+                except ValueError:
                     pass
         threading.Thread(target=read, daemon=True).start()
     time.sleep(1.5)  # every consumer subscribed, the pipeline started
