@@ -58,7 +58,8 @@
 #      20,000 queued QoS 1 messages drained by mosquitto_sub and mqlink sub,
 #      and bridged into Mosquitto by `mqlink run` and by a Mosquitto bridge.
 # Installs what it needs on Debian. N=... changes the message count;
-# BENCH_ONLY=bridge runs only the bridges (7), BENCH_ONLY=sql only the SQL
+# BENCH_ONLY=latency runs only the latency runs (6), BENCH_ONLY=bridge only
+# the bridges (7), BENCH_ONLY=sql only the SQL
 # pipelines (9) next to a mosquitto_sub drain, BENCH_ONLY=limits only the
 # broker-limits bursts (10), BENCH_ONLY=sparkplug only the Sparkplug B
 # decoding (11), BENCH_ONLY=brokers only the other makes (12).
@@ -120,10 +121,10 @@ if [ "${BENCH_PAHO:-1}" = 1 ] && ! python3 -c 'import paho.mqtt' 2>/dev/null; th
 fi
 
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in limits|sparkplug) BENCH_SQL=0 ;; brokers) BENCH_SQL=0 BENCH_LIMITS=0 ;; esac
+case "$ONLY" in limits|sparkplug|latency) BENCH_SQL=0 ;; brokers) BENCH_SQL=0 BENCH_LIMITS=0 ;; esac
 if [ "$ONLY" != sql ]; then
   cargo build --release -q -p mqlink-cli --no-default-features --features parquet  # the SQL runs use the bench-sql build below
-  case "$ONLY" in limits|sparkplug|brokers) ;; *) cargo build --release -q -p mqlink --example sink_bench --example bridge ;; esac
+  case "$ONLY" in limits|sparkplug|brokers|latency) ;; *) cargo build --release -q -p mqlink --example sink_bench --example bridge ;; esac
 fi
 case "$ONLY" in ""|brokers) cargo build -q -p testkit --bin other-broker ;; esac
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -749,7 +750,7 @@ primary_key = [\"device_id\", \"seq\"]" > "$work/$id.toml"
 done
 # Latency: one stream at a steady rate, both subscribers at once.
 LAT_N=${LAT_N:-50000}; LAT_RATES=${LAT_RATES:-5000,20000}
-[ -n "$ONLY" ] && [ "$ONLY" != latency ] && BENCH_PAHO=0
+[ -n "$ONLY" ] && BENCH_PAHO=0
 if [ -z "$ONLY" ] || [ "$ONLY" = latency ]; then
   python3 bench/latency.py "$port" "$LAT_N" "$LAT_RATES" "$MQLINK" "$work/stamppub" > "$work/latency"
 fi
